@@ -1,0 +1,72 @@
+"""The ``hgc-tune`` command line: one module per subcommand.
+
+Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+heavy imports (torch, diffusers, optuna) happen inside ``run`` so ``hgc-tune --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+# Subcommand name -> module, in the order a user meets them.
+COMMANDS: dict[str, str] = {
+    "data": "hgc_tune.cli.data",
+    "profile": "hgc_tune.cli.profile",
+    "search": "hgc_tune.cli.search",
+    "generate": "hgc_tune.cli.generate",
+    "evaluate": "hgc_tune.cli.evaluate",
+    "report": "hgc_tune.cli.report",
+    "macs": "hgc_tune.cli.macs",
+    "bench": "hgc_tune.cli.bench",
+    "demo": "hgc_tune.cli.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hgc_tune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hgc-tune",
+        description=(
+            "Hybrid-Grained Cache for Stable Diffusion + ControlNet: profile a pipeline, search a caching "
+            "policy under a fidelity budget, apply it, and report it."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"hgc-tune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 2 user error, 1 unexpected failure)."""
+    from hgc_tune.errors import HgcTuneError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except HgcTuneError as e:
+        if args.debug:
+            raise
+        print(f"hgc-tune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hgc-tune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

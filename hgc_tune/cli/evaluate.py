@@ -1,0 +1,13 @@
+"""hgc-tune evaluate (not built yet)."""
+
+from __future__ import annotations
+
+HELP = "(not built yet)"
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    raise NotImplementedError("hgc-tune evaluate is not built yet")

@@ -1,0 +1,90 @@
+"""The exceptions hgc-tune raises.
+
+Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
+traceback (unless ``--debug``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HgcTuneError",
+    "ModelLoadError",
+    "UnknownPresetError",
+    "ModelNotFoundError",
+    "NotAPipelineError",
+    "IncompatibleControlNetError",
+    "UnregisteredModelError",
+    "PolicyError",
+    "PolicyFormatError",
+    "PolicyMismatchError",
+    "PolicyAlreadyAppliedError",
+    "StepCountMismatchError",
+    "DatasetError",
+    "ProfileError",
+    "SearchError",
+    "FidelityError",
+]
+
+
+class HgcTuneError(Exception):
+    """Base class of every error caused by user input or environment."""
+
+
+class ModelLoadError(HgcTuneError):
+    """A model or pipeline could not be built or loaded."""
+
+
+class UnknownPresetError(ModelLoadError):
+    """A preset name that hgc-tune does not know."""
+
+
+class ModelNotFoundError(ModelLoadError):
+    """A local path that does not exist, or a hub id that cannot be reached."""
+
+
+class NotAPipelineError(ModelLoadError):
+    """A directory that is not a diffusers pipeline (or model) directory."""
+
+
+class IncompatibleControlNetError(ModelLoadError):
+    """A ControlNet whose channels or conditioning do not fit the base U-Net."""
+
+
+class UnregisteredModelError(HgcTuneError):
+    """A model class that hgc-tune has no block registry entry for."""
+
+
+class PolicyError(HgcTuneError):
+    """Base class of policy errors."""
+
+
+class PolicyFormatError(PolicyError):
+    """A policy file or object that violates the policy format."""
+
+
+class PolicyMismatchError(PolicyError):
+    """A policy that does not fit the pipeline it is applied to."""
+
+
+class PolicyAlreadyAppliedError(PolicyError):
+    """A policy applied to a pipeline that already has one applied."""
+
+
+class StepCountMismatchError(PolicyError):
+    """A pipeline call whose number of denoising steps differs from the policy's."""
+
+
+class DatasetError(HgcTuneError):
+    """A dataset folder or row that violates the dataset format."""
+
+
+class ProfileError(HgcTuneError):
+    """A profile artifact that is missing, truncated, tampered with or does not fit."""
+
+
+class SearchError(HgcTuneError):
+    """Bad search input (budget, metric, profile, split)."""
+
+
+class FidelityError(HgcTuneError):
+    """Bad fidelity-metric input."""

@@ -1,0 +1,33 @@
+"""Model presets, loading of local checkpoints, block layouts and fingerprints."""
+
+from __future__ import annotations
+
+from hgc_tune.models._blocks import (
+    COMPONENTS,
+    block_paths,
+    cacheable_module_keys,
+    cross_attention_paths,
+    register_block_layout,
+)
+from hgc_tune.models._fingerprint import model_fingerprint, model_structure
+from hgc_tune.models._loading import DTYPES, SCHEDULERS, check_controlnet_fits, load_pipeline, make_scheduler
+from hgc_tune.models._presets import PRESETS, PresetInfo
+from hgc_tune.models._tokenizer import build_offline_tokenizer
+
+__all__ = [
+    "COMPONENTS",
+    "DTYPES",
+    "PRESETS",
+    "SCHEDULERS",
+    "PresetInfo",
+    "block_paths",
+    "build_offline_tokenizer",
+    "cacheable_module_keys",
+    "check_controlnet_fits",
+    "cross_attention_paths",
+    "load_pipeline",
+    "make_scheduler",
+    "model_fingerprint",
+    "model_structure",
+    "register_block_layout",
+]

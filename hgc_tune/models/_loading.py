@@ -1,0 +1,200 @@
+"""Build a ready ``StableDiffusionControlNetPipeline`` from a preset, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hgc_tune.errors import (
+    IncompatibleControlNetError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NotAPipelineError,
+    UnknownPresetError,
+)
+from hgc_tune.models._presets import PRESETS, SD15_SCHEDULER_CONFIG, build_preset_components
+
+__all__ = ["SCHEDULERS", "DTYPES", "load_pipeline", "make_scheduler", "check_controlnet_fits"]
+
+SCHEDULERS: dict[str, str] = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+# The U-Net configuration fields a ControlNet's residuals depend on; any difference means its residuals
+# cannot be added to the U-Net's skip connections.
+_CONTROLNET_FIT_FIELDS: tuple[str, ...] = (
+    "in_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "cross_attention_dim",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def make_scheduler(name: str, config: dict[str, Any] | None = None):
+    """Instantiate the scheduler ``name`` (one of :data:`SCHEDULERS`) from a scheduler config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ModelLoadError(f"`scheduler` must be one of {sorted(SCHEDULERS)}, but got scheduler={name!r}.")
+    cls = getattr(diffusers, SCHEDULERS[name])
+    return cls.from_config(dict(config if config is not None else SD15_SCHEDULER_CONFIG))
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"`dtype` must be one of {list(DTYPES)}, but got dtype={dtype!r}.")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def check_controlnet_fits(unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet") -> None:
+    """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net."""
+    diffs = []
+    for field in _CONTROLNET_FIT_FIELDS:
+        expected, got = unet_config.get(field), controlnet_config.get(field)
+        if isinstance(expected, list | tuple) and isinstance(got, list | tuple):
+            expected, got = list(expected), list(got)
+        if expected != got:
+            diffs.append(f"{field}: base U-Net has {expected!r}, ControlNet has {got!r}")
+    if diffs:
+        raise IncompatibleControlNetError(
+            f"ControlNet {controlnet_name!r} does not fit the base model: " + "; ".join(diffs) + "."
+        )
+
+
+def _is_local(ref: str) -> bool:
+    return os.path.exists(ref) or ref.startswith((".", "/", "~")) or os.sep in ref.rstrip("/").split("/", 1)[0]
+
+
+def _resolve_local_dir(ref: str, kind: str, marker: str) -> Path:
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"{kind} directory {ref!r} does not exist.")
+    if not path.is_dir() or not (path / marker).is_file():
+        raise NotAPipelineError(
+            f"{kind} {ref!r} is not a diffusers {'pipeline' if marker == 'model_index.json' else 'model'} "
+            f"directory: expected a {marker} in it."
+        )
+    return path
+
+
+def _load_controlnet(ref: str, torch_dtype):
+    from diffusers import ControlNetModel
+
+    if _is_local(ref) or not _HUB_ID.match(ref):
+        path = _resolve_local_dir(ref, "ControlNet", "config.json")
+        class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+        if class_name != "ControlNetModel":
+            raise NotAPipelineError(
+                f"ControlNet {ref!r} holds a {class_name!r}, but a 'ControlNetModel' was expected."
+            )
+        ref = str(path)
+    try:
+        return ControlNetModel.from_pretrained(ref, torch_dtype=torch_dtype)
+    except OSError as e:
+        raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
+
+
+def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
+    from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
+
+    if _is_local(base) or not _HUB_ID.match(base):
+        base = str(_resolve_local_dir(base, "base model", "model_index.json"))
+        index = json.loads((Path(base) / "model_index.json").read_text())
+        if "unet" not in index:
+            raise NotAPipelineError(f"base model {base!r} has no U-Net in its model_index.json.")
+        has_own_controlnet = "controlnet" in index
+    else:
+        has_own_controlnet = False
+    kwargs: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if controlnet_ref is not None:
+        controlnet = _load_controlnet(controlnet_ref, torch_dtype)
+        try:
+            unet_config = UNet2DConditionModel.load_config(base, subfolder="unet")
+        except OSError as e:
+            raise ModelNotFoundError(f"could not read the U-Net configuration of {base!r}: {e}") from e
+        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref)
+        kwargs["controlnet"] = controlnet
+    elif not has_own_controlnet:
+        raise ModelLoadError(
+            f"base model {base!r} holds no ControlNet: pass one with `controlnet=` (CLI: --controlnet DIR|ID)."
+        )
+    try:
+        return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"could not load base model {base!r}: {e}") from e
+
+
+def load_pipeline(
+    model: str,
+    *,
+    controlnet: str | None = None,
+    condition: str | None = None,
+    scheduler: str = "unipc",
+    dtype: str = "fp32",
+    device: str = "cpu",
+    seed: int = 0,
+):
+    """Return a ready ``StableDiffusionControlNetPipeline``.
+
+    Args:
+        model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
+            hub id.
+        controlnet: A ControlNet directory or hub id. Required for a base model that holds none; for the
+            ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
+        condition: The condition type (``shapes`` preset: ``seg``, ``canny``, ``hed`` or ``depth``).
+        scheduler: One of :data:`SCHEDULERS`; UniPC by default, as in ControlNet++'s evaluation.
+        dtype: ``fp32``, ``fp16`` or ``bf16``.
+        device: A torch device string.
+        seed: Seed of the random-weight presets.
+
+    Example:
+        >>> pipe = load_pipeline("tiny")
+        >>> type(pipe).__name__
+        'StableDiffusionControlNetPipeline'
+    """
+    from diffusers import StableDiffusionControlNetPipeline
+
+    torch_dtype = _torch_dtype(dtype)
+    if model in ("tiny", "sd15"):
+        if controlnet is not None:
+            raise ModelLoadError(f"preset {model!r} has its own random ControlNet; do not pass controlnet=.")
+        components = build_preset_components(model, seed)
+        pipe = StableDiffusionControlNetPipeline(
+            **components,
+            scheduler=make_scheduler(scheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    elif model == "shapes":
+        from hgc_tune.zoo import shapes_checkpoint
+
+        base, controlnet_dir = shapes_checkpoint(condition)
+        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    elif model in PRESETS:  # pragma: no cover - a preset registered without a loader
+        raise UnknownPresetError(f"preset {model!r} has no loader.")
+    elif _is_local(model) or _HUB_ID.match(model):
+        pipe = _from_pretrained(model, controlnet, torch_dtype)
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    else:
+        raise UnknownPresetError(
+            f"`model` must be a preset ({', '.join(sorted(PRESETS))}), a local directory or a hub id "
+            f"(owner/name), but got model={model!r}."
+        )
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.
+    return pipe if torch_dtype == pipe.unet.dtype else pipe.to(dtype=torch_dtype)

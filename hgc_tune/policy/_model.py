@@ -1,0 +1,232 @@
+"""The policy model: frozen dataclasses that say which modules compute at which denoising steps.
+
+Semantics (shared by executor, MAC accounting and search; see DESIGN.md): a cacheable module M has a
+compute set ``C_M ⊆ [0, S)`` with ``0 ∈ C_M``. At ``s ∈ C_M`` it runs and its output is stored; at
+``s ∉ C_M`` it returns the output stored at its latest computed step, without running.
+
+- ``blocks``: coarse entries, module key (``unet.down_blocks.1``, ``controlnet.mid_block``) -> compute steps.
+- ``attention``: fine entries, ``…attn2`` key -> reuse windows ``[start, end)``: the module computes at
+  ``start`` and reuses that output for ``start+1 … end-1``. Windows are converted to a compute set.
+- ``controlnet``: the steps where the whole ControlNet runs; outside them ``reuse`` (last residuals) or
+  ``drop`` (zero residuals, nothing computed).
+- ``guidance``: CFG runs in full for steps ``< cfg_until``; from ``cfg_until`` on, the U-Net and ControlNet run
+  the conditional half only and it stands for both halves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from hgc_tune.errors import PolicyFormatError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CONTROLNET_MODES",
+    "PolicyTarget",
+    "ReuseWindow",
+    "ControlNetWindow",
+    "GuidanceWindow",
+    "Provenance",
+    "Policy",
+    "PolicyFile",
+]
+
+SCHEMA_VERSION = 1
+CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
+
+
+def _steps(values: Iterable[Any], where: str, num_steps: int, *, need_zero: bool) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise PolicyFormatError(f"{where}: steps must be integers, but got {v!r}.")
+        if not 0 <= v < num_steps:
+            raise PolicyFormatError(f"{where}: step {v} is out of range [0, {num_steps}).")
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise PolicyFormatError(f"{where}: steps must be unique, but got {sorted(out)}.")
+    if need_zero and 0 not in out:
+        raise PolicyFormatError(f"{where}: compute steps must include step 0 (nothing is cached before it).")
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class PolicyTarget:
+    """The pipeline a policy was made for."""
+
+    pipeline_class: str
+    unet_class: str
+    controlnet_class: str
+    fingerprint: str
+    num_steps: int
+    scheduler: str
+    condition_type: str | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise PolicyFormatError(f"target.num_steps must be a positive integer, but got {self.num_steps!r}.")
+
+
+@dataclass(frozen=True)
+class ReuseWindow:
+    """Steps ``[start, end)``: compute at ``start``, reuse its output up to ``end - 1``."""
+
+    start: int
+    end: int
+
+    @property
+    def reused_steps(self) -> range:
+        return range(self.start + 1, self.end)
+
+
+@dataclass(frozen=True)
+class ControlNetWindow:
+    """Where the whole ControlNet runs, and what it does elsewhere (``reuse`` or ``drop``)."""
+
+    steps: tuple[int, ...]
+    mode: str = "reuse"
+
+
+@dataclass(frozen=True)
+class GuidanceWindow:
+    """Full CFG for steps ``< cfg_until``; conditional half only from ``cfg_until`` on."""
+
+    cfg_until: int
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a policy came from and what it was measured to do. All fields optional."""
+
+    source: str | None = None
+    budget: float | None = None
+    metric: str | None = None
+    fidelity: Mapping[str, float] = field(default_factory=dict)
+    macs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    study: str | None = None
+    trial: int | None = None
+    hgc_tune_version: str | None = None
+    diffusers_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One caching policy for one pipeline and condition type. Validated on construction."""
+
+    target: PolicyTarget
+    blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    attention: Mapping[str, tuple[ReuseWindow, ...]] = field(default_factory=dict)
+    controlnet: ControlNetWindow | None = None
+    guidance: GuidanceWindow | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    name: str = "policy"
+
+    def __post_init__(self) -> None:
+        s = self.target.num_steps
+        blocks = {}
+        for key, steps in self.blocks.items():
+            if key == "controlnet":
+                raise PolicyFormatError(
+                    "blocks['controlnet']: the whole ControlNet is set by the `controlnet` window entry, "
+                    "not as a block."
+                )
+            if key.endswith(".attn2"):
+                raise PolicyFormatError(f"blocks[{key!r}]: cross-attention modules belong in `attention`.")
+            blocks[key] = _steps(steps, f"blocks[{key!r}]", s, need_zero=True)
+        attention = {}
+        for key, windows in self.attention.items():
+            if not key.endswith(".attn2"):
+                raise PolicyFormatError(
+                    f"attention[{key!r}]: reuse windows are for cross-attention (`…attn2`) modules only."
+                )
+            ordered = sorted(windows, key=lambda w: (w.start, w.end))
+            for w in ordered:
+                if not (0 <= w.start < w.end <= s):
+                    raise PolicyFormatError(
+                        f"attention[{key!r}]: window [{w.start}, {w.end}) must satisfy 0 <= start < end <= {s}."
+                    )
+            for a, b in zip(ordered, ordered[1:]):
+                if b.start < a.end:
+                    raise PolicyFormatError(
+                        f"attention[{key!r}]: windows [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap."
+                    )
+            attention[key] = tuple(ordered)
+        if self.controlnet is not None:
+            if self.controlnet.mode not in CONTROLNET_MODES:
+                raise PolicyFormatError(
+                    f"controlnet.mode must be one of {list(CONTROLNET_MODES)}, but got {self.controlnet.mode!r}."
+                )
+            steps = _steps(
+                self.controlnet.steps, "controlnet.steps", s, need_zero=self.controlnet.mode == "reuse"
+            )
+            object.__setattr__(self, "controlnet", ControlNetWindow(steps, self.controlnet.mode))
+        if self.guidance is not None:
+            k = self.guidance.cfg_until
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= s:
+                raise PolicyFormatError(f"guidance.cfg_until must be an integer in [1, {s}], but got {k!r}.")
+        object.__setattr__(self, "blocks", MappingProxyType(dict(sorted(blocks.items()))))
+        object.__setattr__(self, "attention", MappingProxyType(dict(sorted(attention.items()))))
+
+    @property
+    def num_steps(self) -> int:
+        return self.target.num_steps
+
+    def compute_sets(self) -> dict[str, frozenset[int]]:
+        """Compute set of every cached module key (blocks, attention, and ``controlnet`` if windowed)."""
+        every = frozenset(range(self.num_steps))
+        out = {key: frozenset(steps) for key, steps in self.blocks.items()}
+        for key, windows in self.attention.items():
+            out[key] = every.difference(*(w.reused_steps for w in windows))
+        if self.controlnet is not None:
+            out["controlnet"] = frozenset(self.controlnet.steps)
+        return out
+
+    def cfg_branches(self, step: int, cfg: bool) -> int:
+        """How many CFG halves the denoisers compute at ``step`` (2 with full CFG, else 1)."""
+        if not cfg:
+            return 1
+        return 1 if self.guidance is not None and step >= self.guidance.cfg_until else 2
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """A policy file's content: one policy per condition type (``None`` = any condition)."""
+
+    policies: tuple[Policy, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise PolicyFormatError("a policy file must hold at least one policy, but `policies` is empty.")
+        seen: set[str | None] = set()
+        for p in self.policies:
+            ct = p.target.condition_type
+            if ct in seen:
+                raise PolicyFormatError(f"two policies in one file for condition_type={ct!r}.")
+            seen.add(ct)
+
+    @property
+    def condition_types(self) -> list[str | None]:
+        return [p.target.condition_type for p in self.policies]
+
+    def select(self, condition_type: str | None = None) -> Policy:
+        """The policy for ``condition_type`` (the only one if the file holds one and none is asked)."""
+        if condition_type is None:
+            if len(self.policies) == 1:
+                return self.policies[0]
+            raise PolicyFormatError(
+                f"this policy file holds policies for condition types {self.condition_types}; pass condition_type."
+            )
+        for p in self.policies:
+            if p.target.condition_type == condition_type:
+                return p
+        for p in self.policies:
+            if p.target.condition_type is None:
+                return p
+        raise PolicyFormatError(
+            f"no policy for condition_type={condition_type!r} in this file (it has {self.condition_types})."
+        )

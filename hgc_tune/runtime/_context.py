@@ -1,0 +1,155 @@
+"""The per-call run context that every hook reads: step index, number of steps, CFG.
+
+The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
+the start of every pipeline call) and advanced once per denoising step when the scheduler steps
+(``scheduler.step``). Both are host-side Python integers: reading the step costs no device sync, and the
+step is never inferred from the timestep value.
+
+Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
+detached when the last user releases it, restoring the scheduler's own methods.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunContext", "StepListener", "attach_run_context", "release_run_context", "run_context"]
+
+StepListener = Callable[["RunContext"], None]
+
+_ATTR = "_hgc_run_context"
+
+
+@dataclass
+class _CallState:
+    step: int = 0
+    num_steps: int = 0
+    cfg: bool = False
+    calls: int = 0
+
+
+class RunContext:
+    """Step state of the current pipeline call.
+
+    Attributes:
+        step: Index ``s`` of the current denoising step, in ``[0, num_steps)``.
+        num_steps: Number of denoising steps of the current call (``len(scheduler.timesteps)``).
+        cfg: Whether the current call uses classifier-free guidance (batch = [uncond, cond]).
+        calls: Number of pipeline calls begun since attachment.
+    """
+
+    def __init__(self) -> None:
+        self._state = _CallState()
+        self._begin_listeners: list[StepListener] = []
+
+    @property
+    def step(self) -> int:
+        return self._state.step
+
+    @property
+    def num_steps(self) -> int:
+        return self._state.num_steps
+
+    @property
+    def cfg(self) -> bool:
+        return self._state.cfg
+
+    @property
+    def calls(self) -> int:
+        return self._state.calls
+
+    def begin(self, num_steps: int, cfg: bool) -> None:
+        """Start a new call: step 0 of ``num_steps``. Called by the scheduler hook, or by hand when the
+        denoiser is driven outside a pipeline."""
+        self._state = _CallState(step=0, num_steps=int(num_steps), cfg=bool(cfg), calls=self._state.calls + 1)
+        for listener in list(self._begin_listeners):
+            listener(self)
+
+    def advance(self) -> None:
+        """Move to the next denoising step."""
+        self._state.step += 1
+
+    def add_begin_listener(self, listener: StepListener) -> None:
+        """Call ``listener(context)`` at the start of every call (hooks reset their state there)."""
+        self._begin_listeners.append(listener)
+
+    def remove_begin_listener(self, listener: StepListener) -> None:
+        if listener in self._begin_listeners:
+            self._begin_listeners.remove(listener)
+
+    def __repr__(self) -> str:
+        s = self._state
+        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={s.cfg}, calls={s.calls})"
+
+
+class _SchedulerBinding:
+    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, never the class)."""
+
+    def __init__(self, pipe: Any, context: RunContext) -> None:
+        self.pipe = pipe
+        self.scheduler = pipe.scheduler
+        self.context = context
+        self.users = 0
+        had = vars(self.scheduler)
+        self._saved = {name: had[name] for name in ("set_timesteps", "step") if name in had}
+        set_timesteps, step = self.scheduler.set_timesteps, self.scheduler.step
+
+        @functools.wraps(set_timesteps)
+        def set_timesteps_and_begin(*args, **kwargs):
+            out = set_timesteps(*args, **kwargs)
+            cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
+            context.begin(len(self.scheduler.timesteps), cfg)
+            return out
+
+        @functools.wraps(step)
+        def step_and_advance(*args, **kwargs):
+            out = step(*args, **kwargs)
+            context.advance()
+            return out
+
+        self.scheduler.set_timesteps = set_timesteps_and_begin
+        self.scheduler.step = step_and_advance
+
+    def unbind(self) -> None:
+        for name in ("set_timesteps", "step"):
+            if name in self._saved:
+                setattr(self.scheduler, name, self._saved[name])
+            else:
+                vars(self.scheduler).pop(name, None)
+
+
+def run_context(pipe: Any) -> RunContext:
+    """The run context attached to ``pipe``; raises ``RuntimeError`` if none is attached."""
+    binding = getattr(pipe, _ATTR, None)
+    if binding is None:
+        raise RuntimeError("no run context is attached to this pipeline; use hgc_tune.runtime.attach_run_context")
+    if binding.scheduler is not pipe.scheduler:
+        raise RuntimeError(
+            "the pipeline's scheduler was replaced after hgc-tune attached to it; remove the policy (or profiler) "
+            "and apply it again after changing the scheduler."
+        )
+    return binding.context
+
+
+def attach_run_context(pipe: Any) -> RunContext:
+    """Attach (or share) the run context of ``pipe``; pair every call with :func:`release_run_context`."""
+    binding = getattr(pipe, _ATTR, None)
+    if binding is None:
+        binding = _SchedulerBinding(pipe, RunContext())
+        setattr(pipe, _ATTR, binding)
+    binding.users += 1
+    return binding.context
+
+
+def release_run_context(pipe: Any) -> None:
+    """Release one use of the run context; the last release restores the scheduler's methods."""
+    binding = getattr(pipe, _ATTR, None)
+    if binding is None:
+        return
+    binding.users -= 1
+    if binding.users <= 0:
+        binding.unbind()
+        delattr(pipe, _ATTR)
