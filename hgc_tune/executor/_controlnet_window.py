@@ -1,0 +1,125 @@
+"""ControlNet windows: the whole ControlNet runs at the steps of its window; elsewhere its residuals are
+reused from the latest computed step (``reuse``) or are zeros and nothing is computed (``drop``).
+
+Independently of any window, a call with ``conditioning_scale == 0`` (what diffusers does outside
+``control_guidance_start/end``) is dropped too: diffusers would run the ControlNet and multiply by zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from hgc_tune.executor._tensors import fit_batch, leading_batch
+from hgc_tune.runtime import RunContext, register_hook
+
+__all__ = [
+    "CONTROLNET_WINDOW_HOOK",
+    "ControlNetWindowConfig",
+    "ControlNetWindowState",
+    "ControlNetWindowHook",
+    "apply_controlnet_window",
+    "zero_controlnet_residuals",
+]
+
+CONTROLNET_WINDOW_HOOK = "hgc_controlnet_window"
+
+
+@dataclass(frozen=True)
+class ControlNetWindowConfig:
+    """``steps``: where the ControlNet runs (``None`` = every step); ``mode``: ``reuse`` or ``drop`` elsewhere."""
+
+    steps: frozenset[int] | None = None
+    mode: str = "reuse"
+
+
+class ControlNetWindowState:
+    def __init__(self) -> None:
+        self.residuals: Any = None
+        self.computed = 0
+        self.dropped = 0
+        self.reused = 0
+
+    def reset(self) -> None:
+        self.residuals = None
+
+
+def _is_zero_scale(scale: Any) -> bool:
+    # Only Python numbers are inspected: a tensor scale would need a host sync to read.
+    if isinstance(scale, int | float):
+        return scale == 0
+    if isinstance(scale, list | tuple) and scale:
+        return all(isinstance(s, int | float) and s == 0 for s in scale)
+    return False
+
+
+def zero_controlnet_residuals(controlnet: torch.nn.Module, sample: torch.Tensor, return_dict: bool = False):
+    """Zero residuals of the shapes ``controlnet`` would return for ``sample``, computing nothing.
+
+    Shapes follow ``ControlNetModel``: one residual for ``conv_in``, one per resnet layer of each down block, one
+    per downsampler (which halves the resolution, rounding up), and one for the mid block.
+    """
+    from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+    batch, _, height, width = sample.shape
+    sizes = [(height, width)]
+    for block in controlnet.down_blocks:
+        sizes += [(height, width)] * len(block.resnets)
+        if getattr(block, "downsamplers", None):
+            height, width = (height + 1) // 2, (width + 1) // 2
+            sizes.append((height, width))
+    convs = list(controlnet.controlnet_down_blocks)
+    if len(convs) != len(sizes):
+        raise RuntimeError(f"ControlNet layout: {len(convs)} residual convs for {len(sizes)} residual sizes")
+
+    def zeros(channels: int, hw: tuple[int, int]) -> torch.Tensor:
+        return torch.zeros(batch, channels, *hw, device=sample.device, dtype=sample.dtype)
+
+    down = tuple(zeros(conv.out_channels, hw) for conv, hw in zip(convs, sizes))
+    mid = zeros(controlnet.controlnet_mid_block.out_channels, (height, width))
+    if return_dict:
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+    return down, mid
+
+
+class ControlNetWindowHook(ModelHook):
+    """Reuses or drops the whole ControlNet outside its window and whenever its scale is zero."""
+
+    def __init__(self, config: ControlNetWindowConfig, context: RunContext) -> None:
+        super().__init__()
+        self.config = config
+        self.context = context
+        self.state = ControlNetWindowState()
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        sample = args[0] if args else kwargs["sample"]
+        return_dict = kwargs.get("return_dict", True)
+        in_window = self.config.steps is None or self.context.step in self.config.steps
+        if _is_zero_scale(kwargs.get("conditioning_scale", 1.0)) or (not in_window and self.config.mode == "drop"):
+            self.state.dropped += 1
+            return zero_controlnet_residuals(module, sample, return_dict=return_dict)
+        if not in_window and self.state.residuals is not None:
+            reused = fit_batch(self.state.residuals, leading_batch(args, kwargs))
+            if reused is not None:
+                self.state.reused += 1
+                return reused
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.state.residuals = output
+        self.state.computed += 1
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.reset()
+        return module
+
+
+def apply_controlnet_window(
+    controlnet: torch.nn.Module, config: ControlNetWindowConfig, context: RunContext
+) -> ControlNetWindowHook:
+    """Attach a ControlNet window to ``controlnet``; remove with ``remove_hook(controlnet, CONTROLNET_WINDOW_HOOK)``."""
+    hook = ControlNetWindowHook(config, context)
+    register_hook(controlnet, hook, CONTROLNET_WINDOW_HOOK)
+    return hook

@@ -1,0 +1,74 @@
+"""Step caching: a module computes at the steps of its compute set and reuses its output elsewhere.
+
+This one rule implements both granularities of HGC (arXiv 2511.11031): coarse (whole U-Net / ControlNet
+blocks) and fine (cross-attention modules, whose reused output carries their reused attention maps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from hgc_tune.executor._tensors import fit_batch, leading_batch
+from hgc_tune.runtime import RunContext, register_hook
+
+__all__ = ["STEP_CACHE_HOOK", "StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache"]
+
+STEP_CACHE_HOOK = "hgc_step_cache"
+
+
+@dataclass(frozen=True)
+class StepCacheConfig:
+    """Compute set of one module: the steps at which it runs (must contain 0)."""
+
+    compute_steps: frozenset[int]
+
+
+class StepCacheState:
+    """The output stored at the module's latest computed step of the current call."""
+
+    def __init__(self) -> None:
+        self.output: Any = None
+        self.computed_at: int | None = None
+        self.calls = 0
+        self.computed = 0
+
+    def reset(self) -> None:
+        self.output = None
+        self.computed_at = None
+
+
+class StepCacheHook(ModelHook):
+    """Runs the module at compute steps, returns the stored output at the others."""
+
+    def __init__(self, config: StepCacheConfig, context: RunContext) -> None:
+        super().__init__()
+        self.config = config
+        self.context = context
+        self.state = StepCacheState()
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        self.state.calls += 1
+        if self.context.step not in self.config.compute_steps and self.state.output is not None:
+            reused = fit_batch(self.state.output, leading_batch(args, kwargs))
+            if reused is not None:
+                return reused
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.state.output = output
+        self.state.computed_at = self.context.step
+        self.state.computed += 1
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state.reset()
+        return module
+
+
+def apply_step_cache(module: torch.nn.Module, config: StepCacheConfig, context: RunContext) -> StepCacheHook:
+    """Attach step caching to ``module``; remove it with ``hgc_tune.runtime.remove_hook(module, STEP_CACHE_HOOK)``."""
+    hook = StepCacheHook(config, context)
+    register_hook(module, hook, STEP_CACHE_HOOK)
+    return hook

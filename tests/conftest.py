@@ -1,0 +1,47 @@
+"""Shared fixtures: the tiny offline pipeline and a condition image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from hgc_tune.models import load_pipeline
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return load_pipeline("tiny")
+
+
+@pytest.fixture(scope="session")
+def condition_image():
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    array = np.zeros((64, 64, 3), dtype=np.uint8)
+    array[16:48, 8:40] = (220, 40, 40)
+    array += rng.randint(0, 20, size=array.shape).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+@pytest.fixture
+def tiny_target(tiny_pipe):
+    """A factory of policy targets for the tiny pipeline."""
+    from hgc_tune.models import model_fingerprint
+    from hgc_tune.policy import PolicyTarget
+
+    def make(num_steps: int = 5, condition_type: str | None = None) -> PolicyTarget:
+        return PolicyTarget(
+            pipeline_class=type(tiny_pipe).__name__,
+            unet_class=type(tiny_pipe.unet).__name__,
+            controlnet_class=type(tiny_pipe.controlnet).__name__,
+            fingerprint=model_fingerprint(tiny_pipe),
+            num_steps=num_steps,
+            scheduler=type(tiny_pipe.scheduler).__name__,
+            condition_type=condition_type,
+            model="tiny",
+        )
+
+    return make

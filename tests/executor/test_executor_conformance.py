@@ -1,0 +1,76 @@
+"""Conformance suite every cache technique of the executor passes, on the tiny offline pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hgc_tune.errors import PolicyAlreadyAppliedError
+from hgc_tune.executor import apply_policy
+from hgc_tune.policy import ControlNetWindow, GuidanceWindow, Policy, ReuseWindow
+
+STEPS = 6
+DEEP_UNET = ["unet.down_blocks.2", "unet.down_blocks.3", "unet.mid_block", "unet.up_blocks.0", "unet.up_blocks.1"]
+DEEP_CONTROLNET = ["controlnet.down_blocks.2", "controlnet.down_blocks.3", "controlnet.mid_block"]
+ATTN2 = "unet.up_blocks.3.attentions.0.transformer_blocks.0.attn2"
+
+
+def _techniques(target) -> dict[str, Policy]:
+    t = target(STEPS)
+    return {
+        "unet_blocks": Policy(t, blocks={k: (0, 3) for k in DEEP_UNET}, name="unet_blocks"),
+        "controlnet_blocks": Policy(t, blocks={k: (0, 2, 4) for k in DEEP_CONTROLNET}, name="controlnet_blocks"),
+        "attention": Policy(t, attention={ATTN2: (ReuseWindow(1, STEPS),)}, name="attention"),
+        "controlnet_reuse": Policy(t, controlnet=ControlNetWindow((0, 2, 4), "reuse"), name="cn_reuse"),
+        "controlnet_drop": Policy(t, controlnet=ControlNetWindow((0, 1), "drop"), name="cn_drop"),
+        "guidance": Policy(t, guidance=GuidanceWindow(3), name="guidance"),
+    }
+
+
+def _generate(pipe, image, guidance_scale: float = 7.5, steps: int = STEPS) -> np.ndarray:
+    return pipe(
+        "a red square",
+        image=image,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def baselines(tiny_pipe, condition_image):
+    return {g: _generate(tiny_pipe, condition_image, g) for g in (7.5, 1.0)}
+
+
+def test_all_compute_policy_is_bit_identical_to_no_policy(tiny_pipe, condition_image, tiny_target, baselines):
+    with apply_policy(tiny_pipe, Policy(tiny_target(STEPS))):
+        for g, expected in baselines.items():
+            assert np.array_equal(_generate(tiny_pipe, condition_image, g), expected)
+
+
+@pytest.mark.parametrize(
+    "technique", ["unet_blocks", "controlnet_blocks", "attention", "controlnet_reuse", "controlnet_drop", "guidance"]
+)
+def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_target, baselines):
+    policy = _techniques(tiny_target)[technique]
+    handle = apply_policy(tiny_pipe, policy)
+    try:
+        with pytest.raises(PolicyAlreadyAppliedError):
+            apply_policy(tiny_pipe, policy)
+        # two calls in a row, CFG on then off (guidance truncation only acts with CFG)
+        for g in (7.5, 1.0, 7.5):
+            cached = _generate(tiny_pipe, condition_image, g)
+            assert np.isfinite(cached).all()
+            if technique != "guidance" or g > 1:
+                assert not np.array_equal(cached, baselines[g]), f"{technique} changed nothing at g={g}"
+            else:
+                assert np.array_equal(cached, baselines[g])
+    finally:
+        handle.remove()
+    handle.remove()  # idempotent
+    for g, expected in baselines.items():
+        assert np.array_equal(_generate(tiny_pipe, condition_image, g), expected)
+    # after removal a policy can be applied again
+    apply_policy(tiny_pipe, policy).remove()

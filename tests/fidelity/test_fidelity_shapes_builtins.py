@@ -1,0 +1,58 @@
+"""The default task models of the shapes benchmark (``hgc_tune.data.shapes``) inside the evaluator.
+
+These need the shapes benchmark module; they fail (rather than skip) while it is missing, on purpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs, shapes_task_models
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    from hgc_tune.data import shapes
+
+    return [shapes.render_scene(seed, size=64) for seed in range(3)]
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    out = ndimage.gaussian_filter(image.astype(np.float64), sigma=(2.0, 2.0, 0.0))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def test_shapes_task_models_are_the_benchmark_functions() -> None:
+    from hgc_tune.data import shapes
+
+    models = shapes_task_models()
+    assert models["segmenter"] is shapes.decode_class_map
+    assert models["condition_class_map"] is shapes.class_map_from_seg
+    assert models["depth_estimator"] is shapes.estimate_depth
+    assert models["edge_detector"] is shapes.edges
+    assert models["soft_edge_detector"] is shapes.soft_edges
+
+
+@pytest.mark.parametrize(
+    ("condition_type", "ideal"), [("seg", 1.0), ("canny", 1.0), ("hed", 1.0), ("depth", 0.0)]
+)
+def test_ground_truth_picture_scores_near_ideal(scenes: list, condition_type: str, ideal: float) -> None:
+    ev = TaskEvaluator(condition_type)
+    for scene in scenes:
+        value = ev.score(scene.image, scene.condition(condition_type))
+        assert value == pytest.approx(ideal, abs=0.05), (scene.seed, value)
+
+
+@pytest.mark.parametrize("condition_type", ["seg", "canny", "hed", "depth"])
+def test_blurred_pictures_lose_fidelity(scenes: list, condition_type: str) -> None:
+    ev = TaskEvaluator(condition_type)
+    full = [s.image for s in scenes]
+    policy = [_blur(s.image) for s in scenes]
+    conditions = [s.condition(condition_type) for s in scenes]
+    out = evaluate_pairs(full, policy, conditions, ev)
+    assert out["loss"] > 0.0, out
+    # a float [0, 1] rendering (diffusers' output_type="np") scores the same as uint8
+    full_f = [s.image.astype(np.float32) / 255.0 for s in scenes]
+    assert evaluate_pairs(full_f, policy, conditions, ev)["full"] == pytest.approx(out["full"])
