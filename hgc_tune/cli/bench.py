@@ -1,13 +1,126 @@
-"""hgc-tune bench (not built yet)."""
+"""Time full and policy generation alternately in one run and compare the speedup with the MAC ratio.
+
+Example (GPU):
+    hgc-tune bench --model sd15 --policy peer:deepcache-n3-b0 --device cuda --dtype fp16 --compile --json
+Example (executor overhead on CPU):
+    hgc-tune bench --model tiny --policy full-hooked --steps 20 --repeats 7
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+
+from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+
+HELP = "time full vs. policy generation; print ms/image, speedup, MAC ratio"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_policy_argument(parser, required=True)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
+    )
+    parser.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="images per prompt (CFG doubles the denoiser batch)"
+    )
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the hook-free regions (the plain pipeline is compiled whole)",
+    )
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
+    parser.add_argument("--json", action="store_true")
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune bench is not built yet")
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hgc_tune.bench import time_alternating
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
+    from hgc_tune.executor import apply_policy
+    from hgc_tune.macs import count_pipeline_macs
+    from hgc_tune.models import PRESETS
+    from hgc_tune.policy import policy_macs
+    from hgc_tune.runtime import compile_regions
+
+    baseline_pipe = load_pipeline_from_args(args)
+    policy = resolve_policy(
+        args.policy, baseline_pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
+    )
+    steps = policy.num_steps if policy else (args.steps or 20)
+    size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else 512)
+    # Two pipelines with identical weights, so the policy is attached once, outside the timed runs (and the
+    # compiled regions of the hooked model can differ from the plain one's).
+    policy_pipe = load_pipeline_from_args(args)
+    condition = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def generate(pipe):
+        return lambda: pipe(
+            "a photo of a red circle",
+            image=condition,
+            num_inference_steps=steps,
+            guidance_scale=args.guidance_scale,
+            num_images_per_prompt=args.batch,
+            height=size,
+            width=size,
+            output_type="latent",
+            generator=torch.Generator(args.device).manual_seed(0),
+        )
+
+    handle = apply_policy(policy_pipe, policy) if policy is not None else None
+    compiled = []
+    if args.compile:
+        kwargs = {"mode": args.compile_mode} if args.compile_mode else {}
+        compile_regions(baseline_pipe, **kwargs)
+        compiled = compile_regions(policy_pipe, **kwargs)
+    try:
+        result = time_alternating(
+            generate(baseline_pipe),
+            generate(policy_pipe),
+            repeats=args.repeats,
+            warmup=args.warmup,
+            images_per_run=args.batch,
+            device=args.device,
+        )
+    finally:
+        if handle is not None:
+            handle.remove()
+    table = count_pipeline_macs(baseline_pipe, height=size, width=size, model_name=args.model)
+    cfg = args.guidance_scale > 1
+    macs = {}
+    if policy is not None:
+        macs = {
+            c: policy_macs(policy, table, cfg=cfg, batch=args.batch, convention=c)
+            for c in ("paper", "complete")
+        }
+    mac_ratio = macs["paper"]["ratio"] if macs else 1.0
+    out = {
+        "model": args.model,
+        "policy": args.policy,
+        "device": args.device,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "compiled_regions": len(compiled),
+        "steps": steps,
+        "resolution": size,
+        **result.to_json(),
+        "mac_ratio": mac_ratio,
+        "speedup_over_mac_ratio": result.speedup / mac_ratio,
+        "macs": macs,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        print(f"machine: {result.machine}")
+        print(f"full   : {result.baseline_ms:9.1f} ms/image")
+        print(f"policy : {result.policy_ms:9.1f} ms/image  ({args.policy})")
+        print(
+            f"speedup {result.speedup:.3f}x  MAC ratio {mac_ratio:.3f}x  "
+            f"speedup/MAC ratio {out['speedup_over_mac_ratio']:.3f}"
+        )
+    return 0

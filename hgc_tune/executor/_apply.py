@@ -28,8 +28,11 @@ __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits"]
 _HANDLE_ATTR = "_hgc_policy_handle"
 
 
-def check_policy_fits(pipe: Any, policy: Policy, *, check_fingerprint: bool = True) -> dict[str, torch.nn.Module]:
-    """Raise :class:`PolicyMismatchError` if ``policy`` does not fit ``pipe``; return its cacheable modules."""
+def check_policy_fits(
+    pipe: Any, policy: Policy, *, check_fingerprint: bool = True
+) -> dict[str, torch.nn.Module]:
+    """Raise :class:`PolicyMismatchError` if ``policy`` does not fit ``pipe``; return its cacheable modules
+    by key."""
     target = policy.target
     found = {
         "pipeline_class": type(pipe).__name__,
@@ -47,7 +50,9 @@ def check_policy_fits(pipe: Any, policy: Policy, *, check_fingerprint: bool = Tr
             "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
         )
     if diffs:
-        raise PolicyMismatchError(f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + ".")
+        raise PolicyMismatchError(
+            f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
+        )
     modules = cacheable_module_keys(pipe)
     for kind, keys in (("blocks", policy.blocks), ("attention", policy.attention)):
         for key in keys:
@@ -81,8 +86,8 @@ class PolicyHandle:
     def _begin_call(self, context: RunContext) -> None:
         if context.num_steps != self.policy.num_steps:
             raise StepCountMismatchError(
-                f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline was "
-                f"called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
+                f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
+                f"was called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
             )
         for hook in self.step_hooks.values():
             hook.state.reset()
@@ -169,14 +174,18 @@ def apply_policy(
             handle.step_hooks[key] = hook
         window = policy.controlnet
         config = (
-            ControlNetWindowConfig(frozenset(window.steps), window.mode) if window else ControlNetWindowConfig()
+            ControlNetWindowConfig(frozenset(window.steps), window.mode)
+            if window
+            else ControlNetWindowConfig()
         )
         handle.controlnet_hook = apply_controlnet_window(pipe.controlnet, config, context)
         handle._attached.append((pipe.controlnet, CONTROLNET_WINDOW_HOOK))
         if policy.guidance is not None:
             # Registered last, so it wraps outside the window hook and reuse sees the truncated batch.
             for denoiser in (pipe.controlnet, pipe.unet):
-                apply_guidance_truncation(denoiser, GuidanceTruncationConfig(policy.guidance.cfg_until), context)
+                apply_guidance_truncation(
+                    denoiser, GuidanceTruncationConfig(policy.guidance.cfg_until), context
+                )
                 handle._attached.append((denoiser, GUIDANCE_HOOK))
         context.add_begin_listener(handle._begin_call)
     except BaseException:

@@ -30,7 +30,7 @@ CONTROLNET_WINDOW_HOOK = "hgc_controlnet_window"
 
 @dataclass(frozen=True)
 class ControlNetWindowConfig:
-    """``steps``: where the ControlNet runs (``None`` = every step); ``mode``: ``reuse`` or ``drop`` elsewhere."""
+    """Where the ControlNet runs (``steps``, ``None`` = every step) and what it does elsewhere (``mode``)."""
 
     steps: frozenset[int] | None = None
     mode: str = "reuse"
@@ -59,8 +59,8 @@ def _is_zero_scale(scale: Any) -> bool:
 def zero_controlnet_residuals(controlnet: torch.nn.Module, sample: torch.Tensor, return_dict: bool = False):
     """Zero residuals of the shapes ``controlnet`` would return for ``sample``, computing nothing.
 
-    Shapes follow ``ControlNetModel``: one residual for ``conv_in``, one per resnet layer of each down block, one
-    per downsampler (which halves the resolution, rounding up), and one for the mid block.
+    Shapes follow ``ControlNetModel``: one residual for ``conv_in``, one per resnet layer of each down block,
+    one per downsampler (which halves the resolution, rounding up), and one for the mid block.
     """
     from diffusers.models.controlnets.controlnet import ControlNetOutput
 
@@ -98,7 +98,9 @@ class ControlNetWindowHook(ModelHook):
         sample = args[0] if args else kwargs["sample"]
         return_dict = kwargs.get("return_dict", True)
         in_window = self.config.steps is None or self.context.step in self.config.steps
-        if _is_zero_scale(kwargs.get("conditioning_scale", 1.0)) or (not in_window and self.config.mode == "drop"):
+        if _is_zero_scale(kwargs.get("conditioning_scale", 1.0)) or (
+            not in_window and self.config.mode == "drop"
+        ):
             self.state.dropped += 1
             return zero_controlnet_residuals(module, sample, return_dict=return_dict)
         if not in_window and self.state.residuals is not None:
@@ -119,7 +121,7 @@ class ControlNetWindowHook(ModelHook):
 def apply_controlnet_window(
     controlnet: torch.nn.Module, config: ControlNetWindowConfig, context: RunContext
 ) -> ControlNetWindowHook:
-    """Attach a ControlNet window to ``controlnet``; remove with ``remove_hook(controlnet, CONTROLNET_WINDOW_HOOK)``."""
+    """Attach a ControlNet window; remove with ``remove_hook(controlnet, CONTROLNET_WINDOW_HOOK)``."""
     hook = ControlNetWindowHook(config, context)
     register_hook(controlnet, hook, CONTROLNET_WINDOW_HOOK)
     return hook

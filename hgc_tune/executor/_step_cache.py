@@ -68,7 +68,7 @@ class StepCacheHook(ModelHook):
 
 
 def apply_step_cache(module: torch.nn.Module, config: StepCacheConfig, context: RunContext) -> StepCacheHook:
-    """Attach step caching to ``module``; remove it with ``hgc_tune.runtime.remove_hook(module, STEP_CACHE_HOOK)``."""
+    """Attach step caching to ``module``; remove it with ``remove_hook(module, STEP_CACHE_HOOK)``."""
     hook = StepCacheHook(config, context)
     register_hook(module, hook, STEP_CACHE_HOOK)
     return hook

@@ -26,7 +26,9 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
     return obj
 
 
-def leading_batch(args: tuple, kwargs: dict, names: tuple[str, ...] = ("hidden_states", "sample")) -> int | None:
+def leading_batch(
+    args: tuple, kwargs: dict, names: tuple[str, ...] = ("hidden_states", "sample")
+) -> int | None:
     """Batch size of a module call: dim 0 of the first positional tensor or of a named keyword tensor."""
     for value in (*args, *(kwargs.get(n) for n in names)):
         if isinstance(value, torch.Tensor) and value.dim() > 0:

@@ -58,7 +58,9 @@ def _torch_dtype(dtype: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
-def check_controlnet_fits(unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet") -> None:
+def check_controlnet_fits(
+    unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet"
+) -> None:
     """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net."""
     diffs = []
     for field in _CONTROLNET_FIT_FIELDS:
@@ -74,7 +76,9 @@ def check_controlnet_fits(unet_config: Any, controlnet_config: Any, controlnet_n
 
 
 def _is_local(ref: str) -> bool:
-    return os.path.exists(ref) or ref.startswith((".", "/", "~")) or os.sep in ref.rstrip("/").split("/", 1)[0]
+    return (
+        os.path.exists(ref) or ref.startswith((".", "/", "~")) or os.sep in ref.rstrip("/").split("/", 1)[0]
+    )
 
 
 def _resolve_local_dir(ref: str, kind: str, marker: str) -> Path:
@@ -117,7 +121,11 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
         has_own_controlnet = "controlnet" in index
     else:
         has_own_controlnet = False
-    kwargs: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    kwargs: dict[str, Any] = {
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
     if controlnet_ref is not None:
         controlnet = _load_controlnet(controlnet_ref, torch_dtype)
         try:
@@ -128,7 +136,8 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
         kwargs["controlnet"] = controlnet
     elif not has_own_controlnet:
         raise ModelLoadError(
-            f"base model {base!r} holds no ControlNet: pass one with `controlnet=` (CLI: --controlnet DIR|ID)."
+            f"base model {base!r} holds no ControlNet: pass one with `controlnet=` "
+            "(CLI: --controlnet DIR|ID)."
         )
     try:
         return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)

@@ -105,8 +105,16 @@ def _tiny_components(seed: int) -> dict[str, Any]:
         sample_size=64,
     )
     torch.manual_seed(seed + 4)
-    text_encoder = _text_encoder(tokenizer, hidden=32, layers=2, heads=4, intermediate=64, vocab=len(tokenizer))
-    return {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+    text_encoder = _text_encoder(
+        tokenizer, hidden=32, layers=2, heads=4, intermediate=64, vocab=len(tokenizer)
+    )
+    return {
+        "unet": unet,
+        "controlnet": controlnet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
 
 
 def _sd15_components(seed: int) -> dict[str, Any]:
@@ -143,7 +151,13 @@ def _sd15_components(seed: int) -> dict[str, Any]:
     )
     # CLIP ViT-L/14 text tower, with the real vocabulary size so the embedding table has its real shape.
     text_encoder = _text_encoder(tokenizer, hidden=768, layers=12, heads=12, intermediate=3072, vocab=49408)
-    return {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+    return {
+        "unet": unet,
+        "controlnet": controlnet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
 
 
 def build_preset_components(name: str, seed: int = 0) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class RunContext:
 
 
 class _SchedulerBinding:
-    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, never the class)."""
+    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, not the class)."""
 
     def __init__(self, pipe: Any, context: RunContext) -> None:
         self.pipe = pipe
@@ -125,11 +125,13 @@ def run_context(pipe: Any) -> RunContext:
     """The run context attached to ``pipe``; raises ``RuntimeError`` if none is attached."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:
-        raise RuntimeError("no run context is attached to this pipeline; use hgc_tune.runtime.attach_run_context")
+        raise RuntimeError(
+            "no run context is attached to this pipeline; use hgc_tune.runtime.attach_run_context"
+        )
     if binding.scheduler is not pipe.scheduler:
         raise RuntimeError(
-            "the pipeline's scheduler was replaced after hgc-tune attached to it; remove the policy (or profiler) "
-            "and apply it again after changing the scheduler."
+            "the pipeline's scheduler was replaced after hgc-tune attached to it; remove the policy (or "
+            "profiler) and apply it again after changing the scheduler."
         )
     return binding.context
 

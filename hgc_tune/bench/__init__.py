@@ -1,0 +1,7 @@
+"""Benchmarks: full versus policy generation timed alternately in one run."""
+
+from __future__ import annotations
+
+from hgc_tune.bench._timing import BenchResult, machine_name, time_alternating
+
+__all__ = ["BenchResult", "machine_name", "time_alternating"]

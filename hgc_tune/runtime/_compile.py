@@ -1,0 +1,56 @@
+"""Regional compilation that leaves hgc-tune's Python-side dispatch outside the compiled graphs.
+
+Compiling a module whose ``forward`` carries a cache hook would trace the hook and guard on the step index
+(one recompilation per step). Instead, the largest submodules of the U-Net and ControlNet that contain no
+hooked module are compiled in place (``module.compile()``), so cached blocks dispatch in Python between
+compiled regions, as DESIGN.md asks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["compile_regions"]
+
+
+def _is_hooked(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and bool(registry.hooks)
+
+
+def _contains_hook(module: torch.nn.Module) -> bool:
+    return any(_is_hooked(m) for m in module.modules())
+
+
+def _compile_unhooked(
+    module: torch.nn.Module, prefix: str, compiled: list[str], kwargs: dict[str, Any]
+) -> None:
+    # Containers have no forward of their own: compile their members instead.
+    is_container = isinstance(module, torch.nn.ModuleList | torch.nn.ModuleDict | torch.nn.Sequential)
+    if not is_container and not _contains_hook(module):
+        if any(True for _ in module.parameters()):
+            module.compile(**kwargs)
+            compiled.append(prefix)
+        return
+    for name, child in module.named_children():
+        _compile_unhooked(child, f"{prefix}.{name}" if prefix else name, compiled, kwargs)
+
+
+def compile_regions(pipe: Any, **compile_kwargs: Any) -> list[str]:
+    """Compile (in place) the largest hook-free submodules of ``pipe.unet`` and ``pipe.controlnet``.
+
+    Call it after ``apply_policy``. Without any policy applied, this compiles each model whole.
+
+    Args:
+        pipe: The pipeline.
+        **compile_kwargs: Passed to ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+
+    Returns:
+        The module keys of the compiled regions.
+    """
+    compiled: list[str] = []
+    for component in ("controlnet", "unet"):
+        _compile_unhooked(getattr(pipe, component), component, compiled, compile_kwargs)
+    return compiled
