@@ -7,6 +7,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Generated datasets go to a per-session folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HGC_TUNE_CACHE", str(tmp_path_factory.mktemp("hgc-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     from hgc_tune.models import load_pipeline
