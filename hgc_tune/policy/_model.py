@@ -9,8 +9,8 @@ compute set ``C_M ⊆ [0, S)`` with ``0 ∈ C_M``. At ``s ∈ C_M`` it runs and 
   ``start`` and reuses that output for ``start+1 … end-1``. Windows are converted to a compute set.
 - ``controlnet``: the steps where the whole ControlNet runs; outside them ``reuse`` (last residuals) or
   ``drop`` (zero residuals, nothing computed).
-- ``guidance``: CFG runs in full for steps ``< cfg_until``; from ``cfg_until`` on, the U-Net and ControlNet run
-  the conditional half only and it stands for both halves.
+- ``guidance``: CFG runs in full for steps ``< cfg_until``; from ``cfg_until`` on, the U-Net and ControlNet
+  run the conditional half only and it stands for both halves.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def _steps(values: Iterable[Any], where: str, num_steps: int, *, need_zero: bool
     if len(set(out)) != len(out):
         raise PolicyFormatError(f"{where}: steps must be unique, but got {sorted(out)}.")
     if need_zero and 0 not in out:
-        raise PolicyFormatError(f"{where}: compute steps must include step 0 (nothing is cached before it).")
+        raise PolicyFormatError(
+            f"{where}: compute steps must include step 0 (nothing is cached before it), but got {sorted(out)}."
+        )
     return tuple(sorted(out))
 
 
@@ -68,7 +70,9 @@ class PolicyTarget:
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise PolicyFormatError(f"target.num_steps must be a positive integer, but got {self.num_steps!r}.")
+            raise PolicyFormatError(
+                f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,8 @@ class Policy:
             for w in ordered:
                 if not (0 <= w.start < w.end <= s):
                     raise PolicyFormatError(
-                        f"attention[{key!r}]: window [{w.start}, {w.end}) must satisfy 0 <= start < end <= {s}."
+                        f"attention[{key!r}]: window [{w.start}, {w.end}) must satisfy "
+                        f"0 <= start < end <= {s}."
                     )
             for a, b in zip(ordered, ordered[1:]):
                 if b.start < a.end:
@@ -158,7 +163,8 @@ class Policy:
         if self.controlnet is not None:
             if self.controlnet.mode not in CONTROLNET_MODES:
                 raise PolicyFormatError(
-                    f"controlnet.mode must be one of {list(CONTROLNET_MODES)}, but got {self.controlnet.mode!r}."
+                    f"controlnet.mode must be one of {list(CONTROLNET_MODES)}, "
+                    f"but got {self.controlnet.mode!r}."
                 )
             steps = _steps(
                 self.controlnet.steps, "controlnet.steps", s, need_zero=self.controlnet.mode == "reuse"
@@ -219,7 +225,8 @@ class PolicyFile:
             if len(self.policies) == 1:
                 return self.policies[0]
             raise PolicyFormatError(
-                f"this policy file holds policies for condition types {self.condition_types}; pass condition_type."
+                f"this policy file holds policies for condition types {self.condition_types}; "
+                "pass condition_type."
             )
         for p in self.policies:
             if p.target.condition_type == condition_type:

@@ -1,0 +1,260 @@
+"""Known hand-set caching schedules ("peers") expressed as policies, for comparison with searched ones.
+
+Each generator takes the policy target and the pipeline's cacheable module keys (for example
+``hgc_tune.models.cacheable_module_keys(pipe)``, or the keys saved in a profile), so no pipeline has to be
+loaded to make a peer policy. Peers are named by a short string that encodes their parameters
+(``deepcache-n3-b0``, ``tgate-g10``, ``tgate-g10-cfg``, ``cnwin-k10-drop``); :func:`peer_policy` parses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from hgc_tune.errors import PolicyError
+from hgc_tune.policy._model import (
+    CONTROLNET_MODES,
+    ControlNetWindow,
+    GuidanceWindow,
+    Policy,
+    PolicyTarget,
+    Provenance,
+    ReuseWindow,
+)
+
+__all__ = [
+    "PeerSpec",
+    "PEERS",
+    "DEFAULT_PEERS",
+    "deepcache_policy",
+    "tgate_policy",
+    "controlnet_window_policy",
+    "peer_policy",
+]
+
+
+def _positive_int(value: int, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise PolicyError(f"`{name}` must be an integer {bounds}, but got {name}={value!r}.")
+    return value
+
+
+def _block_layout(module_keys: Iterable[str], component: str) -> tuple[int, bool, int]:
+    """Number of down blocks, whether there is a mid block, number of up blocks of ``component``."""
+    down, up, mid = set(), set(), False
+    pattern = re.compile(rf"^{component}\.(down_blocks|up_blocks)\.(\d+)$")
+    for key in module_keys:
+        if key == f"{component}.mid_block":
+            mid = True
+        elif m := pattern.match(key):
+            (down if m.group(1) == "down_blocks" else up).add(int(m.group(2)))
+    for name, idx in (("down_blocks", down), ("up_blocks", up)):
+        if idx != set(range(len(idx))):
+            raise PolicyError(
+                f"{component}.{name} indices must be 0..n-1, but module_keys has {sorted(idx)}."
+            )
+    return len(down), mid, len(up)
+
+
+def _peer_provenance(name: str) -> Provenance:
+    return Provenance(source=f"peer:{name}")
+
+
+def deepcache_policy(
+    target: PolicyTarget, module_keys: Iterable[str], interval: int, branch: int, *, name: str | None = None
+) -> Policy:
+    """A DeepCache-style uniform schedule (Ma et al., https://arxiv.org/abs/2312.00858).
+
+    Every ``interval`` steps (0, N, 2N, …) the whole network computes. On the other steps only the shallow
+    branch runs: ``down_blocks.0..branch`` and ``up_blocks.(L-1-branch)..(L-1)`` compute, and every deeper
+    block (``down_blocks.(branch+1)…``, ``mid_block``, ``up_blocks.0..(L-2-branch)``) returns its output of
+    the last refresh. In diffusers' ``UNet2DConditionModel`` the shallow up block consumes the output of the
+    deeper up block next to it, so reusing that block's output is exactly DeepCache's cached high-level
+    feature. The ControlNet (down blocks and mid block only) gets the same treatment: its blocks deeper than
+    ``branch`` reuse. ``branch=0`` is the shallowest branch, DeepCache's most aggressive setting.
+
+    Args:
+        target: The pipeline the policy is for.
+        module_keys: The pipeline's cacheable module keys.
+        interval: Refresh interval ``N >= 1`` (1 = full compute).
+        branch: Skip branch ``b`` in ``[0, L-1]`` with ``L`` the U-Net's number of down blocks.
+        name: Policy name; ``deepcache-n<N>-b<b>`` by default.
+
+    Returns:
+        A policy with ``blocks`` entries only.
+
+    Example:
+        >>> keys = ["unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block", "unet.up_blocks.0",
+        ...         "unet.up_blocks.1"]
+        >>> t = PolicyTarget("P", "U", "C", "0123456789abcdef", 6, "UniPCMultistepScheduler")
+        >>> dict(deepcache_policy(t, keys, 3, 0).blocks)
+        {'unet.down_blocks.1': (0, 3), 'unet.mid_block': (0, 3), 'unet.up_blocks.0': (0, 3)}
+    """
+    keys = list(module_keys)
+    interval = _positive_int(interval, "interval")
+    n_down, _, n_up = _block_layout(keys, "unet")
+    if n_down == 0 or n_up == 0:
+        raise PolicyError("deepcache_policy needs the U-Net's down and up blocks, but module_keys has none.")
+    branch = _positive_int(branch, "branch", minimum=0, maximum=min(n_down, n_up) - 1)
+    refresh = tuple(range(0, target.num_steps, interval))
+    deep: list[str] = []
+    for component in ("unet", "controlnet"):
+        c_down, c_mid, c_up = _block_layout(keys, component)
+        deep += [f"{component}.down_blocks.{i}" for i in range(branch + 1, c_down)]
+        deep += [f"{component}.mid_block"] if c_mid else []
+        deep += [f"{component}.up_blocks.{i}" for i in range(0, c_up - 1 - branch)]
+    name = name or f"deepcache-n{interval}-b{branch}"
+    # Interval 1 refreshes at every step: nothing is cached, so no entries.
+    blocks = {} if len(refresh) == target.num_steps else {key: refresh for key in deep}
+    return Policy(target=target, blocks=blocks, name=name, provenance=_peer_provenance(name))
+
+
+def tgate_policy(
+    target: PolicyTarget,
+    module_keys: Iterable[str],
+    gate_step: int,
+    truncate_cfg: bool = False,
+    *,
+    name: str | None = None,
+) -> Policy:
+    """A T-GATE-like schedule (Zhang et al., https://arxiv.org/abs/2404.02747): cross-attention gated.
+
+    T-GATE computes cross-attention for the first ``gate_step`` steps, caches its output at the last of
+    them (step ``gate_step - 1``, 0-based) and reuses it from step ``gate_step`` on; the reference
+    implementation also stops CFG from the gate step. Here every ``attn2`` module (U-Net and ControlNet)
+    gets the reuse window ``[gate_step - 1, num_steps)``: it computes at steps ``0 … gate_step - 1`` and
+    reuses its output from step ``gate_step`` on. One difference: T-GATE caches the average of the
+    unconditional and conditional halves, whereas our executor reuses each half's own output (with
+    ``truncate_cfg`` only the conditional half is used after the gate, so the difference vanishes there).
+
+    Args:
+        target: The pipeline the policy is for.
+        module_keys: The pipeline's cacheable module keys.
+        gate_step: The number of steps with computed cross-attention, in ``[1, num_steps]``.
+        truncate_cfg: Also run the conditional branch only from ``gate_step`` on
+            (``guidance=GuidanceWindow(gate_step)``).
+        name: Policy name; ``tgate-g<k>`` (``-cfg`` with ``truncate_cfg``) by default.
+    """
+    s = target.num_steps
+    gate_step = _positive_int(gate_step, "gate_step", maximum=s)
+    attn2 = sorted(k for k in module_keys if k.endswith(".attn2"))
+    if not attn2:
+        raise PolicyError("tgate_policy needs cross-attention (`…attn2`) modules, but module_keys has none.")
+    name = name or f"tgate-g{gate_step}" + ("-cfg" if truncate_cfg else "")
+    # With gate_step == num_steps nothing is ever reused: no window to write.
+    attention = {k: (ReuseWindow(gate_step - 1, s),) for k in attn2} if gate_step < s else {}
+    guidance = GuidanceWindow(gate_step) if truncate_cfg else None
+    return Policy(
+        target=target, attention=attention, guidance=guidance, name=name, provenance=_peer_provenance(name)
+    )
+
+
+def controlnet_window_policy(
+    target: PolicyTarget,
+    module_keys: Iterable[str],
+    first_k: int,
+    mode: str = "drop",
+    *,
+    name: str | None = None,
+) -> Policy:
+    """Control only in the first ``first_k`` steps; afterwards the ControlNet is dropped or reused.
+
+    ``drop`` is what diffusers' ``control_guidance_end = first_k / num_steps`` means, minus the wasted
+    ControlNet forwards diffusers still runs (and multiplies by 0).
+
+    Args:
+        target: The pipeline the policy is for.
+        module_keys: The pipeline's cacheable module keys (must include ``controlnet``).
+        first_k: Steps with a computed ControlNet, in ``[0, num_steps]`` (``[1, num_steps]`` for ``reuse``).
+        mode: ``drop`` (zero residuals) or ``reuse`` (the residuals of step ``first_k - 1``).
+        name: Policy name; ``cnwin-k<k>-<mode>`` by default.
+    """
+    if "controlnet" not in set(module_keys):
+        raise PolicyError(
+            "controlnet_window_policy needs a pipeline with a ControlNet (module key `controlnet`)."
+        )
+    if mode not in CONTROLNET_MODES:
+        raise PolicyError(f"`mode` must be one of {list(CONTROLNET_MODES)}, but got mode={mode!r}.")
+    first_k = _positive_int(first_k, "first_k", minimum=1 if mode == "reuse" else 0, maximum=target.num_steps)
+    name = name or f"cnwin-k{first_k}-{mode}"
+    controlnet = ControlNetWindow(tuple(range(first_k)), mode) if first_k < target.num_steps else None
+    return Policy(target=target, controlnet=controlnet, name=name, provenance=_peer_provenance(name))
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """A family of peer schedules: its name pattern and how to build one from a parsed name."""
+
+    family: str
+    form: str
+    pattern: re.Pattern[str]
+    build: Callable[[PolicyTarget, list[str], re.Match[str], str], Policy]
+    reference: str
+
+
+PEERS: dict[str, PeerSpec] = {
+    spec.family: spec
+    for spec in (
+        PeerSpec(
+            "deepcache",
+            "deepcache-n<interval>-b<branch>",
+            re.compile(r"deepcache-n(\d+)-b(\d+)"),
+            lambda t, k, m, name: deepcache_policy(t, k, int(m[1]), int(m[2]), name=name),
+            "https://arxiv.org/abs/2312.00858",
+        ),
+        PeerSpec(
+            "tgate",
+            "tgate-g<gate_step>[-cfg]",
+            re.compile(r"tgate-g(\d+)(-cfg)?"),
+            lambda t, k, m, name: tgate_policy(t, k, int(m[1]), m[2] is not None, name=name),
+            "https://arxiv.org/abs/2404.02747",
+        ),
+        PeerSpec(
+            "cnwin",
+            "cnwin-k<first_k>-<drop|reuse>",
+            re.compile(r"cnwin-k(\d+)-(drop|reuse)"),
+            lambda t, k, m, name: controlnet_window_policy(t, k, int(m[1]), m[2], name=name),
+            "diffusers control_guidance_end",
+        ),
+    )
+}
+
+# The peers shipped in ``policies/`` for every preset.
+DEFAULT_PEERS: tuple[str, ...] = (
+    "deepcache-n3-b0",
+    "deepcache-n5-b0",
+    "tgate-g10",
+    "tgate-g10-cfg",
+    "cnwin-k10-drop",
+)
+
+
+def peer_policy(name: str, target: PolicyTarget, module_keys: Iterable[str]) -> Policy:
+    """Build a peer policy from its name (see :data:`PEERS` for the forms).
+
+    Args:
+        name: ``deepcache-n<interval>-b<branch>``, ``tgate-g<gate_step>[-cfg]`` or
+            ``cnwin-k<k>-<drop|reuse>``.
+        target: The pipeline the policy is for.
+        module_keys: The pipeline's cacheable module keys.
+
+    Raises:
+        PolicyError: An unknown name form, or parameters that do not fit the target.
+
+    Example:
+        >>> t = PolicyTarget("P", "U", "C", "0123456789abcdef", 20, "UniPCMultistepScheduler")
+        >>> peer_policy("cnwin-k10-drop", t, ["controlnet"]).controlnet.steps[-1]
+        9
+    """
+    for spec in PEERS.values():
+        if m := spec.pattern.fullmatch(name):
+            return spec.build(target, list(module_keys), m, name)
+    forms = ", ".join(spec.form for spec in PEERS.values())
+    raise PolicyError(f"unknown peer policy name {name!r}; known forms: {forms}.")

@@ -1,0 +1,40 @@
+"""The :class:`PolicyTarget` of a loaded pipeline."""
+
+from __future__ import annotations
+
+from hgc_tune.policy._model import PolicyTarget
+
+__all__ = ["target_for_pipeline"]
+
+
+def target_for_pipeline(
+    pipe, *, num_steps: int, condition_type: str | None = None, model: str | None = None
+) -> PolicyTarget:
+    """Describe ``pipe`` as a policy target: class names, structural fingerprint, scheduler, steps.
+
+    Args:
+        pipe: A diffusers ControlNet pipeline.
+        num_steps: Denoising steps per generation the policy is made for.
+        condition_type: The condition the policy is for (``seg``, ``canny``, …), ``None`` for any.
+        model: A human label for the model (a preset name or checkpoint id).
+
+    Example:
+        >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
+        >>> target_for_pipeline(load_pipeline("tiny"), num_steps=20, model="tiny").scheduler  # doctest: +SKIP
+        'UniPCMultistepScheduler'
+    """
+    # Imported here: hgc_tune.models pulls in torch, and reading policy files must not.
+    from hgc_tune.models import model_fingerprint
+
+    controlnet = getattr(pipe, "controlnet", None)
+    return PolicyTarget(
+        pipeline_class=type(pipe).__name__,
+        unet_class=type(pipe.unet).__name__,
+        # Empty for a pipeline without a ControlNet; every shipped pipeline has one.
+        controlnet_class=type(controlnet).__name__ if controlnet is not None else "",
+        fingerprint=model_fingerprint(pipe),
+        num_steps=num_steps,
+        scheduler=type(pipe.scheduler).__name__,
+        condition_type=condition_type,
+        model=model,
+    )

@@ -1,0 +1,65 @@
+"""The policy files shipped in policies/: valid, canonical, schema-conformant and what their names say."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from _policy_fixtures import SD15_KEYS, TINY_KEYS
+
+from hgc_tune.policy import DEFAULT_PEERS, Provenance, dumps_policy, load_policy, peer_policy
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+SCHEMA = POLICIES / "policy.schema.json"
+SHIPPED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA)
+KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS}
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_every_preset_ships_every_default_peer() -> None:
+    names = {p.name for p in SHIPPED}
+    for model in KEYS:
+        for peer in DEFAULT_PEERS:
+            assert f"{model}-{peer}.json" in names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_policy_file(path: Path, validator) -> None:
+    text = path.read_text()
+    validator.validate(json.loads(text))
+    pf = load_policy(path)
+    # canonical: writing it again gives the same bytes
+    assert dumps_policy(pf) == text
+    policy = pf.select()
+    model, peer = path.stem.split("-", 1)
+    assert policy.target.model == model
+    assert policy.target.num_steps == 20
+    assert policy.target.scheduler == "UniPCMultistepScheduler"
+    assert policy.target.condition_type is None
+    assert policy.name == peer
+    assert policy.provenance.source == f"peer:{peer}"
+    # the schedule is exactly the peer generator's, for the preset's module keys
+    expected = peer_policy(peer, policy.target, KEYS[model])
+    assert dataclasses.replace(policy, provenance=Provenance(source=policy.provenance.source)) == expected
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_policy_macs_are_consistent(path: Path) -> None:
+    macs = load_policy(path).select().provenance.macs
+    if not macs:
+        pytest.skip("written without a MAC table")
+    assert set(macs) == {"paper", "complete"}
+    for m in macs.values():
+        assert m["policy"] == m["policy.unet"] + m["policy.controlnet"]
+        assert m["full"] == m["full.unet"] + m["full.controlnet"]
+        assert 0 < m["policy"] < m["full"]
+        assert m["reduction"] == pytest.approx(1 - m["policy"] / m["full"])
