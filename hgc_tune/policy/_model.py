@@ -50,7 +50,8 @@ def _steps(values: Iterable[Any], where: str, num_steps: int, *, need_zero: bool
         raise PolicyFormatError(f"{where}: steps must be unique, but got {sorted(out)}.")
     if need_zero and 0 not in out:
         raise PolicyFormatError(
-            f"{where}: compute steps must include step 0 (nothing is cached before it), but got {sorted(out)}."
+            f"{where}: compute steps must include step 0 (nothing is cached before it), "
+            f"but got {sorted(out)}."
         )
     return tuple(sorted(out))
 
