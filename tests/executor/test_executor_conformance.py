@@ -11,7 +11,13 @@ from hgc_tune.executor import apply_policy
 from hgc_tune.policy import ControlNetWindow, GuidanceWindow, Policy, ReuseWindow
 
 STEPS = 6
-DEEP_UNET = ["unet.down_blocks.2", "unet.down_blocks.3", "unet.mid_block", "unet.up_blocks.0", "unet.up_blocks.1"]
+DEEP_UNET = [
+    "unet.down_blocks.2",
+    "unet.down_blocks.3",
+    "unet.mid_block",
+    "unet.up_blocks.0",
+    "unet.up_blocks.1",
+]
 DEEP_CONTROLNET = ["controlnet.down_blocks.2", "controlnet.down_blocks.3", "controlnet.mid_block"]
 ATTN2 = "unet.up_blocks.3.attentions.0.transformer_blocks.0.attn2"
 
@@ -20,7 +26,9 @@ def _techniques(target) -> dict[str, Policy]:
     t = target(STEPS)
     return {
         "unet_blocks": Policy(t, blocks={k: (0, 3) for k in DEEP_UNET}, name="unet_blocks"),
-        "controlnet_blocks": Policy(t, blocks={k: (0, 2, 4) for k in DEEP_CONTROLNET}, name="controlnet_blocks"),
+        "controlnet_blocks": Policy(
+            t, blocks={k: (0, 2, 4) for k in DEEP_CONTROLNET}, name="controlnet_blocks"
+        ),
         "attention": Policy(t, attention={ATTN2: (ReuseWindow(1, STEPS),)}, name="attention"),
         "controlnet_reuse": Policy(t, controlnet=ControlNetWindow((0, 2, 4), "reuse"), name="cn_reuse"),
         "controlnet_drop": Policy(t, controlnet=ControlNetWindow((0, 1), "drop"), name="cn_drop"),
@@ -51,7 +59,8 @@ def test_all_compute_policy_is_bit_identical_to_no_policy(tiny_pipe, condition_i
 
 
 @pytest.mark.parametrize(
-    "technique", ["unet_blocks", "controlnet_blocks", "attention", "controlnet_reuse", "controlnet_drop", "guidance"]
+    "technique",
+    ["unet_blocks", "controlnet_blocks", "attention", "controlnet_reuse", "controlnet_drop", "guidance"],
 )
 def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_target, baselines):
     policy = _techniques(tiny_target)[technique]

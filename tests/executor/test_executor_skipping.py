@@ -76,7 +76,9 @@ def test_skipped_blocks_do_not_execute(tiny_pipe, condition_image, tiny_target):
 
 def test_dropped_controlnet_and_truncated_cfg_compute_nothing_extra(tiny_pipe, condition_image, tiny_target):
     observed = {"controlnet.conv_in": tiny_pipe.controlnet.conv_in, "unet.conv_in": tiny_pipe.unet.conv_in}
-    policy = Policy(tiny_target(STEPS), controlnet=ControlNetWindow((0, 1), "drop"), guidance=GuidanceWindow(4))
+    policy = Policy(
+        tiny_target(STEPS), controlnet=ControlNetWindow((0, 1), "drop"), guidance=GuidanceWindow(4)
+    )
     counter = _CallCounter(observed)
     try:
         with apply_policy(tiny_pipe, policy):
@@ -164,7 +166,9 @@ def test_reuse_of_a_fresh_cache_is_exact(tiny_pipe, tiny_target):
             context.begin(2, cfg=True)
             first = step()
             context.advance()
-            counter = _CallCounter({"mid": unet.mid_block.resnets[0], "cn": cn.conv_in, "shallow": unet.conv_in})
+            counter = _CallCounter(
+                {"mid": unet.mid_block.resnets[0], "cn": cn.conv_in, "shallow": unet.conv_in}
+            )
             second = step()
             counter.close()
         finally:
