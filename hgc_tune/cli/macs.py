@@ -1,13 +1,128 @@
-"""hgc-tune macs (not built yet)."""
+"""Count the MACs of one full-compute generation, per block, in both conventions.
+
+Conventions (one multiply-accumulate = 1): ``paper`` is fvcore's default count, which skips
+scaled_dot_product_attention; ``complete`` adds the attention products QKᵀ and AV. The total counts the U-Net
+and the ControlNet (what the HGC paper's 18.22T for SD1.5 + ControlNet, 512², 20 steps, CFG counts); the text
+encoder and the VAE decoder are reported beside it.
+
+Example (the paper's figure; about a minute or two on CPU):
+    hgc-tune macs --model sd15 --resolution 512 --steps 20 --json
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+import sys
+import time
+
+from hgc_tune.cli._common import add_model_arguments, print_json
+
+HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="image height and width in pixels (default: the preset's, e.g. 512 for sd15, 64 for tiny)",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument("--batch", type=int, default=1, help="images per generation (default: 1)")
+    parser.add_argument(
+        "--no-cfg", dest="cfg", action="store_false", help="count without classifier-free guidance"
+    )
+    parser.add_argument(
+        "--convention",
+        choices=["paper", "complete"],
+        default="paper",
+        help="convention of the human-readable table (default: paper; --json reports both)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON with both conventions")
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune macs is not built yet")
+def _resolution(args: argparse.Namespace, pipe) -> int:
+    from hgc_tune.models import PRESETS
+
+    if args.resolution is not None:
+        return args.resolution
+    if args.model in PRESETS:
+        return PRESETS[args.model].resolution
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def _fmt(macs: int) -> str:
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if macs >= scale:
+            return f"{macs / scale:.3f} {unit}"
+    return f"{macs} "
+
+
+def _print_table(result: dict, convention: str) -> None:
+    gen = result["conventions"][convention]
+    other = "complete" if convention == "paper" else "paper"
+    total = gen["total"]
+    cfg = "with CFG" if result["cfg"] else "without CFG"
+    print(
+        f"MACs of one generation: {result['model']}, {result['resolution']}x{result['resolution']} px, "
+        f"{result['steps']} steps, {cfg}, batch {result['batch']}"
+    )
+    print(f"convention: {convention} ({result['convention_notes'][convention]})")
+    print()
+    # Zero-MAC blocks (e.g. a remainder of 0) are left out of the human table; --json has them all.
+    rows = [(key, macs, f"{100 * macs / total:5.1f}%") for key, macs in gen["blocks"].items() if macs]
+    rows.append((f"total ({' + '.join(gen['includes'])})", total, "100.0%"))
+    rows += [(f"{part} (not in total)", gen[part], "") for part in ("text_encoder", "vae_decoder")]
+    rows.append(("total with all parts", gen["total_with_all"], ""))
+    width = max(len(row[0]) for row in rows)
+    print(f"{'block':<{width}}  {'MACs':>11}  {'share':>6}")
+    for label, macs, share in rows:
+        print(f"{label:<{width}}  {_fmt(macs):>11}  {share:>6}".rstrip())
+    print()
+    print(f"{other} convention total: {_fmt(result['conventions'][other]['total'])}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hgc_tune.cli._common import load_pipeline_from_args
+    from hgc_tune.errors import HgcTuneError
+    from hgc_tune.macs import CONVENTIONS, count_pipeline_macs
+
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            raise HgcTuneError(
+                f"`--{name}` must be a positive integer, but got {name}={getattr(args, name)}."
+            )
+    pipe = load_pipeline_from_args(args)
+    resolution = _resolution(args, pipe)
+    start = time.perf_counter()
+    table = count_pipeline_macs(pipe, height=resolution, width=resolution, model_name=args.model)
+    seconds = time.perf_counter() - start
+    conventions = {
+        c: table.generation_macs(steps=args.steps, cfg=args.cfg, convention=c, batch=args.batch)
+        for c in CONVENTIONS
+    }
+    parts = ("unet", "controlnet", "text_encoder", "vae.decoder")
+    result = {
+        "model": args.model,
+        "resolution": resolution,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "batch": args.batch,
+        "includes": conventions["paper"]["includes"],
+        "conventions": conventions,
+        "convention_notes": {
+            "paper": "fvcore's default count; scaled_dot_product_attention not counted",
+            "complete": "paper + attention QK^T and AV",
+        },
+        "per_image": {p: dict(table.per_image[p]) for p in parts if p in table.per_image},
+    }
+    # --policy P (added by the lead): MACs of the same generation under a caching policy go here, next to the
+    # full-compute `conventions`, computed from `table` and the policy's compute sets.
+    if args.json:
+        print_json(result)
+    else:
+        _print_table(result, args.convention)
+    print(f"counted in {seconds:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,165 @@
+"""Trace the modules of a Stable Diffusion + ControlNet pipeline once each and build its MAC table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hgc_tune.errors import HgcTuneError
+from hgc_tune.macs._count import trace_module_macs
+from hgc_tune.macs._table import MacTable
+
+__all__ = ["count_pipeline_macs"]
+
+# SD's CLIP context: prompts are padded to 77 tokens, so the U-Net's cross-attention always sees 77 keys.
+_DEFAULT_TEXT_TOKENS = 77
+# A timestep from the middle of SD's training range; MACs do not depend on it.
+_TIMESTEP = 500
+
+
+def _text_tokens(pipe: Any) -> int:
+    tokens = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None)
+    # Tokenizers without a set limit report a huge sentinel (int(1e30)); fall back to SD's 77.
+    if isinstance(tokens, int) and 0 < tokens <= 4096:
+        return tokens
+    return _DEFAULT_TEXT_TOKENS
+
+
+def _vae_scale_factor(pipe: Any) -> int:
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(factor, int) and factor > 0:
+        return factor
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def _check_size(name: str, value: Any, factor: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
+        raise HgcTuneError(
+            f"`{name}` must be a positive multiple of the VAE scale factor {factor}, "
+            f"but got {name}={value!r}."
+        )
+    return value
+
+
+def _unet_call(unet, sample, timestep, text, *residuals):
+    down = residuals[:-1] if residuals else None
+    mid = residuals[-1] if residuals else None
+    return unet(
+        sample,
+        timestep,
+        encoder_hidden_states=text,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+
+
+def _controlnet_call(controlnet, sample, timestep, text, cond):
+    down, mid = controlnet(
+        sample,
+        timestep,
+        encoder_hidden_states=text,
+        controlnet_cond=cond,
+        conditioning_scale=1.0,
+        guess_mode=False,
+        return_dict=False,
+    )
+    return [*down, mid]
+
+
+def _text_encoder_call(text_encoder, input_ids):
+    return text_encoder(input_ids)[0]
+
+
+def _vae_decode_call(vae, latents):
+    return vae.decode(latents, return_dict=False)[0]
+
+
+def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str = "") -> MacTable:
+    """Count the MACs of every module a generation runs, for one image, in both conventions.
+
+    Traces the pipeline's real modules once each at batch 1 under ``torch.no_grad()`` (one forward each, on
+    the modules' own device and dtype): the ControlNet and the U-Net at latent size ``height //
+    vae_scale_factor`` with 77-token text embeddings and a ``controlnet_cond`` image at pixel size (the U-Net
+    gets the ControlNet's residuals, as in the pipeline), the text encoder on one 77-token prompt, and the
+    VAE decode of one latent. The pipeline must be unmodified (no policy applied): the trace runs whatever
+    the modules' forwards do.
+
+    Keys of the table: ``unet``, ``controlnet`` and every submodule of each (``unet.down_blocks.1``, ...),
+    ``text_encoder`` and its submodules, ``vae.decoder`` (one decode, ``post_quant_conv`` included) and the
+    decoder's submodules.
+
+    Args:
+        pipe: A diffusers ``StableDiffusionControlNetPipeline`` (or any object with ``unet``, ``controlnet``
+            (may be ``None``), ``text_encoder``, ``vae`` and ``vae_scale_factor``).
+        height: Image height in pixels, a multiple of the VAE scale factor.
+        width: Image width in pixels, a multiple of the VAE scale factor.
+        model_name: What the table names as its model (a preset name or a path).
+
+    Returns:
+        The :class:`MacTable`.
+
+    Example:
+        >>> from hgc_tune.models import load_pipeline
+        >>> table = count_pipeline_macs(load_pipeline("tiny"), height=64, width=64, model_name="tiny")
+        >>> table.generation_macs(steps=20)["total"] > 0
+        True
+    """
+    factor = _vae_scale_factor(pipe)
+    _check_size("height", height, factor)
+    _check_size("width", width, factor)
+    unet = pipe.unet
+    controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is not None and not hasattr(controlnet, "controlnet_cond_embedding"):
+        raise HgcTuneError(
+            f"count_pipeline_macs counts one ControlNetModel, but the pipeline's controlnet is a "
+            f"{type(controlnet).__name__}."
+        )
+    device, dtype = unet.device, unet.dtype
+    tokens = _text_tokens(pipe)
+    latent_shape = (1, unet.config.in_channels, height // factor, width // factor)
+    # Fixed values keep the trace deterministic; MACs depend on shapes only.
+    sample = torch.zeros(latent_shape, device=device, dtype=dtype)
+    timestep = torch.tensor(_TIMESTEP, device=device)
+    text = torch.zeros((1, tokens, unet.config.cross_attention_dim), device=device, dtype=dtype)
+
+    per_image: dict[str, dict[str, int]] = {}
+    residuals: list[torch.Tensor] = []
+    if controlnet is not None:
+        cond = torch.zeros((1, 3, height, width), device=controlnet.device, dtype=controlnet.dtype)
+        table, residuals = trace_module_macs(
+            controlnet,
+            (
+                sample.to(controlnet.device, controlnet.dtype),
+                timestep.to(controlnet.device),
+                text.to(controlnet.device, controlnet.dtype),
+                cond,
+            ),
+            name="controlnet",
+            call=_controlnet_call,
+        )
+        per_image.update(table)
+        residuals = [r.to(device, dtype) for r in residuals]
+    table, _ = trace_module_macs(unet, (sample, timestep, text, *residuals), name="unet", call=_unet_call)
+    per_image.update(table)
+
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None:
+        input_ids = torch.zeros((1, tokens), dtype=torch.long, device=text_encoder.device)
+        table, _ = trace_module_macs(text_encoder, (input_ids,), name="text_encoder", call=_text_encoder_call)
+        per_image.update(table)
+
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        latents = torch.zeros(
+            (1, vae.config.latent_channels, height // factor, width // factor),
+            device=vae.device,
+            dtype=vae.dtype,
+        )
+        table, _ = trace_module_macs(vae, (latents,), name="vae", call=_vae_decode_call)
+        # The decode's entry is the whole `vae.decode` call (post_quant_conv included); the rest of the VAE
+        # (encoder, quant_conv) does not run in a text-to-image generation and is left out.
+        per_image["vae.decoder"] = table["vae"]
+        per_image.update({k: v for k, v in table.items() if k.startswith("vae.decoder.")})
+    return MacTable(model=model_name, height=height, width=width, per_image=per_image)
