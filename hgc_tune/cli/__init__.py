@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["main", "COMMANDS"]
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 user error, 1 unexpected failure)."""
     from hgc_tune.errors import HgcTuneError
 
+    # Library chatter (e.g. transformers' note that torchvision is absent) would bury the CLI's own output;
+    # a user who wants it sets these variables.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,6 +7,10 @@ encoder and the VAE decoder are reported beside it.
 
 Example (the paper's figure; about a minute or two on CPU):
     hgc-tune macs --model sd15 --resolution 512 --steps 20 --json
+
+With ``--policy`` it also prints the MACs of the same generation under a caching policy (computed from the
+per-module table and the policy's compute sets) and the reduction:
+    hgc-tune macs --model sd15 --policy policies/sd15-deepcache-n3-b0.json --json
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 import sys
 import time
 
-from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
@@ -29,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="image height and width in pixels (default: the preset's, e.g. 512 for sd15, 64 for tiny)",
     )
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per generation (default: 1)")
     parser.add_argument(
         "--no-cfg", dest="cfg", action="store_false", help="count without classifier-free guidance"
@@ -40,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="convention of the human-readable table (default: paper; --json reports both)",
     )
+    add_policy_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON with both conventions")
 
 
@@ -85,16 +92,20 @@ def _print_table(result: dict, convention: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hgc_tune.cli._common import load_pipeline_from_args
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.errors import HgcTuneError
     from hgc_tune.macs import CONVENTIONS, count_pipeline_macs
 
     for name in ("steps", "batch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise HgcTuneError(
                 f"`--{name}` must be a positive integer, but got {name}={getattr(args, name)}."
             )
     pipe = load_pipeline_from_args(args)
+    policy = resolve_policy(
+        args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
+    )
+    args.steps = policy.num_steps if policy is not None else (args.steps or 20)
     resolution = _resolution(args, pipe)
     start = time.perf_counter()
     table = count_pipeline_macs(pipe, height=resolution, width=resolution, model_name=args.model)
@@ -118,11 +129,27 @@ def run(args: argparse.Namespace) -> int:
         },
         "per_image": {p: dict(table.per_image[p]) for p in parts if p in table.per_image},
     }
-    # --policy P (added by the lead): MACs of the same generation under a caching policy go here, next to the
-    # full-compute `conventions`, computed from `table` and the policy's compute sets.
+    if policy is not None:
+        from hgc_tune.policy import policy_macs
+
+        result["policy"] = {
+            "name": policy.name,
+            "path": args.policy,
+            **{
+                c: policy_macs(policy, table, cfg=args.cfg, batch=args.batch, convention=c)
+                for c in CONVENTIONS
+            },
+        }
     if args.json:
         print_json(result)
     else:
         _print_table(result, args.convention)
+        if policy is not None:
+            for c in CONVENTIONS:
+                m = result["policy"][c]
+                print(
+                    f"policy {policy.name!r} ({c}): {_fmt(m['policy'])} of {_fmt(m['full'])} full, "
+                    f"reduction {100 * m['reduction']:.1f}% ({m['ratio']:.2f}x fewer MACs)"
+                )
     print(f"counted in {seconds:.1f} s", file=sys.stderr)
     return 0
