@@ -1,0 +1,72 @@
+"""Where the shipped ``shapes`` weights live, and the errors for a bad condition or missing weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hgc_tune.errors import ModelLoadError, ModelNotFoundError
+
+__all__ = [
+    "SHAPES_CONDITIONS",
+    "WEIGHTS_DIR",
+    "ShapesWeightsMissingError",
+    "UnknownConditionError",
+    "shapes_checkpoint",
+]
+
+# The condition types of the shapes benchmark, one shipped ControlNet each.
+SHAPES_CONDITIONS: tuple[str, ...] = ("seg", "canny", "hed", "depth")
+WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
+
+
+class UnknownConditionError(ModelLoadError):
+    """A condition type the ``shapes`` preset has no ControlNet for (or none given)."""
+
+
+class ShapesWeightsMissingError(ModelNotFoundError):
+    """The ``shapes`` weights have not been trained and copied into the package."""
+
+
+def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Return the base-model folder and the ControlNet folder of the ``shapes`` preset.
+
+    Args:
+        condition: The condition type, one of :data:`SHAPES_CONDITIONS`.
+        weights_dir: Where the weights are; :data:`WEIGHTS_DIR` (``hgc_tune/zoo/weights``) by default.
+
+    Returns:
+        ``(base_dir, controlnet_dir)``: a diffusers pipeline folder without ControlNet and a
+        ``ControlNetModel`` folder, both loadable with ``from_pretrained``.
+
+    Raises:
+        UnknownConditionError: ``condition`` is not one of :data:`SHAPES_CONDITIONS`.
+        ShapesWeightsMissingError: the weights are not there.
+
+    Example:
+        >>> base, controlnet = shapes_checkpoint("seg")  # doctest: +SKIP
+        >>> controlnet.name  # doctest: +SKIP
+        'controlnet-seg'
+    """
+    if condition not in SHAPES_CONDITIONS:
+        raise UnknownConditionError(
+            f"`condition` must be one of {', '.join(SHAPES_CONDITIONS)} for the shapes preset, "
+            f"but got condition={condition!r}."
+        )
+    root = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
+    base, controlnet = root / "base", root / f"controlnet-{condition}"
+    missing = [p for p in (base / "model_index.json", controlnet / "config.json") if not p.is_file()]
+    if missing:
+        shown = _display(root)
+        raise ShapesWeightsMissingError(
+            f"the shapes weights are not in {shown} (missing {', '.join(_display(p) for p in missing)}); "
+            f"train them with `python -m hgc_tune.zoo.train --out {shown}`."
+        )
+    return base, controlnet
+
+
+def _display(path: Path) -> str:
+    """The path relative to the repository (``hgc_tune/zoo/weights``) when it is inside it."""
+    try:
+        return str(path.relative_to(WEIGHTS_DIR.parents[2]))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,598 @@
+"""The whole training run of the ``shapes`` model: render, train the stages, save, self-check."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hgc_tune.errors import HgcTuneError
+from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS
+from hgc_tune.zoo._source import SceneSource
+
+__all__ = ["STAGES", "TrainConfig", "TrainError", "run_training"]
+
+STAGES: tuple[str, ...] = ("vae", "unet", "controlnet")
+# Offsets of the seeds derived from TrainConfig.seed, one per consumer, so that changing one stage's
+# randomness (or skipping it) leaves the others' unchanged.
+_SEEDS = {"text_encoder": 1, "vae": 2, "unet": 3, "controlnet": 4, "eval": 10_000}
+
+Log = Callable[[str], None]
+
+
+class TrainError(HgcTuneError):
+    """A training configuration or run that cannot proceed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the CLI's flags).
+
+    Attributes:
+        out: Output folder (``base/``, ``controlnet-<cond>/``, ``training.json``, ``reports/``).
+        device: Torch device (``cuda``, ``cpu``).
+        seed: Seeds model initialisation, data order and noise.
+        budget_minutes: Total wall time, rendering and self-check included.
+        stages: Stages to run; a stage left out is loaded from ``out`` (it must have been trained there).
+        fractions: Share of the training time of each stage (renormalised over the stages still to run).
+        iterations: Fixed iteration counts per stage (reproducible runs, tests); the budget still stops a
+            stage at its deadline.
+        pool_size: Training scenes rendered up front.
+        workers: Rendering processes (0 or 1: in this process).
+        vae_batch_size: Pictures per VAE iteration.
+        unet_batch_size: Latents per U-Net iteration.
+        controlnet_batch_size: Scenes per condition type per ControlNet iteration.
+        lr_vae: Peak learning rate of the VAE (AdamW, warm-up then cosine decay to 10%).
+        lr_unet: Same for the U-Net.
+        lr_controlnet: Same for the ControlNets.
+        prompt_dropout: Fraction of empty prompts in U-Net training (classifier-free guidance).
+        controlnet_prompt_dropout: Same for the ControlNets.
+        controlnet_embedding_init_std: Initialisation of the conditioning embedding's output convolution
+            (0 = diffusers' zero init; the residual convolutions stay zero either way).
+        conditions: ControlNets to train.
+        eval_samples: Held-out scenes per condition type in the self-check (0: skip it).
+        eval_guidance: Guidance scales the self-check tries (it recommends the one that passes most bars).
+        eval_steps: Denoising steps of the self-check (UniPC).
+        amp: bf16 autocast; ``None`` = on for CUDA, off on CPU.
+        save_dtype: ``fp16`` (ships in ~36 MB) or ``fp32``. With fp16, weights are rounded through fp16
+            after each stage, so later stages train against exactly the weights that ship.
+        log_every: Iterations between loss lines.
+        render_fraction: Budget share after which rendering stops (keeping the scenes done).
+        eval_reserve_fraction: Budget share kept for saving and the self-check.
+    """
+
+    out: Path
+    device: str = "cuda"
+    seed: int = 0
+    budget_minutes: float = 7.0
+    stages: tuple[str, ...] = STAGES
+    fractions: Mapping[str, float] = field(
+        default_factory=lambda: {"vae": 0.15, "unet": 0.42, "controlnet": 0.43}
+    )
+    iterations: Mapping[str, int] = field(default_factory=dict)
+    pool_size: int = 50_000
+    workers: int = 0
+    vae_batch_size: int = 128
+    unet_batch_size: int = 512
+    controlnet_batch_size: int = 128
+    lr_vae: float = 4e-4
+    lr_unet: float = 3e-4
+    lr_controlnet: float = 2e-4
+    prompt_dropout: float = 0.1
+    controlnet_prompt_dropout: float = 0.1
+    controlnet_embedding_init_std: float = 0.01
+    conditions: tuple[str, ...] = SHAPES_CONDITIONS
+    eval_samples: int = 16
+    eval_guidance: tuple[float, ...] = (7.5, 4.0, 2.0)
+    eval_steps: int = 20
+    amp: bool | None = None
+    save_dtype: str = "fp16"
+    log_every: int = 100
+    render_fraction: float = 0.15
+    eval_reserve_fraction: float = 0.08
+
+    def check(self) -> None:
+        """Raise :class:`TrainError` for an invalid setting."""
+        if not self.stages or any(s not in STAGES for s in self.stages):
+            raise TrainError(
+                f"`stages` must be a non-empty subset of {', '.join(STAGES)}, but got stages={self.stages}."
+            )
+        if not self.conditions or any(c not in SHAPES_CONDITIONS for c in self.conditions):
+            raise TrainError(
+                f"`conditions` must be a non-empty subset of {', '.join(SHAPES_CONDITIONS)}, "
+                f"but got conditions={self.conditions}."
+            )
+        if not self.budget_minutes > 0:
+            raise TrainError(f"`budget_minutes` must be > 0, but got budget_minutes={self.budget_minutes}.")
+        for name in ("pool_size", "vae_batch_size", "unet_batch_size", "controlnet_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"`{name}` must be >= 1, but got {name}={getattr(self, name)}.")
+        if self.eval_samples < 0 or self.eval_steps < 1 or not self.eval_guidance:
+            raise TrainError(
+                "`eval_samples` must be >= 0, `eval_steps` >= 1 and `eval_guidance` non-empty, but got "
+                f"eval_samples={self.eval_samples}, eval_steps={self.eval_steps}, "
+                f"eval_guidance={self.eval_guidance}."
+            )
+        if self.save_dtype not in ("fp16", "fp32"):
+            raise TrainError(
+                f"`save_dtype` must be 'fp16' or 'fp32', but got save_dtype={self.save_dtype!r}."
+            )
+        for stage, n in self.iterations.items():
+            if stage not in STAGES or n < 1:
+                raise TrainError(f"`iterations` must map stages to counts >= 1, but got {stage}={n}.")
+
+
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def _round_weights(model, dtype: str):
+    """Round ``model``'s weights through ``dtype`` in place, so that later stages see what ships."""
+    import torch
+
+    if dtype == "fp16":
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(torch.float16).to(tensor.dtype))
+    return model
+
+
+def _cpu_copy(model, dtype: str):
+    import torch
+
+    clone = copy.deepcopy(model).to("cpu")
+    if dtype == "fp16":
+        with torch.no_grad():
+            for tensor in [*clone.parameters(), *clone.buffers()]:
+                if tensor.is_floating_point():
+                    tensor.data = tensor.data.to(torch.float16)
+    return clone
+
+
+def _save_model(model, path: Path, dtype: str) -> None:
+    _cpu_copy(model, dtype).save_pretrained(str(path), safe_serialization=True)
+
+
+def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) -> None:
+    """Save a ``StableDiffusionPipeline`` folder without safety checker; ControlNet pipelines load it."""
+    from diffusers import StableDiffusionPipeline
+
+    from hgc_tune.models import make_scheduler
+
+    pipe = StableDiffusionPipeline(
+        vae=_cpu_copy(vae, dtype),
+        text_encoder=_cpu_copy(text_encoder, dtype),
+        tokenizer=tokenizer,
+        unet=_cpu_copy(unet, dtype),
+        scheduler=make_scheduler("unipc"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+
+
+# What a stage left out of `stages` is loaded from, relative to `out`.
+_SAVED = {"vae": ("base/vae", "AutoencoderKL"), "unet": ("base/unet", "UNet2DConditionModel")}
+
+
+def _check_saved(config: TrainConfig) -> None:
+    """Raise :class:`TrainError` before any work if a stage left out has no saved output to load."""
+    for stage, (folder, class_name) in _SAVED.items():
+        path = Path(config.out) / folder
+        if stage not in config.stages and not (path / "config.json").is_file():
+            raise TrainError(
+                f"stage {stage!r} is not in `stages` and {path} holds no saved {class_name}; add {stage} "
+                "to --stages, or point --out at the folder of a run that trained it."
+            )
+
+
+def _load(out: Path, stage: str):
+    import diffusers
+    import torch
+
+    folder, class_name = _SAVED[stage]
+    model = getattr(diffusers, class_name).from_pretrained(str(out / folder), torch_dtype=torch.float32)
+    return model.float()
+
+
+def _megabytes(paths) -> float:
+    return sum(f.stat().st_size for p in paths if p.exists() for f in p.rglob("*") if f.is_file()) / 1e6
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+class _Timeline:
+    """The run's clock: a total deadline, minus a reserve for saving and the self-check."""
+
+    def __init__(self, config: TrainConfig, start: float) -> None:
+        self.start = start
+        self.end = start + 60.0 * config.budget_minutes
+        self.reserve = 60.0 * config.budget_minutes * config.eval_reserve_fraction
+        self.render_deadline = start + 60.0 * config.budget_minutes * config.render_fraction
+        self.fractions = dict(config.fractions)
+
+    def stage_seconds(self, stage: str, remaining_stages: list[str]) -> float:
+        """This stage's share of the time left before the reserve (at least one second)."""
+        left = max(0.0, self.end - self.reserve - time.monotonic())
+        total = sum(self.fractions.get(s, 0.0) for s in remaining_stages) or 1.0
+        return max(1.0, left * self.fractions.get(stage, 0.0) / total)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+class _Run:
+    """One training run's state; the phases are methods so that :func:`run_training` reads as a list."""
+
+    def __init__(self, config: TrainConfig, source: SceneSource, log: Log, start: float) -> None:
+        import torch
+
+        from hgc_tune.zoo._stages import LossLog
+
+        self.config = config
+        self.source = source
+        self.log = log
+        self.timeline = _Timeline(config, start)
+        self.device = config.device
+        self.is_cuda = self.device.startswith("cuda")
+        self.amp = self.is_cuda if config.amp is None else bool(config.amp)
+        self.encode_batch = 512 if self.is_cuda else 64
+        self.out = Path(config.out)
+        self.base_dir = self.out / "base"
+        self.reports = self.out / "reports"
+        self.reports.mkdir(parents=True, exist_ok=True)
+        self.controlnet_dirs = {c: self.out / f"controlnet-{c}" for c in config.conditions}
+        self.losses = LossLog()
+        self.summary: dict[str, Any] = {
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "torch": torch.__version__,
+            "splits": source.split_note,
+            "stages": {},
+        }
+        self._carry_over_skipped_stages()
+        if self.is_cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+    # -- bookkeeping --------------------------------------------------------------------------------------
+
+    def _carry_over_skipped_stages(self) -> None:
+        """Keep the summary and loss curves of stages loaded from an earlier run in ``out``."""
+        skipped = [s for s in STAGES if s not in self.config.stages]
+        try:
+            previous = json.loads((self.out / "training.json").read_text())
+            curves = json.loads((self.reports / "zoo-train-losses.json").read_text())["curves"]
+        except (OSError, ValueError, KeyError):
+            return
+        for stage in skipped:
+            if stage in previous.get("stages", {}):
+                self.summary["stages"][stage] = {**previous["stages"][stage], "from_earlier_run": True}
+            if stage in curves:
+                self.losses.curves[stage] = curves[stage]
+        if "vae" in skipped and "latents" in previous:
+            self.summary["latents"] = previous["latents"]
+
+    def seed(self, consumer: str) -> int:
+        return self.config.seed * 1000 + _SEEDS[consumer]
+
+    def generator(self, consumer: str):
+        import torch
+
+        return torch.Generator(self.device).manual_seed(self.seed(consumer))
+
+    def write_reports(self) -> None:
+        """Rewrite ``training.json`` and the loss curves (after every stage, and at the end)."""
+        self.summary["elapsed_seconds"] = round(self.timeline.elapsed(), 1)
+        self.summary["size_mb"] = round(_megabytes([self.base_dir, *self.controlnet_dirs.values()]), 2)
+        (self.out / "training.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+        curves = json.dumps(self.losses.to_json(), indent=1, sort_keys=True) + "\n"
+        (self.reports / "zoo-train-losses.json").write_text(curves)
+        try:
+            self.losses.plot(self.reports / "zoo-train-losses.png")
+        except Exception as e:  # a plotting problem must not cost a trained model
+            self.log(f"  (loss plot failed: {type(e).__name__}: {e})")
+
+    def budget(self, stage: str):
+        import torch
+
+        from hgc_tune.zoo._stages import StageBudget
+
+        remaining = [s for s in STAGES[STAGES.index(stage) :] if s in self.config.stages]
+        seconds = self.timeline.stage_seconds(stage, remaining)
+        fixed = self.config.iterations.get(stage)
+        self.log(f"stage {stage}: up to {seconds:.0f} s" + (f", {fixed} iterations" if fixed else ""))
+        sync = torch.cuda.synchronize if self.is_cuda else (lambda: None)
+        return StageBudget(seconds=seconds, iterations=fixed, sync=sync)
+
+    def record(self, stage: str, result) -> None:
+        self.summary["stages"][stage] = asdict(result)
+        self.log(f"stage {stage} done: {result.iterations} iterations in {result.seconds:.1f} s")
+        self.write_reports()
+
+    # -- phases -------------------------------------------------------------------------------------------
+
+    def render(self):
+        import torch
+
+        from hgc_tune.zoo._pool import render_pool
+
+        config = self.config
+        self.log(f"rendering {config.pool_size} training scenes ({config.workers} workers) ...")
+        batch = max(config.unet_batch_size, config.controlnet_batch_size, config.vae_batch_size)
+        pool = render_pool(
+            self.source.render,
+            self.source.train_seeds(config.pool_size),
+            workers=config.workers,
+            deadline=self.timeline.render_deadline,
+            min_scenes=min(config.pool_size, 2 * batch),
+            device=self.device,
+            log=self.log,
+        )
+        seconds = round(self.timeline.elapsed(), 1)
+        self.summary["pool"] = {
+            "scenes": len(pool),
+            "distinct_prompts": len(pool.prompts),
+            "seconds": seconds,
+        }
+        # CUDA is touched only now: the rendering workers were forked from this process.
+        self.summary["device_name"] = torch.cuda.get_device_name(self.device) if self.is_cuda else "cpu"
+        self.log(f"pool: {len(pool)} scenes, {len(pool.prompts)} distinct prompts ({seconds} s)")
+        return pool
+
+    def text_encoder(self, tokenizer):
+        from hgc_tune.zoo._architecture import build_text_encoder
+
+        saved = self.base_dir / "text_encoder" / "config.json"
+        if saved.is_file() and "vae" not in self.config.stages:
+            from transformers import CLIPTextModel
+
+            encoder = CLIPTextModel.from_pretrained(str(saved.parent)).float()
+        else:
+            import torch
+
+            torch.manual_seed(self.seed("text_encoder"))
+            encoder = _round_weights(build_text_encoder(tokenizer), self.config.save_dtype)
+        return encoder.to(self.device).eval().requires_grad_(False)
+
+    def vae(self, pool):
+        """Train (or load) the VAE; returns it with the pool's latent means/stds and the scaling factor."""
+        import torch
+
+        from hgc_tune.zoo import _stages as st
+        from hgc_tune.zoo._architecture import build_vae
+
+        config = self.config
+        if "vae" not in config.stages:
+            vae = _load(self.out, "vae").to(self.device).eval()
+            vae.requires_grad_(False)
+            means, stds = st.encode_pool_latents(
+                vae, pool, device=self.device, amp=self.amp, batch_size=self.encode_batch
+            )
+            return vae, means, stds, float(vae.config.scaling_factor)
+        torch.manual_seed(self.seed("vae"))
+        vae = build_vae().to(self.device)
+        generator = self.generator("vae")
+        result = st.train_vae(
+            vae,
+            pool,
+            device=self.device,
+            amp=self.amp,
+            budget=self.budget("vae"),
+            batch_size=config.vae_batch_size,
+            lr=config.lr_vae,
+            generator=generator,
+            losses=self.losses,
+            log=self.log,
+            log_every=config.log_every,
+        )
+        _round_weights(vae, config.save_dtype)
+        means, stds = st.encode_pool_latents(
+            vae, pool, device=self.device, amp=self.amp, batch_size=self.encode_batch
+        )
+        scaling = st.latent_scaling_factor(means, stds, generator)
+        vae.register_to_config(scaling_factor=scaling)
+        _save_model(vae, self.base_dir / "vae", config.save_dtype)
+        self.summary["latents"] = {
+            "scaling_factor": scaling,
+            "mean": float(means.mean()),
+            "channel_means": [float(x) for x in means.mean(dim=(0, 2, 3))],
+            "posterior_std_mean": float(stds.mean()),
+        }
+        self.log(f"latent scaling factor {scaling:.4f} (latent mean {float(means.mean()):.3f})")
+        self.record("vae", result)
+        return vae, means, stds, scaling
+
+    def unet(self, pool, conditioning, schedule, *, vae, text_encoder, tokenizer):
+        import torch
+
+        from hgc_tune.zoo import _stages as st
+        from hgc_tune.zoo._architecture import build_unet
+
+        config = self.config
+        if "unet" not in config.stages:
+            unet = _load(self.out, "unet")
+            if "vae" in config.stages:  # a new VAE with an old U-Net: keep the base folder whole
+                _save_base(
+                    self.base_dir,
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
+                    unet=unet,
+                    dtype=config.save_dtype,
+                )
+            return unet.to(self.device).eval().requires_grad_(False)
+        torch.manual_seed(self.seed("unet"))
+        unet = build_unet().to(self.device)
+        result = st.train_unet(
+            unet,
+            pool,
+            conditioning,
+            schedule,
+            device=self.device,
+            amp=self.amp,
+            budget=self.budget("unet"),
+            batch_size=config.unet_batch_size,
+            lr=config.lr_unet,
+            generator=self.generator("unet"),
+            losses=self.losses,
+            log=self.log,
+            log_every=config.log_every,
+        )
+        _round_weights(unet, config.save_dtype)
+        _save_base(
+            self.base_dir,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            dtype=config.save_dtype,
+        )
+        self.record("unet", result)
+        return unet
+
+    def controlnets(self, pool, conditioning, schedule, unet) -> None:
+        import torch
+
+        from hgc_tune.zoo import _stages as st
+        from hgc_tune.zoo._architecture import build_controlnet
+
+        config = self.config
+        controlnets = {}
+        for i, condition in enumerate(config.conditions):
+            torch.manual_seed(self.seed("controlnet") + 10 * i)
+            controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
+            controlnets[condition] = controlnet.to(self.device)
+        result = st.train_controlnets(
+            controlnets,
+            unet,
+            pool,
+            conditioning,
+            schedule,
+            device=self.device,
+            amp=self.amp,
+            budget=self.budget("controlnet"),
+            batch_size=config.controlnet_batch_size,
+            lr=config.lr_controlnet,
+            generator=self.generator("controlnet"),
+            losses=self.losses,
+            log=self.log,
+            prompt_dropout=config.controlnet_prompt_dropout,
+            log_every=config.log_every,
+        )
+        for condition, controlnet in controlnets.items():
+            _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
+        self.record("controlnet", result)
+
+    def self_check(self) -> None:
+        from hgc_tune.zoo._selfcheck import self_check
+
+        config = self.config
+        missing = [c for c, d in self.controlnet_dirs.items() if not (d / "config.json").is_file()]
+        if missing:
+            self.summary["self_check"] = {"error": f"no ControlNet saved for {', '.join(missing)}"}
+            return
+        self.log(
+            f"self-check: {config.eval_samples} held-out scenes per condition type, {config.eval_steps} "
+            f"UniPC steps, guidance {', '.join(f'{g:g}' for g in config.eval_guidance)} ..."
+        )
+        try:
+            scenes = [self.source.render(s) for s in self.source.heldout_seeds(config.eval_samples)]
+            check = self_check(
+                self.base_dir,
+                self.controlnet_dirs,
+                scenes,
+                guidance_scales=config.eval_guidance,
+                steps=config.eval_steps,
+                device=self.device,
+                seed=self.seed("eval"),
+                report_dir=self.reports,
+                task_models=self.source.task_models,
+                log=self.log,
+            )
+        except Exception as e:  # the weights are saved: report the failure rather than lose the summary
+            self.summary["self_check"] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+            self.log(f"self-check failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            return
+        self.summary["self_check"] = check
+        text = json.dumps(check, indent=2, sort_keys=True) + "\n"
+        (self.reports / "zoo-selfcheck.json").write_text(text)
+
+
+def run_training(
+    config: TrainConfig,
+    source: SceneSource | None = None,
+    log: Log = lambda _: None,
+    start: float | None = None,
+) -> dict[str, Any]:
+    """Train the ``shapes`` model into ``config.out`` and return the run summary (``training.json``).
+
+    Every stage saves its models as soon as it ends, and the summary and loss curves (``reports/``) are
+    rewritten after every stage, so a failure in a later stage keeps the earlier ones (rerun the rest with
+    ``stages``). A failing self-check is recorded as ``self_check.error`` without losing the weights; any
+    other failure is recorded as ``error`` in ``training.json`` and re-raised.
+
+    Args:
+        config: The run's settings.
+        source: Scenes to train on; the shapes benchmark (:func:`~hgc_tune.zoo._source.shapes_source`) by
+            default.
+        log: Receives progress lines.
+        start: ``time.monotonic()`` at which the budget started (defaults to now).
+
+    Raises:
+        TrainError: An invalid configuration, or a stage left out whose saved output is not in ``out``.
+    """
+    import torch
+
+    from hgc_tune.models import build_offline_tokenizer
+    from hgc_tune.zoo import _stages as st
+
+    config.check()
+    _check_saved(config)
+    if source is None:
+        from hgc_tune.zoo._source import shapes_source
+
+        source = shapes_source()
+    run = _Run(config, source, log, time.monotonic() if start is None else start)
+    try:
+        pool = run.render()
+        tokenizer = build_offline_tokenizer()
+        text_encoder = run.text_encoder(tokenizer)
+        vae, means, stds, scaling = run.vae(pool)
+        embed_dtype = torch.bfloat16 if run.amp else torch.float32
+        conditioning = st.Conditioning(
+            latent_means=means,
+            latent_stds=stds,
+            scaling_factor=scaling,
+            prompt_embeds=st.encode_prompts(text_encoder, tokenizer, pool.prompts, device=run.device).to(
+                embed_dtype
+            ),
+            empty_embed=st.encode_prompts(text_encoder, tokenizer, [""], device=run.device).to(embed_dtype),
+            prompt_dropout=config.prompt_dropout,
+        )
+        schedule = st.DiffusionSchedule(run.device)
+        unet = run.unet(pool, conditioning, schedule, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        if "controlnet" in config.stages:
+            run.controlnets(pool, conditioning, schedule, unet)
+        del pool, conditioning, means, stds, vae, unet, text_encoder
+        if run.is_cuda:
+            torch.cuda.empty_cache()
+    except BaseException as e:
+        run.summary["error"] = f"{type(e).__name__}: {e}"
+        run.write_reports()
+        raise
+    if config.eval_samples > 0:
+        run.self_check()
+    run.write_reports()
+    log(f"done in {run.timeline.elapsed():.1f} s; weights {run.summary['size_mb']} MB in {run.out}")
+    return run.summary

@@ -1,0 +1,548 @@
+"""The three training stages of the ``shapes`` model: VAE, U-Net, ControlNets.
+
+Each stage runs for a fixed number of iterations or, more usually, for as many as fit in its share of the
+wall-clock budget: after a short probe it measures its speed, fixes the iteration count (so the learning
+rate schedule can decay to its end) and still stops at its deadline whatever happens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
+from hgc_tune.zoo._pool import ScenePool
+
+__all__ = [
+    "Conditioning",
+    "DiffusionSchedule",
+    "LossLog",
+    "StageBudget",
+    "StageResult",
+    "encode_pool_latents",
+    "encode_prompts",
+    "latent_scaling_factor",
+    "lr_factor",
+    "train_controlnets",
+    "train_unet",
+    "train_vae",
+]
+
+Log = Callable[[str], None]
+
+# Iterations between the two clock readings that measure a stage's speed: the first few iterations pay for
+# allocator growth and cuDNN autotuning and would underestimate the rate.
+_PROBE = (5, 25)
+# Fraction of the measured rate actually planned, so that the stage ends before its deadline.
+_PLAN_MARGIN = 0.97
+# Non-finite losses tolerated (each rolls back to the last good weights and halves the learning rate).
+_MAX_ROLLBACKS = 3
+# Min-SNR-gamma loss weighting (Hang et al., arXiv 2303.09556): faster diffusion training convergence.
+_MIN_SNR_GAMMA = 5.0
+# VAE loss weights: L1 on pixels, L1 on pixel differences (keeps edges sharp, which the canny/hed metrics
+# read), KL per latent element: negligible for reconstruction, but the only force that centres the latents
+# (L1 is blind to a shift the decoder can absorb), and SD pipelines scale latents without shifting them.
+_VAE_GRAD_WEIGHT = 0.5
+_VAE_KL_WEIGHT = 1e-4
+
+
+@dataclass
+class StageBudget:
+    """How long a stage runs: ``iterations`` if given, else what fits before ``seconds`` run out.
+
+    Attributes:
+        seconds: Wall-clock share of the stage (``None``: no deadline, ``iterations`` must be set).
+        iterations: A fixed iteration count (reproducible runs, tests); the deadline still applies.
+        sync: Waits for queued device work (``torch.cuda.synchronize``) before the clock is read for the
+            speed probe.
+    """
+
+    seconds: float | None
+    iterations: int | None = None
+    sync: Callable[[], None] = lambda: None
+    start: float = field(default_factory=time.monotonic)
+    planned: int | None = None
+    _probe_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.seconds is None and self.iterations is None:
+            raise ValueError("a stage needs `seconds` or `iterations`.")
+        self.planned = self.iterations
+
+    @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` at which the stage stops."""
+        return None if self.seconds is None else self.start + self.seconds
+
+    def keep_going(self, done: int) -> bool:
+        """Whether to run another iteration after ``done`` of them."""
+        if self.planned is not None and done >= self.planned:
+            return False
+        if self.deadline is None:
+            return True
+        if self.iterations is None and done in _PROBE:
+            self.sync()
+            now = time.monotonic()
+            if done == _PROBE[0]:
+                self._probe_start = now
+            else:
+                per_iteration = (now - self._probe_start) / (_PROBE[1] - _PROBE[0])
+                self.planned = done + max(
+                    1, int(_PLAN_MARGIN * (self.deadline - now) / max(per_iteration, 1e-9))
+                )
+        return time.monotonic() < self.deadline
+
+
+def lr_factor(iteration: int, planned: int | None, warmup: int, final: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``final`` at ``planned`` iterations (constant while unknown).
+
+    Example:
+        >>> lr_factor(0, 100, 10), lr_factor(9, 100, 10), lr_factor(100, 100, 10)
+        (0.1, 1.0, 0.1)
+    """
+    if planned is not None:
+        warmup = min(warmup, max(1, planned // 10))
+    warm = min(1.0, (iteration + 1) / warmup)
+    if planned is None or iteration < warmup:
+        return warm
+    progress = min(1.0, (iteration - warmup) / max(1, planned - warmup))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class LossLog:
+    """Loss curves of every stage: ``{stage: [{iteration, seconds, lr, <loss name>: value, ...}, ...]}``."""
+
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+    def add(self, stage: str, iteration: int, seconds: float, lr: float, losses: dict[str, float]) -> None:
+        """Record one point."""
+        point = {"iteration": iteration, "seconds": round(seconds, 3), "lr": lr}
+        point.update({k: float(v) for k, v in losses.items()})
+        self.curves.setdefault(stage, []).append(point)
+
+    def to_json(self) -> dict[str, Any]:
+        """The curves as a JSON-ready dict."""
+        return {"curves": self.curves}
+
+    def plot(self, path) -> None:
+        """Save one log-scale panel per stage as a PNG (matplotlib, Agg backend)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        stages = [s for s, points in self.curves.items() if points]
+        if not stages:
+            return
+        fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
+        for ax, stage in zip(axes[0], stages, strict=True):
+            points = self.curves[stage]
+            names = [k for k in points[0] if k not in ("iteration", "seconds", "lr")]
+            for name in names:
+                ax.plot([p["iteration"] for p in points], [p[name] for p in points], label=name, lw=1.2)
+            ax.set_yscale("log")
+            ax.set_title(stage)
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+@dataclass
+class StageResult:
+    """What a stage did."""
+
+    iterations: int
+    seconds: float
+    planned: int | None
+    rollbacks: int
+    final_losses: dict[str, float]
+
+
+class DiffusionSchedule:
+    """SD1.5's DDPM noise schedule (scaled linear betas 0.00085–0.012, 1000 steps) on one device."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler.from_config(dict(SD15_SCHEDULER_CONFIG))
+        alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.sqrt_alpha = alphas_cumprod.sqrt().float().to(device)
+        self.sqrt_sigma = (1 - alphas_cumprod).sqrt().float().to(device)
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        self.loss_weight = (snr.clamp(max=_MIN_SNR_GAMMA) / snr).float().to(device)
+
+    def add_noise(self, latents, noise, timesteps):
+        """``sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε``, as ``DDPMScheduler.add_noise``."""
+        a = self.sqrt_alpha[timesteps].view(-1, 1, 1, 1)
+        s = self.sqrt_sigma[timesteps].view(-1, 1, 1, 1)
+        return a * latents + s * noise
+
+    def sample_timesteps(self, n: int, generator, device: str, high_noise_bias: float = 0.0):
+        """Uniform timesteps; a fraction ``high_noise_bias`` drawn with T2I-Adapter's cubic schedule instead,
+        which favours the noisy early steps where the layout (what a ControlNet controls) is decided."""
+        import torch
+
+        t = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
+        if high_noise_bias > 0:
+            u = torch.rand(n, device=device, generator=generator)
+            cubic = ((1 - u**3) * self.num_train_timesteps).long().clamp(max=self.num_train_timesteps - 1)
+            pick = torch.rand(n, device=device, generator=generator) < high_noise_bias
+            t = torch.where(pick, cubic, t)
+        return t
+
+
+class _Rollback:
+    """Keeps the last weights that gave a finite loss, to roll back to if training diverges."""
+
+    def __init__(self, modules: Sequence[Any], optimizer) -> None:
+        self.modules = list(modules)
+        self.optimizer = optimizer
+        self.count = 0
+        self.lr_scale = 1.0
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        self._state = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules]
+
+    def restore(self) -> bool:
+        """Roll back; ``False`` once the allowed number of rollbacks is used up."""
+        for module, state in zip(self.modules, self._state, strict=True):
+            module.load_state_dict(state)
+        self.optimizer.state.clear()
+        self.count += 1
+        self.lr_scale *= 0.5
+        return self.count <= _MAX_ROLLBACKS
+
+
+def _optimizer(params, lr: float, weight_decay: float = 1e-2):
+    import torch
+
+    # Fused AdamW (CUDA and, since torch 2.4, CPU): one kernel per step instead of one per parameter.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def _autocast(device: str, enabled: bool):
+    """bf16 autocast (the caller enables it on CUDA; CPUs without bf16 units run it slower than fp32)."""
+    import torch
+
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _run_loop(
+    name: str,
+    step: Callable[[int], Any],
+    loss_names: Sequence[str],
+    modules: Sequence[Any],
+    optimizer,
+    base_lrs: Sequence[float],
+    budget: StageBudget,
+    warmup: int,
+    log_every: int,
+    losses: LossLog,
+    log: Log,
+) -> StageResult:
+    """The shared loop: ``step(i)`` computes and back-propagates the losses (a tensor of
+    ``len(loss_names)``), this clips, schedules the learning rate, steps, logs and guards against
+    divergence."""
+    import torch
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    rollback = _Rollback(modules, optimizer)
+    accumulated = None
+    since_log = 0
+    done = 0
+    last: dict[str, float] = {}
+    while budget.keep_going(done):
+        factor = lr_factor(done, budget.planned, warmup) * rollback.lr_scale
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * factor
+        optimizer.zero_grad(set_to_none=True)
+        values = step(done).detach()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        accumulated = values if accumulated is None else accumulated + values
+        since_log += 1
+        done += 1
+        if done % log_every == 0 or not budget.keep_going(done):
+            means = (accumulated / since_log).float().tolist()
+            accumulated, since_log = None, 0
+            last = dict(zip(loss_names, means, strict=True))
+            elapsed = time.monotonic() - budget.start
+            if not all(math.isfinite(v) for v in means):
+                if not rollback.restore():
+                    log(f"  [{name}] loss not finite again: stopping the stage at the last good weights")
+                    last = {}
+                    break
+                log(f"  [{name}] loss not finite at iteration {done}: rolled back, learning rate halved")
+                continue
+            rollback.snapshot()
+            losses.add(name, done, elapsed, base_lrs[0] * factor, last)
+            planned = "?" if budget.planned is None else str(budget.planned)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in last.items())
+            log(f"  [{name}] it {done}/{planned} {elapsed:6.1f}s lr={base_lrs[0] * factor:.2e} {shown}")
+    return StageResult(done, time.monotonic() - budget.start, budget.planned, rollback.count, last)
+
+
+def train_vae(
+    vae,
+    pool: ScenePool,
+    *,
+    device: str,
+    amp: bool = False,
+    budget: StageBudget,
+    batch_size: int,
+    lr: float,
+    generator,
+    losses: LossLog,
+    log: Log,
+    log_every: int = 50,
+    warmup: int = 100,
+) -> StageResult:
+    """Train ``vae`` to reconstruct the pool's pictures (L1 + L1 of pixel differences + a small KL)."""
+    import torch
+
+    vae.train().requires_grad_(True)
+    optimizer = _optimizer(vae.parameters(), lr)
+    n = len(pool)
+
+    def step(_: int):
+        index = torch.randint(0, n, (batch_size,), device=device, generator=generator)
+        x = pool.image_batch(index)
+        with _autocast(device, amp):
+            moments = vae.encode(x).latent_dist
+        mean, logvar = moments.mean.float(), moments.logvar.float()
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, device=device, generator=generator)
+        with _autocast(device, amp):
+            reconstruction = vae.decode(z).sample
+        reconstruction = reconstruction.float()
+        l1 = (reconstruction - x).abs().mean()
+        dx = (reconstruction.diff(dim=-1) - x.diff(dim=-1)).abs().mean()
+        dy = (reconstruction.diff(dim=-2) - x.diff(dim=-2)).abs().mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        loss = l1 + _VAE_GRAD_WEIGHT * (dx + dy) + _VAE_KL_WEIGHT * kl
+        loss.backward()
+        return torch.stack([loss, l1, kl])
+
+    result = _run_loop(
+        "vae", step, ("loss", "l1", "kl"), [vae], optimizer, [lr], budget, warmup, log_every, losses, log
+    )
+    vae.eval().requires_grad_(False)
+    return result
+
+
+def encode_pool_latents(vae, pool: ScenePool, *, device: str, amp: bool = False, batch_size: int = 512):
+    """Posterior means and standard deviations of every pool picture (``[N, 4, h, w]`` fp32 each)."""
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, len(pool), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(pool)), device=device)
+            with _autocast(device, amp):
+                posterior = vae.encode(pool.image_batch(index)).latent_dist
+            means.append(posterior.mean.float())
+            stds.append(torch.exp(0.5 * posterior.logvar.float()))
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_scaling_factor(means, stds, generator, max_samples: int = 8192) -> float:
+    """``1 / RMS`` of sampled latents: the factor that gives the scaled latents unit second moment.
+
+    The RMS equals the standard deviation for zero-mean latents; SD pipelines apply no shift, so the mean
+    is part of the signal the noise schedule sees, and the second moment is what has to be 1.
+    """
+    import torch
+
+    n = min(len(means), max_samples)
+    noise = torch.randn(means[:n].shape, device=means.device, generator=generator)
+    z = means[:n] + stds[:n] * noise
+    return float(1.0 / z.double().pow(2).mean().sqrt())
+
+
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: str, batch_size: int = 256):
+    """Text-encoder hidden states of ``prompts`` exactly as the SD pipelines compute them.
+
+    Padding to ``model_max_length``, no attention mask, last hidden state: ``encode_prompt`` of
+    ``StableDiffusionControlNetPipeline`` without ``clip_skip``.
+    """
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens = tokenizer(
+                list(prompts[start : start + batch_size]),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            out.append(text_encoder(tokens.input_ids.to(device))[0].float())
+    return torch.cat(out)
+
+
+@dataclass
+class Conditioning:
+    """Everything a denoiser step draws from the pool besides its pictures."""
+
+    latent_means: Any
+    latent_stds: Any
+    scaling_factor: float
+    prompt_embeds: Any  # [P, 77, D] per distinct prompt
+    empty_embed: Any  # [1, 77, D], the unconditional ("") prompt
+    prompt_dropout: float
+
+    def batch(self, pool: ScenePool, index, generator, dropout: float | None = None):
+        """Scaled sampled latents and text embeddings (with prompt dropout) of ``index``."""
+        import torch
+
+        means, stds = self.latent_means[index], self.latent_stds[index]
+        noise = torch.randn(means.shape, device=means.device, generator=generator)
+        latents = (means + stds * noise) * self.scaling_factor
+        embeds = self.prompt_embeds[pool.prompt_ids[index]]
+        p = self.prompt_dropout if dropout is None else dropout
+        if p > 0:
+            drop = torch.rand(len(index), device=means.device, generator=generator) < p
+            embeds = torch.where(drop.view(-1, 1, 1), self.empty_embed.to(embeds.dtype), embeds)
+        return latents, embeds
+
+
+def train_unet(
+    unet,
+    pool: ScenePool,
+    conditioning: Conditioning,
+    schedule: DiffusionSchedule,
+    *,
+    device: str,
+    amp: bool = False,
+    budget: StageBudget,
+    batch_size: int,
+    lr: float,
+    generator,
+    losses: LossLog,
+    log: Log,
+    log_every: int = 50,
+    warmup: int = 200,
+) -> StageResult:
+    """Train ``unet`` for text-conditioned epsilon prediction (min-SNR-5 weighted MSE, prompt dropout)."""
+    import torch
+
+    unet.train().requires_grad_(True)
+    optimizer = _optimizer(unet.parameters(), lr)
+    n = len(pool)
+
+    def step(_: int):
+        index = torch.randint(0, n, (batch_size,), device=device, generator=generator)
+        latents, embeds = conditioning.batch(pool, index, generator)
+        noise = torch.randn(latents.shape, device=device, generator=generator)
+        timesteps = schedule.sample_timesteps(batch_size, generator, device)
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        with _autocast(device, amp):
+            prediction = unet(noisy, timesteps, encoder_hidden_states=embeds).sample
+        mse = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        (mse * schedule.loss_weight[timesteps]).mean().backward()
+        return mse.mean().unsqueeze(0)
+
+    result = _run_loop(
+        "unet", step, ("mse",), [unet], optimizer, [lr], budget, warmup, log_every, losses, log
+    )
+    unet.eval().requires_grad_(False)
+    return result
+
+
+def train_controlnets(
+    controlnets: dict[str, Any],
+    unet,
+    pool: ScenePool,
+    conditioning: Conditioning,
+    schedule: DiffusionSchedule,
+    *,
+    device: str,
+    amp: bool = False,
+    budget: StageBudget,
+    batch_size: int,
+    lr: float,
+    generator,
+    losses: LossLog,
+    log: Log,
+    prompt_dropout: float = 0.1,
+    high_noise_bias: float = 0.5,
+    log_every: int = 50,
+    warmup: int = 100,
+) -> StageResult:
+    """Train one ControlNet per condition type against the frozen ``unet``, all in one loop.
+
+    Every iteration draws ``batch_size`` scenes per condition type, runs each ControlNet on its own scenes
+    and the frozen U-Net once on all of them with the residuals concatenated (one U-Net call instead of
+    four: the models are small, so the per-call overhead is what costs).
+    """
+    import torch
+
+    names = list(controlnets)
+    unet.eval().requires_grad_(False)
+    for controlnet in controlnets.values():
+        controlnet.train().requires_grad_(True)
+    optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], lr)
+    n = len(pool)
+
+    def step(_: int):
+        noisy_all, noise_all, t_all, embeds_all, downs, mids = [], [], [], [], [], []
+        for name, controlnet in controlnets.items():
+            index = torch.randint(0, n, (batch_size,), device=device, generator=generator)
+            latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
+            noise = torch.randn(latents.shape, device=device, generator=generator)
+            timesteps = schedule.sample_timesteps(batch_size, generator, device, high_noise_bias)
+            noisy = schedule.add_noise(latents, noise, timesteps)
+            with _autocast(device, amp):
+                down, mid = controlnet(
+                    noisy,
+                    timesteps,
+                    encoder_hidden_states=embeds,
+                    controlnet_cond=pool.condition_batch(name, index),
+                    return_dict=False,
+                )
+            noisy_all.append(noisy)
+            noise_all.append(noise)
+            t_all.append(timesteps)
+            embeds_all.append(embeds)
+            downs.append(down)
+            mids.append(mid)
+        timesteps = torch.cat(t_all)
+        with _autocast(device, amp):
+            prediction = unet(
+                torch.cat(noisy_all),
+                timesteps,
+                encoder_hidden_states=torch.cat(embeds_all),
+                down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
+                mid_block_additional_residual=torch.cat(mids),
+            ).sample
+        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
+        (mse * schedule.loss_weight[timesteps]).mean().backward()
+        return mse.view(len(names), batch_size).mean(dim=1)
+
+    result = _run_loop(
+        "controlnet",
+        step,
+        tuple(f"mse_{c}" for c in names),
+        list(controlnets.values()),
+        optimizer,
+        [lr] * len(names),
+        budget,
+        warmup,
+        log_every,
+        losses,
+        log,
+    )
+    for controlnet in controlnets.values():
+        controlnet.eval().requires_grad_(False)
+    return result

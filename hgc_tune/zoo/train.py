@@ -1,0 +1,224 @@
+"""Train the embedded ``shapes`` model: ``python -m hgc_tune.zoo.train --out DIR --device cuda``.
+
+Renders a pool of shapes-benchmark training scenes, trains a VAE, a U-Net and one ControlNet per condition
+type (seg, canny, hed, depth) within ``--budget-minutes`` of wall time, saves them in diffusers format
+(``DIR/base``, ``DIR/controlnet-<cond>``, safetensors), and runs a self-check on held-out scenes. Copy
+``DIR`` to ``hgc_tune/zoo/weights`` to ship it, and ``DIR/reports`` to ``reports/``.
+
+Example:
+    PYTHONPATH=. python -m hgc_tune.zoo.train --out runs/shapes --device cuda --budget-minutes 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from hgc_tune.zoo._run import STAGES, TrainConfig, TrainError
+
+__all__ = ["build_parser", "config_from_args", "main", "preflight"]
+
+# Device-dependent defaults: big batches and pools on a GPU; what 2 CPU cores finish in ~90 minutes.
+_DEFAULTS = {
+    "cuda": {
+        "budget_minutes": 7.0,
+        "pool_size": 50_000,
+        "vae_batch_size": 128,
+        "unet_batch_size": 512,
+        "controlnet_batch_size": 128,
+        "log_every": 100,
+        "eval_guidance": "7.5,4,2",
+        "eval_reserve": 0.08,
+    },
+    "cpu": {
+        "budget_minutes": 85.0,
+        "pool_size": 4000,
+        "vae_batch_size": 16,
+        "unet_batch_size": 32,
+        "controlnet_batch_size": 8,
+        "log_every": 10,
+        "eval_guidance": "7.5",
+        "eval_reserve": 0.12,
+    },
+}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _iterations(text: str) -> dict[str, int]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        stage, _, count = item.partition("=")
+        if stage not in STAGES or not count.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected STAGE=N with STAGE in {', '.join(STAGES)}, got {item!r}"
+            )
+        out[stage] = int(count)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (defaults that depend on ``--device`` are ``None`` here)."""
+    p = argparse.ArgumentParser(prog="python -m hgc_tune.zoo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default="cuda", help="torch device (cuda, cpu); default cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-minutes", type=float, help="total wall time (default 7 on cuda, 85 on cpu)")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of vae,unet,controlnet")
+    p.add_argument("--conditions", default="seg,canny,hed,depth", help="ControlNets to train")
+    p.add_argument("--iterations", type=_iterations, default={}, help="fixed counts, e.g. vae=2000,unet=8000")
+    p.add_argument("--pool-size", type=int, help="training scenes rendered (default 50000 cuda, 4000 cpu)")
+    p.add_argument("--workers", type=int, help="rendering processes (default: CPU count - 1)")
+    p.add_argument("--vae-batch-size", type=int)
+    p.add_argument("--unet-batch-size", type=int)
+    p.add_argument("--controlnet-batch-size", type=int, help="scenes per condition type per iteration")
+    p.add_argument("--lr-vae", type=float, default=TrainConfig.lr_vae)
+    p.add_argument("--lr-unet", type=float, default=TrainConfig.lr_unet)
+    p.add_argument("--lr-controlnet", type=float, default=TrainConfig.lr_controlnet)
+    p.add_argument("--eval-samples", type=int, default=16, help="self-check scenes per condition (0: skip)")
+    p.add_argument(
+        "--eval-guidance", type=_floats, help="guidance scales to check (default 7.5,4,2 cuda; 7.5 cpu)"
+    )
+    p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument(
+        "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA)"
+    )
+    p.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Fill the device-dependent defaults and build the :class:`TrainConfig`."""
+    defaults = _DEFAULTS["cuda" if args.device.startswith("cuda") else "cpu"]
+
+    def pick(name: str):
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
+    guidance = args.eval_guidance if args.eval_guidance is not None else _floats(defaults["eval_guidance"])
+    workers = args.workers if args.workers is not None else max(0, (os.cpu_count() or 1) - 1)
+    return TrainConfig(
+        out=args.out,
+        device=args.device,
+        seed=args.seed,
+        budget_minutes=pick("budget_minutes"),
+        stages=tuple(s for s in args.stages.split(",") if s),
+        conditions=tuple(c for c in args.conditions.split(",") if c),
+        iterations=args.iterations,
+        pool_size=pick("pool_size"),
+        workers=workers,
+        vae_batch_size=pick("vae_batch_size"),
+        unet_batch_size=pick("unet_batch_size"),
+        controlnet_batch_size=pick("controlnet_batch_size"),
+        lr_vae=args.lr_vae,
+        lr_unet=args.lr_unet,
+        lr_controlnet=args.lr_controlnet,
+        eval_samples=args.eval_samples,
+        eval_guidance=guidance,
+        eval_steps=args.eval_steps,
+        amp={"auto": None, "on": True, "off": False}[args.amp],
+        save_dtype=args.save_dtype,
+        log_every=pick("log_every"),
+        eval_reserve_fraction=defaults["eval_reserve"],
+    )
+
+
+def preflight(device: str) -> None:
+    """Fail in seconds, not after rendering, when a dependency or the device is missing.
+
+    Raises:
+        TrainError: A missing module, or a CUDA device asked for where none is available.
+    """
+    import importlib
+
+    missing = []
+    for module in ("numpy", "scipy", "skimage", "PIL", "safetensors", "torch", "diffusers", "transformers"):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing.append(f"{module} ({e})")
+    if missing:
+        raise TrainError(f"training needs these modules, which cannot be imported: {', '.join(missing)}.")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"`--device {device}` asked for, but torch {torch.__version__} sees no CUDA device.")
+
+
+def _quiet_libraries() -> None:
+    """Keep the log to our lines: no per-load progress bars or cast warnings from diffusers/transformers."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    # diffusers' `torch_dtype` -> `dtype` rename warns on every load; the run's log is for the lead.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None, source=None) -> int:
+    """Run the training.
+
+    Args:
+        argv: Command-line arguments (``sys.argv[1:]`` by default).
+        source: A :class:`hgc_tune.zoo._source.SceneSource` replacing the shapes benchmark (tests).
+
+    Returns:
+        0 on success (self-check ran; its bars are reported, not enforced), 1 if training or the self-check
+        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings.
+    """
+    import traceback
+
+    from hgc_tune.errors import HgcTuneError
+    from hgc_tune.zoo._run import run_training
+
+    start = time.monotonic()
+    log = functools.partial(print, flush=True)
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        config.check()
+        preflight(config.device)
+        _quiet_libraries()
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        log(f"hgc_tune.zoo.train: {config}")
+        summary = run_training(config, source=source, log=log, start=start)
+    except HgcTuneError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        print(f"training failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return 1
+    check = summary.get("self_check", {})
+    if "error" in check:
+        return 1
+    if check:
+        log(f"recommended guidance {check['recommended_guidance']}; all bars pass: {check['all_pass']}")
+    out = config.out
+    log(
+        f"to ship: copy {out}/base, {out}/controlnet-* and {out}/training.json to hgc_tune/zoo/weights/, "
+        f"and {out}/reports/* to reports/"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

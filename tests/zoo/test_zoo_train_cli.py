@@ -1,0 +1,59 @@
+"""The training command line: flags, device-dependent defaults and usage errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hgc_tune.zoo.train import build_parser, config_from_args, main
+
+
+def _config(*argv):
+    return config_from_args(build_parser().parse_args(["--out", "x", *argv]))
+
+
+def test_cuda_defaults():
+    config = _config("--device", "cuda")
+    assert config.budget_minutes == 7.0
+    assert (config.unet_batch_size, config.controlnet_batch_size, config.pool_size) == (512, 128, 50_000)
+    assert config.stages == ("vae", "unet", "controlnet")
+    assert config.conditions == ("seg", "canny", "hed", "depth")
+    assert config.eval_samples == 16 and config.eval_steps == 20
+    assert config.out == Path("x")
+
+
+def test_cpu_defaults_fit_the_cpu_budget():
+    config = _config("--device", "cpu")
+    assert config.budget_minutes == 85.0
+    assert config.pool_size < 50_000 and config.unet_batch_size < 512
+
+
+def test_flags_override_defaults():
+    config = _config(
+        "--device", "cpu", "--budget-minutes", "3", "--stages", "unet,controlnet",
+        "--iterations", "unet=5,controlnet=7", "--eval-guidance", "5,2.5", "--seed", "4",
+    )  # fmt: skip
+    assert config.budget_minutes == 3.0
+    assert config.stages == ("unet", "controlnet")
+    assert dict(config.iterations) == {"unet": 5, "controlnet": 7}
+    assert config.eval_guidance == (5.0, 2.5)
+    assert config.seed == 4
+
+
+def test_bad_iterations_flag_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--out", "x", "--iterations", "decoder=3"])
+
+
+def test_unknown_stage_exits_2(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--device", "cpu", "--stages", "vae,decoder"]) == 2
+    assert "`stages` must be a non-empty subset of vae, unet, controlnet" in capsys.readouterr().err
+
+
+def test_stage_without_saved_input_exits_2(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--device", "cpu", "--stages", "controlnet", "--pool-size", "4"]
+    assert main([*argv, "--iterations", "controlnet=1", "--eval-samples", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "holds no saved AutoencoderKL" in captured.err and "add vae to --stages" in captured.err
+    assert "rendering" not in captured.out  # refused before any work

@@ -1,0 +1,159 @@
+"""End to end: the training script on CPU with a micro budget, and its output loading like a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hgc_tune.zoo import shapes_checkpoint
+from hgc_tune.zoo.train import main
+
+_MICRO = [
+    "--device", "cpu", "--pool-size", "8", "--workers", "0", "--iterations", "vae=2,unet=2,controlnet=2",
+    "--vae-batch-size", "2", "--unet-batch-size", "2", "--controlnet-batch-size", "1", "--eval-samples", "1",
+    "--eval-steps", "2", "--eval-guidance", "3", "--log-every", "1", "--budget-minutes", "10",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # On 2 shared cores a second intra-op thread makes these tiny steps up to 40x slower (spin-waiting).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("shapes")
+    # bf16 autocast as on CUDA, so the GPU run's mixed-precision code path runs here too
+    assert main(["--out", str(out), "--conditions", "seg,depth", "--amp", "on", *_MICRO]) == 0
+    return out
+
+
+def test_outputs_are_diffusers_folders_in_safetensors(trained):
+    for sub in ("base/unet", "base/vae", "base/text_encoder", "controlnet-seg", "controlnet-depth"):
+        files = {p.name for p in (trained / sub).iterdir()}
+        assert "config.json" in files and any(f.endswith(".safetensors") for f in files), sub
+        assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), sub
+    index = json.loads((trained / "base" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "UniPCMultistepScheduler"]
+    assert index["safety_checker"] == [None, None] and "controlnet" not in index
+    scheduler = json.loads((trained / "base" / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["beta_schedule"]) == (
+        0.00085,
+        0.012,
+        "scaled_linear",
+    )
+
+
+def test_summary_and_reports(trained):
+    summary = json.loads((trained / "training.json").read_text())
+    assert {s: summary["stages"][s]["iterations"] for s in ("vae", "unet", "controlnet")} == {
+        "vae": 2,
+        "unet": 2,
+        "controlnet": 2,
+    }
+    vae_config = json.loads((trained / "base" / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(summary["latents"]["scaling_factor"])
+    assert vae_config["scaling_factor"] != 0.18215  # computed, not diffusers' default
+    assert "error" not in summary
+    # fp16 weights: the base plus two ControlNets of the shipped architecture
+    assert 15 < summary["size_mb"] < 30
+    reports = trained / "reports"
+    for name in (
+        "zoo-train-losses.json",
+        "zoo-train-losses.png",
+        "zoo-selfcheck.json",
+        "zoo-samples-seg.png",
+    ):
+        assert (reports / name).is_file(), name
+    curves = json.loads((reports / "zoo-train-losses.json").read_text())["curves"]
+    assert [p["iteration"] for p in curves["unet"]] == [1, 2]
+    assert set(curves["controlnet"][0]) >= {"mse_seg", "mse_depth"}
+    check = summary["self_check"]
+    assert set(check["conditions"]) == {"seg", "depth"}
+    entry = check["conditions"]["seg"]["3.0"]
+    assert entry["metric"] == "miou" and 0.0 <= entry["with_control"] <= 1.0
+    assert check["recommended_guidance"] == 3.0
+
+
+def test_output_loads_as_a_controlnet_pipeline_in_fp32(trained):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    base, controlnet_dir = shapes_checkpoint("seg", weights_dir=trained)
+    controlnet = ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=torch.float32)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base, controlnet=controlnet, torch_dtype=torch.float32
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == torch.float32 and pipe.vae.config.block_out_channels == [32, 64, 128]
+    control = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    image = pipe(
+        "a photo of a red striped circle on a wood background",
+        image=control,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_output_loads_through_load_pipeline(trained):
+    from hgc_tune.models import cacheable_module_keys, load_pipeline
+
+    base, controlnet_dir = shapes_checkpoint("depth", weights_dir=trained)
+    pipe = load_pipeline(str(base), controlnet=str(controlnet_dir))
+    keys = cacheable_module_keys(pipe)
+    # SD1.5's layout: cross-attention in down blocks 0-2 and up blocks 1-3, two layers per block
+    assert "unet.up_blocks.3.attentions.1.transformer_blocks.0.attn2" in keys
+    assert "unet.down_blocks.2.attentions.1.transformer_blocks.0.attn2" in keys
+    assert "controlnet.mid_block" in keys or "controlnet" in keys
+
+
+@pytest.mark.slow
+def test_all_conditions_and_resuming_a_stage(tmp_path, one_thread):
+    """The default four ControlNets, then the ControlNet stage alone rerun from the saved base."""
+    assert main(["--out", str(tmp_path), *_MICRO]) == 0
+    before = (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert set(summary["self_check"]["conditions"]) == {"seg", "canny", "hed", "depth"}
+    assert summary["size_mb"] < 40
+    assert main(["--out", str(tmp_path), *_MICRO, "--stages", "controlnet", "--eval-samples", "0"]) == 0
+    assert (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    resumed = json.loads((tmp_path / "training.json").read_text())
+    assert resumed["stages"]["unet"] == {**summary["stages"]["unet"], "from_earlier_run": True}
+    assert "from_earlier_run" not in resumed["stages"]["controlnet"]
+    assert resumed["latents"] == summary["latents"]
+
+
+def test_a_failing_stage_keeps_the_earlier_ones(tmp_path, one_thread, monkeypatch, capsys):
+    from hgc_tune.zoo import _stages
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of luck")
+
+    monkeypatch.setattr(_stages, "train_controlnets", broken)
+    assert main(["--out", str(tmp_path), "--conditions", "seg", *_MICRO]) == 1
+    assert "RuntimeError: out of luck" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["error"] == "RuntimeError: out of luck"
+    assert set(summary["stages"]) == {"vae", "unet"}
+    assert (tmp_path / "base" / "model_index.json").is_file()
+    assert (tmp_path / "reports" / "zoo-train-losses.json").is_file()
+
+
+def test_shapes_preset_loads_the_trained_output(trained, monkeypatch):
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.zoo import _checkpoint
+
+    monkeypatch.setattr(_checkpoint, "WEIGHTS_DIR", trained)
+    pipe = load_pipeline("shapes", condition="seg")
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
+    assert pipe.controlnet.config.conditioning_embedding_out_channels == [16, 32, 64]
+    assert pipe.unet.config.layers_per_block == 2
