@@ -1,0 +1,374 @@
+"""The profile artifact: a folder with ``profile.json`` (metadata) and ``profile.safetensors`` (tensors).
+
+Tensors are named ``"{stat}/{module_key}"`` with ``stat = "{mean|std}_{metric}"`` (float32 ``[steps]``), plus
+``reference/latents`` (float32 ``[N, 4, h, w]``), ``reference/images`` and ``reference/conditions`` (uint8
+``[N, H, W, 3]``). ``profile.json`` records the sha256 of the tensor file, so a truncated or modified file is
+refused on load. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hgc_tune.errors import ProfileError
+from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS
+
+__all__ = [
+    "AGGREGATES",
+    "ATTENTION_STATS",
+    "BLOCK_STATS",
+    "FORMAT",
+    "META_FILE",
+    "Profile",
+    "SCHEMA_VERSION",
+    "TENSOR_FILE",
+    "stat_name",
+]
+
+FORMAT = "hgc-tune-profile"
+SCHEMA_VERSION = 1
+META_FILE = "profile.json"
+TENSOR_FILE = "profile.safetensors"
+AGGREGATES: tuple[str, ...] = ("mean", "std")
+
+REFERENCE_LATENTS = "reference/latents"
+REFERENCE_IMAGES = "reference/images"
+REFERENCE_CONDITIONS = "reference/conditions"
+
+
+def stat_name(aggregate: str, metric: str) -> str:
+    """The statistic name of an aggregate over samples of a per-step metric, e.g. ``mean_cos``."""
+    return f"{aggregate}_{metric}"
+
+
+BLOCK_STATS: tuple[str, ...] = tuple(stat_name(a, m) for m in BLOCK_METRICS for a in AGGREGATES)
+ATTENTION_STATS: tuple[str, ...] = tuple(stat_name(a, m) for m in ATTENTION_METRICS for a in AGGREGATES)
+
+# Metadata fields every profile carries (the loader refuses a profile.json without them).
+_REQUIRED_META: tuple[str, ...] = (
+    "format",
+    "schema_version",
+    "hgc_tune_version",
+    "model",
+    "dataset",
+    "condition_type",
+    "steps",
+    "scheduler",
+    "resolution",
+    "guidance_scale",
+    "seeds",
+    "prompts",
+    "negative_prompts",
+    "statistics",
+    "block_keys",
+    "attention_keys",
+    "mac_table",
+)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Profile:
+    """A profile of a pipeline on a set of samples: per-step statistics of every cacheable module, the MAC
+    table and the full-compute reference outputs.
+
+    Build one with :func:`~hgc_tune.profile.profile_pipeline`, or :meth:`load` a saved one.
+
+    Args:
+        meta: The metadata (see ``profile.json``).
+        tensors: Every tensor by name (see the module docstring).
+
+    Raises:
+        ProfileError: If the metadata or the tensors violate the format.
+    """
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+        self._meta = copy.deepcopy(meta)
+        self._tensors = dict(tensors)
+        _validate(self._meta, self._tensors, where="profile")
+
+    # -- metadata ---------------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the metadata (what ``profile.json`` holds)."""
+        return copy.deepcopy(self._meta)
+
+    @property
+    def model_name(self) -> str:
+        return self._meta["model"]["name"]
+
+    @property
+    def fingerprint(self) -> str:
+        """The structural fingerprint of the profiled pipeline (``hgc_tune.models.model_fingerprint``)."""
+        return self._meta["model"]["fingerprint"]
+
+    @property
+    def condition_type(self) -> str:
+        return self._meta["condition_type"]
+
+    @property
+    def num_steps(self) -> int:
+        """Number of denoising steps ``S``; every statistic has shape ``[S]``."""
+        return int(self._meta["steps"])
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._meta["seeds"])
+
+    @property
+    def guidance_scale(self) -> float:
+        return float(self._meta["guidance_scale"])
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """``(height, width)`` of the generated images."""
+        return int(self._meta["resolution"]["height"]), int(self._meta["resolution"]["width"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self._meta["seeds"])
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self._meta["prompts"])
+
+    @property
+    def negative_prompts(self) -> list[str | None]:
+        return list(self._meta["negative_prompts"])
+
+    @property
+    def block_keys(self) -> list[str]:
+        """Module keys of the profiled blocks (``controlnet`` = the whole ControlNet), in execution order."""
+        return list(self._meta["block_keys"])
+
+    @property
+    def attention_keys(self) -> list[str]:
+        """Module keys of the profiled cross-attention (``attn2``) modules."""
+        return list(self._meta["attention_keys"])
+
+    @property
+    def mac_table(self):
+        """The per-module MAC table (:class:`hgc_tune.macs.MacTable`)."""
+        from hgc_tune.macs import MacTable
+
+        return MacTable.from_json(self._meta["mac_table"])
+
+    # -- tensors ----------------------------------------------------------------------------------------
+    def stat_names(self, key: str) -> tuple[str, ...]:
+        """The statistics recorded for module ``key``."""
+        if key in self._meta["block_keys"]:
+            return BLOCK_STATS
+        if key in self._meta["attention_keys"]:
+            return ATTENTION_STATS
+        raise ProfileError(
+            f"`key` must be a profiled module key (see Profile.block_keys and Profile.attention_keys), "
+            f"but got key={key!r}."
+        )
+
+    def stat(self, name: str, key: str) -> np.ndarray:
+        """One statistic of one module over the steps: float32 ``[steps]`` (NaN at step 0).
+
+        Args:
+            name: ``mean_`` or ``std_`` followed by a metric: ``cos``, ``rel_l1`` (blocks and ``controlnet``);
+                ``js``, ``map_rel_l1``, ``out_rel_l1`` (cross-attention).
+            key: A module key from :attr:`block_keys` or :attr:`attention_keys`.
+        """
+        names = self.stat_names(key)
+        if name not in names:
+            raise ProfileError(
+                f"`name` must be one of {list(names)} for module {key!r}, but got name={name!r}."
+            )
+        return self._tensors[f"{name}/{key}"].copy()
+
+    def stat_matrix(self, name: str, keys: list[str] | None = None) -> np.ndarray:
+        """A statistic for several modules, float32 ``[len(keys), steps]`` (rows in ``keys`` order).
+
+        ``keys`` defaults to every module that records ``name``.
+        """
+        if keys is None:
+            keys = [k for k in [*self.block_keys, *self.attention_keys] if name in self.stat_names(k)]
+        if not keys:
+            return np.zeros((0, self.num_steps), dtype=np.float32)
+        return np.stack([self.stat(name, k) for k in keys])
+
+    @property
+    def reference_latents(self) -> np.ndarray:
+        """Final full-compute latents, float32 ``[N, 4, h, w]`` (before the VAE's scaling)."""
+        return self._tensors[REFERENCE_LATENTS].copy()
+
+    @property
+    def reference_images(self) -> np.ndarray:
+        """Full-compute images, uint8 ``[N, H, W, 3]``, as ``pipe(..., output_type="np")`` × 255, rounded."""
+        return self._tensors[REFERENCE_IMAGES].copy()
+
+    @property
+    def condition_images(self) -> np.ndarray:
+        """The condition images, uint8 ``[N, H, W, 3]`` at the generation resolution."""
+        return self._tensors[REFERENCE_CONDITIONS].copy()
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Copies of every tensor by name (what ``profile.safetensors`` holds)."""
+        return {name: array.copy() for name, array in self._tensors.items()}
+
+    # -- files ------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``profile.json`` and ``profile.safetensors`` into the folder ``path`` (created if needed).
+
+        Both files are written to a temporary folder inside ``path`` first and then moved into place with
+        ``os.replace``, the tensors before the metadata: a reader sees the old profile, the new one, or (after
+        a crash between the two moves) a sha256 mismatch, never a silent mix. Other files in ``path`` are
+        left alone; an existing profile is replaced.
+
+        Returns:
+            The folder.
+        """
+        from safetensors.numpy import save
+
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise ProfileError(f"`path` must be a folder, but got path={str(folder)!r}, which is a file.")
+        folder.mkdir(parents=True, exist_ok=True)
+        blob = save(
+            {name: np.ascontiguousarray(array) for name, array in self._tensors.items()},
+            metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)},
+        )
+        recorded = {"name": TENSOR_FILE, "sha256": _sha256(blob), "bytes": len(blob)}
+        meta = {**self._meta, "tensor_file": recorded}
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        tmp = Path(tempfile.mkdtemp(prefix=".profile-tmp-", dir=folder))
+        try:
+            (tmp / TENSOR_FILE).write_bytes(blob)
+            (tmp / META_FILE).write_text(text, encoding="utf-8")
+            os.replace(tmp / TENSOR_FILE, folder / TENSOR_FILE)
+            os.replace(tmp / META_FILE, folder / META_FILE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._meta = meta
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        """Load a profile folder (or its ``profile.json``).
+
+        Raises:
+            ProfileError: If a file is missing, ``profile.json`` is not valid JSON or has another format or
+                schema version, the tensor file's sha256 differs from the recorded one (truncated or
+                modified), the tensor file does not parse, or a tensor is missing or has the wrong shape.
+        """
+        from safetensors.numpy import load
+
+        given = Path(path)
+        folder = given.parent if given.name == META_FILE else given
+        meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
+        for file in (meta_path, tensor_path):
+            if not file.is_file():
+                raise ProfileError(
+                    f"no profile at {str(folder)!r}: {file.name} is missing; run `hgc-tune profile --out "
+                    f"{folder}` first."
+                )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProfileError(f"{str(meta_path)!r} is not valid JSON ({e}); profile it again.") from e
+        if not isinstance(meta, dict):
+            raise ProfileError(
+                f"{str(meta_path)!r} must hold a JSON object, but holds a {type(meta).__name__}."
+            )
+        _check_header(meta, str(meta_path))
+        recorded = meta.get("tensor_file", {})
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+            raise ProfileError(f"{str(meta_path)!r} must record `tensor_file.sha256`; profile it again.")
+        blob = tensor_path.read_bytes()
+        digest = _sha256(blob)
+        if digest != recorded["sha256"]:
+            raise ProfileError(
+                f"{str(tensor_path)!r} does not match its recorded sha256 (recorded "
+                f"{recorded['sha256'][:16]}…, file {digest[:16]}…; {len(blob)} bytes, recorded "
+                f"{recorded.get('bytes')}): it was truncated or modified. Profile again."
+            )
+        try:
+            tensors = load(blob)
+        except Exception as e:  # safetensors raises its own error types and plain ones for bad headers
+            raise ProfileError(f"{str(tensor_path)!r} is not a valid safetensors file: {e}") from e
+        profile = cls.__new__(cls)
+        profile._meta, profile._tensors = meta, dict(tensors)
+        _validate(meta, profile._tensors, where=str(folder))
+        return profile
+
+    def __repr__(self) -> str:
+        return (
+            f"Profile(model={self.model_name!r}, condition={self.condition_type!r}, "
+            f"steps={self.num_steps}, samples={self.num_samples}, blocks={len(self.block_keys)}, "
+            f"attentions={len(self.attention_keys)})"
+        )
+
+
+def _check_header(meta: dict[str, Any], where: str) -> None:
+    if meta.get("format") != FORMAT:
+        raise ProfileError(f"{where}: `format` must be {FORMAT!r}, but got format={meta.get('format')!r}.")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{where}: `schema_version` must be {SCHEMA_VERSION} (this hgc-tune's profile format), but got "
+            f"schema_version={version!r}; profile again with this version."
+        )
+
+
+def _expected_tensors(meta: dict[str, Any]) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
+    steps, n = int(meta["steps"]), len(meta["seeds"])
+    h, w = int(meta["resolution"]["height"]), int(meta["resolution"]["width"])
+    expected: dict[str, tuple[tuple[int | None, ...], np.dtype]] = {}
+    for keys, stats in ((meta["block_keys"], BLOCK_STATS), (meta["attention_keys"], ATTENTION_STATS)):
+        for key in keys:
+            for name in stats:
+                expected[f"{name}/{key}"] = ((steps,), np.dtype(np.float32))
+    # The latent size depends on the VAE, so only its batch and rank are fixed.
+    expected[REFERENCE_LATENTS] = ((n, None, None, None), np.dtype(np.float32))
+    expected[REFERENCE_IMAGES] = ((n, h, w, 3), np.dtype(np.uint8))
+    expected[REFERENCE_CONDITIONS] = ((n, h, w, 3), np.dtype(np.uint8))
+    return expected
+
+
+def _validate(meta: dict[str, Any], tensors: dict[str, np.ndarray], *, where: str) -> None:
+    _check_header(meta, where)
+    missing = [field for field in _REQUIRED_META if field not in meta]
+    if missing:
+        raise ProfileError(f"{where}: metadata misses the fields {missing}; profile again.")
+    steps = meta["steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ProfileError(f"{where}: `steps` must be a positive integer, but got steps={steps!r}.")
+    n = len(meta["seeds"])
+    for field in ("prompts", "negative_prompts"):
+        if len(meta[field]) != n:
+            raise ProfileError(
+                f"{where}: `{field}` must have one entry per seed ({n}), but has {len(meta[field])}."
+            )
+    expected = _expected_tensors(meta)
+    absent = [name for name in expected if name not in tensors]
+    if absent:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise ProfileError(f"{where}: the tensor file misses {absent[:5]}{more}; profile again.")
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise ProfileError(f"{where}: the tensor file holds unexpected tensors {unknown[:5]}; profile again.")
+    for name, (shape, dtype) in expected.items():
+        array = tensors[name]
+        fits = len(array.shape) == len(shape) and all(
+            e is None or e == g for e, g in zip(shape, array.shape, strict=True)
+        )
+        if not fits or array.dtype != dtype:
+            want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
+            raise ProfileError(
+                f"{where}: tensor {name!r} must be {dtype} {want}, but is {array.dtype} {list(array.shape)}."
+            )

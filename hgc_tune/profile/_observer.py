@@ -1,0 +1,250 @@
+"""Observation hooks: per-step statistics of every cacheable module during full-compute generation.
+
+The observer attaches plain ``register_forward_hook`` handles (it never changes what a module computes) and
+reads the step index from the pipeline's run context. Per module it keeps only the previous step's output
+(and attention map), so memory does not grow with the number of steps; the per-step values stay on the
+device as 0-d tensors until the call ends, so hooks add no host synchronisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from hgc_tune.models import COMPONENTS, block_paths, cross_attention_paths
+from hgc_tune.profile._metrics import (
+    TINY,
+    cross_attention_map,
+    flat_dot,
+    js_row_sum,
+    l1_distance,
+    l1_norm,
+    l2_norm,
+)
+
+__all__ = ["BLOCK_METRICS", "ATTENTION_METRICS", "ProfileObserver", "module_groups"]
+
+# Metrics recorded for blocks (and the whole ControlNet) and for cross-attention modules.
+BLOCK_METRICS: tuple[str, ...] = ("cos", "rel_l1")
+ATTENTION_METRICS: tuple[str, ...] = ("js", "map_rel_l1", "out_rel_l1")
+
+# A hook records per step one stacked vector of device-side quantities, from which collect() finishes the
+# metrics on the host. Blocks (output x):
+#   <x_s, x_{s-1}>, ||x_s||_2, ||x_{s-1}||_2, ||x_s - x_{s-1}||_1, ||x_{s-1}||_1;
+# cross-attention (head-averaged map A, output y):
+#   sum over rows of 2 JS(A_s, A_{s-1}), ||A_s - A_{s-1}||_1, ||y_s - y_{s-1}||_1, ||y_{s-1}||_1.
+
+
+def module_groups(pipe: Any) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
+    """The pipeline's cacheable blocks and cross-attention modules, by module key, in execution order.
+
+    Returns:
+        ``(blocks, attentions)``. ``blocks`` holds the U-Net and ControlNet blocks and ``controlnet`` (the
+        whole ControlNet); ``attentions`` every ``attn2`` module.
+    """
+    blocks: dict[str, torch.nn.Module] = {}
+    attentions: dict[str, torch.nn.Module] = {}
+    for component in COMPONENTS:
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        for path in block_paths(model):
+            blocks[f"{component}.{path}" if path else component] = model.get_submodule(path)
+        for path in cross_attention_paths(model):
+            attentions[f"{component}.{path}"] = model.get_submodule(path)
+    return blocks, attentions
+
+
+# Extractors: a module's output -> a private float32 copy of what is measured (a copy, because a later
+# in-place update of the output, or a CUDA-graph replay reusing its buffer, must not change the reference).
+
+
+def _main_output(output: Any) -> torch.Tensor:
+    # Down blocks return (hidden_states, res_samples): the hidden states are the block's main output, the
+    # input of the next block; the residuals are slices along the way.
+    main = output[0] if isinstance(output, tuple) else output
+    return main.detach().to(torch.float32, copy=True)
+
+
+def _controlnet_residuals(output: Any) -> torch.Tensor:
+    if isinstance(output, tuple):
+        down, mid = output[0], output[1]
+    else:
+        down, mid = output.down_block_res_samples, output.mid_block_res_sample
+    # torch.cat already copies.
+    return torch.cat([t.detach().reshape(-1).float() for t in [*down, mid]])
+
+
+class _ModuleState:
+    """The previous step's output (and attention map) of one module, with the norms computed when it was
+    current, so each step computes them once instead of twice."""
+
+    __slots__ = ("step", "output", "l1", "l2", "attention_map")
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.output: torch.Tensor | None = None
+        self.l1: torch.Tensor | None = None
+        self.l2: torch.Tensor | None = None
+        self.attention_map: torch.Tensor | None = None
+
+    def has_previous(self, step: int) -> bool:
+        return self.output is not None and self.step == step - 1
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return numerator / np.maximum(denominator, TINY)
+
+
+class ProfileObserver:
+    """Records, per pipeline call, every module's statistics against its output at the previous step.
+
+    Step 0 has no previous step, so its values are NaN. With CFG the batch is ``[uncond, cond]`` and each
+    statistic is taken over the whole batch.
+
+    Args:
+        pipe: The pipeline; its run context must be attached (``hgc_tune.runtime.attach_run_context``).
+        context: That run context.
+    """
+
+    def __init__(self, pipe: Any, context: Any) -> None:
+        self.pipe = pipe
+        self.context = context
+        self.blocks, self.attentions = module_groups(pipe)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._states: dict[str, _ModuleState] = {}
+        # module key -> per step, the stacked raw quantities (see the comment on the metrics above) or None
+        self._raw: dict[str, list[torch.Tensor | None]] = {}
+        # attention key -> number of query rows of its map (batch x queries), known without a sync
+        self._rows: dict[str, int] = {}
+        self._num_steps = 0
+        self._attached = False
+
+    @property
+    def series_keys(self) -> list[tuple[str, str]]:
+        """Every ``(metric, module_key)`` pair the observer records, blocks first."""
+        pairs = [(m, k) for k in self.blocks for m in BLOCK_METRICS]
+        return pairs + [(m, k) for k in self.attentions for m in ATTENTION_METRICS]
+
+    def attach(self) -> None:
+        """Register the hooks (exception-safe: a failure removes the ones already registered)."""
+        if self._attached:
+            raise RuntimeError("the profile observer is already attached")
+        try:
+            for key, module in self.blocks.items():
+                extract = _controlnet_residuals if key == "controlnet" else _main_output
+                self._handles.append(module.register_forward_hook(self._block_hook(key, extract)))
+            for key, module in self.attentions.items():
+                hook = self._attention_hook(key)
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            self.context.add_begin_listener(self._begin)
+            self._attached = True
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove every hook and the begin listener; idempotent."""
+        while self._handles:
+            self._handles.pop().remove()
+        self.context.remove_begin_listener(self._begin)
+        self._attached = False
+        self._states.clear()
+
+    def _begin(self, context: Any) -> None:
+        self._num_steps = context.num_steps
+        self._states = {key: _ModuleState() for key in [*self.blocks, *self.attentions]}
+        self._raw = {key: [None] * self._num_steps for key in [*self.blocks, *self.attentions]}
+        self._rows = {}
+
+    def collect(self) -> dict[tuple[str, str], np.ndarray]:
+        """The last call's per-step values, ``(metric, module_key) -> float32 [num_steps]``.
+
+        NaN where a module did not run or had no previous step. One host synchronisation for all of them;
+        the ratios are taken here, in float64.
+        """
+        entries = [
+            (key, step, v)
+            for key, series in self._raw.items()
+            for step, v in enumerate(series)
+            if v is not None
+        ]
+        host = torch.cat([v for _, _, v in entries]).cpu().numpy().astype(np.float64) if entries else None
+        out = {pair: np.full(self._num_steps, np.nan) for pair in self.series_keys} if self._raw else {}
+        offset = 0
+        for key, step, vector in entries:
+            raw = host[offset : offset + vector.numel()]
+            offset += vector.numel()
+            if key in self.blocks:
+                dot, l2, l2_prev, diff_l1, l1_prev = raw
+                out[("cos", key)][step] = _ratio(dot, l2 * l2_prev)
+                out[("rel_l1", key)][step] = _ratio(diff_l1, l1_prev)
+            else:
+                js_sum, map_diff_l1, out_diff_l1, out_l1_prev = raw
+                rows = self._rows[key]
+                # Rounding can leave a tiny negative sum for identical maps; the divergence is never negative.
+                out[("js", key)][step] = max(js_sum / (2 * rows), 0.0)
+                # Every map row is a distribution (sums to 1), so ||A_{s-1}||_1 is the number of rows.
+                out[("map_rel_l1", key)][step] = map_diff_l1 / rows
+                out[("out_rel_l1", key)][step] = _ratio(out_diff_l1, out_l1_prev)
+        return {pair: values.astype(np.float32) for pair, values in out.items()}
+
+    def _current_step(self) -> int | None:
+        step = self.context.step
+        # Outside a pipeline call (or past its end) there is nothing to attribute the call to.
+        if not self._raw or not 0 <= step < self._num_steps:
+            return None
+        return step
+
+    def _block_hook(self, key: str, extract: Callable[[Any], torch.Tensor]):
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            step = self._current_step()
+            if step is None:
+                return
+            with torch.no_grad():
+                current = extract(output)
+                l1, l2 = l1_norm(current), l2_norm(current)
+                state = self._states[key]
+                if state.has_previous(step):
+                    previous = state.output
+                    raw = [
+                        flat_dot(current, previous),
+                        l2,
+                        state.l2,
+                        l1_distance(current, previous),
+                        state.l1,
+                    ]
+                    self._raw[key][step] = torch.stack(raw)
+                state.step, state.output, state.l1, state.l2 = step, current, l1, l2
+
+        return hook
+
+    def _attention_hook(self, key: str):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+            step = self._current_step()
+            if step is None:
+                return
+            hidden_states = args[0] if args else kwargs["hidden_states"]
+            context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            with torch.no_grad():
+                attention_map = cross_attention_map(module, hidden_states, context, mask)
+                current = _main_output(output)
+                l1 = l1_norm(current)
+                state = self._states[key]
+                if state.has_previous(step):
+                    previous_map = state.attention_map
+                    raw = [
+                        js_row_sum(attention_map, previous_map),
+                        l1_distance(attention_map, previous_map),
+                        l1_distance(current, state.output),
+                        state.l1,
+                    ]
+                    self._raw[key][step] = torch.stack(raw)
+                    self._rows[key] = attention_map.numel() // attention_map.shape[-1]
+                state.step, state.output, state.l1, state.attention_map = step, current, l1, attention_map
+
+        return hook

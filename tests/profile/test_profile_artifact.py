@@ -1,0 +1,186 @@
+"""The profile artifact on its own: a toy profile, round trips, and refusal of damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hgc_tune.errors import ProfileError
+from hgc_tune.profile import ATTENTION_STATS, BLOCK_STATS, META_FILE, TENSOR_FILE, Profile
+
+STEPS, N = 3, 2
+BLOCKS = ["controlnet", "unet.mid_block"]
+ATTENTIONS = ["unet.mid_block.attentions.0.transformer_blocks.0.attn2"]
+
+
+def _meta() -> dict:
+    return {
+        "format": "hgc-tune-profile",
+        "schema_version": 1,
+        "hgc_tune_version": "0.1.0",
+        "model": {"name": "toy", "fingerprint": "0" * 16, "structure": {}},
+        "dataset": {"name": "toy", "sha256": "1" * 64, "num_samples": N},
+        "condition_type": "seg",
+        "steps": STEPS,
+        "scheduler": "UniPCMultistepScheduler",
+        "resolution": {"height": 16, "width": 8},
+        "guidance_scale": 7.5,
+        "seeds": [0, 1],
+        "prompts": ["a", "b"],
+        "negative_prompts": [None, "c"],
+        "statistics": {},
+        "block_keys": BLOCKS,
+        "attention_keys": ATTENTIONS,
+        "mac_table": {},
+    }
+
+
+def _tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for keys, stats in ((BLOCKS, BLOCK_STATS), (ATTENTIONS, ATTENTION_STATS)):
+        for key in keys:
+            for name in stats:
+                values = rng.random(STEPS).astype(np.float32)
+                values[0] = np.nan
+                tensors[f"{name}/{key}"] = values
+    tensors["reference/latents"] = rng.standard_normal((N, 4, 2, 1)).astype(np.float32)
+    tensors["reference/images"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
+    tensors["reference/conditions"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
+    return tensors
+
+
+@pytest.fixture
+def saved(tmp_path):
+    folder = tmp_path / "run"
+    Profile(_meta(), _tensors()).save(folder)
+    return folder
+
+
+def test_toy_round_trip(saved):
+    loaded = Profile.load(saved)
+    for name, array in _tensors().items():
+        np.testing.assert_array_equal(loaded.tensors()[name], array)
+    assert np.isnan(loaded.stat("mean_cos", "controlnet")[0])
+    assert loaded.negative_prompts == [None, "c"]
+    assert loaded.resolution == (16, 8)
+    digest = hashlib.sha256((saved / TENSOR_FILE).read_bytes()).hexdigest()
+    assert loaded.meta["tensor_file"]["sha256"] == digest
+    assert not [p for p in saved.iterdir() if p.name not in (META_FILE, TENSOR_FILE)]  # no temp folder left
+
+
+def test_truncated_tensor_file_is_refused(saved):
+    blob = (saved / TENSOR_FILE).read_bytes()
+    (saved / TENSOR_FILE).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ProfileError, match="truncated or modified"):
+        Profile.load(saved)
+
+
+def test_tampered_tensor_file_is_refused(saved):
+    blob = bytearray((saved / TENSOR_FILE).read_bytes())
+    blob[-1] ^= 0xFF  # one flipped byte in the last tensor's data
+    (saved / TENSOR_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ProfileError, match="does not match its recorded sha256"):
+        Profile.load(saved)
+
+
+def _rewrite(folder, tensor_bytes: bytes) -> None:
+    """Replace the tensor file and record its sha256, as a careful forger would."""
+    (folder / TENSOR_FILE).write_bytes(tensor_bytes)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["tensor_file"]["sha256"] = hashlib.sha256(tensor_bytes).hexdigest()
+    (folder / META_FILE).write_text(json.dumps(meta))
+
+
+def test_unparseable_tensor_file_with_matching_sha_is_refused(saved):
+    _rewrite(saved, b"\xff" * 64)
+    with pytest.raises(ProfileError, match="not a valid safetensors file"):
+        Profile.load(saved)
+
+
+def test_missing_tensor_is_refused(saved):
+    from safetensors.numpy import save
+
+    tensors = _tensors()
+    del tensors["std_js/" + ATTENTIONS[0]]
+    _rewrite(saved, save(tensors))
+    with pytest.raises(ProfileError, match="misses.*std_js"):
+        Profile.load(saved)
+
+
+def test_wrong_shape_tensor_is_refused(saved):
+    from safetensors.numpy import save
+
+    tensors = _tensors()
+    tensors["mean_cos/controlnet"] = np.zeros(STEPS + 1, dtype=np.float32)
+    _rewrite(saved, save(tensors))
+    with pytest.raises(ProfileError, match=r"'mean_cos/controlnet' must be float32 \[3\]"):
+        Profile.load(saved)
+
+
+def test_other_schema_version_is_refused(saved):
+    meta = json.loads((saved / META_FILE).read_text())
+    meta["schema_version"] = 2
+    (saved / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="`schema_version` must be 1"):
+        Profile.load(saved)
+
+
+def test_invalid_json_is_refused(saved):
+    (saved / META_FILE).write_text('{"format": "hgc-tune-profile", ')
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        Profile.load(saved)
+
+
+def test_missing_files_are_refused(saved, tmp_path):
+    with pytest.raises(ProfileError, match="run `hgc-tune profile"):
+        Profile.load(tmp_path / "nowhere")
+    (saved / TENSOR_FILE).unlink()
+    with pytest.raises(ProfileError, match="profile.safetensors is missing"):
+        Profile.load(saved)
+
+
+def test_inconsistent_profiles_cannot_be_built():
+    meta = _meta()
+    meta["prompts"] = ["only one"]
+    with pytest.raises(ProfileError, match="`prompts` must have one entry per seed"):
+        Profile(meta, _tensors())
+    tensors = _tensors()
+    tensors["reference/images"] = tensors["reference/images"].astype(np.float32)
+    with pytest.raises(ProfileError, match="'reference/images' must be uint8"):
+        Profile(_meta(), tensors)
+    tensors = _tensors()
+    tensors["extra/thing"] = np.zeros(1, dtype=np.float32)
+    with pytest.raises(ProfileError, match="unexpected tensors"):
+        Profile(_meta(), tensors)
+
+
+def test_crash_between_the_two_moves_is_detected(saved, monkeypatch):
+    """A save interrupted after the tensors moved leaves a profile that fails loudly, never a silent mix."""
+    newer = _tensors()
+    newer["mean_cos/controlnet"] = np.full(STEPS, 0.5, dtype=np.float32)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(META_FILE):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        Profile(_meta(), newer).save(saved)
+    monkeypatch.undo()
+    assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temp folder removed
+    with pytest.raises(ProfileError, match="recorded sha256"):
+        Profile.load(saved)
+
+
+def test_save_into_a_file_path_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ProfileError, match="must be a folder"):
+        Profile(_meta(), _tensors()).save(target)
