@@ -1,13 +1,86 @@
-"""hgc-tune report (not built yet)."""
+"""Write a report of a profile (and a policy, and a search's trade-off): PNG figures and a self-contained
+index.html that opens from disk.
+
+Figures: block similarity of the U-Net and the ControlNet, cross-attention drift, ControlNet residual
+change; with --policy, the policy grid over the similarity heatmap, MACs per step and the policy's images;
+with --pareto, MAC reduction vs fidelity loss of every trial with the peers and the chosen policy.
+
+Example:
+    hgc-tune report --profile runs/tiny-seg --policy policies/tiny-seg.json \\
+        --pareto policies/tiny-seg.pareto.json --samples 4 --out reports/tiny-seg
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+import sys
+
+from hgc_tune.cli._common import print_json
+
+HELP = "write figures (similarity, attention drift, policy grid, trade-off, samples) and an index.html"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", required=True, help="profile folder (from `hgc-tune profile`)")
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="policy JSON file (its policy for the profile's condition type), 'peer:NAME' for a built-in "
+        "peer schedule (e.g. peer:deepcache-n3-b0), or nothing for a profile-only report",
+    )
+    parser.add_argument("--pareto", default=None, help="the search's <policy>.pareto.json (trade-off figure)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="profiled samples to show in the sample grid (default 4; 0: none)",
+    )
+    parser.add_argument("--out", required=True, help="report folder (created; index.html is written last)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model to generate the policy's images with (default: the profile's model)",
+    )
+    parser.add_argument("--controlnet", default=None, help="ControlNet for a base model that holds none")
+    parser.add_argument("--device", default="cpu", help="torch device for the policy's images (default: cpu)")
+    parser.add_argument("--json", action="store_true", help="print the files and the summary as JSON")
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune report is not built yet")
+def run(args: argparse.Namespace) -> int:
+    from hgc_tune.profile import Profile
+    from hgc_tune.report import build_report, pipeline_for_profile
+
+    policy, pipe = args.policy, None
+    if policy is not None and (policy.startswith("peer:") or policy in ("full", "none")):
+        from hgc_tune.cli._common import resolve_policy
+
+        profile = Profile.load(args.profile)
+        # A built-in schedule is made for a pipeline: load the profile's, and reuse it for the images.
+        pipe = pipeline_for_profile(profile, model=args.model, controlnet=args.controlnet, device=args.device)
+        policy = resolve_policy(
+            policy,
+            pipe,
+            num_steps=profile.num_steps,
+            condition_type=profile.condition_type or None,
+            model=args.model or profile.model_name,
+        )
+    result = build_report(
+        args.profile,
+        args.out,
+        policy=policy,
+        pareto=args.pareto,
+        samples=args.samples,
+        pipe=pipe,
+        model=args.model,
+        controlnet=args.controlnet,
+        device=args.device,
+    )
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    for path in result.files:
+        print(path)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"open {result.index} in a browser", file=sys.stderr)
+    return 0

@@ -1,0 +1,355 @@
+"""``build_report``: figures, summary and ``index.html`` of a profile, a policy and a search's trade-off."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy, policy_step_macs
+from hgc_tune.report._errors import ReportError
+from hgc_tune.report._html import ReportFigure, render_html
+from hgc_tune.report._pareto import ParetoData, load_pareto
+from hgc_tune.report._summary import profile_cfg, report_summary
+
+__all__ = ["FIGURES", "INDEX_FILE", "SUMMARY_FILE", "ReportResult", "build_report"]
+
+INDEX_FILE = "index.html"
+SUMMARY_FILE = "report.json"
+
+# Every figure the report can hold, in page order: file, title, the question it answers, how to read it.
+FIGURES: dict[str, ReportFigure] = {
+    f.name: f
+    for f in (
+        ReportFigure(
+            "similarity_unet",
+            "similarity_unet.png",
+            "U-Net block similarity",
+            "Which U-Net blocks barely change from one step to the next, and at which steps?",
+            "Module × step. Left/top: cosine similarity of each block's output with the previous step's; "
+            "right/bottom: its relative L1 change in %. Yellow cells are stable: reusing the block's cached "
+            "output there costs little fidelity.",
+        ),
+        ReportFigure(
+            "similarity_controlnet",
+            "similarity_controlnet.png",
+            "ControlNet block similarity",
+            "Which ControlNet blocks (and the ControlNet as a whole) are stable across steps?",
+            "As above for the ControlNet's down blocks, mid block and the whole ControlNet (all residuals).",
+        ),
+        ReportFigure(
+            "attention_drift",
+            "attention_drift.png",
+            "Cross-attention drift",
+            "When do the cross-attention (attn2) maps settle, so that prompt-level reuse is safe?",
+            "attn2 module × step: relative L1 change (%) and Jensen-Shannon divergence of the head-averaged "
+            "attention map against the previous step. A line separates U-Net rows from ControlNet rows.",
+        ),
+        ReportFigure(
+            "controlnet_residuals",
+            "controlnet_residuals.png",
+            "ControlNet residual change",
+            "From which step on does the control signal stop changing, so the ControlNet can be reused or "
+            "dropped?",
+            "Relative L1 change and cosine similarity of all ControlNet residuals together (black, mean ± "
+            "std over samples) and of each ControlNet block; grey bands: steps where the policy reuses or "
+            "drops the ControlNet.",
+        ),
+        ReportFigure(
+            "policy_grid",
+            "policy_grid.png",
+            "The policy over the similarity heatmap",
+            "What does the policy compute, reuse or drop at each step, and does it reuse where modules are "
+            "stable?",
+            "Module × step; background: relative change vs the previous step (yellow = stable). //// = the "
+            "module reuses its cached output; dots (..) = it sits inside a module that reuses; xxx = "
+            "ControlNet dropped; a small dot = conditional CFG half only. Row labels end with (steps "
+            "computed / steps).",
+        ),
+        ReportFigure(
+            "step_macs",
+            "step_macs.png",
+            "MACs per step",
+            "At which steps, and in which denoiser, does the policy save compute?",
+            "Stacked bars: U-Net and ControlNet MACs per step under the policy (paper convention); dashed: "
+            "full compute.",
+        ),
+        ReportFigure(
+            "tradeoff",
+            "tradeoff.png",
+            "Trade-off: MAC reduction vs fidelity loss",
+            "Is the chosen policy the cheapest within the budget, and how does it compare with the peer "
+            "schedules (DeepCache, T-GATE, ControlNet window)?",
+            "Every search trial (blue: within budget, grey: over), the Pareto front (orange), the budget "
+            "(red dashed), the chosen policy (gold star) and the peers (labelled).",
+        ),
+        ReportFigure(
+            "samples",
+            "samples.png",
+            "Samples",
+            "What do the images look like under the policy, and where do they differ from full compute?",
+            "Per profiled sample: condition | full-compute reference | the policy's image (same seed, prompt "
+            "and steps) | mean absolute difference over RGB.",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` wrote.
+
+    Attributes:
+        out_dir: The report folder.
+        index: Its ``index.html``.
+        figures: Figure name -> PNG path, in page order.
+        files: Every file written (figures, ``report.json``, ``index.html``, in that order).
+        summary: The summary data (also in ``report.json``).
+        notes: What was skipped and why.
+    """
+
+    out_dir: Path
+    index: Path
+    figures: dict[str, Path]
+    files: list[Path]
+    summary: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (paths as strings)."""
+        return {
+            "out_dir": str(self.out_dir),
+            "index": str(self.index),
+            "figures": {name: str(path) for name, path in self.figures.items()},
+            "files": [str(p) for p in self.files],
+            "summary": self.summary,
+            "notes": list(self.notes),
+        }
+
+
+def _write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _resolve_profile(profile: Any) -> tuple[Any, str | None]:
+    from hgc_tune.profile import Profile
+
+    if isinstance(profile, Profile):
+        return profile, None
+    if isinstance(profile, str | os.PathLike):
+        return Profile.load(profile), str(profile)
+    raise ReportError(f"`profile` must be a Profile or a profile folder, but got {type(profile).__name__}.")
+
+
+def _resolve_policy(policy: Any, profile) -> Policy | None:
+    if policy is None or isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str | os.PathLike):
+        policy = load_policy(policy)
+    if isinstance(policy, PolicyFile):
+        return policy.select(profile.condition_type or None)
+    raise ReportError(
+        f"`policy` must be a Policy, a PolicyFile or a policy JSON path, but got {type(policy).__name__}."
+    )
+
+
+def _check_policy_fits_profile(policy: Policy, profile) -> None:
+    if policy.num_steps != profile.num_steps:
+        raise ReportError(
+            f"policy {policy.name!r} was made for {policy.num_steps} steps, but the profile has "
+            f"{profile.num_steps}: profile with --steps {policy.num_steps}."
+        )
+    if policy.target.fingerprint != profile.fingerprint:
+        raise ReportError(
+            f"policy {policy.name!r} was made for model fingerprint {policy.target.fingerprint!r}, but the "
+            f"profile is of {profile.fingerprint!r}: report the policy with a profile of its own model."
+        )
+
+
+def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile) -> list[str]:
+    notes = []
+    if pareto.num_steps is not None and pareto.num_steps != profile.num_steps:
+        notes.append(
+            f"The Pareto file is of a search over {pareto.num_steps} steps, but the profile has "
+            f"{profile.num_steps}."
+        )
+    chosen = pareto.chosen
+    p = policy.provenance if policy is not None else None
+    if p is not None and p.study == pareto.study and p.trial is not None and chosen is not None:
+        if p.trial != chosen.number:
+            notes.append(
+                f"The policy shown is trial {p.trial} of study {p.study}, but the search chose trial "
+                f"{chosen.number}."
+            )
+    return notes
+
+
+def build_report(
+    profile: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    policy: Policy | PolicyFile | str | os.PathLike[str] | None = None,
+    pareto: ParetoData | str | os.PathLike[str] | None = None,
+    samples: int = 4,
+    pipe: Any = None,
+    model: str | None = None,
+    controlnet: str | None = None,
+    device: str = "cpu",
+) -> ReportResult:
+    """Write a report folder: PNG figures, ``report.json`` and a self-contained ``index.html``.
+
+    Figures (see :data:`FIGURES`): block similarity of the U-Net and of the ControlNet, cross-attention
+    drift, ControlNet residual change; with a policy, the policy grid over the similarity heatmap and the
+    MACs per step; with a Pareto file, the trade-off; and a sample grid (condition | full compute | policy |
+    difference; without a policy, condition | full compute). The policy's images are generated here with the
+    profile's seeds, prompts and condition images, on ``pipe`` or on the pipeline the profile names.
+
+    Files are written into ``out_dir`` one by one through temporary files; ``index.html`` comes last, so a
+    reader never finds a page that references a missing figure.
+
+    Args:
+        profile: A :class:`~hgc_tune.profile.Profile` or its folder.
+        out_dir: The report folder (created if needed).
+        policy: A policy, a policy file, or its path (a file's policy is picked by the profile's condition
+            type); ``None`` for a profile-only report.
+        pareto: The search's trade-off (:class:`ParetoData` or a ``.pareto.json`` path), or ``None``.
+        samples: How many profiled samples to show (0: no sample grid).
+        pipe: The pipeline to generate the policy's images on; default: load the profile's model.
+        model: Load this model instead of the profile's (when ``pipe`` is ``None``).
+        controlnet: ControlNet for a base model that holds none (when ``pipe`` is ``None``).
+        device: Torch device of the loaded pipeline.
+
+    Returns:
+        A :class:`ReportResult` listing every file written.
+
+    Raises:
+        ReportError: Bad ``samples``, a malformed Pareto file, or a policy whose steps, fingerprint or
+            module keys do not fit the profile.
+        ProfileError: A missing or damaged profile folder.
+
+    Example:
+        >>> result = build_report("runs/tiny-seg", "reports/tiny-seg",
+        ...                       policy="policies/tiny-seg.json", samples=2)  # doctest: +SKIP
+        >>> result.index  # doctest: +SKIP
+        PosixPath('reports/tiny-seg/index.html')
+    """
+    import hgc_tune
+    from hgc_tune.report import _figures as figs
+    from hgc_tune.report._grid import policy_grid
+    from hgc_tune.report._samples import generate_policy_images, pipeline_for_profile, sample_indices
+
+    profile, profile_source = _resolve_profile(profile)
+    policy = _resolve_policy(policy, profile)
+    if isinstance(pareto, str | os.PathLike):
+        pareto = load_pareto(pareto)
+    indices = sample_indices(profile, samples)
+    cfg = profile_cfg(profile)
+    grid = None
+    if policy is not None:
+        _check_policy_fits_profile(policy, profile)
+        grid = policy_grid(policy, [*profile.block_keys, *profile.attention_keys], cfg=cfg)
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    figures: dict[str, Path] = {}
+
+    def write(name: str, fig) -> None:
+        # Generated images keep full colour: a palette would blur the very differences they show.
+        figures[name] = figs.save_figure(fig, out / FIGURES[name].file, palette=name != "samples")
+
+    write("similarity_unet", figs.plot_block_similarity(profile, "unet"))
+    write("similarity_controlnet", figs.plot_block_similarity(profile, "controlnet"))
+    write("attention_drift", figs.plot_attention_drift(profile))
+    write("controlnet_residuals", figs.plot_controlnet_residuals(profile, policy))
+    if policy is not None:
+        cfg_until = policy.guidance.cfg_until if policy.guidance is not None and cfg else None
+        write(
+            "policy_grid", figs.plot_policy_grid(profile, grid, policy_name=policy.name, cfg_until=cfg_until)
+        )
+        table = profile.mac_table
+        full = full_compute_policy(policy.target)
+        write(
+            "step_macs",
+            figs.plot_step_macs(
+                policy_step_macs(policy, table, cfg=cfg),
+                policy_step_macs(full, table, cfg=cfg),
+                convention="paper",
+                policy_name=policy.name,
+            ),
+        )
+    else:
+        notes.append(
+            "No policy given (--policy): the policy grid, MACs per step and policy images are skipped."
+        )
+    if pareto is not None:
+        notes += _pareto_notes(pareto, policy, profile)
+        write("tradeoff", figs.plot_tradeoff(pareto))
+    else:
+        notes.append("No Pareto file given (--pareto): the trade-off figure is skipped.")
+
+    psnr_db = None
+    if indices:
+        policy_images = None
+        full_images = profile.reference_images[indices]
+        if policy is not None:
+            from hgc_tune.fidelity import psnr
+
+            pipe = (
+                pipe
+                if pipe is not None
+                else pipeline_for_profile(profile, model=model, controlnet=controlnet, device=device)
+            )
+            policy_images = generate_policy_images(pipe, profile, policy, indices)
+            psnr_db = [psnr(p, f) for p, f in zip(policy_images, full_images)]
+        write(
+            "samples",
+            figs.plot_samples(
+                profile.condition_images[indices],
+                full_images,
+                policy_images,
+                indices=indices,
+                seeds=[profile.seeds[i] for i in indices],
+                prompts=[profile.prompts[i] for i in indices],
+                psnr_db=psnr_db,
+                policy_name=policy.name if policy is not None else "policy",
+            ),
+        )
+    else:
+        notes.append("No samples requested (--samples 0): the sample grid is skipped.")
+
+    summary = report_summary(
+        profile,
+        policy=policy,
+        pareto=pareto,
+        grid_counts=grid.counts() if grid is not None else None,
+        sample_indices=indices,
+        psnr_db=psnr_db,
+        profile_source=profile_source,
+    )
+    summary["figures"] = {name: FIGURES[name].file for name in figures}
+    summary["notes"] = notes
+    summary_path = _write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    page = render_html(summary, [FIGURES[name] for name in figures], notes, version=hgc_tune.__version__)
+    index = _write_text(out / INDEX_FILE, page)
+    return ReportResult(
+        out_dir=out,
+        index=index,
+        figures=figures,
+        files=[*figures.values(), summary_path, index],
+        summary=summary,
+        notes=notes,
+    )

@@ -1,0 +1,275 @@
+"""Reading the search's trade-off file, ``<policy>.pareto.json``
+(:meth:`hgc_tune.search.SearchResult.pareto_json`, written by ``hgc-tune search``).
+
+The fields the report uses (others are kept in :attr:`ParetoData.raw`)::
+
+    {"format": "hgc-tune-pareto", "schema_version": 1,
+     "study": str, "model": str, "condition_type": str | null, "metric": str, "budget": float,
+     "num_steps": int, "front": [trial numbers], "chosen": trial number | null,
+     "peers": {peer name: trial number}, "validated": bool, "message": str | null,
+     "trials": [{"number": int, "state": "COMPLETE" | "FAIL" | …,
+                 "macs": {"paper": {"full", "policy", "reduction"}, "complete": {…}},
+                 "loss": float | null, "feasible": bool, "rejected_early": bool,
+                 "duplicate_of": int | null, "peers": [names], "policy_name": str | null,
+                 "heldout": {"loss": float, "holds": bool, …} | null}, …]}
+
+A trial's MAC reduction is ``1 - policy/full`` per convention; its loss is the calibration fidelity loss
+(partial when ``rejected_early``). Peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
+trials with peer names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hgc_tune.report._errors import ReportError
+
+__all__ = [
+    "FULL_COMPUTE_PEER",
+    "PARETO_FORMAT",
+    "ParetoData",
+    "ParetoPoint",
+    "load_pareto",
+    "pareto_data_from_json",
+]
+
+PARETO_FORMAT = "hgc-tune-pareto"
+_SCHEMA_VERSIONS = (1,)
+# The peer name of the no-caching anchor trial: drawn as the full-compute point, not as a peer.
+FULL_COMPUTE_PEER = "full-compute"
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One search trial.
+
+    Attributes:
+        number: The Optuna trial number.
+        state: ``COMPLETE``, ``FAIL``, ``PRUNED``, ….
+        reductions: MAC reduction ``1 - policy/full`` per convention (``paper``, ``complete``).
+        loss: Calibration fidelity loss; ``None`` for a trial without a result (failed).
+        feasible: Whether the loss met the budget on every calibration sample.
+        rejected_early: The evaluation stopped early, the loss is partial.
+        duplicate_of: The earlier trial with the same policy whose result this one reuses.
+        peers: The peer schedule names this trial was enqueued as (aliases), empty for a searched trial.
+        on_front: On the Pareto front (MAC reduction up, loss down).
+        chosen: The trial whose policy the search wrote.
+        heldout_loss: The loss on the held-out split, when the trial was validated.
+        name: The trial's policy name.
+    """
+
+    number: int
+    state: str
+    reductions: Mapping[str, float]
+    loss: float | None
+    feasible: bool
+    rejected_early: bool = False
+    duplicate_of: int | None = None
+    peers: tuple[str, ...] = ()
+    on_front: bool = False
+    chosen: bool = False
+    heldout_loss: float | None = None
+    name: str | None = None
+
+    def reduction(self, convention: str = "paper") -> float | None:
+        """The MAC reduction in ``convention`` (``None`` if the trial recorded none)."""
+        return self.reductions.get(convention)
+
+    @property
+    def scored(self) -> bool:
+        """A completed trial with a full calibration loss and a reduction: a point of the trade-off."""
+        return self.state == "COMPLETE" and self.loss is not None and not self.rejected_early
+
+    @property
+    def peer(self) -> str | None:
+        """The peer name to show (aliases joined with ``/``), ``None`` for a searched trial."""
+        return "/".join(self.peers) if self.peers else None
+
+
+@dataclass(frozen=True)
+class ParetoData:
+    """The content of a Pareto file (see the module docstring).
+
+    Attributes:
+        budget: The fidelity-loss budget of the search.
+        points: Every trial, in file order.
+        metric: The search metric.
+        study: The Optuna study name.
+        model: The profiled model.
+        condition_type: The condition type.
+        num_steps: Denoising steps.
+        validated: Whether a held-out split was used.
+        message: Why the search has no policy, when it has none.
+        source: The file read, if any.
+        raw: The parsed file.
+    """
+
+    budget: float
+    points: tuple[ParetoPoint, ...]
+    metric: str | None = None
+    study: str | None = None
+    model: str | None = None
+    condition_type: str | None = None
+    num_steps: int | None = None
+    validated: bool = False
+    message: str | None = None
+    source: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def chosen(self) -> ParetoPoint | None:
+        """The trial whose policy the search wrote, if any."""
+        return next((p for p in self.points if p.chosen), None)
+
+    @property
+    def front(self) -> list[ParetoPoint]:
+        """The trials on the Pareto front."""
+        return [p for p in self.points if p.on_front]
+
+    @property
+    def peers(self) -> list[ParetoPoint]:
+        """The peer trials (without the full-compute anchor)."""
+        return [p for p in self.points if p.peers and FULL_COMPUTE_PEER not in p.peers]
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ReportError(message)
+
+
+def _point(entry: Any, where: str, front: set[int], chosen: int | None) -> ParetoPoint:
+    _check(isinstance(entry, Mapping), f"{where} must be a JSON object, but got {type(entry).__name__}.")
+    number = entry.get("number")
+    _check(
+        isinstance(number, int) and not isinstance(number, bool),
+        f"{where}.number must be an integer, but got number={number!r}.",
+    )
+    state = entry.get("state")
+    _check(isinstance(state, str), f"{where}.state must be a string, but got state={state!r}.")
+    macs = entry.get("macs", {})
+    _check(isinstance(macs, Mapping), f"{where}.macs must be an object, but got macs={macs!r}.")
+    reductions = {}
+    for convention, values in macs.items():
+        value = values.get("reduction") if isinstance(values, Mapping) else None
+        _check(
+            _is_number(value),
+            f"{where}.macs.{convention}.reduction must be a finite number, but got {value!r}.",
+        )
+        reductions[convention] = float(value)
+    loss = entry.get("loss")
+    _check(
+        loss is None or _is_number(loss), f"{where}.loss must be a finite number or null, but got {loss!r}."
+    )
+    peers = entry.get("peers") or ([entry["peer"]] if entry.get("peer") else [])
+    _check(
+        isinstance(peers, list) and all(isinstance(p, str) for p in peers),
+        f"{where}.peers must be a list of names, but got peers={peers!r}.",
+    )
+    heldout = entry.get("heldout")
+    heldout_loss = heldout.get("loss") if isinstance(heldout, Mapping) else None
+    duplicate = entry.get("duplicate_of")
+    return ParetoPoint(
+        number=number,
+        state=state,
+        reductions=reductions,
+        loss=None if loss is None else float(loss),
+        feasible=bool(entry.get("feasible", False)),
+        rejected_early=bool(entry.get("rejected_early", False)),
+        duplicate_of=duplicate if isinstance(duplicate, int) and not isinstance(duplicate, bool) else None,
+        peers=tuple(peers),
+        on_front=number in front,
+        chosen=chosen is not None and number == chosen,
+        heldout_loss=float(heldout_loss) if _is_number(heldout_loss) else None,
+        name=entry.get("policy_name") if isinstance(entry.get("policy_name"), str) else None,
+    )
+
+
+def _optional_str(data: Mapping[str, Any], name: str, where: str) -> str | None:
+    value = data.get(name)
+    _check(
+        value is None or isinstance(value, str),
+        f"{where}: `{name}` must be a string or null, but got {name}={value!r}.",
+    )
+    return value
+
+
+def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData:
+    """Validate a parsed Pareto file (see the module docstring).
+
+    Raises:
+        ReportError: If it is not a ``hgc-tune-pareto`` file of a supported schema version, or a field the
+            report needs is missing or has the wrong type.
+    """
+    where = source or "pareto"
+    _check(isinstance(data, Mapping), f"{where} must hold a JSON object, but holds a {type(data).__name__}.")
+    _check(
+        data.get("format") == PARETO_FORMAT,
+        f"{where}: `format` must be {PARETO_FORMAT!r}, but got format={data.get('format')!r}; pass the "
+        "`.pareto.json` file that `hgc-tune search` writes beside the policy.",
+    )
+    version = data.get("schema_version")
+    _check(
+        version in _SCHEMA_VERSIONS,
+        f"{where}: `schema_version` must be one of {list(_SCHEMA_VERSIONS)}, but got "
+        f"schema_version={version!r}.",
+    )
+    budget = data.get("budget")
+    _check(_is_number(budget), f"{where}: `budget` must be a finite number, but got budget={budget!r}.")
+    trials = data.get("trials")
+    _check(isinstance(trials, list), f"{where}: `trials` must be a list, but got {type(trials).__name__}.")
+    front = data.get("front", [])
+    _check(
+        isinstance(front, list) and all(isinstance(n, int) for n in front),
+        f"{where}: `front` must be a list of trial numbers, but got front={front!r}.",
+    )
+    chosen = data.get("chosen")
+    _check(
+        chosen is None or (isinstance(chosen, int) and not isinstance(chosen, bool)),
+        f"{where}: `chosen` must be a trial number or null, but got chosen={chosen!r}.",
+    )
+    points = tuple(_point(t, f"{where}: trials[{i}]", set(front), chosen) for i, t in enumerate(trials))
+    numbers = {p.number for p in points}
+    missing = sorted((set(front) | ({chosen} if chosen is not None else set())) - numbers)
+    _check(not missing, f"{where}: `front`/`chosen` name trials {missing} that `trials` does not hold.")
+    steps = data.get("num_steps")
+    return ParetoData(
+        budget=float(budget),
+        points=points,
+        metric=_optional_str(data, "metric", where),
+        study=_optional_str(data, "study", where),
+        model=_optional_str(data, "model", where),
+        condition_type=_optional_str(data, "condition_type", where),
+        num_steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+        validated=bool(data.get("validated", False)),
+        message=_optional_str(data, "message", where),
+        source=source,
+        raw=dict(data),
+    )
+
+
+def load_pareto(path: str | os.PathLike[str]) -> ParetoData:
+    """Read a ``<policy>.pareto.json`` file written by ``hgc-tune search``.
+
+    Raises:
+        ReportError: If the file is missing, not JSON, or violates the layout.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ReportError(f"cannot read the Pareto file {str(file)!r}: {e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"the Pareto file {str(file)!r} is not valid JSON: {e}") from e
+    return pareto_data_from_json(data, source=str(file))

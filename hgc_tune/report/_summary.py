@@ -1,0 +1,161 @@
+"""The report's summary: the numbers a user checks before trusting a policy, as JSON-ready data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hgc_tune.policy import MAC_CONVENTIONS, Policy, policy_macs
+from hgc_tune.report._pareto import ParetoData, ParetoPoint
+
+__all__ = ["FIDELITY_SPLITS", "fidelity_by_split", "profile_cfg", "report_summary"]
+
+# Split names recognised in provenance fidelity keys (``heldout.miou_loss``, ``loss_calibration``, …).
+FIDELITY_SPLITS: tuple[str, ...] = ("calibration", "heldout", "held_out", "held-out", "validation", "test")
+_SEPARATORS = ("/", ".", ":", "_", "-")
+
+
+def profile_cfg(profile) -> bool:
+    """Whether the profile's generations used classifier-free guidance."""
+    meta = profile.meta
+    return bool(meta.get("cfg", profile.guidance_scale > 1.0))
+
+
+def fidelity_by_split(fidelity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group a provenance ``fidelity`` mapping by split.
+
+    A key that starts or ends with a split name and a separator (``heldout.miou_loss``,
+    ``miou_loss/calibration``) goes to that split under the rest of its name; any other key goes to the
+    split ``""``. Values are kept as given.
+
+    Example:
+        >>> fidelity_by_split({"calibration.loss": 0.01, "heldout.loss": 0.012, "metric": "miou"})
+        {'calibration': {'loss': 0.01}, 'heldout': {'loss': 0.012}, '': {'metric': 'miou'}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in fidelity.items():
+        split, name = "", key
+        for candidate in FIDELITY_SPLITS:
+            for sep in _SEPARATORS:
+                if key.startswith(candidate + sep) and len(key) > len(candidate) + 1:
+                    split, name = candidate, key[len(candidate) + 1 :]
+                elif key.endswith(sep + candidate) and len(key) > len(candidate) + 1:
+                    split, name = candidate, key[: -len(candidate) - 1]
+                if split:
+                    break
+            if split:
+                break
+        out.setdefault(split, {})[name] = value
+    return out
+
+
+def _macs(profile, policy: Policy | None) -> dict[str, dict[str, float]]:
+    table, cfg = profile.mac_table, profile_cfg(profile)
+    out: dict[str, dict[str, float]] = {}
+    for convention in MAC_CONVENTIONS:
+        if policy is not None:
+            m = policy_macs(policy, table, cfg=cfg, convention=convention)
+            out[convention] = {k: float(m[k]) for k in ("full", "policy", "reduction", "ratio")}
+        else:
+            full = table.generation_macs(profile.num_steps, cfg=cfg, convention=convention)["total"]
+            out[convention] = {"full": float(full)}
+    return out
+
+
+def report_summary(
+    profile,
+    *,
+    policy: Policy | None = None,
+    pareto: ParetoData | None = None,
+    grid_counts: Mapping[str, int] | None = None,
+    sample_indices: Sequence[int] = (),
+    psnr_db: Sequence[float] | None = None,
+    profile_source: str | None = None,
+) -> dict[str, Any]:
+    """The summary table's content as JSON-ready data.
+
+    Keys: ``model`` (name, fingerprint, condition type, steps, scheduler, resolution, guidance, samples,
+    dataset), ``macs`` (per convention: ``full``, and with a policy ``policy``, ``reduction``, ``ratio``;
+    computed from the profile's MAC table), ``policy`` (name, source, study, trial, budget, metric,
+    ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as recorded, ``cells`` per grid
+    state) or ``None``, ``samples`` (indices, seeds, prompts, negative prompts, and the PSNR of the policy's
+    images against full compute, measured here), and
+    ``pareto`` (trial counts, budget, chosen point) or ``None``.
+    """
+    meta = profile.meta
+    height, width = profile.resolution
+    summary: dict[str, Any] = {
+        "profile": profile_source,
+        "model": {
+            "name": profile.model_name,
+            "fingerprint": profile.fingerprint,
+            "condition_type": profile.condition_type,
+            "steps": profile.num_steps,
+            "scheduler": meta.get("scheduler"),
+            "resolution": [height, width],
+            "guidance_scale": profile.guidance_scale,
+            "cfg": profile_cfg(profile),
+            "samples": profile.num_samples,
+            "dataset": (meta.get("dataset") or {}).get("name"),
+            "dtype": meta["model"].get("dtype"),
+        },
+        "macs": _macs(profile, policy),
+        "policy": None,
+        "samples": {
+            "indices": list(sample_indices),
+            "seeds": [profile.seeds[i] for i in sample_indices],
+            "prompts": [profile.prompts[i] for i in sample_indices],
+            "negative_prompts": [profile.negative_prompts[i] for i in sample_indices],
+            "psnr_db": list(psnr_db) if psnr_db is not None else None,
+        },
+        "pareto": None,
+    }
+    if psnr_db:
+        summary["samples"]["mean_psnr_db"] = float(sum(psnr_db) / len(psnr_db))
+    if policy is not None:
+        p = policy.provenance
+        summary["policy"] = {
+            "name": policy.name,
+            "source": p.source,
+            "study": p.study,
+            "trial": p.trial,
+            "budget": p.budget,
+            "metric": p.metric,
+            "fidelity": fidelity_by_split(dict(p.fidelity)),
+            "provenance_macs": {c: dict(v) for c, v in p.macs.items()},
+            "controlnet": None
+            if policy.controlnet is None
+            else {"steps": list(policy.controlnet.steps), "mode": policy.controlnet.mode},
+            "cfg_until": None if policy.guidance is None else policy.guidance.cfg_until,
+            "cells": dict(grid_counts) if grid_counts is not None else None,
+        }
+    if pareto is not None:
+        summary["pareto"] = _pareto_summary(pareto)
+    return summary
+
+
+def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
+    def point(p: ParetoPoint) -> dict[str, Any]:
+        return {
+            "number": p.number,
+            "reduction": p.reduction("paper"),
+            "loss": p.loss,
+            "feasible": p.feasible,
+            "heldout_loss": p.heldout_loss,
+        }
+
+    chosen = pareto.chosen
+    return {
+        "source": pareto.source,
+        "study": pareto.study,
+        "metric": pareto.metric,
+        "budget": pareto.budget,
+        "trials": len(pareto.points),
+        "feasible": sum(p.feasible and p.scored for p in pareto.points),
+        "failed": sum(p.loss is None for p in pareto.points),
+        "front": [p.number for p in pareto.front],
+        "peers": {p.peer: point(p) for p in pareto.peers},
+        "chosen": None if chosen is None else point(chosen),
+        "validated": pareto.validated,
+        "message": pareto.message,
+    }
