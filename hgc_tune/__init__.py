@@ -34,6 +34,12 @@ _EXPORTS: dict[str, str] = {
     "policy_macs": "hgc_tune.policy",
     "Profile": "hgc_tune.profile",
     "profile_pipeline": "hgc_tune.profile",
+    "open_dataset": "hgc_tune.data",
+    "Dataset": "hgc_tune.data",
+    "TaskEvaluator": "hgc_tune.fidelity",
+    "SearchConfig": "hgc_tune.search",
+    "search_policy": "hgc_tune.search",
+    "build_report": "hgc_tune.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,13 +1,153 @@
-"""hgc-tune evaluate (not built yet)."""
+"""Measure the fidelity of a caching policy on a dataset: the metric at full compute and with the policy,
+the relative loss (of the means), and the policy's MAC reduction.
+
+Each sample is generated twice with its seed: at full compute, and with --policy. --policy takes
+  - a policy JSON file (the policy for --condition is picked from it),
+  - peer:NAME, a built-in peer schedule made for this pipeline and --steps: deepcache-n3-b0, tgate-g10,
+    tgate-g10-cfg, cnwin-k10-drop, …; peer:cnwin-k0-drop is "ControlNet dropped at every step" (the U-Net
+    alone; nothing of the ControlNet is computed),
+  - none, no policy: with --controlnet-scale 0 this is diffusers' ControlNet multiplied by 0 (the ControlNet
+    still runs, so the MAC reduction is 0; the metric equals peer:cnwin-k0-drop's).
+
+Examples:
+    hgc-tune evaluate --model shapes --condition seg --policy policies/shapes-seg.json --samples 16
+    hgc-tune evaluate --model shapes --condition seg --policy peer:cnwin-k0-drop --steps 20 --samples 16
+    hgc-tune evaluate --model tiny --policy none --controlnet-scale 0 --metric ssim --steps 5 --json
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+import sys
+
+from hgc_tune.cli._common import add_model_arguments, print_json
+
+HELP = "fidelity of a policy on a dataset: metric at full compute and with the policy, loss, MAC reduction"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--policy",
+        required=True,
+        help="policy JSON, peer:NAME (e.g. peer:cnwin-k0-drop), or none (see above)",
+    )
+    parser.add_argument("--dataset", default="shapes", help="`shapes` or a dataset folder (default: shapes)")
+    parser.add_argument("--split", default="heldout", help="shapes split (default: heldout)")
+    parser.add_argument("--samples", type=int, default=8, help="number of samples (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="shapes offset / seed of samples without one")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
+    )
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
+    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: native)")
+    parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
+    parser.add_argument(
+        "--controlnet-scale",
+        type=float,
+        default=1.0,
+        help="ControlNet conditioning scale on the policy side (full compute always uses 1)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune evaluate is not built yet")
+def _resolve_policy(args: argparse.Namespace, pipe, condition: str | None):
+    from hgc_tune.errors import HgcTuneError
+    from hgc_tune.models import cacheable_module_keys
+    from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
+
+    spec = args.policy
+    if spec.lower() == "none":
+        return None, args.steps or 20
+    if spec.startswith("peer:"):
+        steps = args.steps or 20
+        target = target_for_pipeline(pipe, num_steps=steps, condition_type=condition, model=args.model)
+        return peer_policy(spec[len("peer:") :], target, list(cacheable_module_keys(pipe))), steps
+    policy = load_policy(spec).select(condition)
+    if args.steps is not None and args.steps != policy.num_steps:
+        raise HgcTuneError(
+            f"policy {policy.name!r} was made for {policy.num_steps} steps, but --steps is {args.steps}; "
+            "drop --steps or pass a policy made for that step count."
+        )
+    return policy, policy.num_steps
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def run(args: argparse.Namespace) -> int:
+    from hgc_tune.cli._common import load_pipeline_from_args
+    from hgc_tune.data import open_dataset
+    from hgc_tune.errors import FidelityError, HgcTuneError
+    from hgc_tune.fidelity import check_metric_fits
+    from hgc_tune.macs import count_pipeline_macs
+    from hgc_tune.search import evaluate_policy
+
+    if args.samples < 1:
+        raise HgcTuneError(f"`--samples` must be a positive integer, but got samples={args.samples}.")
+    if args.steps is not None and args.steps < 1:
+        raise HgcTuneError(f"`--steps` must be a positive integer, but got steps={args.steps}.")
+    condition = args.condition
+    if args.metric is not None:
+        try:
+            check_metric_fits(args.metric, condition)
+        except FidelityError as e:
+            raise HgcTuneError(str(e)) from e
+    pipe = load_pipeline_from_args(args)
+    policy, steps = _resolve_policy(args, pipe, condition)
+    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    resolution = args.resolution or native
+    samples = open_dataset(
+        args.dataset,
+        condition_type=condition,
+        split=args.split,
+        limit=args.samples,
+        seed=args.seed,
+        size=resolution,
+    )
+    if len(samples) == 0:
+        raise HgcTuneError(f"dataset {args.dataset!r} has no samples of condition type {condition!r}.")
+    table = count_pipeline_macs(pipe, height=resolution, width=resolution, model_name=args.model)
+    result = evaluate_policy(
+        pipe,
+        policy,
+        samples,
+        num_steps=steps,
+        metric=args.metric,
+        condition_type=condition,
+        guidance_scale=args.guidance_scale,
+        height=resolution,
+        width=resolution,
+        seed=args.seed,
+        controlnet_scale=args.controlnet_scale,
+        mac_table=table,
+        progress=args.progress and not args.json,
+    )
+    result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
+    if args.json:
+        print_json(result)
+        return 0
+    direction = "higher" if result["higher_is_better"] else "lower"
+    print(
+        f"evaluate {args.policy} on {result['samples']} samples ({args.dataset} {args.split}, condition "
+        f"{condition}), model {args.model}, {steps} steps, ControlNet scale {args.controlnet_scale:g}"
+    )
+    print(f"metric {result['metric']} ({result['kind']}, {direction} is better)")
+    print(f"  full compute  {result['full']:.4f}")
+    print(f"  with policy   {result['policy']:.4f}")
+    print(f"  loss          {_pct(result['loss'])}")
+    for convention, m in result["macs"].items():
+        print(
+            f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "
+            f"(reduction {_pct(m['reduction'])})"
+        )
+    if policy is None and args.controlnet_scale == 0:
+        print(
+            "note: --controlnet-scale 0 still computes the ControlNet (MACs unchanged); peer:cnwin-k0-drop "
+            "skips it.",
+            file=sys.stderr,
+        )
+    return 0

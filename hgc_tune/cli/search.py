@@ -1,13 +1,305 @@
-"""hgc-tune search (not built yet)."""
+"""Search the cheapest caching policy whose fidelity loss stays within a budget (Optuna, resumable).
+
+The model, condition type, scheduler and step count come from the profile; the loaded pipeline must match its
+fingerprint. Trials minimise the policy's MACs (paper convention) subject to fidelity loss <= budget on the
+profile's calibration samples; the peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
+the first trials. The cheapest feasible policies are then checked on held-out samples (their full-compute
+outputs are cached in runs/NAME/heldout/). Writes the policy to --out and the Pareto front beside it
+(policies/NAME.pareto.json). Exit code 1 when no policy holds the budget on the held-out split.
+
+Storage (--storage): default sqlite:///runs/NAME/study.db; any SQLAlchemy URL (postgresql://…, mysql://…);
+or journal:PATH for Optuna's JournalFile storage (an append-only log file; use it where SQLite locking does
+not work, e.g. NFS). Running the same command again resumes the study (up to --trials in total); several
+processes or machines may run it against one storage at once, and --workers K starts K processes here.
+A killed worker's running trial is failed after the heartbeat grace period and retried.
+
+Examples:
+    hgc-tune search --profile runs/shapes-seg --budget 0.015 --out policies/shapes-seg.json
+    hgc-tune search --profile runs/tiny --budget 0.05 --metric ssim --trials 20 --workers 2 --out /tmp/t.json
+    hgc-tune search --profile runs/shapes-seg --budget 0.015 --storage journal:runs/shapes-seg/study.log \\
+        --out policies/shapes-seg.json
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+import sys
+from typing import Any
+
+from hgc_tune.cli._common import print_json
+
+HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
+
+_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--profile", required=True, help="profile folder written by `hgc-tune profile`")
+    parser.add_argument("--budget", required=True, type=float, help="largest fidelity loss, in (0, 1)")
+    parser.add_argument("--out", required=True, help="policy JSON to write (Pareto JSON goes beside it)")
+    parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
+    parser.add_argument("--trials", type=int, default=50, help="trials in the study in total (default: 50)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
+    parser.add_argument(
+        "--study-name", default=None, help="study name (default: model-condition-metric-budget)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (default: 1)"
+    )
+    parser.add_argument(
+        "--heldout-samples", type=int, default=8, help="held-out samples to validate on; 0 skips (default: 8)"
+    )
+    parser.add_argument(
+        "--heldout-dataset",
+        default=None,
+        help="held-out samples: `shapes` or a dataset folder (default: the profile's, if shapes)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated peer schedules to enqueue first, or `none` (default: DeepCache N=3,5, "
+        "T-GATE, ControlNet window, scaled to the step count)",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="expected step count (refuse other profiles)")
+    parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")
+    parser.add_argument(
+        "--heartbeat", type=int, default=30, help="seconds between trial heartbeats (stale after twice that)"
+    )
+    parser.add_argument("--model", default=None, help="override the profile's model (preset, folder, hub id)")
+    parser.add_argument("--controlnet", default=None, help="ControlNet for a base model without one")
+    parser.add_argument(
+        "--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: the profile's"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    # Internal: a worker started by --workers runs trials only.
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune search is not built yet")
+def _config(args: argparse.Namespace):
+    from hgc_tune.search import SearchConfig
+
+    peers = None
+    if args.peers is not None:
+        peers = (
+            ()
+            if args.peers.strip().lower() == "none"
+            else tuple(p.strip() for p in args.peers.split(",") if p)
+        )
+    return SearchConfig(
+        budget=args.budget,
+        metric=args.metric,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        storage=args.storage,
+        study_name=args.study_name,
+        worker_index=args.worker_index,
+        peers=peers,
+        early_rejection=args.early_rejection,
+        heartbeat_interval=args.heartbeat,
+        num_steps=args.steps,
+    )
+
+
+def _load_pipeline(args: argparse.Namespace, profile: Any):
+    from hgc_tune.errors import SearchError
+    from hgc_tune.models import SCHEDULERS, load_pipeline
+
+    meta = profile.meta
+    model = args.model or meta["model"].get("name")
+    if not model:
+        raise SearchError("the profile does not record its model; pass --model.")
+    scheduler = {v: k for k, v in SCHEDULERS.items()}.get(meta["scheduler"])
+    if scheduler is None:
+        raise SearchError(
+            f"the profile's scheduler {meta['scheduler']!r} is not one of {sorted(SCHEDULERS.values())}."
+        )
+    dtype = args.dtype or _DTYPES.get(str(meta["model"].get("dtype")), "fp32")
+    pipe = load_pipeline(
+        model,
+        controlnet=args.controlnet,
+        condition=profile.condition_type or None,
+        scheduler=scheduler,
+        dtype=dtype,
+        device=args.device,
+    )
+    # The references were made with the profiled scheduler configuration, so use exactly that.
+    if meta.get("scheduler_config"):
+        pipe.scheduler = type(pipe.scheduler).from_config(meta["scheduler_config"])
+    return pipe
+
+
+def _heldout(args: argparse.Namespace, profile: Any):
+    from hgc_tune.data import open_dataset
+    from hgc_tune.errors import SearchError
+
+    if args.heldout_samples < 0:
+        raise SearchError(
+            f"`--heldout-samples` must be >= 0, but got heldout_samples={args.heldout_samples}."
+        )
+    if args.heldout_samples == 0:
+        return None
+    ref = args.heldout_dataset
+    if ref is None:
+        # `hgc-tune profile` records the shapes benchmark as "shapes:<split>".
+        label = str(profile.meta["dataset"].get("name") or "")
+        name, _, split = label.partition(":")
+        if name != "shapes" or split not in ("", "calibration"):
+            raise SearchError(
+                f"cannot tell where the held-out samples come from: the profile's dataset is {label!r}, "
+                "not the shapes benchmark's calibration split; pass --heldout-dataset shapes|DIR (samples "
+                "not in the calibration set) or --heldout-samples 0 to skip validation."
+            )
+        ref = "shapes"
+    height, _ = profile.resolution
+    samples = open_dataset(
+        ref,
+        condition_type=profile.condition_type or None,
+        split="heldout",
+        limit=args.heldout_samples,
+        # As `hgc-tune profile` does: the benchmark renders at most 256 px, the pipeline resizes.
+        size=min(height, 256),
+    )
+    if len(samples) == 0:
+        raise SearchError(
+            f"the held-out split of {ref!r} has no samples of condition type {profile.condition_type!r}."
+        )
+    return samples
+
+
+def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
+    argv = ["search", "--profile", args.profile, "--budget", repr(args.budget), "--out", args.out]
+    options = {
+        "--metric": args.metric,
+        "--trials": args.trials,
+        "--timeout": args.timeout,
+        "--storage": args.storage,
+        "--study-name": args.study_name,
+        "--seed": args.seed,
+        "--peers": args.peers,
+        "--steps": args.steps,
+        "--heartbeat": args.heartbeat,
+        "--model": args.model,
+        "--controlnet": args.controlnet,
+        "--dtype": args.dtype,
+        "--device": args.device,
+        "--heldout-samples": 0,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if not args.early_rejection:
+        argv.append("--no-early-rejection")
+    return [*argv, "--no-progress", "--worker-only", "--worker-index", str(index)]
+
+
+def _spawn_workers(args: argparse.Namespace) -> list:
+    import subprocess
+
+    code = "import sys; from hgc_tune.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [
+        subprocess.Popen([sys.executable, "-c", code, *_child_argv(args, i)], stdout=subprocess.DEVNULL)
+        for i in range(1, args.workers)
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _print_summary(result: Any, paths: dict[str, Any]) -> None:
+    peers_of: dict[int, list[str]] = {}
+    for name, number in result.peers.items():
+        peers_of.setdefault(number, []).append(name)
+    rows = []
+    for number, names in sorted(peers_of.items()):
+        r = result.record(number)
+        rows.append((", ".join(names), r))
+    if result.chosen is not None:
+        same = f" = {result.chosen.peer}" if result.chosen.peer else ""
+        rows.append((f"tuned (trial {result.chosen.number}{same})", result.chosen))
+    elif result.best is not None:
+        rows.append((f"calibration best (trial {result.best.number})", result.best))
+    width = max(len(name) for name, _ in rows)
+    print(
+        f"study {result.study_name}: {len(result.trials)} trials, metric {result.metric}, "
+        f"budget {result.budget:g}"
+    )
+    print(f"{'schedule':<{width}}  {'MAC reduction':>13}  {'loss':>8}  feasible")
+    for name, r in rows:
+        feasible = "yes" if r.feasible else ("no (early)" if r.rejected_early else "no")
+        if r.state != "COMPLETE":
+            feasible = r.state.lower()
+        print(f"{name:<{width}}  {_pct(r.reduction):>13}  {_pct(r.loss):>8}  {feasible}")
+    for v in result.validation:
+        verdict = "holds" if v["holds"] else "breaks the budget"
+        print(
+            f"held-out check of trial {v['trial']}: loss {_pct(v['loss'])} on {v['samples']} samples, "
+            f"{verdict}"
+        )
+    if paths.get("policy") is not None:
+        print(f"policy: {paths['policy']}")
+    print(f"pareto: {paths['pareto']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hgc_tune.errors import SearchError
+    from hgc_tune.search import (
+        SearchConfig,
+        load_search_profile,
+        prepare_search,
+        run_search,
+        run_search_worker,
+        write_search_outputs,
+    )
+
+    config: SearchConfig = _config(args)  # budget, trials, … are checked before anything is loaded
+    if args.workers < 1:
+        raise SearchError(f"`--workers` must be a positive integer, but got workers={args.workers}.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    profile, folder = load_search_profile(args.profile)
+    if config.metric is not None:
+        from hgc_tune.errors import FidelityError
+        from hgc_tune.fidelity import check_metric_fits
+
+        try:
+            check_metric_fits(config.metric, profile.condition_type or None)
+        except FidelityError as e:
+            raise SearchError(str(e)) from e
+    heldout = None if args.worker_only else _heldout(args, profile)
+    pipe = _load_pipeline(args, profile)
+    if args.worker_only:
+        run_search_worker(folder, pipe, config)
+        return 0
+    # The study is created and the peers enqueued once, before any other worker starts.
+    session = prepare_search(folder, pipe, config)
+    children = _spawn_workers(args) if args.workers > 1 else []
+    try:
+        result = run_search(session, heldout=heldout, progress=args.progress and not args.json)
+    except BaseException:
+        for child in children:
+            child.terminate()
+        raise
+    finally:
+        for child in children:
+            if child.wait() != 0:
+                print(f"hgc-tune search: a worker exited with status {child.returncode}", file=sys.stderr)
+    paths = write_search_outputs(result, args.out)
+    if args.json:
+        print_json(
+            {**result.to_json(), "files": {k: None if v is None else str(v) for k, v in paths.items()}}
+        )
+    else:
+        _print_summary(result, paths)
+    if not result.ok:
+        print(f"hgc-tune search: {result.message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,153 @@
+"""``SearchConfig``: every knob of a policy search, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hgc_tune.errors import HgcTuneError, SearchError
+
+__all__ = ["SearchConfig", "DEFAULT_CATCH"]
+
+# Per-trial failures that are recorded as FAIL while the search goes on: out-of-memory (a RuntimeError
+# subclass in torch), numerical trouble, and hgc-tune's own errors (e.g. a metric that is not finite).
+DEFAULT_CATCH: tuple[type[Exception], ...] = (RuntimeError, ArithmeticError, HgcTuneError)
+
+_ATTENTION_STATS = ("map_rel_l1", "out_rel_l1", "js")
+
+
+def _int(value: object, name: str, minimum: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SearchError(
+            f"`{name}` must be {kind}{' or None' if optional else ''}, but got {name}={value!r}."
+        )
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SearchError(f"`{name}` must be a finite number, but got {name}={value!r}.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one policy search (see :func:`hgc_tune.search.search_policy`).
+
+    Attributes:
+        budget: The largest fidelity loss a policy may have, in ``(0, 1)`` (``0.015`` = 1.5%).
+        metric: Fidelity metric name (``hgc_tune.fidelity.METRICS``); ``None``: the condition type's default.
+        n_trials: Trials the study should hold in total (all workers together; a resumed study runs the
+            remainder). Enqueued peer schedules count as trials.
+        timeout: Stop starting new trials after this many seconds (per process); ``None``: no limit.
+        seed: Seed of the TPE sampler (worker ``i`` uses ``seed + i``).
+        storage: Optuna storage: an RDB URL (``sqlite:///runs/NAME/study.db``, ``postgresql://…``,
+            ``mysql://…``) or ``journal:PATH`` (Optuna's JournalFile storage); ``None``: a SQLite file beside
+            the profile (in memory when the profile has no folder).
+        study_name: Study name; ``None``: ``<model>-<condition>-<metric>-budget<budget>``.
+        worker_index: Index of this worker process among several on one storage (offsets the seed).
+        peers: Peer schedule names to enqueue as the first trials (``deepcache-n3-b0``, ``tgate-g10``, …);
+            ``None``: :func:`~hgc_tune.search.default_peer_names` for the profile's step count.
+        search_guidance: Include the guidance window (``guidance.cfg_until``) in the search space.
+        attention_stat: Profile statistic behind the cross-attention thresholds (``map_rel_l1``,
+            ``out_rel_l1`` or ``js``; the ``mean_`` aggregate is used).
+        calibration_samples: Use only the first ``k`` profiled samples; ``None``: all.
+        early_rejection: Stop evaluating a trial once its running loss breaks the budget clearly.
+        early_rejection_min_samples: Samples evaluated before a trial may be rejected early.
+        early_rejection_margin: Reject once the running loss exceeds ``budget + margin``; ``None``: margin
+            equal to the budget (reject at twice the budget).
+        max_validation_tries: Feasible trials (cheapest first) tried on the held-out split before giving up.
+        heartbeat_interval: Seconds between heartbeats of a running trial (RDB and journal storages); a
+            trial whose heartbeat is older than ``grace_period`` is failed and retried.
+        grace_period: Seconds after which a silent running trial is stale; ``None``: twice the interval.
+        max_retry: How often a stale trial is retried.
+        startup_trials: Trials before TPE starts modelling (random sampling until then; enqueued peers count).
+        num_steps: The step count the caller expects; a profile made for another count is refused.
+        check_reference: Before searching, regenerate the first calibration sample at full compute and refuse
+            a pipeline that does not reproduce the profile's reference output (other weights, other settings).
+        catch: Exception types recorded as a failed trial (the search goes on); others abort the search.
+    """
+
+    budget: float
+    metric: str | None = None
+    n_trials: int = 50
+    timeout: float | None = None
+    seed: int = 0
+    storage: str | None = None
+    study_name: str | None = None
+    worker_index: int = 0
+    peers: tuple[str, ...] | None = None
+    search_guidance: bool = True
+    attention_stat: str = "map_rel_l1"
+    calibration_samples: int | None = None
+    early_rejection: bool = True
+    early_rejection_min_samples: int = 3
+    early_rejection_margin: float | None = None
+    max_validation_tries: int = 3
+    heartbeat_interval: int = 30
+    grace_period: int | None = None
+    max_retry: int = 2
+    startup_trials: int = 10
+    num_steps: int | None = None
+    check_reference: bool = True
+    catch: tuple[type[Exception], ...] = DEFAULT_CATCH
+
+    def __post_init__(self) -> None:
+        budget = self.budget
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
+            raise SearchError(f"`budget` must be in (0, 1), but got budget={budget!r}.")
+        object.__setattr__(self, "budget", float(budget))
+        _int(self.n_trials, "n_trials", 1)
+        if self.timeout is not None and _number(self.timeout, "timeout") <= 0:
+            raise SearchError(f"`timeout` must be positive or None, but got timeout={self.timeout!r}.")
+        _int(self.seed, "seed", 0)
+        _int(self.worker_index, "worker_index", 0)
+        _int(self.calibration_samples, "calibration_samples", 1, optional=True)
+        _int(self.early_rejection_min_samples, "early_rejection_min_samples", 1)
+        _int(self.max_validation_tries, "max_validation_tries", 1)
+        _int(self.heartbeat_interval, "heartbeat_interval", 1)
+        _int(self.grace_period, "grace_period", 1, optional=True)
+        _int(self.max_retry, "max_retry", 0)
+        _int(self.startup_trials, "startup_trials", 0)
+        _int(self.num_steps, "num_steps", 1, optional=True)
+        if (
+            self.early_rejection_margin is not None
+            and _number(self.early_rejection_margin, "early_rejection_margin") < 0
+        ):
+            raise SearchError(
+                f"`early_rejection_margin` must be >= 0 or None, but got "
+                f"early_rejection_margin={self.early_rejection_margin!r}."
+            )
+        if self.attention_stat not in _ATTENTION_STATS:
+            raise SearchError(
+                f"`attention_stat` must be one of {list(_ATTENTION_STATS)}, but got "
+                f"attention_stat={self.attention_stat!r}."
+            )
+        if self.peers is not None:
+            if isinstance(self.peers, str) or not all(isinstance(p, str) for p in self.peers):
+                raise SearchError(
+                    f"`peers` must be a tuple of peer names or None, but got peers={self.peers!r}."
+                )
+            object.__setattr__(self, "peers", tuple(self.peers))
+        if self.metric is not None and not isinstance(self.metric, str):
+            raise SearchError(f"`metric` must be a metric name or None, but got metric={self.metric!r}.")
+        if self.study_name is not None and (not isinstance(self.study_name, str) or not self.study_name):
+            raise SearchError(
+                f"`study_name` must be a non-empty string or None, but got {self.study_name!r}."
+            )
+        if not isinstance(self.catch, tuple) or not all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in self.catch
+        ):
+            raise SearchError(f"`catch` must be a tuple of exception classes, but got catch={self.catch!r}.")
+
+    @property
+    def margin(self) -> float:
+        """The early-rejection margin in loss units."""
+        return self.budget if self.early_rejection_margin is None else float(self.early_rejection_margin)
+
+    @property
+    def grace(self) -> int:
+        """Seconds after which a running trial without a heartbeat is stale."""
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval

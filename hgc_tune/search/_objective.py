@@ -1,0 +1,169 @@
+"""The Optuna objective: minimise policy MACs (analytic, ``paper``) under a fidelity-loss constraint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hgc_tune.policy import Policy, Provenance, macs_provenance, policy_to_json
+from hgc_tune.search._fidelity import FidelityEstimate, FidelityScorer, GeneratedOutput
+from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
+from hgc_tune.search._trials import ATTR, is_surplus
+
+__all__ = ["CONSTRAINT_NAME", "PolicyObjective", "SurplusTrial"]
+
+# The name of the fidelity constraint (``trial.set_constraint``); feasible when <= 0.
+CONSTRAINT_NAME = "fidelity_loss"
+
+
+class SurplusTrial(Exception):
+    """A trial that started after the study already had ``n_trials`` trials (a race between workers)."""
+
+
+class PolicyObjective:
+    """Optuna objective of a policy search: returns the policy's MACs, records its fidelity loss.
+
+    For each trial: the parameters are suggested by the :class:`PolicySpace` (names are policy field paths,
+    e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
+    from the MAC table (no run needed); its fidelity loss comes from generating the calibration samples
+    with the policy, one at a time, against the profile's full-compute references (early rejection when the
+    running loss breaks the budget clearly). The constraint ``loss - budget`` is set with
+    ``trial.set_constraint`` (Optuna 5's successor of ``TPESampler(constraints_func=...)``, so the sampler
+    models infeasible trials too) and kept as user attribute ``constraint``. A policy already evaluated in
+    this study (same compute sets) reuses that result; the full-compute policy is scored from the references.
+
+    Args:
+        space: The search space.
+        scorer: Scores calibration outputs against the references.
+        outputs: ``outputs(policy)`` yields the calibration outputs generated with ``policy``.
+        mac_table: The pipeline's per-module MAC table (``hgc_tune.macs.MacTable``).
+        budget: The loss budget.
+        n_trials: The study's total number of trials (a trial started beyond it is a surplus trial).
+        cfg: Whether generation uses classifier-free guidance (for the MACs).
+        early_rejection: Stop evaluating once the running loss exceeds ``budget + margin``.
+        margin: See ``early_rejection``.
+        min_samples: Samples evaluated before a trial may be rejected.
+        name: Prefix of the policies' names.
+        worker: Index of this worker process (recorded per trial as user attribute ``worker``).
+    """
+
+    def __init__(
+        self,
+        space: PolicySpace,
+        scorer: FidelityScorer,
+        outputs: Callable[[Policy], Iterable[GeneratedOutput]],
+        mac_table: Any,
+        *,
+        budget: float,
+        n_trials: int,
+        cfg: bool = True,
+        early_rejection: bool = True,
+        margin: float = 0.0,
+        min_samples: int = 3,
+        name: str = "policy",
+        worker: int = 0,
+    ) -> None:
+        self.space = space
+        self.scorer = scorer
+        self.outputs = outputs
+        self.mac_table = mac_table
+        self.budget = budget
+        self.n_trials = n_trials
+        self.cfg = cfg
+        self.early_rejection = early_rejection
+        self.margin = margin
+        self.min_samples = min_samples
+        self.name = name
+        self.worker = worker
+
+    def _duplicate(self, trial: Any, key: str) -> Any:
+        from optuna.trial import TrialState
+
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = other.user_attrs
+            if a.get(ATTR.POLICY_KEY) == key and ATTR.LOSS in a and a.get(ATTR.DUPLICATE_OF) is None:
+                return other
+        return None
+
+    def __call__(self, trial: Any) -> float:
+        try:
+            return self._run(trial)
+        except SurplusTrial:
+            raise
+        except Exception as e:
+            trial.set_user_attr(ATTR.ERROR, f"{type(e).__name__}: {e}"[:2000])
+            _release_memory()
+            raise
+
+    def _run(self, trial: Any) -> float:
+        if is_surplus(
+            trial.study.get_trials(deepcopy=False), trial.number, trial.datetime_start, self.n_trials
+        ):
+            trial.set_user_attr(ATTR.SURPLUS, True)
+            raise SurplusTrial(f"trial {trial.number} started after the study had {self.n_trials} trials.")
+        trial.set_user_attr(ATTR.WORKER, self.worker)
+        params = self.space.suggest(trial)
+        policy = self.space.build(
+            params, name=f"{self.name}-t{trial.number}", provenance=Provenance(source="search")
+        )
+        macs = macs_provenance(policy, self.mac_table, cfg=self.cfg)
+        key = policy_key(policy)
+        trial.set_user_attr(
+            ATTR.MACS, {c: {k: float(v[k]) for k in ("full", "policy", "reduction")} for c, v in macs.items()}
+        )
+        trial.set_user_attr(ATTR.POLICY_KEY, key)
+        trial.set_user_attr(ATTR.POLICY, policy_to_json(policy))
+        trial.set_user_attr(ATTR.METRIC, self.scorer.metric.name)
+        value = float(macs["paper"]["policy"])
+
+        duplicate = self._duplicate(trial, key)
+        if duplicate is not None:
+            a = duplicate.user_attrs
+            estimate = FidelityEstimate(
+                metric=self.scorer.metric.name,
+                full=a[ATTR.METRIC_FULL],
+                policy=a[ATTR.METRIC_POLICY],
+                loss=a[ATTR.LOSS],
+                samples=a[ATTR.SAMPLES],
+                total=a.get(ATTR.SAMPLES_TOTAL, len(self.scorer)),
+                rejected_early=a.get(ATTR.REJECTED_EARLY, False),
+                per_sample_policy=tuple(a.get(ATTR.PER_SAMPLE, ())),
+            )
+            trial.set_user_attr(ATTR.DUPLICATE_OF, duplicate.number)
+        elif is_full_compute(policy):
+            estimate = self.scorer.full_compute()
+        else:
+            estimate = self.scorer.score(
+                self.outputs(policy),
+                budget=self.budget if self.early_rejection else None,
+                margin=self.margin,
+                min_samples=self.min_samples,
+            )
+        self._record(trial, estimate)
+        return value
+
+    def _record(self, trial: Any, estimate: FidelityEstimate) -> None:
+        constraint = float(estimate.loss) - self.budget
+        # Early rejection needs loss > budget + margin, so a rejected trial always violates the constraint.
+        feasible = constraint <= 0.0 and not estimate.rejected_early
+        trial.set_user_attr(ATTR.LOSS, float(estimate.loss))
+        trial.set_user_attr(ATTR.METRIC_FULL, float(estimate.full))
+        trial.set_user_attr(ATTR.METRIC_POLICY, float(estimate.policy))
+        trial.set_user_attr(ATTR.SAMPLES, int(estimate.samples))
+        trial.set_user_attr(ATTR.SAMPLES_TOTAL, int(estimate.total))
+        trial.set_user_attr(ATTR.REJECTED_EARLY, bool(estimate.rejected_early))
+        trial.set_user_attr(ATTR.PER_SAMPLE, [float(v) for v in estimate.per_sample_policy])
+        trial.set_user_attr(ATTR.CONSTRAINT, constraint)
+        trial.set_user_attr(ATTR.FEASIBLE, feasible)
+        trial.set_constraint(CONSTRAINT_NAME, constraint)
+
+
+def _release_memory() -> None:
+    # After an out-of-memory error the allocator still holds the failed trial's blocks.
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort
+        pass

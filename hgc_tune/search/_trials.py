@@ -1,0 +1,197 @@
+"""Trial bookkeeping: what a trial recorded (:class:`TrialRecord`) and which trials count toward ``n_trials``.
+
+A study holds ``n_trials`` trials in total, shared by every worker. A trial counts when it is running or
+finished, except a *surplus* trial (one that started after ``n_trials`` others had, in a race between
+workers; it is failed at once without work) and a *replaced* trial (a stale trial of a killed worker that was
+enqueued again; its retry counts instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "ATTR",
+    "TrialRecord",
+    "counted_trials",
+    "finished_count",
+    "is_surplus",
+    "replaced_numbers",
+    "trial_records",
+]
+
+
+class ATTR:
+    """Names of the user attributes a search trial records."""
+
+    PEER = "peer"
+    PEER_ALIASES = "peer_aliases"
+    POLICY = "policy"
+    POLICY_KEY = "policy_key"
+    MACS = "macs"
+    LOSS = "loss"
+    CONSTRAINT = "constraint"
+    FEASIBLE = "feasible"
+    METRIC = "metric"
+    METRIC_FULL = "metric_full"
+    METRIC_POLICY = "metric_policy"
+    SAMPLES = "samples"
+    SAMPLES_TOTAL = "samples_total"
+    REJECTED_EARLY = "rejected_early"
+    PER_SAMPLE = "per_sample_policy"
+    DUPLICATE_OF = "duplicate_of"
+    ERROR = "error"
+    SURPLUS = "surplus"
+    WORKER = "worker"
+
+
+def replaced_numbers(trials: Sequence[Any]) -> set[int]:
+    """Numbers of stale trials that were enqueued again (their retries replace them)."""
+    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs} | {
+        n for t in trials for n in t.system_attrs.get("retry_history", [])
+    }
+
+
+def _counts(trial: Any, replaced: set[int]) -> bool:
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.WAITING:
+        return False
+    if trial.state == TrialState.FAIL and (trial.user_attrs.get(ATTR.SURPLUS) or trial.number in replaced):
+        return False
+    return True
+
+
+def counted_trials(trials: Sequence[Any]) -> list[Any]:
+    """The trials that count toward ``n_trials`` (running or finished, not surplus, not replaced)."""
+    replaced = replaced_numbers(trials)
+    return [t for t in trials if _counts(t, replaced)]
+
+
+def finished_count(trials: Sequence[Any]) -> int:
+    """How many counted trials are finished."""
+    return sum(1 for t in counted_trials(trials) if t.state.is_finished())
+
+
+def is_surplus(trials: Sequence[Any], number: int, start: datetime | None, n_trials: int) -> bool:
+    """Whether trial ``number`` (started at ``start``) came after ``n_trials`` counted trials had started."""
+    far = datetime.max
+
+    def order(t: Any) -> tuple[datetime, int]:
+        return (t.datetime_start or far, t.number)
+
+    mine = (start or far, number)
+    earlier = [t for t in counted_trials(trials) if t.number != number and order(t) < mine]
+    return len(earlier) >= n_trials
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one search trial measured, read back from its user attributes.
+
+    Attributes:
+        number: The Optuna trial number.
+        state: ``COMPLETE``, ``FAIL``, ``RUNNING``, ….
+        params: The trial's parameters.
+        peer: The peer schedule the trial was enqueued as, if any.
+        macs: Per convention (``paper``, ``complete``): ``full``, ``policy`` and ``reduction``.
+        loss: The calibration fidelity loss (partial when ``rejected_early``).
+        metric_full: Mean metric at full compute over the evaluated samples.
+        metric_policy: Mean metric under the policy over the evaluated samples.
+        samples: Calibration samples evaluated.
+        rejected_early: Whether evaluation stopped early because the loss broke the budget clearly.
+        feasible: ``loss <= budget`` on every calibration sample.
+        duplicate_of: The earlier trial with the same policy whose result this one reuses.
+        policy_key: Digest of what the policy computes (:func:`hgc_tune.search.policy_key`).
+        policy_json: The policy (``hgc_tune.policy.policy_to_json``) or ``None``.
+        error: The failure message of a failed trial.
+        replaced: A stale trial of a killed worker that was enqueued again.
+    """
+
+    number: int
+    state: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    peer: str | None = None
+    macs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    loss: float | None = None
+    metric_full: float | None = None
+    metric_policy: float | None = None
+    samples: int | None = None
+    rejected_early: bool = False
+    feasible: bool = False
+    duplicate_of: int | None = None
+    policy_key: str | None = None
+    policy_json: Mapping[str, Any] | None = None
+    error: str | None = None
+    replaced: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE" and self.loss is not None
+
+    @property
+    def reduction(self) -> float | None:
+        """MAC reduction in the ``paper`` convention."""
+        return self.macs.get("paper", {}).get("reduction")
+
+    def policy(self):
+        """The trial's :class:`hgc_tune.policy.Policy`."""
+        from hgc_tune.policy import policy_from_json
+
+        if self.policy_json is None:
+            return None
+        return policy_from_json(self.policy_json).policies[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "state": self.state,
+            "params": dict(self.params),
+            "peer": self.peer,
+            "macs": {c: dict(v) for c, v in self.macs.items()},
+            "loss": self.loss,
+            "metric_full": self.metric_full,
+            "metric_policy": self.metric_policy,
+            "samples": self.samples,
+            "rejected_early": self.rejected_early,
+            "feasible": self.feasible,
+            "duplicate_of": self.duplicate_of,
+            "policy_key": self.policy_key,
+            "policy_name": None if self.policy_json is None else self.policy_json["policies"][0]["name"],
+            "error": self.error,
+            "replaced": self.replaced,
+        }
+
+
+def trial_records(trials: Sequence[Any]) -> list[TrialRecord]:
+    """Records of every trial except surplus ones, in trial-number order."""
+    replaced = replaced_numbers(trials)
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        a = t.user_attrs
+        if a.get(ATTR.SURPLUS):
+            continue
+        out.append(
+            TrialRecord(
+                number=t.number,
+                state=t.state.name,
+                params=dict(t.params),
+                peer=a.get(ATTR.PEER),
+                macs=a.get(ATTR.MACS, {}),
+                loss=a.get(ATTR.LOSS),
+                metric_full=a.get(ATTR.METRIC_FULL),
+                metric_policy=a.get(ATTR.METRIC_POLICY),
+                samples=a.get(ATTR.SAMPLES),
+                rejected_early=bool(a.get(ATTR.REJECTED_EARLY, False)),
+                feasible=t.state.name == "COMPLETE" and bool(a.get(ATTR.FEASIBLE, False)),
+                duplicate_of=a.get(ATTR.DUPLICATE_OF),
+                policy_key=a.get(ATTR.POLICY_KEY),
+                policy_json=a.get(ATTR.POLICY),
+                error=a.get(ATTR.ERROR),
+                replaced=t.number in replaced and t.state.name == "FAIL",
+            )
+        )
+    return out

@@ -1,0 +1,72 @@
+"""``evaluate_policy`` and ``hgc-tune evaluate``: metric at full compute and with a policy, loss, MACs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _search_fixtures import (
+    STEPS,
+    TINY_KEYS,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    tiny_profile_dir,
+)
+
+from hgc_tune.cli import main
+from hgc_tune.data import open_dataset
+from hgc_tune.policy import full_compute_policy, peer_policy, target_for_pipeline
+from hgc_tune.profile import Profile
+from hgc_tune.search import evaluate_policy
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return open_dataset("shapes", condition_type="seg", split="heldout", limit=2)
+
+
+@pytest.fixture(scope="module")
+def table(tiny_pipe, tmp_path_factory):
+    return Profile.load(tiny_profile_dir(tiny_pipe, tmp_path_factory.getbasetemp())).mac_table
+
+
+def _evaluate(pipe, policy, samples, table, **kwargs):
+    return evaluate_policy(
+        pipe, policy, samples, num_steps=STEPS, metric="ssim", condition_type="seg", mac_table=table, **kwargs
+    )
+
+
+def test_full_compute_policy_has_no_loss(tiny_pipe, samples, table):
+    target = target_for_pipeline(tiny_pipe, num_steps=STEPS, condition_type="seg")
+    result = _evaluate(tiny_pipe, full_compute_policy(target), samples, table)
+    assert result["loss"] == 0.0 and result["full"] == result["policy"] == 1.0
+    assert result["macs"]["paper"]["reduction"] == 0.0 and result["samples"] == 2
+
+
+def test_dropped_controlnet_two_ways(tiny_pipe, samples, table):
+    # the executor's drop window over all steps and diffusers' scale 0 give the same images
+    target = target_for_pipeline(tiny_pipe, num_steps=STEPS, condition_type="seg")
+    dropped = _evaluate(tiny_pipe, peer_policy("cnwin-k0-drop", target, TINY_KEYS), samples, table)
+    scaled = _evaluate(tiny_pipe, None, samples, table, controlnet_scale=0.0)
+    assert dropped["loss"] > 0
+    assert dropped["per_sample_policy"] == pytest.approx(scaled["per_sample_policy"], abs=1e-6)
+    paper = dropped["macs"]["paper"]
+    assert paper["policy"] == paper["full"] - paper["full.controlnet"]
+    assert scaled["macs"]["paper"]["reduction"] == 0.0
+
+
+def test_cli_json(capsys):
+    argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--policy", "peer:deepcache-n3-b0"]
+    argv += ["--steps", str(STEPS), "--samples", "1", "--metric", "ssim", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (
+        result["metric"] == "ssim" and result["samples"] == 1 and result["policy_name"] == "deepcache-n3-b0"
+    )
+    assert 0 < result["macs"]["paper"]["reduction"] < 1 and set(result["macs"]) == {"paper", "complete"}
+    assert result["loss"] == pytest.approx(1.0 - result["policy"])
+
+
+def test_cli_refuses_a_metric_that_does_not_fit(capsys):
+    argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--policy", "none", "--metric", "edge_f1"]
+    assert main(argv) == 2
+    assert "edge_f1" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""The search space: the Block Caching rule, parameters -> policy, and the peers as points of the space."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from _search_fixtures import SD15_KEYS, TINY_KEYS, make_target, synthetic_space
+
+from hgc_tune.errors import SearchError
+from hgc_tune.fidelity import TaskEvaluator
+from hgc_tune.policy import DEFAULT_PEERS, ReuseWindow, peer_policy
+from hgc_tune.search import (
+    FULL_COMPUTE,
+    FidelityScorer,
+    GeneratedOutput,
+    deep_block_keys,
+    default_peer_names,
+    is_full_compute,
+    policy_key,
+    threshold_compute_steps,
+    windows_from_compute_steps,
+)
+
+
+def test_threshold_rule_accumulates_change_since_the_last_computed_step():
+    change = [math.nan, 0.5, 0.2, 0.2, 0.6, 0.1, 0.1]
+    # δ=0.35: s1 acc .5>δ compute; s2 .2; s3 .4>δ compute; s4 .6 compute; s5 .1; s6 .2
+    assert threshold_compute_steps(change, 0.35) == (0, 1, 3, 4)
+    assert threshold_compute_steps(change, 0.05) == (0, 1, 2, 3, 4, 5, 6)
+    assert threshold_compute_steps(change, 10.0) == (0,)
+    # equal to δ does not exceed it
+    assert threshold_compute_steps([0.0, 0.3, 0.3], 0.3) == (0, 2)
+
+
+def test_windows_from_compute_steps():
+    assert windows_from_compute_steps([0, 1, 4], 6) == (ReuseWindow(1, 4), ReuseWindow(4, 6))
+    assert windows_from_compute_steps(range(5), 5) == ()
+    assert windows_from_compute_steps([0], 3) == (ReuseWindow(0, 3),)
+    with pytest.raises(SearchError, match="step 0"):
+        windows_from_compute_steps([1, 2], 4)
+
+
+def test_deep_blocks_follow_deepcache_branches():
+    assert deep_block_keys(TINY_KEYS, 0) == [
+        "unet.down_blocks.1",
+        "unet.down_blocks.2",
+        "unet.down_blocks.3",
+        "unet.mid_block",
+        "unet.up_blocks.0",
+        "unet.up_blocks.1",
+        "unet.up_blocks.2",
+        "controlnet.down_blocks.1",
+        "controlnet.down_blocks.2",
+        "controlnet.down_blocks.3",
+        "controlnet.mid_block",
+    ]
+    assert deep_block_keys(TINY_KEYS, 3) == ["unet.mid_block", "controlnet.mid_block"]
+
+
+def test_default_peers_scale_with_steps():
+    assert default_peer_names(20) == DEFAULT_PEERS
+    assert default_peer_names(5) == (
+        "deepcache-n3-b0",
+        "deepcache-n5-b0",
+        "tgate-g2",
+        "tgate-g2-cfg",
+        "cnwin-k2-drop",
+    )
+    assert "tgate-g2-cfg" not in default_peer_names(5, cfg=False)
+
+
+def _effect(policy):
+    """What a policy computes: compute sets, ControlNet window mode, CFG branches per step."""
+    every = frozenset(range(policy.num_steps))
+    sets = {k: v for k, v in policy.compute_sets().items() if v != every}
+    mode = policy.controlnet.mode if "controlnet" in sets else None
+    return sets, mode, [policy.cfg_branches(s, True) for s in range(policy.num_steps)]
+
+
+PEERS = [
+    "deepcache-n3-b0",
+    "deepcache-n5-b0",
+    "deepcache-n2-b1",
+    "deepcache-n4-b2",
+    "tgate-g10",
+    "tgate-g10-cfg",
+    "tgate-g3",
+    "cnwin-k10-drop",
+    "cnwin-k5-reuse",
+    "cnwin-k0-drop",
+]
+
+
+@pytest.mark.parametrize("keys", [TINY_KEYS, SD15_KEYS], ids=["tiny", "sd15"])
+@pytest.mark.parametrize("steps", [20, 5])
+@pytest.mark.parametrize("name", PEERS)
+def test_enqueued_peer_params_rebuild_the_peer_generators_policy(keys, steps, name):
+    space = synthetic_space(keys, steps)
+    target = make_target(steps)
+    try:
+        expected = peer_policy(name, target, keys)
+    except Exception:
+        with pytest.raises(SearchError):
+            space.peer_params(name)
+        return
+    params = space.peer_params(name)
+    assert _effect(space.build(params)) == _effect(expected)
+    assert policy_key(space.build(params)) == policy_key(expected)
+    # the trial that runs the enqueued params suggests exactly them (same names, inside the distributions)
+    assert space.suggest(optuna.trial.FixedTrial(params)) == params
+
+
+def test_full_compute_point():
+    space = synthetic_space(TINY_KEYS, 5)
+    policy = space.build(space.peer_params(FULL_COMPUTE))
+    assert is_full_compute(policy)
+    assert not is_full_compute(space.build(space.peer_params("deepcache-n3-b0")))
+
+
+def test_peer_outside_the_space_is_refused():
+    space = synthetic_space(TINY_KEYS, 20, guidance=False)
+    with pytest.raises(SearchError, match="truncates CFG"):
+        space.peer_params("tgate-g10-cfg")
+    with pytest.raises(SearchError, match="does not fit"):
+        space.peer_params("deepcache-n3-b7")
+    with pytest.raises(SearchError, match="unknown peer"):
+        space.peer_params("blockcache-7")
+
+
+def test_threshold_schedule_uses_each_blocks_own_curve():
+    space = synthetic_space(TINY_KEYS, 8)
+    params = {
+        "blocks.schedule": "threshold",
+        "blocks.branch": 0,
+        "blocks.unet.threshold": 0.8,
+        "blocks.controlnet.threshold": 100.0,
+    }
+    policy = space.build(params)
+    for key in deep_block_keys(TINY_KEYS, 0):
+        steps = threshold_compute_steps(space.block_change[key], 0.8 if key.startswith("unet") else 100.0)
+        assert policy.blocks.get(key, tuple(range(8))) == steps
+    assert policy.blocks["controlnet.mid_block"] == (0,)
+    assert "unet.down_blocks.0" not in policy.blocks  # shallow branch always computes
+
+
+def test_attention_threshold_windows():
+    space = synthetic_space(TINY_KEYS, 6)
+    policy = space.build({"attention.schedule": "threshold", "attention.threshold": 0.1})
+    for key in space.attention_keys:
+        steps = threshold_compute_steps(space.attention_change[key], 0.1)
+        assert sorted(policy.compute_sets()[key]) == list(steps)
+
+
+def test_random_points_are_valid_policies():
+    space = synthetic_space(SD15_KEYS, 10)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    keys = set()
+    for _ in range(60):
+        trial = study.ask()
+        policy = space.build(space.suggest(trial))
+        assert all(0 in steps or key == "controlnet" for key, steps in policy.compute_sets().items())
+        keys.add(policy_key(policy))
+        study.tell(trial, 0.0)
+    assert len(keys) > 40
+
+
+def _outputs(errors):
+    consumed = []
+
+    def gen():
+        try:
+            for i, e in enumerate(errors):
+                consumed.append(i)
+                yield GeneratedOutput(image=np.zeros((8, 8, 3), np.uint8), latent=np.full((4, 2, 2), 1.0 + e))
+        finally:
+            consumed.append("closed")
+
+    return gen(), consumed
+
+
+@pytest.fixture
+def scorer():
+    # latent_rel_error of latent 1+e against 1 is |e|; its loss is the mean error (ideal 0)
+    refs = [GeneratedOutput(image=np.zeros((8, 8, 3), np.uint8), latent=np.ones((4, 2, 2))) for _ in range(4)]
+    return FidelityScorer(TaskEvaluator("seg", "latent_rel_error"), refs, [np.zeros((8, 8, 3), np.uint8)] * 4)
+
+
+def test_early_rejection_stops_generating_once_the_running_loss_breaks_the_budget(scorer):
+    outputs, consumed = _outputs([0.3, 0.3, 0.0, 0.0])
+    est = scorer.score(outputs, budget=0.1, margin=0.1, min_samples=2)
+    assert est.rejected_early and est.samples == 2 and est.total == 4
+    assert est.loss == pytest.approx(0.3)
+    assert consumed == [0, 1, "closed"]
+
+
+def test_no_early_rejection_below_budget_plus_margin(scorer):
+    outputs, consumed = _outputs([0.25, 0.25, 0.5, 0.0])
+    # after 2: 0.25; after 3: 1/3 (not > 0.2 + 0.2); the last sample is never a reason to stop
+    est = scorer.score(outputs, budget=0.2, margin=0.2, min_samples=2)
+    assert not est.rejected_early and est.samples == 4
+    assert est.loss == pytest.approx(0.25)
+    assert est.per_sample_policy == pytest.approx((0.25, 0.25, 0.5, 0.0))
+    assert consumed[-1] == "closed"
+
+
+def test_early_rejection_waits_for_min_samples(scorer):
+    outputs, _ = _outputs([0.9, 0.0, 0.0, 0.0])
+    est = scorer.score(outputs, budget=0.1, margin=0.0, min_samples=3)
+    # after 3 samples the mean is 0.3 > 0.1: stop before the 4th
+    assert est.rejected_early and est.samples == 3 and est.loss == pytest.approx(0.3)

@@ -1,0 +1,148 @@
+"""Several processes on one study: two workers share N trials; a killed run resumes without losing trials."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from _search_fixtures import (
+    BUDGET,
+    METRIC,
+    cli_command,
+    cli_env,
+    copy_profile,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    run_cli,
+)
+
+from hgc_tune.search import ATTR, open_storage
+
+STUDY = "shared"
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def _trials(storage_url: str):
+    storage = open_storage(storage_url, heartbeat_interval=1)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if STUDY not in names:
+        return []
+    return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+
+
+def _search_args(profile, storage_url, out, trials, *extra):
+    return (
+        "search",
+        "--profile",
+        str(profile),
+        "--budget",
+        str(BUDGET),
+        "--metric",
+        METRIC,
+        "--trials",
+        str(trials),
+        "--storage",
+        storage_url,
+        "--study-name",
+        STUDY,
+        "--peers",
+        "deepcache-n3-b0",
+        "--heldout-samples",
+        "0",
+        "--no-progress",
+        "--json",
+        "--out",
+        str(out),
+        *extra,
+    )
+
+
+def test_two_worker_processes_share_n_trials(tiny_pipe, tmp_path_factory, tmp_path):
+    profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
+    storage_url = f"journal:{tmp_path / 'study.log'}"
+    n = 10
+    done = run_cli(*_search_args(profile, storage_url, tmp_path / "p.json", n, "--workers", "2"), timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _trials(storage_url)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    surplus = [t for t in trials if t.user_attrs.get(ATTR.SURPLUS)]
+    # none lost, none duplicated: N completed trials with distinct numbers, nothing left running or waiting
+    assert len(complete) == n
+    assert len({t.number for t in complete}) == n
+    assert sorted(t.number for t in [*complete, *surplus]) == list(range(len(trials)))
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    # the enqueued peers ran once each
+    peers = [t.user_attrs.get(ATTR.PEER) for t in complete if t.user_attrs.get(ATTR.PEER)]
+    assert sorted(peers) == ["deepcache-n3-b0", "full-compute"]
+    # both processes worked on the study
+    assert {t.user_attrs[ATTR.WORKER] for t in complete} == {0, 1}
+    result = json.loads(done.stdout)
+    assert len(result["trials"]) == n
+
+
+def _wait_for(predicate, storage_url, deadline):
+    while time.monotonic() < deadline:
+        trials = _trials(storage_url)
+        if predicate(trials):
+            return trials
+        time.sleep(0.3)
+    pytest.fail("the search did not reach the expected state in time")
+
+
+def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_factory, tmp_path):
+    profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
+    storage_url = f"sqlite:///{tmp_path / 'study.db'}"
+    n = 5
+    args = _search_args(profile, storage_url, tmp_path / "p.json", n, "--heartbeat", "1")
+    process = subprocess.Popen(
+        cli_command(*args), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+
+        def mid_trial(trials):
+            states = [t.state.name for t in trials]
+            return states.count("COMPLETE") >= 2 and "RUNNING" in states
+
+        _wait_for(mid_trial, storage_url, time.monotonic() + 240)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    before = _trials(storage_url)
+    completed = {t.number: (t.value, t.params) for t in before if t.state.name == "COMPLETE"}
+    killed = [t.number for t in before if t.state.name == "RUNNING"]
+    assert len(completed) >= 2 and len(killed) == 1 and len(completed) < n
+
+    done = run_cli(*args, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = _trials(storage_url)
+    now = {t.number: (t.value, t.params) for t in after if t.state.name == "COMPLETE"}
+    # every trial completed before the kill is still there, unchanged, and the study grew to N
+    assert all(now.get(number) == value for number, value in completed.items())
+    assert len(now) == n > len(completed)
+    # the killed trial went stale, was failed and retried with the same parameters
+    stale = next(t for t in after if t.number == killed[0])
+    assert stale.state.name == "FAIL"
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0]]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == stale.params
+    assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_stale_trial_is_failed_and_enqueued_again(tmp_path, kind):
+    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)  # as the heartbeat thread of a running trial does
+    # The worker "died": no heartbeat for longer than the grace period (SQLite's clock has 1 s resolution).
+    time.sleep(2.2)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["failed_trial"] == 0
