@@ -90,8 +90,14 @@ def _tiny_components(seed: int) -> dict[str, Any]:
     torch.manual_seed(seed + 1)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
     torch.manual_seed(seed + 2)
-    # Re-initialise the ControlNet's zero convolutions so the random preset's control is visible.
-    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+    # Re-initialise the ControlNet's zero convolutions (the conditioning embedding's output included) so the
+    # random preset's condition image reaches its output.
+    zero_convs = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    for conv in zero_convs:
         torch.nn.init.normal_(conv.weight, std=0.05)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(

@@ -122,8 +122,8 @@ def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     if image.size != (width, height):
-        # Nearest keeps label colours intact (a resampled segmentation map would blend classes); the
-        # pipeline itself still receives the image as given.
+        # Nearest keeps label colours intact (a resampled segmentation map would blend classes). The
+        # pipeline receives this same array, so the stored conditions reproduce the references exactly.
         image = image.resize((width, height), Image.NEAREST)
     return np.asarray(image, dtype=np.uint8)
 
@@ -232,6 +232,8 @@ def profile_pipeline(
     per_sample: list[dict[tuple[str, str], np.ndarray]] = []
     latents_out: list[np.ndarray] = []
     images_out: list[np.ndarray] = []
+    from PIL import Image
+
     steps_seen: set[int] = set()
     cfg_seen: set[bool] = set()
     context = attach_run_context(pipe)
@@ -255,7 +257,7 @@ def profile_pipeline(
             output = pipe(
                 prompt=prompt,
                 negative_prompt=negative,
-                image=image,
+                image=Image.fromarray(_condition_array(image, height, width)),
                 height=height,
                 width=width,
                 num_inference_steps=num_steps,

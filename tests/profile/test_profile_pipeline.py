@@ -310,3 +310,26 @@ def test_a_pipeline_with_an_applied_policy_is_refused(pipe):
             profile_pipeline(pipe, SAMPLES, progress=False)
     finally:
         remove_hook(pipe.unet.mid_block, "hgc_test_cache")
+
+
+def test_a_condition_of_another_size_is_stored_as_the_pipeline_saw_it(pipe):
+    """The stored condition is what the pipeline received, so regenerating from it reproduces the reference
+    (a search re-generates policy images from the stored conditions)."""
+
+    class SmallCondition(StandInSample):
+        def condition_image(self) -> Image.Image:
+            return super().condition_image().resize((40, 40), Image.BILINEAR)
+
+    sample = SmallCondition("a red square", image_seed=4)
+    profile = profile_pipeline(pipe, [sample], num_steps=2, progress=False, mac_table=EMPTY_TABLE)
+    assert profile.condition_images.shape == (1, 64, 64, 3)
+    again = pipe(
+        prompt=sample.prompt,
+        image=Image.fromarray(profile.condition_images[0]),
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(profile.seeds[0]),
+        output_type="np",
+    ).images[0]
+    assert np.array_equal((again * 255).round().astype(np.uint8), profile.reference_images[0])
