@@ -1,13 +1,124 @@
-"""hgc-tune demo (not built yet)."""
+"""Run the whole loop on the embedded default model: data, profile, search, report.
+
+For each condition type: profile the ``shapes`` model on the shapes benchmark's calibration split, search the
+cheapest policy whose fidelity loss stays within --budget (validated on the held-out split), and write the
+report. The per-condition policies are then gathered into one policy file (one policy per condition type).
+Everything goes under --runs (and the reports under --reports); running the command again reuses the
+profiles and resumes the studies, so an interrupted demo loses nothing.
+
+Example:
+    hgc-tune demo                                  # all four condition types (about 10-15 min on 2 cores)
+    hgc-tune demo --conditions seg --trials 12     # a shorter run
+"""
 
 from __future__ import annotations
 
-HELP = "(not built yet)"
+import argparse
+import time
+from pathlib import Path
+
+HELP = "run data -> profile -> search -> report on the embedded shapes model"
 
 
-def add_arguments(parser) -> None:
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", default="shapes", help="model (default: the embedded shapes model)")
+    parser.add_argument(
+        "--conditions",
+        default="seg,canny,hed,depth",
+        help="comma-separated condition types (default: all four)",
+    )
+    parser.add_argument("--budget", type=float, default=0.015, help="fidelity-loss budget (default: 0.015)")
+    parser.add_argument("--samples", type=int, default=8, help="calibration samples (default: 8)")
+    parser.add_argument("--heldout-samples", type=int, default=8, help="held-out samples (default: 8)")
+    parser.add_argument("--trials", type=int, default=24, help="search trials per condition (default: 24)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
+    parser.add_argument("--reports", default="reports/demo", help="folder for the reports")
 
 
-def run(args) -> int:
-    raise NotImplementedError("hgc-tune demo is not built yet")
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _call(argv: list[str]) -> int:
+    from hgc_tune.cli import main
+
+    print("$ hgc-tune " + " ".join(argv), flush=True)
+    return main(argv)
+
+
+def _profile_is_usable(folder: Path) -> bool:
+    from hgc_tune.errors import ProfileError
+    from hgc_tune.profile import Profile
+
+    try:
+        Profile.load(folder)
+    except ProfileError:
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from hgc_tune.errors import HgcTuneError
+
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if not conditions:
+        raise HgcTuneError(
+            f"`--conditions` must name at least one condition type, but got {args.conditions!r}."
+        )
+    runs, reports = Path(args.runs), Path(args.reports)
+    outcomes: dict[str, dict] = {}
+    started = time.perf_counter()
+    for condition in conditions:
+        run_dir = runs / f"{args.model}-{condition}"
+        policy = run_dir / "policy.json"
+        pareto = run_dir / "policy.pareto.json"
+        _step(f"{condition}: profile ({args.samples} calibration samples, {args.steps} steps)")
+        if (run_dir / "profile.json").exists() and _profile_is_usable(run_dir):
+            print(f"reusing the profile in {run_dir}")
+        else:
+            profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]
+            profile_argv += ["--split", "calibration", "--samples", str(args.samples)]
+            profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite"]
+            if _call(profile_argv) != 0:
+                return 2
+        _step(f"{condition}: search (budget {args.budget}, {args.trials} trials)")
+        code = _call(
+            ["search", "--profile", str(run_dir), "--budget", str(args.budget), "--trials", str(args.trials)]
+            + ["--heldout-samples", str(args.heldout_samples), "--out", str(policy)]
+        )
+        if code == 2:
+            return 2
+        found = code == 0 and policy.exists()
+        _step(f"{condition}: report")
+        report_argv = ["report", "--profile", str(run_dir), "--out", str(reports / condition)]
+        if found:
+            report_argv += ["--policy", str(policy)]
+        if pareto.exists():
+            report_argv += ["--pareto", str(pareto)]
+        if _call(report_argv) != 0:
+            return 2
+        outcomes[condition] = {
+            "policy": policy if found else None,
+            "report": reports / condition / "index.html",
+        }
+    combined = _combine(outcomes, runs / f"{args.model}-policies.json")
+    _step(f"done in {time.perf_counter() - started:.0f} s")
+    for condition, outcome in outcomes.items():
+        where = outcome["policy"] or "no policy holds the budget on held-out data"
+        print(f"{condition:>6}: policy {where}\n        report {outcome['report']}")
+    if combined is not None:
+        print(f"all condition types in one file: {combined}")
+        print(f"apply it: apply_policy(pipe, load_policy({str(combined)!r}), condition_type=...)")
+    return 0 if all(o["policy"] for o in outcomes.values()) else 1
+
+
+def _combine(outcomes: dict[str, dict], out: Path) -> Path | None:
+    """One policy file holding each condition type's policy."""
+    from hgc_tune.policy import PolicyFile, load_policy, save_policy
+
+    policies = tuple(load_policy(o["policy"]).select() for o in outcomes.values() if o["policy"])
+    if not policies:
+        return None
+    return save_policy(PolicyFile(policies), out)
