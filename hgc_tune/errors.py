@@ -13,6 +13,8 @@ __all__ = [
     "ModelNotFoundError",
     "NotAPipelineError",
     "IncompatibleControlNetError",
+    "UnknownConditionError",
+    "ShapesWeightsMissingError",
     "UnregisteredModelError",
     "PolicyError",
     "PolicyFormatError",
@@ -23,6 +25,7 @@ __all__ = [
     "ProfileError",
     "SearchError",
     "FidelityError",
+    "ReportError",
 ]
 
 
@@ -48,6 +51,14 @@ class NotAPipelineError(ModelLoadError):
 
 class IncompatibleControlNetError(ModelLoadError):
     """A ControlNet whose channels or conditioning do not fit the base U-Net."""
+
+
+class UnknownConditionError(ModelLoadError):
+    """A condition type the ``shapes`` preset has no ControlNet for (or none given)."""
+
+
+class ShapesWeightsMissingError(ModelNotFoundError):
+    """The ``shapes`` weights have not been trained and copied into the package."""
 
 
 class UnregisteredModelError(HgcTuneError):
@@ -88,3 +99,7 @@ class SearchError(HgcTuneError):
 
 class FidelityError(HgcTuneError):
     """Bad fidelity-metric input."""
+
+
+class ReportError(HgcTuneError):
+    """Bad report input: a Pareto file that violates its format, or a policy that does not fit the profile."""

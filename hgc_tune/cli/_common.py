@@ -35,7 +35,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
 
 def load_pipeline_from_args(args: argparse.Namespace):
     """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+    import diffusers
+    import transformers
+
     from hgc_tune.models import PRESETS, load_pipeline
+
+    # The CLI shows its own progress; the libraries' per-component loading bars would bury it.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     if args.model in PRESETS and PRESETS[args.model].random_weights:
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def _load_controlnet(ref: str, torch_dtype):
             )
         ref = str(path)
     try:
-        return ControlNetModel.from_pretrained(ref, torch_dtype=torch_dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return ControlNetModel.from_pretrained(ref, torch_dtype=torch_dtype)
     except OSError as e:
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
@@ -140,7 +143,10 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
             "(CLI: --controlnet DIR|ID)."
         )
     try:
-        return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
+        with warnings.catch_warnings():
+            # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name keeps older releases working.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load base model {base!r}: {e}") from e
 

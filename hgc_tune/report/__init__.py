@@ -12,8 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from hgc_tune.errors import ReportError
 from hgc_tune.report._build import FIGURES, INDEX_FILE, SUMMARY_FILE, ReportResult, build_report
-from hgc_tune.report._errors import ReportError
 from hgc_tune.report._figures import (
     DPI,
     plot_attention_drift,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgc_tune.errors import ReportError
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy, policy_step_macs
-from hgc_tune.report._errors import ReportError
 from hgc_tune.report._html import ReportFigure, render_html
 from hgc_tune.report._pareto import ParetoData, load_pareto
 from hgc_tune.report._summary import profile_cfg, report_summary

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hgc_tune.errors import ReportError
 from hgc_tune.policy import Policy
-from hgc_tune.report._errors import ReportError
 from hgc_tune.report._labels import component_of
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hgc_tune.report._errors import ReportError
+from hgc_tune.errors import ReportError
 
 __all__ = [
     "FULL_COMPUTE_PEER",

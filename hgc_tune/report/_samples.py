@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hgc_tune.errors import PolicyMismatchError
-from hgc_tune.report._errors import ReportError
+from hgc_tune.errors import PolicyMismatchError, ReportError
 
 __all__ = ["generate_policy_images", "pipeline_for_profile", "sample_indices"]
 

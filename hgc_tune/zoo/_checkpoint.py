@@ -1,10 +1,10 @@
-"""Where the shipped ``shapes`` weights live, and the errors for a bad condition or missing weights."""
+"""Where the shipped ``shapes`` weights live."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hgc_tune.errors import ModelLoadError, ModelNotFoundError
+from hgc_tune.errors import ShapesWeightsMissingError, UnknownConditionError
 
 __all__ = [
     "SHAPES_CONDITIONS",
@@ -17,14 +17,6 @@ __all__ = [
 # The condition types of the shapes benchmark, one shipped ControlNet each.
 SHAPES_CONDITIONS: tuple[str, ...] = ("seg", "canny", "hed", "depth")
 WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
-
-
-class UnknownConditionError(ModelLoadError):
-    """A condition type the ``shapes`` preset has no ControlNet for (or none given)."""
-
-
-class ShapesWeightsMissingError(ModelNotFoundError):
-    """The ``shapes`` weights have not been trained and copied into the package."""
 
 
 def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
