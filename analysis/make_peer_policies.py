@@ -7,7 +7,7 @@ exactly; the schedules come from :func:`hgc_tune.policy.peer_policy`. When ``hgc
 ``macs`` and a note on stderr — re-run this script once the MAC counter exists.
 
 Usage:
-    python analysis/make_peer_policies.py                  # tiny and sd15 (sd15: ~1 min, ~5 GB RAM)
+    python analysis/make_peer_policies.py                  # tiny, sd15, shapes (sd15: ~1 min, ~5 GB RAM)
     python analysis/make_peer_policies.py --models tiny
 """
 
@@ -47,7 +47,8 @@ def _mac_table(pipe, model: str):
 
 def make_peer_policies(model: str, *, num_steps: int, peers: tuple[str, ...], out_dir: Path) -> list[Path]:
     """Write one policy file per peer for ``model``; returns the paths written."""
-    pipe = load_pipeline(model)
+    # The shapes preset's four ControlNets share one architecture: its policies fit every condition type.
+    pipe = load_pipeline(model, condition="seg") if model == "shapes" else load_pipeline(model)
     target = target_for_pipeline(pipe, num_steps=num_steps, model=model)
     keys = list(cacheable_module_keys(pipe))
     table = _mac_table(pipe, model)
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["tiny", "sd15"], help="presets to write policies for")
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "sd15", "shapes"], help="presets to write policies for"
+    )
     parser.add_argument("--steps", type=int, default=20, help="denoising steps the policies are made for")
     parser.add_argument("--peers", nargs="+", default=list(DEFAULT_PEERS), help="peer policy names")
     parser.add_argument("--out", type=Path, default=REPO / "policies", help="output directory")

@@ -15,7 +15,8 @@ from hgc_tune.policy import DEFAULT_PEERS, Provenance, dumps_policy, load_policy
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SCHEMA = POLICIES / "policy.schema.json"
 SHIPPED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA)
-KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS}
+# The shapes model has SD1.5's block layout, so the same module keys.
+KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS, "shapes": SD15_KEYS}
 
 
 @pytest.fixture(scope="module")
