@@ -71,5 +71,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hgc-tune {args.command}: interrupted", file=sys.stderr)
         return 130
-
-

@@ -10,6 +10,7 @@ from typing import Any
 __all__ = [
     "add_model_arguments",
     "add_policy_argument",
+    "hide_loading_bars",
     "load_pipeline_from_args",
     "print_json",
     "resolve_policy",
@@ -33,16 +34,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
-def load_pipeline_from_args(args: argparse.Namespace):
-    """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+def hide_loading_bars() -> None:
+    """Hide diffusers' and transformers' per-component loading bars: the CLI shows its own progress."""
     import diffusers
     import transformers
 
-    from hgc_tune.models import PRESETS, load_pipeline
-
-    # The CLI shows its own progress; the libraries' per-component loading bars would bury it.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+def load_pipeline_from_args(args: argparse.Namespace):
+    """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+    from hgc_tune.models import PRESETS, load_pipeline
+
+    hide_loading_bars()
 
     if args.model in PRESETS and PRESETS[args.model].random_weights:
         print(

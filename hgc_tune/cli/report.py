@@ -47,8 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.profile import Profile
     from hgc_tune.report import build_report, pipeline_for_profile
+
+    hide_loading_bars()
 
     policy, pipe = args.policy, None
     if policy is not None and (policy.startswith("peer:") or policy in ("full", "none")):

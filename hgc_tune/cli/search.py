@@ -108,9 +108,11 @@ def _config(args: argparse.Namespace):
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Any):
+    from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.errors import SearchError
     from hgc_tune.models import SCHEDULERS, load_pipeline
 
+    hide_loading_bars()
     meta = profile.meta
     model = args.model or meta["model"].get("name")
     if not model:
@@ -199,12 +201,23 @@ def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
     return [*argv, "--no-progress", "--worker-only", "--worker-index", str(index)]
 
 
+def _threads_per_worker(workers: int) -> int:
+    import os
+
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _spawn_workers(args: argparse.Namespace) -> list:
+    import os
     import subprocess
 
     code = "import sys; from hgc_tune.cli import main; sys.exit(main(sys.argv[1:]))"
+    # The workers share this machine's cores: oversubscribed OpenMP threads slow every process down.
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_worker(args.workers))}
     return [
-        subprocess.Popen([sys.executable, "-c", code, *_child_argv(args, i)], stdout=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-c", code, *_child_argv(args, i)], stdout=subprocess.DEVNULL, env=env
+        )
         for i in range(1, args.workers)
     ]
 
@@ -281,7 +294,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # The study is created and the peers enqueued once, before any other worker starts.
     session = prepare_search(folder, pipe, config)
-    children = _spawn_workers(args) if args.workers > 1 else []
+    children = []
+    if args.workers > 1:
+        import torch
+
+        torch.set_num_threads(_threads_per_worker(args.workers))
+        children = _spawn_workers(args)
     try:
         result = run_search(session, heldout=heldout, progress=args.progress and not args.json)
     except BaseException:
