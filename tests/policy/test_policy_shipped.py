@@ -14,7 +14,9 @@ from hgc_tune.policy import DEFAULT_PEERS, Provenance, dumps_policy, load_policy
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SCHEMA = POLICIES / "policy.schema.json"
-SHIPPED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA)
+# Peer schedules are shipped as <model>-<peer>.json; tuned policies (from `hgc-tune search`) as <model>.json.
+SHIPPED = sorted(p for p in POLICIES.glob("*-*.json") if p != SCHEMA)
+TUNED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA and "-" not in p.stem)
 # The shapes model has SD1.5's block layout, so the same module keys.
 KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS, "shapes": SD15_KEYS}
 
@@ -64,3 +66,21 @@ def test_shipped_policy_macs_are_consistent(path: Path) -> None:
         assert m["full"] == m["full.unet"] + m["full.controlnet"]
         assert 0 < m["policy"] < m["full"]
         assert m["reduction"] == pytest.approx(1 - m["policy"] / m["full"])
+
+
+@pytest.mark.parametrize("path", TUNED, ids=[p.stem for p in TUNED])
+def test_tuned_policy_file(path: Path, validator) -> None:
+    text = path.read_text()
+    validator.validate(json.loads(text))
+    pf = load_policy(path)
+    assert dumps_policy(pf) == text
+    assert len(set(pf.condition_types)) == len(pf.policies) >= 1
+    for policy in pf.policies:
+        prov = policy.provenance
+        assert policy.target.model == path.stem and policy.target.num_steps == 20
+        # the search validated it on held-out data within its budget, and it saves MACs
+        assert prov.source and prov.budget is not None and prov.metric
+        assert prov.fidelity["heldout_loss"] <= prov.budget
+        assert prov.fidelity["calibration_loss"] <= prov.budget
+        assert 0 < prov.macs["paper"]["reduction"] < 1
+        assert pf.select(policy.target.condition_type) is policy
