@@ -7,7 +7,7 @@ Everything goes under --runs (and the reports under --reports); running the comm
 profiles and resumes the studies, so an interrupted demo loses nothing.
 
 Example:
-    hgc-tune demo                                  # all four condition types (about 10-15 min on 2 cores)
+    hgc-tune demo                                  # all four condition types (about 14 min on 2 cores)
     hgc-tune demo --conditions seg --trials 12     # a shorter run
 """
 
@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=64, help="search trials per condition (default: 64)")
     parser.add_argument(
         "--workers", type=int, default=2, help="search worker processes, one per core (default: 2)"
+    )
+    parser.add_argument(
+        "--search-seconds",
+        type=float,
+        default=130,
+        help="stop starting search trials after this many seconds per condition, so that the four condition "
+        "types fit in about 15 minutes on 2 cores (default: 130; 0 = no limit)",
     )
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             ["search", "--profile", str(run_dir), "--budget", str(args.budget), "--trials", str(args.trials)]
             + ["--metric", args.metric, "--heldout-samples", str(args.heldout_samples), "--out", str(policy)]
             + ["--workers", str(args.workers)]
+            + (["--timeout", str(args.search_seconds)] if args.search_seconds > 0 else [])
         )
         if code == 2:
             return 2
