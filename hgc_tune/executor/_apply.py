@@ -147,9 +147,11 @@ def apply_policy(
         StepCountMismatchError: At call time, if the pipeline runs a different number of steps.
 
     Example:
+        >>> from PIL import Image
         >>> from hgc_tune import apply_policy, load_pipeline, load_policy
         >>> pipe = load_pipeline("tiny")
         >>> policy = load_policy("policies/tiny-deepcache-n3-b0.json")
+        >>> condition = Image.new("RGB", (64, 64))
         >>> with apply_policy(pipe, policy):
         ...     image = pipe("a red circle", image=condition, num_inference_steps=20).images[0]
     """
