@@ -8,6 +8,7 @@ import torch
 
 from hgc_tune.errors import (
     PolicyAlreadyAppliedError,
+    PolicyError,
     PolicyMismatchError,
     StepCountMismatchError,
 )
@@ -77,6 +78,8 @@ class PolicyHandle:
         self.step_hooks: dict[str, StepCacheHook] = {}
         self.controlnet_hook: ControlNetWindowHook | None = None
         self._attached: list[tuple[torch.nn.Module, str]] = []
+        self._scheduler = pipe.scheduler
+        self._guard = pipe.unet.register_forward_pre_hook(self._check_scheduler)
         self._removed = False
 
     @property
@@ -94,11 +97,21 @@ class PolicyHandle:
         if self.controlnet_hook is not None:
             self.controlnet_hook.state.reset()
 
+    def _check_scheduler(self, module: torch.nn.Module, args: tuple) -> None:
+        # The step index comes from the scheduler the policy was applied with; a replaced scheduler would
+        # leave it stale and silently reuse the wrong outputs.
+        if self.pipe.scheduler is not self._scheduler:
+            raise PolicyError(
+                f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
+                "remove the policy and apply it again after changing the scheduler."
+            )
+
     def remove(self) -> None:
         """Detach every hook of this policy (idempotent)."""
         if self._removed:
             return
         self._removed = True
+        self._guard.remove()
         for module, name in reversed(self._attached):
             remove_hook(module, name)
         self._attached.clear()

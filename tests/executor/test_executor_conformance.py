@@ -83,3 +83,19 @@ def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_targe
         assert np.array_equal(_generate(tiny_pipe, condition_image, g), expected)
     # after removal a policy can be applied again
     apply_policy(tiny_pipe, policy).remove()
+
+
+def test_a_scheduler_replaced_after_apply_is_refused(tiny_pipe, condition_image, tiny_target, baselines):
+    from hgc_tune.errors import PolicyError
+    from hgc_tune.models import make_scheduler
+
+    original = tiny_pipe.scheduler
+    handle = apply_policy(tiny_pipe, _techniques(tiny_target)["unet_blocks"])
+    try:
+        tiny_pipe.scheduler = make_scheduler("unipc", original.config)
+        with pytest.raises(PolicyError, match="scheduler was replaced"):
+            _generate(tiny_pipe, condition_image)
+    finally:
+        tiny_pipe.scheduler = original
+        handle.remove()
+    assert np.array_equal(_generate(tiny_pipe, condition_image), baselines[7.5])
