@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--search-seconds",
         type=float,
-        default=130,
+        default=100,
         help="stop starting search trials after this many seconds per condition, so that the four condition "
-        "types fit in about 15 minutes on 2 cores (default: 130; 0 = no limit)",
+        "types fit in about 15 minutes on 2 cores (default: 100; 0 = no limit)",
     )
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
