@@ -54,24 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_policy(args: argparse.Namespace, pipe, condition: str | None):
-    from hgc_tune.errors import HgcTuneError
-    from hgc_tune.models import cacheable_module_keys
-    from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
+    """The policy ``--policy`` names and the step count to run (the policy's, or ``--steps``, or 20)."""
+    from hgc_tune.cli._common import resolve_policy
 
-    spec = args.policy
-    if spec.lower() == "none":
-        return None, args.steps or 20
-    if spec.startswith("peer:"):
-        steps = args.steps or 20
-        target = target_for_pipeline(pipe, num_steps=steps, condition_type=condition, model=args.model)
-        return peer_policy(spec[len("peer:") :], target, list(cacheable_module_keys(pipe))), steps
-    policy = load_policy(spec).select(condition)
-    if args.steps is not None and args.steps != policy.num_steps:
-        raise HgcTuneError(
-            f"policy {policy.name!r} was made for {policy.num_steps} steps, but --steps is {args.steps}; "
-            "drop --steps or pass a policy made for that step count."
-        )
-    return policy, policy.num_steps
+    spec = "none" if args.policy.lower() == "none" else args.policy
+    policy = resolve_policy(spec, pipe, num_steps=args.steps, condition_type=condition, model=args.model)
+    return policy, policy.num_steps if policy is not None else (args.steps or 20)
 
 
 def _pct(value: float) -> str:
