@@ -54,6 +54,10 @@ class TrainConfig:
         controlnet_prompt_dropout: Same for the ControlNets.
         controlnet_embedding_init_std: Initialisation of the conditioning embedding's output convolution
             (0 = diffusers' zero init; the residual convolutions stay zero either way).
+        continue_controlnets: Start each ControlNet from the one saved in ``out`` and go on training it
+            (a second phase, e.g. on another machine) instead of from a copy of the U-Net's encoder. The
+            summary keeps the earlier phases under ``stages.controlnet.continued_from`` and the loss curve
+            goes on from their last iteration; the self-check covers every ControlNet saved in ``out``.
         conditions: ControlNets to train.
         eval_samples: Held-out scenes per condition type in the self-check (0: skip it).
         eval_guidance: Guidance scales the self-check tries (it recommends the one that passes most bars).
@@ -86,6 +90,7 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     controlnet_prompt_dropout: float = 0.1
     controlnet_embedding_init_std: float = 0.01
+    continue_controlnets: bool = False
     conditions: tuple[str, ...] = SHAPES_CONDITIONS
     eval_samples: int = 16
     eval_guidance: tuple[float, ...] = (7.5, 4.0, 2.0)
@@ -182,7 +187,8 @@ _SAVED = {"vae": ("base/vae", "AutoencoderKL"), "unet": ("base/unet", "UNet2DCon
 
 
 def _check_saved(config: TrainConfig) -> None:
-    """Raise :class:`TrainError` before any work if a stage left out has no saved output to load."""
+    """Raise :class:`TrainError` before any work if a stage left out (or a ControlNet to continue) has no
+    saved output to load."""
     for stage, (folder, class_name) in _SAVED.items():
         path = Path(config.out) / folder
         if stage not in config.stages and not (path / "config.json").is_file():
@@ -190,6 +196,16 @@ def _check_saved(config: TrainConfig) -> None:
                 f"stage {stage!r} is not in `stages` and {path} holds no saved {class_name}; add {stage} "
                 "to --stages, or point --out at the folder of a run that trained it."
             )
+    if config.continue_controlnets:
+        if "controlnet" not in config.stages:
+            raise TrainError("`continue_controlnets` needs the controlnet stage in `stages`.")
+        for condition in config.conditions:
+            path = Path(config.out) / f"controlnet-{condition}"
+            if not (path / "config.json").is_file():
+                raise TrainError(
+                    f"`continue_controlnets` is set but {path} holds no saved ControlNetModel to continue; "
+                    "drop --continue-controlnets, or point --out at the folder of a run that trained it."
+                )
 
 
 def _load(out: Path, stage: str):
@@ -250,6 +266,9 @@ class _Run:
         self.reports.mkdir(parents=True, exist_ok=True)
         self.controlnet_dirs = {c: self.out / f"controlnet-{c}" for c in config.conditions}
         self.losses = LossLog()
+        # Set when continuing the ControlNets of an earlier run (see TrainConfig.continue_controlnets).
+        self.earlier_controlnet_stage: dict[str, Any] | None = None
+        self.earlier_controlnet_curve: list[dict[str, float]] = []
         self.summary: dict[str, Any] = {
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
             "torch": torch.__version__,
@@ -277,6 +296,9 @@ class _Run:
                 self.summary["stages"][stage] = {**previous["stages"][stage], "from_earlier_run": True}
             if stage in curves:
                 self.losses.curves[stage] = curves[stage]
+        if self.config.continue_controlnets:
+            self.earlier_controlnet_stage = previous.get("stages", {}).get("controlnet")
+            self.earlier_controlnet_curve = curves.get("controlnet", [])
         if "vae" in skipped and "latents" in previous:
             self.summary["latents"] = previous["latents"]
 
@@ -291,7 +313,8 @@ class _Run:
     def write_reports(self) -> None:
         """Rewrite ``training.json`` and the loss curves (after every stage, and at the end)."""
         self.summary["elapsed_seconds"] = round(self.timeline.elapsed(), 1)
-        self.summary["size_mb"] = round(_megabytes([self.base_dir, *self.controlnet_dirs.values()]), 2)
+        # What ships (the copy instruction says `controlnet-*`), ControlNets not trained now included.
+        self.summary["size_mb"] = round(_megabytes([self.base_dir, *self.out.glob("controlnet-*")]), 2)
         (self.out / "training.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
         curves = json.dumps(self.losses.to_json(), indent=1, sort_keys=True) + "\n"
         (self.reports / "zoo-train-losses.json").write_text(curves)
@@ -467,8 +490,14 @@ class _Run:
         config = self.config
         controlnets = {}
         for i, condition in enumerate(config.conditions):
-            torch.manual_seed(self.seed("controlnet") + 10 * i)
-            controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
+            if config.continue_controlnets:
+                from diffusers import ControlNetModel
+
+                path = str(self.controlnet_dirs[condition])
+                controlnet = ControlNetModel.from_pretrained(path, torch_dtype=torch.float32).float()
+            else:
+                torch.manual_seed(self.seed("controlnet") + 10 * i)
+                controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
             controlnets[condition] = controlnet.to(self.device)
         result = st.train_controlnets(
             controlnets,
@@ -489,13 +518,41 @@ class _Run:
         )
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
-        self.record("controlnet", result)
+        if config.continue_controlnets:
+            self._join_earlier_controlnet_phase()
+            self.summary["stages"]["controlnet"] = {
+                **asdict(result),
+                "continued_from": self.earlier_controlnet_stage,
+            }
+            self.log(f"stage controlnet done: {result.iterations} more iterations in {result.seconds:.1f} s")
+            self.write_reports()
+        else:
+            self.record("controlnet", result)
+
+    def _join_earlier_controlnet_phase(self) -> None:
+        """Put the earlier phase's loss curve first and shift this phase's points to follow it."""
+        earlier = self.earlier_controlnet_curve
+        if not earlier:
+            return
+        last = earlier[-1]
+        new = self.losses.curves.get("controlnet", [])
+        shifted = [
+            {**p, "iteration": p["iteration"] + last["iteration"], "seconds": p["seconds"] + last["seconds"]}
+            for p in new
+        ]
+        self.losses.curves["controlnet"] = [*earlier, *shifted]
 
     def self_check(self) -> None:
         from hgc_tune.zoo._selfcheck import self_check
 
         config = self.config
-        missing = [c for c, d in self.controlnet_dirs.items() if not (d / "config.json").is_file()]
+        dirs = dict(self.controlnet_dirs)
+        if config.continue_controlnets:  # the ControlNets not continued ship too: check them as well
+            for condition in SHAPES_CONDITIONS:
+                path = self.out / f"controlnet-{condition}"
+                if condition not in dirs and (path / "config.json").is_file():
+                    dirs[condition] = path
+        missing = [c for c, d in dirs.items() if not (d / "config.json").is_file()]
         if missing:
             self.summary["self_check"] = {"error": f"no ControlNet saved for {', '.join(missing)}"}
             return
@@ -507,7 +564,7 @@ class _Run:
             scenes = [self.source.render(s) for s in self.source.heldout_seeds(config.eval_samples)]
             check = self_check(
                 self.base_dir,
-                self.controlnet_dirs,
+                dirs,
                 scenes,
                 guidance_scales=config.eval_guidance,
                 steps=config.eval_steps,

@@ -143,7 +143,9 @@ class LossLog:
             points = self.curves[stage]
             names = [k for k in points[0] if k not in ("iteration", "seconds", "lr")]
             for name in names:
-                ax.plot([p["iteration"] for p in points], [p[name] for p in points], label=name, lw=1.2)
+                # a point may lack a loss: a continued phase trains only some of the ControlNets
+                values = [p.get(name, math.nan) for p in points]
+                ax.plot([p["iteration"] for p in points], values, label=name, lw=1.2)
             ax.set_yscale("log")
             ax.set_title(stage)
             ax.set_xlabel("iteration")

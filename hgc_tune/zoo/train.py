@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-minutes", type=float, help="total wall time (default 7 on cuda, 85 on cpu)")
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of vae,unet,controlnet")
     p.add_argument("--conditions", default="seg,canny,hed,depth", help="ControlNets to train")
+    p.add_argument(
+        "--continue-controlnets",
+        action="store_true",
+        help="start the ControlNets from those saved in --out and go on training them (with --stages "
+        "controlnet: a second phase, e.g. on a CPU after a GPU run); the summary keeps the earlier phase",
+    )
     p.add_argument("--iterations", type=_iterations, default={}, help="fixed counts, e.g. vae=2000,unet=8000")
     p.add_argument("--pool-size", type=int, help="training scenes rendered (default 50000 cuda, 4000 cpu)")
     p.add_argument("--workers", type=int, help="rendering processes (default: CPU count - 1)")
@@ -116,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         stages=tuple(s for s in args.stages.split(",") if s),
         conditions=tuple(c for c in args.conditions.split(",") if c),
         iterations=args.iterations,
+        continue_controlnets=args.continue_controlnets,
         pool_size=pick("pool_size"),
         workers=workers,
         vae_batch_size=pick("vae_batch_size"),

@@ -157,3 +157,41 @@ def test_shapes_preset_loads_the_trained_output(trained, monkeypatch):
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
     assert pipe.controlnet.config.conditioning_embedding_out_channels == [16, 32, 64]
     assert pipe.unet.config.layers_per_block == 2
+
+
+def test_continuing_controlnets_trains_on_from_the_saved_ones(trained, tmp_path, one_thread):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    earlier = json.loads((out / "training.json").read_text())
+    curves_file = out / "reports" / "zoo-train-losses.json"
+    earlier_curve = json.loads(curves_file.read_text())["curves"]["controlnet"]
+    weights = {c: (out / f"controlnet-{c}" / "diffusion_pytorch_model.safetensors") for c in ("seg", "depth")}
+    before = {c: path.read_bytes() for c, path in weights.items()}
+    argv = ["--out", str(out), *_MICRO, "--stages", "controlnet", "--conditions", "seg"]
+    assert main([*argv, "--continue-controlnets"]) == 0
+    assert weights["seg"].read_bytes() != before["seg"]  # trained on ...
+    assert weights["depth"].read_bytes() == before["depth"]  # ... and only the one asked for
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["stages"]["controlnet"]["continued_from"] == earlier["stages"]["controlnet"]
+    assert summary["stages"]["controlnet"]["iterations"] == 2
+    curve = json.loads(curves_file.read_text())["curves"]["controlnet"]
+    assert curve[: len(earlier_curve)] == earlier_curve
+    shift = earlier_curve[-1]["iteration"]
+    assert [p["iteration"] for p in curve[len(earlier_curve) :]] == [shift + 1, shift + 2]
+    # the self-check covers what ships: the ControlNet not continued as well
+    assert set(summary["self_check"]["conditions"]) == {"seg", "depth"}
+    assert (out / "reports" / "zoo-train-losses.png").is_file()
+
+
+def test_continuing_needs_saved_controlnets(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), *_MICRO, "--stages", "controlnet", "--continue-controlnets"]
+    (tmp_path / "base" / "vae").mkdir(parents=True)
+    (tmp_path / "base" / "unet").mkdir()
+    (tmp_path / "base" / "vae" / "config.json").write_text("{}")
+    (tmp_path / "base" / "unet" / "config.json").write_text("{}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "`continue_controlnets` is set but" in err
+    assert "controlnet-seg holds no saved ControlNetModel" in err
