@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from hgc_tune.executor._tensors import fit_batch, leading_batch
+from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext, register_hook
 
 __all__ = [
@@ -109,7 +109,7 @@ class ControlNetWindowHook(ModelHook):
                 self.state.reused += 1
                 return reused
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.state.residuals = output
+        self.state.residuals = copy_tensors(output) if self.context.copy_cached_outputs else output
         self.state.computed += 1
         return output
 

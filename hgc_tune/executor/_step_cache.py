@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from hgc_tune.executor._tensors import fit_batch, leading_batch
+from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext, register_hook
 
 __all__ = ["STEP_CACHE_HOOK", "StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache"]
@@ -57,7 +57,7 @@ class StepCacheHook(ModelHook):
             if reused is not None:
                 return reused
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.state.output = output
+        self.state.output = copy_tensors(output) if self.context.copy_cached_outputs else output
         self.state.computed_at = self.context.step
         self.state.computed += 1
         return output

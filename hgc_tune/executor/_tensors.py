@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from diffusers.utils import BaseOutput
 
-__all__ = ["map_tensors", "leading_batch", "fit_batch", "cond_half", "repeat_halves"]
+__all__ = ["map_tensors", "copy_tensors", "leading_batch", "fit_batch", "cond_half", "repeat_halves"]
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
@@ -24,6 +24,11 @@ def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: map_tensors(fn, v) for k, v in obj.items()}
     return obj
+
+
+def copy_tensors(obj: Any) -> Any:
+    """``obj`` with every tensor cloned (an asynchronous device copy, no host sync)."""
+    return map_tensors(torch.clone, obj)
 
 
 def leading_batch(

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from hgc_tune.runtime._context import _ATTR, run_context
+
 __all__ = ["compile_regions"]
 
 
@@ -41,7 +43,9 @@ def _compile_unhooked(
 def compile_regions(pipe: Any, **compile_kwargs: Any) -> list[str]:
     """Compile (in place) the largest hook-free submodules of ``pipe.unet`` and ``pipe.controlnet``.
 
-    Call it after ``apply_policy``. Without any policy applied, this compiles each model whole.
+    Call it after ``apply_policy``. Without any policy applied, this compiles each model whole. With a
+    mode that replays CUDA graphs (``reduce-overhead``, ``max-autotune``), the policy's hooks then keep
+    copies of the outputs they reuse (see :attr:`RunContext.copy_cached_outputs`).
 
     Args:
         pipe: The pipeline.
@@ -53,4 +57,14 @@ def compile_regions(pipe: Any, **compile_kwargs: Any) -> list[str]:
     compiled: list[str] = []
     for component in ("controlnet", "unet"):
         _compile_unhooked(getattr(pipe, component), component, compiled, compile_kwargs)
+    if _uses_cuda_graphs(compile_kwargs) and hasattr(pipe, _ATTR):
+        run_context(pipe).copy_cached_outputs = True
     return compiled
+
+
+def _uses_cuda_graphs(compile_kwargs: dict[str, Any]) -> bool:
+    """Whether ``torch.compile(**compile_kwargs)`` replays CUDA graphs (on a CUDA device)."""
+    options = compile_kwargs.get("options") or {}
+    return compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune") or bool(
+        options.get("triton.cudagraphs")
+    )

@@ -39,11 +39,16 @@ class RunContext:
         num_steps: Number of denoising steps of the current call (``len(scheduler.timesteps)``).
         cfg: Whether the current call uses classifier-free guidance (batch = [uncond, cond]).
         calls: Number of pipeline calls begun since attachment.
+        copy_cached_outputs: Whether hooks that keep a module's output for later steps must keep a copy.
+            Set by :func:`~hgc_tune.runtime.compile_regions` when the compiled regions replay CUDA graphs:
+            a replay overwrites the memory of the previous replay's outputs, so an output kept across
+            steps would be silently replaced (or, with CUDA graph trees, raise when read).
     """
 
     def __init__(self) -> None:
         self._state = _CallState()
         self._begin_listeners: list[StepListener] = []
+        self.copy_cached_outputs = False
 
     @property
     def step(self) -> int:
