@@ -1,0 +1,93 @@
+"""Policies that do not fit the pipeline: each error names the field and both values, and nothing is
+applied when it fails."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hgc_tune.errors import HgcTuneError, PolicyMismatchError, StepCountMismatchError
+from hgc_tune.executor import apply_policy
+from hgc_tune.policy import Policy
+
+STEPS = 4
+
+
+def _generate(pipe, image, steps: int = STEPS) -> np.ndarray:
+    return pipe(
+        "a red square",
+        image=image,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+def _hooked_modules(pipe) -> list[str]:
+    return [
+        f"{component}.{name}"
+        for component in ("unet", "controlnet")
+        for name, module in getattr(pipe, component).named_modules()
+        if getattr(getattr(module, "_diffusers_hook", None), "hooks", None)
+    ]
+
+
+def _assert_nothing_applied(pipe, image, policy: Policy) -> None:
+    assert _hooked_modules(pipe) == []
+    assert not hasattr(pipe, "_hgc_run_context")
+    apply_policy(pipe, policy).remove()  # no half-applied policy blocks the next one
+
+
+@pytest.fixture
+def valid(tiny_target):
+    return Policy(tiny_target(STEPS), blocks={"unet.mid_block": (0, 2)}, name="valid")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("fingerprint", "ffffffffffffffff"),
+        ("pipeline_class", "StableDiffusionXLControlNetPipeline"),
+        ("unet_class", "UNet2DModel"),
+        ("controlnet_class", "MultiControlNetModel"),
+    ],
+)
+def test_target_mismatch_names_the_field_and_both_values(tiny_pipe, condition_image, valid, field, value):
+    policy = dataclasses.replace(valid, target=dataclasses.replace(valid.target, **{field: value}))
+    with pytest.raises(PolicyMismatchError) as raised:
+        apply_policy(tiny_pipe, policy)
+    message = str(raised.value)
+    assert f"{field}: policy has {value!r}, pipeline has " in message
+    assert repr(getattr(valid.target, field)) in message  # the pipeline's value
+    assert isinstance(raised.value, HgcTuneError)
+    _assert_nothing_applied(tiny_pipe, condition_image, valid)
+
+
+@pytest.mark.parametrize("kind", ["blocks", "attention"])
+def test_module_key_missing_from_the_pipeline_is_named(tiny_pipe, condition_image, valid, kind):
+    from hgc_tune.policy import ReuseWindow
+
+    if kind == "blocks":
+        key = "unet.down_blocks.7"
+        policy = dataclasses.replace(valid, blocks={**valid.blocks, key: (0,)})
+    else:
+        key = "unet.up_blocks.3.attentions.5.transformer_blocks.0.attn2"
+        policy = dataclasses.replace(valid, attention={key: (ReuseWindow(1, STEPS),)})
+    with pytest.raises(PolicyMismatchError, match=rf"{kind}\['{key}'\] names no cacheable module"):
+        apply_policy(tiny_pipe, policy)
+    _assert_nothing_applied(tiny_pipe, condition_image, valid)
+
+
+def test_step_count_mismatch_fails_at_call_time_with_both_numbers(tiny_pipe, condition_image, valid):
+    handle = apply_policy(tiny_pipe, valid)  # applying succeeds: the step count is only known per call
+    try:
+        with pytest.raises(StepCountMismatchError, match=r"made for 4 steps.*called with 6 steps"):
+            _generate(tiny_pipe, condition_image, steps=6)
+        # the error leaves the policy usable for a call with the right number of steps
+        assert np.isfinite(_generate(tiny_pipe, condition_image)).all()
+    finally:
+        handle.remove()
+    assert _hooked_modules(tiny_pipe) == []
