@@ -1,0 +1,78 @@
+"""Block layouts, the structural fingerprint, schedulers and dtypes of loaded pipelines."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hgc_tune.errors import ModelLoadError, UnregisteredModelError
+from hgc_tune.models import (
+    SCHEDULERS,
+    cacheable_module_keys,
+    load_pipeline,
+    make_scheduler,
+    model_fingerprint,
+)
+from hgc_tune.models._blocks import block_paths
+
+
+def test_cacheable_keys_follow_sd15s_layout(tiny_pipe):
+    keys = cacheable_module_keys(tiny_pipe)
+    unet_blocks = [k for k in keys if k.startswith("unet.") and not k.endswith("attn2")]
+    assert unet_blocks == [
+        *(f"unet.down_blocks.{i}" for i in range(4)),
+        "unet.mid_block",
+        *(f"unet.up_blocks.{i}" for i in range(4)),
+    ]
+    # the whole ControlNet is one unit too; it has no up blocks
+    assert "controlnet" in keys and keys["controlnet"] is tiny_pipe.controlnet
+    assert not any(k.startswith("controlnet.up_blocks") for k in keys)
+    attn2 = [k for k in keys if k.endswith(".attn2")]
+    assert attn2
+    for key in attn2:
+        component, path = key.split(".", 1)
+        assert keys[key] is getattr(tiny_pipe, component).get_submodule(path), key
+    # SD1.5: no cross-attention in the last down block nor in the first up block
+    assert not any(k.startswith(("unet.down_blocks.3.", "unet.up_blocks.0.")) for k in attn2)
+
+
+def test_an_unregistered_class_is_refused_with_the_way_out(tiny_pipe):
+    class MyUNet(torch.nn.Module):
+        pass
+
+    with pytest.raises(UnregisteredModelError, match="'MyUNet' has no registered block layout.*register"):
+        block_paths(MyUNet())
+
+
+def test_fingerprint_follows_structure_not_weights(tiny_pipe):
+    fingerprint = model_fingerprint(tiny_pipe)
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    reseeded = load_pipeline("tiny", seed=1)  # other weights, same architecture
+    assert model_fingerprint(reseeded) == fingerprint
+    changed = copy.copy(tiny_pipe)
+    changed.unet = copy.deepcopy(tiny_pipe.unet)
+    changed.unet.register_to_config(layers_per_block=3)
+    assert model_fingerprint(changed) != fingerprint
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_loads_with_sd15s_noise_schedule(name):
+    pipe = load_pipeline("tiny", scheduler=name)
+    assert type(pipe.scheduler).__name__ == SCHEDULERS[name]
+    config = pipe.scheduler.config
+    assert (config.beta_start, config.beta_end, config.beta_schedule) == (0.00085, 0.012, "scaled_linear")
+
+
+def test_bad_scheduler_and_dtype_name_the_field():
+    with pytest.raises(ModelLoadError, match=r"`scheduler` must be one of .*scheduler='heun'"):
+        make_scheduler("heun")
+    with pytest.raises(ModelLoadError, match="dtype"):
+        load_pipeline("tiny", dtype="fp8")
+
+
+def test_dtype_reaches_every_model():
+    pipe = load_pipeline("tiny", dtype="bf16")
+    for component in ("unet", "controlnet", "vae", "text_encoder"):
+        assert getattr(pipe, component).dtype == torch.bfloat16, component
