@@ -151,6 +151,12 @@ def _cpu_copy(model, dtype: str):
     import torch
 
     clone = copy.deepcopy(model).to("cpu")
+    config = getattr(clone, "_internal_dict", None)
+    if config is not None and "_name_or_path" in config:
+        # A model loaded from disk remembers its folder; what ships must not name this machine's paths.
+        from diffusers.configuration_utils import FrozenDict
+
+        clone._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
     if dtype == "fp16":
         with torch.no_grad():
             for tensor in [*clone.parameters(), *clone.buffers()]:

@@ -173,6 +173,8 @@ def test_continuing_controlnets_trains_on_from_the_saved_ones(trained, tmp_path,
     assert main([*argv, "--continue-controlnets"]) == 0
     assert weights["seg"].read_bytes() != before["seg"]  # trained on ...
     assert weights["depth"].read_bytes() == before["depth"]  # ... and only the one asked for
+    config = json.loads((out / "controlnet-seg" / "config.json").read_text())
+    assert "_name_or_path" not in config  # the folder it was loaded from does not ship
     summary = json.loads((out / "training.json").read_text())
     assert summary["stages"]["controlnet"]["continued_from"] == earlier["stages"]["controlnet"]
     assert summary["stages"]["controlnet"]["iterations"] == 2
