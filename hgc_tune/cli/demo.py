@@ -65,13 +65,21 @@ def _call(argv: list[str]) -> int:
     return main(argv)
 
 
-def _profile_is_usable(folder: Path) -> bool:
+def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
+    """Whether ``folder`` holds an intact profile of the current weights of ``model`` (an interrupted demo
+    resumes from it; after the shipped weights change, it is profiled again)."""
     from hgc_tune.errors import ProfileError
+    from hgc_tune.models import load_pipeline, weights_digest
     from hgc_tune.profile import Profile
 
+    if not (folder / "profile.json").exists():
+        return False
     try:
-        Profile.load(folder)
+        profile = Profile.load(folder)
     except ProfileError:
+        return False
+    if profile.weights_digest != weights_digest(load_pipeline(model, condition=condition)):
+        print(f"the profile in {folder} was made with other weights of {model!r}: profiling again")
         return False
     return True
 
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         policy = run_dir / "policy.json"
         pareto = run_dir / "policy.pareto.json"
         _step(f"{condition}: profile ({args.samples} calibration samples, {args.steps} steps)")
-        if (run_dir / "profile.json").exists() and _profile_is_usable(run_dir):
+        if _reusable_profile(run_dir, args.model, condition):
             print(f"reusing the profile in {run_dir}")
         else:
             profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]

@@ -9,7 +9,7 @@ from hgc_tune.models._blocks import (
     cross_attention_paths,
     register_block_layout,
 )
-from hgc_tune.models._fingerprint import model_fingerprint, model_structure
+from hgc_tune.models._fingerprint import model_fingerprint, model_structure, weights_digest
 from hgc_tune.models._loading import DTYPES, SCHEDULERS, check_controlnet_fits, load_pipeline, make_scheduler
 from hgc_tune.models._presets import PRESETS, PresetInfo
 from hgc_tune.models._tokenizer import build_offline_tokenizer
@@ -30,4 +30,5 @@ __all__ = [
     "model_fingerprint",
     "model_structure",
     "register_block_layout",
+    "weights_digest",
 ]

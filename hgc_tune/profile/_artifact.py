@@ -114,6 +114,12 @@ class Profile:
         return self._meta["model"]["fingerprint"]
 
     @property
+    def weights_digest(self) -> str | None:
+        """The profiled weights (``hgc_tune.models.weights_digest``); ``None`` for profiles made before
+        hgc-tune recorded it."""
+        return self._meta["model"].get("weights_digest")
+
+    @property
     def condition_type(self) -> str:
         return self._meta["condition_type"]
 

@@ -202,7 +202,7 @@ def profile_pipeline(
     from tqdm.auto import tqdm
 
     import hgc_tune
-    from hgc_tune.models import model_fingerprint, model_structure
+    from hgc_tune.models import model_fingerprint, model_structure, weights_digest
     from hgc_tune.runtime import attach_run_context, release_run_context
 
     if condition_type is None:
@@ -301,6 +301,7 @@ def profile_pipeline(
         "model": {
             "name": model_name,
             "fingerprint": model_fingerprint(pipe),
+            "weights_digest": weights_digest(pipe),
             "structure": _jsonable(model_structure(pipe)),
             "dtype": str(pipe.unet.dtype).removeprefix("torch."),
             "device": str(pipe.device),

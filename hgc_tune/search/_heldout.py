@@ -28,12 +28,13 @@ _FORMAT = "hgc-tune-heldout-references"
 
 def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> str:
     """The digest that identifies the full-compute outputs of ``jobs`` under ``settings`` on ``pipe``."""
-    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models import model_fingerprint, weights_digest
 
     digest = hashlib.sha256()
     head = {
         "format": _FORMAT,
         "fingerprint": model_fingerprint(pipe),
+        "weights": weights_digest(pipe),
         "dtype": str(pipe.unet.dtype),
         "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": {k: repr(v) for k, v in sorted(dict(pipe.scheduler.config).items())},

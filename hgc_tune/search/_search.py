@@ -87,7 +87,7 @@ def _condition_type(profile: Any) -> str | None:
 def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
     """Every bad-input check, before any work; returns the metric."""
     from hgc_tune.fidelity import check_metric_fits, default_metric
-    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models import model_fingerprint, weights_digest
 
     condition = _condition_type(profile)
     try:
@@ -116,6 +116,13 @@ def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
         raise SearchError(
             f"the profile was made for another model: its fingerprint is {profile.fingerprint!r} "
             f"(model {profile.model_name!r}), the pipeline's is {found!r}; profile this model first."
+        )
+    digest = weights_digest(pipe)
+    if profile.weights_digest is not None and profile.weights_digest != digest:
+        raise SearchError(
+            f"the profile was made with other weights of this architecture: its weights digest is "
+            f"{profile.weights_digest!r} (model {profile.model_name!r}), the pipeline's is {digest!r} "
+            "(retrained or another checkpoint); profile this model again."
         )
     scheduler = type(pipe.scheduler).__name__
     if scheduler != profile.meta["scheduler"]:
@@ -155,6 +162,7 @@ def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
 def _profile_signature(profile: Any, samples: int) -> dict[str, Any]:
     return {
         "fingerprint": profile.fingerprint,
+        "weights_digest": profile.weights_digest,
         "steps": profile.num_steps,
         "condition_type": profile.condition_type,
         "dataset_sha256": profile.meta["dataset"].get("sha256"),
@@ -212,7 +220,11 @@ class SearchSession:
 
 def _default_study_name(profile: Any, metric_name: str, budget: float) -> str:
     model = (profile.model_name or "model").replace("/", "_")
-    return f"{model}-{profile.condition_type or 'any'}-{metric_name}-budget{budget:g}"
+    name = f"{model}-{profile.condition_type or 'any'}-{metric_name}-budget{budget:g}"
+    # Trials scored against other weights' references must not be resumed: a re-profiled model (retrained,
+    # fine-tuned) starts a study of its own next to the old one.
+    digest = profile.weights_digest
+    return f"{name}-w{digest[:8]}" if digest else name
 
 
 def _open_study(

@@ -76,3 +76,20 @@ def test_dtype_reaches_every_model():
     pipe = load_pipeline("tiny", dtype="bf16")
     for component in ("unet", "controlnet", "vae", "text_encoder"):
         assert getattr(pipe, component).dtype == torch.bfloat16, component
+
+
+def test_weights_digest_tells_checkpoints_apart(tiny_pipe):
+    from hgc_tune.models import weights_digest
+
+    digest = weights_digest(tiny_pipe)
+    assert len(digest) == 16 and weights_digest(tiny_pipe) == digest
+    assert weights_digest(load_pipeline("tiny")) == digest  # same seed, same weights
+    assert weights_digest(load_pipeline("tiny", seed=1)) != digest
+    retrained = copy.copy(tiny_pipe)
+    retrained.controlnet = copy.deepcopy(tiny_pipe.controlnet)
+    with torch.no_grad():  # a small update of one block, as a few training steps would make
+        for p in retrained.controlnet.mid_block.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    assert weights_digest(retrained) != digest
+    assert model_fingerprint(retrained) == model_fingerprint(tiny_pipe)  # the structure did not change
+    assert weights_digest(load_pipeline("tiny", dtype="bf16")) != digest

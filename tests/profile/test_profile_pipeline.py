@@ -14,7 +14,7 @@ from scipy.spatial.distance import jensenshannon
 
 from hgc_tune.errors import ProfileError
 from hgc_tune.macs import MacTable
-from hgc_tune.models import cacheable_module_keys, load_pipeline, model_fingerprint
+from hgc_tune.models import cacheable_module_keys, load_pipeline, model_fingerprint, weights_digest
 from hgc_tune.profile import (
     ATTENTION_STATS,
     BLOCK_STATS,
@@ -190,6 +190,7 @@ def test_metadata(pipe, profiled):
     assert profile.num_steps == STEPS and profile.num_samples == 3
     assert profile.resolution == (64, 64)
     assert profile.fingerprint == model_fingerprint(pipe)
+    assert profile.weights_digest == weights_digest(pipe)
     meta = profile.meta
     assert meta["condition_type"] == "seg" and meta["model"]["name"] == "tiny"
     assert meta["scheduler"] == type(pipe.scheduler).__name__

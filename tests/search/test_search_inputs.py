@@ -80,6 +80,34 @@ def test_profile_of_another_model(tiny_pipe, profile_dir, tmp_path):
     _no_work(profile_dir, storage)
 
 
+def test_profile_of_other_weights(tiny_pipe, profile_dir, tmp_path):
+    loaded = Profile.load(profile_dir)
+    meta = loaded.meta
+    meta["model"]["weights_digest"] = "0123456789abcdef"  # same architecture, retrained
+    other = Profile(meta, loaded.tensors())
+    storage = tmp_path / "s.db"
+    config = SearchConfig(budget=BUDGET, metric=METRIC, storage=f"sqlite:///{storage}")
+    with pytest.raises(SearchError, match="other weights of this architecture: its weights digest is '0123"):
+        prepare_search(other, tiny_pipe, config, cache_dir=tmp_path)
+    _no_work(profile_dir, storage)
+
+
+def test_held_out_references_are_keyed_by_the_weights(tiny_pipe):
+    from hgc_tune.data import open_dataset
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.search._fidelity import GenerationJob, GenerationSettings
+    from hgc_tune.search._heldout import heldout_key
+
+    sample = next(iter(open_dataset("shapes", condition_type="seg", split="heldout", limit=1)))
+    jobs = [
+        GenerationJob(prompt=sample.prompt, negative_prompt=None, seed=0, condition=sample.condition_image())
+    ]
+    settings = GenerationSettings(STEPS, 7.5, 64, 64)
+    key = heldout_key(tiny_pipe, jobs, settings)
+    assert heldout_key(load_pipeline("tiny"), jobs, settings) == key
+    assert heldout_key(load_pipeline("tiny", seed=1), jobs, settings) != key
+
+
 def test_profile_of_another_step_count(tiny_pipe, profile_dir, tmp_path):
     storage = tmp_path / "s.db"
     config = SearchConfig(budget=BUDGET, metric=METRIC, num_steps=20, storage=f"sqlite:///{storage}")
@@ -112,19 +140,32 @@ def test_missing_profile(tiny_pipe, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_pipeline_with_other_weights_is_refused(tiny_pipe, profile_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("recorded", "message"),
+    [
+        (True, "made with other weights of this architecture"),
+        # a profile made before digests were recorded: the reference check still catches it
+        (False, "does not reproduce the profile's reference output"),
+    ],
+)
+def test_pipeline_with_other_weights_is_refused(tiny_pipe, profile_dir, tmp_path, recorded, message):
     import torch
 
     storage = tmp_path / "s.db"
-    # same architecture (fingerprint), other weights: the references cannot be reproduced
+    profile = Profile.load(profile_dir)
+    if not recorded:
+        meta = profile.meta
+        del meta["model"]["weights_digest"]
+        profile = Profile(meta, profile.tensors())
+    # same architecture (fingerprint), other weights
     unet = tiny_pipe.unet
     saved = unet.conv_out.bias.detach().clone()
     with torch.no_grad():
         unet.conv_out.bias.add_(0.5)
     try:
-        with pytest.raises(SearchError, match="does not reproduce the profile's reference output"):
+        with pytest.raises(SearchError, match=message):
             prepare_search(
-                profile_dir,
+                profile,
                 tiny_pipe,
                 SearchConfig(budget=BUDGET, metric=METRIC, storage=f"sqlite:///{storage}"),
             )

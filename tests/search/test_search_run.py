@@ -94,14 +94,18 @@ def test_result_is_a_feasible_policy_no_worse_than_the_peers(searched):
     assert check["samples"] == 2
 
 
-def test_policy_file_and_provenance(searched):
+def test_policy_file_and_provenance(searched, tiny_pipe):
     paths = searched["paths"]
     policy = load_policy(paths["policy"]).select("seg")
     result = searched["result"]
     assert policy_key(policy) == result.chosen.policy_key
     prov = policy.provenance
     assert prov.budget == BUDGET and prov.metric == METRIC and prov.trial == result.chosen.number
-    assert prov.study == result.study_name == f"tiny-seg-{METRIC}-budget{BUDGET:g}"
+    from hgc_tune.models import weights_digest
+
+    # the weights are part of the default name: a retrained model does not resume the old model's trials
+    digest = weights_digest(tiny_pipe)
+    assert prov.study == result.study_name == f"tiny-seg-{METRIC}-budget{BUDGET:g}-w{digest[:8]}"
     assert set(prov.fidelity) >= {
         "calibration_full",
         "calibration_policy",

@@ -1,0 +1,36 @@
+"""`hgc-tune demo` resumes from an intact profile of the current weights, and profiles again otherwise."""
+
+from __future__ import annotations
+
+import shutil
+
+from hgc_tune.cli.demo import _reusable_profile
+from hgc_tune.profile import Profile
+
+
+def _tiny_profile(tiny_pipe, folder):
+    from hgc_tune.data import open_dataset
+    from hgc_tune.profile import profile_pipeline
+
+    samples = open_dataset("shapes", condition_type="seg", split="calibration", limit=1)
+    profile = profile_pipeline(tiny_pipe, samples, num_steps=2, progress=False, model_name="tiny")
+    return profile.save(folder)
+
+
+def test_profile_reuse_needs_an_intact_profile_of_the_same_weights(tiny_pipe, tmp_path, capsys):
+    folder = _tiny_profile(tiny_pipe, tmp_path / "tiny-seg")
+    assert _reusable_profile(folder, "tiny", "seg")
+    assert not _reusable_profile(tmp_path / "missing", "tiny", "seg")
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(folder, retrained)
+    loaded = Profile.load(retrained)
+    meta = loaded.meta
+    meta["model"]["weights_digest"] = "0" * 16
+    shutil.rmtree(retrained)
+    Profile(meta, loaded.tensors()).save(retrained)
+    assert not _reusable_profile(retrained, "tiny", "seg")
+    assert "made with other weights of 'tiny': profiling again" in capsys.readouterr().out
+
+    (folder / "profile.safetensors").write_bytes(b"truncated")
+    assert not _reusable_profile(folder, "tiny", "seg")
