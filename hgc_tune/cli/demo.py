@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-samples", type=int, default=8, help="held-out samples (default: 8)")
     parser.add_argument("--trials", type=int, default=64, help="search trials per condition (default: 64)")
     parser.add_argument(
+        "--validation-tries",
+        type=int,
+        default=6,
+        help="calibration-feasible policies tried on the held-out split before a condition type is left "
+        "without a policy (default: 6; a held-out check of 8 samples takes seconds)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=2, help="search worker processes, one per core (default: 2)"
     )
     parser.add_argument(
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         code = _call(
             ["search", "--profile", str(run_dir), "--budget", str(args.budget), "--trials", str(args.trials)]
             + ["--metric", args.metric, "--heldout-samples", str(args.heldout_samples), "--out", str(policy)]
-            + ["--workers", str(args.workers)]
+            + ["--workers", str(args.workers), "--validation-tries", str(args.validation_tries)]
             + (["--timeout", str(args.search_seconds)] if args.search_seconds > 0 else [])
         )
         if code == 2:

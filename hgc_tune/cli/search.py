@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--heldout-samples", type=int, default=8, help="held-out samples to validate on; 0 skips (default: 8)"
     )
     parser.add_argument(
+        "--validation-tries",
+        type=int,
+        default=3,
+        help="calibration-feasible policies tried on the held-out split, cheapest first, before giving up "
+        "(default: 3)",
+    )
+    parser.add_argument(
         "--heldout-dataset",
         default=None,
         help="held-out samples: `shapes` or a dataset folder (default: the profile's, if shapes)",
@@ -104,6 +111,7 @@ def _config(args: argparse.Namespace):
         early_rejection=args.early_rejection,
         heartbeat_interval=args.heartbeat,
         num_steps=args.steps,
+        max_validation_tries=args.validation_tries,
     )
 
 

@@ -233,6 +233,22 @@ def test_cli_exits_1_when_no_policy_holds_on_held_out(searched, tiny_pipe, tmp_p
     assert "pareto:" in captured.out
 
 
+def test_cli_validation_tries_bounds_the_held_out_checks(searched, tiny_pipe, tmp_path, capsys):
+    profile = shutil.copytree(searched["profile"], tmp_path / "profile")
+    session = prepare_search(profile, tiny_pipe, searched["config"])
+    candidates = _candidates(searched["result"])
+    assert len(candidates) >= 3
+    for number in candidates[:2]:
+        _fake_heldout(session, searched["heldout"], number, 3 * BUDGET)
+    out = tmp_path / "p.json"
+    argv = ["search", "--profile", str(profile), "--budget", str(BUDGET), "--metric", METRIC]
+    argv += ["--trials", str(N_TRIALS), "--heldout-samples", "2", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--validation-tries", "2"]) == 1
+    assert "none of the 2 cheapest calibration-feasible policies holds" in capsys.readouterr().err
+    data = json.loads((tmp_path / "p.pareto.json").read_text())
+    assert [v["trial"] for v in data["validation"]] == candidates[:2]
+
+
 def test_failed_trials_are_recorded_and_the_search_goes_on(tiny_pipe, tmp_path_factory, tmp_path):
     profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
     config = SearchConfig(budget=BUDGET, metric=METRIC, n_trials=4, peers=("deepcache-n3-b0", "tgate-g2"))
