@@ -37,7 +37,11 @@ def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSe
         "weights": weights_digest(pipe),
         "dtype": str(pipe.unet.dtype),
         "scheduler": type(pipe.scheduler).__name__,
-        "scheduler_config": {k: repr(v) for k, v in sorted(dict(pipe.scheduler.config).items())},
+        # `_`-keys are bookkeeping (diffusers adds `_class_name`, `_diffusers_version` when a pipeline is
+        # saved), not settings: they must not invalidate the cached references.
+        "scheduler_config": {
+            k: repr(v) for k, v in sorted(dict(pipe.scheduler.config).items()) if not k.startswith("_")
+        },
         "settings": [settings.num_steps, settings.guidance_scale, settings.height, settings.width],
     }
     digest.update(json.dumps(head, sort_keys=True).encode())

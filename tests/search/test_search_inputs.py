@@ -92,7 +92,7 @@ def test_profile_of_other_weights(tiny_pipe, profile_dir, tmp_path):
     _no_work(profile_dir, storage)
 
 
-def test_held_out_references_are_keyed_by_the_weights(tiny_pipe):
+def test_held_out_references_are_keyed_by_the_weights(tiny_pipe, tmp_path):
     from hgc_tune.data import open_dataset
     from hgc_tune.models import load_pipeline
     from hgc_tune.search._fidelity import GenerationJob, GenerationSettings
@@ -106,6 +106,9 @@ def test_held_out_references_are_keyed_by_the_weights(tiny_pipe):
     key = heldout_key(tiny_pipe, jobs, settings)
     assert heldout_key(load_pipeline("tiny"), jobs, settings) == key
     assert heldout_key(load_pipeline("tiny", seed=1), jobs, settings) != key
+    saved = load_pipeline("tiny")
+    saved.scheduler.save_config(tmp_path)  # diffusers writes `_class_name` into the live config
+    assert heldout_key(saved, jobs, settings) == key
 
 
 def test_profile_of_another_step_count(tiny_pipe, profile_dir, tmp_path):
