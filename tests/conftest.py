@@ -54,3 +54,20 @@ def tiny_target(tiny_pipe):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def generate():
+    """``generate(pipe, image, steps, guidance_scale=7.5)``: the images of one seeded call, as numpy."""
+
+    def run(pipe, image, steps: int, guidance_scale: float = 7.5) -> np.ndarray:
+        return pipe(
+            "a red square",
+            image=image,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+
+    return run

@@ -7,23 +7,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from hgc_tune.errors import HgcTuneError, PolicyMismatchError, StepCountMismatchError
 from hgc_tune.executor import apply_policy
 from hgc_tune.policy import Policy
 
 STEPS = 4
-
-
-def _generate(pipe, image, steps: int = STEPS) -> np.ndarray:
-    return pipe(
-        "a red square",
-        image=image,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
 
 
 def _hooked_modules(pipe) -> list[str]:
@@ -35,7 +24,7 @@ def _hooked_modules(pipe) -> list[str]:
     ]
 
 
-def _assert_nothing_applied(pipe, image, policy: Policy) -> None:
+def _assert_nothing_applied(pipe, policy: Policy) -> None:
     assert _hooked_modules(pipe) == []
     assert not hasattr(pipe, "_hgc_run_context")
     apply_policy(pipe, policy).remove()  # no half-applied policy blocks the next one
@@ -63,7 +52,7 @@ def test_target_mismatch_names_the_field_and_both_values(tiny_pipe, condition_im
     assert f"{field}: policy has {value!r}, pipeline has " in message
     assert repr(getattr(valid.target, field)) in message  # the pipeline's value
     assert isinstance(raised.value, HgcTuneError)
-    _assert_nothing_applied(tiny_pipe, condition_image, valid)
+    _assert_nothing_applied(tiny_pipe, valid)
 
 
 @pytest.mark.parametrize("kind", ["blocks", "attention"])
@@ -78,16 +67,16 @@ def test_module_key_missing_from_the_pipeline_is_named(tiny_pipe, condition_imag
         policy = dataclasses.replace(valid, attention={key: (ReuseWindow(1, STEPS),)})
     with pytest.raises(PolicyMismatchError, match=rf"{kind}\['{key}'\] names no cacheable module"):
         apply_policy(tiny_pipe, policy)
-    _assert_nothing_applied(tiny_pipe, condition_image, valid)
+    _assert_nothing_applied(tiny_pipe, valid)
 
 
-def test_step_count_mismatch_fails_at_call_time_with_both_numbers(tiny_pipe, condition_image, valid):
+def test_step_count_mismatch_fails_at_call_time(tiny_pipe, condition_image, valid, generate):
     handle = apply_policy(tiny_pipe, valid)  # applying succeeds: the step count is only known per call
     try:
         with pytest.raises(StepCountMismatchError, match=r"made for 4 steps.*called with 6 steps"):
-            _generate(tiny_pipe, condition_image, steps=6)
+            generate(tiny_pipe, condition_image, 6)
         # the error leaves the policy usable for a call with the right number of steps
-        assert np.isfinite(_generate(tiny_pipe, condition_image)).all()
+        assert np.isfinite(generate(tiny_pipe, condition_image, STEPS)).all()
     finally:
         handle.remove()
     assert _hooked_modules(tiny_pipe) == []

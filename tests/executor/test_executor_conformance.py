@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from hgc_tune.errors import PolicyAlreadyAppliedError
 from hgc_tune.executor import apply_policy
@@ -36,33 +35,24 @@ def _techniques(target) -> dict[str, Policy]:
     }
 
 
-def _generate(pipe, image, guidance_scale: float = 7.5, steps: int = STEPS) -> np.ndarray:
-    return pipe(
-        "a red square",
-        image=image,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
-
-
 @pytest.fixture(scope="module")
-def baselines(tiny_pipe, condition_image):
-    return {g: _generate(tiny_pipe, condition_image, g) for g in (7.5, 1.0)}
+def baselines(tiny_pipe, condition_image, generate):
+    return {g: generate(tiny_pipe, condition_image, STEPS, g) for g in (7.5, 1.0)}
 
 
-def test_all_compute_policy_is_bit_identical_to_no_policy(tiny_pipe, condition_image, tiny_target, baselines):
+def test_all_compute_policy_is_bit_identical_to_no_policy(
+    tiny_pipe, condition_image, tiny_target, baselines, generate
+):
     with apply_policy(tiny_pipe, Policy(tiny_target(STEPS))):
         for g, expected in baselines.items():
-            assert np.array_equal(_generate(tiny_pipe, condition_image, g), expected)
+            assert np.array_equal(generate(tiny_pipe, condition_image, STEPS, g), expected)
 
 
 @pytest.mark.parametrize(
     "technique",
     ["unet_blocks", "controlnet_blocks", "attention", "controlnet_reuse", "controlnet_drop", "guidance"],
 )
-def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_target, baselines):
+def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_target, baselines, generate):
     policy = _techniques(tiny_target)[technique]
     handle = apply_policy(tiny_pipe, policy)
     try:
@@ -70,7 +60,7 @@ def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_targe
             apply_policy(tiny_pipe, policy)
         # two calls in a row, CFG on then off (guidance truncation only acts with CFG)
         for g in (7.5, 1.0, 7.5):
-            cached = _generate(tiny_pipe, condition_image, g)
+            cached = generate(tiny_pipe, condition_image, STEPS, g)
             assert np.isfinite(cached).all()
             if technique != "guidance" or g > 1:
                 assert not np.array_equal(cached, baselines[g]), f"{technique} changed nothing at g={g}"
@@ -80,12 +70,14 @@ def test_technique_conformance(technique, tiny_pipe, condition_image, tiny_targe
         handle.remove()
     handle.remove()  # idempotent
     for g, expected in baselines.items():
-        assert np.array_equal(_generate(tiny_pipe, condition_image, g), expected)
+        assert np.array_equal(generate(tiny_pipe, condition_image, STEPS, g), expected)
     # after removal a policy can be applied again
     apply_policy(tiny_pipe, policy).remove()
 
 
-def test_a_scheduler_replaced_after_apply_is_refused(tiny_pipe, condition_image, tiny_target, baselines):
+def test_a_scheduler_replaced_after_apply_is_refused(
+    tiny_pipe, condition_image, tiny_target, baselines, generate
+):
     from hgc_tune.errors import PolicyError
     from hgc_tune.models import make_scheduler
 
@@ -94,8 +86,8 @@ def test_a_scheduler_replaced_after_apply_is_refused(tiny_pipe, condition_image,
     try:
         tiny_pipe.scheduler = make_scheduler("unipc", original.config)
         with pytest.raises(PolicyError, match="scheduler was replaced"):
-            _generate(tiny_pipe, condition_image)
+            generate(tiny_pipe, condition_image, STEPS)
     finally:
         tiny_pipe.scheduler = original
         handle.remove()
-    assert np.array_equal(_generate(tiny_pipe, condition_image), baselines[7.5])
+    assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), baselines[7.5])

@@ -31,16 +31,6 @@ def _policy(target) -> Policy:
     )
 
 
-def _generate(pipe, image) -> np.ndarray:
-    return pipe(
-        "a red square",
-        image=image,
-        num_inference_steps=STEPS,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
-
-
 def _is_compiled(module: torch.nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
@@ -77,10 +67,10 @@ def test_modes_that_replay_cuda_graphs_make_the_hooks_keep_copies(fresh_tiny, ti
     handle.remove()
 
 
-def test_kept_copies_change_no_result_and_share_no_memory(tiny_pipe, condition_image, tiny_target):
+def test_kept_copies_change_no_result_and_share_no_memory(tiny_pipe, condition_image, tiny_target, generate):
     handle = apply_policy(tiny_pipe, _policy(tiny_target))
     try:
-        expected = _generate(tiny_pipe, condition_image)
+        expected = generate(tiny_pipe, condition_image, STEPS)
         run_context(tiny_pipe).copy_cached_outputs = True
         outputs = {"mid": [], "controlnet": []}
         grabs = [
@@ -88,7 +78,7 @@ def test_kept_copies_change_no_result_and_share_no_memory(tiny_pipe, condition_i
             for key, module in (("mid", tiny_pipe.unet.mid_block), ("controlnet", tiny_pipe.controlnet))
         ]
         try:
-            assert np.array_equal(_generate(tiny_pipe, condition_image), expected)
+            assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), expected)
         finally:
             for grab in grabs:
                 grab.remove()
@@ -106,11 +96,11 @@ def test_kept_copies_change_no_result_and_share_no_memory(tiny_pipe, condition_i
         handle.remove()
 
 
-def test_compiled_regions_reproduce_the_eager_policy(fresh_tiny, condition_image, tiny_target):
+def test_compiled_regions_reproduce_the_eager_policy(fresh_tiny, condition_image, tiny_target, generate):
     """Dynamo traces every region (eager backend: no C++ toolchain needed) and the step-dependent dispatch
     stays in Python, so the policy's images are those of the uncompiled hooked pipeline."""
     handle = apply_policy(fresh_tiny, _policy(tiny_target))
-    expected = _generate(fresh_tiny, condition_image)
+    expected = generate(fresh_tiny, condition_image, STEPS)
     compile_regions(fresh_tiny, backend="eager")
-    np.testing.assert_allclose(_generate(fresh_tiny, condition_image), expected, atol=1e-5)
+    np.testing.assert_allclose(generate(fresh_tiny, condition_image, STEPS), expected, atol=1e-5)
     handle.remove()
