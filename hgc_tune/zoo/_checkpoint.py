@@ -45,7 +45,7 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
             f"but got condition={condition!r}."
         )
     root = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
-    base, controlnet = root / "base", root / f"controlnet-{condition}"
+    base, controlnet = root / "base", controlnet_dir(root, condition)
     missing = [p for p in (base / "model_index.json", controlnet / "config.json") if not p.is_file()]
     if missing:
         shown = _display(root)
@@ -54,6 +54,11 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
             f"train them with `python -m hgc_tune.zoo.train --out {shown}`."
         )
     return base, controlnet
+
+
+def controlnet_dir(root: Path, condition: str) -> Path:
+    """Where the ``condition`` ControlNet of a shapes-model folder (shipped or being trained) lives."""
+    return Path(root) / f"controlnet-{condition}"
 
 
 def _display(path: Path) -> str:

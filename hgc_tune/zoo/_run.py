@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS
+from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS, controlnet_dir
 from hgc_tune.zoo._source import SceneSource
 
 __all__ = ["STAGES", "TrainConfig", "TrainError", "run_training"]
@@ -206,7 +206,7 @@ def _check_saved(config: TrainConfig) -> None:
         if "controlnet" not in config.stages:
             raise TrainError("`continue_controlnets` needs the controlnet stage in `stages`.")
         for condition in config.conditions:
-            path = Path(config.out) / f"controlnet-{condition}"
+            path = controlnet_dir(config.out, condition)
             if not (path / "config.json").is_file():
                 raise TrainError(
                     f"`continue_controlnets` is set but {path} holds no saved ControlNetModel to continue; "
@@ -214,13 +214,17 @@ def _check_saved(config: TrainConfig) -> None:
                 )
 
 
-def _load(out: Path, stage: str):
+def _load_model(path: Path, class_name: str):
+    """A saved diffusers model, in fp32 for training whatever it was saved in."""
     import diffusers
     import torch
 
+    return getattr(diffusers, class_name).from_pretrained(str(path), torch_dtype=torch.float32).float()
+
+
+def _load(out: Path, stage: str):
     folder, class_name = _SAVED[stage]
-    model = getattr(diffusers, class_name).from_pretrained(str(out / folder), torch_dtype=torch.float32)
-    return model.float()
+    return _load_model(out / folder, class_name)
 
 
 def _megabytes(paths) -> float:
@@ -270,7 +274,7 @@ class _Run:
         self.base_dir = self.out / "base"
         self.reports = self.out / "reports"
         self.reports.mkdir(parents=True, exist_ok=True)
-        self.controlnet_dirs = {c: self.out / f"controlnet-{c}" for c in config.conditions}
+        self.controlnet_dirs = {c: controlnet_dir(self.out, c) for c in config.conditions}
         self.losses = LossLog()
         # Set when continuing the ControlNets of an earlier run (see TrainConfig.continue_controlnets).
         self.earlier_controlnet_stage: dict[str, Any] | None = None
@@ -341,8 +345,8 @@ class _Run:
         sync = torch.cuda.synchronize if self.is_cuda else (lambda: None)
         return StageBudget(seconds=seconds, iterations=fixed, sync=sync)
 
-    def record(self, stage: str, result) -> None:
-        self.summary["stages"][stage] = asdict(result)
+    def record(self, stage: str, result, **extra: Any) -> None:
+        self.summary["stages"][stage] = {**asdict(result), **extra}
         self.log(f"stage {stage} done: {result.iterations} iterations in {result.seconds:.1f} s")
         self.write_reports()
 
@@ -497,10 +501,7 @@ class _Run:
         controlnets = {}
         for i, condition in enumerate(config.conditions):
             if config.continue_controlnets:
-                from diffusers import ControlNetModel
-
-                path = str(self.controlnet_dirs[condition])
-                controlnet = ControlNetModel.from_pretrained(path, torch_dtype=torch.float32).float()
+                controlnet = _load_model(self.controlnet_dirs[condition], "ControlNetModel")
             else:
                 torch.manual_seed(self.seed("controlnet") + 10 * i)
                 controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
@@ -526,12 +527,7 @@ class _Run:
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
         if config.continue_controlnets:
             self._join_earlier_controlnet_phase()
-            self.summary["stages"]["controlnet"] = {
-                **asdict(result),
-                "continued_from": self.earlier_controlnet_stage,
-            }
-            self.log(f"stage controlnet done: {result.iterations} more iterations in {result.seconds:.1f} s")
-            self.write_reports()
+            self.record("controlnet", result, continued_from=self.earlier_controlnet_stage)
         else:
             self.record("controlnet", result)
 
@@ -555,7 +551,7 @@ class _Run:
         dirs = dict(self.controlnet_dirs)
         if config.continue_controlnets:  # the ControlNets not continued ship too: check them as well
             for condition in SHAPES_CONDITIONS:
-                path = self.out / f"controlnet-{condition}"
+                path = controlnet_dir(self.out, condition)
                 if condition not in dirs and (path / "config.json").is_file():
                     dirs[condition] = path
         missing = [c for c, d in dirs.items() if not (d / "config.json").is_file()]
