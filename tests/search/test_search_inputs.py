@@ -68,26 +68,26 @@ def test_unknown_metric(tiny_pipe, profile_dir, tmp_path):
         prepare_search(profile_dir, tiny_pipe, SearchConfig(budget=BUDGET, metric="fid"))
 
 
-def test_profile_of_another_model(tiny_pipe, profile_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("fingerprint", "ffffffffffffffff", "another model: its fingerprint is 'ffffffffffffffff'"),
+        # same architecture, retrained
+        (
+            "weights_digest",
+            "0123456789abcdef",
+            "other weights of this architecture: its weights digest is '0123",
+        ),
+    ],
+)
+def test_profile_of_another_model_or_other_weights(tiny_pipe, profile_dir, tmp_path, field, value, message):
     loaded = Profile.load(profile_dir)
     meta = loaded.meta
-    meta["model"]["fingerprint"] = "ffffffffffffffff"
+    meta["model"][field] = value
     other = Profile(meta, loaded.tensors())
     storage = tmp_path / "s.db"
     config = SearchConfig(budget=BUDGET, metric=METRIC, storage=f"sqlite:///{storage}")
-    with pytest.raises(SearchError, match="another model: its fingerprint is 'ffffffffffffffff'"):
-        prepare_search(other, tiny_pipe, config, cache_dir=tmp_path)
-    _no_work(profile_dir, storage)
-
-
-def test_profile_of_other_weights(tiny_pipe, profile_dir, tmp_path):
-    loaded = Profile.load(profile_dir)
-    meta = loaded.meta
-    meta["model"]["weights_digest"] = "0123456789abcdef"  # same architecture, retrained
-    other = Profile(meta, loaded.tensors())
-    storage = tmp_path / "s.db"
-    config = SearchConfig(budget=BUDGET, metric=METRIC, storage=f"sqlite:///{storage}")
-    with pytest.raises(SearchError, match="other weights of this architecture: its weights digest is '0123"):
+    with pytest.raises(SearchError, match=message):
         prepare_search(other, tiny_pipe, config, cache_dir=tmp_path)
     _no_work(profile_dir, storage)
 
