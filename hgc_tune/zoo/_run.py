@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -13,14 +15,18 @@ from typing import Any
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS, controlnet_dir
+from hgc_tune.zoo._resume import Checkpointer, StopRequested, stop_on_signals
 from hgc_tune.zoo._source import SceneSource
 
-__all__ = ["STAGES", "TrainConfig", "TrainError", "run_training"]
+__all__ = ["CHECKPOINT_DIR", "STAGES", "TrainConfig", "TrainError", "load_resume_state", "run_training"]
 
-STAGES: tuple[str, ...] = ("vae", "unet", "controlnet")
+# In run order. `decoder` trains the VAE's decoder on with the encoder frozen; `joint` trains the U-Net and
+# the ControlNets together (the alternative to `controlnet`, which trains them against a frozen U-Net).
+STAGES: tuple[str, ...] = ("vae", "decoder", "unet", "controlnet", "joint")
 # Offsets of the seeds derived from TrainConfig.seed, one per consumer, so that changing one stage's
 # randomness (or skipping it) leaves the others' unchanged.
-_SEEDS = {"text_encoder": 1, "vae": 2, "unet": 3, "controlnet": 4, "eval": 10_000}
+_SEEDS = {"text_encoder": 1, "vae": 2, "unet": 3, "controlnet": 4, "decoder": 5, "joint": 6, "eval": 10_000}
+CHECKPOINT_DIR = "checkpoint"
 
 Log = Callable[[str], None]
 
@@ -40,8 +46,9 @@ class TrainConfig:
         budget_minutes: Total wall time, rendering and self-check included.
         stages: Stages to run; a stage left out is loaded from ``out`` (it must have been trained there).
         fractions: Share of the training time of each stage (renormalised over the stages still to run).
-        iterations: Fixed iteration counts per stage (reproducible runs, tests); the budget still stops a
-            stage at its deadline.
+        iterations: Fixed iteration counts per stage (reproducible runs, tests, runs spread over several
+            invocations). A stage with a fixed count that meets its deadline first is not done: it saves a
+            checkpoint and the run stops, to go on with ``--resume``.
         pool_size: Training scenes rendered up front.
         workers: Rendering processes (0 or 1: in this process).
         vae_batch_size: Pictures per VAE iteration.
@@ -54,6 +61,18 @@ class TrainConfig:
         controlnet_prompt_dropout: Same for the ControlNets.
         controlnet_embedding_init_std: Initialisation of the conditioning embedding's output convolution
             (0 = diffusers' zero init; the residual convolutions stay zero either way).
+        init_from: A shapes-model folder (e.g. the shipped ``hgc_tune/zoo/weights``) whose models start the
+            run: its ``base/`` and ``controlnet-*`` are copied into ``out`` where ``out`` has none, and
+            stages left out load them from there (warm start).
+        checkpoint_minutes: Longest time between two checkpoints of a stage's loop (``out/checkpoint``).
+        ema_decay: Decay of the exponential moving average of the weights that every stage keeps and
+            ships (0: no EMA, the last weights ship).
+        decoder_batch_size: Latents per decoder iteration.
+        joint_batch_size: Scenes per condition type per joint iteration.
+        lr_decoder: Peak learning rate of the decoder stage.
+        lr_joint: Peak learning rate of the joint stage (U-Net and ControlNets alike).
+        control_dropout: Share of each joint batch trained without control (keeps the base model usable
+            on its own, which classifier-free sampling with a dropped ControlNet relies on).
         continue_controlnets: Start each ControlNet from the one saved in ``out`` and go on training it
             (a second phase, e.g. on another machine) instead of from a copy of the U-Net's encoder. The
             summary keeps the earlier phases under ``stages.controlnet.continued_from`` and the loss curve
@@ -76,7 +95,7 @@ class TrainConfig:
     budget_minutes: float = 7.0
     stages: tuple[str, ...] = STAGES
     fractions: Mapping[str, float] = field(
-        default_factory=lambda: {"vae": 0.15, "unet": 0.42, "controlnet": 0.43}
+        default_factory=lambda: {"vae": 0.15, "decoder": 0.1, "unet": 0.42, "controlnet": 0.43, "joint": 0.6}
     )
     iterations: Mapping[str, int] = field(default_factory=dict)
     pool_size: int = 50_000
@@ -90,6 +109,14 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     controlnet_prompt_dropout: float = 0.1
     controlnet_embedding_init_std: float = 0.01
+    init_from: Path | None = None
+    checkpoint_minutes: float = 5.0
+    ema_decay: float = 0.0
+    decoder_batch_size: int = 128
+    joint_batch_size: int = 64
+    lr_decoder: float = 2e-4
+    lr_joint: float = 1e-4
+    control_dropout: float = 0.2
     continue_controlnets: bool = False
     conditions: tuple[str, ...] = SHAPES_CONDITIONS
     eval_samples: int = 16
@@ -114,7 +141,15 @@ class TrainConfig:
             )
         if not self.budget_minutes > 0:
             raise TrainError(f"`budget_minutes` must be > 0, but got budget_minutes={self.budget_minutes}.")
-        for name in ("pool_size", "vae_batch_size", "unet_batch_size", "controlnet_batch_size", "log_every"):
+        for name in (
+            "pool_size",
+            "vae_batch_size",
+            "unet_batch_size",
+            "controlnet_batch_size",
+            "decoder_batch_size",
+            "joint_batch_size",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise TrainError(f"`{name}` must be >= 1, but got {name}={getattr(self, name)}.")
         if self.eval_samples < 0 or self.eval_steps < 1 or not self.eval_guidance:
@@ -130,6 +165,36 @@ class TrainConfig:
         for stage, n in self.iterations.items():
             if stage not in STAGES or n < 1:
                 raise TrainError(f"`iterations` must map stages to counts >= 1, but got {stage}={n}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainError(f"`ema_decay` must be in [0, 1), but got ema_decay={self.ema_decay}.")
+        if not 0.0 <= self.control_dropout < 1.0:
+            raise TrainError(
+                f"`control_dropout` must be in [0, 1), but got control_dropout={self.control_dropout}."
+            )
+        if not self.checkpoint_minutes >= 0:
+            raise TrainError(
+                f"`checkpoint_minutes` must be >= 0, but got checkpoint_minutes={self.checkpoint_minutes}."
+            )
+        if self.init_from is not None and not (Path(self.init_from) / "base" / "model_index.json").is_file():
+            raise TrainError(
+                f"`init_from` must be a shapes-model folder (with base/model_index.json), but got "
+                f"init_from={str(self.init_from)!r}."
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready data (what ``training.json`` and checkpoints record)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_json`."""
+        values = dict(data)
+        for name in ("stages", "conditions", "eval_guidance"):
+            values[name] = tuple(values[name])
+        values["out"] = Path(values["out"])
+        values["init_from"] = None if values.get("init_from") is None else Path(values["init_from"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # ------------------------------------------------------------------------------------------------ saving
@@ -214,6 +279,36 @@ def _check_saved(config: TrainConfig) -> None:
                 )
 
 
+def _seed_from(init_from: Path, out: Path) -> None:
+    """Copy the models (and summary) of ``init_from`` into ``out`` where ``out`` has none (warm start)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for source in [Path(init_from) / "base", *sorted(Path(init_from).glob("controlnet-*"))]:
+        target = out / source.name
+        if source.is_dir() and not target.exists():
+            shutil.copytree(source, target)
+    summary = Path(init_from) / "training.json"
+    if summary.is_file() and not (out / "training.json").exists():
+        shutil.copyfile(summary, out / "training.json")
+
+
+def load_resume_state(out: Path) -> dict[str, Any]:
+    """The checkpoint a run in ``out`` left, to continue it (see :func:`run_training`).
+
+    Raises:
+        TrainError: There is no checkpoint, or its run already finished.
+    """
+    state = Checkpointer(Path(out) / CHECKPOINT_DIR, 0).load()
+    if state is None:
+        raise TrainError(
+            f"nothing to resume: {Path(out) / CHECKPOINT_DIR} holds no checkpoint; start the run without "
+            "--resume."
+        )
+    config = TrainConfig.from_json(state["config"])
+    if all(stage in state["completed"] for stage in config.stages):
+        raise TrainError(f"the run in {out} finished every stage; there is nothing to resume.")
+    return state
+
+
 def _load_model(path: Path, class_name: str):
     """A saved diffusers model, in fp32 for training whatever it was saved in."""
     import diffusers
@@ -241,7 +336,7 @@ class _Timeline:
         self.start = start
         self.end = start + 60.0 * config.budget_minutes
         self.reserve = 60.0 * config.budget_minutes * config.eval_reserve_fraction
-        self.render_deadline = start + 60.0 * config.budget_minutes * config.render_fraction
+        self.render_deadline: float | None = start + 60.0 * config.budget_minutes * config.render_fraction
         self.fractions = dict(config.fractions)
 
     def stage_seconds(self, stage: str, remaining_stages: list[str]) -> float:
@@ -257,7 +352,14 @@ class _Timeline:
 class _Run:
     """One training run's state; the phases are methods so that :func:`run_training` reads as a list."""
 
-    def __init__(self, config: TrainConfig, source: SceneSource, log: Log, start: float) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        source: SceneSource,
+        log: Log,
+        start: float,
+        restored: dict[str, Any] | None = None,
+    ) -> None:
         import torch
 
         from hgc_tune.zoo._stages import LossLog
@@ -279,13 +381,22 @@ class _Run:
         # Set when continuing the ControlNets of an earlier run (see TrainConfig.continue_controlnets).
         self.earlier_controlnet_stage: dict[str, Any] | None = None
         self.earlier_controlnet_curve: list[dict[str, float]] = []
-        self.summary: dict[str, Any] = {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-            "torch": torch.__version__,
-            "splits": source.split_note,
-            "stages": {},
-        }
-        self._carry_over_skipped_stages()
+        self.checkpointer = Checkpointer(self.out / CHECKPOINT_DIR, 60.0 * config.checkpoint_minutes)
+        self.restored = restored
+        self.completed: list[str] = []
+        if restored is not None:
+            self.summary = restored["summary"]
+            self.losses.curves = restored["curves"]
+            self.completed = list(restored["completed"])
+            self.timeline.render_deadline = None
+        else:
+            self.summary = {
+                "config": config.to_json(),
+                "torch": str(torch.__version__),  # a plain str: checkpoints load with weights_only
+                "splits": source.split_note,
+                "stages": {},
+            }
+            self._carry_over_skipped_stages()
         if self.is_cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -311,6 +422,33 @@ class _Run:
             self.earlier_controlnet_curve = curves.get("controlnet", [])
         if "vae" in skipped and "latents" in previous:
             self.summary["latents"] = previous["latents"]
+
+    def to_do(self, stage: str) -> bool:
+        """Whether ``stage`` runs now (asked for and not completed before a resume)."""
+        return stage in self.config.stages and stage not in self.completed
+
+    def run_state(self) -> dict[str, Any]:
+        """The run-level part of a checkpoint: enough to rebuild the run around a stage's loop state."""
+        return {
+            "config": self.config.to_json(),
+            "summary": copy.deepcopy(self.summary),
+            "curves": copy.deepcopy(self.losses.curves),
+            "pool_scenes": self.summary.get("pool", {}).get("scenes"),
+            "completed": list(self.completed),
+            "loop": None,
+        }
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint between stages (no loop state: the next stage starts afresh on resume)."""
+        self.checkpointer.save(self.run_state())
+
+    def resume_for(self, stage: str, generator):
+        """The loop's :class:`~hgc_tune.zoo._stages.LoopResume`, with its saved state when resuming it."""
+        from hgc_tune.zoo._stages import LoopResume
+
+        loop = None if self.restored is None else self.restored.get("loop")
+        restored = loop if loop is not None and loop["stage"] == stage else None
+        return LoopResume(self.checkpointer, generator, self.run_state, restored)
 
     def seed(self, consumer: str) -> int:
         return self.config.seed * 1000 + _SEEDS[consumer]
@@ -338,7 +476,7 @@ class _Run:
 
         from hgc_tune.zoo._stages import StageBudget
 
-        remaining = [s for s in STAGES[STAGES.index(stage) :] if s in self.config.stages]
+        remaining = [s for s in STAGES[STAGES.index(stage) :] if self.to_do(s)]
         seconds = self.timeline.stage_seconds(stage, remaining)
         fixed = self.config.iterations.get(stage)
         self.log(f"stage {stage}: up to {seconds:.0f} s" + (f", {fixed} iterations" if fixed else ""))
@@ -348,7 +486,9 @@ class _Run:
     def record(self, stage: str, result, **extra: Any) -> None:
         self.summary["stages"][stage] = {**asdict(result), **extra}
         self.log(f"stage {stage} done: {result.iterations} iterations in {result.seconds:.1f} s")
+        self.completed.append(stage)
         self.write_reports()
+        self.checkpoint()
 
     # -- phases -------------------------------------------------------------------------------------------
 
@@ -358,14 +498,16 @@ class _Run:
         from hgc_tune.zoo._pool import render_pool
 
         config = self.config
-        self.log(f"rendering {config.pool_size} training scenes ({config.workers} workers) ...")
+        # A resumed run renders exactly the scenes of the run it continues (their count is saved).
+        size = config.pool_size if self.restored is None else int(self.restored["pool_scenes"])
+        self.log(f"rendering {size} training scenes ({config.workers} workers) ...")
         batch = max(config.unet_batch_size, config.controlnet_batch_size, config.vae_batch_size)
         pool = render_pool(
             self.source.render,
-            self.source.train_seeds(config.pool_size),
+            self.source.train_seeds(size),
             workers=config.workers,
             deadline=self.timeline.render_deadline,
-            min_scenes=min(config.pool_size, 2 * batch),
+            min_scenes=min(size, 2 * batch),
             device=self.device,
             log=self.log,
         )
@@ -384,7 +526,7 @@ class _Run:
         from hgc_tune.zoo._architecture import build_text_encoder
 
         saved = self.base_dir / "text_encoder" / "config.json"
-        if saved.is_file() and "vae" not in self.config.stages:
+        if saved.is_file() and not self.to_do("vae"):
             from transformers import CLIPTextModel
 
             encoder = CLIPTextModel.from_pretrained(str(saved.parent)).float()
@@ -403,7 +545,7 @@ class _Run:
         from hgc_tune.zoo._architecture import build_vae
 
         config = self.config
-        if "vae" not in config.stages:
+        if not self.to_do("vae"):
             vae = _load(self.out, "vae").to(self.device).eval()
             vae.requires_grad_(False)
             means, stds = st.encode_pool_latents(
@@ -425,6 +567,8 @@ class _Run:
             losses=self.losses,
             log=self.log,
             log_every=config.log_every,
+            ema_decay=config.ema_decay,
+            resume=self.resume_for("vae", generator),
         )
         _round_weights(vae, config.save_dtype)
         means, stds = st.encode_pool_latents(
@@ -450,7 +594,7 @@ class _Run:
         from hgc_tune.zoo._architecture import build_unet
 
         config = self.config
-        if "unet" not in config.stages:
+        if not self.to_do("unet"):
             unet = _load(self.out, "unet")
             if "vae" in config.stages:  # a new VAE with an old U-Net: keep the base folder whole
                 _save_base(
@@ -464,6 +608,7 @@ class _Run:
             return unet.to(self.device).eval().requires_grad_(False)
         torch.manual_seed(self.seed("unet"))
         unet = build_unet().to(self.device)
+        generator = self.generator("unet")
         result = st.train_unet(
             unet,
             pool,
@@ -474,10 +619,12 @@ class _Run:
             budget=self.budget("unet"),
             batch_size=config.unet_batch_size,
             lr=config.lr_unet,
-            generator=self.generator("unet"),
+            generator=generator,
             losses=self.losses,
             log=self.log,
             log_every=config.log_every,
+            ema_decay=config.ema_decay,
+            resume=self.resume_for("unet", generator),
         )
         _round_weights(unet, config.save_dtype)
         _save_base(
@@ -506,6 +653,7 @@ class _Run:
                 torch.manual_seed(self.seed("controlnet") + 10 * i)
                 controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
             controlnets[condition] = controlnet.to(self.device)
+        generator = self.generator("controlnet")
         result = st.train_controlnets(
             controlnets,
             unet,
@@ -517,11 +665,13 @@ class _Run:
             budget=self.budget("controlnet"),
             batch_size=config.controlnet_batch_size,
             lr=config.lr_controlnet,
-            generator=self.generator("controlnet"),
+            generator=generator,
             losses=self.losses,
             log=self.log,
             prompt_dropout=config.controlnet_prompt_dropout,
             log_every=config.log_every,
+            ema_decay=config.ema_decay,
+            resume=self.resume_for("controlnet", generator),
         )
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
@@ -530,6 +680,83 @@ class _Run:
             self.record("controlnet", result, continued_from=self.earlier_controlnet_stage)
         else:
             self.record("controlnet", result)
+
+    def decoder(self, pool, vae, conditioning) -> None:
+        """Train the VAE's decoder on (encoder frozen, so the latents stay) and save the VAE."""
+        from hgc_tune.zoo import _stages as st
+
+        config = self.config
+        generator = self.generator("decoder")
+        result = st.train_decoder(
+            vae,
+            pool,
+            conditioning,
+            device=self.device,
+            amp=self.amp,
+            budget=self.budget("decoder"),
+            batch_size=config.decoder_batch_size,
+            lr=config.lr_decoder,
+            generator=generator,
+            losses=self.losses,
+            log=self.log,
+            log_every=config.log_every,
+            ema_decay=config.ema_decay,
+            resume=self.resume_for("decoder", generator),
+        )
+        _round_weights(vae, config.save_dtype)
+        _save_model(vae, self.base_dir / "vae", config.save_dtype)
+        self.record("decoder", result)
+
+    def joint(self, pool, conditioning, schedule, unet, *, vae, text_encoder, tokenizer) -> None:
+        """Train the U-Net and the ControlNets together; ControlNets not saved in ``out`` start as copies of
+        the U-Net's encoder."""
+        import torch
+
+        from hgc_tune.zoo import _stages as st
+        from hgc_tune.zoo._architecture import build_controlnet
+
+        config = self.config
+        controlnets = {}
+        for i, condition in enumerate(config.conditions):
+            if (self.controlnet_dirs[condition] / "config.json").is_file():
+                controlnet = _load_model(self.controlnet_dirs[condition], "ControlNetModel")
+            else:
+                torch.manual_seed(self.seed("controlnet") + 10 * i)
+                controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
+            controlnets[condition] = controlnet.to(self.device)
+        generator = self.generator("joint")
+        result = st.train_joint(
+            unet,
+            controlnets,
+            pool,
+            conditioning,
+            schedule,
+            device=self.device,
+            amp=self.amp,
+            budget=self.budget("joint"),
+            batch_size=config.joint_batch_size,
+            lr=config.lr_joint,
+            generator=generator,
+            losses=self.losses,
+            log=self.log,
+            prompt_dropout=config.prompt_dropout,
+            control_dropout=config.control_dropout,
+            log_every=config.log_every,
+            ema_decay=config.ema_decay,
+            resume=self.resume_for("joint", generator),
+        )
+        _round_weights(unet, config.save_dtype)
+        _save_base(
+            self.base_dir,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            dtype=config.save_dtype,
+        )
+        for condition, controlnet in controlnets.items():
+            _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
+        self.record("joint", result)
 
     def _join_earlier_controlnet_phase(self) -> None:
         """Put the earlier phase's loss curve first and shift this phase's points to follow it."""
@@ -593,6 +820,7 @@ def run_training(
     source: SceneSource | None = None,
     log: Log = lambda _: None,
     start: float | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the ``shapes`` model into ``config.out`` and return the run summary (``training.json``).
 
@@ -601,12 +829,19 @@ def run_training(
     ``stages``). A failing self-check is recorded as ``self_check.error`` without losing the weights; any
     other failure is recorded as ``error`` in ``training.json`` and re-raised.
 
+    The run checkpoints ``out/checkpoint/checkpoint.pt`` between stages and at least every
+    ``checkpoint_minutes`` within one. When a stage with a fixed iteration count meets the deadline, or
+    SIGTERM/SIGINT arrives, it saves a checkpoint and returns with ``summary["interrupted"]`` set (no
+    self-check); :func:`load_resume_state` and ``resume_state`` continue it exactly: the same pool of
+    scenes, weights, EMA, optimizer moments, schedule position, generator states and loss curves.
+
     Args:
-        config: The run's settings.
+        config: The run's settings (on resume: the saved ones, with this invocation's budget).
         source: Scenes to train on; the shapes benchmark (:func:`~hgc_tune.zoo._source.shapes_source`) by
             default.
         log: Receives progress lines.
         start: ``time.monotonic()`` at which the budget started (defaults to now).
+        resume_state: A checkpoint from :func:`load_resume_state`, to continue that run.
 
     Raises:
         TrainError: An invalid configuration, or a stage left out whose saved output is not in ``out``.
@@ -617,35 +852,66 @@ def run_training(
     from hgc_tune.zoo import _stages as st
 
     config.check()
+    if config.init_from is not None and resume_state is None:
+        _seed_from(config.init_from, Path(config.out))
     _check_saved(config)
     if source is None:
         from hgc_tune.zoo._source import shapes_source
 
         source = shapes_source()
-    run = _Run(config, source, log, time.monotonic() if start is None else start)
+    run = _Run(config, source, log, time.monotonic() if start is None else start, restored=resume_state)
+    run.summary.pop("interrupted", None)
     try:
-        pool = run.render()
-        tokenizer = build_offline_tokenizer()
-        text_encoder = run.text_encoder(tokenizer)
-        vae, means, stds, scaling = run.vae(pool)
-        embed_dtype = torch.bfloat16 if run.amp else torch.float32
-        conditioning = st.Conditioning(
-            latent_means=means,
-            latent_stds=stds,
-            scaling_factor=scaling,
-            prompt_embeds=st.encode_prompts(text_encoder, tokenizer, pool.prompts, device=run.device).to(
-                embed_dtype
-            ),
-            empty_embed=st.encode_prompts(text_encoder, tokenizer, [""], device=run.device).to(embed_dtype),
-            prompt_dropout=config.prompt_dropout,
-        )
-        schedule = st.DiffusionSchedule(run.device)
-        unet = run.unet(pool, conditioning, schedule, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        if "controlnet" in config.stages:
-            run.controlnets(pool, conditioning, schedule, unet)
-        del pool, conditioning, means, stds, vae, unet, text_encoder
-        if run.is_cuda:
-            torch.cuda.empty_cache()
+        with stop_on_signals():
+            pool = run.render()
+            if resume_state is None:
+                run.checkpoint()  # from here on the run can be resumed
+            tokenizer = build_offline_tokenizer()
+            text_encoder = run.text_encoder(tokenizer)
+            vae, means, stds, scaling = run.vae(pool)
+            embed_dtype = torch.bfloat16 if run.amp else torch.float32
+            conditioning = st.Conditioning(
+                latent_means=means,
+                latent_stds=stds,
+                scaling_factor=scaling,
+                prompt_embeds=st.encode_prompts(text_encoder, tokenizer, pool.prompts, device=run.device).to(
+                    embed_dtype
+                ),
+                empty_embed=st.encode_prompts(text_encoder, tokenizer, [""], device=run.device).to(
+                    embed_dtype
+                ),
+                prompt_dropout=config.prompt_dropout,
+            )
+            if run.to_do("decoder"):
+                run.decoder(pool, vae, conditioning)
+            schedule = st.DiffusionSchedule(run.device)
+            unet = run.unet(
+                pool, conditioning, schedule, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+            )
+            if run.to_do("controlnet"):
+                run.controlnets(pool, conditioning, schedule, unet)
+            if run.to_do("joint"):
+                run.joint(
+                    pool,
+                    conditioning,
+                    schedule,
+                    unet,
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
+                )
+            del pool, conditioning, means, stds, vae, unet, text_encoder
+            if run.is_cuda:
+                torch.cuda.empty_cache()
+    except (st.StageInterrupted, StopRequested) as e:
+        run.summary["interrupted"] = {
+            "reason": str(e),
+            "checkpoint": str(run.checkpointer.path),
+            "resume": f"python -m hgc_tune.zoo.train --resume {run.out}",
+        }
+        run.write_reports()
+        log(f"{e}; checkpoint saved: continue with `python -m hgc_tune.zoo.train --resume {run.out}`")
+        return run.summary
     except BaseException as e:
         run.summary["error"] = f"{type(e).__name__}: {e}"
         run.write_reports()

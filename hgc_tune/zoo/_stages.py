@@ -15,18 +15,24 @@ from typing import Any
 
 from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
 from hgc_tune.zoo._pool import ScenePool
+from hgc_tune.zoo._resume import Checkpointer, Ema, StopRequested, stop_requested
 
 __all__ = [
     "Conditioning",
     "DiffusionSchedule",
+    "LoopResume",
     "LossLog",
     "StageBudget",
+    "StageInterrupted",
     "StageResult",
     "encode_pool_latents",
     "encode_prompts",
     "latent_scaling_factor",
     "lr_factor",
     "train_controlnets",
+    "joint_batch_sizes",
+    "train_decoder",
+    "train_joint",
     "train_unet",
     "train_vae",
 ]
@@ -167,6 +173,33 @@ class StageResult:
     final_losses: dict[str, float]
 
 
+class StageInterrupted(Exception):
+    """A stage with a fixed iteration count reached its deadline first: its checkpoint is saved and the run
+    goes on with ``--resume``."""
+
+    def __init__(self, stage: str, done: int, planned: int | None) -> None:
+        super().__init__(f"stage {stage} stopped at iteration {done} of {planned}")
+        self.stage, self.done, self.planned = stage, done, planned
+
+
+@dataclass
+class LoopResume:
+    """What makes a stage's loop resumable.
+
+    Attributes:
+        checkpointer: Writes the checkpoint.
+        generator: The stage's data and noise generator (its state is saved and restored).
+        run_state: Returns the run-level part of every checkpoint (config, summary, loss curves, pool size,
+            completed stages); the loop adds its own state to it.
+        restored: This stage's saved loop state when the run resumes in the middle of it, else ``None``.
+    """
+
+    checkpointer: Checkpointer
+    generator: Any
+    run_state: Callable[[], dict[str, Any]]
+    restored: dict[str, Any] | None = None
+
+
 class DiffusionSchedule:
     """SD1.5's DDPM noise schedule (scaled linear betas 0.00085–0.012, 1000 steps) on one device."""
 
@@ -252,10 +285,18 @@ def _run_loop(
     log_every: int,
     losses: LossLog,
     log: Log,
+    ema: Ema | None = None,
+    resume: LoopResume | None = None,
 ) -> StageResult:
     """The shared loop: ``step(i)`` computes and back-propagates the losses (a tensor of
-    ``len(loss_names)``), this clips, schedules the learning rate, steps, logs and guards against
-    divergence."""
+    ``len(loss_names)``), this clips, schedules the learning rate, steps, updates the EMA, logs, guards
+    against divergence and checkpoints.
+
+    With ``resume``, the loop saves its state every ``checkpointer.interval_seconds`` and when SIGTERM/SIGINT
+    arrives (then raises :class:`StopRequested`), starts from ``resume.restored`` when given, and raises
+    :class:`StageInterrupted` (after a save) when a fixed iteration count meets the deadline first. At the
+    end of a completed stage with ``ema``, the modules hold the averages.
+    """
     import torch
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -263,7 +304,33 @@ def _run_loop(
     accumulated = None
     since_log = 0
     done = 0
+    elapsed_before = 0.0
     last: dict[str, float] = {}
+    diverged = False
+    if resume is not None and resume.restored is not None:
+        done, elapsed_before = _restore_loop(resume.restored, name, modules, optimizer, ema, rollback, budget)
+        resume.generator.set_state(resume.restored["generator"])
+        torch.set_rng_state(resume.restored["torch_rng"])
+        rollback.snapshot()
+        log(f"  [{name}] resumed at iteration {done}/{budget.planned}")
+
+    def save() -> None:
+        state = resume.run_state()
+        state["loop"] = {
+            "stage": name,
+            "done": done,
+            "planned": budget.planned,
+            "elapsed": elapsed_before + time.monotonic() - budget.start,
+            "rollback": {"count": rollback.count, "lr_scale": rollback.lr_scale},
+            "modules": [m.state_dict() for m in modules],
+            "optimizer": optimizer.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "generator": resume.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        state["done"] = done
+        resume.checkpointer.save(state)
+
     while budget.keep_going(done):
         factor = lr_factor(done, budget.planned, warmup) * rollback.lr_scale
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -272,6 +339,8 @@ def _run_loop(
         values = step(done).detach()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update()
         accumulated = values if accumulated is None else accumulated + values
         since_log += 1
         done += 1
@@ -279,11 +348,12 @@ def _run_loop(
             means = (accumulated / since_log).float().tolist()
             accumulated, since_log = None, 0
             last = dict(zip(loss_names, means, strict=True))
-            elapsed = time.monotonic() - budget.start
+            elapsed = elapsed_before + time.monotonic() - budget.start
             if not all(math.isfinite(v) for v in means):
                 if not rollback.restore():
                     log(f"  [{name}] loss not finite again: stopping the stage at the last good weights")
                     last = {}
+                    diverged = True
                     break
                 log(f"  [{name}] loss not finite at iteration {done}: rolled back, learning rate halved")
                 continue
@@ -292,7 +362,37 @@ def _run_loop(
             planned = "?" if budget.planned is None else str(budget.planned)
             shown = " ".join(f"{k}={v:.4f}" for k, v in last.items())
             log(f"  [{name}] it {done}/{planned} {elapsed:6.1f}s lr={base_lrs[0] * factor:.2e} {shown}")
-    return StageResult(done, time.monotonic() - budget.start, budget.planned, rollback.count, last)
+        if resume is None:
+            continue
+        # Saved only at a logged iteration: then the loss curve and the weights agree exactly.
+        if since_log == 0 and resume.checkpointer.due():
+            save()
+        if stop_requested():
+            save()
+            raise StopRequested(f"stage {name} stopped at iteration {done} by {stop_requested()}")
+    if resume is not None and not diverged and budget.iterations is not None and done < budget.iterations:
+        save()
+        raise StageInterrupted(name, done, budget.iterations)
+    if ema is not None and not diverged:
+        ema.copy_to_modules()
+    seconds = elapsed_before + time.monotonic() - budget.start
+    return StageResult(done, seconds, budget.planned, rollback.count, last)
+
+
+def _restore_loop(state, name, modules, optimizer, ema, rollback, budget) -> tuple[int, float]:
+    """Load a saved loop state into the stage's objects; returns (iterations done, seconds spent)."""
+    if state["stage"] != name:
+        raise ValueError(f"the checkpoint is of stage {state['stage']!r}, not {name!r}.")
+    for module, saved in zip(modules, state["modules"], strict=True):
+        module.load_state_dict(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    rollback.count = int(state["rollback"]["count"])
+    rollback.lr_scale = float(state["rollback"]["lr_scale"])
+    # The schedule was fixed when the stage started: the resumed stage finishes exactly that plan.
+    budget.planned = budget.iterations = state["planned"]
+    return int(state["done"]), float(state["elapsed"])
 
 
 def train_vae(
@@ -309,6 +409,8 @@ def train_vae(
     log: Log,
     log_every: int = 50,
     warmup: int = 100,
+    ema_decay: float = 0.0,
+    resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``vae`` to reconstruct the pool's pictures (L1 + L1 of pixel differences + a small KL)."""
     import torch
@@ -335,9 +437,11 @@ def train_vae(
         loss.backward()
         return torch.stack([loss, l1, kl])
 
+    ema = Ema([vae], ema_decay) if ema_decay > 0 else None
     result = _run_loop(
-        "vae", step, ("loss", "l1", "kl"), [vae], optimizer, [lr], budget, warmup, log_every, losses, log
-    )
+        "vae", step, ("loss", "l1", "kl"), [vae], optimizer, [lr], budget, warmup, log_every, losses, log,
+        ema, resume,
+    )  # fmt: skip
     vae.eval().requires_grad_(False)
     return result
 
@@ -435,6 +539,8 @@ def train_unet(
     log: Log,
     log_every: int = 50,
     warmup: int = 200,
+    ema_decay: float = 0.0,
+    resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``unet`` for text-conditioned epsilon prediction (min-SNR-5 weighted MSE, prompt dropout)."""
     import torch
@@ -455,8 +561,9 @@ def train_unet(
         (mse * schedule.loss_weight[timesteps]).mean().backward()
         return mse.mean().unsqueeze(0)
 
+    ema = Ema([unet], ema_decay) if ema_decay > 0 else None
     result = _run_loop(
-        "unet", step, ("mse",), [unet], optimizer, [lr], budget, warmup, log_every, losses, log
+        "unet", step, ("mse",), [unet], optimizer, [lr], budget, warmup, log_every, losses, log, ema, resume
     )
     unet.eval().requires_grad_(False)
     return result
@@ -481,6 +588,8 @@ def train_controlnets(
     high_noise_bias: float = 0.5,
     log_every: int = 50,
     warmup: int = 100,
+    ema_decay: float = 0.0,
+    resume: LoopResume | None = None,
 ) -> StageResult:
     """Train one ControlNet per condition type against the frozen ``unet``, all in one loop.
 
@@ -532,6 +641,7 @@ def train_controlnets(
         (mse * schedule.loss_weight[timesteps]).mean().backward()
         return mse.view(len(names), batch_size).mean(dim=1)
 
+    ema = Ema(list(controlnets.values()), ema_decay) if ema_decay > 0 else None
     result = _run_loop(
         "controlnet",
         step,
@@ -544,7 +654,191 @@ def train_controlnets(
         log_every,
         losses,
         log,
+        ema,
+        resume,
     )
     for controlnet in controlnets.values():
         controlnet.eval().requires_grad_(False)
+    return result
+
+
+def train_decoder(
+    vae,
+    pool: ScenePool,
+    conditioning: Conditioning,
+    *,
+    device: str,
+    amp: bool = False,
+    budget: StageBudget,
+    batch_size: int,
+    lr: float,
+    generator,
+    losses: LossLog,
+    log: Log,
+    log_every: int = 50,
+    warmup: int = 100,
+    ema_decay: float = 0.0,
+    resume: LoopResume | None = None,
+) -> StageResult:
+    """Train ``vae``'s decoder on, with the encoder frozen (the same losses as :func:`train_vae`, no KL).
+
+    The encoder, and with it every latent the U-Net and ControlNets were trained on, stays exactly as it
+    was, so a better decoder raises the reconstruction ceiling without retraining the denoisers. The
+    latents come from the pool's precomputed posteriors (``conditioning``): no encoder pass per step.
+    """
+    import torch
+
+    vae.eval().requires_grad_(False)
+    trained = [vae.post_quant_conv, vae.decoder]
+    for module in trained:
+        module.train().requires_grad_(True)
+    optimizer = _optimizer([p for m in trained for p in m.parameters()], lr)
+    n = len(pool)
+
+    def step(_: int):
+        index = torch.randint(0, n, (batch_size,), device=device, generator=generator)
+        means, stds = conditioning.latent_means[index], conditioning.latent_stds[index]
+        z = means + stds * torch.randn(means.shape, device=device, generator=generator)
+        x = pool.image_batch(index)
+        with _autocast(device, amp):
+            reconstruction = vae.decode(z).sample
+        reconstruction = reconstruction.float()
+        l1 = (reconstruction - x).abs().mean()
+        dx = (reconstruction.diff(dim=-1) - x.diff(dim=-1)).abs().mean()
+        dy = (reconstruction.diff(dim=-2) - x.diff(dim=-2)).abs().mean()
+        loss = l1 + _VAE_GRAD_WEIGHT * (dx + dy)
+        loss.backward()
+        return torch.stack([loss, l1])
+
+    ema = Ema(trained, ema_decay) if ema_decay > 0 else None
+    result = _run_loop(
+        "decoder", step, ("loss", "l1"), trained, optimizer, [lr], budget, warmup, log_every, losses, log,
+        ema, resume,
+    )  # fmt: skip
+    vae.eval().requires_grad_(False)
+    return result
+
+
+def joint_batch_sizes(batch_size: int, conditions: int, control_dropout: float) -> tuple[int, int]:
+    """Scenes per condition type and scenes without control in one joint iteration.
+
+    ``control_dropout`` is the share of the whole batch trained without any ControlNet.
+
+    Example:
+        >>> joint_batch_sizes(8, 4, 0.2), joint_batch_sizes(1, 2, 0.2), joint_batch_sizes(8, 4, 0.0)
+        ((8, 8), (1, 1), (8, 0))
+    """
+    if control_dropout <= 0:
+        return batch_size, 0
+    # at least one uncontrolled scene whenever dropout is asked for, however small the batch
+    return batch_size, max(1, round(control_dropout * batch_size * conditions / (1.0 - control_dropout)))
+
+
+def train_joint(
+    unet,
+    controlnets: dict[str, Any],
+    pool: ScenePool,
+    conditioning: Conditioning,
+    schedule: DiffusionSchedule,
+    *,
+    device: str,
+    amp: bool = False,
+    budget: StageBudget,
+    batch_size: int,
+    lr: float,
+    generator,
+    losses: LossLog,
+    log: Log,
+    prompt_dropout: float = 0.1,
+    control_dropout: float = 0.2,
+    high_noise_bias: float = 0.5,
+    log_every: int = 50,
+    warmup: int = 100,
+    ema_decay: float = 0.0,
+    resume: LoopResume | None = None,
+) -> StageResult:
+    """Train the U-Net and every ControlNet together (control dropout keeps the base usable on its own).
+
+    Every iteration draws ``batch_size`` scenes per condition type, each run through its own ControlNet,
+    and a share ``control_dropout`` of the whole batch with no control at all; one U-Net call takes them
+    all, with zero residuals for the uncontrolled scenes. Unlike freezing the base first, the U-Net learns
+    from every controlled scene too, and the layout that the condition gives makes each of them a far
+    easier (so faster learned) denoising problem.
+    """
+    import torch
+
+    names = list(controlnets)
+    per_condition, dropped = joint_batch_sizes(batch_size, len(names), control_dropout)
+    modules = [unet, *controlnets.values()]
+    for module in modules:
+        module.train().requires_grad_(True)
+    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], lr)
+    n = len(pool)
+
+    def noisy_batch(size: int, bias: float):
+        index = torch.randint(0, n, (size,), device=device, generator=generator)
+        latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
+        noise = torch.randn(latents.shape, device=device, generator=generator)
+        timesteps = schedule.sample_timesteps(size, generator, device, bias)
+        return index, schedule.add_noise(latents, noise, timesteps), noise, timesteps, embeds
+
+    def step(_: int):
+        noisy_all, noise_all, t_all, embeds_all, downs, mids = [], [], [], [], [], []
+        for name, controlnet in controlnets.items():
+            index, noisy, noise, timesteps, embeds = noisy_batch(per_condition, high_noise_bias)
+            with _autocast(device, amp):
+                down, mid = controlnet(
+                    noisy,
+                    timesteps,
+                    encoder_hidden_states=embeds,
+                    controlnet_cond=pool.condition_batch(name, index),
+                    return_dict=False,
+                )
+            downs.append(down)
+            mids.append(mid)
+            noisy_all.append(noisy)
+            noise_all.append(noise)
+            t_all.append(timesteps)
+            embeds_all.append(embeds)
+        if dropped:  # no control: zero residuals, which is what a dropped ControlNet adds
+            _, noisy, noise, timesteps, embeds = noisy_batch(dropped, 0.0)
+            downs.append([r.new_zeros((dropped, *r.shape[1:])) for r in downs[0]])
+            mids.append(mids[0].new_zeros((dropped, *mids[0].shape[1:])))
+            noisy_all.append(noisy)
+            noise_all.append(noise)
+            t_all.append(timesteps)
+            embeds_all.append(embeds)
+        timesteps = torch.cat(t_all)
+        with _autocast(device, amp):
+            prediction = unet(
+                torch.cat(noisy_all),
+                timesteps,
+                encoder_hidden_states=torch.cat(embeds_all),
+                down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
+                mid_block_additional_residual=torch.cat(mids),
+            ).sample
+        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
+        (mse * schedule.loss_weight[timesteps]).mean().backward()
+        controlled = mse[: per_condition * len(names)].view(len(names), per_condition).mean(dim=1)
+        base = mse[per_condition * len(names) :].mean() if dropped else torch.zeros((), device=device)
+        return torch.cat([controlled, base.view(1)])
+
+    ema = Ema(modules, ema_decay) if ema_decay > 0 else None
+    result = _run_loop(
+        "joint",
+        step,
+        (*(f"mse_{c}" for c in names), "mse_uncontrolled"),
+        modules,
+        optimizer,
+        [lr] * len(modules),
+        budget,
+        warmup,
+        log_every,
+        losses,
+        log,
+        ema,
+        resume,
+    )
+    for module in modules:
+        module.eval().requires_grad_(False)
     return result

@@ -5,13 +5,24 @@ type (seg, canny, hed, depth) within ``--budget-minutes`` of wall time, saves th
 (``DIR/base``, ``DIR/controlnet-<cond>``, safetensors), and runs a self-check on held-out scenes. Copy
 ``DIR`` to ``hgc_tune/zoo/weights`` to ship it, and ``DIR/reports`` to ``reports/``.
 
-Example:
+A run checkpoints ``DIR/checkpoint/checkpoint.pt`` between stages and at least every
+``--checkpoint-minutes`` within one; ``--resume DIR`` continues it exactly where it stopped (a kill, SIGTERM,
+or a stage with fixed ``--iterations`` that met this invocation's ``--budget-minutes``), so a long CPU run
+can be spread over several invocations.
+
+Examples:
     PYTHONPATH=. python -m hgc_tune.zoo.train --out runs/shapes --device cuda --budget-minutes 7
+    # the CPU recipe: warm start from the shipped weights, decoder then joint U-Net + ControlNet training
+    PYTHONPATH=. python -m hgc_tune.zoo.train --out runs/shapes --device cpu \
+        --init-from hgc_tune/zoo/weights \
+        --stages decoder,joint --iterations decoder=1500,joint=6000 --budget-minutes 120 --threads 2
+    PYTHONPATH=. python -m hgc_tune.zoo.train --resume runs/shapes --budget-minutes 120 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -30,6 +41,8 @@ _DEFAULTS = {
         "vae_batch_size": 128,
         "unet_batch_size": 512,
         "controlnet_batch_size": 128,
+        "decoder_batch_size": 128,
+        "joint_batch_size": 64,
         "log_every": 100,
         "eval_guidance": "7.5,4,2",
         "eval_reserve": 0.08,
@@ -40,6 +53,8 @@ _DEFAULTS = {
         "vae_batch_size": 16,
         "unet_batch_size": 32,
         "controlnet_batch_size": 8,
+        "decoder_batch_size": 32,
+        "joint_batch_size": 8,
         "log_every": 10,
         "eval_guidance": "7.5",
         "eval_reserve": 0.12,
@@ -69,11 +84,47 @@ def _iterations(text: str) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (defaults that depend on ``--device`` are ``None`` here)."""
     p = argparse.ArgumentParser(prog="python -m hgc_tune.zoo.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (required unless --resume)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint, with its saved settings (only --budget-minutes, "
+        "--threads, --workers and --checkpoint-minutes may be given anew)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="DIR",
+        help="start from the models of a shapes-model folder, e.g. hgc_tune/zoo/weights (warm start); stages "
+        "left out load them",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=TrainConfig.checkpoint_minutes,
+        help="longest time between two checkpoints (default 5)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=TrainConfig.ema_decay,
+        help="EMA of the weights kept by every stage; the averages ship (default 0: off)",
+    )
+    p.add_argument(
+        "--control-dropout",
+        type=float,
+        default=TrainConfig.control_dropout,
+        help="share of each joint batch trained without control (default 0.2)",
+    )
     p.add_argument("--device", default="cuda", help="torch device (cuda, cpu); default cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-minutes", type=float, help="total wall time (default 7 on cuda, 85 on cpu)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of vae,unet,controlnet")
+    p.add_argument(
+        "--stages",
+        default="vae,unet,controlnet",
+        help=f"comma-separated subset of {','.join(STAGES)} (default vae,unet,controlnet)",
+    )
     p.add_argument("--conditions", default="seg,canny,hed,depth", help="ControlNets to train")
     p.add_argument(
         "--continue-controlnets",
@@ -87,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch-size", type=int)
     p.add_argument("--unet-batch-size", type=int)
     p.add_argument("--controlnet-batch-size", type=int, help="scenes per condition type per iteration")
+    p.add_argument("--decoder-batch-size", type=int)
+    p.add_argument("--joint-batch-size", type=int, help="scenes per condition type per joint iteration")
     p.add_argument("--lr-vae", type=float, default=TrainConfig.lr_vae)
     p.add_argument("--lr-unet", type=float, default=TrainConfig.lr_unet)
     p.add_argument("--lr-controlnet", type=float, default=TrainConfig.lr_controlnet)
+    p.add_argument("--lr-decoder", type=float, default=TrainConfig.lr_decoder)
+    p.add_argument("--lr-joint", type=float, default=TrainConfig.lr_joint)
     p.add_argument("--eval-samples", type=int, default=16, help="self-check scenes per condition (0: skip)")
     p.add_argument(
         "--eval-guidance", type=_floats, help="guidance scales to check (default 7.5,4,2 cuda; 7.5 cpu)"
@@ -128,6 +183,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         vae_batch_size=pick("vae_batch_size"),
         unet_batch_size=pick("unet_batch_size"),
         controlnet_batch_size=pick("controlnet_batch_size"),
+        decoder_batch_size=pick("decoder_batch_size"),
+        joint_batch_size=pick("joint_batch_size"),
+        lr_decoder=args.lr_decoder,
+        lr_joint=args.lr_joint,
+        control_dropout=args.control_dropout,
+        ema_decay=args.ema_decay,
+        init_from=args.init_from,
+        checkpoint_minutes=args.checkpoint_minutes,
         lr_vae=args.lr_vae,
         lr_unet=args.lr_unet,
         lr_controlnet=args.lr_controlnet,
@@ -139,6 +202,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_every=pick("log_every"),
         eval_reserve_fraction=defaults["eval_reserve"],
     )
+
+
+# Settings an invocation that resumes may choose anew: they change where and how long, not what is trained.
+_RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes"}
+
+
+def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
+    """The saved settings of the run to resume, with this invocation's budget, workers and interval.
+
+    Raises:
+        TrainError: Another setting was given (it would silently be ignored) or --out names another folder.
+    """
+    parser = build_parser()
+    given = sorted(
+        name
+        for name, value in vars(args).items()
+        if name not in _RESUMABLE_FLAGS and value != parser.get_default(name)
+    )
+    if args.out is not None and Path(args.out).resolve() == Path(args.resume).resolve():
+        given.remove("out")
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise TrainError(
+            f"--resume continues a run with its saved settings; only --budget-minutes, --threads, --workers "
+            f"and --checkpoint-minutes may be given with it, but got {flags}."
+        )
+    config = TrainConfig.from_json(state["config"])
+    changes = {"out": Path(args.resume)}
+    for name in ("budget_minutes", "workers", "checkpoint_minutes"):
+        if getattr(args, name) != parser.get_default(name):
+            changes[name] = getattr(args, name)
+    return dataclasses.replace(config, **changes)
 
 
 def preflight(device: str) -> None:
@@ -187,18 +282,27 @@ def main(argv: list[str] | None = None, source=None) -> int:
 
     Returns:
         0 on success (self-check ran; its bars are reported, not enforced), 1 if training or the self-check
-        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings.
+        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings, 3 when the run
+        stopped at a checkpoint (its budget ran out before a fixed iteration count, or a signal): continue
+        it with ``--resume``.
     """
     import traceback
 
     from hgc_tune.errors import HgcTuneError
-    from hgc_tune.zoo._run import run_training
+    from hgc_tune.zoo._run import load_resume_state, run_training
 
     start = time.monotonic()
     log = functools.partial(print, flush=True)
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        state = None
+        if args.resume is not None:
+            state = load_resume_state(args.resume)
+            config = resumed_config(args, state)
+        elif args.out is None:
+            raise TrainError("--out is required (or --resume DIR to continue a run).")
+        else:
+            config = config_from_args(args)
         config.check()
         preflight(config.device)
         _quiet_libraries()
@@ -206,14 +310,16 @@ def main(argv: list[str] | None = None, source=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        log(f"hgc_tune.zoo.train: {config}")
-        summary = run_training(config, source=source, log=log, start=start)
+        log(f"hgc_tune.zoo.train: {'resuming ' if state else ''}{config}")
+        summary = run_training(config, source=source, log=log, start=start, resume_state=state)
     except HgcTuneError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except Exception:
         print(f"training failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         return 1
+    if "interrupted" in summary:
+        return 3
     check = summary.get("self_check", {})
     if "error" in check:
         return 1

@@ -43,12 +43,13 @@ def test_flags_override_defaults():
 
 def test_bad_iterations_flag_is_a_usage_error():
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--out", "x", "--iterations", "decoder=3"])
+        build_parser().parse_args(["--out", "x", "--iterations", "encoder=3"])
 
 
 def test_unknown_stage_exits_2(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--device", "cpu", "--stages", "vae,decoder"]) == 2
-    assert "`stages` must be a non-empty subset of vae, unet, controlnet" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--device", "cpu", "--stages", "vae,encoder"]) == 2
+    err = capsys.readouterr().err
+    assert "`stages` must be a non-empty subset of vae, decoder, unet, controlnet, joint" in err
 
 
 def test_stage_without_saved_input_exits_2(tmp_path, capsys):

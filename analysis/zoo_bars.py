@@ -1,0 +1,169 @@
+"""Measure the embedded ``shapes`` model against its acceptance bars and print a markdown table + JSON.
+
+Every figure comes from the documented commands or the library they call, on the held-out split:
+
+- control, per condition type: ``hgc-tune evaluate --policy peer:cnwin-k0-drop`` (full compute = the
+  ControlNet at work; the policy = the ControlNet dropped at every step), 32 samples, 20 steps, guidance 7.5;
+- stability: the paired per-sample change of seg mIoU under ``peer:deepcache-n3-b0``, 64 samples;
+- the VAE's ceiling: mIoU of the class map decoded from encode -> decode of held-out scenes, beside the
+  ground-truth pictures' own decoding;
+- the size of what ships.
+
+Usage:
+    PYTHONPATH=. python analysis/zoo_bars.py [--weights hgc_tune/zoo/weights] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CONDITIONS = ("seg", "canny", "hed", "depth")
+# condition -> (metric, higher is better, ratio vs dropped, floor)
+BARS = {
+    "seg": ("miou", True, 2.0, 0.60),
+    "canny": ("edge_f1", True, 2.5, None),
+    "hed": ("edge_ssim", True, 2.0, None),
+    "depth": ("depth_rmse", False, 0.5, None),
+}
+VAE_BAR = 0.93
+STABILITY_STD_BAR = 0.03
+FLIP = 0.1
+SIZE_BAR_MB = 40.0
+
+
+def _evaluate(weights: Path, condition: str, policy: str, samples: int) -> dict:
+    command = [
+        sys.executable, "-m", "hgc_tune", "evaluate", "--model", str(weights / "base"),
+        "--controlnet", str(weights / f"controlnet-{condition}"), "--condition", condition,
+        "--policy", policy, "--dataset", "shapes", "--split", "heldout", "--samples", str(samples),
+        "--steps", "20", "--guidance-scale", "7.5", "--json",
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return json.loads(out.stdout)
+
+
+def _vae_ceiling(weights: Path, samples: int) -> dict:
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    from hgc_tune.data import render_scene, split_seeds
+    from hgc_tune.data._shapes import class_map_from_seg, decode_class_map
+    from hgc_tune.fidelity._metrics import miou
+
+    vae = AutoencoderKL.from_pretrained(weights / "base" / "vae", torch_dtype=torch.float32).eval()
+    scenes = [render_scene(s, size=64) for s in split_seeds("heldout", samples)]
+    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+    pictures = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    truth = [class_map_from_seg(s.seg) for s in scenes]
+    return {
+        "samples": samples,
+        "reconstruction_miou": float(
+            np.mean([miou(decode_class_map(p), t) for p, t in zip(pictures, truth)])
+        ),
+        "ground_truth_miou": float(
+            np.mean([miou(decode_class_map(s.image), t) for s, t in zip(scenes, truth)])
+        ),
+    }
+
+
+def _size_mb(weights: Path) -> float:
+    files = [
+        f for sub in ("base", *(f"controlnet-{c}" for c in CONDITIONS)) for f in (weights / sub).rglob("*")
+    ]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
+def measure(weights: Path, control_samples: int, stability_samples: int) -> dict:
+    """All figures of the table, as JSON-ready data."""
+    control = {}
+    for condition in CONDITIONS:
+        metric, higher, ratio_bar, floor = BARS[condition]
+        result = _evaluate(weights, condition, "peer:cnwin-k0-drop", control_samples)
+        with_control, dropped = result["full"], result["policy"]
+        ratio = with_control / dropped if dropped else float("inf")
+        passes = ratio >= ratio_bar if higher else ratio <= ratio_bar
+        if floor is not None:
+            passes = passes and with_control >= floor
+        control[condition] = {
+            "metric": metric,
+            "with_control": with_control,
+            "dropped": dropped,
+            "ratio": ratio,
+            "bar": f"{'>=' if higher else '<='} {ratio_bar}x dropped" + (f" and >= {floor}" if floor else ""),
+            "passes": passes,
+        }
+    cached = _evaluate(weights, "seg", "peer:deepcache-n3-b0", stability_samples)
+    changes = [p - f for f, p in zip(cached["per_sample_full"], cached["per_sample_policy"])]
+    stability = {
+        "samples": len(changes),
+        "mean_full": cached["full"],
+        "mean_change": statistics.fmean(changes),
+        "std_change": statistics.stdev(changes),
+        "flips_over_0.1": sum(abs(c) > FLIP for c in changes),
+    }
+    stability["passes"] = stability["std_change"] <= STABILITY_STD_BAR and stability["flips_over_0.1"] <= 1
+    vae = _vae_ceiling(weights, 64)
+    vae["passes"] = vae["reconstruction_miou"] >= VAE_BAR
+    size = _size_mb(weights)
+    return {
+        "weights": str(weights),
+        "control": control,
+        "stability": stability,
+        "vae": vae,
+        "size_mb": size,
+        "size_passes": size <= SIZE_BAR_MB,
+    }
+
+
+def markdown(figures: dict) -> str:
+    """The figures as the acceptance table."""
+    rows = ["| what | measured | bar | passes |", "| --- | --- | --- | --- |"]
+    for condition, c in figures["control"].items():
+        rows.append(
+            f"| {condition} {c['metric']} | {c['with_control']:.3f} vs dropped {c['dropped']:.3f} "
+            f"({c['ratio']:.2f}x) | {c['bar']} | {'yes' if c['passes'] else 'no'} |"
+        )
+    v = figures["vae"]
+    rows.append(
+        f"| VAE reconstruction (held-out, {v['samples']}) | mIoU {v['reconstruction_miou']:.3f} "
+        f"(ground truth "
+        f"{v['ground_truth_miou']:.3f}) | >= {VAE_BAR} | {'yes' if v['passes'] else 'no'} |"
+    )
+    s = figures["stability"]
+    rows.append(
+        f"| seg mIoU change under deepcache-n3-b0 ({s['samples']}) | std {s['std_change']:.4f}, "
+        f"{s['flips_over_0.1']} samples > {FLIP} (mean mIoU {s['mean_full']:.3f}) | std <= "
+        f"{STABILITY_STD_BAR}, <= 1 flip | {'yes' if s['passes'] else 'no'} |"
+    )
+    rows.append(
+        f"| shipped weights | {figures['size_mb']:.1f} MB | <= {SIZE_BAR_MB:g} MB | "
+        f"{'yes' if figures['size_passes'] else 'no'} |"
+    )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=Path("hgc_tune/zoo/weights"))
+    parser.add_argument("--control-samples", type=int, default=32)
+    parser.add_argument("--stability-samples", type=int, default=64)
+    parser.add_argument("--json-out", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    figures = measure(args.weights, args.control_samples, args.stability_samples)
+    print(markdown(figures))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

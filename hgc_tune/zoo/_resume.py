@@ -1,0 +1,192 @@
+"""What lets a training run stop and go on later: EMA weights, atomic checkpoints and a stop signal.
+
+A checkpoint holds everything the training loop needs to continue exactly where it stopped: the weights
+being trained, their EMA copies, the optimizer's moments, the learning-rate schedule's position (iteration
+done and iterations planned), the divergence guard's state, the data/noise generator and torch's global RNG,
+and the loss curves so far. It is written to a temporary file and renamed into place, so a kill at any
+moment leaves either the previous checkpoint or the new one, never a torn file. Checkpoints are this
+project's own files (``torch.save`` of tensors and plain containers) and are loaded with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CHECKPOINT_FILE", "Checkpointer", "Ema", "StopRequested", "stop_on_signals", "stop_requested"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived: the loop saved a checkpoint and stops."""
+
+
+class Ema:
+    """Exponential moving averages of some modules' floating-point parameters and buffers.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early averages are not
+    dominated by the initial weights. Sampling from the averages instead of the last weights removes most of
+    the step-to-step noise of a short, small-batch training run.
+    """
+
+    def __init__(self, modules: Sequence[Any], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"`decay` must be in (0, 1), but got decay={decay}.")
+        self.modules = list(modules)
+        self.decay = decay
+        self.updates = 0
+        self.shadows = [{k: v.detach().clone() for k, v in _floats(m)} for m in self.modules]
+
+    def update(self) -> None:
+        """Move every average toward the current weights."""
+        import torch
+
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        with torch.no_grad():
+            for module, shadow in zip(self.modules, self.shadows, strict=True):
+                for name, value in _floats(module):
+                    shadow[name].lerp_(value.detach(), 1.0 - decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Within the block the modules hold the averages; the trained weights come back after it."""
+        import torch
+
+        saved = [{k: v.detach().clone() for k, v in _floats(m)} for m in self.modules]
+        try:
+            self.copy_to_modules()
+            yield
+        finally:
+            with torch.no_grad():
+                for module, state in zip(self.modules, saved, strict=True):
+                    for name, value in _floats(module):
+                        value.copy_(state[name])
+
+    def copy_to_modules(self) -> None:
+        """Overwrite the modules' weights with the averages (the end of a stage: the averages ship)."""
+        import torch
+
+        with torch.no_grad():
+            for module, shadow in zip(self.modules, self.shadows, strict=True):
+                for name, value in _floats(module):
+                    value.copy_(shadow[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadows": self.shadows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        self.updates = int(state["updates"])
+        for shadow, saved in zip(self.shadows, state["shadows"], strict=True):
+            for name, value in shadow.items():
+                value.copy_(saved[name])
+
+
+def _floats(module) -> Iterator[tuple[str, Any]]:
+    for name, value in module.state_dict(keep_vars=True).items():
+        if value.is_floating_point():
+            yield name, value
+
+
+class Checkpointer:
+    """Saves a stage's loop state to ``folder/checkpoint.pt`` at most every ``interval_seconds``.
+
+    Attributes:
+        folder: Where the checkpoint lives (the run's ``checkpoint/`` folder).
+        interval_seconds: Time between periodic saves (0: after every iteration, for tests).
+        saved_at: Iterations done at each save in this process (tests read it).
+    """
+
+    def __init__(self, folder: Path, interval_seconds: float) -> None:
+        self.folder = Path(folder)
+        self.interval_seconds = float(interval_seconds)
+        self.last = time.monotonic()
+        self.saved_at: list[int] = []
+
+    @property
+    def path(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    def due(self) -> bool:
+        """Whether the interval since the last save has passed."""
+        return time.monotonic() - self.last >= self.interval_seconds
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        directory = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self.last = time.monotonic()
+        self.saved_at.append(int(state.get("done", -1)))
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or ``None`` when there is none."""
+        import torch
+
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def clear(self) -> None:
+        """Remove the checkpoint (its stage finished and saved its models)."""
+        self.path.unlink(missing_ok=True)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+
+_STOP = _StopFlag()
+
+
+def stop_requested() -> str:
+    """The name of the signal (SIGTERM/SIGINT) that arrived while :func:`stop_on_signals` was active, or
+    ``""``."""
+    return _STOP.signal_name if _STOP.requested else ""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into a request that the training loop honours at its next iteration (it saves
+    a checkpoint first); the previous handlers come back on exit. A second signal stops at once."""
+    previous = {}
+
+    def handler(signum, frame):
+        if _STOP.requested:
+            raise KeyboardInterrupt
+        _STOP.requested = True
+        _STOP.signal_name = signal.Signals(signum).name
+
+    _STOP.requested = False
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        previous.clear()
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _STOP.requested = False
