@@ -20,7 +20,7 @@ from hgc_tune.executor._controlnet_window import (
 )
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models import cacheable_module_keys, model_fingerprint
+from hgc_tune.models import cacheable_module_keys
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context, remove_hook
 
@@ -30,26 +30,26 @@ _HANDLE_ATTR = "_hgc_policy_handle"
 
 
 def check_policy_fits(
-    pipe: Any, policy: Policy, *, check_fingerprint: bool = True
+    pipe: Any, policy: Policy, condition_type: str | None = None, *, check_fingerprint: bool = True
 ) -> dict[str, torch.nn.Module]:
     """Raise :class:`PolicyMismatchError` if ``policy`` does not fit ``pipe``; return its cacheable modules
-    by key."""
-    target = policy.target
-    found = {
-        "pipeline_class": type(pipe).__name__,
-        "unet_class": type(pipe.unet).__name__,
-        "controlnet_class": type(pipe.controlnet).__name__,
-    }
-    diffs = [
-        f"{field}: policy has {getattr(target, field)!r}, pipeline has {value!r}"
-        for field, value in found.items()
-        if getattr(target, field) != value
-    ]
-    if not diffs and check_fingerprint and target.fingerprint != model_fingerprint(pipe):
-        diffs.append(
-            f"fingerprint: policy has {target.fingerprint!r}, pipeline has {model_fingerprint(pipe)!r} "
-            "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
-        )
+    by key.
+
+    The one comparison of a policy with a pipeline (the executor and ``hgc-tune macs`` use it): pipeline,
+    U-Net and ControlNet classes, scheduler, structural fingerprint, the condition type (when
+    ``condition_type`` is given), and then every module key the policy names. The error names each field
+    that differs with both values.
+
+    Args:
+        pipe: The pipeline.
+        policy: The policy.
+        condition_type: The condition the pipeline generates for (``None``: not checked).
+        check_fingerprint: Also compare the structural fingerprint.
+    """
+    from hgc_tune.policy import target_for_pipeline
+
+    found = target_for_pipeline(pipe, num_steps=policy.num_steps, condition_type=condition_type)
+    diffs = policy.target.mismatches(found, check_fingerprint=check_fingerprint)
     if diffs:
         raise PolicyMismatchError(
             f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
@@ -148,7 +148,8 @@ def apply_policy(
     Args:
         pipe: The pipeline (its ``unet``, ``controlnet`` and ``scheduler`` are hooked in place).
         policy: A :class:`Policy`, or a :class:`PolicyFile` from which ``condition_type`` picks one.
-        condition_type: Which policy of a multi-policy file to apply.
+        condition_type: The condition the pipeline generates for: it picks the policy of a multi-policy
+            file, and a policy made for another condition type is refused.
         check_fingerprint: Refuse a policy made for another U-Net/ControlNet configuration.
 
     Returns:
@@ -176,7 +177,7 @@ def apply_policy(
             f"a policy ({existing.policy.name!r}) is already applied to this pipeline; call .remove() on its "
             "handle before applying another."
         )
-    modules = check_policy_fits(pipe, policy, check_fingerprint=check_fingerprint)
+    modules = check_policy_fits(pipe, policy, condition_type, check_fingerprint=check_fingerprint)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)

@@ -75,6 +75,30 @@ class PolicyTarget:
                 f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
             )
 
+    def mismatches(self, found: PolicyTarget, *, check_fingerprint: bool = True) -> list[str]:
+        """What differs between this target and ``found`` (the target of the pipeline at hand), each as
+        ``"field: policy has …, pipeline has …"``; empty if the policy fits.
+
+        Classes and scheduler are compared first; the fingerprint only when the classes agree (for other
+        classes it differs anyway and says nothing more). The condition type is compared when both name one
+        (``None`` fits any condition). The number of steps is not compared: it is only known per call.
+        """
+        fields = ("pipeline_class", "unet_class", "controlnet_class", "scheduler")
+        diffs = [
+            f"{name}: policy has {getattr(self, name)!r}, pipeline has {getattr(found, name)!r}"
+            for name in fields
+            if getattr(self, name) != getattr(found, name)
+        ]
+        if not diffs and check_fingerprint and self.fingerprint != found.fingerprint:
+            diffs.append(
+                f"fingerprint: policy has {self.fingerprint!r}, pipeline has {found.fingerprint!r} "
+                "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
+            )
+        made_for, asked = self.condition_type, found.condition_type
+        if made_for is not None and asked is not None and made_for != asked:
+            diffs.append(f"condition_type: policy has {made_for!r}, pipeline has {asked!r}")
+        return diffs
+
 
 @dataclass(frozen=True)
 class ReuseWindow:
