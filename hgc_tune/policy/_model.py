@@ -202,6 +202,15 @@ class Policy:
         object.__setattr__(self, "blocks", MappingProxyType(dict(sorted(blocks.items()))))
         object.__setattr__(self, "attention", MappingProxyType(dict(sorted(attention.items()))))
 
+    def __reduce__(self) -> tuple:
+        # ``blocks`` and ``attention`` are read-only views, which cannot be pickled: rebuild (and re-validate)
+        # the policy from plain dicts, so copy.deepcopy and pickle work.
+        fields = (self.blocks, self.attention)
+        return (
+            type(self),
+            (self.target, *map(dict, fields), self.controlnet, self.guidance, self.provenance, self.name),
+        )
+
     @property
     def num_steps(self) -> int:
         return self.target.num_steps
