@@ -18,11 +18,21 @@ from hgc_tune.executor._controlnet_window import (
     ControlNetWindowHook,
     apply_controlnet_window,
 )
+from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook, copy_refusal
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
 from hgc_tune.models import cacheable_module_keys
 from hgc_tune.policy import Policy, PolicyFile
-from hgc_tune.runtime import RunContext, attach_run_context, release_run_context, remove_hook
+from hgc_tune.runtime import (
+    RunContext,
+    attach_run_context,
+    calling_pipeline,
+    foreign_hooks,
+    register_hook,
+    release_run_context,
+    remove_hook,
+    repair_hook,
+)
 
 __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits"]
 
@@ -65,10 +75,38 @@ def check_policy_fits(
     return modules
 
 
+def check_other_hooks(pipe: Any, policy: Policy) -> None:
+    """Refuse a CFG-truncating ``policy`` on a pipeline whose denoisers carry another stateful hook.
+
+    diffusers' caches (Pyramid Attention Broadcast, FasterCache, …) keep module outputs across steps at the
+    batch size they saw; once the policy truncates CFG the batch halves and they would return outputs of
+    the wrong size.
+    """
+    for component in ("unet", "controlnet"):
+        for key, name, hook in foreign_hooks(getattr(pipe, component), component):
+            if getattr(hook, "_is_stateful", False):
+                raise PolicyMismatchError(
+                    f"policy {policy.name!r} truncates CFG from step {policy.guidance.cfg_until} (the "
+                    f"denoisers then run half the batch), but diffusers hook {name!r} on {key} keeps outputs "
+                    "across steps at the full batch and would return them at the wrong size. Remove that "
+                    "hook, or use a policy without a guidance window."
+                )
+
+
+def _check_not_shared(pipe: Any) -> None:
+    for component in ("unet", "controlnet"):
+        registry = getattr(getattr(pipe, component), "_diffusers_hook", None)
+        guard = registry.get_hook(POLICY_GUARD_HOOK) if registry is not None else None
+        if guard is not None:
+            raise PolicyAlreadyAppliedError(guard.check.__self__.applied_elsewhere("applying a policy here"))
+
+
 class PolicyHandle:
     """The hooks of one applied policy. ``remove()`` restores the pipeline's exact prior behaviour.
 
-    Usable as a context manager; ``remove()`` is idempotent.
+    Usable as a context manager; ``remove()`` is idempotent. The policy belongs to the pipeline it was applied
+    to: another pipeline that shares its U-Net and ControlNet (``from_pipe``, a pipeline built from its
+    ``components``) is refused when it calls them, and the pipeline cannot be copied while the policy is on.
     """
 
     def __init__(self, pipe: Any, policy: Policy, context: RunContext) -> None:
@@ -79,7 +117,6 @@ class PolicyHandle:
         self.controlnet_hook: ControlNetWindowHook | None = None
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
-        self._guard = pipe.unet.register_forward_pre_hook(self._check_scheduler)
         self._removed = False
 
     @property
@@ -87,31 +124,52 @@ class PolicyHandle:
         return not self._removed
 
     def _begin_call(self, context: RunContext) -> None:
+        self._check_call()
         if context.num_steps != self.policy.num_steps:
             raise StepCountMismatchError(
                 f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
                 f"was called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
             )
+        if self.policy.guidance is not None:
+            # diffusers' caches can be added on top of the policy after it was applied.
+            check_other_hooks(self.pipe, self.policy)
+        for module, name in self._attached:
+            repair_hook(module, name)
         for hook in self.step_hooks.values():
             hook.state.reset()
         if self.controlnet_hook is not None:
             self.controlnet_hook.state.reset()
 
-    def _check_scheduler(self, module: torch.nn.Module, args: tuple) -> None:
-        # The step index comes from the scheduler the policy was applied with; a replaced scheduler would
-        # leave it stale and silently reuse the wrong outputs.
+    def _check_call(self) -> None:
+        # The step index and CFG state come from this pipeline and the scheduler the policy was applied
+        # with; another pipeline or a replaced scheduler would silently reuse the wrong outputs.
+        caller = calling_pipeline()
+        if caller is not None and caller is not self.pipe:
+            raise PolicyError(self.applied_elsewhere("calling this pipeline"))
         if self.pipe.scheduler is not self._scheduler:
             raise PolicyError(
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
 
+    def applied_elsewhere(self, before: str) -> str:
+        """The message for another pipeline that shares this policy's U-Net and ControlNet."""
+        return (
+            f"policy {self.policy.name!r} is applied to another pipeline ({type(self.pipe).__name__} at "
+            f"{id(self.pipe):#x}) that shares this pipeline's U-Net and ControlNet (made with from_pipe or "
+            f"from its components); call remove() on that policy's handle before {before}, then apply the "
+            "policy to the pipeline you call."
+        )
+
     def remove(self) -> None:
-        """Detach every hook of this policy (idempotent)."""
+        """Detach every hook of this policy (idempotent).
+
+        Hooks that others registered on the same modules before or after the policy (diffusers' caches,
+        offloading) keep running.
+        """
         if self._removed:
             return
         self._removed = True
-        self._guard.remove()
         for module, name in reversed(self._attached):
             remove_hook(module, name)
         self._attached.clear()
@@ -121,6 +179,9 @@ class PolicyHandle:
         release_run_context(self.pipe)
         if getattr(self.pipe, _HANDLE_ATTR, None) is self:
             delattr(self.pipe, _HANDLE_ATTR)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise copy_refusal(self.policy.name)
 
     def __enter__(self) -> PolicyHandle:
         return self
@@ -156,8 +217,10 @@ def apply_policy(
         A :class:`PolicyHandle`; call ``remove()`` (or use it as a context manager) to detach.
 
     Raises:
-        PolicyAlreadyAppliedError: The pipeline already has a policy applied.
-        PolicyMismatchError: The policy's target or module keys do not fit the pipeline.
+        PolicyAlreadyAppliedError: The pipeline, or another that shares its U-Net and ControlNet, already
+            has a policy applied.
+        PolicyMismatchError: The policy's target or module keys do not fit the pipeline, or it truncates
+            CFG on denoisers that carry one of diffusers' caches.
         StepCountMismatchError: At call time, if the pipeline runs a different number of steps.
 
     Example:
@@ -177,7 +240,10 @@ def apply_policy(
             f"a policy ({existing.policy.name!r}) is already applied to this pipeline; call .remove() on its "
             "handle before applying another."
         )
+    _check_not_shared(pipe)
     modules = check_policy_fits(pipe, policy, condition_type, check_fingerprint=check_fingerprint)
+    if policy.guidance is not None:
+        check_other_hooks(pipe, policy)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)
@@ -203,6 +269,10 @@ def apply_policy(
                     denoiser, GuidanceTruncationConfig(policy.guidance.cfg_until), context
                 )
                 handle._attached.append((denoiser, GUIDANCE_HOOK))
+        # Registered last, so it is the outermost hook and checks every call before anything runs.
+        for denoiser in (pipe.controlnet, pipe.unet):
+            register_hook(denoiser, PolicyGuardHook(handle._check_call), POLICY_GUARD_HOOK)
+            handle._attached.append((denoiser, POLICY_GUARD_HOOK))
         context.add_begin_listener(handle._begin_call)
     except BaseException:
         handle.remove()
