@@ -98,7 +98,7 @@ def _check_not_shared(pipe: Any) -> None:
         registry = getattr(getattr(pipe, component), "_diffusers_hook", None)
         guard = registry.get_hook(POLICY_GUARD_HOOK) if registry is not None else None
         if guard is not None:
-            raise PolicyAlreadyAppliedError(guard.check.__self__.applied_elsewhere("applying a policy here"))
+            raise PolicyAlreadyAppliedError(guard.owner._applied_elsewhere("applying a policy here"))
 
 
 class PolicyHandle:
@@ -124,7 +124,7 @@ class PolicyHandle:
         return not self._removed
 
     def _begin_call(self, context: RunContext) -> None:
-        self._check_call()
+        self.check_call()
         if context.num_steps != self.policy.num_steps:
             raise StepCountMismatchError(
                 f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
@@ -140,19 +140,21 @@ class PolicyHandle:
         if self.controlnet_hook is not None:
             self.controlnet_hook.state.reset()
 
-    def _check_call(self) -> None:
+    def check_call(self) -> None:
+        """Raise :class:`PolicyError` unless the pipeline the policy was applied to, with the scheduler it
+        was applied with, runs the denoisers (a denoiser driven by hand, outside any pipeline, passes)."""
         # The step index and CFG state come from this pipeline and the scheduler the policy was applied
         # with; another pipeline or a replaced scheduler would silently reuse the wrong outputs.
         caller = calling_pipeline()
         if caller is not None and caller is not self.pipe:
-            raise PolicyError(self.applied_elsewhere("calling this pipeline"))
+            raise PolicyError(self._applied_elsewhere("calling this pipeline"))
         if self.pipe.scheduler is not self._scheduler:
             raise PolicyError(
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
 
-    def applied_elsewhere(self, before: str) -> str:
+    def _applied_elsewhere(self, before: str) -> str:
         """The message for another pipeline that shares this policy's U-Net and ControlNet."""
         return (
             f"policy {self.policy.name!r} is applied to another pipeline ({type(self.pipe).__name__} at "
@@ -271,7 +273,7 @@ def apply_policy(
                 handle._attached.append((denoiser, GUIDANCE_HOOK))
         # Registered last, so it is the outermost hook and checks every call before anything runs.
         for denoiser in (pipe.controlnet, pipe.unet):
-            register_hook(denoiser, PolicyGuardHook(handle._check_call), POLICY_GUARD_HOOK)
+            register_hook(denoiser, PolicyGuardHook(handle), POLICY_GUARD_HOOK)
             handle._attached.append((denoiser, POLICY_GUARD_HOOK))
         context.add_begin_listener(handle._begin_call)
     except BaseException:

@@ -9,7 +9,6 @@ would still run the original modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,12 +38,13 @@ class PolicyHook(ModelHook):
 
 
 class PolicyGuardHook(PolicyHook):
-    """Runs ``check()`` before every forward of the module it is registered on."""
+    """Runs ``owner.check_call()`` before every forward of the module it is registered on; ``owner`` is the
+    :class:`~hgc_tune.executor.PolicyHandle` of the applied policy."""
 
-    def __init__(self, check: Callable[[], None]) -> None:
+    def __init__(self, owner: Any) -> None:
         super().__init__()
-        self.check = check
+        self.owner = owner
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs) -> tuple[tuple, dict]:
-        self.check()
+        self.owner.check_call()
         return args, kwargs

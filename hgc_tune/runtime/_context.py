@@ -3,7 +3,8 @@
 The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
 the start of every pipeline call) and advanced once per denoising step when the scheduler steps
 (``scheduler.step``). Both are host-side Python integers: reading the step costs no device sync, and the
-step is never inferred from the timestep value.
+step is never inferred from the timestep value. Whether the denoisers run with CFG is read from the pipeline
+at every access (``do_classifier_free_guidance``), since a callback may change it within a call.
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
 detached when the last user releases it, restoring the scheduler's own methods.
@@ -100,7 +101,7 @@ class RunContext:
 
     def __repr__(self) -> str:
         s = self._state
-        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={s.cfg}, calls={s.calls})"
+        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={self.cfg}, calls={s.calls})"
 
 
 def calling_pipeline() -> Any | None:
