@@ -112,16 +112,23 @@ def calling_pipeline() -> Any | None:
     record of which one is running. Only ``__call__`` frames are inspected; a denoiser driven by hand, outside
     any pipeline, gives ``None``.
     """
-    from diffusers import DiffusionPipeline
-
+    pipeline_class = _pipeline_class()
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
             owner = frame.f_locals.get("self")
-            if isinstance(owner, DiffusionPipeline):
+            if isinstance(owner, pipeline_class):
                 return owner
         frame = frame.f_back
     return None
+
+
+@functools.cache
+def _pipeline_class() -> type:
+    # Imported on first use (diffusers' pipelines pull in transformers), then cached: it runs per forward.
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
+    return DiffusionPipeline
 
 
 def _pipeline_cfg(pipe: Any) -> bool:
