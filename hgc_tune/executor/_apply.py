@@ -208,6 +208,11 @@ def apply_policy(
     the compute diffusers wastes at ``conditioning_scale == 0``); with a guidance window, the U-Net and the
     ControlNet get truncated-CFG hooks. Nothing is attached if the policy does not fit.
 
+    The policy belongs to ``pipe``: another pipeline sharing its U-Net and ControlNet (``from_pipe``, built
+    from its ``components``) is refused, and so is copying ``pipe`` while the policy is on. To compile, call
+    :func:`~hgc_tune.runtime.compile_regions` afterwards: ``torch.compile`` of the hooked U-Net would guard on
+    the step index and recompile at every step.
+
     Args:
         pipe: The pipeline (its ``unet``, ``controlnet`` and ``scheduler`` are hooked in place).
         policy: A :class:`Policy`, or a :class:`PolicyFile` from which ``condition_type`` picks one.
