@@ -18,11 +18,21 @@ from hgc_tune.executor._controlnet_window import (
     ControlNetWindowHook,
     apply_controlnet_window,
 )
+from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook, copy_refusal
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models import cacheable_module_keys, model_fingerprint
+from hgc_tune.models import cacheable_module_keys
 from hgc_tune.policy import Policy, PolicyFile
-from hgc_tune.runtime import RunContext, attach_run_context, release_run_context, remove_hook
+from hgc_tune.runtime import (
+    RunContext,
+    attach_run_context,
+    calling_pipeline,
+    foreign_hooks,
+    register_hook,
+    release_run_context,
+    remove_hook,
+    repair_hook,
+)
 
 __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits"]
 
@@ -30,26 +40,26 @@ _HANDLE_ATTR = "_hgc_policy_handle"
 
 
 def check_policy_fits(
-    pipe: Any, policy: Policy, *, check_fingerprint: bool = True
+    pipe: Any, policy: Policy, condition_type: str | None = None, *, check_fingerprint: bool = True
 ) -> dict[str, torch.nn.Module]:
     """Raise :class:`PolicyMismatchError` if ``policy`` does not fit ``pipe``; return its cacheable modules
-    by key."""
-    target = policy.target
-    found = {
-        "pipeline_class": type(pipe).__name__,
-        "unet_class": type(pipe.unet).__name__,
-        "controlnet_class": type(pipe.controlnet).__name__,
-    }
-    diffs = [
-        f"{field}: policy has {getattr(target, field)!r}, pipeline has {value!r}"
-        for field, value in found.items()
-        if getattr(target, field) != value
-    ]
-    if not diffs and check_fingerprint and target.fingerprint != model_fingerprint(pipe):
-        diffs.append(
-            f"fingerprint: policy has {target.fingerprint!r}, pipeline has {model_fingerprint(pipe)!r} "
-            "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
-        )
+    by key.
+
+    The one comparison of a policy with a pipeline (the executor and ``hgc-tune macs`` use it): pipeline,
+    U-Net and ControlNet classes, scheduler, structural fingerprint, the condition type (when
+    ``condition_type`` is given), and then every module key the policy names. The error names each field
+    that differs with both values.
+
+    Args:
+        pipe: The pipeline.
+        policy: The policy.
+        condition_type: The condition the pipeline generates for (``None``: not checked).
+        check_fingerprint: Also compare the structural fingerprint.
+    """
+    from hgc_tune.policy import target_for_pipeline
+
+    found = target_for_pipeline(pipe, num_steps=policy.num_steps, condition_type=condition_type)
+    diffs = policy.target.mismatches(found, check_fingerprint=check_fingerprint)
     if diffs:
         raise PolicyMismatchError(
             f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
@@ -65,10 +75,38 @@ def check_policy_fits(
     return modules
 
 
+def check_other_hooks(pipe: Any, policy: Policy) -> None:
+    """Refuse a CFG-truncating ``policy`` on a pipeline whose denoisers carry another stateful hook.
+
+    diffusers' caches (Pyramid Attention Broadcast, FasterCache, …) keep module outputs across steps at the
+    batch size they saw; once the policy truncates CFG the batch halves and they would return outputs of
+    the wrong size.
+    """
+    for component in ("unet", "controlnet"):
+        for key, name, hook in foreign_hooks(getattr(pipe, component), component):
+            if getattr(hook, "_is_stateful", False):
+                raise PolicyMismatchError(
+                    f"policy {policy.name!r} truncates CFG from step {policy.guidance.cfg_until} (the "
+                    f"denoisers then run half the batch), but diffusers hook {name!r} on {key} keeps outputs "
+                    "across steps at the full batch and would return them at the wrong size. Remove that "
+                    "hook, or use a policy without a guidance window."
+                )
+
+
+def _check_not_shared(pipe: Any) -> None:
+    for component in ("unet", "controlnet"):
+        registry = getattr(getattr(pipe, component), "_diffusers_hook", None)
+        guard = registry.get_hook(POLICY_GUARD_HOOK) if registry is not None else None
+        if guard is not None:
+            raise PolicyAlreadyAppliedError(guard.owner._applied_elsewhere("applying a policy here"))
+
+
 class PolicyHandle:
     """The hooks of one applied policy. ``remove()`` restores the pipeline's exact prior behaviour.
 
-    Usable as a context manager; ``remove()`` is idempotent.
+    Usable as a context manager; ``remove()`` is idempotent. The policy belongs to the pipeline it was applied
+    to: another pipeline that shares its U-Net and ControlNet (``from_pipe``, a pipeline built from its
+    ``components``) is refused when it calls them, and the pipeline cannot be copied while the policy is on.
     """
 
     def __init__(self, pipe: Any, policy: Policy, context: RunContext) -> None:
@@ -79,7 +117,6 @@ class PolicyHandle:
         self.controlnet_hook: ControlNetWindowHook | None = None
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
-        self._guard = pipe.unet.register_forward_pre_hook(self._check_scheduler)
         self._removed = False
 
     @property
@@ -87,31 +124,54 @@ class PolicyHandle:
         return not self._removed
 
     def _begin_call(self, context: RunContext) -> None:
+        self.check_call()
         if context.num_steps != self.policy.num_steps:
             raise StepCountMismatchError(
                 f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
                 f"was called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
             )
+        if self.policy.guidance is not None:
+            # diffusers' caches can be added on top of the policy after it was applied.
+            check_other_hooks(self.pipe, self.policy)
+        for module, name in self._attached:
+            repair_hook(module, name)
         for hook in self.step_hooks.values():
             hook.state.reset()
         if self.controlnet_hook is not None:
             self.controlnet_hook.state.reset()
 
-    def _check_scheduler(self, module: torch.nn.Module, args: tuple) -> None:
-        # The step index comes from the scheduler the policy was applied with; a replaced scheduler would
-        # leave it stale and silently reuse the wrong outputs.
+    def check_call(self) -> None:
+        """Raise :class:`PolicyError` unless the pipeline the policy was applied to, with the scheduler it
+        was applied with, runs the denoisers (a denoiser driven by hand, outside any pipeline, passes)."""
+        # The step index and CFG state come from this pipeline and the scheduler the policy was applied
+        # with; another pipeline or a replaced scheduler would silently reuse the wrong outputs.
+        caller = calling_pipeline()
+        if caller is not None and caller is not self.pipe:
+            raise PolicyError(self._applied_elsewhere("calling this pipeline"))
         if self.pipe.scheduler is not self._scheduler:
             raise PolicyError(
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
 
+    def _applied_elsewhere(self, before: str) -> str:
+        """The message for another pipeline that shares this policy's U-Net and ControlNet."""
+        return (
+            f"policy {self.policy.name!r} is applied to another pipeline ({type(self.pipe).__name__} at "
+            f"{id(self.pipe):#x}) that shares this pipeline's U-Net and ControlNet (made with from_pipe or "
+            f"from its components); call remove() on that policy's handle before {before}, then apply the "
+            "policy to the pipeline you call."
+        )
+
     def remove(self) -> None:
-        """Detach every hook of this policy (idempotent)."""
+        """Detach every hook of this policy (idempotent).
+
+        Hooks that others registered on the same modules before or after the policy (diffusers' caches,
+        offloading) keep running.
+        """
         if self._removed:
             return
         self._removed = True
-        self._guard.remove()
         for module, name in reversed(self._attached):
             remove_hook(module, name)
         self._attached.clear()
@@ -121,6 +181,9 @@ class PolicyHandle:
         release_run_context(self.pipe)
         if getattr(self.pipe, _HANDLE_ATTR, None) is self:
             delattr(self.pipe, _HANDLE_ATTR)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise copy_refusal(self.policy.name)
 
     def __enter__(self) -> PolicyHandle:
         return self
@@ -145,18 +208,26 @@ def apply_policy(
     the compute diffusers wastes at ``conditioning_scale == 0``); with a guidance window, the U-Net and the
     ControlNet get truncated-CFG hooks. Nothing is attached if the policy does not fit.
 
+    The policy belongs to ``pipe``: another pipeline sharing its U-Net and ControlNet (``from_pipe``, built
+    from its ``components``) is refused, and so is copying ``pipe`` while the policy is on. To compile, call
+    :func:`~hgc_tune.runtime.compile_regions` afterwards: ``torch.compile`` of the hooked U-Net would guard on
+    the step index and recompile at every step.
+
     Args:
         pipe: The pipeline (its ``unet``, ``controlnet`` and ``scheduler`` are hooked in place).
         policy: A :class:`Policy`, or a :class:`PolicyFile` from which ``condition_type`` picks one.
-        condition_type: Which policy of a multi-policy file to apply.
+        condition_type: The condition the pipeline generates for: it picks the policy of a multi-policy
+            file, and a policy made for another condition type is refused.
         check_fingerprint: Refuse a policy made for another U-Net/ControlNet configuration.
 
     Returns:
         A :class:`PolicyHandle`; call ``remove()`` (or use it as a context manager) to detach.
 
     Raises:
-        PolicyAlreadyAppliedError: The pipeline already has a policy applied.
-        PolicyMismatchError: The policy's target or module keys do not fit the pipeline.
+        PolicyAlreadyAppliedError: The pipeline, or another that shares its U-Net and ControlNet, already
+            has a policy applied.
+        PolicyMismatchError: The policy's target or module keys do not fit the pipeline, or it truncates
+            CFG on denoisers that carry one of diffusers' caches.
         StepCountMismatchError: At call time, if the pipeline runs a different number of steps.
 
     Example:
@@ -176,7 +247,10 @@ def apply_policy(
             f"a policy ({existing.policy.name!r}) is already applied to this pipeline; call .remove() on its "
             "handle before applying another."
         )
-    modules = check_policy_fits(pipe, policy, check_fingerprint=check_fingerprint)
+    _check_not_shared(pipe)
+    modules = check_policy_fits(pipe, policy, condition_type, check_fingerprint=check_fingerprint)
+    if policy.guidance is not None:
+        check_other_hooks(pipe, policy)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)
@@ -202,6 +276,10 @@ def apply_policy(
                     denoiser, GuidanceTruncationConfig(policy.guidance.cfg_until), context
                 )
                 handle._attached.append((denoiser, GUIDANCE_HOOK))
+        # Registered last, so it is the outermost hook and checks every call before anything runs.
+        for denoiser in (pipe.controlnet, pipe.unet):
+            register_hook(denoiser, PolicyGuardHook(handle), POLICY_GUARD_HOOK)
+            handle._attached.append((denoiser, POLICY_GUARD_HOOK))
         context.add_begin_listener(handle._begin_call)
     except BaseException:
         handle.remove()

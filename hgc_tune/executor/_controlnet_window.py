@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
+from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext, register_hook
 
@@ -85,8 +85,11 @@ def zero_controlnet_residuals(controlnet: torch.nn.Module, sample: torch.Tensor,
     return down, mid
 
 
-class ControlNetWindowHook(ModelHook):
+class ControlNetWindowHook(PolicyHook):
     """Reuses or drops the whole ControlNet outside its window and whenever its scale is zero."""
+
+    # Stateful the diffusers way: HookRegistry.reset_stateful_hooks reaches it and frees what it keeps.
+    _is_stateful = True
 
     def __init__(self, config: ControlNetWindowConfig, context: RunContext) -> None:
         super().__init__()

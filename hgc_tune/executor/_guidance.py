@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
+from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import cond_half, leading_batch, repeat_halves
 from hgc_tune.runtime import RunContext, register_hook
 
@@ -25,7 +25,7 @@ class GuidanceTruncationConfig:
     cfg_until: int
 
 
-class GuidanceTruncationHook(ModelHook):
+class GuidanceTruncationHook(PolicyHook):
     """Slices inputs to the cond half and repeats the output, at steps ``>= cfg_until`` of a CFG call."""
 
     def __init__(self, config: GuidanceTruncationConfig, context: RunContext) -> None:

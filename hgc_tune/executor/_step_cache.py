@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
+from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext, register_hook
 
@@ -41,8 +41,11 @@ class StepCacheState:
         self.computed_at = None
 
 
-class StepCacheHook(ModelHook):
+class StepCacheHook(PolicyHook):
     """Runs the module at compute steps, returns the stored output at the others."""
+
+    # Stateful the diffusers way: HookRegistry.reset_stateful_hooks reaches it and frees what it keeps.
+    _is_stateful = True
 
     def __init__(self, config: StepCacheConfig, context: RunContext) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """The policy model: frozen dataclasses that say which modules compute at which denoising steps.
 
-Semantics (shared by executor, MAC accounting and search; see DESIGN.md): a cacheable module M has a
+Semantics (shared by executor, MAC accounting and search): a cacheable module M has a
 compute set ``C_M ⊆ [0, S)`` with ``0 ∈ C_M``. At ``s ∈ C_M`` it runs and its output is stored; at
 ``s ∉ C_M`` it returns the output stored at its latest computed step, without running.
 
@@ -74,6 +74,30 @@ class PolicyTarget:
             raise PolicyFormatError(
                 f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
             )
+
+    def mismatches(self, found: PolicyTarget, *, check_fingerprint: bool = True) -> list[str]:
+        """What differs between this target and ``found`` (the target of the pipeline at hand), each as
+        ``"field: policy has …, pipeline has …"``; empty if the policy fits.
+
+        Classes and scheduler are compared first; the fingerprint only when the classes agree (for other
+        classes it differs anyway and says nothing more). The condition type is compared when both name one
+        (``None`` fits any condition). The number of steps is not compared: it is only known per call.
+        """
+        fields = ("pipeline_class", "unet_class", "controlnet_class", "scheduler")
+        diffs = [
+            f"{name}: policy has {getattr(self, name)!r}, pipeline has {getattr(found, name)!r}"
+            for name in fields
+            if getattr(self, name) != getattr(found, name)
+        ]
+        if not diffs and check_fingerprint and self.fingerprint != found.fingerprint:
+            diffs.append(
+                f"fingerprint: policy has {self.fingerprint!r}, pipeline has {found.fingerprint!r} "
+                "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
+            )
+        made_for, asked = self.condition_type, found.condition_type
+        if made_for is not None and asked is not None and made_for != asked:
+            diffs.append(f"condition_type: policy has {made_for!r}, pipeline has {asked!r}")
+        return diffs
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,15 @@ class Policy:
                 raise PolicyFormatError(f"guidance.cfg_until must be an integer in [1, {s}], but got {k!r}.")
         object.__setattr__(self, "blocks", MappingProxyType(dict(sorted(blocks.items()))))
         object.__setattr__(self, "attention", MappingProxyType(dict(sorted(attention.items()))))
+
+    def __reduce__(self) -> tuple:
+        # ``blocks`` and ``attention`` are read-only views, which cannot be pickled: rebuild (and re-validate)
+        # the policy from plain dicts, so copy.deepcopy and pickle work.
+        fields = (self.blocks, self.attention)
+        return (
+            type(self),
+            (self.target, *map(dict, fields), self.controlnet, self.guidance, self.provenance, self.name),
+        )
 
     @property
     def num_steps(self) -> int:

@@ -1,9 +1,10 @@
 """Regional compilation that leaves hgc-tune's Python-side dispatch outside the compiled graphs.
 
-Compiling a module whose ``forward`` carries a cache hook would trace the hook and guard on the step index
-(one recompilation per step). Instead, the largest submodules of the U-Net and ControlNet that contain no
-hooked module are compiled in place (``module.compile()``), so cached blocks dispatch in Python between
-compiled regions, as DESIGN.md asks.
+Compiling a module whose ``forward`` carries a cache hook would trace the hook and guard on the step index:
+``torch.compile(pipe.unet)`` on a pipeline with a policy recompiles at every step until dynamo hits its
+recompile limit (``torch._dynamo.config.recompile_limit``) and falls back to eager. Instead, the largest
+submodules of the U-Net and ControlNet that contain no hooked module are compiled in place
+(``module.compile()``), so cached blocks dispatch in Python between compiled regions.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def _compile_unhooked(
 def compile_regions(pipe: Any, **compile_kwargs: Any) -> list[str]:
     """Compile (in place) the largest hook-free submodules of ``pipe.unet`` and ``pipe.controlnet``.
 
-    Call it after ``apply_policy``. Without any policy applied, this compiles each model whole. With a
+    Use it instead of ``torch.compile(pipe.unet)``, which would trace the policy's hooks, guard on the step
+    index and recompile at every step until dynamo's recompile limit. Call it after ``apply_policy``. Without
+    any policy applied, this compiles each model whole. With a
     mode that replays CUDA graphs (``reduce-overhead``, ``max-autotune``), the policy's hooks then keep
     copies of the outputs they reuse (see :attr:`RunContext.copy_cached_outputs`).
 

@@ -3,7 +3,8 @@
 The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
 the start of every pipeline call) and advanced once per denoising step when the scheduler steps
 (``scheduler.step``). Both are host-side Python integers: reading the step costs no device sync, and the
-step is never inferred from the timestep value.
+step is never inferred from the timestep value. Whether the denoisers run with CFG is read from the pipeline
+at every access (``do_classifier_free_guidance``), since a callback may change it within a call.
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
 detached when the last user releases it, restoring the scheduler's own methods.
@@ -12,11 +13,19 @@ detached when the last user releases it, restoring the scheduler's own methods.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RunContext", "StepListener", "attach_run_context", "release_run_context", "run_context"]
+__all__ = [
+    "RunContext",
+    "StepListener",
+    "attach_run_context",
+    "calling_pipeline",
+    "release_run_context",
+    "run_context",
+]
 
 StepListener = Callable[["RunContext"], None]
 
@@ -37,7 +46,9 @@ class RunContext:
     Attributes:
         step: Index ``s`` of the current denoising step, in ``[0, num_steps)``.
         num_steps: Number of denoising steps of the current call (``len(scheduler.timesteps)``).
-        cfg: Whether the current call uses classifier-free guidance (batch = [uncond, cond]).
+        cfg: Whether the denoisers are now called with classifier-free guidance (batch = [uncond, cond]).
+            Read from the pipeline at every access, since a callback may switch guidance off within a call
+            (diffusers' dynamic CFG); for a context driven by hand, the value given to :meth:`begin`.
         calls: Number of pipeline calls begun since attachment.
         copy_cached_outputs: Whether hooks that keep a module's output for later steps must keep a copy.
             Set by :func:`~hgc_tune.runtime.compile_regions` when the compiled regions replay CUDA graphs:
@@ -45,8 +56,9 @@ class RunContext:
             steps would be silently replaced (or, with CUDA graph trees, raise when read).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cfg_source: Callable[[], bool] | None = None) -> None:
         self._state = _CallState()
+        self._cfg_source = cfg_source
         self._begin_listeners: list[StepListener] = []
         self.copy_cached_outputs = False
 
@@ -60,6 +72,8 @@ class RunContext:
 
     @property
     def cfg(self) -> bool:
+        if self._cfg_source is not None:
+            return self._cfg_source()
         return self._state.cfg
 
     @property
@@ -87,7 +101,39 @@ class RunContext:
 
     def __repr__(self) -> str:
         s = self._state
-        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={s.cfg}, calls={s.calls})"
+        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={self.cfg}, calls={s.calls})"
+
+
+def calling_pipeline() -> Any | None:
+    """The diffusers pipeline whose ``__call__`` is running (the innermost on the stack), or ``None``.
+
+    A pipeline is not a module and has no hooks of its own, and several pipelines can share one U-Net,
+    ControlNet and scheduler (``from_pipe``, ``Pipeline(**other.components)``): the caller's frame is the only
+    record of which one is running. Only ``__call__`` frames are inspected; a denoiser driven by hand, outside
+    any pipeline, gives ``None``.
+    """
+    pipeline_class = _pipeline_class()
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__call__":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, pipeline_class):
+                return owner
+        frame = frame.f_back
+    return None
+
+
+@functools.cache
+def _pipeline_class() -> type:
+    # Imported on first use (diffusers' pipelines pull in transformers), then cached: it runs per forward.
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
+    return DiffusionPipeline
+
+
+def _pipeline_cfg(pipe: Any) -> bool:
+    # diffusers' pipelines expose their guidance state as `do_classifier_free_guidance` (unset before a call).
+    return bool(getattr(pipe, "do_classifier_free_guidance", False))
 
 
 class _SchedulerBinding:
@@ -105,8 +151,7 @@ class _SchedulerBinding:
         @functools.wraps(set_timesteps)
         def set_timesteps_and_begin(*args, **kwargs):
             out = set_timesteps(*args, **kwargs)
-            cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-            context.begin(len(self.scheduler.timesteps), cfg)
+            context.begin(len(self.scheduler.timesteps), _pipeline_cfg(pipe))
             return out
 
         @functools.wraps(step)
@@ -145,7 +190,7 @@ def attach_run_context(pipe: Any) -> RunContext:
     """Attach (or share) the run context of ``pipe``; pair every call with :func:`release_run_context`."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:
-        binding = _SchedulerBinding(pipe, RunContext())
+        binding = _SchedulerBinding(pipe, RunContext(cfg_source=lambda: _pipeline_cfg(pipe)))
         setattr(pipe, _ATTR, binding)
     binding.users += 1
     return binding.context

@@ -1,15 +1,25 @@
 """The one place where hgc-tune changes a module's ``forward``: diffusers' ``HookRegistry``.
 
 Every compute-skipping hook is a ``diffusers.hooks.ModelHook`` registered under a name from this package;
-:func:`remove_hooks` unwinds them. Observation (the profiler) uses plain ``register_forward_hook`` handles.
+:func:`remove_hook` unwinds them. Observation (the profiler) uses plain ``register_forward_hook`` handles.
+
+Other hooks may sit on the same modules (diffusers' caches, offloading). diffusers' own
+``HookRegistry.remove_hook`` mis-links a chain when the removed hook is not the last one and the hook after it
+replaces ``forward`` (it rewires that hook's ``forward`` rather than its ``original_forward``, so the later
+hook stops running and a removed one comes back). :func:`remove_hook` and :func:`repair_hook` relink around
+it, using the registry's chain (``_hook_order``, ``_fn_refs``): diffusers has no public API for it, so
+``tests/runtime/test_runtime_registry.py`` pins the behaviour this relies on.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-__all__ = ["register_hook", "remove_hook", "has_hook"]
+__all__ = ["register_hook", "remove_hook", "repair_hook", "has_hook", "foreign_hooks"]
 
 
 def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
@@ -17,13 +27,57 @@ def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
 
 
-def remove_hook(module: torch.nn.Module, name: str) -> None:
-    """Remove the hook ``name`` from ``module`` only (not its children); a no-op if absent."""
+def _runs_its_own_forward(hook: ModelHook) -> bool:
+    forward = hook.fn_ref.forward
+    return isinstance(forward, functools.partial) and forward.func == hook.new_forward
+
+
+def repair_hook(module: torch.nn.Module, name: str) -> None:
+    """Relink hook ``name`` if diffusers' removal of a hook below it bypassed it (a no-op otherwise).
+
+    That removal sets this hook's ``forward`` (its ``new_forward``) to the removed hook's inner forward, which
+    belongs in ``original_forward``.
+    """
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None:
-        registry.remove_hook(name, recurse=False)
+    hook = registry.get_hook(name) if registry is not None else None
+    if hook is None or not hasattr(hook, "new_forward") or _runs_its_own_forward(hook):
+        return
+    hook.fn_ref.original_forward = hook.fn_ref.forward
+    hook.fn_ref.forward = functools.update_wrapper(
+        functools.partial(hook.new_forward, registry._module_ref), hook.new_forward
+    )
+
+
+def remove_hook(module: torch.nn.Module, name: str) -> None:
+    """Remove the hook ``name`` from ``module`` only (not its children); a no-op if absent.
+
+    The hooks registered before and after it keep running, in order.
+    """
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None or registry.get_hook(name) is None:
+        return
+    repair_hook(module, name)
+    index = registry._hook_order.index(name)
+    after = registry._fn_refs[index + 1] if index + 1 < len(registry._fn_refs) else None
+    after_forward = after.forward if after is not None else None
+    registry.remove_hook(name, recurse=False)
+    if after is not None and after.original_forward is not None and after.forward is not after_forward:
+        # diffusers put our inner forward where the next hook's new_forward was: move it to original_forward.
+        after.original_forward, after.forward = after.forward, after_forward
 
 
 def has_hook(module: torch.nn.Module, name: str) -> bool:
     registry = getattr(module, "_diffusers_hook", None)
     return registry is not None and registry.get_hook(name) is not None
+
+
+def foreign_hooks(
+    root: torch.nn.Module, prefix: str, ours: str = "hgc_"
+) -> Iterator[tuple[str, str, ModelHook]]:
+    """``(module key, hook name, hook)`` of every hook registered under ``root`` whose name does not start
+    with ``ours``; module keys start with ``prefix``."""
+    for path, module in root.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name, hook in getattr(registry, "hooks", {}).items():
+            if not name.startswith(ours):
+                yield (f"{prefix}.{path}" if path else prefix), name, hook

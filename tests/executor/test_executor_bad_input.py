@@ -42,6 +42,7 @@ def valid(tiny_target):
         ("pipeline_class", "StableDiffusionXLControlNetPipeline"),
         ("unet_class", "UNet2DModel"),
         ("controlnet_class", "MultiControlNetModel"),
+        ("scheduler", "DDIMScheduler"),
     ],
 )
 def test_target_mismatch_names_the_field_and_both_values(tiny_pipe, condition_image, valid, field, value):
@@ -79,4 +80,40 @@ def test_step_count_mismatch_fails_at_call_time(tiny_pipe, condition_image, vali
         assert np.isfinite(generate(tiny_pipe, condition_image, STEPS)).all()
     finally:
         handle.remove()
+    assert _hooked_modules(tiny_pipe) == []
+
+
+def test_a_pipeline_with_another_scheduler_is_refused(tiny_pipe, condition_image, valid, generate):
+    """``generate --scheduler ddim`` with a UniPC policy: the steps a policy reuses were chosen for its
+    scheduler's trajectory, so another scheduler is refused before anything is attached."""
+    from hgc_tune.models import make_scheduler
+
+    original = tiny_pipe.scheduler
+    tiny_pipe.scheduler = make_scheduler("ddim", original.config)
+    try:
+        with pytest.raises(PolicyMismatchError) as raised:
+            apply_policy(tiny_pipe, valid)
+        message = str(raised.value)
+        assert "scheduler: policy has 'UniPCMultistepScheduler', pipeline has 'DDIMScheduler'" in message
+        assert _hooked_modules(tiny_pipe) == []
+    finally:
+        tiny_pipe.scheduler = original
+
+
+def test_condition_type_is_checked_for_a_policy_object(tiny_pipe, condition_image, valid):
+    seg = dataclasses.replace(valid, target=dataclasses.replace(valid.target, condition_type="seg"))
+    with pytest.raises(PolicyMismatchError, match="condition_type: policy has 'seg', pipeline has 'depth'"):
+        apply_policy(tiny_pipe, seg, condition_type="depth")
+    _assert_nothing_applied(tiny_pipe, valid)
+    apply_policy(tiny_pipe, seg, condition_type="seg").remove()
+    apply_policy(tiny_pipe, valid, condition_type="depth").remove()  # a policy for any condition fits all
+
+
+def test_check_policy_fits_is_the_one_comparison(tiny_pipe, valid):
+    from hgc_tune.executor import check_policy_fits
+
+    check_policy_fits(tiny_pipe, valid, condition_type="seg")
+    other = dataclasses.replace(valid, target=dataclasses.replace(valid.target, scheduler="DDIMScheduler"))
+    with pytest.raises(PolicyMismatchError, match="scheduler: policy has 'DDIMScheduler'"):
+        check_policy_fits(tiny_pipe, other)
     assert _hooked_modules(tiny_pipe) == []

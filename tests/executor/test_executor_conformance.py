@@ -91,3 +91,24 @@ def test_a_scheduler_replaced_after_apply_is_refused(
         tiny_pipe.scheduler = original
         handle.remove()
     assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), baselines[7.5])
+
+
+def test_diffusers_reset_of_stateful_hooks_reaches_the_policy(
+    tiny_pipe, condition_image, tiny_target, generate
+):
+    from diffusers.hooks import HookRegistry
+
+    policy = Policy(
+        tiny_target(STEPS),
+        blocks={k: (0, 3) for k in [*DEEP_UNET, *DEEP_CONTROLNET]},
+        controlnet=ControlNetWindow((0, 2, 4), "reuse"),
+    )
+    with apply_policy(tiny_pipe, policy) as handle:
+        generate(tiny_pipe, condition_image, STEPS)
+        hooks = [*handle.step_hooks.values(), handle.controlnet_hook]
+        assert all(h._is_stateful for h in hooks)
+        assert all(h.state.output is not None for h in handle.step_hooks.values())
+        for denoiser in (tiny_pipe.unet, tiny_pipe.controlnet):
+            HookRegistry.check_if_exists_or_initialize(denoiser).reset_stateful_hooks()
+        assert all(h.state.output is None for h in handle.step_hooks.values())
+        assert handle.controlnet_hook.state.residuals is None

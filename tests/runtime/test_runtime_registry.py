@@ -1,0 +1,98 @@
+"""Removing one hook of a chain on toy modules with hand-computed outputs: hgc-tune's ``remove_hook`` unwinds
+its own hook wherever it sits in diffusers' ``HookRegistry`` chain, and leaves the other hooks running.
+
+Contract with diffusers (private registry fields, pinned here): ``HookRegistry.remove_hook`` of a hook that
+has another hook with ``new_forward`` registered after it rewires that hook's ``forward`` instead of its
+``original_forward``. If diffusers fixes this, ``test_diffusers_middle_removal_is_still_broken`` fails and
+the repair in ``hgc_tune/runtime/_registry.py`` can go.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from hgc_tune.runtime import register_hook, remove_hook, repair_hook
+
+
+class _Double(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+class _Add(ModelHook):
+    """A hook that replaces ``forward`` (like diffusers' caches): adds ``n`` to the module's output."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def new_forward(self, module, x):
+        return self.fn_ref.original_forward(x) + self.n
+
+
+def _registry(module) -> HookRegistry:
+    return HookRegistry.check_if_exists_or_initialize(module)
+
+
+def _value(module) -> int:
+    return int(module(torch.tensor(1)))
+
+
+def test_diffusers_middle_removal_is_still_broken():
+    module = _Double()
+    _registry(module).register_hook(_Add(1), "below")
+    _registry(module).register_hook(_Add(10), "above")
+    _registry(module).remove_hook("below", recurse=False)
+    assert _value(module) == 2  # "above" no longer runs: diffusers rewired its new_forward away
+    _registry(module).remove_hook("above", recurse=False)
+    assert _value(module) == 3  # and the removed "below" is back
+
+
+def test_removing_ours_below_another_hook_keeps_the_other():
+    module = _Double()
+    register_hook(module, _Add(1), "ours")
+    _registry(module).register_hook(_Add(10), "theirs")
+    assert _value(module) == 13
+    remove_hook(module, "ours")
+    assert _value(module) == 12
+    _registry(module).remove_hook("theirs", recurse=False)
+    assert _value(module) == 2
+
+
+def test_removing_ours_after_diffusers_removed_the_hook_below():
+    module = _Double()
+    _registry(module).register_hook(_Add(10), "theirs")
+    register_hook(module, _Add(1), "ours")
+    _registry(module).remove_hook("theirs", recurse=False)  # bypasses "ours" (diffusers' rewiring)
+    repair_hook(module, "ours")
+    assert _value(module) == 3
+    remove_hook(module, "ours")
+    assert _value(module) == 2
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_ours_in_a_chain_of_three(position):
+    module = _Double()
+    names = ["a", "b", "c"]
+    for i, name in enumerate(names):
+        hook = _Add(10**i)
+        if i == position:
+            register_hook(module, hook, name)
+        else:
+            _registry(module).register_hook(hook, name)
+    assert _value(module) == 2 + 111
+    remove_hook(module, names[position])
+    assert _value(module) == 2 + 111 - 10**position
+    for name in reversed(names):  # top down: diffusers' own removal is exact for the last hook
+        if name != names[position]:
+            _registry(module).remove_hook(name, recurse=False)
+    assert _value(module) == 2
+
+
+def test_repair_of_an_intact_hook_changes_nothing():
+    module = _Double()
+    register_hook(module, _Add(1), "ours")
+    repair_hook(module, "ours")
+    assert _value(module) == 3
