@@ -3,12 +3,14 @@
 The content is written to a temporary file in the target's folder, flushed to disk (``fsync``), given the
 file mode (0644, or the bits of the file it replaces) and moved over the target with :func:`os.replace`, so
 a reader sees the old file or the new one, never half of one; a failed write removes its temporary file.
-Temporary files carry the writer's process id, so :func:`remove_stale_temporaries` can delete those a
-killed process left behind (SIGKILL runs no cleanup) without touching a live writer's.
+Temporary files carry the writer's process id, so the next write of the same file (or
+:func:`remove_stale_temporaries`, for a whole folder) deletes those a killed process left behind (SIGKILL
+runs no cleanup) without touching a live writer's.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -46,6 +48,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A writer of this file killed in its write window left its temporary file: this write replaces it.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}{_TMP_MARK}*"):
+        if _is_stale(stale.name):
+            stale.unlink(missing_ok=True)
     mode = target.stat().st_mode & 0o777 if target.is_file() else FILE_MODE
     fd, name = tempfile.mkstemp(
         prefix=f".{target.name}{_TMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent
@@ -72,6 +78,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """:func:`atomic_write` of UTF-8 text with ``\\n`` line ends."""
     return atomic_write(path, lambda p: p.write_bytes(text.encode("utf-8")))
+
+
+def _is_stale(name: str) -> bool:
+    match = _STALE.match(name)
+    return match is not None and not _alive(int(match.group(1)))
 
 
 def _alive(pid: int) -> bool:
@@ -102,11 +113,7 @@ def remove_stale_temporaries(
         return []
     removed = []
     for entry in root.iterdir():
-        match = _STALE.match(entry.name)
-        stale = (match is not None and not _alive(int(match.group(1)))) or entry.name.startswith(
-            legacy_prefixes
-        )
-        if not stale:
+        if not (_is_stale(entry.name) or entry.name.startswith(legacy_prefixes)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

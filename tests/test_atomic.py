@@ -47,3 +47,14 @@ def test_only_temporaries_of_dead_processes_and_legacy_folders_are_removed(tmp_p
     removed = remove_stale_temporaries(tmp_path, legacy_prefixes=(".old-tmp-",))
     assert sorted(p.name for p in removed) == sorted([dead.name, legacy.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "a.json", ".hidden"])
+
+
+def test_the_next_write_of_a_file_removes_its_killed_writers_temporary(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = tmp_path / f".policy.json.hgc-tmp-{child.pid}-x1.tmp"
+    other = tmp_path / f".other.json.hgc-tmp-{child.pid}-x2.tmp"
+    dead.write_text("{")
+    other.write_text("{")
+    atomic_write_text(tmp_path / "policy.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, "policy.json"])
