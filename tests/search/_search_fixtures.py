@@ -95,13 +95,19 @@ def search_args(profile, storage_url: str, out, trials: int, *extra: str, study:
     )
 
 
+_STORAGES: dict[str, object] = {}
+
+
 def study_trials(storage_url: str, study: str) -> list:
     """The trials of ``study`` in the storage (none when the study does not exist yet)."""
     import optuna
 
     from hgc_tune.search import open_storage
 
-    storage = open_storage(storage_url, heartbeat_interval=1)
+    # One storage per URL: polling must not open a connection pool per call (a server has few connections).
+    storage = _STORAGES.get(storage_url) or _STORAGES.setdefault(
+        storage_url, open_storage(storage_url, heartbeat_interval=1)
+    )
     if study not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
         return []
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
