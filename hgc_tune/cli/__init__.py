@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
+from typing import NoReturn
 
 __all__ = ["main", "COMMANDS"]
 
@@ -27,10 +29,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _UsageError(Exception):
+    """A command line argparse rejects; ``main`` prints it as one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors reach :func:`main` (one line, exit status 2) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        # The checks in ``_checks`` name the flag themselves: drop argparse's "argument --steps: " prefix.
+        raise _UsageError(re.sub(r"^argument [^:]+: (?=`)", "", message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hgc_tune import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hgc-tune",
         description=(
             "Hybrid-Grained Cache for Stable Diffusion + ControlNet: profile a pipeline, search a caching "
@@ -57,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        command = _command_of(argv if argv is not None else sys.argv[1:])
+        print(f"hgc-tune{command}: error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
@@ -71,3 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hgc-tune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_of(argv: list[str]) -> str:
+    """`` NAME`` for the subcommand in ``argv`` (for error messages), or ``""``."""
+    return next((f" {a}" for a in argv if a in COMMANDS), "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
 
 HELP = "time full vs. policy generation; print ms/image, speedup, MAC ratio"
@@ -18,16 +19,24 @@ HELP = "time full vs. policy generation; print ms/image, speedup, MAC ratio"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_policy_argument(parser, required=True)
+    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
+    add_resolution_argument(parser, help="image size (default: the preset's)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
-    )
-    parser.add_argument("--resolution", type=int, default=None, help="image size (default: the preset's)")
-    parser.add_argument(
-        "--batch", type=int, default=1, help="images per prompt (CFG doubles the denoiser batch)"
+        "--batch",
+        type=int_in("--batch", 1, 1024),
+        default=1,
+        help="images per prompt (CFG doubles the denoiser batch)",
     )
     parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first")
+    parser.add_argument(
+        "--repeats",
+        type=int_in("--repeats", 1, MAX_COUNT),
+        default=5,
+        help="timed runs of each side (median reported)",
+    )
+    parser.add_argument(
+        "--warmup", type=int_in("--warmup", 0, MAX_COUNT), default=1, help="untimed runs of each side first"
+    )
     parser.add_argument(
         "--compile",
         action="store_true",

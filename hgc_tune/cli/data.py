@@ -8,7 +8,7 @@ hgc-tune data shapes --out DIR [--n 64] [--seed 0] [--size 64] [--split calibrat
 hgc-tune data check DIR [--strict] [--condition C] [--json]
     check every row of DIR/metadata.jsonl and count the bad rows per reason (exit 2 with --strict
     at the first bad row).
-hgc-tune data preview --out FILE.png [--n 6] [--seed 0] [--size 64] [--split calibration]
+hgc-tune data preview --out FILE.png [--n 6] [--seed 0] [--size 64] [--split calibration] [--overwrite]
     save a grid of scenes: picture | seg | canny | hed | depth.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from hgc_tune.cli._checks import MAX_COUNT, add_overwrite_argument, add_seed_argument, check_output, int_in
 
 HELP = "make the synthetic shapes benchmark, check a dataset folder, preview scenes"
 
@@ -28,11 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     shapes = sub.add_parser("shapes", help="write the shapes benchmark as a dataset folder")
     shapes.add_argument("--out", required=True, help="target folder (must not exist, or be empty)")
-    shapes.add_argument("--n", type=int, default=64, help="number of scenes (default: 64)")
     shapes.add_argument(
-        "--seed", type=int, default=0, help="offset within the split's seed range (default: 0)"
+        "--n", type=int_in("--n", 1, MAX_COUNT), default=64, help="number of scenes (default: 64)"
     )
-    shapes.add_argument("--size", type=int, default=64, help="image side in pixels, 32..256 (default: 64)")
+    add_seed_argument(shapes, help="offset within the split's seed range (default: 0)")
+    shapes.add_argument(
+        "--size",
+        type=int_in("--size", 32, 256),
+        default=64,
+        help="image side in pixels, 32..256 (default: 64)",
+    )
     shapes.add_argument(
         "--split",
         default="calibration",
@@ -55,10 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     preview = sub.add_parser("preview", help="save a PNG grid of shapes scenes and their conditions")
     preview.add_argument("--out", required=True, help="PNG file to write")
-    preview.add_argument("--n", type=int, default=6, help="number of scenes (rows) (default: 6)")
-    preview.add_argument("--seed", type=int, default=0, help="offset within the split (default: 0)")
-    preview.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
-    preview.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling (default: 3)")
+    add_overwrite_argument(preview, what="a file")
+    preview.add_argument(
+        "--n", type=int_in("--n", 1, 1000), default=6, help="number of scenes (rows) (default: 6)"
+    )
+    add_seed_argument(preview, help="offset within the split (default: 0)")
+    preview.add_argument(
+        "--size",
+        type=int_in("--size", 32, 256),
+        default=64,
+        help="image side in pixels, 32..256 (default: 64)",
+    )
+    preview.add_argument(
+        "--scale", type=int_in("--scale", 1, 16), default=3, help="nearest-neighbour upscaling (default: 3)"
+    )
     preview.add_argument(
         "--split",
         default="calibration",
@@ -76,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_shapes(args: argparse.Namespace) -> int:
+    # Whether an existing folder may be replaced is the writer's rule (only a dataset, only with --overwrite).
+    check_output(args.out, kind="folder")
+
     from hgc_tune.cli._common import print_json
     from hgc_tune.data import write_shapes_dataset
 
@@ -142,14 +162,13 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    out = check_output(args.out, overwrite=args.overwrite, what="a file")
 
+    from hgc_tune._atomic import atomic_write
     from hgc_tune.data import shapes_preview, split_seeds
 
     seeds = split_seeds(args.split, args.n, args.seed)
     picture = shapes_preview(seeds, size=args.size, scale=args.scale)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out, format="PNG")
+    atomic_write(out, lambda p: picture.save(p, format="PNG"))
     print(f"wrote {out} ({len(seeds)} scenes: image | seg | canny | hed | depth)")
     return 0

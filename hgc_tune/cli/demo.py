@@ -17,6 +17,17 @@ import argparse
 import time
 from pathlib import Path
 
+from hgc_tune.cli._checks import (
+    MAX_COUNT,
+    add_budget_argument,
+    add_samples_argument,
+    add_steps_argument,
+    add_trials_argument,
+    check_output,
+    int_in,
+    seconds,
+)
+
 HELP = "run data -> profile -> search -> report on the embedded shapes model"
 
 
@@ -28,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="seg,canny,hed,depth",
         help="comma-separated condition types (default: all four)",
     )
-    parser.add_argument("--budget", type=float, default=0.015, help="fidelity-loss budget (default: 0.015)")
+    add_budget_argument(parser, default=0.015, help="fidelity-loss budget, in (0, 1) (default: 0.015)")
     parser.add_argument(
         "--metric",
         default="ssim",
@@ -36,27 +47,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "also possible, but on 8 samples of this small model its sampling noise is several percent, "
         "above a 1.5%% budget)",
     )
-    parser.add_argument("--samples", type=int, default=8, help="calibration samples (default: 8)")
-    parser.add_argument("--heldout-samples", type=int, default=8, help="held-out samples (default: 8)")
-    parser.add_argument("--trials", type=int, default=64, help="search trials per condition (default: 64)")
+    add_samples_argument(parser, default=8, help="calibration samples (default: 8)")
+    add_samples_argument(
+        parser, flag="--heldout-samples", low=0, default=8, help="held-out samples (default: 8)"
+    )
+    add_trials_argument(parser, default=64, help="search trials per condition (default: 64)")
     parser.add_argument(
         "--validation-tries",
-        type=int,
+        type=int_in("--validation-tries", 1, MAX_COUNT),
         default=6,
         help="calibration-feasible policies tried on the held-out split before a condition type is left "
         "without a policy (default: 6; a held-out check of 8 samples takes seconds)",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="search worker processes, one per core (default: 2)"
+        "--workers",
+        type=int_in("--workers", 1, 256),
+        default=2,
+        help="search worker processes, one per core (default: 2)",
     )
     parser.add_argument(
         "--search-seconds",
-        type=float,
+        type=seconds("--search-seconds", zero_ok=True),
         default=100,
         help="stop starting search trials after this many seconds per condition, so that the four condition "
         "types fit in about 15 minutes on 2 cores (default: 100; 0 = no limit)",
     )
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
     parser.add_argument("--reports", default="reports/demo", help="folder for the reports")
 
@@ -99,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         raise HgcTuneError(
             f"`--conditions` must name at least one condition type, but got {args.conditions!r}."
         )
-    runs, reports = Path(args.runs), Path(args.reports)
+    # Both folders are the demo's own: a second run resumes in them (nothing to --overwrite).
+    runs = check_output(args.runs, flag="--runs", kind="folder")
+    reports = check_output(args.reports, flag="--reports", kind="folder")
     outcomes: dict[str, dict] = {}
     started = time.perf_counter()
     for condition in conditions:
@@ -120,13 +138,14 @@ def run(args: argparse.Namespace) -> int:
             ["search", "--profile", str(run_dir), "--budget", str(args.budget), "--trials", str(args.trials)]
             + ["--metric", args.metric, "--heldout-samples", str(args.heldout_samples), "--out", str(policy)]
             + ["--workers", str(args.workers), "--validation-tries", str(args.validation_tries)]
+            + ["--overwrite"]
             + (["--timeout", str(args.search_seconds)] if args.search_seconds > 0 else [])
         )
         if code == 2:
             return 2
         found = code == 0 and policy.exists()
         _step(f"{condition}: report")
-        report_argv = ["report", "--profile", str(run_dir), "--out", str(reports / condition)]
+        report_argv = ["report", "--profile", str(run_dir), "--out", str(reports / condition), "--overwrite"]
         if found:
             report_argv += ["--policy", str(policy)]
         if pareto.exists():

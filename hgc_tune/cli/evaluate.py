@@ -20,6 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hgc_tune.cli._checks import (
+    add_resolution_argument,
+    add_samples_argument,
+    add_seed_argument,
+    add_steps_argument,
+)
 from hgc_tune.cli._common import add_model_arguments, print_json
 
 HELP = "fidelity of a policy on a dataset: metric at full compute and with the policy, loss, MAC reduction"
@@ -35,13 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataset", default="shapes", help="`shapes` or a dataset folder (default: shapes)")
     parser.add_argument("--split", default="heldout", help="shapes split (default: heldout)")
-    parser.add_argument("--samples", type=int, default=8, help="number of samples (default: 8)")
-    parser.add_argument("--seed", type=int, default=0, help="shapes offset / seed of samples without one")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
-    )
+    add_samples_argument(parser, default=8, help="number of samples (default: 8)")
+    add_seed_argument(parser, help="shapes offset / seed of samples without one (default: 0)")
+    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
-    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: native)")
+    add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
     parser.add_argument(
         "--controlnet-scale",
@@ -74,10 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.search import evaluate_policy
 
-    if args.samples < 1:
-        raise HgcTuneError(f"`--samples` must be a positive integer, but got samples={args.samples}.")
-    if args.steps is not None and args.steps < 1:
-        raise HgcTuneError(f"`--steps` must be a positive integer, but got steps={args.steps}.")
     condition = args.condition
     if args.metric is not None:
         try:

@@ -11,6 +11,13 @@ import argparse
 import sys
 import time
 
+from hgc_tune.cli._checks import (
+    add_overwrite_argument,
+    add_resolution_argument,
+    add_seed_argument,
+    add_steps_argument,
+    check_output,
+)
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
 
 HELP = "generate an image with (or without) a caching policy"
@@ -23,23 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--condition-image", required=True, help="path of the condition image (PNG/JPEG)")
     parser.add_argument("--out", required=True, help="where to write the generated image (PNG)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
-    )
+    add_overwrite_argument(parser, what="an image")
+    add_seed_argument(parser)
+    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument(
-        "--resolution", type=int, default=None, help="image size in pixels (default: preset's)"
-    )
+    add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print MACs and time as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    out = check_output(args.out, overwrite=args.overwrite, what="an image")
 
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from hgc_tune._atomic import atomic_write
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.errors import HgcTuneError
     from hgc_tune.executor import apply_policy
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     policy = resolve_policy(
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
     )
-    steps = args.steps or (policy.num_steps if policy else 20)
+    steps = policy.num_steps if policy is not None else (args.steps or 20)
     size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else condition.height)
     condition = condition.resize((size, size))
     handle = apply_policy(pipe, policy) if policy is not None else None
@@ -73,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if handle is not None:
             handle.remove()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    atomic_write(out, lambda p: image.save(p, format="PNG"))
     result = {"out": str(out), "seconds": round(seconds, 4), "steps": steps, "policy": args.policy}
     if args.json:
         from hgc_tune.macs import count_pipeline_macs

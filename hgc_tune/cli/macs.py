@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 
+from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, int_in
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
@@ -26,17 +27,22 @@ HELP = "count the MACs of a generation per block (paper and complete conventions
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    add_model_arguments(parser)
+    add_model_arguments(parser, with_condition=False)
     parser.add_argument(
-        "--resolution",
-        type=int,
+        "--condition",
         default=None,
+        help="condition type: picks the policy of a multi-condition policy file (MACs do not depend on it; "
+        "for the shapes preset without --condition, the seg ControlNet is counted, which has the same "
+        "architecture as the others)",
+    )
+    add_resolution_argument(
+        parser,
         help="image height and width in pixels (default: the preset's, e.g. 512 for sd15, 64 for tiny)",
     )
+    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: the policy's, or 20)"
+        "--batch", type=int_in("--batch", 1, 1024), default=1, help="images per generation (default: 1)"
     )
-    parser.add_argument("--batch", type=int, default=1, help="images per generation (default: 1)")
     parser.add_argument(
         "--no-cfg", dest="cfg", action="store_false", help="count without classifier-free guidance"
     )
@@ -93,18 +99,22 @@ def _print_table(result: dict, convention: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
-    from hgc_tune.errors import HgcTuneError
+    from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import CONVENTIONS, count_pipeline_macs
 
-    for name in ("steps", "batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise HgcTuneError(
-                f"`--{name}` must be a positive integer, but got {name}={getattr(args, name)}."
-            )
-    pipe = load_pipeline_from_args(args)
+    loading = args
+    if args.model == "shapes" and args.condition is None:
+        from hgc_tune.zoo import SHAPES_CONDITIONS
+
+        # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
+        loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})
+    pipe = load_pipeline_from_args(loading)
     policy = resolve_policy(
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
     )
+    if policy is not None:
+        # Another model's policy would print a reduction for modules it was never made for.
+        check_policy_fits(pipe, policy)
     args.steps = policy.num_steps if policy is not None else (args.steps or 20)
     resolution = _resolution(args, pipe)
     start = time.perf_counter()

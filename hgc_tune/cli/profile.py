@@ -17,6 +17,14 @@ import argparse
 import sys
 import time
 
+from hgc_tune.cli._checks import (
+    add_overwrite_argument,
+    add_resolution_argument,
+    add_samples_argument,
+    add_seed_argument,
+    add_steps_argument,
+    check_output,
+)
 from hgc_tune.cli._common import add_model_arguments, print_json
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
@@ -34,34 +42,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["calibration", "heldout", "train"],
         help="shapes split (default: calibration)",
     )
-    parser.add_argument("--samples", type=int, default=8, help="number of samples to profile (default: 8)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    add_samples_argument(parser, default=8, help="number of samples to profile (default: 8)")
+    add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="base seed: sample i without a seed uses seed + i (default: 0)"
-    )
-    parser.add_argument(
-        "--resolution", type=int, default=None, help="image side in pixels (default: the model's)"
-    )
+    add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
+    add_resolution_argument(parser, help="image side in pixels (default: the model's)")
     parser.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
-    parser.add_argument("--overwrite", action="store_true", help="replace a profile already in --out")
+    add_overwrite_argument(parser, what="a profile")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    # The profile's two files (META_FILE, TENSOR_FILE), spelled out: importing hgc_tune.profile imports torch,
+    # and this check must answer before that.
+    out = check_output(
+        args.out,
+        kind="folder",
+        overwrite=args.overwrite,
+        replaces=("profile.json", "profile.safetensors"),
+        what="a profile",
+    )
 
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import SHAPES_REF, open_dataset
     from hgc_tune.errors import ProfileError
     from hgc_tune.profile import META_FILE, profile_pipeline
 
-    out = Path(args.out)
-    if (out / META_FILE).exists() and not args.overwrite:
-        raise ProfileError(f"{str(out)!r} already holds a profile; pass --overwrite to replace it.")
-    if args.samples < 1:
-        raise ProfileError(f"`--samples` must be a positive integer, but got --samples {args.samples}.")
     pipe = load_pipeline_from_args(args)
     resolution = args.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     dataset = open_dataset(

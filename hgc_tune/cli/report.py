@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output
 from hgc_tune.cli._common import print_json
 
 HELP = "write figures (similarity, attention drift, policy grid, trade-off, samples) and an index.html"
@@ -29,13 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "peer schedule (e.g. peer:deepcache-n3-b0), or nothing for a profile-only report",
     )
     parser.add_argument("--pareto", default=None, help="the search's <policy>.pareto.json (trade-off figure)")
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=4,
-        help="profiled samples to show in the sample grid (default 4; 0: none)",
+    add_samples_argument(
+        parser, low=0, default=4, help="profiled samples to show in the sample grid (default 4; 0: none)"
     )
     parser.add_argument("--out", required=True, help="report folder (created; index.html is written last)")
+    add_overwrite_argument(parser, what="a report")
     parser.add_argument(
         "--model",
         default=None,
@@ -47,6 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A report's page and summary (hgc_tune.report.INDEX_FILE, SUMMARY_FILE): importing hgc_tune.report
+    # imports matplotlib, and this check must answer before that.
+    check_output(
+        args.out,
+        kind="folder",
+        overwrite=args.overwrite,
+        replaces=("index.html", "report.json"),
+        what="a report",
+    )
+
     from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.profile import Profile
     from hgc_tune.report import build_report, pipeline_for_profile

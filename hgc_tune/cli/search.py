@@ -5,9 +5,12 @@ fingerprint. Trials minimise the policy's MACs (paper convention) subject to fid
 profile's calibration samples; the peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
 the first trials. The cheapest feasible policies are then checked on held-out samples (their full-compute
 outputs are cached in runs/NAME/heldout/). Writes the policy to --out and the Pareto front beside it
-(policies/NAME.pareto.json). Exit code 1 when no policy holds the budget on the held-out split.
+(policies/NAME.pareto.json); existing ones are replaced only with --overwrite. Exit code 1 when no policy
+holds the budget on the held-out split.
 
-Storage (--storage): default sqlite:///runs/NAME/study.db; any SQLAlchemy URL (postgresql://…, mysql://…);
+Storage (--storage): default sqlite:///runs/NAME/study.db; any SQLAlchemy URL whose driver is installed:
+PostgreSQL as postgresql+psycopg2://USER:PASSWORD@HOST/DB (pip install 'hgc-tune[postgres]'; a plain
+postgresql:// URL uses psycopg2 if installed, else psycopg 3, postgresql+psycopg://), mysql+pymysql://…;
 or journal:PATH for Optuna's JournalFile storage (an append-only log file; use it where SQLite locking does
 not work, e.g. NFS). Running the same command again resumes the study (up to --trials in total); several
 processes or machines may run it against one storage at once, and --workers K starts K processes here.
@@ -26,6 +29,18 @@ import argparse
 import sys
 from typing import Any
 
+from hgc_tune.cli._checks import (
+    MAX_COUNT,
+    add_budget_argument,
+    add_overwrite_argument,
+    add_samples_argument,
+    add_seed_argument,
+    add_steps_argument,
+    add_trials_argument,
+    check_output,
+    int_in,
+    seconds,
+)
 from hgc_tune.cli._common import print_json
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
@@ -36,24 +51,36 @@ _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--profile", required=True, help="profile folder written by `hgc-tune profile`")
-    parser.add_argument("--budget", required=True, type=float, help="largest fidelity loss, in (0, 1)")
+    add_budget_argument(parser, default=None, help="largest fidelity loss, in (0, 1)")
     parser.add_argument("--out", required=True, help="policy JSON to write (Pareto JSON goes beside it)")
+    add_overwrite_argument(
+        parser, what="the policy and Pareto files (the study resumes from --storage either way)"
+    )
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
-    parser.add_argument("--trials", type=int, default=50, help="trials in the study in total (default: 50)")
-    parser.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
+    add_trials_argument(parser, default=50, help="trials in the study in total (default: 50)")
+    parser.add_argument(
+        "--timeout", type=seconds("--timeout"), default=None, help="stop starting trials after S seconds"
+    )
     parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
     parser.add_argument(
         "--study-name", default=None, help="study name (default: model-condition-metric-budget)"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes on this machine (default: 1)"
+        "--workers",
+        type=int_in("--workers", 1, 256),
+        default=1,
+        help="worker processes on this machine (default: 1)",
     )
-    parser.add_argument(
-        "--heldout-samples", type=int, default=8, help="held-out samples to validate on; 0 skips (default: 8)"
+    add_samples_argument(
+        parser,
+        flag="--heldout-samples",
+        low=0,
+        default=8,
+        help="held-out samples to validate on; 0 skips (default: 8)",
     )
     parser.add_argument(
         "--validation-tries",
-        type=int,
+        type=int_in("--validation-tries", 1, MAX_COUNT),
         default=3,
         help="calibration-feasible policies tried on the held-out split, cheapest first, before giving up "
         "(default: 3)",
@@ -63,17 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="held-out samples: `shapes` or a dataset folder (default: the profile's, if shapes)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    add_seed_argument(parser, help="sampler seed (default: 0)")
     parser.add_argument(
         "--peers",
         default=None,
         help="comma-separated peer schedules to enqueue first, or `none` (default: DeepCache N=3,5, "
         "T-GATE, ControlNet window, scaled to the step count)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="expected step count (refuse other profiles)")
+    add_steps_argument(parser, default=None, help="expected step count (refuse other profiles)")
     parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")
     parser.add_argument(
-        "--heartbeat", type=int, default=30, help="seconds between trial heartbeats (stale after twice that)"
+        "--heartbeat",
+        type=int_in("--heartbeat", 1, 86400),
+        default=30,
+        help="seconds between trial heartbeats (stale after twice that)",
     )
     parser.add_argument("--model", default=None, help="override the profile's model (preset, folder, hub id)")
     parser.add_argument("--controlnet", default=None, help="ControlNet for a base model without one")
@@ -86,6 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Internal: a worker started by --workers runs trials only.
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+
+
+def _pareto_name(out: str) -> str:
+    from hgc_tune.policy import pareto_path
+
+    return pareto_path(out).name
 
 
 def _config(args: argparse.Namespace):
@@ -270,11 +306,21 @@ def _print_summary(result: Any, paths: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.worker_only:
+        # The policy, and the Pareto file beside it (hgc_tune.policy.pareto_path).
+        check_output(
+            args.out, overwrite=args.overwrite, replaces=(_pareto_name(args.out),), what="a search's output"
+        )
+    if args.storage is not None:
+        from hgc_tune.search._storage import check_storage_url
+
+        check_storage_url(args.storage)
+    config = _config(args)  # budget, trials, … are checked before anything is loaded
+
     import optuna
 
     from hgc_tune.errors import SearchError
     from hgc_tune.search import (
-        SearchConfig,
         load_search_profile,
         prepare_search,
         run_search,
@@ -282,9 +328,6 @@ def run(args: argparse.Namespace) -> int:
         write_search_outputs,
     )
 
-    config: SearchConfig = _config(args)  # budget, trials, … are checked before anything is loaded
-    if args.workers < 1:
-        raise SearchError(f"`--workers` must be a positive integer, but got workers={args.workers}.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile, folder = load_search_profile(args.profile)
     if config.metric is not None:

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, overload
 
+from hgc_tune._json import load_json_text
 from hgc_tune.errors import DatasetError
 
 __all__ = [
@@ -43,17 +44,21 @@ METADATA_FILE = "metadata.jsonl"
 REQUIRED_FIELDS: tuple[str, ...] = ("condition", "prompt", "condition_type")
 FIELDS: tuple[str, ...] = (*REQUIRED_FIELDS, "image", "negative_prompt", "seed")
 _MAX_SEED = 2**63
+# A row is a few hundred bytes; a longer line is refused without being parsed.
+_MAX_ROW_BYTES = 2**20
 
 # Reason -> what it means; the keys of ``Dataset.skipped``.
 SKIP_REASONS: Mapping[str, str] = MappingProxyType(
     {
-        "bad_json": "the line is not a JSON object",
+        "bad_encoding": "the line is not UTF-8 text",
+        "bad_json": "the line is not a JSON object (or is nested too deeply, or longer than 1 MiB)",
         "unknown_field": "a field that is not part of the format",
         "missing_field": "a required field is absent",
         "bad_value": "a field of the wrong type (a path or text that is not a string) or empty",
         "empty_prompt": "the prompt is empty or only whitespace",
         "bad_seed": "the seed is not an integer in [0, 2**63)",
         "bad_path": "a path that is absolute or leaves the dataset folder",
+        "outside_dataset": "a condition or ground-truth path that a link leads outside the dataset folder",
         "missing_file": "a condition or ground-truth file that does not exist",
         "unreadable_file": "a condition or ground-truth file that is not a readable image",
     }
@@ -160,12 +165,37 @@ def _relative_path(row: dict[str, Any], field: str) -> PurePosixPath:
     return relative
 
 
-def _parse_row(line: str) -> dict[str, Any]:
+def _inside(root: Path, path: Path, field: str, relative: str) -> None:
+    """Refuse a path that resolves (through links) outside ``root``, before anything opens it."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise _BadRow(
+            "outside_dataset",
+            field,
+            relative,
+            f"`{field}` must stay inside the dataset folder, but {field}={relative!r} is a link (or lies "
+            f"below one) that leads to {str(path.resolve())!r}",
+        )
+
+
+def _parse_row(line: bytes) -> dict[str, Any]:
     """Structural checks of one line; returns the row with normalised values."""
+    if len(line) > _MAX_ROW_BYTES:
+        raise _BadRow(
+            "bad_json",
+            None,
+            _short(line),
+            f"the line is longer than {_MAX_ROW_BYTES} bytes, too long for a row",
+        )
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise _BadRow("bad_json", None, line.strip(), f"the line is not valid JSON ({e.msg})") from e
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadRow(
+            "bad_encoding", None, line.strip(), f"the line is not UTF-8 text (byte {e.start}: {e.reason})"
+        ) from None
+    try:
+        row = load_json_text(text, what="the row", error=DatasetError, max_bytes=_MAX_ROW_BYTES)
+    except DatasetError as e:
+        raise _BadRow("bad_json", None, _short(text.strip()), f"the line is not valid JSON ({e})") from None
     if not isinstance(row, dict):
         raise _BadRow("bad_json", None, row, f"the line must be a JSON object, but got {_short(row)}")
     unknown = sorted(set(row) - set(FIELDS))
@@ -216,6 +246,16 @@ def _parse_row(line: str) -> dict[str, Any]:
     if row.get("image") is not None:
         row["image"] = str(_relative_path(row, "image"))
     return row
+
+
+def _lines(file: Any) -> Iterator[bytes]:
+    """The lines of a binary file; a line longer than a row may be comes back cut to one byte more than
+    that (and is refused), without the rest of it ever being held in memory."""
+    while line := file.readline(_MAX_ROW_BYTES + 1):
+        if len(line) > _MAX_ROW_BYTES and not line.endswith(b"\n"):
+            while (rest := file.readline(_MAX_ROW_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 class Dataset:
@@ -287,10 +327,15 @@ class Dataset:
                 f"dataset folder {str(root)!r} has no {METADATA_FILE}; make one with "
                 f"`hgc-tune data shapes --out {root}` or write one row per sample (see `hgc_tune.data`)."
             )
+        if not metadata.resolve().is_relative_to(root.resolve()):
+            raise DatasetError(
+                f"{str(metadata)!r} must be a file inside the dataset folder, but it is a link to "
+                f"{str(metadata.resolve())!r}."
+            )
         samples: list[Sample] = []
         skipped: dict[str, int] = {}
-        with metadata.open("r", encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
+        with metadata.open("rb") as lines:
+            for number, line in enumerate(_lines(lines), start=1):
                 if limit is not None and len(samples) >= limit:
                     break
                 if not line.strip():
@@ -311,10 +356,13 @@ class Dataset:
     @staticmethod
     def _sample_from_row(root: Path, row: dict[str, Any], index: int, line: int) -> Sample:
         condition_path = root / row["condition"]
-        _check_image_file(condition_path, "condition", row["condition"])
+        _inside(root, condition_path, "condition", row["condition"])
         image_path = None
         if row.get("image") is not None:
             image_path = root / row["image"]
+            _inside(root, image_path, "image", row["image"])
+        _check_image_file(condition_path, "condition", row["condition"])
+        if image_path is not None:
             _check_image_file(image_path, "image", row["image"])
         return Sample(
             index=index,

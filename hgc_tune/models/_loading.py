@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._json import load_json_file
 from hgc_tune.errors import (
     IncompatibleControlNetError,
     ModelLoadError,
@@ -99,7 +99,8 @@ def _load_controlnet(ref: str, torch_dtype):
 
     if _is_local(ref) or not _HUB_ID.match(ref):
         path = _resolve_local_dir(ref, "ControlNet", "config.json")
-        class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+        config = load_json_file(path / "config.json", what="ControlNet config", error=NotAPipelineError)
+        class_name = config.get("_class_name") if isinstance(config, dict) else None
         if class_name != "ControlNetModel":
             raise NotAPipelineError(
                 f"ControlNet {ref!r} holds a {class_name!r}, but a 'ControlNetModel' was expected."
@@ -118,8 +119,10 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
 
     if _is_local(base) or not _HUB_ID.match(base):
         base = str(_resolve_local_dir(base, "base model", "model_index.json"))
-        index = json.loads((Path(base) / "model_index.json").read_text())
-        if "unet" not in index:
+        index = load_json_file(
+            Path(base) / "model_index.json", what="pipeline index", error=NotAPipelineError
+        )
+        if not isinstance(index, dict) or "unet" not in index:
             raise NotAPipelineError(f"base model {base!r} has no U-Net in its model_index.json.")
         has_own_controlnet = "controlnet" in index
     else:

@@ -29,11 +29,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._atomic import atomic_write_text
+from hgc_tune._json import load_json_text
 from hgc_tune.errors import PolicyFormatError
 from hgc_tune.policy._model import (
     SCHEMA_VERSION,
@@ -55,9 +56,12 @@ __all__ = [
     "loads_policy",
     "load_policy",
     "save_policy",
+    "pareto_path",
 ]
 
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION,)
+# A policy file of every condition type of an SDXL pipeline is under 1 MB.
+MAX_POLICY_BYTES = 16 * 2**20
 
 # A cached module's key: a denoiser component, then a dotted path (``unet.up_blocks.1.attentions.0…``).
 # Checked on read and on write, so a typo fails when the file is loaded rather than when it is applied.
@@ -210,7 +214,8 @@ def dumps_policy(policy_or_file: Policy | PolicyFile) -> str:
 def save_policy(policy_or_file: Policy | PolicyFile, path: str | os.PathLike[str]) -> Path:
     """Write a policy file atomically (temporary file in the same directory, then :func:`os.replace`).
 
-    The parent directory is created if missing. An existing file keeps its permission bits.
+    The parent directory is created if missing. A new file gets mode 0644; an existing file keeps its
+    permission bits.
 
     Args:
         policy_or_file: A :class:`Policy` (written as a one-policy file) or a :class:`PolicyFile`.
@@ -219,23 +224,14 @@ def save_policy(policy_or_file: Policy | PolicyFile, path: str | os.PathLike[str
     Returns:
         The path written.
     """
-    path = Path(path)
-    text = dumps_policy(policy_or_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a stray temporary file next to the destination.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, dumps_policy(policy_or_file))
+
+
+def pareto_path(out: str | os.PathLike[str]) -> Path:
+    """Where the Pareto JSON of a policy goes: ``policies/NAME.json`` -> ``policies/NAME.pareto.json``."""
+    out = Path(out)
+    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
+    return out.with_name(f"{stem}.pareto.json")
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -420,8 +416,12 @@ def policy_from_json(data: Mapping[str, Any]) -> PolicyFile:
         raise PolicyFormatError(f"policy file: {e}") from e
 
 
+class _HookError(PolicyFormatError):
+    """Raised by the parse hooks; :func:`loads_policy` prefixes the source to its message."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise PolicyFormatError(f"{name} is not valid JSON (numbers must be finite).")
+    raise _HookError(f"{name} is not valid JSON (numbers must be finite).")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -429,7 +429,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in out:
             # json would silently keep the last one; a policy file must say one thing.
-            raise PolicyFormatError(f"duplicate key {key!r} in a JSON object.")
+            raise _HookError(f"duplicate key {key!r} in a JSON object.")
         out[key] = value
     return out
 
@@ -445,15 +445,16 @@ def loads_policy(text: str | bytes, *, source: str = "policy file") -> PolicyFil
         PolicyFormatError: Malformed JSON (with line and column) or anything :func:`policy_from_json` rejects.
     """
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise PolicyFormatError(
-            f"{source}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}."
-        ) from e
-    except PolicyFormatError as e:
+        data = load_json_text(
+            text,
+            what=source,
+            error=PolicyFormatError,
+            max_bytes=MAX_POLICY_BYTES,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except _HookError as e:
         raise PolicyFormatError(f"{source}: {e}") from e
-    except UnicodeDecodeError as e:
-        raise PolicyFormatError(f"{source}: not UTF-8 text ({e}).") from e
     try:
         return policy_from_json(data)
     except PolicyFormatError as e:
@@ -481,7 +482,9 @@ def load_policy(path: str | os.PathLike[str]) -> PolicyFile:
     """
     path = Path(path)
     try:
-        text = path.read_bytes()
+        with path.open("rb") as f:
+            # A policy is a few kB; a larger file is not read into memory at all.
+            text = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError as e:
         raise PolicyFormatError(f"policy file {str(path)!r} does not exist.") from e
     except OSError as e:

@@ -12,13 +12,13 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hgc_tune._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from hgc_tune._json import load_json_file
 from hgc_tune.errors import ProfileError
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS
 
@@ -38,6 +38,8 @@ FORMAT = "hgc-tune-profile"
 SCHEMA_VERSION = 1
 META_FILE = "profile.json"
 TENSOR_FILE = "profile.safetensors"
+# Earlier versions wrote both files into a temporary folder of this prefix (carrying no process id).
+_LEGACY_TMP_PREFIX = ".profile-tmp-"
 AGGREGATES: tuple[str, ...] = ("mean", "std")
 
 REFERENCE_LATENTS = "reference/latents"
@@ -231,10 +233,10 @@ class Profile:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``profile.json`` and ``profile.safetensors`` into the folder ``path`` (created if needed).
 
-        Both files are written to a temporary folder inside ``path`` first and then moved into place with
-        ``os.replace``, the tensors before the metadata: a reader sees the old profile, the new one, or (after
-        a crash between the two moves) a sha256 mismatch, never a silent mix. Other files in ``path`` are
-        left alone; an existing profile is replaced.
+        Each file is written atomically (:func:`hgc_tune._atomic.atomic_write`), the tensors before the
+        metadata: a reader sees the old profile, the new one, or (after a crash between the two) a sha256
+        mismatch, never a silent mix. Temporary files a killed earlier save left in ``path`` are removed
+        first. Other files in ``path`` are left alone; an existing profile is replaced.
 
         Returns:
             The folder.
@@ -245,6 +247,7 @@ class Profile:
         if folder.exists() and not folder.is_dir():
             raise ProfileError(f"`path` must be a folder, but got path={str(folder)!r}, which is a file.")
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder, legacy_prefixes=(_LEGACY_TMP_PREFIX,))
         blob = save(
             {name: np.ascontiguousarray(array) for name, array in self._tensors.items()},
             metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)},
@@ -252,14 +255,8 @@ class Profile:
         recorded = {"name": TENSOR_FILE, "sha256": _sha256(blob), "bytes": len(blob)}
         meta = {**self._meta, "tensor_file": recorded}
         text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        tmp = Path(tempfile.mkdtemp(prefix=".profile-tmp-", dir=folder))
-        try:
-            (tmp / TENSOR_FILE).write_bytes(blob)
-            (tmp / META_FILE).write_text(text, encoding="utf-8")
-            os.replace(tmp / TENSOR_FILE, folder / TENSOR_FILE)
-            os.replace(tmp / META_FILE, folder / META_FILE)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_bytes(folder / TENSOR_FILE, blob)
+        atomic_write_text(folder / META_FILE, text)
         self._meta = meta
         return folder
 
@@ -283,10 +280,7 @@ class Profile:
                     f"no profile at {str(folder)!r}: {file.name} is missing; run `hgc-tune profile --out "
                     f"{folder}` first."
                 )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ProfileError(f"{str(meta_path)!r} is not valid JSON ({e}); profile it again.") from e
+        meta = load_json_file(meta_path, what="profile metadata", error=ProfileError)
         if not isinstance(meta, dict):
             raise ProfileError(
                 f"{str(meta_path)!r} must hold a JSON object, but holds a {type(meta).__name__}."

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import ReportError
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy, policy_step_macs
 from hgc_tune.report._html import ReportFigure, render_html
@@ -128,18 +128,6 @@ class ReportResult:
             "summary": self.summary,
             "notes": list(self.notes),
         }
-
-
-def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _resolve_profile(profile: Any) -> tuple[Any, str | None]:
@@ -342,9 +330,9 @@ def build_report(
     )
     summary["figures"] = {name: FIGURES[name].file for name in figures}
     summary["notes"] = notes
-    summary_path = _write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    summary_path = atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     page = render_html(summary, [FIGURES[name] for name in figures], notes, version=hgc_tune.__version__)
-    index = _write_text(out / INDEX_FILE, page)
+    index = atomic_write_text(out / INDEX_FILE, page)
     return ReportResult(
         out_dir=out,
         index=index,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from hgc_tune._atomic import atomic_write
 from hgc_tune.report._grid import (
     COND_ONLY,
     DROPPED,
@@ -66,7 +66,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, palette: bool = True) -> Path:
-    """Write ``fig`` as a PNG at :data:`DPI`, atomically (a temporary file, then ``os.replace``).
+    """Write ``fig`` as a PNG at :data:`DPI`, atomically, mode 0644 (:func:`hgc_tune._atomic.atomic_write`).
 
     Args:
         fig: The figure.
@@ -77,20 +77,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, palette: bool = Tr
     Returns:
         The path written.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".png", dir=target.parent)
-    os.close(fd)
-    try:
-        _write_png(fig, tmp, palette=palette)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(path, lambda tmp: _write_png(fig, tmp, palette=palette))
 
 
-def _write_png(fig: Figure, path: str, *, palette: bool) -> None:
+def _write_png(fig: Figure, path: Path, *, palette: bool) -> None:
     import io
 
     from PIL import Image
@@ -779,6 +769,15 @@ def _prompt_label(index: int, seed: int, prompt: str) -> str:
     return f"#{index}  seed {seed}\n" + "\n".join(textwrap.wrap(wrapped, 26)[:3])
 
 
+def _column_title(text: str, width: int = 24, lines: int = 2) -> str:
+    """``text`` wrapped to a sample column's width (``width`` characters), at most ``lines`` lines, the last
+    ending in "…" when cut: a long policy name must not run into the next column's title."""
+    wrapped = textwrap.wrap(text, width, break_on_hyphens=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = [*wrapped[: lines - 1], wrapped[lines - 1][: width - 1] + "…"]
+    return "\n".join(wrapped)
+
+
 def plot_samples(
     conditions: np.ndarray,
     full: np.ndarray,
@@ -812,7 +811,7 @@ def plot_samples(
         axes = fig.subplots(k, columns, squeeze=False)
         titles = ["condition", "full compute"]
         if policy_images is not None:
-            titles += [f"policy: {policy_name}", "|full − policy|"]
+            titles += [_column_title(f"policy: {policy_name}"), "|full − policy|"]
         vmax = max(float(diff.max()), 1.0) if diff is not None else 1.0
         mappable = None
         for row in range(k):

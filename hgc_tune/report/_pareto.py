@@ -20,7 +20,6 @@ trials with peer names.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._json import load_json_file
 from hgc_tune.errors import ReportError
 
 __all__ = [
@@ -264,12 +264,10 @@ def load_pareto(path: str | os.PathLike[str]) -> ParetoData:
         ReportError: If the file is missing, not JSON, or violates the layout.
     """
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ReportError(f"cannot read the Pareto file {str(file)!r}: {e}") from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ReportError(f"the Pareto file {str(file)!r} is not valid JSON: {e}") from e
+    data = load_json_file(
+        file,
+        what="the Pareto file",
+        error=ReportError,
+        missing=lambda f: ReportError(f"cannot read the Pareto file {str(f)!r}: it does not exist."),
+    )
     return pareto_data_from_json(data, source=str(file))

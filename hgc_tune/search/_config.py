@@ -43,9 +43,9 @@ class SearchConfig:
             remainder). Enqueued peer schedules count as trials.
         timeout: Stop starting new trials after this many seconds (per process); ``None``: no limit.
         seed: Seed of the TPE sampler (worker ``i`` uses ``seed + i``).
-        storage: Optuna storage: an RDB URL (``sqlite:///runs/NAME/study.db``, ``postgresql://…``,
-            ``mysql://…``) or ``journal:PATH`` (Optuna's JournalFile storage); ``None``: a SQLite file beside
-            the profile (in memory when the profile has no folder).
+        storage: Optuna storage: an RDB URL (``sqlite:///runs/NAME/study.db``,
+            ``postgresql+psycopg2://…``, ``mysql+pymysql://…``) or ``journal:PATH`` (Optuna's JournalFile
+            storage); ``None``: a SQLite file beside the profile (in memory when the profile has no folder).
         study_name: Study name; ``None``: ``<model>-<condition>-<metric>-budget<budget>``.
         worker_index: Index of this worker process among several on one storage (offsets the seed).
         peers: Peer schedule names to enqueue as the first trials (``deepcache-n3-b0``, ``tgate-g10``, …);

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hgc_tune._atomic import atomic_write
 from hgc_tune.search._fidelity import GeneratedOutput, GenerationJob, GenerationSettings, iter_outputs
 
 __all__ = ["HELDOUT_DIR", "heldout_key", "heldout_references"]
@@ -105,20 +105,10 @@ def heldout_references(
         if on_output is not None:
             on_output(i)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".heldout-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(
-                {
-                    "images": np.ascontiguousarray(np.stack([o.image for o in outputs])),
-                    "latents": np.ascontiguousarray(np.stack([o.latent for o in outputs]).astype(np.float32)),
-                },
-                tmp,
-                metadata={"format": _FORMAT, "key": key, "samples": str(len(jobs))},
-            )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        tensors = {
+            "images": np.ascontiguousarray(np.stack([o.image for o in outputs])),
+            "latents": np.ascontiguousarray(np.stack([o.latent for o in outputs]).astype(np.float32)),
+        }
+        metadata = {"format": _FORMAT, "key": key, "samples": str(len(jobs))}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return outputs, False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import FidelityError, HgcTuneError, ProfileError, SearchError
+from hgc_tune.policy import pareto_path
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._fidelity import (
     FidelityEstimate,
@@ -896,24 +897,8 @@ def _result(
 # ----------------------------------------------------------------------------------------------- output
 
 
-def pareto_path(out: str | os.PathLike[str]) -> Path:
-    """Where the Pareto JSON of a policy goes: ``policies/NAME.json`` -> ``policies/NAME.pareto.json``."""
-    out = Path(out)
-    stem = out.name[: -len(".json")] if out.name.endswith(".json") else out.name
-    return out.with_name(f"{stem}.pareto.json")
-
-
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> dict[str, Path | None]:

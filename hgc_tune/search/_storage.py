@@ -2,7 +2,8 @@
 
 Storage strings:
 
-- an RDB URL (``sqlite:///runs/NAME/study.db``, ``postgresql://user:pass@host/db``, ``mysql+pymysql://…``),
+- an RDB URL (``sqlite:///runs/NAME/study.db``, ``postgresql+psycopg2://user:pass@host/db``,
+  ``mysql+pymysql://…``), checked by :func:`check_storage_url` (its database driver must be installed) and
   passed to :class:`optuna.storages.RDBStorage` with heartbeats: a running trial records a heartbeat every
   ``heartbeat_interval`` seconds; a trial silent for ``grace_period`` seconds (its worker was killed) is
   failed by the next worker that starts a trial, and
@@ -23,10 +24,23 @@ from typing import Any
 
 from hgc_tune.errors import SearchError
 
-__all__ = ["JOURNAL_PREFIX", "default_storage_url", "open_storage", "redact_storage"]
+__all__ = ["JOURNAL_PREFIX", "check_storage_url", "default_storage_url", "open_storage", "redact_storage"]
 
 JOURNAL_PREFIX = "journal:"
 _HEARTBEAT_ATTR = "hgc:heartbeat"
+# PostgreSQL drivers SQLAlchemy knows, in the order a plain ``postgresql://`` URL picks them: psycopg2 first,
+# the one the ``postgres`` extra installs (SQLAlchemy 2.1 itself would pick psycopg 3, which is rarely there).
+_POSTGRES_DRIVERS: tuple[tuple[str, str], ...] = (("psycopg2", "psycopg2"), ("psycopg", "psycopg"))
+# Python module of a database driver -> the pip package that provides it.
+_DRIVER_PACKAGES: dict[str, str] = {
+    "psycopg2": "psycopg2-binary (pip install 'hgc-tune[postgres]')",
+    "psycopg": "psycopg[binary] (psycopg 3)",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+}
 
 
 def default_storage_url(folder: Any) -> str:
@@ -45,6 +59,75 @@ def redact_storage(url: str | None) -> str | None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def check_storage_url(url: str) -> str:
+    """Check a storage string and return the URL to open: fails at once, before any work.
+
+    A plain ``postgresql://`` URL is given the first installed driver (``postgresql+psycopg2://``, else
+    ``postgresql+psycopg://``); any RDB URL whose driver module is not installed is refused with the package
+    to install.
+
+    Args:
+        url: An RDB URL or ``journal:PATH``.
+
+    Returns:
+        The storage string to open (the same, or with the PostgreSQL driver named).
+
+    Raises:
+        SearchError: A malformed URL, an unknown database, or a missing driver.
+    """
+    if url.startswith(JOURNAL_PREFIX):
+        if not url[len(JOURNAL_PREFIX) :]:
+            raise SearchError(f"`storage` must be journal:PATH with a file path, but got storage={url!r}.")
+        return url
+    if "://" not in url:
+        raise SearchError(
+            "`storage` must be a database URL (sqlite:///PATH, postgresql+psycopg2://…, mysql+pymysql://…) "
+            f"or journal:PATH, but got storage={url!r}."
+        )
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise SearchError(
+            f"`storage` is not a database URL: storage={redact_storage(url)!r} ({e})."
+        ) from None
+    if parsed.drivername == "postgresql":
+        # No driver named: pick an installed one explicitly rather than SQLAlchemy's default (psycopg 3).
+        found = next((driver for driver, module in _POSTGRES_DRIVERS if _importable(module)), None)
+        if found is None:
+            raise SearchError(
+                f"storage {redact_storage(url)!r} needs a PostgreSQL driver, and none is installed: install "
+                f"{_DRIVER_PACKAGES['psycopg2']} and use postgresql+psycopg2://USER:PASSWORD@HOST/DB."
+            )
+        parsed = parsed.set(drivername=f"postgresql+{found}")
+        url = parsed.render_as_string(hide_password=False)
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError as e:
+        raise SearchError(
+            f"`storage` names a database SQLAlchemy does not know: storage={redact_storage(url)!r} ({e}); "
+            "use sqlite:///PATH, postgresql+psycopg2://…, mysql+pymysql://… or journal:PATH."
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        module = (e.name or "").split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module or "its driver")
+        raise SearchError(
+            f"storage {redact_storage(url)!r} needs the database driver {module or parsed.drivername!r}, "
+            f"which is not installed: install {package}."
+        ) from None
+    return url
 
 
 def _journal_storage_class():
@@ -119,12 +202,9 @@ def open_storage(
         # Heartbeats and the retry callback are marked experimental in Optuna; they are what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        url = check_storage_url(url)
         if url.startswith(JOURNAL_PREFIX):
             path = url[len(JOURNAL_PREFIX) :]
-            if not path:
-                raise SearchError(
-                    f"`storage` must be journal:PATH with a file path, but got storage={url!r}."
-                )
             from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
             try:
@@ -133,11 +213,6 @@ def open_storage(
                 raise SearchError(f"cannot open the journal storage {path!r}: {e}") from e
             return _journal_storage_class()(
                 backend, heartbeat_interval=heartbeat_interval, grace_period=grace, stale_trial_callback=retry
-            )
-        if "://" not in url:
-            raise SearchError(
-                "`storage` must be a database URL (sqlite:///PATH, postgresql://…, mysql://…) or "
-                f"journal:PATH, but got storage={url!r}."
             )
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._atomic import atomic_write_text
+from hgc_tune._json import load_json_file
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS, controlnet_dir
 from hgc_tune.zoo._resume import Checkpointer, StopRequested, stop_on_signals
@@ -408,9 +410,9 @@ class _Run:
         """Keep the summary and loss curves of stages loaded from an earlier run in ``out``."""
         skipped = [s for s in STAGES if s not in self.config.stages]
         try:
-            previous = json.loads((self.out / "training.json").read_text())
-            curves = json.loads((self.reports / "zoo-train-losses.json").read_text())["curves"]
-        except (OSError, ValueError, KeyError):
+            previous = load_json_file(self.out / "training.json", what="training summary")
+            curves = load_json_file(self.reports / "zoo-train-losses.json", what="loss curves")["curves"]
+        except (HgcTuneError, KeyError, TypeError):
             return
         for stage in skipped:
             if stage in previous.get("stages", {}):
@@ -463,9 +465,11 @@ class _Run:
         self.summary["elapsed_seconds"] = round(self.timeline.elapsed(), 1)
         # What ships (the copy instruction says `controlnet-*`), ControlNets not trained now included.
         self.summary["size_mb"] = round(_megabytes([self.base_dir, *self.out.glob("controlnet-*")]), 2)
-        (self.out / "training.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            self.out / "training.json", json.dumps(self.summary, indent=2, sort_keys=True) + "\n"
+        )
         curves = json.dumps(self.losses.to_json(), indent=1, sort_keys=True) + "\n"
-        (self.reports / "zoo-train-losses.json").write_text(curves)
+        atomic_write_text(self.reports / "zoo-train-losses.json", curves)
         try:
             self.losses.plot(self.reports / "zoo-train-losses.png")
         except Exception as e:  # a plotting problem must not cost a trained model
@@ -812,7 +816,7 @@ class _Run:
             return
         self.summary["self_check"] = check
         text = json.dumps(check, indent=2, sort_keys=True) + "\n"
-        (self.reports / "zoo-selfcheck.json").write_text(text)
+        atomic_write_text(self.reports / "zoo-selfcheck.json", text)
 
 
 def run_training(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hgc_tune._atomic import atomic_write
+
 __all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "pick_guidance", "self_check"]
 
 
@@ -155,7 +157,10 @@ def self_check(
     recommended = pick_guidance(results, guidance_scales)
     for condition in results:
         grid = grid_image(grids[condition, str(recommended)])
-        Image.fromarray(grid).save(report_dir / f"zoo-samples-{condition}.png")
+        picture = Image.fromarray(grid)
+        atomic_write(
+            report_dir / f"zoo-samples-{condition}.png", lambda tmp, p=picture: p.save(tmp, format="PNG")
+        )
     return {
         "conditions": results,
         "bars": {c: ACCEPTANCE[c].describe() for c in results},

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hgc_tune._atomic import atomic_write
 from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
 from hgc_tune.zoo._pool import ScenePool
 from hgc_tune.zoo._resume import Checkpointer, Ema, StopRequested, stop_requested
@@ -158,7 +159,7 @@ class LossLog:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
 
 

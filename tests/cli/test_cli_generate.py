@@ -48,7 +48,9 @@ def test_json_reports_time_and_macs_of_the_policy(tmp_path, condition_file, caps
     assert 0 < paper["policy"] < paper["full"]
     assert paper["reduction"] == pytest.approx(1 - paper["policy"] / paper["full"])
     assert result["macs"]["complete"]["full"] > paper["full"]  # the complete convention counts more ops
-    assert main(argv) == 0  # no policy: the full MACs, no reduction
+    assert main(argv) == 2  # the image is there: replacing it takes --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # no policy: the full MACs, no reduction
     assert json.loads(capsys.readouterr().out)["macs"]["paper"]["reduction"] == 0
 
 

@@ -33,3 +33,24 @@ def test_macs_policy_with_other_steps_is_refused(capsys):
     path = POLICIES / "tiny-deepcache-n3-b0.json"
     assert main(["macs", "--model", "tiny", "--policy", str(path), "--steps", "10"]) == 2
     assert "made for 20 steps, but --steps 10" in capsys.readouterr().err
+
+
+def test_another_models_policy_is_refused_naming_both_fingerprints(capsys):
+    from hgc_tune.models import load_pipeline, model_fingerprint
+    from hgc_tune.policy import load_policy
+
+    path = POLICIES / "sd15-deepcache-n3-b0.json"
+    assert main(["macs", "--model", "tiny", "--policy", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "reduction" not in captured.out
+    theirs = load_policy(path).select().target.fingerprint
+    ours = model_fingerprint(load_pipeline("tiny"))
+    assert "does not fit this pipeline" in captured.err
+    assert f"policy has {theirs!r}, pipeline has {ours!r}" in captured.err
+
+
+def test_shapes_macs_need_no_condition(capsys):
+    assert main(["macs", "--model", "shapes", "--steps", "2", "--json"]) == 0
+    counted = json.loads(capsys.readouterr().out)
+    assert main(["macs", "--model", "shapes", "--condition", "depth", "--steps", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["conventions"] == counted["conventions"]

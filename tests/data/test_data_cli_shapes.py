@@ -121,6 +121,25 @@ def test_cli_check_counts_bad_rows_and_strict_exits_2(tmp_path: Path, capsys):
     assert "metadata.jsonl:5:" in capsys.readouterr().err
 
 
+def test_cli_check_does_not_count_links_out_of_the_folder_or_non_utf8_rows(tmp_path: Path, capsys):
+    out = tmp_path / "ds"
+    write_shapes_dataset(out, n=1, conditions=["seg"])
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere.png")
+    (out / "seg" / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    (out / "seg" / "passwd.png").symlink_to("/etc/passwd")
+    with (out / "metadata.jsonl").open("ab") as f:
+        f.write(b'{"condition": "seg/link.png", "prompt": "x", "condition_type": "seg"}\n')
+        f.write(b'{"condition": "seg/passwd.png", "prompt": "x", "condition_type": "seg"}\n')
+        f.write(b'{"condition": "seg/00000.png", "prompt": "caf\xe9", "condition_type": "seg"}\n')
+    assert main(["data", "check", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 1
+    assert report["skipped"] == {"outside_dataset": 2, "bad_encoding": 1}
+    assert main(["data", "check", str(out), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "metadata.jsonl:2:" in err and "must stay inside the dataset folder" in err
+
+
 def test_cli_preview_writes_a_grid(tmp_path: Path):
     out = tmp_path / "p" / "preview.png"
     assert main(["data", "preview", "--out", str(out), "--n", "2", "--scale", "2"]) == 0

@@ -22,7 +22,8 @@ def _png(path: Path, value: int = 100, mode: str = "RGB") -> None:
 
 def _write(folder: Path, rows: list) -> None:
     lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # surrogateescape: a row may carry raw bytes that are not UTF-8 ("\udce9" is the byte 0xE9)
+    (folder / "metadata.jsonl").write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 def _good(i: int, condition_type: str = "seg") -> dict:
@@ -31,12 +32,17 @@ def _good(i: int, condition_type: str = "seg") -> dict:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "dataset"
     for i in range(4):
-        _png(tmp_path / "c" / f"{i}.png", value=10 * i)
-    _png(tmp_path / "gt" / "0.png", value=200)
-    _png(tmp_path / "c" / "grey.png", value=50, mode="L")
-    (tmp_path / "c" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
-    return tmp_path
+        _png(root / "c" / f"{i}.png", value=10 * i)
+    _png(root / "gt" / "0.png", value=200)
+    _png(root / "c" / "grey.png", value=50, mode="L")
+    (root / "c" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    # a readable image outside the dataset, and a link inside that leads to it
+    _png(tmp_path / "private" / "secret.png", value=77)
+    (root / "c" / "outside.png").symlink_to(tmp_path / "private" / "secret.png")
+    (root / "c" / "inside.png").symlink_to(root / "c" / "0.png")
+    return root
 
 
 # one bad row per reason, with the field and value its strict error must name
@@ -50,6 +56,8 @@ BAD_ROWS = {
     "missing_file": ({**_good(0), "condition": "c/nope.png"}, "condition='c/nope.png'"),
     "unreadable_file": ({**_good(0), "condition": "c/broken.png"}, "condition='c/broken.png'"),
     "bad_value": ({**_good(0), "prompt": 3}, "prompt=3"),
+    "bad_encoding": ('{"condition": "c/0.png", "prompt": "caf\udce9", "condition_type": "seg"}', "not UTF-8"),
+    "outside_dataset": ({**_good(0), "condition": "c/outside.png"}, "condition='c/outside.png'"),
 }
 
 
@@ -200,3 +208,54 @@ def test_content_hash_is_stable_and_sensitive(folder: Path):
     _write(moved, [_good(0), {**_good(1), "image": "gt/0.png", "seed": 4}])
     assert Dataset.open(moved).content_hash() != changed_gt
     assert Dataset.open(moved, limit=1).content_hash() != Dataset.open(moved).content_hash()
+
+
+def test_links_that_leave_the_folder_are_refused_before_opening(folder: Path, monkeypatch):
+    (folder / "gt" / "passwd.png").symlink_to("/etc/passwd")
+    (folder / "linked-dir").symlink_to(folder.parent / "private")
+    rows = [
+        {**_good(0), "condition": "c/inside.png"},  # a link that stays inside is fine
+        {**_good(1), "image": "gt/passwd.png"},
+        {**_good(2), "condition": "linked-dir/secret.png"},  # a file below a linked folder
+        {**_good(3), "condition": "c/outside.png"},
+    ]
+    _write(folder, rows)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k)
+    )
+    dataset = Dataset.open(folder)
+    assert [s.prompt for s in dataset] == ["a red circle 0"]
+    assert dict(dataset.skipped) == {"outside_dataset": 3}
+    assert not [p for p in opened if "passwd" in p or "secret" in p or "outside" in p]
+    with pytest.raises(DatasetError, match=r"metadata.jsonl:2: .*image='gt/passwd.png'.*'/etc/passwd'"):
+        Dataset.open(folder, strict=True)
+
+
+def test_metadata_that_links_outside_is_refused(tmp_path: Path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps(_good(0)) + "\n")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "metadata.jsonl").symlink_to(tmp_path / "rows.jsonl")
+    with pytest.raises(DatasetError, match="must be a file inside the dataset folder"):
+        Dataset.open(tmp_path / "dataset")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * 100_000 + "]" * 100_000,  # past Python's recursion limit
+        '{"condition": "c/0.png", "prompt": "x", "condition_type": "seg", "seed": '
+        + "[" * 200
+        + "]" * 200
+        + "}",
+        '{"prompt": "' + "x" * (2**20 + 10) + '"}',  # longer than a row may be
+    ],
+    ids=["recursion", "nested", "long"],
+)
+def test_hostile_rows_are_bad_json_not_a_crash(folder: Path, line: str):
+    _write(folder, [_good(0), line, _good(1)])
+    dataset = Dataset.open(folder)
+    assert len(dataset) == 2 and dict(dataset.skipped) == {"bad_json": 1}
+    with pytest.raises(DatasetError, match="metadata.jsonl:2: the line"):
+        Dataset.open(folder, strict=True)

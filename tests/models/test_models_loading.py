@@ -105,3 +105,14 @@ def test_controlnet_that_does_not_fit(tiny_pipe, tmp_path):
         IncompatibleControlNetError, match=r"block_out_channels: base U-Net has \[16, 32, 32, 32\]"
     ):
         load_pipeline(str(tmp_path / "pipe"), controlnet=str(tmp_path / "cn"))
+
+
+def test_hostile_model_configs_are_refused_as_not_a_pipeline(tmp_path):
+    nested = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model_index.json").write_text(nested)
+    with pytest.raises(NotAPipelineError, match=r"pipeline index .*model_index\.json'.*nested deeper"):
+        load_pipeline(str(tmp_path / "base"))
+    (tmp_path / "base" / "model_index.json").write_text('{"unet": [1]')
+    with pytest.raises(NotAPipelineError, match="malformed JSON at line 1"):
+        load_pipeline(str(tmp_path / "base"))

@@ -461,3 +461,21 @@ def test_numpy_numbers_in_provenance_are_written_as_plain_numbers() -> None:
         PolicyFormatError, match=r"provenance\.fidelity\['miou'\] must be a number, but got 'high'"
     ):
         policy_to_json(Policy(target=make_target(5), provenance=Provenance(fidelity={"miou": "high"})))
+
+
+@pytest.mark.parametrize("depth", [100, 100_000], ids=["deep", "past-recursion-limit"])
+def test_deeply_nested_policy_is_a_format_error(tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "nested.json"
+    path.write_text('{"schema_version": 1, "policies": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(PolicyFormatError, match=r"nested\.json'.*nested deeper than 64 levels"):
+        load_policy(path)
+
+
+def test_oversized_policy_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    with path.open("w") as f:
+        f.write('{"schema_version": 1, "policies": [], "pad": "')
+        f.write("x" * (16 * 2**20))
+        f.write('"}')
+    with pytest.raises(PolicyFormatError, match=r"huge\.json'.*more than the 16777216 bytes"):
+        load_policy(path)

@@ -132,7 +132,7 @@ def test_other_schema_version_is_refused(saved):
 
 def test_invalid_json_is_refused(saved):
     (saved / META_FILE).write_text('{"format": "hgc-tune-profile", ')
-    with pytest.raises(ProfileError, match="not valid JSON"):
+    with pytest.raises(ProfileError, match="malformed JSON at line 1"):
         Profile.load(saved)
 
 
@@ -174,7 +174,7 @@ def test_crash_between_the_two_moves_is_detected(saved, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         Profile(_meta(), newer).save(saved)
     monkeypatch.undo()
-    assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temp folder removed
+    assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temporary files removed
     with pytest.raises(ProfileError, match="recorded sha256"):
         Profile.load(saved)
 
@@ -184,3 +184,37 @@ def test_save_into_a_file_path_is_refused(tmp_path):
     target.write_text("x")
     with pytest.raises(ProfileError, match="must be a folder"):
         Profile(_meta(), _tensors()).save(target)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_files_are_0644_and_a_killed_saves_leftovers_are_removed_next_time(saved):
+    assert {oct((saved / name).stat().st_mode & 0o777) for name in (META_FILE, TENSOR_FILE)} == {"0o644"}
+    # What a SIGKILL in the write window leaves: an older version's temporary folder, and a temporary file
+    # of a process that no longer runs. A live writer's temporary file is not touched.
+    (saved / ".profile-tmp-k3j4h5").mkdir()
+    (saved / ".profile-tmp-k3j4h5" / TENSOR_FILE).write_bytes(b"half")
+    (saved / f".{TENSOR_FILE}.hgc-tmp-{_dead_pid()}-abc.tmp").write_bytes(b"half")
+    live = saved / f".{META_FILE}.hgc-tmp-{os.getpid()}-def.tmp"
+    live.write_text("{")
+    Profile(_meta(), _tensors()).save(saved)
+    assert sorted(p.name for p in saved.iterdir()) == sorted([META_FILE, TENSOR_FILE, live.name])
+    Profile.load(saved)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000 + "]" * 100_000, '{"format": ' + "[" * 500 + "]" * 500 + "}"],
+    ids=["past-recursion-limit", "deep"],
+)
+def test_deeply_nested_metadata_is_a_profile_error(saved, text):
+    (saved / META_FILE).write_text(text)
+    with pytest.raises(ProfileError, match=r"profile.json'.*JSON nested deeper than 64 levels"):
+        Profile.load(saved)

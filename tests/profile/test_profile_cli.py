@@ -43,4 +43,4 @@ def test_profile_command_writes_a_loadable_profile(tmp_path, monkeypatch, capsys
 
     # An existing profile is not replaced without --overwrite.
     assert main(argv) == 2
-    assert "already holds a profile; pass --overwrite" in capsys.readouterr().err
+    assert "profile.json' (a profile) already exists; pass --overwrite" in capsys.readouterr().err

@@ -235,4 +235,22 @@ def test_cli_report_json(profile_dir, searched, tmp_path, capsys):
     assert payload["summary"]["profile"] == str(profile_dir)
 
     assert main(["report", "--profile", str(profile_dir), "--samples", "-1", "--out", str(out)]) == 2
-    assert "`samples` must be a non-negative integer" in capsys.readouterr().err
+    assert "`--samples` must be an integer in [0, " in capsys.readouterr().err
+    # the report is there: writing it again takes --overwrite
+    again = ["report", "--profile", str(profile_dir), "--samples", "0", "--out", str(out)]
+    assert main(again) == 2
+    assert "index.html' (a report) already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
+
+
+def test_every_written_file_is_0644_and_no_temporary_file_is_left(profile_dir, searched, tmp_path):
+    result = build_report(
+        profile_dir, tmp_path / "report", policy=searched["policy"], pareto=searched["pareto"], samples=1
+    )
+    written = [*result.files, searched["policy"], searched["pareto"]]
+    assert {str(path): oct(Path(path).stat().st_mode & 0o777) for path in written} == {
+        str(path): "0o644" for path in written
+    }
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
+        Path(p).name for p in result.files
+    )

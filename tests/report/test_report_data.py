@@ -82,7 +82,7 @@ def test_pareto_file_that_is_missing_or_not_json(tmp_path):
         load_pareto(tmp_path / "absent.pareto.json")
     broken = tmp_path / "broken.pareto.json"
     broken.write_text("{not json")
-    with pytest.raises(ReportError, match="not valid JSON"):
+    with pytest.raises(ReportError, match="malformed JSON at line 1"):
         load_pareto(broken)
 
 
@@ -149,3 +149,12 @@ def test_number_formatting():
     assert format_percent(0.015, 2) == "1.50%"
     assert format_percent(None) == "–"
     assert format_percent(float("nan")) == "–"
+
+
+def test_pareto_file_nested_past_the_recursion_limit(tmp_path):
+    hostile = tmp_path / "deep.pareto.json"
+    hostile.write_text('{"trials": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(
+        ReportError, match=r"the Pareto file .*deep.pareto.json'.*nested deeper than 64 levels"
+    ):
+        load_pareto(hostile)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,62 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def search_args(profile, storage_url: str, out, trials: int, *extra: str, study: str) -> tuple[str, ...]:
+    """`hgc-tune search` arguments of the multi-process tests: one enqueued peer, no held-out check."""
+    return (
+        "search",
+        "--profile",
+        str(profile),
+        "--budget",
+        str(BUDGET),
+        "--metric",
+        METRIC,
+        "--trials",
+        str(trials),
+        "--storage",
+        storage_url,
+        "--study-name",
+        study,
+        "--peers",
+        "deepcache-n3-b0",
+        "--heldout-samples",
+        "0",
+        "--no-progress",
+        "--json",
+        "--out",
+        str(out),
+        *extra,
+    )
+
+
+_STORAGES: dict[str, object] = {}
+
+
+def study_trials(storage_url: str, study: str) -> list:
+    """The trials of ``study`` in the storage (none when the study does not exist yet)."""
+    import optuna
+
+    from hgc_tune.search import open_storage
+
+    # One storage per URL: polling must not open a connection pool per call (a server has few connections).
+    storage = _STORAGES.get(storage_url) or _STORAGES.setdefault(
+        storage_url, open_storage(storage_url, heartbeat_interval=1)
+    )
+    if study not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+        return []
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def wait_for(predicate, trials, deadline: float) -> list:
+    """Poll ``trials()`` until ``predicate`` holds for them (or fail at ``deadline``, a monotonic time)."""
+    while time.monotonic() < deadline:
+        found = trials()
+        if predicate(found):
+            return found
+        time.sleep(0.3)
+    pytest.fail("the search did not reach the expected state in time")
 
 
 # hgc_tune.models.cacheable_module_keys(load_pipeline("tiny")) (checked against the pipeline in

@@ -182,7 +182,7 @@ def test_cli_bad_input_exits_2_with_the_message(tiny_pipe, tmp_path_factory, tmp
     profile = tiny_profile_dir(tiny_pipe, tmp_path_factory.getbasetemp())
     out = tmp_path / "p.json"
     assert main(["search", "--profile", str(profile), "--budget", "1.5", "--out", str(out)]) == 2
-    assert "`budget` must be in (0, 1), but got budget=1.5." in capsys.readouterr().err
+    assert "`--budget` must be in (0, 1), but got --budget=1.5." in capsys.readouterr().err
     missing = tmp_path / "missing"
     assert main(["search", "--profile", str(missing), "--budget", "0.1", "--out", str(out)]) == 2
     assert "run `hgc-tune profile" in capsys.readouterr().err
@@ -212,7 +212,7 @@ def test_cli_budget_error_before_loading_anything(tmp_path):
         "search", "--profile", str(tmp_path / "nope"), "--budget", "2", "--out", str(tmp_path / "p.json")
     )
     assert done.returncode == 2
-    assert "`budget` must be in (0, 1), but got budget=2.0." in done.stderr
+    assert "`--budget` must be in (0, 1), but got --budget=2." in done.stderr
 
 
 def test_resuming_a_study_made_with_other_settings(tiny_pipe, profile_dir, tmp_path):

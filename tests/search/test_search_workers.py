@@ -10,13 +10,14 @@ import time
 import optuna
 import pytest
 from _search_fixtures import (
-    BUDGET,
-    METRIC,
     cli_command,
     cli_env,
     copy_profile,
     one_torch_thread,  # noqa: F401 (an autouse fixture)
     run_cli,
+    search_args,
+    study_trials,
+    wait_for,
 )
 
 from hgc_tune.search import ATTR, open_storage
@@ -26,38 +27,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 
 def _trials(storage_url: str):
-    storage = open_storage(storage_url, heartbeat_interval=1)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if STUDY not in names:
-        return []
-    return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+    return study_trials(storage_url, STUDY)
 
 
 def _search_args(profile, storage_url, out, trials, *extra):
-    return (
-        "search",
-        "--profile",
-        str(profile),
-        "--budget",
-        str(BUDGET),
-        "--metric",
-        METRIC,
-        "--trials",
-        str(trials),
-        "--storage",
-        storage_url,
-        "--study-name",
-        STUDY,
-        "--peers",
-        "deepcache-n3-b0",
-        "--heldout-samples",
-        "0",
-        "--no-progress",
-        "--json",
-        "--out",
-        str(out),
-        *extra,
-    )
+    return search_args(profile, storage_url, out, trials, *extra, study=STUDY)
 
 
 def test_two_worker_processes_share_n_trials(tiny_pipe, tmp_path_factory, tmp_path):
@@ -83,15 +57,6 @@ def test_two_worker_processes_share_n_trials(tiny_pipe, tmp_path_factory, tmp_pa
     assert len(result["trials"]) == n
 
 
-def _wait_for(predicate, storage_url, deadline):
-    while time.monotonic() < deadline:
-        trials = _trials(storage_url)
-        if predicate(trials):
-            return trials
-        time.sleep(0.3)
-    pytest.fail("the search did not reach the expected state in time")
-
-
 def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_factory, tmp_path):
     profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
     storage_url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -106,7 +71,7 @@ def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_fa
             states = [t.state.name for t in trials]
             return states.count("COMPLETE") >= 2 and "RUNNING" in states
 
-        _wait_for(mid_trial, storage_url, time.monotonic() + 240)
+        wait_for(mid_trial, lambda: _trials(storage_url), time.monotonic() + 240)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
