@@ -11,13 +11,14 @@ project's own files (``torch.save`` of tensors and plain containers) and are loa
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hgc_tune._atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer", "Ema", "StopRequested", "stop_on_signals", "stop_requested"]
 
@@ -120,21 +121,10 @@ class Checkpointer:
         return time.monotonic() - self.last >= self.interval_seconds
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+        """Write ``state`` atomically (the package's one atomic writer: temporary file, fsync, rename)."""
         import torch
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        directory = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         self.last = time.monotonic()
         self.saved_at.append(int(state.get("done", -1)))
 
