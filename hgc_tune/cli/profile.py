@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         default="calibration",
-        choices=["calibration", "heldout", "train"],
+        choices=["calibration", "validation", "test", "heldout", "train"],
         help="shapes split (default: calibration)",
     )
     parser.add_argument("--samples", type=int, default=8, help="number of samples to profile (default: 8)")
