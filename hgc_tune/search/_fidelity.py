@@ -286,6 +286,7 @@ class FidelityScorer:
         min_samples: int = 3,
         confidence: float = 0.0,
         max_samples: int | None = None,
+        accept_early: bool = True,
         on_sample: Callable[[int, float], None] | None = None,
     ) -> FidelityEstimate:
         """Score policy outputs in sample order, stopping as soon as the verdict on the budget is clear.
@@ -306,6 +307,8 @@ class FidelityScorer:
             min_samples: Samples to evaluate before stopping early.
             confidence: One-sided confidence level of the bounds, in ``[0, 1)``.
             max_samples: Score at most this many samples (a screen); ``None``: all.
+            accept_early: Stop on a clear pass; ``False``: only a clear failure stops early, so a pass is
+                decided on every sample (a check with one look at the end cannot pass by optional stopping).
             on_sample: Called with ``(index, value)`` after each sample.
         """
         from hgc_tune.fidelity import check_confidence, paired_loss_bound
@@ -340,7 +343,7 @@ class FidelityScorer:
                         verdict = paired_loss_bound(
                             self.full_scores[:n], policy, self.metric, confidence
                         ).verdict(budget)
-                        rejected, accepted = verdict == "fail", verdict == "pass"
+                        rejected, accepted = verdict == "fail", accept_early and verdict == "pass"
                     else:
                         rejected = self._loss(n, policy) > budget + margin
                 except FidelityError:  # a partial full-compute mean of 0: no estimate yet
@@ -414,7 +417,7 @@ def evaluate_policy(
         >>> from hgc_tune.data import open_dataset  # doctest: +SKIP
         >>> from hgc_tune.policy import load_policy  # doctest: +SKIP
         >>> pipe = load_pipeline("shapes", condition="seg")  # doctest: +SKIP
-        >>> samples = open_dataset("shapes", condition_type="seg", split="heldout", limit=8)  # doctest: +SKIP
+        >>> samples = open_dataset("shapes", condition_type="seg", split="test", limit=8)  # doctest: +SKIP
         >>> policy = load_policy("policies/shapes-seg.json").select("seg")  # doctest: +SKIP
         >>> evaluate_policy(pipe, policy, samples, num_steps=policy.num_steps, condition_type="seg")["loss"]
         ... # doctest: +SKIP

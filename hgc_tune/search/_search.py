@@ -715,6 +715,9 @@ def _validate(session: SearchSession, candidates: list[TrialRecord], samples: An
                 margin=config.margin,
                 min_samples=config.early_rejection_min_samples,
                 confidence=config.confidence,
+                # A pass must hold on every validation sample: stopping at the first look whose bound is
+                # within the budget would let noise pass a policy (optional stopping). Failures stop early.
+                accept_early=False,
             )
             session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
         row = _check_row(record.number, estimate, config.budget, cached)
@@ -899,6 +902,39 @@ def run_search(
     return _result(session, heldout, test, note)
 
 
+def _candidates(
+    records: Sequence[TrialRecord], budget: float, tries: int, validated: bool
+) -> tuple[TrialRecord | None, list[TrialRecord]]:
+    """The calibration winner and the candidates for the policy, in the order they are checked.
+
+    Without a validation split the calibration verdict decides: the trials within the budget, cheapest
+    first. With one, every plausible trial (not a failure on calibration) is a candidate, cheapest first,
+    so the cheapest get the validation samples; but the calibration winner is never left unchecked: it
+    takes the last of the ``tries`` when cheaper undecided trials would use them all. One trial per policy,
+    and only policies cheaper than full compute.
+    """
+
+    def order(r: TrialRecord) -> tuple:
+        upper = r.loss_upper if r.loss_upper is not None else math.inf
+        return (r.macs["paper"]["policy"], upper, r.loss, r.number)
+
+    unique = [r for r in records if r.duplicate_of is None]
+    feasible = sorted((r for r in unique if r.feasible), key=order)
+    best = feasible[0] if feasible else None
+    pool = sorted((r for r in unique if r.plausible(budget)), key=order) if validated else feasible
+    seen: set[str | None] = set()
+    candidates = []
+    for r in pool:
+        if r.policy_key in seen or r.macs["paper"]["reduction"] <= 0:
+            continue
+        seen.add(r.policy_key)
+        candidates.append(r)
+    if validated and best is not None and best in candidates[tries:]:
+        candidates.remove(best)
+        candidates.insert(tries - 1, best)
+    return best, candidates
+
+
 def _result(
     session: SearchSession,
     heldout: Sequence[Any] | None,
@@ -920,25 +956,7 @@ def _result(
             if name and (name not in peers or by_number[peers[name]].state != "COMPLETE"):
                 peers[name] = t.number
 
-    def order(r: TrialRecord) -> tuple:
-        upper = r.loss_upper if r.loss_upper is not None else math.inf
-        return (r.macs["paper"]["policy"], upper, r.loss, r.number)
-
-    unique = [r for r in records if r.duplicate_of is None]
-    feasible = sorted((r for r in unique if r.feasible), key=order)
-    best = feasible[0] if feasible else None
-    # Without a validation split the calibration verdict decides; with one, every plausible trial (not a
-    # clear failure) is a candidate, cheapest first: the cheapest get the validation samples.
-    pool = feasible
-    if heldout is not None:
-        pool = sorted((r for r in unique if r.plausible(config.budget)), key=order)
-    seen: set[str | None] = set()
-    candidates = []
-    for r in pool:
-        if r.policy_key in seen or r.macs["paper"]["reduction"] <= 0:
-            continue
-        seen.add(r.policy_key)
-        candidates.append(r)
+    best, candidates = _candidates(records, config.budget, config.max_validation_tries, heldout is not None)
     validation: tuple = ()
     chosen = None
     estimate = None

@@ -298,3 +298,51 @@ def test_a_screen_scores_at_most_max_samples(scorer8):
     outputs, consumed = _outputs([0.0, 0.2] * 4)
     est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, max_samples=4)
     assert est.samples == 4 and est.total == 8 and consumed == [0, 1, 2, 3, "closed"]
+
+
+def test_a_check_without_early_acceptance_decides_a_pass_on_every_sample(scorer8):
+    outputs, consumed = _outputs([0.01] * 8)
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, accept_early=False)
+    assert est.samples == 8 and not est.accepted_early and est.within(0.1)
+    outputs, _ = _outputs([0.5] * 8)  # a clear failure still stops early
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, accept_early=False)
+    assert est.rejected_early and est.samples == 3
+
+
+def _record(number, macs, loss, upper, lower, *, rejected=False):
+    from hgc_tune.search import TrialRecord
+
+    return TrialRecord(
+        number=number,
+        state="COMPLETE",
+        macs={"paper": {"full": 100.0, "policy": macs, "reduction": 1 - macs / 100.0}},
+        loss=loss,
+        loss_upper=upper,
+        loss_lower=lower,
+        confidence=0.95,
+        rejected_early=rejected,
+        feasible=upper is not None and upper <= 0.015 and not rejected,
+        policy_key=f"k{number}",
+    )
+
+
+def test_candidates_cheapest_plausible_first_and_the_calibration_winner_always_checked():
+    from hgc_tune.search._search import _candidates
+
+    records = [
+        _record(0, 100.0, 0.0, 0.0, 0.0),  # full compute: feasible, never a candidate
+        _record(1, 40.0, 0.01, 0.03, -0.01),  # undecided
+        _record(2, 30.0, 0.02, 0.05, -0.01),  # undecided, cheapest plausible
+        _record(3, 20.0, 0.2, 0.3, 0.1),  # a failure (lower bound above the budget)
+        _record(4, 35.0, 0.3, None, None, rejected=True),  # a clear failure
+        _record(5, 60.0, 0.001, 0.01, -0.008),  # within the budget: the calibration winner
+        _record(6, 50.0, 0.005, 0.02, -0.001),  # undecided
+    ]
+    best, candidates = _candidates(records, 0.015, 3, validated=True)
+    assert best.number == 5
+    assert [r.number for r in candidates] == [2, 1, 5, 6]
+    _, candidates = _candidates(records, 0.015, 4, validated=True)
+    assert [r.number for r in candidates] == [2, 1, 6, 5]
+    # without a validation split, only trials within the budget
+    _, candidates = _candidates(records, 0.015, 3, validated=False)
+    assert [r.number for r in candidates] == [5]
