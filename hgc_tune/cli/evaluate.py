@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
     from hgc_tune.errors import FidelityError, HgcTuneError
-    from hgc_tune.fidelity import check_metric_fits
+    from hgc_tune.fidelity import check_confidence, check_metric_fits
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.search import evaluate_policy
 
@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise HgcTuneError(f"`--steps` must be a positive integer, but got steps={args.steps}.")
     condition = args.condition
+    try:
+        check_confidence(args.confidence)
+    except FidelityError as e:
+        raise HgcTuneError(str(e)) from e
     if args.metric is not None:
         try:
             check_metric_fits(args.metric, condition)
