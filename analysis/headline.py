@@ -134,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.errors import HgcTuneError
     from hgc_tune.models import load_pipeline
     from hgc_tune.policy import load_policy
+
+    hide_loading_bars()
 
     if args.samples < 2:
         print("headline: --samples must be at least 2 (a bound needs two samples).", file=sys.stderr)

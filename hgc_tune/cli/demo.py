@@ -11,7 +11,7 @@ gathered into one policy file. Everything goes under --runs (and the reports und
 command again reuses the profiles and resumes the studies, so an interrupted demo loses nothing.
 
 Example:
-    hgc-tune demo                                  # all four condition types (about 15 min on 2 cores)
+    hgc-tune demo                                  # all four condition types (about 12 min on 2 idle cores)
     hgc-tune demo --conditions seg --trials 8      # a shorter run
 """
 

@@ -1,6 +1,6 @@
 """The policy model: frozen dataclasses that say which modules compute at which denoising steps.
 
-Semantics (shared by executor, MAC accounting and search; see DESIGN.md): a cacheable module M has a
+Semantics (shared by executor, MAC accounting and search): a cacheable module M has a
 compute set ``C_M ⊆ [0, S)`` with ``0 ∈ C_M``. At ``s ∈ C_M`` it runs and its output is stored; at
 ``s ∉ C_M`` it returns the output stored at its latest computed step, without running.
 
