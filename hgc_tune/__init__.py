@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "open_dataset": "hgc_tune.data",
     "Dataset": "hgc_tune.data",
     "TaskEvaluator": "hgc_tune.fidelity",
+    "paired_loss_bound": "hgc_tune.fidelity",
     "SearchConfig": "hgc_tune.search",
     "search_policy": "hgc_tune.search",
     "build_report": "hgc_tune.report",

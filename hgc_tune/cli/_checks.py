@@ -80,6 +80,22 @@ def fraction(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def confidence(flag: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for a confidence level in [0, 1) (0: the point estimate, no bound)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value < 1.0:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"`{flag}` must be in [0, 1), but got {flag}={text}.")
+        return value
+
+    parse.__name__ = flag.lstrip("-")
+    return parse
+
+
 def seconds(flag: str, *, zero_ok: bool = False) -> Callable[[str], float]:
     """An argparse ``type=`` for a finite number of seconds, positive (or also 0 with ``zero_ok``)."""
 

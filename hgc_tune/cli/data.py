@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument(
         "--split",
         default="calibration",
-        choices=["calibration", "heldout", "train"],
+        choices=["calibration", "validation", "test", "heldout", "train"],
         help="(default: calibration)",
     )
     shapes.add_argument(
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preview.add_argument(
         "--split",
         default="calibration",
-        choices=["calibration", "heldout", "train"],
+        choices=["calibration", "validation", "test", "heldout", "train"],
         help="(default: calibration)",
     )
 

@@ -1,5 +1,6 @@
 """Measure the fidelity of a caching policy on a dataset: the metric at full compute and with the policy,
-the relative loss (of the means), and the policy's MAC reduction.
+the relative loss (of the means) with its one-sided upper confidence bound (paired: each sample's seed runs
+at full compute and with the policy), and the policy's MAC reduction.
 
 Each sample is generated twice with its seed: at full compute, and with --policy. --policy takes
   - a policy JSON file (the policy for --condition is picked from it),
@@ -25,6 +26,7 @@ from hgc_tune.cli._checks import (
     add_samples_argument,
     add_seed_argument,
     add_steps_argument,
+    confidence,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
 
@@ -40,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="policy JSON, peer:NAME (e.g. peer:cnwin-k0-drop), or none (see above)",
     )
     parser.add_argument("--dataset", default="shapes", help="`shapes` or a dataset folder (default: shapes)")
-    parser.add_argument("--split", default="heldout", help="shapes split (default: heldout)")
+    parser.add_argument(
+        "--split", default="test", help="shapes split: calibration, validation or test (default: test)"
+    )
     add_samples_argument(parser, default=8, help="number of samples (default: 8)")
     add_seed_argument(parser, help="shapes offset / seed of samples without one (default: 0)")
     add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
@@ -52,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="ControlNet conditioning scale on the policy side (full compute always uses 1)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=confidence("--confidence"),
+        default=0.95,
+        help="one-sided confidence of the loss's upper bound (paired over samples; 0 = the point estimate; "
+        "default: 0.95)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -112,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         controlnet_scale=args.controlnet_scale,
         mac_table=table,
+        confidence=args.confidence,
         progress=args.progress and not args.json,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
@@ -127,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  full compute  {result['full']:.4f}")
     print(f"  with policy   {result['policy']:.4f}")
     print(f"  loss          {_pct(result['loss'])}")
+    if result["confidence"] > 0:
+        upper = result["loss_upper"]
+        shown = "unbounded (one sample)" if upper is None else _pct(upper)
+        level = f"{100 * result['confidence']:g}%"
+        print(f"  {level} upper bound  {shown}  (paired over {result['samples']} samples)")
     for convention, m in result["macs"].items():
         print(
             f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         default="calibration",
-        choices=["calibration", "heldout", "train"],
+        choices=["calibration", "validation", "test", "heldout", "train"],
         help="shapes split (default: calibration)",
     )
     add_samples_argument(parser, default=8, help="number of samples to profile (default: 8)")

@@ -1,12 +1,20 @@
 """Search the cheapest caching policy whose fidelity loss stays within a budget (Optuna, resumable).
 
 The model, condition type, scheduler and step count come from the profile; the loaded pipeline must match its
-fingerprint. Trials minimise the policy's MACs (paper convention) subject to fidelity loss <= budget on the
-profile's calibration samples; the peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
-the first trials. The cheapest feasible policies are then checked on held-out samples (their full-compute
-outputs are cached in runs/NAME/heldout/). Writes the policy to --out and the Pareto front beside it
-(policies/NAME.pareto.json); existing ones are replaced only with --overwrite. Exit code 1 when no policy
-holds the budget on the held-out split.
+fingerprint. The metric is the condition type's task metric unless --metric says otherwise. Losses are
+paired (each sample's seed runs at full compute and with the policy) and a policy is within the budget when
+the one-sided upper confidence bound of its loss is (--confidence, default 0.95; 0 = the point estimate).
+Three disjoint splits of the shapes benchmark take part: trials are tested on the profile's calibration
+samples, sequentially (a trial gets more samples only while its bound straddles the budget); the plausible
+trials, cheapest first, are tested on the validation split until one holds; the chosen policy is then
+measured on the test split, which took no part in choosing it: that is the figure its provenance states.
+The peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are the first trials. Full-compute
+outputs of validation and test samples are cached in runs/NAME/heldout/. Writes the policy to --out and the
+Pareto front beside it (policies/NAME.pareto.json). Exit code 1 when no policy holds the budget on the
+validation split.
+
+The search is bounded by --trials: with one worker, the same --seed and --trials give the same policy on any
+machine. --timeout adds a wall-clock limit (the result then depends on the machine's speed).
 
 Storage (--storage): default sqlite:///runs/NAME/study.db; any SQLAlchemy URL whose driver is installed:
 PostgreSQL as postgresql+psycopg2://USER:PASSWORD@HOST/DB (pip install 'hgc-tune[postgres]'; a plain
@@ -33,11 +41,11 @@ from hgc_tune.cli._checks import (
     MAX_COUNT,
     add_budget_argument,
     add_overwrite_argument,
-    add_samples_argument,
     add_seed_argument,
     add_steps_argument,
     add_trials_argument,
     check_output,
+    confidence,
     int_in,
     seconds,
 )
@@ -56,10 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(
         parser, what="the policy and Pareto files (the study resumes from --storage either way)"
     )
-    parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
+    parser.add_argument(
+        "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
+    )
+    parser.add_argument(
+        "--confidence",
+        type=confidence("--confidence"),
+        default=0.95,
+        help="one-sided confidence of the loss's upper bound; a policy is within the budget when the bound "
+        "is (0 = the point estimate; default: 0.95)",
+    )
     add_trials_argument(parser, default=50, help="trials in the study in total (default: 50)")
     parser.add_argument(
-        "--timeout", type=seconds("--timeout"), default=None, help="stop starting trials after S seconds"
+        "--timeout",
+        type=seconds("--timeout"),
+        default=None,
+        help="also stop starting trials after S seconds (default: none; the result then depends on the "
+        "machine's speed)",
     )
     parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
     parser.add_argument(
@@ -71,24 +92,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="worker processes on this machine (default: 1)",
     )
-    add_samples_argument(
-        parser,
-        flag="--heldout-samples",
-        low=0,
-        default=8,
-        help="held-out samples to validate on; 0 skips (default: 8)",
+    parser.add_argument(
+        "--validation-samples",
+        "--heldout-samples",
+        dest="validation_samples",
+        type=int_in("--validation-samples", 0, MAX_COUNT),
+        default=16,
+        help="validation samples to check candidates on; 0 skips (default: 16)",
+    )
+    parser.add_argument(
+        "--test-samples",
+        type=int_in("--test-samples", 0, MAX_COUNT),
+        default=16,
+        help="test samples the chosen policy is measured on (the reported figure); 0 skips (default: 16)",
     )
     parser.add_argument(
         "--validation-tries",
         type=int_in("--validation-tries", 1, MAX_COUNT),
         default=3,
-        help="calibration-feasible policies tried on the held-out split, cheapest first, before giving up "
+        help="plausible policies tried on the validation split, cheapest first, before giving up "
         "(default: 3)",
     )
     parser.add_argument(
         "--heldout-dataset",
         default=None,
-        help="held-out samples: `shapes` or a dataset folder (default: the profile's, if shapes)",
+        help="validation and test samples: `shapes` (its validation and test splits) or a dataset folder "
+        "with validation/ and test/ subfolders (default: the profile's, if shapes)",
     )
     add_seed_argument(parser, help="sampler seed (default: 0)")
     parser.add_argument(
@@ -137,6 +166,7 @@ def _config(args: argparse.Namespace):
     return SearchConfig(
         budget=args.budget,
         metric=args.metric,
+        confidence=args.confidence,
         n_trials=args.trials,
         timeout=args.timeout,
         seed=args.seed,
@@ -181,40 +211,44 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
     return pipe
 
 
-def _heldout(args: argparse.Namespace, profile: Any):
+def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
+    """``n`` samples of ``split`` (``validation`` or ``test``): shapes benchmark or a dataset folder."""
+    from pathlib import Path
+
     from hgc_tune.data import open_dataset
     from hgc_tune.errors import SearchError
 
-    if args.heldout_samples < 0:
-        raise SearchError(
-            f"`--heldout-samples` must be >= 0, but got heldout_samples={args.heldout_samples}."
-        )
-    if args.heldout_samples == 0:
+    flag = f"--{split}-samples"
+    if n < 0:
+        raise SearchError(f"`{flag}` must be >= 0, but got {split}_samples={n}.")
+    if n == 0:
         return None
     ref = args.heldout_dataset
     if ref is None:
         # `hgc-tune profile` records the shapes benchmark as "shapes:<split>".
         label = str(profile.meta["dataset"].get("name") or "")
-        name, _, split = label.partition(":")
-        if name != "shapes" or split not in ("", "calibration"):
+        name, _, profiled = label.partition(":")
+        if name != "shapes" or profiled not in ("", "calibration"):
             raise SearchError(
-                f"cannot tell where the held-out samples come from: the profile's dataset is {label!r}, "
+                f"cannot tell where the {split} samples come from: the profile's dataset is {label!r}, "
                 "not the shapes benchmark's calibration split; pass --heldout-dataset shapes|DIR (samples "
-                "not in the calibration set) or --heldout-samples 0 to skip validation."
+                f"not in the calibration set) or {flag} 0 to skip the {split} split."
             )
         ref = "shapes"
+    elif ref != "shapes":
+        ref = str(Path(ref) / split)
     height, _ = profile.resolution
     samples = open_dataset(
         ref,
         condition_type=profile.condition_type or None,
-        split="heldout",
-        limit=args.heldout_samples,
+        split=split,
+        limit=n,
         # As `hgc-tune profile` does: the benchmark renders at most 256 px, the pipeline resizes.
         size=min(height, 256),
     )
     if len(samples) == 0:
         raise SearchError(
-            f"the held-out split of {ref!r} has no samples of condition type {profile.condition_type!r}."
+            f"the {split} split of {ref!r} has no samples of condition type {profile.condition_type!r}."
         )
     return samples
 
@@ -229,13 +263,15 @@ def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
         "--study-name": args.study_name,
         "--seed": args.seed,
         "--peers": args.peers,
+        "--confidence": args.confidence,
         "--steps": args.steps,
         "--heartbeat": args.heartbeat,
         "--model": args.model,
         "--controlnet": args.controlnet,
         "--dtype": args.dtype,
         "--device": args.device,
-        "--heldout-samples": 0,
+        "--validation-samples": 0,
+        "--test-samples": 0,
     }
     for flag, value in options.items():
         if value is not None:
@@ -270,6 +306,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _verdict(r: Any) -> str:
+    if r.state != "COMPLETE":
+        return r.state.lower()
+    if r.feasible:
+        return "yes (early)" if r.accepted_early else "yes"
+    if r.rejected_early:
+        return "no (early)"
+    return "screen" if r.screen else "no"
+
+
 def _print_summary(result: Any, paths: dict[str, Any]) -> None:
     peers_of: dict[int, list[str]] = {}
     for name, number in result.peers.items():
@@ -284,21 +330,29 @@ def _print_summary(result: Any, paths: dict[str, Any]) -> None:
     elif result.best is not None:
         rows.append((f"calibration best (trial {result.best.number})", result.best))
     width = max(len(name) for name, _ in rows)
+    level = f"{100 * result.confidence:g}% bound" if result.confidence > 0 else "bound"
     print(
         f"study {result.study_name}: {len(result.trials)} trials, metric {result.metric}, "
-        f"budget {result.budget:g}"
+        f"budget {result.budget:g} on the {level if result.confidence > 0 else 'point estimate'}"
     )
-    print(f"{'schedule':<{width}}  {'MAC reduction':>13}  {'loss':>8}  feasible")
+    print(f"{'schedule':<{width}}  {'MAC reduction':>13}  {'loss':>8}  {level:>10}  samples  feasible")
     for name, r in rows:
-        feasible = "yes" if r.feasible else ("no (early)" if r.rejected_early else "no")
-        if r.state != "COMPLETE":
-            feasible = r.state.lower()
-        print(f"{name:<{width}}  {_pct(r.reduction):>13}  {_pct(r.loss):>8}  {feasible}")
+        print(
+            f"{name:<{width}}  {_pct(r.reduction):>13}  {_pct(r.loss):>8}  {_pct(r.loss_upper):>10}  "
+            f"{r.samples if r.samples is not None else '-':>7}  {_verdict(r)}"
+        )
     for v in result.validation:
         verdict = "holds" if v["holds"] else "breaks the budget"
         print(
-            f"held-out check of trial {v['trial']}: loss {_pct(v['loss'])} on {v['samples']} samples, "
-            f"{verdict}"
+            f"validation check of trial {v['trial']}: loss {_pct(v['loss'])}, "
+            f"{level} {_pct(v['loss_upper'])} on {v['samples']} samples, {verdict}"
+        )
+    if result.test is not None:
+        t = result.test
+        verdict = "within the budget" if t["holds"] else "above the budget"
+        print(
+            f"test split (not used to choose): loss {_pct(t['loss'])}, {level} {_pct(t['loss_upper'])} on "
+            f"{t['samples']} samples, {verdict}"
         )
     if paths.get("policy") is not None:
         print(f"policy: {paths['policy']}")
@@ -338,7 +392,10 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(config.metric, profile.condition_type or None)
         except FidelityError as e:
             raise SearchError(str(e)) from e
-    heldout = None if args.worker_only else _heldout(args, profile)
+    heldout = test = None
+    if not args.worker_only:
+        heldout = _split_samples(args, profile, "validation", args.validation_samples)
+        test = _split_samples(args, profile, "test", args.test_samples)
     pipe = _load_pipeline(args, profile)
     if args.worker_only:
         run_search_worker(folder, pipe, config)
@@ -352,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(_threads_per_worker(args.workers))
         children = _spawn_workers(args)
     try:
-        result = run_search(session, heldout=heldout, progress=args.progress and not args.json)
+        result = run_search(session, heldout=heldout, test=test, progress=args.progress and not args.json)
     except BaseException:
         for child in children:
             child.terminate()

@@ -7,9 +7,13 @@ of seed ``start + seed + i``, and that scene seed is also the sample's generatio
 split           scene seeds                use
 ==============  =========================  =====================================================
 ``calibration`` ``[0, 100_000)``           profiling and policy search
-``heldout``     ``[100_000, 200_000)``     evaluating a searched policy on unseen samples
+``validation``  ``[100_000, 200_000)``     the held-out check of a search's candidates
+``test``        ``[200_000, 300_000)``     the reported figure: never used to select a policy
 ``train``       ``[1_000_000, 2**31)``     training the embedded ``shapes`` model
 ==============  =========================  =====================================================
+
+``heldout`` is the former name of ``validation`` (the same scenes; the ``shapes`` model's training
+self-check still reads it).
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ __all__ = [
 GENERATOR_VERSION = 1
 INFO_FILE = "dataset_info.json"
 SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType(
-    {"calibration": (0, 100_000), "heldout": (100_000, 200_000), "train": (1_000_000, 2**31)}
+    {
+        "calibration": (0, 100_000),
+        "validation": (100_000, 200_000),
+        "test": (200_000, 300_000),
+        "heldout": (100_000, 200_000),
+        "train": (1_000_000, 2**31),
+    }
 )
 
 

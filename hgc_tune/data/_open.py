@@ -34,7 +34,7 @@ def open_dataset(
     Args:
         ref: ``"shapes"`` or a dataset folder.
         condition_type: Keep only samples of this condition type.
-        split: Shapes split: ``calibration``, ``heldout`` or ``train``.
+        split: Shapes split: ``calibration``, ``validation`` (formerly ``heldout``), ``test`` or ``train``.
         limit: Keep at most this many samples (for shapes, also the number of scenes generated).
         strict: Raise on the first bad row instead of skipping it.
         seed: Shapes offset within the split.

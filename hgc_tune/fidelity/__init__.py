@@ -5,7 +5,9 @@ compute (``(m_full − m_policy) / m_full`` for higher-is-better metrics, ``(m_p
 lower-is-better ones). *Task* metrics compare outputs with the input condition, following ControlNet++'s
 controllability protocol (arXiv 2404.07987): ``seg`` → :func:`miou`, ``canny`` → :func:`edge_f1`,
 ``hed``/``lineart`` → SSIM of soft edges, ``depth`` → :func:`rmse`. *Reference* metrics compare with the
-full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`.
+full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. Samples are paired (same seed at
+full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
+bound; a policy is within a budget when that bound is.
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -16,6 +18,12 @@ Example:
 
 from __future__ import annotations
 
+from hgc_tune.fidelity._confidence import (
+    DEFAULT_CONFIDENCE,
+    LossBound,
+    check_confidence,
+    paired_loss_bound,
+)
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._metrics import (
     PSNR_CAP_DB,
@@ -50,12 +58,14 @@ from hgc_tune.fidelity._task_models import (
 
 __all__ = [
     "CONDITION_TYPES",
+    "DEFAULT_CONFIDENCE",
     "METRICS",
     "PSNR_CAP_DB",
     "ConditionDecoder",
     "DepthEstimator",
     "EdgeDetector",
     "FidelityResult",
+    "LossBound",
     "Metric",
     "Segmenter",
     "SoftEdgeDetector",
@@ -63,6 +73,7 @@ __all__ = [
     "TransformersSegmenter",
     "as_float_image",
     "as_uint8_image",
+    "check_confidence",
     "check_metric_fits",
     "default_metric",
     "edge_f1",
@@ -71,6 +82,7 @@ __all__ = [
     "latent_rel_error",
     "load_segmenter",
     "miou",
+    "paired_loss_bound",
     "psnr",
     "relative_loss",
     "rmse",

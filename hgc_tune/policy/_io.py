@@ -10,8 +10,8 @@ Layout (``schema_version`` 1; ``policies/policy.schema.json`` describes the same
                    "attention": {"unet.….attn2": [[start, end], ...], ...},
                    "controlnet": {"steps": [...], "mode": "reuse" | "drop"} | null,
                    "guidance": {"cfg_until": k} | null,
-                   "provenance": {"source", "budget", "metric", "fidelity", "macs", "study", "trial",
-                                  "hgc_tune_version", "diffusers_version"}}]}
+                   "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
+                                  "trial", "hgc_tune_version", "diffusers_version"}}]}
 
 Reading is strict: an unknown key anywhere, a value of the wrong type, an unsupported ``schema_version``,
 duplicate keys, ``NaN``/``Infinity`` or malformed JSON raise :class:`~hgc_tune.errors.PolicyFormatError`
@@ -88,6 +88,7 @@ _PROVENANCE_KEYS = (
     "source",
     "budget",
     "metric",
+    "confidence",
     "fidelity",
     "macs",
     "study",
@@ -136,7 +137,7 @@ def _target_to_json(t: PolicyTarget) -> dict[str, Any]:
 
 
 def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
-    return {
+    out = {
         "source": p.source,
         "budget": _json_number(p.budget, f"{where}.budget", nullable=True),
         "metric": p.metric,
@@ -150,6 +151,10 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
         "hgc_tune_version": p.hgc_tune_version,
         "diffusers_version": p.diffusers_version,
     }
+    # Written only when set, so files made before the field existed keep their exact bytes.
+    if p.confidence is not None:
+        out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    return out
 
 
 def _policy_to_json(policy: Policy, where: str) -> dict[str, Any]:
@@ -316,11 +321,13 @@ def _provenance_from_json(data: Any, where: str) -> Provenance:
         at = f"{where}.macs[{conv!r}]"
         macs[conv] = {k: _number(v, f"{at}[{k!r}]") for k, v in _mapping(values, at).items()}
     budget = d.get("budget")
+    confidence = d.get("confidence")
     trial = d.get("trial")
     return Provenance(
         source=_str(d.get("source"), f"{where}.source", nullable=True),
         budget=None if budget is None else float(_number(budget, f"{where}.budget")),
         metric=_str(d.get("metric"), f"{where}.metric", nullable=True),
+        confidence=None if confidence is None else float(_number(confidence, f"{where}.confidence")),
         fidelity=fidelity,
         macs=macs,
         study=_str(d.get("study"), f"{where}.study", nullable=True),

@@ -129,11 +129,16 @@ class GuidanceWindow:
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a policy came from and what it was measured to do. All fields optional."""
+    """Where a policy came from and what it was measured to do. All fields optional.
+
+    ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
+    ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
+    """
 
     source: str | None = None
     budget: float | None = None
     metric: str | None = None
+    confidence: float | None = None
     fidelity: Mapping[str, float] = field(default_factory=dict)
     macs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     study: str | None = None

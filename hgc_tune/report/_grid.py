@@ -69,7 +69,7 @@ def _ancestors(key: str) -> list[str]:
 
 
 def policy_grid(policy: Policy, keys: Iterable[str], *, cfg: bool = True) -> PolicyGrid:
-    """Lay a policy out as a module × step grid, following the reuse rule of DESIGN.md.
+    """Lay a policy out as a module × step grid, following the reuse rule of :mod:`hgc_tune.policy`.
 
     At step ``s`` a module is ``dropped`` if it belongs to the ControlNet and the ControlNet window drops
     it; ``reuse`` if ``s`` is outside its own compute set (or, for the ControlNet and its blocks, outside a

@@ -136,16 +136,29 @@ def _policy_table(policy: Mapping[str, Any]) -> str:
     return '<table class="policy">' + "".join(rows) + "</table>"
 
 
-def _fidelity_table(fidelity: Mapping[str, Mapping[str, Any]]) -> str:
+def _fidelity_table(fidelity: Mapping[str, Mapping[str, Any]], confidence: float | None = None) -> str:
     if not fidelity:
         return "<p>The policy's provenance records no fidelity measurements.</p>"
     splits = sorted(fidelity, key=lambda s: (s == "", s != "calibration", s))
     metrics = sorted({name for values in fidelity.values() for name in values})
     head = "<tr><th>metric</th>" + "".join(f"<th>{_e(s or 'all')}</th>" for s in splits) + "</tr>"
     rows = [_row(name, *(_number(fidelity[s].get(name)) for s in splits), numeric=True) for name in metrics]
+    note = ""
+    if confidence:
+        note = (
+            f" <code>loss_upper</code> is the one-sided {100 * confidence:g}% upper confidence bound of the "
+            "loss, paired over samples (each seed at full compute and with the policy); the budget holds "
+            "when it does."
+        )
+    if "test" in fidelity:
+        note += " The test split took no part in choosing the policy: its column is the figure to quote."
     return (
         "<p>As recorded in the policy's provenance by the search (losses are relative degradations against "
-        "full compute: 0.015 = 1.5%).</p>" + '<table class="fidelity">' + head + "".join(rows) + "</table>"
+        f"full compute: 0.015 = 1.5%).{note}</p>"
+        + '<table class="fidelity">'
+        + head
+        + "".join(rows)
+        + "</table>"
     )
 
 
@@ -171,9 +184,15 @@ def _samples_table(samples: Mapping[str, Any]) -> str:
 def _pareto_text(pareto: Mapping[str, Any]) -> str:
     def point(p: Mapping[str, Any]) -> str:
         text = f"{format_percent(p['reduction'])} fewer MACs, loss {format_percent(p['loss'], 2)}"
+        if p.get("loss_upper") is not None and pareto.get("confidence"):
+            text += f" ({level} upper bound {format_percent(p['loss_upper'], 2)})"
         if p.get("heldout_loss") is not None:
-            text += f" (held-out {format_percent(p['heldout_loss'], 2)})"
+            text += f", validation loss {format_percent(p['heldout_loss'], 2)}"
+            if p.get("heldout_loss_upper") is not None and pareto.get("confidence"):
+                text += f" (bound {format_percent(p['heldout_loss_upper'], 2)})"
         return text
+
+    level = f"{100 * (pareto.get('confidence') or 0):g}%"
 
     budget = format_percent(pareto["budget"], 2)
     parts = [f"{pareto['trials']} trials, {pareto['feasible']} within the budget {budget}"]
@@ -234,7 +253,7 @@ def render_html(
             "<h3>Policy</h3>",
             _policy_table(policy),
             "<h3>Fidelity</h3>",
-            _fidelity_table(policy["fidelity"]),
+            _fidelity_table(policy["fidelity"], policy.get("confidence")),
         ]
     if summary["samples"]["indices"]:
         parts += ["<h3>Samples</h3>", _samples_table(summary["samples"])]

@@ -54,13 +54,15 @@ class ParetoPoint:
         state: ``COMPLETE``, ``FAIL``, ``PRUNED``, ….
         reductions: MAC reduction ``1 - policy/full`` per convention (``paper``, ``complete``).
         loss: Calibration fidelity loss; ``None`` for a trial without a result (failed).
-        feasible: Whether the loss met the budget on every calibration sample.
+        loss_upper: Its one-sided upper confidence bound (``None``: not recorded or unbounded).
+        feasible: Whether the loss (its upper bound, when the search used one) met the budget.
         rejected_early: The evaluation stopped early, the loss is partial.
         duplicate_of: The earlier trial with the same policy whose result this one reuses.
         peers: The peer schedule names this trial was enqueued as (aliases), empty for a searched trial.
         on_front: On the Pareto front (MAC reduction up, loss down).
         chosen: The trial whose policy the search wrote.
-        heldout_loss: The loss on the held-out split, when the trial was validated.
+        heldout_loss: The loss on the validation split, when the trial was validated.
+        heldout_loss_upper: Its upper confidence bound there.
         name: The trial's policy name.
     """
 
@@ -69,12 +71,14 @@ class ParetoPoint:
     reductions: Mapping[str, float]
     loss: float | None
     feasible: bool
+    loss_upper: float | None = None
     rejected_early: bool = False
     duplicate_of: int | None = None
     peers: tuple[str, ...] = ()
     on_front: bool = False
     chosen: bool = False
     heldout_loss: float | None = None
+    heldout_loss_upper: float | None = None
     name: str | None = None
 
     def reduction(self, convention: str = "paper") -> float | None:
@@ -99,6 +103,7 @@ class ParetoData:
     Attributes:
         budget: The fidelity-loss budget of the search.
         points: Every trial, in file order.
+        confidence: The confidence level of the loss bounds (``0``: point estimates, or an older file).
         metric: The search metric.
         study: The Optuna study name.
         model: The profiled model.
@@ -119,6 +124,7 @@ class ParetoData:
     num_steps: int | None = None
     validated: bool = False
     message: str | None = None
+    confidence: float = 0.0
     source: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -177,6 +183,8 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None) -> Paret
     )
     heldout = entry.get("heldout")
     heldout_loss = heldout.get("loss") if isinstance(heldout, Mapping) else None
+    heldout_upper = heldout.get("loss_upper") if isinstance(heldout, Mapping) else None
+    upper = entry.get("loss_upper")
     duplicate = entry.get("duplicate_of")
     return ParetoPoint(
         number=number,
@@ -184,12 +192,14 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None) -> Paret
         reductions=reductions,
         loss=None if loss is None else float(loss),
         feasible=bool(entry.get("feasible", False)),
+        loss_upper=float(upper) if _is_number(upper) else None,
         rejected_early=bool(entry.get("rejected_early", False)),
         duplicate_of=duplicate if isinstance(duplicate, int) and not isinstance(duplicate, bool) else None,
         peers=tuple(peers),
         on_front=number in front,
         chosen=chosen is not None and number == chosen,
         heldout_loss=float(heldout_loss) if _is_number(heldout_loss) else None,
+        heldout_loss_upper=float(heldout_upper) if _is_number(heldout_upper) else None,
         name=entry.get("policy_name") if isinstance(entry.get("policy_name"), str) else None,
     )
 
@@ -252,6 +262,7 @@ def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData
         num_steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
         validated=bool(data.get("validated", False)),
         message=_optional_str(data, "message", where),
+        confidence=float(data["confidence"]) if _is_number(data.get("confidence")) else 0.0,
         source=source,
         raw=dict(data),
     )

@@ -121,6 +121,7 @@ def report_summary(
             "trial": p.trial,
             "budget": p.budget,
             "metric": p.metric,
+            "confidence": p.confidence,
             "fidelity": fidelity_by_split(dict(p.fidelity)),
             "provenance_macs": {c: dict(v) for c, v in p.macs.items()},
             "controlnet": None
@@ -140,8 +141,10 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
             "number": p.number,
             "reduction": p.reduction("paper"),
             "loss": p.loss,
+            "loss_upper": p.loss_upper,
             "feasible": p.feasible,
             "heldout_loss": p.heldout_loss,
+            "heldout_loss_upper": p.heldout_loss_upper,
         }
 
     chosen = pareto.chosen
@@ -150,6 +153,7 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
         "study": pareto.study,
         "metric": pareto.metric,
         "budget": pareto.budget,
+        "confidence": pareto.confidence,
         "trials": len(pareto.points),
         "feasible": sum(p.feasible and p.scored for p in pareto.points),
         "failed": sum(p.loss is None for p in pareto.points),

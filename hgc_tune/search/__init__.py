@@ -4,7 +4,9 @@
   :func:`write_search_outputs` (policy JSON + ``<name>.pareto.json``), :func:`run_search_worker` (one of
   several processes on a shared storage).
 - :class:`PolicySpace`: parameters named after policy fields (``blocks.interval``, ``controlnet.mode``, …),
-  with DeepCache, T-GATE and ControlNet-window peers as points (:meth:`PolicySpace.peer_params`).
+  with a schedule per group (U-Net deep blocks, ControlNet deep blocks, cross-attention; uniform, threshold
+  or two-phase dense-early/sparse-late) and DeepCache, T-GATE and ControlNet-window peers as points
+  (:meth:`PolicySpace.peer_params`).
 - :class:`PolicyObjective`: the callable Optuna objective; :class:`FidelityScorer`: per-sample scoring with
   early rejection; :func:`evaluate_policy`: fidelity and MACs of a policy on a dataset.
 """
@@ -19,6 +21,7 @@ from hgc_tune.search._fidelity import (
     GeneratedOutput,
     GenerationJob,
     GenerationSettings,
+    compare_policies,
     evaluate_policy,
     generate_output,
     iter_outputs,
@@ -47,6 +50,7 @@ from hgc_tune.search._space import (
     deep_block_keys,
     default_peer_names,
     is_full_compute,
+    phased_compute_steps,
     policy_key,
     threshold_compute_steps,
     windows_from_compute_steps,
@@ -77,6 +81,7 @@ __all__ = [
     "SearchSession",
     "SurplusTrial",
     "TrialRecord",
+    "compare_policies",
     "counted_trials",
     "deep_block_keys",
     "default_peer_names",
@@ -93,6 +98,7 @@ __all__ = [
     "open_storage",
     "pareto_front",
     "pareto_path",
+    "phased_compute_steps",
     "policy_key",
     "prepare_search",
     "redact_storage",

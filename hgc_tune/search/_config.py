@@ -38,10 +38,15 @@ class SearchConfig:
 
     Attributes:
         budget: The largest fidelity loss a policy may have, in ``(0, 1)`` (``0.015`` = 1.5%).
-        metric: Fidelity metric name (``hgc_tune.fidelity.METRICS``); ``None``: the condition type's default.
+        metric: Fidelity metric name (``hgc_tune.fidelity.METRICS``); ``None``: the condition type's default
+            (its task metric).
+        confidence: One-sided confidence level of the loss's upper bound in ``[0, 1)``; a policy is within
+            the budget when the bound is. ``0``: the point estimate.
         n_trials: Trials the study should hold in total (all workers together; a resumed study runs the
-            remainder). Enqueued peer schedules count as trials.
-        timeout: Stop starting new trials after this many seconds (per process); ``None``: no limit.
+            remainder). Enqueued peer schedules count as trials. With one worker, the same seed and trial
+            count give the same trials, hence the same policy, on any machine.
+        timeout: Stop starting new trials after this many seconds (per process); ``None``: no limit (the
+            default: a time limit makes the result depend on the machine's speed).
         seed: Seed of the TPE sampler (worker ``i`` uses ``seed + i``).
         storage: Optuna storage: an RDB URL (``sqlite:///runs/NAME/study.db``,
             ``postgresql+psycopg2://…``, ``mysql+pymysql://…``) or ``journal:PATH`` (Optuna's JournalFile
@@ -54,11 +59,15 @@ class SearchConfig:
         attention_stat: Profile statistic behind the cross-attention thresholds (``map_rel_l1``,
             ``out_rel_l1`` or ``js``; the ``mean_`` aggregate is used).
         calibration_samples: Use only the first ``k`` profiled samples; ``None``: all.
-        early_rejection: Stop evaluating a trial once its running loss breaks the budget clearly.
-        early_rejection_min_samples: Samples evaluated before a trial may be rejected early.
-        early_rejection_margin: Reject once the running loss exceeds ``budget + margin``; ``None``: margin
-            equal to the budget (reject at twice the budget).
-        max_validation_tries: Feasible trials (cheapest first) tried on the held-out split before giving up.
+        early_rejection: Sequential evaluation: stop evaluating a trial once its verdict is clear (a clear
+            failure or, with ``confidence > 0``, a clear pass); ``False``: every sample for every trial.
+        early_rejection_min_samples: Samples evaluated before a trial may stop early (and a screen's size).
+        early_rejection_margin: With ``confidence == 0`` only: reject once the running loss exceeds
+            ``budget + margin``; ``None``: margin equal to the budget (reject at twice the budget).
+        screen: Only screen (on ``early_rejection_min_samples`` samples) a trial that costs no less than one
+            already within the budget: it cannot be the result, so its samples go to cheaper candidates.
+        max_validation_tries: Plausible trials (not clear failures; cheapest first) tried on the validation
+            split before giving up.
         heartbeat_interval: Seconds between heartbeats of a running trial (RDB and journal storages); a
             trial whose heartbeat is older than ``grace_period`` is failed and retried.
         grace_period: Seconds after which a silent running trial is stale; ``None``: twice the interval.
@@ -72,6 +81,7 @@ class SearchConfig:
 
     budget: float
     metric: str | None = None
+    confidence: float = 0.95
     n_trials: int = 50
     timeout: float | None = None
     seed: int = 0
@@ -85,6 +95,7 @@ class SearchConfig:
     early_rejection: bool = True
     early_rejection_min_samples: int = 3
     early_rejection_margin: float | None = None
+    screen: bool = True
     max_validation_tries: int = 3
     heartbeat_interval: int = 30
     grace_period: int | None = None
@@ -99,13 +110,19 @@ class SearchConfig:
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
             raise SearchError(f"`budget` must be in (0, 1), but got budget={budget!r}.")
         object.__setattr__(self, "budget", float(budget))
+        from hgc_tune.fidelity import check_confidence
+
+        try:
+            object.__setattr__(self, "confidence", check_confidence(self.confidence))
+        except HgcTuneError as e:
+            raise SearchError(str(e)) from e
         _int(self.n_trials, "n_trials", 1)
         if self.timeout is not None and _number(self.timeout, "timeout") <= 0:
             raise SearchError(f"`timeout` must be positive or None, but got timeout={self.timeout!r}.")
         _int(self.seed, "seed", 0)
         _int(self.worker_index, "worker_index", 0)
         _int(self.calibration_samples, "calibration_samples", 1, optional=True)
-        _int(self.early_rejection_min_samples, "early_rejection_min_samples", 1)
+        _int(self.early_rejection_min_samples, "early_rejection_min_samples", 2 if self.confidence else 1)
         _int(self.max_validation_tries, "max_validation_tries", 1)
         _int(self.heartbeat_interval, "heartbeat_interval", 1)
         _int(self.grace_period, "grace_period", 1, optional=True)

@@ -1,15 +1,17 @@
 """Generating outputs with and without a policy, and scoring them against full compute, one sample at a time.
 
 The fidelity loss is a loss of means: ``metric.loss(mean m_full, mean m_policy)`` over the samples (see
-:mod:`hgc_tune.fidelity`). :class:`FidelityScorer` consumes the policy's outputs lazily, so a policy whose
-running loss already breaks the budget clearly is rejected without generating the remaining samples.
+:mod:`hgc_tune.fidelity`), reported with its paired one-sided upper confidence bound
+(:func:`hgc_tune.fidelity.paired_loss_bound`). :class:`FidelityScorer` consumes the policy's outputs lazily
+and tests sequentially: a policy gets more samples only while its bound straddles the budget, so a clear
+failure (lower bound above the budget) or a clear pass (upper bound within it) stops generating early.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "GeneratedOutput",
     "GenerationJob",
     "GenerationSettings",
+    "compare_policies",
     "evaluate_policy",
     "generate_output",
     "iter_outputs",
@@ -140,9 +143,13 @@ class FidelityEstimate:
         loss: ``metric.loss(full, policy)``, the loss of the means.
         samples: How many samples were evaluated.
         total: How many samples there were.
-        rejected_early: Whether evaluation stopped early because the running loss broke the budget.
+        rejected_early: Whether evaluation stopped early because the loss broke the budget clearly.
         per_sample_full: The full-compute metric of each evaluated sample.
         per_sample_policy: The policy's metric of each evaluated sample.
+        upper: The one-sided upper confidence bound of ``loss`` at ``confidence`` (``None``: unbounded).
+        lower: The one-sided lower confidence bound (``None``: unbounded).
+        confidence: The confidence level of the bounds (``0``: they equal the loss).
+        accepted_early: Whether evaluation stopped early because the upper bound was already within budget.
     """
 
     metric: str
@@ -154,11 +161,32 @@ class FidelityEstimate:
     rejected_early: bool = False
     per_sample_full: tuple[float, ...] = field(default=())
     per_sample_policy: tuple[float, ...] = field(default=())
+    upper: float | None = None
+    lower: float | None = None
+    confidence: float = 0.0
+    accepted_early: bool = False
+
+    @property
+    def loss_upper(self) -> float:
+        """The upper confidence bound of the loss (``inf`` when one sample cannot bound it; the loss itself
+        for an estimate made without a confidence level)."""
+        if self.upper is None:
+            return self.loss if self.confidence == 0.0 else math.inf
+        return float(self.upper)
+
+    def within(self, budget: float) -> bool:
+        """Whether the upper bound of the loss is within ``budget`` (and the estimate was not cut short by a
+        clear failure)."""
+        return not self.rejected_early and self.loss_upper <= budget
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (an unbounded ``upper``/``lower`` becomes ``None``)."""
         d = asdict(self)
         d["per_sample_full"] = list(self.per_sample_full)
         d["per_sample_policy"] = list(self.per_sample_policy)
+        for key in ("upper", "lower"):
+            if d[key] is not None and not math.isfinite(d[key]):
+                d[key] = None
         return d
 
 
@@ -221,20 +249,33 @@ class FidelityScorer:
             self.metric.loss(float(np.mean(self.full_scores[:n])), float(np.mean(policy_scores[:n])))
         )
 
-    def full_compute(self) -> FidelityEstimate:
-        """The estimate of a policy that changes nothing (its outputs are the references)."""
-        n = len(self)
-        policy = [self.score_one(i, r) for i, r in enumerate(self.references)]
+    def _estimate(
+        self, policy: Sequence[float], confidence: float, *, rejected: bool = False, accepted: bool = False
+    ) -> FidelityEstimate:
+        from hgc_tune.fidelity import paired_loss_bound
+
+        n = len(policy)
+        bound = paired_loss_bound(self.full_scores[:n], policy, self.metric, confidence)
         return FidelityEstimate(
             metric=self.metric.name,
-            full=float(np.mean(self.full_scores)),
+            full=float(np.mean(self.full_scores[:n])),
             policy=float(np.mean(policy)),
-            loss=self._loss(n, policy),
+            loss=bound.loss,
             samples=n,
-            total=n,
-            per_sample_full=tuple(self.full_scores),
-            per_sample_policy=tuple(policy),
+            total=len(self),
+            rejected_early=rejected,
+            per_sample_full=tuple(self.full_scores[:n]),
+            per_sample_policy=tuple(float(v) for v in policy),
+            upper=bound.upper if math.isfinite(bound.upper) else None,
+            lower=bound.lower if math.isfinite(bound.lower) else None,
+            confidence=bound.confidence,
+            accepted_early=accepted,
         )
+
+    def full_compute(self, *, confidence: float = 0.0) -> FidelityEstimate:
+        """The estimate of a policy that changes nothing (its outputs are the references)."""
+        policy = [self.score_one(i, r) for i, r in enumerate(self.references)]
+        return self._estimate(policy, confidence)
 
     def score(
         self,
@@ -243,24 +284,43 @@ class FidelityScorer:
         budget: float | None = None,
         margin: float = 0.0,
         min_samples: int = 3,
+        confidence: float = 0.0,
+        max_samples: int | None = None,
+        accept_early: bool = True,
         on_sample: Callable[[int, float], None] | None = None,
     ) -> FidelityEstimate:
-        """Score policy outputs in sample order; stop early when the running loss breaks the budget clearly.
+        """Score policy outputs in sample order, stopping as soon as the verdict on the budget is clear.
 
-        After each sample ``n >= min_samples`` (and before the last), the loss of the partial means
-        ``metric.loss(mean full[:n], mean policy[:n])`` is compared with ``budget + margin``; above it, the
-        remaining samples are not generated and the estimate is marked ``rejected_early``.
+        After each sample ``n >= min_samples`` (and before the last), with ``budget`` given:
+
+        - ``confidence > 0`` (sequential test): the paired bounds of the loss on the ``n`` samples so far are
+          computed; a lower bound above ``budget`` stops with ``rejected_early`` (a clear failure), an upper
+          bound within ``budget`` stops with ``accepted_early`` (a clear pass). Otherwise the bound straddles
+          the budget and the next sample is generated.
+        - ``confidence == 0`` (point estimate): a running loss above ``budget + margin`` stops with
+          ``rejected_early``.
 
         Args:
             outputs: The policy's outputs, in sample order (consumed lazily; closed when scoring stops).
-            budget: The loss budget; ``None`` disables early rejection.
-            margin: How far above the budget the running loss must be to reject.
-            min_samples: Samples to evaluate before rejecting.
+            budget: The loss budget; ``None`` scores every sample.
+            margin: With ``confidence == 0``, how far above the budget the running loss must be to reject.
+            min_samples: Samples to evaluate before stopping early.
+            confidence: One-sided confidence level of the bounds, in ``[0, 1)``.
+            max_samples: Score at most this many samples (a screen); ``None``: all.
+            accept_early: Stop on a clear pass; ``False``: only a clear failure stops early, so a pass is
+                decided on every sample (a check with one look at the end cannot pass by optional stopping).
             on_sample: Called with ``(index, value)`` after each sample.
         """
+        from hgc_tune.fidelity import check_confidence, paired_loss_bound
+
+        try:
+            confidence = check_confidence(confidence)
+        except FidelityError as e:
+            raise SearchError(str(e)) from e
         n_total = len(self)
+        limit = n_total if max_samples is None else max(1, min(int(max_samples), n_total))
         policy: list[float] = []
-        rejected = False
+        rejected = accepted = False
         with contextlib.closing(iter(outputs)) as it:
             for index, output in enumerate(it):
                 if index >= n_total:
@@ -274,30 +334,28 @@ class FidelityScorer:
                 if on_sample is not None:
                     on_sample(index, value)
                 n = len(policy)
-                if budget is not None and min_samples <= n < n_total:
-                    try:
-                        partial = self._loss(n, policy)
-                    except FidelityError:  # a partial full-compute mean of 0: no estimate yet
-                        continue
-                    if partial > budget + margin:
-                        rejected = True
-                        break
+                if n >= limit:
+                    break
+                if budget is None or n < min_samples:
+                    continue
+                try:
+                    if confidence > 0.0:
+                        verdict = paired_loss_bound(
+                            self.full_scores[:n], policy, self.metric, confidence
+                        ).verdict(budget)
+                        rejected, accepted = verdict == "fail", accept_early and verdict == "pass"
+                    else:
+                        rejected = self._loss(n, policy) > budget + margin
+                except FidelityError:  # a partial full-compute mean of 0: no estimate yet
+                    continue
+                if rejected or accepted:
+                    break
         n = len(policy)
         if n == 0:
             raise SearchError("no policy outputs were produced.")
-        if not rejected and n != n_total:
-            raise SearchError(f"got {n} outputs for {n_total} samples.")
-        return FidelityEstimate(
-            metric=self.metric.name,
-            full=float(np.mean(self.full_scores[:n])),
-            policy=float(np.mean(policy)),
-            loss=self._loss(n, policy),
-            samples=n,
-            total=n_total,
-            rejected_early=rejected,
-            per_sample_full=tuple(self.full_scores[:n]),
-            per_sample_policy=tuple(policy),
-        )
+        if not (rejected or accepted) and n != limit:
+            raise SearchError(f"got {n} outputs for {limit} samples.")
+        return self._estimate(policy, confidence, rejected=rejected, accepted=accepted)
 
 
 def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
@@ -322,6 +380,7 @@ def evaluate_policy(
     seed: int = 0,
     controlnet_scale: float = 1.0,
     mac_table: Any = None,
+    confidence: float = 0.95,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
@@ -344,28 +403,34 @@ def evaluate_policy(
         seed: Seed of samples without their own (``seed + index``).
         controlnet_scale: ControlNet conditioning scale on the policy side.
         mac_table: A :class:`hgc_tune.macs.MacTable` for the policy's MACs; ``None``: MACs not reported.
+        confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)`` (``0``: the loss itself).
         progress: Show a tqdm bar on stderr.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
-        of the means), per-sample values, ``policy_name``, ``controlnet_scale`` and ``macs`` (both
-        conventions, :func:`hgc_tune.policy.macs_provenance`; ``None`` without a table).
+        of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
+        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale`` and
+        ``macs`` (both conventions, :func:`hgc_tune.policy.macs_provenance`; ``None`` without a table).
 
     Example:
         >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
         >>> from hgc_tune.data import open_dataset  # doctest: +SKIP
         >>> from hgc_tune.policy import load_policy  # doctest: +SKIP
         >>> pipe = load_pipeline("shapes", condition="seg")  # doctest: +SKIP
-        >>> samples = open_dataset("shapes", condition_type="seg", split="heldout", limit=8)  # doctest: +SKIP
+        >>> samples = open_dataset("shapes", condition_type="seg", split="test", limit=8)  # doctest: +SKIP
         >>> policy = load_policy("policies/shapes-seg.json").select("seg")  # doctest: +SKIP
         >>> evaluate_policy(pipe, policy, samples, num_steps=policy.num_steps, condition_type="seg")["loss"]
         ... # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
-    from hgc_tune.fidelity import TaskEvaluator
+    from hgc_tune.fidelity import TaskEvaluator, check_confidence
     from hgc_tune.policy import full_compute_policy, macs_provenance, target_for_pipeline
 
+    try:
+        confidence = check_confidence(confidence)
+    except FidelityError as e:
+        raise SearchError(str(e)) from e
     evaluator = TaskEvaluator(condition_type, metric)
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     height = size if height is None else height
@@ -386,7 +451,9 @@ def evaluate_policy(
         conditions = [_condition_array(job.condition, height, width) for job in jobs]
         scorer = FidelityScorer(evaluator, references, conditions)
         estimate = scorer.score(
-            iter_outputs(pipe, policy, jobs, policy_settings), on_sample=lambda i, v: bar.update(1)
+            iter_outputs(pipe, policy, jobs, policy_settings),
+            confidence=confidence,
+            on_sample=lambda i, v: bar.update(1),
         )
     finally:
         bar.close()
@@ -409,9 +476,98 @@ def evaluate_policy(
         "full": estimate.full,
         "policy": estimate.policy,
         "loss": estimate.loss,
+        "loss_upper": estimate.upper if estimate.confidence > 0 else estimate.loss,
+        "confidence": estimate.confidence,
         "per_sample_full": list(estimate.per_sample_full),
         "per_sample_policy": list(estimate.per_sample_policy),
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
         "macs": macs,
     }
+
+
+def compare_policies(
+    pipe: Any,
+    policies: Mapping[str, Any],
+    samples: Iterable[Any],
+    *,
+    num_steps: int,
+    metric: str | None = None,
+    condition_type: str | None = None,
+    guidance_scale: float = 7.5,
+    budget: float | None = None,
+    confidence: float = 0.95,
+    mac_table: Any = None,
+    on_output: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fidelity and MACs of several policies on the same samples, against one full-compute run of them.
+
+    The full-compute outputs are generated once and every policy is scored on every sample (no early stop),
+    paired by seed, so the rows compare like with like.
+
+    Args:
+        pipe: The pipeline (at its native resolution).
+        policies: Row name -> :class:`hgc_tune.policy.Policy` (made for ``num_steps``).
+        samples: Dataset samples (``hgc_tune.data.open_dataset``).
+        num_steps: Denoising steps.
+        metric: Metric name; ``None``: the condition type's default (its task metric).
+        condition_type: The samples' condition type.
+        guidance_scale: Classifier-free guidance scale.
+        budget: The loss budget; with it each row says whether its upper bound is ``within`` it.
+        confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)``.
+        mac_table: A :class:`hgc_tune.macs.MacTable`; ``None``: MACs not reported.
+        on_output: Called with the row name (``full compute`` for the references) after each generation.
+
+    Returns:
+        One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
+        ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
+        without a budget), ``per_sample_full``, ``per_sample_policy`` and ``macs`` (both conventions).
+    """
+    from hgc_tune.fidelity import TaskEvaluator, check_confidence
+    from hgc_tune.policy import macs_provenance
+
+    try:
+        confidence = check_confidence(confidence)
+    except FidelityError as e:
+        raise SearchError(str(e)) from e
+    evaluator = TaskEvaluator(condition_type, metric)
+    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    jobs = jobs_from_samples(samples)
+    if not jobs:
+        raise SearchError("`samples` is empty: there is nothing to compare on.")
+    settings = GenerationSettings(num_steps, float(guidance_scale), size, size)
+    references = []
+    for output in iter_outputs(pipe, None, jobs, settings):
+        references.append(output)
+        if on_output is not None:
+            on_output("full compute")
+    conditions = [_condition_array(job.condition, size, size) for job in jobs]
+    scorer = FidelityScorer(evaluator, references, conditions)
+    rows = []
+    for name, policy in policies.items():
+        estimate = scorer.score(
+            iter_outputs(pipe, policy, jobs, settings),
+            confidence=confidence,
+            on_sample=None if on_output is None else (lambda i, v, name=name: on_output(name)),
+        )
+        upper = estimate.loss_upper
+        rows.append(
+            {
+                "name": name,
+                "policy_name": policy.name,
+                "metric": evaluator.metric.name,
+                "samples": estimate.samples,
+                "full": estimate.full,
+                "policy": estimate.policy,
+                "loss": estimate.loss,
+                "loss_upper": upper if math.isfinite(upper) else None,
+                "confidence": confidence,
+                "within": None if budget is None else bool(upper <= budget),
+                "per_sample_full": list(estimate.per_sample_full),
+                "per_sample_policy": list(estimate.per_sample_policy),
+                "macs": None
+                if mac_table is None
+                else macs_provenance(policy, mac_table, cfg=guidance_scale > 1.0),
+            }
+        )
+    return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,11 +27,14 @@ class PolicyObjective:
     For each trial: the parameters are suggested by the :class:`PolicySpace` (names are policy field paths,
     e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
     from the MAC table (no run needed); its fidelity loss comes from generating the calibration samples
-    with the policy, one at a time, against the profile's full-compute references (early rejection when the
-    running loss breaks the budget clearly). The constraint ``loss - budget`` is set with
-    ``trial.set_constraint`` (Optuna 5's successor of ``TPESampler(constraints_func=...)``, so the sampler
-    models infeasible trials too) and kept as user attribute ``constraint``. A policy already evaluated in
-    this study (same compute sets) reuses that result; the full-compute policy is scored from the references.
+    with the policy, one at a time, against the profile's full-compute references. Evaluation is sequential
+    and multi-fidelity: a trial gets another sample only while the paired confidence bound of its loss
+    straddles the budget (a clear failure or a clear pass stops it), and a trial that costs no less than one
+    already within the budget cannot be the result, so it is only screened on ``min_samples`` samples. The
+    constraint ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
+    ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too) and kept as user
+    attribute ``constraint``. A policy already evaluated in this study (same compute sets) reuses that
+    result; the full-compute policy is scored from the references.
 
     Args:
         space: The search space.
@@ -40,9 +44,12 @@ class PolicyObjective:
         budget: The loss budget.
         n_trials: The study's total number of trials (a trial started beyond it is a surplus trial).
         cfg: Whether generation uses classifier-free guidance (for the MACs).
-        early_rejection: Stop evaluating once the running loss exceeds ``budget + margin``.
-        margin: See ``early_rejection``.
-        min_samples: Samples evaluated before a trial may be rejected.
+        early_rejection: Stop evaluating once the verdict is clear (see
+            :meth:`~hgc_tune.search.FidelityScorer.score`); ``False``: every sample, every trial.
+        margin: With ``confidence == 0``: reject once the running loss exceeds ``budget + margin``.
+        min_samples: Samples evaluated before a trial may stop (and the size of a screen).
+        confidence: One-sided confidence level of the loss bound; ``0``: the point estimate.
+        screen: Only screen trials that cost no less than a trial already within the budget.
         name: Prefix of the policies' names.
         worker: Index of this worker process (recorded per trial as user attribute ``worker``).
     """
@@ -60,6 +67,8 @@ class PolicyObjective:
         early_rejection: bool = True,
         margin: float = 0.0,
         min_samples: int = 3,
+        confidence: float = 0.0,
+        screen: bool = True,
         name: str = "policy",
         worker: int = 0,
     ) -> None:
@@ -73,6 +82,8 @@ class PolicyObjective:
         self.early_rejection = early_rejection
         self.margin = margin
         self.min_samples = min_samples
+        self.confidence = confidence
+        self.screen = screen
         self.name = name
         self.worker = worker
 
@@ -84,6 +95,17 @@ class PolicyObjective:
             if a.get(ATTR.POLICY_KEY) == key and ATTR.LOSS in a and a.get(ATTR.DUPLICATE_OF) is None:
                 return other
         return None
+
+    def _incumbent(self, trial: Any) -> float | None:
+        """The MACs of the cheapest completed trial within the budget so far (``None``: none yet)."""
+        from optuna.trial import TrialState
+
+        values = [
+            t.value
+            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get(ATTR.FEASIBLE) and t.value is not None
+        ]
+        return min(values) if values else None
 
     def __call__(self, trial: Any) -> float:
         try:
@@ -128,25 +150,44 @@ class PolicyObjective:
                 total=a.get(ATTR.SAMPLES_TOTAL, len(self.scorer)),
                 rejected_early=a.get(ATTR.REJECTED_EARLY, False),
                 per_sample_policy=tuple(a.get(ATTR.PER_SAMPLE, ())),
+                upper=a.get(ATTR.LOSS_UPPER),
+                lower=a.get(ATTR.LOSS_LOWER),
+                confidence=a.get(ATTR.CONFIDENCE, 0.0),
+                accepted_early=a.get(ATTR.ACCEPTED_EARLY, False),
             )
             trial.set_user_attr(ATTR.DUPLICATE_OF, duplicate.number)
+            if a.get(ATTR.SCREEN):
+                trial.set_user_attr(ATTR.SCREEN, True)
         elif is_full_compute(policy):
-            estimate = self.scorer.full_compute()
+            estimate = self.scorer.full_compute(confidence=self.confidence)
         else:
+            incumbent = self._incumbent(trial) if self.screen and self.early_rejection else None
+            screened = incumbent is not None and value >= incumbent
+            if screened:
+                trial.set_user_attr(ATTR.SCREEN, True)
             estimate = self.scorer.score(
                 self.outputs(policy),
                 budget=self.budget if self.early_rejection else None,
                 margin=self.margin,
                 min_samples=self.min_samples,
+                confidence=self.confidence,
+                max_samples=self.min_samples if screened else None,
             )
         self._record(trial, estimate)
         return value
 
     def _record(self, trial: Any, estimate: FidelityEstimate) -> None:
-        constraint = float(estimate.loss) - self.budget
-        # Early rejection needs loss > budget + margin, so a rejected trial always violates the constraint.
-        feasible = constraint <= 0.0 and not estimate.rejected_early
+        upper = estimate.loss_upper
+        # An unbounded loss (one sample) is as infeasible as a loss of 1 (the sampler needs a finite number).
+        constraint = (upper if math.isfinite(upper) else max(1.0, float(estimate.loss))) - self.budget
+        # A clear failure has its lower bound above the budget, so it always violates the constraint too.
+        feasible = estimate.within(self.budget)
         trial.set_user_attr(ATTR.LOSS, float(estimate.loss))
+        trial.set_user_attr(ATTR.LOSS_UPPER, upper if math.isfinite(upper) else None)
+        lower = estimate.lower if estimate.confidence > 0 else estimate.loss
+        trial.set_user_attr(ATTR.LOSS_LOWER, None if lower is None else float(lower))
+        trial.set_user_attr(ATTR.CONFIDENCE, float(estimate.confidence))
+        trial.set_user_attr(ATTR.ACCEPTED_EARLY, bool(estimate.accepted_early))
         trial.set_user_attr(ATTR.METRIC_FULL, float(estimate.full))
         trial.set_user_attr(ATTR.METRIC_POLICY, float(estimate.policy))
         trial.set_user_attr(ATTR.SAMPLES, int(estimate.samples))

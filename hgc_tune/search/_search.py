@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -47,7 +48,8 @@ __all__ = [
 ]
 
 PARETO_FORMAT = "hgc-tune-pareto"
-_STUDY_FORMAT = 1
+# 2: trials record a confidence bound and their feasibility is that of the bound.
+_STUDY_FORMAT = 2
 # Relative latent error above which the pipeline is taken not to be the profiled one.
 _REFERENCE_TOLERANCE = 1e-2
 # How often a worker whose share is done looks at the other workers' running trials.
@@ -273,6 +275,7 @@ def _open_study(
         "hgc.format": _STUDY_FORMAT,
         "hgc.budget": config.budget,
         "hgc.metric": metric_name,
+        "hgc.confidence": config.confidence,
         "hgc.profile": signature,
     }
     attrs = study.user_attrs
@@ -400,6 +403,8 @@ def prepare_search(
         early_rejection=config.early_rejection,
         margin=config.margin,
         min_samples=config.early_rejection_min_samples,
+        confidence=config.confidence,
+        screen=config.screen,
         name=study_name,
         worker=config.worker_index,
     )
@@ -510,7 +515,7 @@ def run_search_worker(profile: Any, pipe: Any, config: SearchConfig, *, cache_di
 def pareto_front(records: Sequence[TrialRecord]) -> list[int]:
     """Numbers of the trials on the Pareto front of MAC reduction (higher) vs fidelity loss (lower).
 
-    Only fully evaluated, completed trials take part (an early-rejected trial's loss is partial); of several
+    Only completed trials take part, not clear failures (their loss is partial); of several
     trials with the same policy, the first stands for all.
     """
     points = [
@@ -547,17 +552,21 @@ class SearchResult:
         condition_type: The condition type.
         metric: The fidelity metric.
         budget: The loss budget.
+        confidence: The one-sided confidence level of the loss bounds (``0``: point estimates).
         num_steps: Denoising steps.
         macs_full: Full-compute MACs of one generation per convention.
         trials: Every trial (surplus trials left out).
         peers: Peer name -> trial number (aliases share a number).
         front: Numbers of the trials on the Pareto front.
-        best: The cheapest trial that meets the budget on the calibration split (``None``: none does).
-        validation: The held-out checks made, cheapest first: ``trial``, ``loss``, ``full``, ``policy``,
-            ``samples``, ``rejected_early``, ``holds``, ``cached``.
-        validated: Whether a held-out split was used.
+        best: The cheapest trial within the budget on the calibration split (``None``: none is).
+        validation: The checks on the validation split, cheapest candidate first: ``trial``, ``loss``,
+            ``loss_upper``, ``full``, ``policy``, ``samples``, ``rejected_early``, ``accepted_early``,
+            ``holds``, ``cached``.
+        validated: Whether a validation split was used.
         chosen: The trial whose policy is the result (``None``: none holds).
-        policy: The chosen policy, with provenance (calibration and held-out fidelity, MACs, study, trial).
+        test: The chosen policy on the test split, which took no part in choosing it (``None``: no test
+            split): ``loss``, ``loss_upper``, ``full``, ``policy``, ``samples``, ``holds``, ``cached``.
+        policy: The chosen policy, with provenance (fidelity per split, MACs, study, trial).
         message: Why there is no policy, when there is none.
     """
 
@@ -578,10 +587,12 @@ class SearchResult:
     chosen: TrialRecord | None
     policy: Any
     message: str | None = None
+    confidence: float = 0.0
+    test: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        """Whether a policy was found (and, with a held-out split, holds on it)."""
+        """Whether a policy was found (and, with a validation split, holds on it)."""
         return self.policy is not None
 
     def record(self, number: int) -> TrialRecord:
@@ -617,8 +628,9 @@ class SearchResult:
             "condition_type": self.condition_type,
             "metric": self.metric,
             "budget": self.budget,
+            "confidence": self.confidence,
             "num_steps": self.num_steps,
-            "objective": "macs.paper.policy (minimise); constraint: loss <= budget",
+            "objective": "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget",
             "macs_full": dict(self.macs_full),
             "trials": trials,
             "front": list(self.front),
@@ -627,6 +639,7 @@ class SearchResult:
             "best_calibration": None if self.best is None else self.best.number,
             "validated": self.validated,
             "validation": [dict(v) for v in self.validation],
+            "test": None if self.test is None else dict(self.test),
             "message": self.message,
         }
 
@@ -639,15 +652,14 @@ class SearchResult:
         return data
 
 
-def _validate(session: SearchSession, candidates: list[TrialRecord], heldout: Any, progress: Any) -> tuple:
-    """Try candidates on the held-out split, cheapest first; return (chosen, estimate, tries)."""
+def _split_scorer(session: SearchSession, samples: Sequence[Any], what: str, progress: Any):
+    """A scorer of ``samples`` against their full-compute outputs (cached beside the profile) and its key."""
     from hgc_tune.fidelity import TaskEvaluator
     from hgc_tune.search._fidelity import jobs_from_samples
 
-    config = session.config
-    jobs = jobs_from_samples(heldout, seed=config.seed + 100_000)
+    jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000)
     if not jobs:
-        raise SearchError("the held-out split is empty; pass held-out samples or skip validation.")
+        raise SearchError(f"the {what} split is empty; pass {what} samples or skip it.")
     settings = session.settings
     key = heldout_key(session.pipe, jobs, settings)
     references, _ = heldout_references(
@@ -655,47 +667,102 @@ def _validate(session: SearchSession, candidates: list[TrialRecord], heldout: An
         jobs,
         settings,
         cache_dir=session.folder,
-        on_output=lambda i: progress("held-out reference"),
+        on_output=lambda i: progress(f"{what} reference"),
     )
     height, width = settings.height, settings.width
     conditions = [_condition_array(job.condition, height, width) for job in jobs]
     scorer = FidelityScorer(TaskEvaluator(session.condition_type, session.metric), references, conditions)
+    return scorer, jobs, key
+
+
+def _stored_estimate(session: SearchSession, attr: str, key: str) -> FidelityEstimate | None:
+    stored = session.study.user_attrs.get(attr)
+    if isinstance(stored, dict) and stored.get("key") == key:
+        return FidelityEstimate(**{k: v for k, v in stored.items() if k != "key"})
+    return None
+
+
+def _check_row(number: int, estimate: FidelityEstimate, budget: float, cached: bool) -> dict[str, Any]:
+    return {
+        "trial": number,
+        "loss": estimate.loss,
+        "loss_upper": estimate.to_dict()["upper"] if estimate.confidence > 0 else estimate.loss,
+        "confidence": estimate.confidence,
+        "full": estimate.full,
+        "policy": estimate.policy,
+        "samples": estimate.samples,
+        "rejected_early": estimate.rejected_early,
+        "accepted_early": estimate.accepted_early,
+        "holds": estimate.within(budget),
+        "cached": cached,
+    }
+
+
+def _validate(session: SearchSession, candidates: list[TrialRecord], samples: Any, progress: Any) -> tuple:
+    """Test candidates sequentially on the validation split, cheapest first; the first whose upper bound
+    holds the budget is chosen. Returns (chosen, estimate, tries)."""
+    config = session.config
+    scorer, jobs, key = _split_scorer(session, samples, "validation", progress)
     tries = []
     for record in candidates[: config.max_validation_tries]:
         attr = f"hgc.heldout.{record.number}"
-        stored = session.study.user_attrs.get(attr)
-        if isinstance(stored, dict) and stored.get("key") == key:
-            estimate = FidelityEstimate(**{k: v for k, v in stored.items() if k != "key"})
-            cached = True
-        else:
+        estimate = _stored_estimate(session, attr, key)
+        cached = estimate is not None
+        if estimate is None:
             progress(f"validate trial {record.number}")
             estimate = scorer.score(
-                iter_outputs(session.pipe, record.policy(), jobs, settings),
+                iter_outputs(session.pipe, record.policy(), jobs, session.settings),
                 budget=config.budget if config.early_rejection else None,
                 margin=config.margin,
                 min_samples=config.early_rejection_min_samples,
+                confidence=config.confidence,
+                # A pass must hold on every validation sample: stopping at the first look whose bound is
+                # within the budget would let noise pass a policy (optional stopping). Failures stop early.
+                accept_early=False,
             )
             session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
-            cached = False
-        holds = estimate.loss <= config.budget and not estimate.rejected_early
-        tries.append(
-            {
-                "trial": record.number,
-                "loss": estimate.loss,
-                "full": estimate.full,
-                "policy": estimate.policy,
-                "samples": estimate.samples,
-                "rejected_early": estimate.rejected_early,
-                "holds": holds,
-                "cached": cached,
-            }
-        )
-        if holds:
+        row = _check_row(record.number, estimate, config.budget, cached)
+        tries.append(row)
+        if row["holds"]:
             return record, estimate, tries
     return None, None, tries
 
 
-def _final_policy(session: SearchSession, record: TrialRecord, heldout: FidelityEstimate | None):
+def _test(session: SearchSession, record: TrialRecord, samples: Any, progress: Any) -> tuple:
+    """The chosen policy on every test sample (no early stop: this is the reported figure)."""
+    config = session.config
+    scorer, jobs, key = _split_scorer(session, samples, "test", progress)
+    attr = f"hgc.test.{record.number}"
+    estimate = _stored_estimate(session, attr, key)
+    cached = estimate is not None
+    if estimate is None:
+        progress(f"test trial {record.number}")
+        estimate = scorer.score(
+            iter_outputs(session.pipe, record.policy(), jobs, session.settings),
+            confidence=config.confidence,
+        )
+        session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
+    return estimate, _check_row(record.number, estimate, config.budget, cached)
+
+
+def _split_fidelity(split: str, estimate: FidelityEstimate) -> dict[str, float]:
+    out = {
+        f"{split}_full": float(estimate.full),
+        f"{split}_policy": float(estimate.policy),
+        f"{split}_loss": float(estimate.loss),
+        f"{split}_samples": int(estimate.samples),
+    }
+    if math.isfinite(estimate.loss_upper):
+        out[f"{split}_loss_upper"] = float(estimate.loss_upper)
+    return out
+
+
+def _final_policy(
+    session: SearchSession,
+    record: TrialRecord,
+    validation: FidelityEstimate | None,
+    test: FidelityEstimate | None,
+):
     import dataclasses
 
     import diffusers
@@ -710,17 +777,17 @@ def _final_policy(session: SearchSession, record: TrialRecord, heldout: Fidelity
         "calibration_loss": float(record.loss),
         "calibration_samples": int(record.samples),
     }
-    if heldout is not None:
-        fidelity.update(
-            heldout_full=heldout.full,
-            heldout_policy=heldout.policy,
-            heldout_loss=heldout.loss,
-            heldout_samples=heldout.samples,
-        )
+    if record.loss_upper is not None:
+        fidelity["calibration_loss_upper"] = float(record.loss_upper)
+    if validation is not None:
+        fidelity.update(_split_fidelity("validation", validation))
+    if test is not None:
+        fidelity.update(_split_fidelity("test", test))
     provenance = Provenance(
         source="search",
         budget=session.config.budget,
         metric=session.metric.name,
+        confidence=session.config.confidence,
         fidelity=fidelity,
         macs=macs_provenance(policy, session.mac_table, cfg=session.cfg),
         study=session.study_name,
@@ -739,26 +806,37 @@ def search_policy(
     config: SearchConfig,
     *,
     heldout: Sequence[Any] | None = None,
+    test: Sequence[Any] | None = None,
     progress: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> SearchResult:
-    """Search the cheapest caching policy whose fidelity loss stays within the budget.
+    """Search the cheapest caching policy whose fidelity loss stays within the budget, with confidence.
 
     One Optuna study per profile (model × condition type × metric × budget) minimises the policy's MACs
-    (``paper`` convention, analytic from the profile's MAC table) subject to fidelity loss <= budget on the
-    profile's calibration samples, whose full-compute outputs the profile holds (only the policy side is
-    generated). The peer schedules (full compute, DeepCache, T-GATE, ControlNet window) are the first trials,
-    so the result is never worse than them on the calibration split. The cheapest feasible trials are then
-    re-evaluated on ``heldout`` (full compute of the held-out samples is generated once and cached beside the
-    profile) until one holds (at most ``config.max_validation_tries``). The study is resumable: running this
-    again continues it (up to ``config.n_trials`` trials in total) and reuses stored held-out checks.
+    (``paper`` convention, analytic from the profile's MAC table) subject to: the one-sided upper confidence
+    bound (``config.confidence``, paired over samples) of the fidelity loss is within the budget. Three
+    disjoint splits take part:
+
+    - **calibration** (the profile's samples, whose full-compute outputs it holds): the trials. Each trial
+      is tested sequentially, one sample at a time, and stops once its verdict is clear; a trial that
+      cannot beat the cheapest one already within the budget is only screened.
+    - **validation** (``heldout``): the plausible trials (not clear failures), cheapest first, are tested
+      sequentially on it until one holds the budget (at most ``config.max_validation_tries``).
+    - **test** (``test``): the chosen policy is measured once on every test sample. This split takes no part
+      in the choice, so its figure is the one the policy's provenance, the report and the README state.
+
+    The peer schedules (full compute, DeepCache, T-GATE, ControlNet window) are the first trials, so the
+    result is never worse than them on the calibration split. The study is resumable: running this again
+    continues it (up to ``config.n_trials`` trials in total) and reuses stored validation and test checks.
+    Bounded by a trial count with one worker, the same seed gives the same policy on any machine.
 
     Args:
         profile: A profile folder (``runs/NAME``) or a :class:`hgc_tune.profile.Profile`.
         pipe: The profiled pipeline.
         config: The search settings.
-        heldout: Held-out samples (``hgc_tune.data.open_dataset(..., split="heldout")``); ``None``: no
+        heldout: Validation samples (``hgc_tune.data.open_dataset(..., split="validation")``); ``None``: no
             validation (the calibration winner is chosen, ``validated=False``).
+        test: Test samples (``split="test"``); ``None``: no test figure.
         progress: Show a tqdm bar (trials, best feasible MACs) on stderr.
         cache_dir: Folder for the default storage and held-out cache when ``profile`` is an object.
 
@@ -766,26 +844,31 @@ def search_policy(
         A :class:`SearchResult`; write it with :func:`write_search_outputs`.
 
     Raises:
-        SearchError: Bad input (see :func:`prepare_search`), an empty held-out split, or a study made with
-            other settings.
+        SearchError: Bad input (see :func:`prepare_search`), an empty validation or test split, or a study
+            made with other settings.
 
     Example:
         >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
         >>> from hgc_tune.data import open_dataset  # doctest: +SKIP
         >>> pipe = load_pipeline("shapes", condition="seg")  # doctest: +SKIP
-        >>> heldout = open_dataset("shapes", condition_type="seg", split="heldout", limit=8)  # doctest: +SKIP
-        >>> result = search_policy("runs/shapes-seg", pipe, SearchConfig(budget=0.015), heldout=heldout)
-        ... # doctest: +SKIP
+        >>> val = open_dataset("shapes", condition_type="seg", split="validation", limit=16)  # doctest: +SKIP
+        >>> test = open_dataset("shapes", condition_type="seg", split="test", limit=16)  # doctest: +SKIP
+        >>> config = SearchConfig(budget=0.015)  # the task metric (mIoU), 95% upper bound
+        >>> result = search_policy("runs/shapes-seg", pipe, config, heldout=val, test=test)  # doctest: +SKIP
         >>> write_search_outputs(result, "policies/shapes-seg.json")  # doctest: +SKIP
     """
     session = prepare_search(profile, pipe, config, cache_dir=cache_dir)
-    return run_search(session, heldout=heldout, progress=progress)
+    return run_search(session, heldout=heldout, test=test, progress=progress)
 
 
 def run_search(
-    session: SearchSession, *, heldout: Sequence[Any] | None = None, progress: bool = False
+    session: SearchSession,
+    *,
+    heldout: Sequence[Any] | None = None,
+    test: Sequence[Any] | None = None,
+    progress: bool = False,
 ) -> SearchResult:
-    """Run the trials of a prepared search, validate on ``heldout`` and collect the result.
+    """Run the trials of a prepared search, validate on ``heldout``, test on ``test``, collect the result.
 
     :func:`search_policy` is :func:`prepare_search` followed by this; call them separately to start other
     workers between the two (the study exists and holds the peers once :func:`prepare_search` returns).
@@ -817,11 +900,47 @@ def run_search(
         if progress:
             tqdm.write(f"search: {what}")
 
-    return _result(session, heldout, note)
+    return _result(session, heldout, test, note)
+
+
+def _candidates(
+    records: Sequence[TrialRecord], budget: float, tries: int, validated: bool
+) -> tuple[TrialRecord | None, list[TrialRecord]]:
+    """The calibration winner and the candidates for the policy, in the order they are checked.
+
+    Without a validation split the calibration verdict decides: the trials within the budget, cheapest
+    first. With one, every plausible trial (not a failure on calibration) is a candidate, cheapest first,
+    so the cheapest get the validation samples; but the calibration winner is never left unchecked: it
+    takes the last of the ``tries`` when cheaper undecided trials would use them all. One trial per policy,
+    and only policies cheaper than full compute.
+    """
+
+    def order(r: TrialRecord) -> tuple:
+        upper = r.loss_upper if r.loss_upper is not None else math.inf
+        return (r.macs["paper"]["policy"], upper, r.loss, r.number)
+
+    unique = [r for r in records if r.duplicate_of is None]
+    feasible = sorted((r for r in unique if r.feasible), key=order)
+    best = feasible[0] if feasible else None
+    pool = sorted((r for r in unique if r.plausible(budget)), key=order) if validated else feasible
+    seen: set[str | None] = set()
+    candidates = []
+    for r in pool:
+        if r.policy_key in seen or r.macs["paper"]["reduction"] <= 0:
+            continue
+        seen.add(r.policy_key)
+        candidates.append(r)
+    if validated and best is not None and best in candidates[tries:]:
+        candidates.remove(best)
+        candidates.insert(tries - 1, best)
+    return best, candidates
 
 
 def _result(
-    session: SearchSession, heldout: Sequence[Any] | None, note: Callable[[str], None]
+    session: SearchSession,
+    heldout: Sequence[Any] | None,
+    test: Sequence[Any] | None,
+    note: Callable[[str], None],
 ) -> SearchResult:
     from hgc_tune.policy import full_compute_policy, macs_provenance
 
@@ -837,41 +956,39 @@ def _result(
         for name in [t.user_attrs.get("peer"), *t.user_attrs.get("peer_aliases", [])]:
             if name and (name not in peers or by_number[peers[name]].state != "COMPLETE"):
                 peers[name] = t.number
-    feasible = sorted(
-        (r for r in records if r.feasible and r.duplicate_of is None),
-        key=lambda r: (r.macs["paper"]["policy"], r.loss, r.number),
-    )
-    best = feasible[0] if feasible else None
-    seen: set[str | None] = set()
-    candidates = []
-    for r in feasible:
-        if r.policy_key in seen or r.macs["paper"]["reduction"] <= 0:
-            continue
-        seen.add(r.policy_key)
-        candidates.append(r)
+
+    best, candidates = _candidates(records, config.budget, config.max_validation_tries, heldout is not None)
     validation: tuple = ()
     chosen = None
     estimate = None
     message = None
+    bound = "upper bound" if config.confidence > 0 else "point estimate"
     if not candidates:
         message = (
-            "no policy cheaper than full compute meets the budget on the calibration split "
-            f"(budget={config.budget:g}, metric={session.metric.name}, {len(records)} trials); raise the "
-            "budget or run more trials."
+            "no policy cheaper than full compute may meet the budget on the calibration split "
+            f"(budget={config.budget:g}, metric={session.metric.name}, {bound} of the loss, "
+            f"{len(records)} trials); raise the budget, profile more calibration samples, or run more trials."
         )
     elif heldout is not None:
         chosen, estimate, tries = _validate(session, candidates, heldout, note)
         validation = tuple(tries)
         if chosen is None:
             message = (
-                f"none of the {len(tries)} cheapest calibration-feasible policies holds the budget "
-                f"{config.budget:g} on the held-out split (losses "
-                + ", ".join(f"trial {t['trial']}: {t['loss']:.4g}" for t in tries)
-                + "); raise the budget, profile more calibration samples, or run more trials."
+                f"none of the {len(tries)} cheapest plausible policies holds the budget {config.budget:g} "
+                f"on the validation split ({bound} of the loss: "
+                + ", ".join(
+                    f"trial {t['trial']}: {_fmt(t['loss_upper'] if config.confidence > 0 else t['loss'])}"
+                    for t in tries
+                )
+                + "); raise the budget, use more validation samples, or run more trials."
             )
     else:
         chosen = candidates[0]
-    policy = None if chosen is None else _final_policy(session, chosen, estimate)
+    test_row = None
+    test_estimate = None
+    if chosen is not None and test is not None:
+        test_estimate, test_row = _test(session, chosen, test, note)
+    policy = None if chosen is None else _final_policy(session, chosen, estimate, test_estimate)
     full = macs_provenance(full_compute_policy(session.space.target), session.mac_table, cfg=session.cfg)
     return SearchResult(
         study_name=session.study_name,
@@ -891,7 +1008,13 @@ def _result(
         chosen=chosen,
         policy=policy,
         message=message,
+        confidence=config.confidence,
+        test=test_row,
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:.4g}"
 
 
 # ----------------------------------------------------------------------------------------------- output

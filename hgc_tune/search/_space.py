@@ -3,20 +3,32 @@
 Parameters (only the ones that apply are suggested; the rest are conditional):
 
 =============================  ===========================================================================
-``blocks.schedule``            ``full`` (no block caching), ``interval`` (DeepCache-style uniform refresh) or
+``blocks.schedule``            ``full`` (no block caching), ``interval`` (DeepCache-style uniform refresh),
                                ``threshold`` (Block Caching: each deep block computes when its accumulated
-                               profiled change ``mean_rel_l1`` since its last computed step exceeds δ)
+                               profiled change ``mean_rel_l1`` since its last computed step exceeds δ) or
+                               ``phased`` (U-Net and ControlNet deep blocks each refresh every ``early``
+                               steps before the switch step and every ``late`` steps from it on)
 ``blocks.branch``              skip-branch depth ``b``: U-Net ``down_blocks.(b+1)…``, ``mid_block``,
                                ``up_blocks.0…(L-2-b)`` and ControlNet ``down_blocks.(b+1)…``, ``mid_block``
                                are the "deep" blocks that may reuse (DeepCache's branch)
 ``blocks.interval``            refresh interval ``N`` of every deep block (steps ``0, N, 2N, …``)
 ``blocks.unet.threshold``      δ of the U-Net deep blocks (log scale, bounds from the profile)
 ``blocks.controlnet.threshold``  δ of the ControlNet deep blocks
+``blocks.switch``              ``phased``: the first step of the late phase (it always computes)
+``blocks.unet.early``          ``phased``: refresh interval of the U-Net deep blocks before the switch
+``blocks.unet.late``           ``phased``: … from the switch on (so "dense early, sparse late" is 1 then 4)
+``blocks.controlnet.early``    ``phased``: the ControlNet deep blocks' own intervals
+``blocks.controlnet.late``
 ``attention.schedule``         ``full``, ``gate`` (T-GATE: every ``attn2`` computes for steps ``< g`` and
-                               reuses from ``g`` on) or ``threshold`` (per ``attn2``, accumulated drift of its
-                               attention map ``mean_map_rel_l1`` against δ, turned into reuse windows)
+                               reuses from ``g`` on), ``threshold`` (per ``attn2``, accumulated drift of its
+                               attention map ``mean_map_rel_l1`` against δ, turned into reuse windows) or
+                               ``phased`` (every ``attn2`` refreshes every ``early`` steps before the switch
+                               step and every ``late`` steps from it on)
 ``attention.gate_step``        ``g``
 ``attention.threshold``        δ of the cross-attention drift
+``attention.switch``           ``phased``: the first step of the late phase
+``attention.early``            ``phased``: refresh interval before the switch
+``attention.late``             ``phased``: refresh interval from the switch on
 ``controlnet.steps``           ``k``: the ControlNet computes at steps ``0…k-1`` (``k = S``: always)
 ``controlnet.mode``            after the window: ``reuse`` the last residuals or ``drop`` them
 ``guidance.cfg_until``         full CFG before this step, conditional branch only from it on (``S``: off)
@@ -60,13 +72,14 @@ __all__ = [
     "deep_block_keys",
     "default_peer_names",
     "is_full_compute",
+    "phased_compute_steps",
     "policy_key",
     "threshold_compute_steps",
     "windows_from_compute_steps",
 ]
 
-BLOCK_SCHEDULES: tuple[str, ...] = ("full", "interval", "threshold")
-ATTENTION_SCHEDULES: tuple[str, ...] = ("full", "gate", "threshold")
+BLOCK_SCHEDULES: tuple[str, ...] = ("full", "interval", "threshold", "phased")
+ATTENTION_SCHEDULES: tuple[str, ...] = ("full", "gate", "threshold", "phased")
 CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
 # The name of the no-caching point, enqueued first as the anchor of the Pareto front.
 FULL_COMPUTE = "full-compute"
@@ -102,6 +115,24 @@ def threshold_compute_steps(change: Sequence[float], delta: float) -> tuple[int,
             steps.append(s)
             accumulated = 0.0
     return tuple(steps)
+
+
+def phased_compute_steps(num_steps: int, switch: int, early: int, late: int) -> tuple[int, ...]:
+    """A two-phase refresh schedule: every ``early`` steps before ``switch``, every ``late`` steps from it.
+
+    The late phase starts with a computed step at ``switch``, so each phase is a uniform schedule of its own
+    (``early = late = N`` with ``switch`` a multiple of ``N`` is DeepCache's uniform interval ``N``).
+
+    Example:
+        >>> phased_compute_steps(20, 8, 1, 4)  # dense early, sparse late
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16)
+    """
+    if not (1 <= switch <= num_steps and early >= 1 and late >= 1):
+        raise SearchError(
+            f"a phased schedule needs 1 <= switch <= num_steps and intervals >= 1, but got "
+            f"num_steps={num_steps}, switch={switch}, early={early}, late={late}."
+        )
+    return tuple(sorted({*range(0, switch, early), *range(switch, num_steps, late)}))
 
 
 def windows_from_compute_steps(steps: Iterable[int], num_steps: int) -> tuple[ReuseWindow, ...]:
@@ -345,10 +376,17 @@ class PolicySpace:
             out["blocks.controlnet.threshold"] = FloatDistribution(
                 *self.threshold_bounds("controlnet"), log=True
             )
+        out["blocks.switch"] = IntDistribution(1, s - 1)
+        for group in ("unet", "controlnet") if self._has_controlnet_blocks() else ("unet",):
+            out[f"blocks.{group}.early"] = IntDistribution(1, s)
+            out[f"blocks.{group}.late"] = IntDistribution(1, s)
         if self.attention_keys:
             out["attention.schedule"] = CategoricalDistribution(ATTENTION_SCHEDULES)
             out["attention.gate_step"] = IntDistribution(1, s - 1)
             out["attention.threshold"] = FloatDistribution(*self.threshold_bounds("attention"), log=True)
+            out["attention.switch"] = IntDistribution(1, s - 1)
+            out["attention.early"] = IntDistribution(1, s)
+            out["attention.late"] = IntDistribution(1, s)
         if self.has_controlnet:
             out["controlnet.steps"] = IntDistribution(0, s)
             out["controlnet.mode"] = CategoricalDistribution(CONTROLNET_MODES)
@@ -380,16 +418,24 @@ class PolicySpace:
             ask("blocks.branch")
             if schedule == "interval":
                 ask("blocks.interval")
-            else:
+            elif schedule == "threshold":
                 ask("blocks.unet.threshold")
                 if "blocks.controlnet.threshold" in dists:
                     ask("blocks.controlnet.threshold")
+            else:
+                ask("blocks.switch")
+                for name in ("unet.early", "unet.late", "controlnet.early", "controlnet.late"):
+                    if f"blocks.{name}" in dists:
+                        ask(f"blocks.{name}")
         if "attention.schedule" in dists:
             schedule = ask("attention.schedule")
             if schedule == "gate":
                 ask("attention.gate_step")
             elif schedule == "threshold":
                 ask("attention.threshold")
+            elif schedule == "phased":
+                for name in ("attention.switch", "attention.early", "attention.late"):
+                    ask(name)
         if "controlnet.steps" in dists and ask("controlnet.steps") < self.num_steps:
             ask("controlnet.mode")
         if "guidance.cfg_until" in dists:
@@ -425,6 +471,15 @@ class PolicySpace:
             if schedule == "interval":
                 refresh = tuple(range(0, s, int(params["blocks.interval"])))
                 blocks = {k: refresh for k in deep} if len(refresh) < s else {}
+            elif schedule == "phased":
+                switch = int(params["blocks.switch"])
+                for key in deep:
+                    group = key.split(".", 1)[0]
+                    steps = phased_compute_steps(
+                        s, switch, int(params[f"blocks.{group}.early"]), int(params[f"blocks.{group}.late"])
+                    )
+                    if len(steps) < s:
+                        blocks[key] = steps
             else:
                 for key in deep:
                     delta = float(params[f"blocks.{key.split('.', 1)[0]}.threshold"])
@@ -441,6 +496,15 @@ class PolicySpace:
             gate = int(params["attention.gate_step"])
             if gate < s:
                 attention = {k: (ReuseWindow(gate - 1, s),) for k in self.attention_keys}
+        elif schedule == "phased":
+            steps = phased_compute_steps(
+                s,
+                int(params["attention.switch"]),
+                int(params["attention.early"]),
+                int(params["attention.late"]),
+            )
+            windows = windows_from_compute_steps(steps, s)
+            attention = {k: windows for k in self.attention_keys} if windows else {}
         elif schedule == "threshold":
             delta = float(params["attention.threshold"])
             for key in self.attention_keys:

@@ -33,6 +33,11 @@ class ATTR:
     POLICY_KEY = "policy_key"
     MACS = "macs"
     LOSS = "loss"
+    LOSS_UPPER = "loss_upper"
+    LOSS_LOWER = "loss_lower"
+    CONFIDENCE = "confidence"
+    ACCEPTED_EARLY = "accepted_early"
+    SCREEN = "screen"
     CONSTRAINT = "constraint"
     FEASIBLE = "feasible"
     METRIC = "metric"
@@ -99,11 +104,18 @@ class TrialRecord:
         peer: The peer schedule the trial was enqueued as, if any.
         macs: Per convention (``paper``, ``complete``): ``full``, ``policy`` and ``reduction``.
         loss: The calibration fidelity loss (partial when ``rejected_early``).
+        loss_upper: Its one-sided upper confidence bound at ``confidence`` (``None``: unbounded).
+        loss_lower: Its one-sided lower confidence bound (``None``: unbounded).
+        confidence: The confidence level of the bound (``0``: the point estimate).
         metric_full: Mean metric at full compute over the evaluated samples.
         metric_policy: Mean metric under the policy over the evaluated samples.
         samples: Calibration samples evaluated.
-        rejected_early: Whether evaluation stopped early because the loss broke the budget clearly.
-        feasible: ``loss <= budget`` on every calibration sample.
+        rejected_early: Whether evaluation stopped early because the loss broke the budget clearly (its lower
+            confidence bound lies above the budget).
+        accepted_early: Whether evaluation stopped early because the upper bound was within the budget.
+        screen: Whether the trial was only screened on a few samples (it cost no less than a trial already
+            within the budget, so it could not be the result).
+        feasible: The upper bound of the loss is within the budget on the calibration samples evaluated.
         duplicate_of: The earlier trial with the same policy whose result this one reuses.
         policy_key: Digest of what the policy computes (:func:`hgc_tune.search.policy_key`).
         policy_json: The policy (``hgc_tune.policy.policy_to_json``) or ``None``.
@@ -117,10 +129,15 @@ class TrialRecord:
     peer: str | None = None
     macs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     loss: float | None = None
+    loss_upper: float | None = None
+    loss_lower: float | None = None
+    confidence: float = 0.0
     metric_full: float | None = None
     metric_policy: float | None = None
     samples: int | None = None
     rejected_early: bool = False
+    accepted_early: bool = False
+    screen: bool = False
     feasible: bool = False
     duplicate_of: int | None = None
     policy_key: str | None = None
@@ -131,6 +148,11 @@ class TrialRecord:
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.loss is not None
+
+    def plausible(self, budget: float) -> bool:
+        """Completed and not a failure (its lower bound is within ``budget``): the budget may hold."""
+        lower = self.loss_lower if self.loss_lower is not None else -float("inf")
+        return self.complete and not self.rejected_early and lower <= budget
 
     @property
     def reduction(self) -> float | None:
@@ -153,10 +175,15 @@ class TrialRecord:
             "peer": self.peer,
             "macs": {c: dict(v) for c, v in self.macs.items()},
             "loss": self.loss,
+            "loss_upper": self.loss_upper,
+            "loss_lower": self.loss_lower,
+            "confidence": self.confidence,
             "metric_full": self.metric_full,
             "metric_policy": self.metric_policy,
             "samples": self.samples,
             "rejected_early": self.rejected_early,
+            "accepted_early": self.accepted_early,
+            "screen": self.screen,
             "feasible": self.feasible,
             "duplicate_of": self.duplicate_of,
             "policy_key": self.policy_key,
@@ -182,10 +209,15 @@ def trial_records(trials: Sequence[Any]) -> list[TrialRecord]:
                 peer=a.get(ATTR.PEER),
                 macs=a.get(ATTR.MACS, {}),
                 loss=a.get(ATTR.LOSS),
+                loss_upper=a.get(ATTR.LOSS_UPPER, a.get(ATTR.LOSS)),
+                loss_lower=a.get(ATTR.LOSS_LOWER, a.get(ATTR.LOSS)),
+                confidence=float(a.get(ATTR.CONFIDENCE, 0.0)),
                 metric_full=a.get(ATTR.METRIC_FULL),
                 metric_policy=a.get(ATTR.METRIC_POLICY),
                 samples=a.get(ATTR.SAMPLES),
                 rejected_early=bool(a.get(ATTR.REJECTED_EARLY, False)),
+                accepted_early=bool(a.get(ATTR.ACCEPTED_EARLY, False)),
+                screen=bool(a.get(ATTR.SCREEN, False)),
                 feasible=t.state.name == "COMPLETE" and bool(a.get(ATTR.FEASIBLE, False)),
                 duplicate_of=a.get(ATTR.DUPLICATE_OF),
                 policy_key=a.get(ATTR.POLICY_KEY),

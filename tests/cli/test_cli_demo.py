@@ -34,3 +34,21 @@ def test_profile_reuse_needs_an_intact_profile_of_the_same_weights(tiny_pipe, tm
 
     (folder / "profile.safetensors").write_bytes(b"truncated")
     assert not _reusable_profile(folder, "tiny", "seg")
+
+
+def test_demo_searches_the_task_metric_with_a_95_percent_bound_bounded_by_trials(tmp_path):
+    from hgc_tune.cli import build_parser
+    from hgc_tune.cli.demo import _child_argv, _search_argv
+
+    args = build_parser().parse_args(["demo", "--runs", str(tmp_path)])
+    argv = _search_argv(args, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json")
+    assert "--metric" not in argv  # the condition type's task metric
+    assert argv[argv.index("--confidence") + 1] == "0.95"
+    assert argv[argv.index("--trials") + 1] == str(args.trials) and "--timeout" not in argv
+    assert argv[argv.index("--workers") + 1] == "1"  # one worker per condition: reproducible
+    for split in ("--validation-samples", "--test-samples"):
+        assert int(argv[argv.index(split) + 1]) > 0
+    # a --parallel child runs the same search
+    child = build_parser().parse_args(_child_argv(args, ["seg", "hed"]))
+    assert child.child and child.parallel == 1 and child.conditions == "seg,hed"
+    assert _search_argv(child, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json") == argv

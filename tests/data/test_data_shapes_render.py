@@ -109,17 +109,23 @@ def test_prompt_names_every_object_with_colour_texture_and_the_background(scenes
 
 def test_splits_are_disjoint_seed_ranges_with_offsets():
     assert split_seeds("calibration", 3) == range(0, 3)
-    assert split_seeds("heldout", 3, seed=5) == range(100_005, 100_008)
+    assert split_seeds("validation", 3, seed=5) == range(100_005, 100_008)
+    assert split_seeds("test", 2) == range(200_000, 200_002)
     assert split_seeds("train", 2, seed=1) == range(1_000_001, 1_000_003)
-    ranges = sorted(SPLITS.values())
+    # `heldout` is validation's former name: the same scenes
+    assert SPLITS["heldout"] == SPLITS["validation"]
+    ranges = sorted(v for k, v in SPLITS.items() if k != "heldout")
+    assert len(ranges) == 4
     for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
         assert stop <= start
     calibration = set(split_seeds("calibration", 100_000))
-    assert calibration.isdisjoint(split_seeds("heldout", 100_000))
+    validation = set(split_seeds("validation", 100_000))
+    test = set(split_seeds("test", 100_000))
+    assert calibration.isdisjoint(validation) and calibration.isdisjoint(test) and validation.isdisjoint(test)
     with pytest.raises(DatasetError, match="seed=99999, n=2"):
         split_seeds("calibration", 2, seed=99_999)
-    with pytest.raises(DatasetError, match="split='test'"):
-        split_seeds("test", 2)
+    with pytest.raises(DatasetError, match="split='val'"):
+        split_seeds("val", 2)
     with pytest.raises(DatasetError, match="n=0"):
         split_seeds("calibration", 0)
 

@@ -117,6 +117,28 @@ def test_round_trip_full_featured_policy() -> None:
     assert back.select().attention[ATTN] == (ReuseWindow(1, 3), ReuseWindow(6, 10))
 
 
+def test_confidence_in_provenance_round_trips_and_is_optional(validator) -> None:
+    import dataclasses
+
+    p = full_featured_policy()
+    prov = dataclasses.replace(
+        p.provenance,
+        confidence=0.95,
+        fidelity={"test_loss": 0.01, "test_loss_upper": 0.014, "test_samples": 64},
+    )
+    with_bound = dataclasses.replace(p, provenance=prov)
+    data = policy_to_json(with_bound)
+    validator.validate(data)
+    assert data["policies"][0]["provenance"]["confidence"] == 0.95
+    assert policy_from_json(data).select().provenance == prov
+    # a policy without it is written as before (files made before the field keep their bytes)
+    plain = dataclasses.replace(p, provenance=dataclasses.replace(p.provenance, confidence=None))
+    assert "confidence" not in policy_to_json(plain)["policies"][0]["provenance"]
+    bad = copy.deepcopy(data)
+    bad["policies"][0]["provenance"]["confidence"] = 1.0
+    assert not validator.is_valid(bad)
+
+
 def test_round_trip_random_policies_and_schema(validator) -> None:
     rng = random.Random(1234)
     for _ in range(200):

@@ -113,6 +113,29 @@ def test_fidelity_keys_are_grouped_by_split():
     }
 
 
+def test_search_provenance_splits_and_bounds_in_the_report():
+    from hgc_tune.report._html import _fidelity_table
+
+    fidelity = {
+        "calibration_loss": 0.004,
+        "calibration_loss_upper": 0.011,
+        "validation_loss": 0.006,
+        "validation_loss_upper": 0.013,
+        "test_loss": 0.007,
+        "test_loss_upper": 0.012,
+        "test_samples": 16,
+    }
+    grouped = fidelity_by_split(fidelity)
+    assert grouped == {
+        "calibration": {"loss": 0.004, "loss_upper": 0.011},
+        "validation": {"loss": 0.006, "loss_upper": 0.013},
+        "test": {"loss": 0.007, "loss_upper": 0.012, "samples": 16},
+    }
+    html = _fidelity_table(grouped, 0.95)
+    assert "one-sided 95% upper confidence bound" in html and "loss_upper" in html
+    assert "The test split took no part in choosing the policy" in html
+
+
 def test_labels_and_order():
     assert (
         module_label("unet.up_blocks.2.attentions.1.transformer_blocks.0.attn2")

@@ -64,6 +64,29 @@ def test_cli_json(capsys):
     )
     assert 0 < result["macs"]["paper"]["reduction"] < 1 and set(result["macs"]) == {"paper", "complete"}
     assert result["loss"] == pytest.approx(1.0 - result["policy"])
+    # one sample cannot bound a loss
+    assert result["confidence"] == 0.95 and result["loss_upper"] is None and result["split"] == "test"
+
+
+def test_cli_shows_the_upper_bound(capsys):
+    from scipy import stats
+
+    argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--policy", "peer:deepcache-n3-b0"]
+    argv += ["--steps", str(STEPS), "--samples", "2", "--metric", "ssim", "--confidence", "0.9"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    d = [1.0 - v for v in result["per_sample_policy"]]
+    half = stats.t.ppf(0.9, 1) * abs(d[0] - d[1]) / 2  # sd of two values / sqrt(2)
+    assert result["loss_upper"] == pytest.approx(result["loss"] + half)
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"90% upper bound  {100 * result['loss_upper']:.2f}%  (paired over 2 samples)" in out
+
+
+def test_cli_refuses_a_bad_confidence(capsys):
+    argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--policy", "none", "--confidence", "1"]
+    assert main(argv) == 2
+    assert "`--confidence` must be in [0, 1), but got --confidence=1." in capsys.readouterr().err
 
 
 def test_cli_refuses_a_metric_that_does_not_fit(capsys):

@@ -19,6 +19,7 @@ from hgc_tune.search import (
     deep_block_keys,
     default_peer_names,
     is_full_compute,
+    phased_compute_steps,
     policy_key,
     threshold_compute_steps,
     windows_from_compute_steps,
@@ -111,6 +112,54 @@ def test_enqueued_peer_params_rebuild_the_peer_generators_policy(keys, steps, na
     assert policy_key(space.build(params)) == policy_key(expected)
     # the trial that runs the enqueued params suggests exactly them (same names, inside the distributions)
     assert space.suggest(optuna.trial.FixedTrial(params)) == params
+
+
+def test_phased_schedule_gives_each_group_its_own_dense_early_sparse_late_schedule():
+    space = synthetic_space(TINY_KEYS, 20)
+    params = {
+        "blocks.schedule": "phased",
+        "blocks.branch": 0,
+        "blocks.switch": 8,
+        "blocks.unet.early": 1,
+        "blocks.unet.late": 4,
+        "blocks.controlnet.early": 2,
+        "blocks.controlnet.late": 6,
+        "attention.schedule": "phased",
+        "attention.switch": 10,
+        "attention.early": 1,
+        "attention.late": 5,
+        "controlnet.steps": 20,
+        "guidance.cfg_until": 20,
+    }
+    assert space.suggest(optuna.trial.FixedTrial(params)) == params
+    policy = space.build(params)
+    sets = policy.compute_sets()
+    assert sets["unet.mid_block"] == {0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16}
+    assert sets["unet.down_blocks.1"] == sets["unet.up_blocks.2"] == sets["unet.mid_block"]
+    assert sets["controlnet.mid_block"] == {0, 2, 4, 6, 8, 14}
+    assert "unet.down_blocks.0" not in sets and "unet.up_blocks.3" not in sets  # the shallow branch
+    attn = "unet.mid_block.attentions.0.transformer_blocks.0.attn2"
+    assert sets[attn] == set(range(10)) | {10, 15}
+    assert policy.attention[attn] == (ReuseWindow(10, 15), ReuseWindow(15, 20))
+
+
+def test_phased_compute_steps():
+    assert phased_compute_steps(10, 4, 1, 3) == (0, 1, 2, 3, 4, 7)
+    assert phased_compute_steps(10, 3, 3, 3) == (0, 3, 6, 9)  # DeepCache's interval 3
+    assert phased_compute_steps(6, 6, 2, 1) == (0, 2, 4)
+    with pytest.raises(SearchError, match="switch=0"):
+        phased_compute_steps(10, 0, 1, 1)
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+def test_uniform_interval_is_a_point_of_the_phased_schedule_too(interval):
+    space = synthetic_space(TINY_KEYS, 20)
+    uniform = space.build(space.peer_params(f"deepcache-n{interval}-b0"))
+    phased = dict(space.peer_params("full-compute"))
+    phased.update({"blocks.schedule": "phased", "blocks.branch": 0, "blocks.switch": interval})
+    for group in ("unet", "controlnet"):
+        phased.update({f"blocks.{group}.early": interval, f"blocks.{group}.late": interval})
+    assert policy_key(space.build(phased)) == policy_key(uniform)
 
 
 def test_full_compute_point():
@@ -211,3 +260,89 @@ def test_early_rejection_waits_for_min_samples(scorer):
     est = scorer.score(outputs, budget=0.1, margin=0.0, min_samples=3)
     # after 3 samples the mean is 0.3 > 0.1: stop before the 4th
     assert est.rejected_early and est.samples == 3 and est.loss == pytest.approx(0.3)
+
+
+@pytest.fixture
+def scorer8():
+    refs = [GeneratedOutput(image=np.zeros((8, 8, 3), np.uint8), latent=np.ones((4, 2, 2))) for _ in range(8)]
+    return FidelityScorer(TaskEvaluator("seg", "latent_rel_error"), refs, [np.zeros((8, 8, 3), np.uint8)] * 8)
+
+
+def test_sequential_test_stops_on_a_clear_pass(scorer8):
+    outputs, consumed = _outputs([0.01] * 8)
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95)
+    assert est.accepted_early and not est.rejected_early and est.samples == 3
+    assert est.upper == pytest.approx(0.01) and est.within(0.1)
+    assert consumed == [0, 1, 2, "closed"]
+
+
+def test_sequential_test_stops_on_a_clear_failure(scorer8):
+    outputs, consumed = _outputs([0.5, 0.4, 0.6, 0.5, 0.0, 0.0, 0.0, 0.0])
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95)
+    assert est.rejected_early and est.samples == 3 and est.lower > 0.1 and not est.within(0.1)
+
+
+def test_sequential_test_takes_more_samples_while_the_bound_straddles_the_budget(scorer8):
+    outputs, consumed = _outputs([0.0, 0.2] * 4)
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95)
+    # the loss is 0.1 on every even prefix: never a clear verdict, so every sample is generated
+    assert est.samples == 8 and not est.rejected_early and not est.accepted_early
+    assert est.loss == pytest.approx(0.1) and est.lower < 0.1 < est.upper and not est.within(0.1)
+    # the same losses as a point estimate (confidence 0) hold the budget
+    outputs, _ = _outputs([0.0, 0.2] * 4)
+    point = scorer8.score(outputs, budget=0.1, margin=0.1, min_samples=3, confidence=0)
+    assert point.upper == point.loss and point.within(0.1 + 1e-12)
+
+
+def test_a_screen_scores_at_most_max_samples(scorer8):
+    outputs, consumed = _outputs([0.0, 0.2] * 4)
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, max_samples=4)
+    assert est.samples == 4 and est.total == 8 and consumed == [0, 1, 2, 3, "closed"]
+
+
+def test_a_check_without_early_acceptance_decides_a_pass_on_every_sample(scorer8):
+    outputs, consumed = _outputs([0.01] * 8)
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, accept_early=False)
+    assert est.samples == 8 and not est.accepted_early and est.within(0.1)
+    outputs, _ = _outputs([0.5] * 8)  # a clear failure still stops early
+    est = scorer8.score(outputs, budget=0.1, min_samples=3, confidence=0.95, accept_early=False)
+    assert est.rejected_early and est.samples == 3
+
+
+def _record(number, macs, loss, upper, lower, *, rejected=False):
+    from hgc_tune.search import TrialRecord
+
+    return TrialRecord(
+        number=number,
+        state="COMPLETE",
+        macs={"paper": {"full": 100.0, "policy": macs, "reduction": 1 - macs / 100.0}},
+        loss=loss,
+        loss_upper=upper,
+        loss_lower=lower,
+        confidence=0.95,
+        rejected_early=rejected,
+        feasible=upper is not None and upper <= 0.015 and not rejected,
+        policy_key=f"k{number}",
+    )
+
+
+def test_candidates_cheapest_plausible_first_and_the_calibration_winner_always_checked():
+    from hgc_tune.search._search import _candidates
+
+    records = [
+        _record(0, 100.0, 0.0, 0.0, 0.0),  # full compute: feasible, never a candidate
+        _record(1, 40.0, 0.01, 0.03, -0.01),  # undecided
+        _record(2, 30.0, 0.02, 0.05, -0.01),  # undecided, cheapest plausible
+        _record(3, 20.0, 0.2, 0.3, 0.1),  # a failure (lower bound above the budget)
+        _record(4, 35.0, 0.3, None, None, rejected=True),  # a clear failure
+        _record(5, 60.0, 0.001, 0.01, -0.008),  # within the budget: the calibration winner
+        _record(6, 50.0, 0.005, 0.02, -0.001),  # undecided
+    ]
+    best, candidates = _candidates(records, 0.015, 3, validated=True)
+    assert best.number == 5
+    assert [r.number for r in candidates] == [2, 1, 5, 6]
+    _, candidates = _candidates(records, 0.015, 4, validated=True)
+    assert [r.number for r in candidates] == [2, 1, 6, 5]
+    # without a validation split, only trials within the budget
+    _, candidates = _candidates(records, 0.015, 3, validated=False)
+    assert [r.number for r in candidates] == [5]
