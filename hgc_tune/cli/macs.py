@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     loading = args
     if args.model == "shapes" and args.condition is None:
-        from hgc_tune.zoo import SHAPES_CONDITIONS
+        from hgc_tune.models import SHAPES_CONDITIONS
 
         # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
         loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})

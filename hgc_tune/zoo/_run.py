@@ -16,7 +16,7 @@ from typing import Any
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS, controlnet_dir
+from hgc_tune.models._shapes import SHAPES_CONDITIONS, controlnet_dir
 from hgc_tune.zoo._resume import Checkpointer, StopRequested, stop_on_signals
 from hgc_tune.zoo._source import SceneSource
 

@@ -149,10 +149,9 @@ def test_a_failing_stage_keeps_the_earlier_ones(tmp_path, one_thread, monkeypatc
 
 
 def test_shapes_preset_loads_the_trained_output(trained, monkeypatch):
-    from hgc_tune.models import load_pipeline
-    from hgc_tune.zoo import _checkpoint
+    from hgc_tune.models import _shapes, load_pipeline
 
-    monkeypatch.setattr(_checkpoint, "WEIGHTS_DIR", trained)
+    monkeypatch.setattr(_shapes, "WEIGHTS_DIR", trained)
     pipe = load_pipeline("shapes", condition="seg")
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
     assert pipe.controlnet.config.conditioning_embedding_out_channels == [16, 32, 64]
