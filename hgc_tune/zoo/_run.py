@@ -217,13 +217,17 @@ def _round_weights(model, dtype: str):
 def _cpu_copy(model, dtype: str):
     import torch
 
-    clone = copy.deepcopy(model).to("cpu")
-    config = getattr(clone, "_internal_dict", None)
-    if config is not None and "_name_or_path" in config:
-        # A model loaded from disk remembers its folder; what ships must not name this machine's paths.
-        from diffusers.configuration_utils import FrozenDict
-
-        clone._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "_name_or_path" in config:
+        # A diffusers model loaded from disk remembers its folder; what ships must not name this machine's
+        # paths. Its config cannot be edited through a public API, so the copy is built from the config
+        # without the path and given the weights (byte-identical once saved).
+        clone = type(model).from_config({k: v for k, v in config.items() if k != "_name_or_path"})
+        clone.load_state_dict(model.state_dict(), strict=True)
+        if clone.dtype != model.dtype:
+            clone = clone.to(dtype=model.dtype)
+    else:
+        clone = copy.deepcopy(model).to("cpu")
     if dtype == "fp16":
         with torch.no_grad():
             for tensor in [*clone.parameters(), *clone.buffers()]:
