@@ -41,8 +41,8 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
         ShapesWeightsMissingError: the weights are not there.
 
     Example:
-        >>> base, controlnet = shapes_checkpoint("seg")  # doctest: +SKIP
-        >>> controlnet.name  # doctest: +SKIP
+        >>> base, controlnet = shapes_checkpoint("seg")
+        >>> controlnet.name
         'controlnet-seg'
     """
     if condition not in SHAPES_CONDITIONS:
