@@ -221,8 +221,10 @@ def _cpu_copy(model, dtype: str):
     if isinstance(config, dict) and "_name_or_path" in config:
         # A diffusers model loaded from disk remembers its folder; what ships must not name this machine's
         # paths. Its config cannot be edited through a public API, so the copy is built from the config
-        # without the path and given the weights (byte-identical once saved).
-        clone = type(model).from_config({k: v for k, v in config.items() if k != "_name_or_path"})
+        # without the path and given the weights (byte-identical once saved). Its throwaway random init must
+        # not move the training's random stream.
+        with torch.random.fork_rng(devices=[]):
+            clone = type(model).from_config({k: v for k, v in config.items() if k != "_name_or_path"})
         clone.load_state_dict(model.state_dict(), strict=True)
         if clone.dtype != model.dtype:
             clone = clone.to(dtype=model.dtype)
