@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Runs the docstring examples too (tests/test_docstring_examples.py).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 

@@ -3,7 +3,8 @@
 Conventions (one multiply-accumulate = 1): ``paper`` is fvcore's default count, which skips
 scaled_dot_product_attention; ``complete`` adds the attention products QKᵀ and AV. The total counts the U-Net
 and the ControlNet (what the HGC paper's 18.22T for SD1.5 + ControlNet, 512², 20 steps, CFG counts); the text
-encoder and the VAE decoder are reported beside it.
+encoder and the VAE decoder are reported beside it. Operators fvcore has no handle for are listed with the
+conventions they leave short (``unsupported_ops`` in ``--json``).
 
 Example (the paper's figure; about a minute or two on CPU):
     hgc-tune macs --model sd15 --resolution 512 --steps 20 --json
@@ -95,6 +96,19 @@ def _print_table(result: dict, convention: str) -> None:
         print(f"{label:<{width}}  {_fmt(macs):>11}  {share:>6}".rstrip())
     print()
     print(f"{other} convention total: {_fmt(result['conventions'][other]['total'])}")
+    _print_unsupported(result["unsupported_ops"])
+
+
+def _print_unsupported(skipped: dict) -> None:
+    if not skipped:
+        print("fvcore counted every operator it met (or knows it holds no MACs).")
+        return
+    print("operators fvcore skipped (not counted; per image, one forward of each module):")
+    for op, entry in skipped.items():
+        print(
+            f"  {op}: {entry['count']}x in {', '.join(entry['modules'])}; "
+            f"missing from {' and '.join(entry['conventions'])}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     loading = args
     if args.model == "shapes" and args.condition is None:
-        from hgc_tune.zoo import SHAPES_CONDITIONS
+        from hgc_tune.models import SHAPES_CONDITIONS
 
         # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
         loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})
@@ -138,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
             "complete": "paper + attention QK^T and AV",
         },
         "per_image": {p: dict(table.per_image[p]) for p in parts if p in table.per_image},
+        # Operators fvcore ran into without a handle: the counts above leave them out.
+        "unsupported_ops": table.skipped_ops(),
+        "unsupported_ops_by_module": {k: dict(v) for k, v in table.unsupported_ops.items()},
     }
     if policy is not None:
         from hgc_tune.policy import policy_macs

@@ -4,26 +4,30 @@ One trace serves both conventions: the complete-only products (SDPA, baddbmm) ar
 operator names, and the paper count of a module is its complete count minus those operators. Nested modules
 therefore sum the same way in both conventions (fvcore's ``owner`` ancestor mode attributes every operator to
 the module that ran it and to all of that module's parents).
+
+Operators fvcore has no handle for are skipped by its count. They are recorded per module (fvcore's
+``unsupported_ops``) and go into the MAC table, rather than into a log line nobody keeps; see
+:func:`affected_conventions` for what a skipped operator leaves out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._sdpa import COMPLETE_ONLY_OPS, baddbmm_flop_jit, sdpa_flop_jit
 
-__all__ = ["CONVENTIONS", "count_module_macs", "trace_module_macs"]
+__all__ = ["CONVENTIONS", "affected_conventions", "count_module_macs", "trace_module_macs"]
 
 CONVENTIONS: tuple[str, ...] = ("paper", "complete")
 
 # Operators that appear in SD / ControlNet / CLIP / VAE traces and hold no multiply-accumulate (elementwise
-# arithmetic, activations, reductions, copies). Registering them as ignored silences fvcore's "unsupported
-# operator" warnings for them without changing any count; an operator outside this list still warns, which
-# is the signal that a model runs a product nobody counts.
+# arithmetic, activations, reductions, copies): declared zero-MAC, so they change no count and are not
+# reported as skipped. Any other operator without a handle is recorded as unsupported, which is the signal
+# that a model runs a product nobody counts.
 _ZERO_MAC_OPS: tuple[str, ...] = (
     "aten::abs",
     "aten::add",
@@ -66,6 +70,30 @@ _ZERO_MAC_OPS: tuple[str, ...] = (
 )
 
 
+def affected_conventions(op: str) -> tuple[str, ...]:
+    """The conventions whose count misses operator ``op`` when fvcore skips it (has no handle for it).
+
+    ``complete`` is ``paper`` plus the attention products (SDPA, baddbmm), so a skipped attention product is
+    missing from ``complete`` only (``paper`` leaves it out by definition), and any other skipped operator
+    from both.
+
+    Example:
+        >>> affected_conventions("aten::scaled_dot_product_attention")
+        ('complete',)
+        >>> affected_conventions("aten::cumprod")
+        ('paper', 'complete')
+    """
+    name = op.split("::", 1)[-1]
+    return ("complete",) if name in COMPLETE_ONLY_OPS else CONVENTIONS
+
+
+class _Trace(NamedTuple):
+    macs: dict[str, dict[str, int]]
+    # Module key -> operator -> how often fvcore met it without a handle (only modules with any).
+    unsupported: dict[str, dict[str, int]]
+    outputs: Any
+
+
 class _Traced(torch.nn.Module):
     """Holds the traced module under ``name`` so fvcore's module keys come out as ``name.dotted.path``.
 
@@ -103,8 +131,9 @@ def trace_module_macs(
     *,
     name: str,
     call: Callable[..., Any] | None = None,
-) -> tuple[dict[str, dict[str, int]], Any]:
-    """Like :func:`count_module_macs`, and also return what ``call`` returned during the trace."""
+) -> _Trace:
+    """Like :func:`count_module_macs`, and also return the operators fvcore skipped, per module key (only
+    modules that ran any), and what ``call`` returned during the trace."""
     from fvcore.nn import FlopCountAnalysis
 
     if not isinstance(name, str) or not name.isidentifier():
@@ -119,9 +148,12 @@ def trace_module_macs(
     # not reach are expected, and warnings from the model code under tracing say nothing about MACs.
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
+    # Skipped operators are recorded below (and shown by `hgc-tune macs`), not logged.
+    analysis.unsupported_ops_warnings(False)
     with torch.no_grad():
         by_module = analysis.by_module_and_operator()
     table: dict[str, dict[str, int]] = {}
+    unsupported: dict[str, dict[str, int]] = {}
     for key, ops in by_module.items():
         # The root ("") is the wrapper: it counts everything `call` ran, including work done outside the
         # module's own `__call__` (e.g. in `vae.decode`), so it stands for the module under `name`.
@@ -130,7 +162,10 @@ def trace_module_macs(
         complete = int(sum(ops.values()))
         extra = int(sum(ops.get(op, 0) for op in COMPLETE_ONLY_OPS))
         table[key or name] = {"paper": complete - extra, "complete": complete}
-    return table, wrapper.hgc_outputs
+        skipped = analysis.unsupported_ops(key)
+        if skipped:
+            unsupported[key or name] = {op: int(n) for op, n in sorted(skipped.items())}
+    return _Trace(table, unsupported, wrapper.hgc_outputs)
 
 
 def count_module_macs(
@@ -158,11 +193,12 @@ def count_module_macs(
             counted in the ``name`` entry only.
 
     Returns:
-        Module key -> ``{"paper": int, "complete": int}``.
+        Module key -> ``{"paper": int, "complete": int}``. Operators fvcore skips are not in it (see
+        :func:`count_pipeline_macs`, whose table records them).
 
     Example:
         >>> conv = torch.nn.Conv2d(3, 8, 3, padding=1)
         >>> count_module_macs(conv, (torch.zeros(1, 3, 16, 16),), name="conv")
         {'conv': {'paper': 55296, 'complete': 55296}}
     """
-    return trace_module_macs(module, inputs, name=name, call=call)[0]
+    return trace_module_macs(module, inputs, name=name, call=call).macs

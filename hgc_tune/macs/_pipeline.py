@@ -88,7 +88,8 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
 
     Keys of the table: ``unet``, ``controlnet`` and every submodule of each (``unet.down_blocks.1``, ...),
     ``text_encoder`` and its submodules, ``vae.decoder`` (one decode, ``post_quant_conv`` included) and the
-    decoder's submodules.
+    decoder's submodules. Operators fvcore has no handle for are recorded under the same keys in the table's
+    ``unsupported_ops``.
 
     Args:
         pipe: A diffusers ``StableDiffusionControlNetPipeline`` (or any object with ``unet``, ``controlnet``
@@ -125,10 +126,11 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     text = torch.zeros((1, tokens, unet.config.cross_attention_dim), device=device, dtype=dtype)
 
     per_image: dict[str, dict[str, int]] = {}
+    unsupported: dict[str, dict[str, int]] = {}
     residuals: list[torch.Tensor] = []
     if controlnet is not None:
         cond = torch.zeros((1, 3, height, width), device=controlnet.device, dtype=controlnet.dtype)
-        table, residuals = trace_module_macs(
+        trace = trace_module_macs(
             controlnet,
             (
                 sample.to(controlnet.device, controlnet.dtype),
@@ -139,16 +141,19 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
             name="controlnet",
             call=_controlnet_call,
         )
-        per_image.update(table)
-        residuals = [r.to(device, dtype) for r in residuals]
-    table, _ = trace_module_macs(unet, (sample, timestep, text, *residuals), name="unet", call=_unet_call)
-    per_image.update(table)
+        per_image.update(trace.macs)
+        unsupported.update(trace.unsupported)
+        residuals = [r.to(device, dtype) for r in trace.outputs]
+    trace = trace_module_macs(unet, (sample, timestep, text, *residuals), name="unet", call=_unet_call)
+    per_image.update(trace.macs)
+    unsupported.update(trace.unsupported)
 
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is not None:
         input_ids = torch.zeros((1, tokens), dtype=torch.long, device=text_encoder.device)
-        table, _ = trace_module_macs(text_encoder, (input_ids,), name="text_encoder", call=_text_encoder_call)
-        per_image.update(table)
+        trace = trace_module_macs(text_encoder, (input_ids,), name="text_encoder", call=_text_encoder_call)
+        per_image.update(trace.macs)
+        unsupported.update(trace.unsupported)
 
     vae = getattr(pipe, "vae", None)
     if vae is not None:
@@ -157,9 +162,13 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
             device=vae.device,
             dtype=vae.dtype,
         )
-        table, _ = trace_module_macs(vae, (latents,), name="vae", call=_vae_decode_call)
+        trace = trace_module_macs(vae, (latents,), name="vae", call=_vae_decode_call)
         # The decode's entry is the whole `vae.decode` call (post_quant_conv included); the rest of the VAE
         # (encoder, quant_conv) does not run in a text-to-image generation and is left out.
-        per_image["vae.decoder"] = table["vae"]
-        per_image.update({k: v for k, v in table.items() if k.startswith("vae.decoder.")})
-    return MacTable(model=model_name, height=height, width=width, per_image=per_image)
+        for found, into in ((trace.macs, per_image), (trace.unsupported, unsupported)):
+            if "vae" in found:
+                into["vae.decoder"] = found["vae"]
+            into.update({k: v for k, v in found.items() if k.startswith("vae.decoder.")})
+    return MacTable(
+        model=model_name, height=height, width=width, per_image=per_image, unsupported_ops=unsupported
+    )

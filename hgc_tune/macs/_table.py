@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.macs._count import CONVENTIONS
+from hgc_tune.macs._count import CONVENTIONS, affected_conventions
 
 __all__ = ["MacTable", "DENOISERS", "GENERATION_PARTS", "PAPER_INCLUDES", "TABLE_FORMAT"]
 
@@ -73,7 +74,9 @@ class MacTable:
 
     Conventions (one multiply-accumulate = 1): ``paper`` is fvcore's default count, which skips
     ``scaled_dot_product_attention`` (the HGC paper's 18.22T for SD1.5 + ControlNet, 512², 20 steps, CFG);
-    ``complete`` adds the attention products QKᵀ and AV.
+    ``complete`` adds the attention products QKᵀ and AV. Operators fvcore had no handle for are in neither
+    count; ``unsupported_ops`` records them (:meth:`skipped_ops` sums them and names the conventions they
+    leave short).
 
     Attributes:
         model: What was counted: a preset name (``sd15``, ``tiny``) or a path.
@@ -84,12 +87,17 @@ class MacTable:
             (``unet.down_blocks.1``, ``controlnet.controlnet_cond_embedding``, ...), and the parts run once
             per generation: ``text_encoder`` (one prompt) and ``vae.decoder`` (one decode, post_quant_conv
             included), with their submodules. Nested keys are included in their parents.
+        unsupported_ops: Module key -> fvcore operator name (``aten::…``) -> how often one forward of that
+            module for one image ran it without fvcore counting it; only modules that ran any. Nested keys
+            are included in their parents, as in ``per_image``. Tables written before hgc-tune recorded
+            them read as ``{}``.
     """
 
     model: str
     height: int
     width: int
     per_image: Mapping[str, Mapping[str, int]]
+    unsupported_ops: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str):
@@ -119,6 +127,27 @@ class MacTable:
                 )
             frozen[key] = MappingProxyType({"paper": paper, "complete": complete})
         object.__setattr__(self, "per_image", MappingProxyType(frozen))
+        if not isinstance(self.unsupported_ops, Mapping):
+            raise HgcTuneError(
+                f"`unsupported_ops` must be a mapping, but got {type(self.unsupported_ops).__name__}."
+            )
+        skipped: dict[str, Mapping[str, int]] = {}
+        for key in sorted(self.unsupported_ops, key=str):
+            ops = self.unsupported_ops[key]
+            if not isinstance(key, str) or not key or not isinstance(ops, Mapping) or not ops:
+                raise HgcTuneError(
+                    "unsupported_ops must map module keys to non-empty {operator: count} mappings, but got "
+                    f"{key!r}: {ops!r}."
+                )
+            counts = {}
+            for op in sorted(ops, key=str):
+                if not isinstance(op, str) or not op:
+                    raise HgcTuneError(
+                        f"unsupported_ops[{key!r}] keys must be operator names, but got {op!r}."
+                    )
+                counts[op] = _count(ops[op], f"unsupported_ops[{key!r}][{op!r}]")
+            skipped[key] = MappingProxyType(counts)
+        object.__setattr__(self, "unsupported_ops", MappingProxyType(skipped))
 
     def macs(self, key: str, convention: str = "paper") -> int:
         """MACs of one forward of module ``key`` for one image.
@@ -230,6 +259,39 @@ class MacTable:
             "blocks": blocks,
         }
 
+    def skipped_ops(self) -> dict[str, dict[str, Any]]:
+        """The operators fvcore skipped, over the whole table: what a count is missing, and where.
+
+        Counted over the outermost recorded modules only (a nested key is already in its parent's count).
+
+        Returns:
+            Operator -> ``{"count": int, "modules": [outermost module keys that ran it], "conventions":
+            [the conventions that miss it]}``: a skipped attention product (SDPA, baddbmm) is missing from
+            ``complete`` only, any other operator from both. ``{}`` when fvcore counted (or knew to be free)
+            everything.
+
+        Example:
+            >>> table = MacTable("toy", 8, 8, {}, unsupported_ops={"unet": {"aten::cumprod": 2}})
+            >>> table.skipped_ops()
+            {'aten::cumprod': {'count': 2, 'modules': ['unet'], 'conventions': ['paper', 'complete']}}
+        """
+        outermost = [
+            key
+            for key in self.unsupported_ops
+            if not any(
+                ".".join(key.split(".")[:i]) in self.unsupported_ops for i in range(1, key.count(".") + 1)
+            )
+        ]
+        summary: dict[str, dict[str, Any]] = {}
+        for key in outermost:
+            for op, n in self.unsupported_ops[key].items():
+                entry = summary.setdefault(
+                    op, {"count": 0, "modules": [], "conventions": list(affected_conventions(op))}
+                )
+                entry["count"] += n
+                entry["modules"].append(key)
+        return {op: summary[op] for op in sorted(summary)}
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_json`` reads it back)."""
         return {
@@ -240,16 +302,22 @@ class MacTable:
             "width": self.width,
             "conventions": list(CONVENTIONS),
             "per_image": {k: dict(v) for k, v in sorted(self.per_image.items())},
+            "unsupported_ops": {k: dict(v) for k, v in sorted(self.unsupported_ops.items())},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MacTable:
-        """Read a table written by :meth:`to_json`; unknown or missing fields are errors."""
+        """Read a table written by :meth:`to_json`; unknown or missing fields are errors.
+
+        ``unsupported_ops`` is optional: tables written before hgc-tune recorded it have none.
+        """
         expected = {"format", "version", "model", "height", "width", "conventions", "per_image"}
-        if not isinstance(data, Mapping) or set(data) != expected:
+        fields = set(data) if isinstance(data, Mapping) else set()
+        if not isinstance(data, Mapping) or fields - {"unsupported_ops"} != expected:
             found = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise HgcTuneError(
-                f"a MAC table must have exactly the fields {sorted(expected)}, but got {found}."
+                f"a MAC table must have exactly the fields {sorted(expected)} (and optionally "
+                f"'unsupported_ops'), but got {found}."
             )
         if data["format"] != TABLE_FORMAT or data["version"] != _TABLE_VERSION:
             raise HgcTuneError(
@@ -261,5 +329,9 @@ class MacTable:
                 f"`conventions` must be {list(CONVENTIONS)}, but got conventions={data['conventions']!r}."
             )
         return cls(
-            model=data["model"], height=data["height"], width=data["width"], per_image=data["per_image"]
+            model=data["model"],
+            height=data["height"],
+            width=data["width"],
+            per_image=data["per_image"],
+            unsupported_ops=data.get("unsupported_ops", {}),
         )

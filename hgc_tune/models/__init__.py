@@ -1,4 +1,5 @@
-"""Model presets, loading of local checkpoints, block layouts and fingerprints."""
+"""Model presets (the shipped ``shapes`` weights included), loading of local checkpoints, block layouts and
+fingerprints."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hgc_tune.models._blocks import (
 from hgc_tune.models._fingerprint import model_fingerprint, model_structure, weights_digest
 from hgc_tune.models._loading import DTYPES, SCHEDULERS, check_controlnet_fits, load_pipeline, make_scheduler
 from hgc_tune.models._presets import PRESETS, PresetInfo
+from hgc_tune.models._shapes import SHAPES_CONDITIONS
 from hgc_tune.models._tokenizer import build_offline_tokenizer
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "DTYPES",
     "PRESETS",
     "SCHEDULERS",
+    "SHAPES_CONDITIONS",
     "PresetInfo",
     "block_paths",
     "build_offline_tokenizer",

@@ -197,7 +197,7 @@ def load_pipeline(
             requires_safety_checker=False,
         )
     elif model == "shapes":
-        from hgc_tune.zoo import shapes_checkpoint
+        from hgc_tune.models._shapes import shapes_checkpoint
 
         base, controlnet_dir = shapes_checkpoint(condition)
         pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)

@@ -6,7 +6,8 @@
 - ``sd15``: the SD1.5 U-Net, VAE and CLIP-L text encoder configurations with a ControlNet made by
   ``ControlNetModel.from_unet``; random weights (images are noise). For MAC counting and timing, which do
   not depend on weights.
-- ``shapes``: the embedded default, loaded from the weights shipped in :mod:`hgc_tune.zoo`.
+- ``shapes``: the embedded default, loaded from the weights shipped in ``hgc_tune/zoo/weights``
+  (found by :mod:`hgc_tune.models._shapes`; :mod:`hgc_tune.zoo` trains them).
 """
 
 from __future__ import annotations

@@ -483,8 +483,8 @@ def load_policy(path: str | os.PathLike[str]) -> PolicyFile:
         PolicyFormatError: A missing or unreadable file, or content :func:`loads_policy` rejects.
 
     Example:
-        >>> pf = load_policy("policies/tiny-deepcache-n3-b0.json")  # doctest: +SKIP
-        >>> pf.select().name  # doctest: +SKIP
+        >>> pf = load_policy("policies/tiny-deepcache-n3-b0.json")
+        >>> pf.select().name
         'deepcache-n3-b0'
     """
     path = Path(path)

@@ -126,10 +126,13 @@ def policy_macs(
             its per-module MACs.
 
     Example:
-        >>> from hgc_tune.macs import count_pipeline_macs  # doctest: +SKIP
-        >>> table = count_pipeline_macs(pipe, height=512, width=512, model_name="sd15")  # doctest: +SKIP
-        >>> m = policy_macs(policy, table)  # doctest: +SKIP
-        >>> f"{m['policy'] / 1e12:.2f}T MACs, {m['reduction']:.0%} fewer"  # doctest: +SKIP
+        >>> from hgc_tune.macs import count_pipeline_macs
+        >>> from hgc_tune.models import load_pipeline
+        >>> from hgc_tune.policy import load_policy
+        >>> table = count_pipeline_macs(load_pipeline("tiny"), height=64, width=64, model_name="tiny")
+        >>> policy = load_policy("policies/tiny-deepcache-n3-b0.json").select()
+        >>> f"{policy_macs(policy, table)['reduction']:.0%} fewer MACs"
+        '35% fewer MACs'
     """
     steps = policy_step_macs(policy, table, cfg=cfg, batch=batch, convention=convention)
     per_step = policy.num_steps * (2 if cfg else 1) * batch

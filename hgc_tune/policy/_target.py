@@ -19,8 +19,8 @@ def target_for_pipeline(
         model: A human label for the model (a preset name or checkpoint id).
 
     Example:
-        >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
-        >>> target_for_pipeline(load_pipeline("tiny"), num_steps=20, model="tiny").scheduler  # doctest: +SKIP
+        >>> from hgc_tune.models import load_pipeline
+        >>> target_for_pipeline(load_pipeline("tiny"), num_steps=20, model="tiny").scheduler
         'UniPCMultistepScheduler'
     """
     # Imported here: hgc_tune.models pulls in torch, and reading policy files must not.

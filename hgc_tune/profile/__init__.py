@@ -3,7 +3,9 @@ full-compute generation, with the MAC table and the reference outputs a policy s
 
 ``profile_pipeline(pipe, samples)`` returns a :class:`Profile`; ``Profile.save(folder)`` writes
 ``profile.json`` + ``profile.safetensors`` and ``Profile.load(folder)`` reads them back (refusing truncated or
-modified files with :class:`~hgc_tune.errors.ProfileError`).
+modified files with :class:`~hgc_tune.errors.ProfileError`). ``load_profiled_pipeline(profile)`` loads the
+pipeline a profile was made with and checks its fingerprint and weights digest, for everything that reuses
+the profile's references.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hgc_tune.profile._metrics import (
     relative_l1,
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver, module_groups
+from hgc_tune.profile._pipeline import load_profiled_pipeline
 from hgc_tune.profile._profiler import profile_pipeline
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "attention_probs",
     "cosine_similarity",
     "cross_attention_map",
+    "load_profiled_pipeline",
     "flat_dot",
     "js_divergence",
     "js_row_sum",

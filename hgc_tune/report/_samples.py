@@ -12,8 +12,6 @@ from hgc_tune.errors import PolicyMismatchError, ReportError
 
 __all__ = ["generate_policy_images", "pipeline_for_profile", "sample_indices"]
 
-_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
 
 def sample_indices(profile, samples: int) -> list[int]:
     """The first ``samples`` sample indices of the profile (fewer if it holds fewer).
@@ -29,7 +27,7 @@ def sample_indices(profile, samples: int) -> list[int]:
 def pipeline_for_profile(
     profile, *, model: str | None = None, controlnet: str | None = None, device: str = "cpu"
 ) -> Any:
-    """Load the pipeline a profile was made with, with the profile's scheduler configuration.
+    """Load the pipeline a profile was made with (see :func:`hgc_tune.profile.load_profiled_pipeline`).
 
     Args:
         profile: The :class:`hgc_tune.profile.Profile`.
@@ -38,37 +36,14 @@ def pipeline_for_profile(
         device: A torch device string.
 
     Raises:
-        ReportError: If the loaded pipeline's structural fingerprint differs from the profile's.
+        ReportError: If the loaded pipeline's structural fingerprint or weights digest differs from the
+            profile's.
     """
-    import diffusers
+    from hgc_tune.profile import load_profiled_pipeline
 
-    from hgc_tune.models import load_pipeline, model_fingerprint
-
-    meta = profile.meta
-    name = model or profile.model_name
-    if not name:
-        raise ReportError(
-            "the profile records no model name; pass the model it was made with (CLI: --model)."
-        )
-    pipe = load_pipeline(
-        name,
-        controlnet=controlnet,
-        condition=profile.condition_type or None,
-        dtype=_DTYPES.get(meta["model"].get("dtype", "float32"), "fp32"),
-        device=device,
+    return load_profiled_pipeline(
+        profile, model=model, controlnet=controlnet, device=device, error=ReportError
     )
-    scheduler_class = getattr(diffusers, str(meta.get("scheduler", "")), None)
-    if scheduler_class is not None and isinstance(meta.get("scheduler_config"), dict):
-        # The exact scheduler the references were generated with, not merely the same family.
-        pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
-    found = model_fingerprint(pipe)
-    if found != profile.fingerprint:
-        raise ReportError(
-            f"model {name!r} has fingerprint {found!r}, but the profile was made with "
-            f"{profile.fingerprint!r}: "
-            "pass the model it was profiled with (CLI: --model, --controlnet)."
-        )
-    return pipe
 
 
 def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.ndarray:

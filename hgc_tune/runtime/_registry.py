@@ -7,8 +7,9 @@ Other hooks may sit on the same modules (diffusers' caches, offloading). diffuse
 ``HookRegistry.remove_hook`` mis-links a chain when the removed hook is not the last one and the hook after it
 replaces ``forward`` (it rewires that hook's ``forward`` rather than its ``original_forward``, so the later
 hook stops running and a removed one comes back). :func:`remove_hook` and :func:`repair_hook` relink around
-it, using the registry's chain (``_hook_order``, ``_fn_refs``): diffusers has no public API for it, so
-``tests/runtime/test_runtime_registry.py`` pins the behaviour this relies on.
+it, using the registry's chain (``module._diffusers_hook``, its ``_hook_order``, ``_fn_refs`` and
+``_module_ref``): diffusers has no public API for it, so pyproject.toml pins diffusers to the tested minor
+release and ``tests/runtime/test_runtime_registry.py`` pins the fields and the behaviour this relies on.
 """
 
 from __future__ import annotations

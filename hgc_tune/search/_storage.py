@@ -131,6 +131,10 @@ def check_storage_url(url: str) -> str:
 
 
 def _journal_storage_class():
+    # Optuna's heartbeat is public for RDBStorage only; a journal storage joins it by implementing the
+    # private `BaseHeartbeat` (as `RDBStorage` does), which `Study.optimize` and `fail_stale_trials` look
+    # for. pyproject.toml pins Optuna to the tested minor release, and
+    # tests/search/test_search_storage_contract.py fails when that interface changes.
     from optuna.storages import JournalStorage
     from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.trial import TrialState
@@ -166,7 +170,7 @@ def _journal_storage_class():
                     trial.datetime_start.timestamp() if isinstance(trial.datetime_start, datetime) else 0.0
                 )
                 if now - max(float(beat), started) > self._grace_period:
-                    stale.append(trial._trial_id)
+                    stale.append(self.get_trial_id_from_study_id_trial_number(study_id, trial.number))
             return stale
 
         def get_heartbeat_interval(self) -> int | None:

@@ -1,12 +1,13 @@
-"""The embedded default model: a small controllable SD-style model trained on the shapes benchmark.
+"""The trainer of the embedded default model: a small controllable SD-style model on the shapes benchmark.
 
-:func:`shapes_checkpoint` finds the shipped weights (``hgc_tune/zoo/weights``) for the ``shapes`` preset;
-``python -m hgc_tune.zoo.train --out DIR`` trains them (see :mod:`hgc_tune.zoo.train`).
+``python -m hgc_tune.zoo.train --out DIR`` trains the weights (see :mod:`hgc_tune.zoo.train`); they ship in
+``hgc_tune/zoo/weights``. The library finds them through :mod:`hgc_tune.models` (``load_pipeline("shapes")``)
+and never imports this package; the names below are re-exported from there for the trainer's users.
 """
 
 from __future__ import annotations
 
-from hgc_tune.zoo._checkpoint import (
+from hgc_tune.models._shapes import (
     SHAPES_CONDITIONS,
     WEIGHTS_DIR,
     ShapesWeightsMissingError,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS
+from hgc_tune.models._shapes import SHAPES_CONDITIONS
 
 __all__ = ["ScenePool", "render_pool"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.zoo._checkpoint import SHAPES_CONDITIONS, controlnet_dir
+from hgc_tune.models._shapes import SHAPES_CONDITIONS, controlnet_dir
 from hgc_tune.zoo._resume import Checkpointer, StopRequested, stop_on_signals
 from hgc_tune.zoo._source import SceneSource
 
@@ -217,13 +217,19 @@ def _round_weights(model, dtype: str):
 def _cpu_copy(model, dtype: str):
     import torch
 
-    clone = copy.deepcopy(model).to("cpu")
-    config = getattr(clone, "_internal_dict", None)
-    if config is not None and "_name_or_path" in config:
-        # A model loaded from disk remembers its folder; what ships must not name this machine's paths.
-        from diffusers.configuration_utils import FrozenDict
-
-        clone._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "_name_or_path" in config:
+        # A diffusers model loaded from disk remembers its folder; what ships must not name this machine's
+        # paths. Its config cannot be edited through a public API, so the copy is built from the config
+        # without the path and given the weights (byte-identical once saved). Its throwaway random init must
+        # not move the training's random stream.
+        with torch.random.fork_rng(devices=[]):
+            clone = type(model).from_config({k: v for k, v in config.items() if k != "_name_or_path"})
+        clone.load_state_dict(model.state_dict(), strict=True)
+        if clone.dtype != model.dtype:
+            clone = clone.to(dtype=model.dtype)
+    else:
+        clone = copy.deepcopy(model).to("cpu")
     if dtype == "fp16":
         with torch.no_grad():
             for tensor in [*clone.parameters(), *clone.buffers()]:

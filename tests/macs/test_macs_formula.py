@@ -117,3 +117,32 @@ def test_call_adapts_the_signature_and_name_is_checked():
     assert table["fc"]["paper"] == 4 * 2 * 3
     with pytest.raises(HgcTuneError, match="name"):
         count_module_macs(linear, (torch.zeros(1, 4),), name="a.b")
+
+
+def test_operators_fvcore_skips_are_recorded_per_module():
+    from hgc_tune.macs._count import affected_conventions, trace_module_macs
+
+    class _Running(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cumprod(self.fc(x), dim=-1)
+
+    class _Outer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _Running()
+
+        def forward(self, x):
+            return self.inner(x).flip(-1)
+
+    trace = trace_module_macs(_Outer(), (torch.zeros(1, 4),), name="outer")
+    assert trace.macs["outer"] == {"paper": 16, "complete": 16}  # the linear layer only
+    assert trace.unsupported == {
+        "outer": {"aten::cumprod": 1, "aten::flip": 1},
+        "outer.inner": {"aten::cumprod": 1},
+    }
+    assert affected_conventions("aten::cumprod") == ("paper", "complete")
+    assert affected_conventions("aten::baddbmm") == ("complete",)

@@ -157,3 +157,50 @@ def test_from_json_is_strict(table):
         MacTable.from_json({**data, "version": 2})
     with pytest.raises(HgcTuneError, match="conventions"):
         MacTable.from_json({**data, "conventions": ["complete", "paper"]})
+
+
+def test_unsupported_ops_round_trip_and_sum_over_outermost_modules():
+    skipped = {
+        "unet": {"aten::cumprod": 3},
+        "unet.down_blocks.0": {"aten::cumprod": 2},
+        "controlnet": {"aten::cumprod": 1, "aten::scaled_dot_product_attention": 4},
+        "vae.decoder": {"aten::flip": 1},
+    }
+    table = MacTable("toy", 8, 8, PER_IMAGE, unsupported_ops=skipped)
+    assert table.skipped_ops() == {
+        "aten::cumprod": {
+            "count": 4,
+            "modules": ["controlnet", "unet"],
+            "conventions": ["paper", "complete"],
+        },
+        "aten::flip": {"count": 1, "modules": ["vae.decoder"], "conventions": ["paper", "complete"]},
+        # an attention product is what `complete` adds to `paper`: only `complete` misses it
+        "aten::scaled_dot_product_attention": {
+            "count": 4,
+            "modules": ["controlnet"],
+            "conventions": ["complete"],
+        },
+    }
+    data = table.to_json()
+    assert data["unsupported_ops"] == skipped
+    assert MacTable.from_json(json.loads(json.dumps(data))) == table
+
+
+def test_tables_written_before_unsupported_ops_still_load(table):
+    data = table.to_json()
+    del data["unsupported_ops"]
+    assert MacTable.from_json(data) == table and table.unsupported_ops == {}
+
+
+@pytest.mark.parametrize(
+    ("skipped", "word"),
+    [
+        ({"unet": {}}, "non-empty"),
+        ({"": {"aten::x": 1}}, "module keys"),
+        ({"unet": {"aten::x": -1}}, "must be a non-negative integer"),
+        ({"unet": {"": 1}}, "operator names"),
+    ],
+)
+def test_invalid_unsupported_ops_are_rejected(skipped, word):
+    with pytest.raises(HgcTuneError, match=word):
+        MacTable("toy", 8, 8, {}, unsupported_ops=skipped)

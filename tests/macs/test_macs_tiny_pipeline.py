@@ -183,3 +183,39 @@ def test_cli_table_and_errors(capsys, monkeypatch, pipe, table):
     assert f"{total / 1e9:.3f} G  100.0%" in out
     assert main(["macs", "--steps", "0"]) == 2
     assert "steps=0" in capsys.readouterr().err
+
+
+def test_every_operator_of_the_tiny_pipeline_is_counted_or_known_free(table, capsys):
+    assert table.unsupported_ops == {} and table.skipped_ops() == {}
+    assert main(["macs", "--model", "tiny", "--steps", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["unsupported_ops"] == {} and out["unsupported_ops_by_module"] == {}
+
+
+def test_an_operator_fvcore_skips_is_recorded_and_shown(capsys, monkeypatch, pipe):
+    # As if SiLU were an operator nobody declared: fvcore skips it, and the table says where.
+    from hgc_tune.macs import _count
+
+    monkeypatch.setattr(
+        _count, "_ZERO_MAC_OPS", tuple(op for op in _count._ZERO_MAC_OPS if op != "aten::silu")
+    )
+    table = count_pipeline_macs(pipe, height=64, width=64, model_name="tiny")
+    skipped = table.skipped_ops()
+    assert list(skipped) == ["aten::silu"]
+    assert skipped["aten::silu"]["conventions"] == ["paper", "complete"]
+    assert set(skipped["aten::silu"]["modules"]) == {"controlnet", "unet", "vae.decoder"}
+    by_module = table.unsupported_ops
+    # Nested keys are inside their parents, as in per_image.
+    assert 0 < by_module["unet.mid_block"]["aten::silu"] < by_module["unet"]["aten::silu"]
+    assert skipped["aten::silu"]["count"] == sum(
+        by_module[k]["aten::silu"] for k in skipped["aten::silu"]["modules"]
+    )
+    assert MacTable.from_json(json.loads(json.dumps(table.to_json()))) == table
+
+    monkeypatch.setattr("hgc_tune.cli._common.load_pipeline_from_args", lambda args: pipe)
+    assert main(["macs", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    count = skipped["aten::silu"]["count"]
+    assert f"  aten::silu: {count}x in controlnet, unet, vae.decoder; missing from paper and complete" in out
+    assert main(["macs", "--steps", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unsupported_ops"] == skipped

@@ -1,10 +1,11 @@
 """Removing one hook of a chain on toy modules with hand-computed outputs: hgc-tune's ``remove_hook`` unwinds
 its own hook wherever it sits in diffusers' ``HookRegistry`` chain, and leaves the other hooks running.
 
-Contract with diffusers (private registry fields, pinned here): ``HookRegistry.remove_hook`` of a hook that
-has another hook with ``new_forward`` registered after it rewires that hook's ``forward`` instead of its
-``original_forward``. If diffusers fixes this, ``test_diffusers_middle_removal_is_still_broken`` fails and
-the repair in ``hgc_tune/runtime/_registry.py`` can go.
+Contract with diffusers (private registry fields, pinned here; pyproject.toml pins diffusers' minor
+release): ``HookRegistry.remove_hook`` of a hook that has another hook with ``new_forward`` registered after
+it rewires that hook's ``forward`` instead of its ``original_forward``. If diffusers fixes this,
+``test_diffusers_middle_removal_is_still_broken`` fails and the repair in ``hgc_tune/runtime/_registry.py``
+can go.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ def _registry(module) -> HookRegistry:
 
 def _value(module) -> int:
     return int(module(torch.tensor(1)))
+
+
+def test_diffusers_registry_fields_used_by_the_repair():
+    module = _Double()
+    registry = _registry(module)
+    registry.register_hook(_Add(1), "first")
+    registry.register_hook(_Add(10), "second")
+    assert module._diffusers_hook is registry and registry._module_ref is module
+    assert registry._hook_order == ["first", "second"]
+    assert [ref.forward for ref in registry._fn_refs] == [
+        registry.get_hook(name).fn_ref.forward for name in registry._hook_order
+    ]
+    assert all(hasattr(ref, "original_forward") for ref in registry._fn_refs)
 
 
 def test_diffusers_middle_removal_is_still_broken():

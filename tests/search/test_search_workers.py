@@ -104,7 +104,9 @@ def test_stale_trial_is_failed_and_enqueued_again(tmp_path, kind):
     storage = open_storage(url, heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    storage.record_heartbeat(trial._trial_id)  # as the heartbeat thread of a running trial does
+    study_id = storage.get_study_id_from_name("s")
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.record_heartbeat(trial_id)  # as the heartbeat thread of a running trial does
     # The worker "died": no heartbeat for longer than the grace period (SQLite's clock has 1 s resolution).
     time.sleep(2.2)
     optuna.storages.fail_stale_trials(study)

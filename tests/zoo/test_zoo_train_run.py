@@ -149,10 +149,9 @@ def test_a_failing_stage_keeps_the_earlier_ones(tmp_path, one_thread, monkeypatc
 
 
 def test_shapes_preset_loads_the_trained_output(trained, monkeypatch):
-    from hgc_tune.models import load_pipeline
-    from hgc_tune.zoo import _checkpoint
+    from hgc_tune.models import _shapes, load_pipeline
 
-    monkeypatch.setattr(_checkpoint, "WEIGHTS_DIR", trained)
+    monkeypatch.setattr(_shapes, "WEIGHTS_DIR", trained)
     pipe = load_pipeline("shapes", condition="seg")
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
     assert pipe.controlnet.config.conditioning_embedding_out_channels == [16, 32, 64]
@@ -197,3 +196,20 @@ def test_continuing_needs_saved_controlnets(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "`continue_controlnets` is set but" in err
     assert "controlnet-seg holds no saved ControlNetModel" in err
+
+
+def test_a_saved_copy_names_no_folder_and_keeps_the_random_stream(tmp_path, one_thread):
+    from diffusers import ControlNetModel
+
+    from hgc_tune.zoo._run import _save_model
+
+    loaded = ControlNetModel.from_pretrained(str(shapes_checkpoint("seg")[1]))
+    assert "_name_or_path" in loaded.config
+    state = torch.random.get_rng_state()
+    _save_model(loaded, tmp_path / "cn", "fp32")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert "_name_or_path" not in json.loads((tmp_path / "cn" / "config.json").read_text())
+    again = ControlNetModel.from_pretrained(str(tmp_path / "cn"))
+    assert dict(again.config) == {**loaded.config, "_name_or_path": str(tmp_path / "cn")}
+    saved, original = again.state_dict(), loaded.state_dict()
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)

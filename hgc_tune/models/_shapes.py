@@ -1,4 +1,8 @@
-"""Where the shipped ``shapes`` weights live."""
+"""Where the ``shapes`` preset's weights live: the library's side of the embedded default model.
+
+The weights ship inside the package at ``hgc_tune/zoo/weights`` (next to the trainer that makes them,
+:mod:`hgc_tune.zoo`); this module names that folder so that loading the preset never imports the trainer.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ __all__ = [
     "WEIGHTS_DIR",
     "ShapesWeightsMissingError",
     "UnknownConditionError",
+    "controlnet_dir",
     "shapes_checkpoint",
 ]
 
 # The condition types of the shapes benchmark, one shipped ControlNet each.
 SHAPES_CONDITIONS: tuple[str, ...] = ("seg", "canny", "hed", "depth")
-WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
+# Named from here, not from the trainer's package, so the library does not depend on the trainer.
+WEIGHTS_DIR: Path = Path(__file__).resolve().parents[1] / "zoo" / "weights"
 
 
 def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -35,8 +41,8 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
         ShapesWeightsMissingError: the weights are not there.
 
     Example:
-        >>> base, controlnet = shapes_checkpoint("seg")  # doctest: +SKIP
-        >>> controlnet.name  # doctest: +SKIP
+        >>> base, controlnet = shapes_checkpoint("seg")
+        >>> controlnet.name
         'controlnet-seg'
     """
     if condition not in SHAPES_CONDITIONS:

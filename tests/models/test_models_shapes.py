@@ -1,11 +1,12 @@
-"""`shapes_checkpoint`: where the shipped weights are looked up, and its errors."""
+"""`shapes_checkpoint`: where the shipped weights are looked up, and its errors (the library's side of the
+embedded default; the trainer in ``hgc_tune.zoo`` re-exports these names)."""
 
 from __future__ import annotations
 
 import pytest
 
 from hgc_tune.errors import ModelLoadError, ModelNotFoundError
-from hgc_tune.zoo import (
+from hgc_tune.models._shapes import (
     SHAPES_CONDITIONS,
     WEIGHTS_DIR,
     ShapesWeightsMissingError,
@@ -69,3 +70,10 @@ def test_load_pipeline_shapes_requires_a_condition():
 
     with pytest.raises(UnknownConditionError, match="condition=None"):
         load_pipeline("shapes")
+
+
+def test_the_trainer_re_exports_the_library_names():
+    import hgc_tune.zoo as zoo
+    from hgc_tune.models import _shapes
+
+    assert all(getattr(zoo, name) is getattr(_shapes, name) for name in zoo.__all__)

@@ -1,0 +1,94 @@
+"""Loading the pipeline a profile was made with: its model, ControlNet, dtype and exact scheduler, checked
+against the profile's structural fingerprint and weights digest.
+
+Everything that reuses a profile's references (a report regenerating samples, a search scoring policies)
+needs this same pipeline; a pipeline of another structure or other weights would compare its outputs with
+references it did not make.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hgc_tune.errors import HgcTuneError, ProfileError
+
+__all__ = ["load_profiled_pipeline"]
+
+# torch dtype names as the profile records them -> the names `load_pipeline` takes.
+_DTYPES: dict[str, str] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def load_profiled_pipeline(
+    profile: Any,
+    *,
+    model: str | None = None,
+    controlnet: str | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+    error: type[HgcTuneError] = ProfileError,
+) -> Any:
+    """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
+
+    The model is the profile's ``model.name`` (a preset, a local directory or a hub id), with its condition
+    type and dtype; the scheduler is the profiled class with the profiled configuration, so generation
+    repeats the references exactly.
+
+    Args:
+        profile: The :class:`~hgc_tune.profile.Profile`.
+        model: Load this model instead of the profile's ``model.name`` (e.g. after moving a checkpoint).
+        controlnet: A ControlNet directory or hub id, for a base model that holds none.
+        dtype: ``fp32``, ``fp16`` or ``bf16`` instead of the profiled dtype.
+        device: A torch device string.
+        error: The exception class to raise (the caller's own, e.g. ``ReportError``).
+
+    Returns:
+        The ready ``StableDiffusionControlNetPipeline``.
+
+    Raises:
+        HgcTuneError: (as ``error``) the profile names no model or an unknown scheduler, or the loaded
+            pipeline's structural fingerprint or weights digest differs from the profile's.
+
+    Example:
+        >>> pipe = load_profiled_pipeline(Profile.load("runs/tiny-seg"))  # doctest: +SKIP
+    """
+    import diffusers
+
+    from hgc_tune.models import SCHEDULERS, load_pipeline, model_fingerprint, weights_digest
+
+    meta = profile.meta
+    name = model or profile.model_name
+    if not name:
+        raise error("the profile records no model name; pass the model it was made with (CLI: --model).")
+    scheduler_name = str(meta.get("scheduler", ""))
+    scheduler_class = getattr(diffusers, scheduler_name, None) if scheduler_name else None
+    known = {class_name: key for key, class_name in SCHEDULERS.items()}
+    if scheduler_name not in known and scheduler_class is None:
+        raise error(
+            f"the profile's scheduler {scheduler_name!r} is neither one of {sorted(SCHEDULERS.values())} nor "
+            "a diffusers scheduler; profile again with a diffusers scheduler."
+        )
+    pipe = load_pipeline(
+        name,
+        controlnet=controlnet,
+        condition=profile.condition_type or None,
+        scheduler=known.get(scheduler_name, "unipc"),
+        dtype=dtype or _DTYPES.get(str(meta["model"].get("dtype", "float32")), "fp32"),
+        device=device,
+    )
+    if isinstance(meta.get("scheduler_config"), dict) and scheduler_class is not None:
+        # The exact scheduler the references were generated with, not merely the same family.
+        pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
+    found = model_fingerprint(pipe)
+    if found != profile.fingerprint:
+        raise error(
+            f"model {name!r} has fingerprint {found!r}, but the profile was made with "
+            f"{profile.fingerprint!r}: pass the model it was profiled with (CLI: --model, --controlnet)."
+        )
+    digest = weights_digest(pipe)
+    if profile.weights_digest is not None and profile.weights_digest != digest:
+        raise error(
+            f"model {name!r} has weights digest {digest!r}, but the profile was made with other weights of "
+            f"this architecture ({profile.weights_digest!r}): pass the checkpoint it was profiled with, or "
+            "profile this model again."
+        )
+    return pipe
