@@ -648,21 +648,29 @@ class _Run:
         self.record("unet", result)
         return unet
 
-    def controlnets(self, pool, conditioning, schedule, unet) -> None:
+    def starting_controlnets(self, unet, *, load_saved: bool) -> dict[str, Any]:
+        """The ControlNets a stage trains: those saved in ``out`` (when ``load_saved`` and they are there),
+        else fresh copies of ``unet``'s encoder."""
         import torch
 
-        from hgc_tune.zoo import _stages as st
         from hgc_tune.zoo._architecture import build_controlnet
 
-        config = self.config
         controlnets = {}
-        for i, condition in enumerate(config.conditions):
-            if config.continue_controlnets:
+        for i, condition in enumerate(self.config.conditions):
+            if load_saved and (self.controlnet_dirs[condition] / "config.json").is_file():
                 controlnet = _load_model(self.controlnet_dirs[condition], "ControlNetModel")
             else:
                 torch.manual_seed(self.seed("controlnet") + 10 * i)
-                controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
+                controlnet = build_controlnet(unet, self.config.controlnet_embedding_init_std)
             controlnets[condition] = controlnet.to(self.device)
+        return controlnets
+
+    def controlnets(self, pool, conditioning, schedule, unet) -> None:
+        from hgc_tune.zoo import _stages as st
+
+        config = self.config
+        # _check_saved made sure that the ControlNets to continue are saved
+        controlnets = self.starting_controlnets(unet, load_saved=config.continue_controlnets)
         generator = self.generator("controlnet")
         result = st.train_controlnets(
             controlnets,
@@ -720,20 +728,10 @@ class _Run:
     def joint(self, pool, conditioning, schedule, unet, *, vae, text_encoder, tokenizer) -> None:
         """Train the U-Net and the ControlNets together; ControlNets not saved in ``out`` start as copies of
         the U-Net's encoder."""
-        import torch
-
         from hgc_tune.zoo import _stages as st
-        from hgc_tune.zoo._architecture import build_controlnet
 
         config = self.config
-        controlnets = {}
-        for i, condition in enumerate(config.conditions):
-            if (self.controlnet_dirs[condition] / "config.json").is_file():
-                controlnet = _load_model(self.controlnet_dirs[condition], "ControlNetModel")
-            else:
-                torch.manual_seed(self.seed("controlnet") + 10 * i)
-                controlnet = build_controlnet(unet, config.controlnet_embedding_init_std)
-            controlnets[condition] = controlnet.to(self.device)
+        controlnets = self.starting_controlnets(unet, load_saved=True)
         generator = self.generator("joint")
         result = st.train_joint(
             unet,

@@ -570,6 +570,84 @@ def train_unet(
     return result
 
 
+def _controlled_step(
+    unet,
+    controlnets: dict[str, Any],
+    pool: ScenePool,
+    conditioning: Conditioning,
+    schedule: DiffusionSchedule,
+    *,
+    per_condition: int,
+    uncontrolled: int,
+    prompt_dropout: float,
+    high_noise_bias: float,
+    device: str,
+    amp: bool,
+    generator,
+) -> Callable[[int], Any]:
+    """The step shared by the ControlNet and joint stages; it returns each condition type's mean MSE, then
+    (with ``uncontrolled > 0``) the uncontrolled scenes' mean MSE.
+
+    Every iteration draws ``per_condition`` scenes per condition type, each run through its own ControlNet,
+    and ``uncontrolled`` scenes without control (zero residuals, which is what a dropped ControlNet adds);
+    one U-Net call takes them all (one call instead of five: the models are small, so the per-call overhead
+    is what costs). Gradients reach whichever models require them.
+    """
+    import torch
+
+    n = len(pool)
+
+    def noisy_batch(size: int, bias: float):
+        index = torch.randint(0, n, (size,), device=device, generator=generator)
+        latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
+        noise = torch.randn(latents.shape, device=device, generator=generator)
+        timesteps = schedule.sample_timesteps(size, generator, device, bias)
+        return index, schedule.add_noise(latents, noise, timesteps), noise, timesteps, embeds
+
+    def step(_: int):
+        noisy_all, noise_all, t_all, embeds_all, downs, mids = [], [], [], [], [], []
+        for name, controlnet in controlnets.items():
+            index, noisy, noise, timesteps, embeds = noisy_batch(per_condition, high_noise_bias)
+            with _autocast(device, amp):
+                down, mid = controlnet(
+                    noisy,
+                    timesteps,
+                    encoder_hidden_states=embeds,
+                    controlnet_cond=pool.condition_batch(name, index),
+                    return_dict=False,
+                )
+            downs.append(down)
+            mids.append(mid)
+            noisy_all.append(noisy)
+            noise_all.append(noise)
+            t_all.append(timesteps)
+            embeds_all.append(embeds)
+        if uncontrolled:
+            _, noisy, noise, timesteps, embeds = noisy_batch(uncontrolled, 0.0)
+            downs.append([r.new_zeros((uncontrolled, *r.shape[1:])) for r in downs[0]])
+            mids.append(mids[0].new_zeros((uncontrolled, *mids[0].shape[1:])))
+            noisy_all.append(noisy)
+            noise_all.append(noise)
+            t_all.append(timesteps)
+            embeds_all.append(embeds)
+        timesteps = torch.cat(t_all)
+        with _autocast(device, amp):
+            prediction = unet(
+                torch.cat(noisy_all),
+                timesteps,
+                encoder_hidden_states=torch.cat(embeds_all),
+                down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
+                mid_block_additional_residual=torch.cat(mids),
+            ).sample
+        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
+        (mse * schedule.loss_weight[timesteps]).mean().backward()
+        controlled = per_condition * len(controlnets)
+        means = mse[:controlled].view(len(controlnets), per_condition).mean(dim=1)
+        return torch.cat([means, mse[controlled:].mean().view(1)]) if uncontrolled else means
+
+    return step
+
+
 def train_controlnets(
     controlnets: dict[str, Any],
     unet,
@@ -592,55 +670,27 @@ def train_controlnets(
     ema_decay: float = 0.0,
     resume: LoopResume | None = None,
 ) -> StageResult:
-    """Train one ControlNet per condition type against the frozen ``unet``, all in one loop.
-
-    Every iteration draws ``batch_size`` scenes per condition type, runs each ControlNet on its own scenes
-    and the frozen U-Net once on all of them with the residuals concatenated (one U-Net call instead of
-    four: the models are small, so the per-call overhead is what costs).
-    """
-    import torch
-
+    """Train one ControlNet per condition type against the frozen ``unet``, all in one loop
+    (``batch_size`` scenes per condition type and iteration)."""
     names = list(controlnets)
     unet.eval().requires_grad_(False)
     for controlnet in controlnets.values():
         controlnet.train().requires_grad_(True)
     optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], lr)
-    n = len(pool)
-
-    def step(_: int):
-        noisy_all, noise_all, t_all, embeds_all, downs, mids = [], [], [], [], [], []
-        for name, controlnet in controlnets.items():
-            index = torch.randint(0, n, (batch_size,), device=device, generator=generator)
-            latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
-            noise = torch.randn(latents.shape, device=device, generator=generator)
-            timesteps = schedule.sample_timesteps(batch_size, generator, device, high_noise_bias)
-            noisy = schedule.add_noise(latents, noise, timesteps)
-            with _autocast(device, amp):
-                down, mid = controlnet(
-                    noisy,
-                    timesteps,
-                    encoder_hidden_states=embeds,
-                    controlnet_cond=pool.condition_batch(name, index),
-                    return_dict=False,
-                )
-            noisy_all.append(noisy)
-            noise_all.append(noise)
-            t_all.append(timesteps)
-            embeds_all.append(embeds)
-            downs.append(down)
-            mids.append(mid)
-        timesteps = torch.cat(t_all)
-        with _autocast(device, amp):
-            prediction = unet(
-                torch.cat(noisy_all),
-                timesteps,
-                encoder_hidden_states=torch.cat(embeds_all),
-                down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
-                mid_block_additional_residual=torch.cat(mids),
-            ).sample
-        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
-        (mse * schedule.loss_weight[timesteps]).mean().backward()
-        return mse.view(len(names), batch_size).mean(dim=1)
+    step = _controlled_step(
+        unet,
+        controlnets,
+        pool,
+        conditioning,
+        schedule,
+        per_condition=batch_size,
+        uncontrolled=0,
+        prompt_dropout=prompt_dropout,
+        high_noise_bias=high_noise_bias,
+        device=device,
+        amp=amp,
+        generator=generator,
+    )
 
     ema = Ema(list(controlnets.values()), ema_decay) if ema_decay > 0 else None
     result = _run_loop(
@@ -761,74 +811,36 @@ def train_joint(
     """Train the U-Net and every ControlNet together (control dropout keeps the base usable on its own).
 
     Every iteration draws ``batch_size`` scenes per condition type, each run through its own ControlNet,
-    and a share ``control_dropout`` of the whole batch with no control at all; one U-Net call takes them
-    all, with zero residuals for the uncontrolled scenes. Unlike freezing the base first, the U-Net learns
-    from every controlled scene too, and the layout that the condition gives makes each of them a far
-    easier (so faster learned) denoising problem.
+    and a share ``control_dropout`` of the whole batch with no control at all (see
+    :func:`_controlled_step`). Unlike freezing the base first, the U-Net learns from every controlled scene
+    too, and the layout that the condition gives makes each of them a far easier (so faster learned)
+    denoising problem.
     """
-    import torch
-
     names = list(controlnets)
-    per_condition, dropped = joint_batch_sizes(batch_size, len(names), control_dropout)
+    per_condition, uncontrolled = joint_batch_sizes(batch_size, len(names), control_dropout)
     modules = [unet, *controlnets.values()]
     for module in modules:
         module.train().requires_grad_(True)
     optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], lr)
-    n = len(pool)
-
-    def noisy_batch(size: int, bias: float):
-        index = torch.randint(0, n, (size,), device=device, generator=generator)
-        latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
-        noise = torch.randn(latents.shape, device=device, generator=generator)
-        timesteps = schedule.sample_timesteps(size, generator, device, bias)
-        return index, schedule.add_noise(latents, noise, timesteps), noise, timesteps, embeds
-
-    def step(_: int):
-        noisy_all, noise_all, t_all, embeds_all, downs, mids = [], [], [], [], [], []
-        for name, controlnet in controlnets.items():
-            index, noisy, noise, timesteps, embeds = noisy_batch(per_condition, high_noise_bias)
-            with _autocast(device, amp):
-                down, mid = controlnet(
-                    noisy,
-                    timesteps,
-                    encoder_hidden_states=embeds,
-                    controlnet_cond=pool.condition_batch(name, index),
-                    return_dict=False,
-                )
-            downs.append(down)
-            mids.append(mid)
-            noisy_all.append(noisy)
-            noise_all.append(noise)
-            t_all.append(timesteps)
-            embeds_all.append(embeds)
-        if dropped:  # no control: zero residuals, which is what a dropped ControlNet adds
-            _, noisy, noise, timesteps, embeds = noisy_batch(dropped, 0.0)
-            downs.append([r.new_zeros((dropped, *r.shape[1:])) for r in downs[0]])
-            mids.append(mids[0].new_zeros((dropped, *mids[0].shape[1:])))
-            noisy_all.append(noisy)
-            noise_all.append(noise)
-            t_all.append(timesteps)
-            embeds_all.append(embeds)
-        timesteps = torch.cat(t_all)
-        with _autocast(device, amp):
-            prediction = unet(
-                torch.cat(noisy_all),
-                timesteps,
-                encoder_hidden_states=torch.cat(embeds_all),
-                down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
-                mid_block_additional_residual=torch.cat(mids),
-            ).sample
-        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
-        (mse * schedule.loss_weight[timesteps]).mean().backward()
-        controlled = mse[: per_condition * len(names)].view(len(names), per_condition).mean(dim=1)
-        base = mse[per_condition * len(names) :].mean() if dropped else torch.zeros((), device=device)
-        return torch.cat([controlled, base.view(1)])
-
+    step = _controlled_step(
+        unet,
+        controlnets,
+        pool,
+        conditioning,
+        schedule,
+        per_condition=per_condition,
+        uncontrolled=uncontrolled,
+        prompt_dropout=prompt_dropout,
+        high_noise_bias=high_noise_bias,
+        device=device,
+        amp=amp,
+        generator=generator,
+    )
     ema = Ema(modules, ema_decay) if ema_decay > 0 else None
     result = _run_loop(
         "joint",
         step,
-        (*(f"mse_{c}" for c in names), "mse_uncontrolled"),
+        (*(f"mse_{c}" for c in names), *(["mse_uncontrolled"] if uncontrolled else [])),
         modules,
         optimizer,
         [lr] * len(modules),

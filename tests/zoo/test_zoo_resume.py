@@ -25,14 +25,6 @@ _MICRO = [
 _SHIPPED = ("base/unet", "base/vae", "controlnet-seg", "controlnet-depth")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _weights(out: Path) -> dict[str, bytes]:
     return {sub: (out / sub / "diffusion_pytorch_model.safetensors").read_bytes() for sub in _SHIPPED}
 

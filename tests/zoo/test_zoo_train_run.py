@@ -19,15 +19,6 @@ _MICRO = [
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # On 2 shared cores a second intra-op thread makes these tiny steps up to 40x slower (spin-waiting).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("shapes")
     # bf16 autocast as on CUDA, so the GPU run's mixed-precision code path runs here too
