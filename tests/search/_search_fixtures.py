@@ -113,6 +113,15 @@ def study_trials(storage_url: str, study: str) -> list:
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
 
+def killable_mid_trial(trials, completed: int) -> bool:
+    """At least ``completed`` trials are done and one is running with all its parameters sampled (the
+    objective records the metric only after building the policy): a worker killed now leaves a stale trial
+    whose retry must reuse exactly those parameters. Killed earlier, the trial would have none to reuse."""
+    states = [t.state.name for t in trials]
+    sampled = any(t.state.name == "RUNNING" and "metric" in t.user_attrs for t in trials)
+    return states.count("COMPLETE") >= completed and sampled
+
+
 def wait_for(predicate, trials, deadline: float) -> list:
     """Poll ``trials()`` until ``predicate`` holds for them (or fail at ``deadline``, a monotonic time)."""
     while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from _search_fixtures import (
     cli_command,
     cli_env,
     copy_profile,
+    killable_mid_trial,
     one_torch_thread,  # noqa: F401 (an autouse fixture)
     run_cli,
     search_args,
@@ -122,10 +123,9 @@ def test_two_workers_share_n_trials_and_a_killed_workers_trial_is_retried(
     try:
 
         def mid_trial(found):
-            states = [t.state.name for t in found]
-            return states.count("COMPLETE") >= 1 and "RUNNING" in states
+            return killable_mid_trial(found, completed=1)
 
-        wait_for(mid_trial, trials, time.monotonic() + 120)
+        wait_for(mid_trial, trials, time.monotonic() + 240)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -138,7 +138,7 @@ def test_two_workers_share_n_trials_and_a_killed_workers_trial_is_retried(
     assert len(killed) == 1 and 1 <= len(completed) < n
 
     # Two workers resume the study against the same server.
-    done = run_cli(*args, "--workers", "2", timeout=300)
+    done = run_cli(*args, "--workers", "2", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     after = trials()
     complete = [t for t in after if t.state.name == "COMPLETE"]

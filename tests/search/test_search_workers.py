@@ -13,6 +13,7 @@ from _search_fixtures import (
     cli_command,
     cli_env,
     copy_profile,
+    killable_mid_trial,
     one_torch_thread,  # noqa: F401 (an autouse fixture)
     run_cli,
     search_args,
@@ -68,8 +69,7 @@ def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_fa
     try:
 
         def mid_trial(trials):
-            states = [t.state.name for t in trials]
-            return states.count("COMPLETE") >= 2 and "RUNNING" in states
+            return killable_mid_trial(trials, completed=2)
 
         wait_for(mid_trial, lambda: _trials(storage_url), time.monotonic() + 240)
         process.send_signal(signal.SIGKILL)
@@ -83,7 +83,7 @@ def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_fa
     killed = [t.number for t in before if t.state.name == "RUNNING"]
     assert len(completed) >= 2 and len(killed) == 1 and len(completed) < n
 
-    done = run_cli(*args, timeout=300)
+    done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     after = _trials(storage_url)
     now = {t.number: (t.value, t.params) for t in after if t.state.name == "COMPLETE"}
