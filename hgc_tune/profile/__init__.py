@@ -33,7 +33,7 @@ from hgc_tune.profile._metrics import (
     l2_norm,
     relative_l1,
 )
-from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver, module_groups
+from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
 from hgc_tune.profile._pipeline import load_profiled_pipeline
 from hgc_tune.profile._profiler import profile_pipeline
 
@@ -59,7 +59,6 @@ __all__ = [
     "l1_distance",
     "l1_norm",
     "l2_norm",
-    "module_groups",
     "profile_pipeline",
     "relative_l1",
     "stat_name",
