@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from hgc_tune.models._blocks import (
     COMPONENTS,
+    MODULE_KEY_PATTERN,
     ModuleLayout,
+    block_containers,
     block_paths,
     cacheable_module_keys,
     cross_attention_paths,
@@ -25,11 +27,13 @@ from hgc_tune.models._tokenizer import build_offline_tokenizer
 __all__ = [
     "COMPONENTS",
     "DTYPES",
+    "MODULE_KEY_PATTERN",
     "PRESETS",
     "SCHEDULERS",
     "SHAPES_CONDITIONS",
     "ModuleLayout",
     "PresetInfo",
+    "block_containers",
     "block_paths",
     "build_offline_tokenizer",
     "cacheable_module_keys",

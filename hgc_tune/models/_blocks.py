@@ -28,10 +28,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPONENTS",
+    "MODULE_KEY_PATTERN",
     "ModuleLayout",
     "register_module_layout",
     "module_layout",
     "is_attention_key",
+    "block_containers",
     "block_paths",
     "cross_attention_paths",
     "module_groups",
@@ -42,6 +44,9 @@ __all__ = [
 
 # Pipeline components hgc-tune hooks, in execution order within a step.
 COMPONENTS: tuple[str, ...] = ("controlnet", "unet")
+# A cached module's key: a denoiser component, then a dotted path (``unet.up_blocks.1.attentions.0…``).
+# The shipped policy schema states the same pattern (a test pins that they agree).
+MODULE_KEY_PATTERN = rf"^({'|'.join(sorted(COMPONENTS, reverse=True))})(\.[A-Za-z0-9_]+)+$"
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,11 @@ def module_layout(model_or_class: Any) -> ModuleLayout:
             "with hgc_tune.models.register_module_layout."
         )
     return _LAYOUTS[name]
+
+
+def block_containers() -> frozenset[str]:
+    """The attributes that hold numbered blocks in some registered layout (``down_blocks``, ``up_blocks``)."""
+    return frozenset(c for layout in _LAYOUTS.values() for c in (layout.down, layout.up) if c)
 
 
 def is_attention_key(key: str) -> bool:
