@@ -34,7 +34,7 @@ from hgc_tune.profile._metrics import (
     relative_l1,
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
-from hgc_tune.profile._pipeline import load_profiled_pipeline
+from hgc_tune.profile._pipeline import check_profiled_pipeline, load_profiled_pipeline
 from hgc_tune.profile._profiler import profile_pipeline
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "attention_probs",
     "cosine_similarity",
     "cross_attention_map",
+    "check_profiled_pipeline",
     "load_profiled_pipeline",
     "flat_dot",
     "js_divergence",
