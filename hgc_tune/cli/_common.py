@@ -112,12 +112,13 @@ def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_ty
 
 def _every_module_hooked(target, module_keys):
     """An all-compute policy whose entries hook every cacheable module (each computes at every step)."""
+    from hgc_tune.models import is_attention_key
     from hgc_tune.policy import ControlNetWindow, Policy, ReuseWindow
 
     every = tuple(range(target.num_steps))
-    blocks = {k: every for k in module_keys if k != "controlnet" and not k.endswith(".attn2")}
+    blocks = {k: every for k in module_keys if k != "controlnet" and not is_attention_key(k)}
     # one-step windows [s, s + 1) reuse nothing: the module computes at every step
-    attention = {k: tuple(ReuseWindow(s, s + 1) for s in every) for k in module_keys if k.endswith(".attn2")}
+    attention = {k: tuple(ReuseWindow(s, s + 1) for s in every) for k in module_keys if is_attention_key(k)}
     return Policy(
         target, blocks=blocks, attention=attention, controlnet=ControlNetWindow(every), name="full-hooked"
     )

@@ -114,8 +114,7 @@ def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
     """Whether ``folder`` holds an intact profile of the current weights of ``model`` (an interrupted demo
     resumes from it; after the shipped weights change, it is profiled again)."""
     from hgc_tune.errors import ProfileError
-    from hgc_tune.models import load_pipeline, weights_digest
-    from hgc_tune.profile import Profile
+    from hgc_tune.profile import Profile, load_profiled_pipeline
 
     if not (folder / "profile.json").exists():
         return False
@@ -123,10 +122,15 @@ def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
         profile = Profile.load(folder)
     except ProfileError:
         return False
-    if profile.weights_digest != weights_digest(load_pipeline(model, condition=condition)):
-        print(f"the profile in {folder} was made with other weights of {model!r}: profiling again")
-        return False
-    return True
+    # the digest is checked against the ControlNet of `condition`, as the profile will be used with it
+    if profile.condition_type == condition and profile.weights_digest is not None:
+        try:
+            load_profiled_pipeline(profile, model=model)
+            return True
+        except ProfileError:
+            pass
+    print(f"the profile in {folder} was made with other weights of {model!r}: profiling again")
+    return False
 
 
 def _search_argv(args: argparse.Namespace, run_dir: Path, policy: Path) -> list[str]:

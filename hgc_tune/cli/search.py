@@ -53,8 +53,6 @@ from hgc_tune.cli._common import print_json
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
-_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -184,31 +182,17 @@ def _config(args: argparse.Namespace):
 def _load_pipeline(args: argparse.Namespace, profile: Any):
     from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.errors import SearchError
-    from hgc_tune.models import SCHEDULERS, load_pipeline
+    from hgc_tune.profile import load_profiled_pipeline
 
     hide_loading_bars()
-    meta = profile.meta
-    model = args.model or meta["model"].get("name")
-    if not model:
-        raise SearchError("the profile does not record its model; pass --model.")
-    scheduler = {v: k for k, v in SCHEDULERS.items()}.get(meta["scheduler"])
-    if scheduler is None:
-        raise SearchError(
-            f"the profile's scheduler {meta['scheduler']!r} is not one of {sorted(SCHEDULERS.values())}."
-        )
-    dtype = args.dtype or _DTYPES.get(str(meta["model"].get("dtype")), "fp32")
-    pipe = load_pipeline(
-        model,
+    return load_profiled_pipeline(
+        profile,
+        model=args.model,
         controlnet=args.controlnet,
-        condition=profile.condition_type or None,
-        scheduler=scheduler,
-        dtype=dtype,
+        dtype=args.dtype,
         device=args.device,
+        error=SearchError,
     )
-    # The references were made with the profiled scheduler configuration, so use exactly that.
-    if meta.get("scheduler_config"):
-        pipe.scheduler = type(pipe.scheduler).from_config(meta["scheduler_config"])
-    return pipe
 
 
 def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):

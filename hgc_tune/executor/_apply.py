@@ -21,7 +21,7 @@ from hgc_tune.executor._controlnet_window import (
 from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook, copy_refusal
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models import cacheable_module_keys
+from hgc_tune.models import cacheable_module_keys, is_attention_key
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import (
     RunContext,
@@ -70,7 +70,7 @@ def check_policy_fits(
             if key not in modules:
                 raise PolicyMismatchError(
                     f"policy {policy.name!r}: {kind}[{key!r}] names no cacheable module of this pipeline "
-                    f"(cacheable blocks are e.g. {[k for k in modules if not k.endswith('attn2')][:6]})."
+                    f"(cacheable blocks are e.g. {[k for k in modules if not is_attention_key(k)][:6]})."
                 )
     return modules
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._count import CONVENTIONS, affected_conventions
+from hgc_tune.models import COMPONENTS, block_containers
 
 __all__ = ["MacTable", "DENOISERS", "GENERATION_PARTS", "PAPER_INCLUDES", "TABLE_FORMAT"]
 
@@ -17,7 +18,7 @@ TABLE_FORMAT = "hgc-tune/mac-table"
 _TABLE_VERSION = 1
 
 # Components run once per denoising step (per CFG branch, per image), in execution order.
-DENOISERS: tuple[str, ...] = ("controlnet", "unet")
+DENOISERS: tuple[str, ...] = COMPONENTS
 # generation_macs() part name -> MAC table key, for the parts run once per generation.
 _ONCE_PARTS: dict[str, str] = {"text_encoder": "text_encoder", "vae_decoder": "vae.decoder"}
 GENERATION_PARTS: tuple[str, ...] = (*DENOISERS, *_ONCE_PARTS)
@@ -26,9 +27,6 @@ GENERATION_PARTS: tuple[str, ...] = (*DENOISERS, *_ONCE_PARTS)
 # two text encodings (+0.013T) would make it 18.24T and the VAE decode (+1.242T) 19.48T. Those parts are
 # reported beside the total.
 PAPER_INCLUDES: tuple[str, ...] = DENOISERS
-# Top-level children of a U-Net-like model that are containers of blocks: they are broken down into their
-# numbered children, as the block registry of hgc_tune.models does (down_blocks.i, up_blocks.i).
-_BLOCK_CONTAINERS: tuple[str, ...] = ("down_blocks", "up_blocks")
 # Order of the top-level children of diffusers' UNet2DConditionModel and ControlNetModel in their forward, so
 # block breakdowns read in execution order whatever order the table's keys came in; others follow by name.
 _FORWARD_ORDER: tuple[str, ...] = (
@@ -180,7 +178,8 @@ class MacTable:
         children.sort(key=lambda k: _forward_rank(k[len(prefix) :]))
         keys: list[str] = []
         for child in children:
-            if child[len(prefix) :] in _BLOCK_CONTAINERS:
+            # containers of numbered blocks are broken down into them, as the module layouts name blocks
+            if child[len(prefix) :] in block_containers():
                 numbered = [
                     k for k in self.per_image if k.startswith(f"{child}.") and k[len(child) + 1 :].isdigit()
                 ]

@@ -38,6 +38,7 @@ from hgc_tune.policy._peers import (
     PeerSpec,
     controlnet_window_policy,
     deepcache_policy,
+    peer_params,
     peer_policy,
     tgate_policy,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "loads_policy",
     "macs_provenance",
     "pareto_path",
+    "peer_params",
     "peer_policy",
     "policy_from_json",
     "policy_macs",

@@ -36,6 +36,7 @@ from typing import Any
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_text
 from hgc_tune.errors import PolicyFormatError
+from hgc_tune.models import MODULE_KEY_PATTERN
 from hgc_tune.policy._model import (
     SCHEMA_VERSION,
     ControlNetWindow,
@@ -63,9 +64,8 @@ SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION,)
 # A policy file of every condition type of an SDXL pipeline is under 1 MB.
 MAX_POLICY_BYTES = 16 * 2**20
 
-# A cached module's key: a denoiser component, then a dotted path (``unet.up_blocks.1.attentions.0…``).
-# Checked on read and on write, so a typo fails when the file is loaded rather than when it is applied.
-MODULE_KEY_PATTERN = r"^(unet|controlnet)(\.[A-Za-z0-9_]+)+$"
+# Module keys are checked on read and on write, so a typo fails when the file is loaded rather than when it
+# is applied.
 _MODULE_KEY_RE = re.compile(MODULE_KEY_PATTERN)
 
 _FILE_KEYS = ("schema_version", "policies")

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hgc_tune.errors import PolicyFormatError
+from hgc_tune.models import is_attention_key
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -74,6 +75,11 @@ class PolicyTarget:
             raise PolicyFormatError(
                 f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
             )
+
+    @property
+    def component_classes(self) -> dict[str, str | None]:
+        """Denoiser component -> model class name: the keys of the module layouts the policy is made of."""
+        return {"unet": self.unet_class, "controlnet": self.controlnet_class or None}
 
     def mismatches(self, found: PolicyTarget, *, check_fingerprint: bool = True) -> list[str]:
         """What differs between this target and ``found`` (the target of the pipeline at hand), each as
@@ -168,12 +174,12 @@ class Policy:
                     "blocks['controlnet']: the whole ControlNet is set by the `controlnet` window entry, "
                     "not as a block."
                 )
-            if key.endswith(".attn2"):
+            if is_attention_key(key):
                 raise PolicyFormatError(f"blocks[{key!r}]: cross-attention modules belong in `attention`.")
             blocks[key] = _steps(steps, f"blocks[{key!r}]", s, need_zero=True)
         attention = {}
         for key, windows in self.attention.items():
-            if not key.endswith(".attn2"):
+            if not is_attention_key(key):
                 raise PolicyFormatError(
                     f"attention[{key!r}]: reuse windows are for cross-attention (`…attn2`) modules only."
                 )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from hgc_tune.errors import PolicyError
+from hgc_tune.models import deep_block_keys, is_attention_key, max_branch
 from hgc_tune.policy._model import (
     CONTROLNET_MODES,
     ControlNetWindow,
@@ -31,6 +33,7 @@ __all__ = [
     "tgate_policy",
     "controlnet_window_policy",
     "peer_policy",
+    "peer_params",
 ]
 
 
@@ -44,23 +47,6 @@ def _positive_int(value: int, name: str, *, minimum: int = 1, maximum: int | Non
         bounds = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         raise PolicyError(f"`{name}` must be an integer {bounds}, but got {name}={value!r}.")
     return value
-
-
-def _block_layout(module_keys: Iterable[str], component: str) -> tuple[int, bool, int]:
-    """Number of down blocks, whether there is a mid block, number of up blocks of ``component``."""
-    down, up, mid = set(), set(), False
-    pattern = re.compile(rf"^{component}\.(down_blocks|up_blocks)\.(\d+)$")
-    for key in module_keys:
-        if key == f"{component}.mid_block":
-            mid = True
-        elif m := pattern.match(key):
-            (down if m.group(1) == "down_blocks" else up).add(int(m.group(2)))
-    for name, idx in (("down_blocks", down), ("up_blocks", up)):
-        if idx != set(range(len(idx))):
-            raise PolicyError(
-                f"{component}.{name} indices must be 0..n-1, but module_keys has {sorted(idx)}."
-            )
-    return len(down), mid, len(up)
 
 
 def _peer_provenance(name: str) -> Provenance:
@@ -93,23 +79,18 @@ def deepcache_policy(
     Example:
         >>> keys = ["unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block", "unet.up_blocks.0",
         ...         "unet.up_blocks.1"]
-        >>> t = PolicyTarget("P", "U", "C", "0123456789abcdef", 6, "UniPCMultistepScheduler")
+        >>> t = PolicyTarget("P", "UNet2DConditionModel", "ControlNetModel", "0123456789abcdef", 6, "DDIM")
         >>> dict(deepcache_policy(t, keys, 3, 0).blocks)
         {'unet.down_blocks.1': (0, 3), 'unet.mid_block': (0, 3), 'unet.up_blocks.0': (0, 3)}
     """
     keys = list(module_keys)
     interval = _positive_int(interval, "interval")
-    n_down, _, n_up = _block_layout(keys, "unet")
-    if n_down == 0 or n_up == 0:
+    deepest = max_branch(keys, target.unet_class)
+    if deepest < 0:
         raise PolicyError("deepcache_policy needs the U-Net's down and up blocks, but module_keys has none.")
-    branch = _positive_int(branch, "branch", minimum=0, maximum=min(n_down, n_up) - 1)
+    branch = _positive_int(branch, "branch", minimum=0, maximum=deepest)
     refresh = tuple(range(0, target.num_steps, interval))
-    deep: list[str] = []
-    for component in ("unet", "controlnet"):
-        c_down, c_mid, c_up = _block_layout(keys, component)
-        deep += [f"{component}.down_blocks.{i}" for i in range(branch + 1, c_down)]
-        deep += [f"{component}.mid_block"] if c_mid else []
-        deep += [f"{component}.up_blocks.{i}" for i in range(0, c_up - 1 - branch)]
+    deep = deep_block_keys(keys, branch, target.component_classes)
     name = name or f"deepcache-n{interval}-b{branch}"
     # Interval 1 refreshes at every step: nothing is cached, so no entries.
     blocks = {} if len(refresh) == target.num_steps else {key: refresh for key in deep}
@@ -144,7 +125,7 @@ def tgate_policy(
     """
     s = target.num_steps
     gate_step = _positive_int(gate_step, "gate_step", maximum=s)
-    attn2 = sorted(k for k in module_keys if k.endswith(".attn2"))
+    attn2 = sorted(k for k in module_keys if is_attention_key(k))
     if not attn2:
         raise PolicyError("tgate_policy needs cross-attention (`…attn2`) modules, but module_keys has none.")
     name = name or f"tgate-g{gate_step}" + ("-cfg" if truncate_cfg else "")
@@ -190,13 +171,38 @@ def controlnet_window_policy(
 
 @dataclass(frozen=True)
 class PeerSpec:
-    """A family of peer schedules: its name pattern and how to build one from a parsed name."""
+    """A family of peer schedules: its name pattern, how to build one from a parsed name, and the search
+    parameters that name (``hgc_tune.search.PolicySpace`` builds the same policy from them)."""
 
     family: str
     form: str
     pattern: re.Pattern[str]
     build: Callable[[PolicyTarget, list[str], re.Match[str], str], Policy]
     reference: str
+    params: Callable[[re.Match[str], int], dict[str, Any]]
+
+
+def _deepcache_params(m: re.Match[str], num_steps: int) -> dict[str, Any]:
+    interval, branch = int(m[1]), int(m[2])
+    if interval == 1:
+        return {}
+    interval = min(interval, num_steps)
+    return {"blocks.schedule": "interval", "blocks.branch": branch, "blocks.interval": interval}
+
+
+def _tgate_params(m: re.Match[str], num_steps: int) -> dict[str, Any]:
+    gate = int(m[1])
+    if gate >= num_steps:
+        return {}
+    params: dict[str, Any] = {"attention.schedule": "gate", "attention.gate_step": gate}
+    if m[2] is not None:
+        params["guidance.cfg_until"] = gate
+    return params
+
+
+def _cnwin_params(m: re.Match[str], num_steps: int) -> dict[str, Any]:
+    first_k = int(m[1])
+    return {"controlnet.steps": first_k, **({"controlnet.mode": m[2]} if first_k < num_steps else {})}
 
 
 PEERS: dict[str, PeerSpec] = {
@@ -208,6 +214,7 @@ PEERS: dict[str, PeerSpec] = {
             re.compile(r"deepcache-n(\d+)-b(\d+)"),
             lambda t, k, m, name: deepcache_policy(t, k, int(m[1]), int(m[2]), name=name),
             "https://arxiv.org/abs/2312.00858",
+            _deepcache_params,
         ),
         PeerSpec(
             "tgate",
@@ -215,6 +222,7 @@ PEERS: dict[str, PeerSpec] = {
             re.compile(r"tgate-g(\d+)(-cfg)?"),
             lambda t, k, m, name: tgate_policy(t, k, int(m[1]), m[2] is not None, name=name),
             "https://arxiv.org/abs/2404.02747",
+            _tgate_params,
         ),
         PeerSpec(
             "cnwin",
@@ -222,6 +230,7 @@ PEERS: dict[str, PeerSpec] = {
             re.compile(r"cnwin-k(\d+)-(drop|reuse)"),
             lambda t, k, m, name: controlnet_window_policy(t, k, int(m[1]), m[2], name=name),
             "diffusers control_guidance_end",
+            _cnwin_params,
         ),
     )
 }
@@ -234,6 +243,14 @@ DEFAULT_PEERS: tuple[str, ...] = (
     "tgate-g10-cfg",
     "cnwin-k10-drop",
 )
+
+
+def _parse(name: str) -> tuple[PeerSpec, re.Match[str]]:
+    for spec in PEERS.values():
+        if m := spec.pattern.fullmatch(name):
+            return spec, m
+    forms = ", ".join(spec.form for spec in PEERS.values())
+    raise PolicyError(f"unknown peer policy name {name!r}; known forms: {forms}.")
 
 
 def peer_policy(name: str, target: PolicyTarget, module_keys: Iterable[str]) -> Policy:
@@ -253,8 +270,20 @@ def peer_policy(name: str, target: PolicyTarget, module_keys: Iterable[str]) -> 
         >>> peer_policy("cnwin-k10-drop", t, ["controlnet"]).controlnet.steps[-1]
         9
     """
-    for spec in PEERS.values():
-        if m := spec.pattern.fullmatch(name):
-            return spec.build(target, list(module_keys), m, name)
-    forms = ", ".join(spec.form for spec in PEERS.values())
-    raise PolicyError(f"unknown peer policy name {name!r}; known forms: {forms}.")
+    spec, m = _parse(name)
+    return spec.build(target, list(module_keys), m, name)
+
+
+def peer_params(name: str, num_steps: int) -> dict[str, Any]:
+    """The search parameters a peer sets (named after the policy fields, as in ``hgc_tune.search``); the
+    parameters it leaves out mean "no caching" for their part.
+
+    Raises:
+        PolicyError: An unknown name form.
+
+    Example:
+        >>> peer_params("tgate-g10-cfg", 20)
+        {'attention.schedule': 'gate', 'attention.gate_step': 10, 'guidance.cfg_until': 10}
+    """
+    spec, m = _parse(name)
+    return spec.params(m, num_steps)

@@ -33,8 +33,8 @@ from hgc_tune.profile._metrics import (
     l2_norm,
     relative_l1,
 )
-from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver, module_groups
-from hgc_tune.profile._pipeline import load_profiled_pipeline
+from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
+from hgc_tune.profile._pipeline import check_profiled_pipeline, load_profiled_pipeline
 from hgc_tune.profile._profiler import profile_pipeline
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "attention_probs",
     "cosine_similarity",
     "cross_attention_map",
+    "check_profiled_pipeline",
     "load_profiled_pipeline",
     "flat_dot",
     "js_divergence",
@@ -59,7 +60,6 @@ __all__ = [
     "l1_distance",
     "l1_norm",
     "l2_norm",
-    "module_groups",
     "profile_pipeline",
     "relative_l1",
     "stat_name",

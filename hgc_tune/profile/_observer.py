@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgc_tune.models import COMPONENTS, block_paths, cross_attention_paths
+from hgc_tune.models import module_groups
 from hgc_tune.profile._metrics import (
     TINY,
     cross_attention_map,
@@ -25,7 +25,7 @@ from hgc_tune.profile._metrics import (
     l2_norm,
 )
 
-__all__ = ["BLOCK_METRICS", "ATTENTION_METRICS", "ProfileObserver", "module_groups"]
+__all__ = ["BLOCK_METRICS", "ATTENTION_METRICS", "ProfileObserver"]
 
 # Metrics recorded for blocks (and the whole ControlNet) and for cross-attention modules.
 BLOCK_METRICS: tuple[str, ...] = ("cos", "rel_l1")
@@ -36,26 +36,6 @@ ATTENTION_METRICS: tuple[str, ...] = ("js", "map_rel_l1", "out_rel_l1")
 #   <x_s, x_{s-1}>, ||x_s||_2, ||x_{s-1}||_2, ||x_s - x_{s-1}||_1, ||x_{s-1}||_1;
 # cross-attention (head-averaged map A, output y):
 #   sum over rows of 2 JS(A_s, A_{s-1}), ||A_s - A_{s-1}||_1, ||y_s - y_{s-1}||_1, ||y_{s-1}||_1.
-
-
-def module_groups(pipe: Any) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
-    """The pipeline's cacheable blocks and cross-attention modules, by module key, in execution order.
-
-    Returns:
-        ``(blocks, attentions)``. ``blocks`` holds the U-Net and ControlNet blocks and ``controlnet`` (the
-        whole ControlNet); ``attentions`` every ``attn2`` module.
-    """
-    blocks: dict[str, torch.nn.Module] = {}
-    attentions: dict[str, torch.nn.Module] = {}
-    for component in COMPONENTS:
-        model = getattr(pipe, component, None)
-        if model is None:
-            continue
-        for path in block_paths(model):
-            blocks[f"{component}.{path}" if path else component] = model.get_submodule(path)
-        for path in cross_attention_paths(model):
-            attentions[f"{component}.{path}"] = model.get_submodule(path)
-    return blocks, attentions
 
 
 # Extractors: a module's output -> a private float32 copy of what is measured (a copy, because a later

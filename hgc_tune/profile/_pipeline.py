@@ -12,7 +12,7 @@ from typing import Any
 
 from hgc_tune.errors import HgcTuneError, ProfileError
 
-__all__ = ["load_profiled_pipeline"]
+__all__ = ["load_profiled_pipeline", "check_profiled_pipeline"]
 
 # torch dtype names as the profile records them -> the names `load_pipeline` takes.
 _DTYPES: dict[str, str] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -53,7 +53,7 @@ def load_profiled_pipeline(
     """
     import diffusers
 
-    from hgc_tune.models import SCHEDULERS, load_pipeline, model_fingerprint, weights_digest
+    from hgc_tune.models import SCHEDULERS, load_pipeline
 
     meta = profile.meta
     name = model or profile.model_name
@@ -78,17 +78,36 @@ def load_profiled_pipeline(
     if isinstance(meta.get("scheduler_config"), dict) and scheduler_class is not None:
         # The exact scheduler the references were generated with, not merely the same family.
         pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
+    check_profiled_pipeline(profile, pipe, name=name, error=error)
+    return pipe
+
+
+def check_profiled_pipeline(
+    profile: Any, pipe: Any, *, name: str | None = None, error: type[HgcTuneError] = ProfileError
+) -> None:
+    """Raise ``error`` unless ``pipe`` is the pipeline ``profile`` was made with: the same structural
+    fingerprint and, when the profile records one, the same weights digest.
+
+    Args:
+        profile: The :class:`~hgc_tune.profile.Profile`.
+        pipe: The pipeline at hand.
+        name: The model ``pipe`` was loaded from, for the message (default: the profile's model).
+        error: The exception class to raise (the caller's own, e.g. ``SearchError``).
+    """
+    from hgc_tune.models import model_fingerprint, weights_digest
+
+    label = f"model {name or profile.model_name!r}"
     found = model_fingerprint(pipe)
     if found != profile.fingerprint:
         raise error(
-            f"model {name!r} has fingerprint {found!r}, but the profile was made with "
-            f"{profile.fingerprint!r}: pass the model it was profiled with (CLI: --model, --controlnet)."
+            f"{label} has fingerprint {found!r}, but the profile was made with {profile.fingerprint!r} "
+            "(another model): pass the model it was profiled with (CLI: --model, --controlnet), or profile "
+            "this model first."
         )
     digest = weights_digest(pipe)
     if profile.weights_digest is not None and profile.weights_digest != digest:
         raise error(
-            f"model {name!r} has weights digest {digest!r}, but the profile was made with other weights of "
+            f"{label} has weights digest {digest!r}, but the profile was made with other weights of "
             f"this architecture ({profile.weights_digest!r}): pass the checkpoint it was profiled with, or "
             "profile this model again."
         )
-    return pipe

@@ -90,7 +90,7 @@ def _condition_type(profile: Any) -> str | None:
 def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
     """Every bad-input check, before any work; returns the metric."""
     from hgc_tune.fidelity import check_metric_fits, default_metric
-    from hgc_tune.models import model_fingerprint, weights_digest
+    from hgc_tune.profile import check_profiled_pipeline
 
     condition = _condition_type(profile)
     try:
@@ -114,19 +114,7 @@ def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
         raise SearchError(
             f"a policy search needs at least 2 denoising steps, but the profile has {profile.num_steps}."
         )
-    found = model_fingerprint(pipe)
-    if found != profile.fingerprint:
-        raise SearchError(
-            f"the profile was made for another model: its fingerprint is {profile.fingerprint!r} "
-            f"(model {profile.model_name!r}), the pipeline's is {found!r}; profile this model first."
-        )
-    digest = weights_digest(pipe)
-    if profile.weights_digest is not None and profile.weights_digest != digest:
-        raise SearchError(
-            f"the profile was made with other weights of this architecture: its weights digest is "
-            f"{profile.weights_digest!r} (model {profile.model_name!r}), the pipeline's is {digest!r} "
-            "(retrained or another checkpoint); profile this model again."
-        )
+    check_profiled_pipeline(profile, pipe, error=SearchError)
     scheduler = type(pipe.scheduler).__name__
     if scheduler != profile.meta["scheduler"]:
         raise SearchError(

@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,14 +52,15 @@ from typing import Any
 import numpy as np
 
 from hgc_tune.errors import PolicyError, SearchError
+from hgc_tune.models import deep_block_keys, is_attention_key, max_branch
 from hgc_tune.policy import (
-    PEERS,
     ControlNetWindow,
     GuidanceWindow,
     Policy,
     PolicyTarget,
     Provenance,
     ReuseWindow,
+    peer_params,
     peer_policy,
 )
 
@@ -69,7 +69,6 @@ __all__ = [
     "BLOCK_SCHEDULES",
     "FULL_COMPUTE",
     "PolicySpace",
-    "deep_block_keys",
     "default_peer_names",
     "is_full_compute",
     "phased_compute_steps",
@@ -83,8 +82,6 @@ ATTENTION_SCHEDULES: tuple[str, ...] = ("full", "gate", "threshold", "phased")
 CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
 # The name of the no-caching point, enqueued first as the anchor of the Pareto front.
 FULL_COMPUTE = "full-compute"
-
-_LAYOUT = re.compile(r"^(unet|controlnet)\.(down_blocks|up_blocks)\.(\d+)$")
 
 
 def threshold_compute_steps(change: Sequence[float], delta: float) -> tuple[int, ...]:
@@ -150,36 +147,6 @@ def windows_from_compute_steps(steps: Iterable[int], num_steps: int) -> tuple[Re
         if end - start > 1:
             windows.append(ReuseWindow(start, end))
     return tuple(windows)
-
-
-def _layout(module_keys: Iterable[str]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for key in module_keys:
-        if m := _LAYOUT.match(key):
-            group = (m.group(1), m.group(2))
-            counts[group] = max(counts.get(group, 0), int(m.group(3)) + 1)
-    return counts
-
-
-def deep_block_keys(module_keys: Iterable[str], branch: int) -> list[str]:
-    """The blocks deeper than skip branch ``branch``, in U-Net and ControlNet (DeepCache's cached part).
-
-    U-Net: ``down_blocks.(b+1)…``, ``mid_block`` and ``up_blocks.0…(L-2-b)`` (the up blocks whose output
-    feeds the shallow branch); ControlNet: ``down_blocks.(b+1)…`` and ``mid_block``.
-    """
-    keys = set(module_keys)
-    counts = _layout(keys)
-    deep = []
-    for component in ("unet", "controlnet"):
-        deep += [
-            f"{component}.down_blocks.{i}"
-            for i in range(branch + 1, counts.get((component, "down_blocks"), 0))
-        ]
-        deep += [f"{component}.mid_block"] if f"{component}.mid_block" in keys else []
-        deep += [
-            f"{component}.up_blocks.{i}" for i in range(counts.get((component, "up_blocks"), 0) - 1 - branch)
-        ]
-    return deep
 
 
 def default_peer_names(num_steps: int, *, cfg: bool = True, controlnet: bool = True) -> tuple[str, ...]:
@@ -334,21 +301,20 @@ class PolicySpace:
 
     @property
     def attention_keys(self) -> list[str]:
-        return [k for k in self.module_keys if k.endswith(".attn2")]
+        return [k for k in self.module_keys if is_attention_key(k)]
 
     @property
     def max_branch(self) -> int:
         """The deepest skip branch: ``min(#down, #up) - 1`` of the U-Net."""
-        counts = _layout(self.module_keys)
-        depth = min(counts.get(("unet", "down_blocks"), 0), counts.get(("unet", "up_blocks"), 0))
-        if depth == 0:
+        deepest = max_branch(self.module_keys, self.target.unet_class)
+        if deepest < 0:
             raise SearchError("the pipeline's U-Net has no down and up blocks among its module keys.")
-        return depth - 1
+        return deepest
 
     @property
     def deep_candidates(self) -> list[str]:
         """Every block that is deep for some branch."""
-        return deep_block_keys(self.module_keys, 0)
+        return deep_block_keys(self.module_keys, 0, self.target.component_classes)
 
     def _has_controlnet_blocks(self) -> bool:
         return any(k.startswith("controlnet.") for k in self.deep_candidates)
@@ -467,7 +433,8 @@ class PolicySpace:
                 f"`blocks.schedule` must be one of {list(BLOCK_SCHEDULES)}, but got {schedule!r}."
             )
         if schedule != "full":
-            deep = deep_block_keys(self.module_keys, int(params["blocks.branch"]))
+            branch = int(params["blocks.branch"])
+            deep = deep_block_keys(self.module_keys, branch, self.target.component_classes)
             if schedule == "interval":
                 refresh = tuple(range(0, s, int(params["blocks.interval"])))
                 blocks = {k: refresh for k in deep} if len(refresh) < s else {}
@@ -534,7 +501,8 @@ class PolicySpace:
 
     # -- peers -----------------------------------------------------------------------------------------
     def peer_params(self, name: str) -> dict[str, Any]:
-        """The parameters of a named peer schedule.
+        """The parameters of a named peer schedule: every part at "no caching", then the peer's own
+        parameters (:func:`hgc_tune.policy.peer_params`).
 
         Names: ``full-compute``, ``deepcache-n3-b0``, ``tgate-g10[-cfg]``, ``cnwin-k10-drop``; :meth:`build`
         of the parameters computes exactly what the peer generator's policy computes.
@@ -557,27 +525,12 @@ class PolicySpace:
             peer_policy(name, self.target, self.module_keys)
         except PolicyError as e:
             raise SearchError(f"peer {name!r} does not fit this pipeline: {e}") from e
-        if m := PEERS["deepcache"].pattern.fullmatch(name):
-            interval, branch = int(m[1]), int(m[2])
-            if interval > 1:
-                params.update({"blocks.schedule": "interval", "blocks.branch": branch})
-                params["blocks.interval"] = min(interval, s)
-        elif m := PEERS["tgate"].pattern.fullmatch(name):
-            gate, truncate = int(m[1]), m[2] is not None
-            if gate < s:
-                params.update({"attention.schedule": "gate", "attention.gate_step": gate})
-            if truncate and gate < s:
-                if not self.guidance:
-                    raise SearchError(
-                        f"peer {name!r} truncates CFG, but this search does not search the guidance window "
-                        "(no CFG in the profile, or search_guidance=False)."
-                    )
-                params["guidance.cfg_until"] = gate
-        elif m := PEERS["cnwin"].pattern.fullmatch(name):
-            params["controlnet.steps"] = int(m[1])
-            if int(m[1]) < s:
-                params["controlnet.mode"] = m[2]
-        else:  # pragma: no cover - peer_policy accepted a family this function does not know
-            raise SearchError(f"peer {name!r} has no place in the search space.")
+        peer = peer_params(name, s)
+        if "guidance.cfg_until" in peer and not self.guidance:
+            raise SearchError(
+                f"peer {name!r} truncates CFG, but this search does not search the guidance window "
+                "(no CFG in the profile, or search_guidance=False)."
+            )
+        params.update(peer)
         self.check_params(params)
         return params

@@ -15,7 +15,17 @@ from hgc_tune.models import (
     make_scheduler,
     model_fingerprint,
 )
-from hgc_tune.models._blocks import block_paths
+from hgc_tune.models._blocks import (
+    _LAYOUTS,
+    ModuleLayout,
+    block_paths,
+    deep_block_keys,
+    is_attention_key,
+    max_branch,
+    module_groups,
+    module_layout,
+    register_module_layout,
+)
 
 
 def test_cacheable_keys_follow_sd15s_layout(tiny_pipe):
@@ -44,6 +54,42 @@ def test_an_unregistered_class_is_refused_with_the_way_out(tiny_pipe):
 
     with pytest.raises(UnregisteredModelError, match="'MyUNet' has no registered block layout.*register"):
         block_paths(MyUNet())
+
+
+def test_a_custom_class_registers_its_layout_as_data(tiny_pipe):
+    class MyUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+            self.bottleneck = torch.nn.Identity()
+            self.decoder = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+
+    register_module_layout("MyUNet", ModuleLayout(down="encoder", mid="bottleneck", up="decoder"))
+    try:
+        assert block_paths(MyUNet()) == ["encoder.0", "encoder.1", "bottleneck", "decoder.0", "decoder.1"]
+        keys = [f"unet.{p}" for p in block_paths(MyUNet())]
+        assert deep_block_keys(keys, 0, {"unet": "MyUNet"}) == [
+            "unet.encoder.1",
+            "unet.bottleneck",
+            "unet.decoder.0",
+        ]
+        assert max_branch(keys, "MyUNet") == 1
+    finally:
+        del _LAYOUTS["MyUNet"]
+    with pytest.raises(UnregisteredModelError, match="'MyUNet'"):
+        module_layout("MyUNet")
+
+
+def test_the_layout_owns_every_module_kind_of_the_pipeline(tiny_pipe):
+    blocks, attentions = module_groups(tiny_pipe)
+    assert {**blocks, **attentions} == cacheable_module_keys(tiny_pipe)
+    assert all(is_attention_key(k) for k in attentions) and not any(is_attention_key(k) for k in blocks)
+    assert module_layout(tiny_pipe.unet) is module_layout("UNet2DConditionModel")
+    classes = {c: type(getattr(tiny_pipe, c)).__name__ for c in ("unet", "controlnet")}
+    # the deepest branch leaves only the mid blocks deep; every deep block is a cacheable block
+    deepest = max_branch(blocks, classes["unet"])
+    assert deep_block_keys(blocks, deepest, classes) == ["unet.mid_block", "controlnet.mid_block"]
+    assert set(deep_block_keys(blocks, 0, classes)) <= set(blocks) - {"controlnet"}
 
 
 def test_fingerprint_follows_structure_not_weights(tiny_pipe):

@@ -108,6 +108,13 @@ def random_policy(rng: random.Random) -> Policy:
 # ------------------------------------------------------------------------------------------ round trip
 
 
+def test_the_schema_states_the_module_layouts_key_pattern() -> None:
+    from hgc_tune.models import MODULE_KEY_PATTERN
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["$defs"]["moduleKey"]["pattern"] == MODULE_KEY_PATTERN
+
+
 def test_round_trip_full_featured_policy() -> None:
     p = full_featured_policy()
     back = policy_from_json(policy_to_json(p))

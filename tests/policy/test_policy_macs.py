@@ -213,7 +213,7 @@ def test_deepcache_macs_hand_computed() -> None:
         "unet.up_blocks.0",
     ]
     # 2 down blocks, 1 up block: branch 0 caches down_blocks.1 and mid_block; up_blocks.0 is shallow
-    t = PolicyTarget("P", "U", "C", "f", 4, "S")
+    t = PolicyTarget("P", "UNet2DConditionModel", "ControlNetModel", "f", 4, "S")
     with pytest.raises(PolicyError, match="up_blocks indices"):
         deepcache_policy(t, [*keys, "unet.up_blocks.2"], 2, 0)
     p = deepcache_policy(t, keys, 2, 0)

@@ -71,12 +71,16 @@ def test_unknown_metric(tiny_pipe, profile_dir, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("fingerprint", "ffffffffffffffff", "another model: its fingerprint is 'ffffffffffffffff'"),
+        (
+            "fingerprint",
+            "ffffffffffffffff",
+            "but the profile was made with 'ffffffffffffffff' \\(another model\\)",
+        ),
         # same architecture, retrained
         (
             "weights_digest",
             "0123456789abcdef",
-            "other weights of this architecture: its weights digest is '0123",
+            "other weights of this architecture \\('0123",
         ),
     ],
 )

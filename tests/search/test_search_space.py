@@ -11,12 +11,12 @@ from _search_fixtures import SD15_KEYS, TINY_KEYS, make_target, synthetic_space
 
 from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import TaskEvaluator
-from hgc_tune.policy import DEFAULT_PEERS, ReuseWindow, peer_policy
+from hgc_tune.models import deep_block_keys
+from hgc_tune.policy import DEFAULT_PEERS, ReuseWindow, peer_params, peer_policy
 from hgc_tune.search import (
     FULL_COMPUTE,
     FidelityScorer,
     GeneratedOutput,
-    deep_block_keys,
     default_peer_names,
     is_full_compute,
     phased_compute_steps,
@@ -44,8 +44,11 @@ def test_windows_from_compute_steps():
         windows_from_compute_steps([1, 2], 4)
 
 
+CLASSES = make_target(20).component_classes
+
+
 def test_deep_blocks_follow_deepcache_branches():
-    assert deep_block_keys(TINY_KEYS, 0) == [
+    assert deep_block_keys(TINY_KEYS, 0, CLASSES) == [
         "unet.down_blocks.1",
         "unet.down_blocks.2",
         "unet.down_blocks.3",
@@ -58,7 +61,7 @@ def test_deep_blocks_follow_deepcache_branches():
         "controlnet.down_blocks.3",
         "controlnet.mid_block",
     ]
-    assert deep_block_keys(TINY_KEYS, 3) == ["unet.mid_block", "controlnet.mid_block"]
+    assert deep_block_keys(TINY_KEYS, 3, CLASSES) == ["unet.mid_block", "controlnet.mid_block"]
 
 
 def test_default_peers_scale_with_steps():
@@ -107,6 +110,12 @@ def test_enqueued_peer_params_rebuild_the_peer_generators_policy(keys, steps, na
         with pytest.raises(SearchError):
             space.peer_params(name)
         return
+    # the peer is its own search parameters: the space builds the generator's policy from them, field by field
+    built = space.build(peer_params(name, steps))
+    assert built.compute_sets() == expected.compute_sets()
+    parts = ("blocks", "attention", "controlnet", "guidance")
+    assert [getattr(built, p) for p in parts] == [getattr(expected, p) for p in parts]
+    # the enqueued params (every other part at "no caching") build the same policy
     params = space.peer_params(name)
     assert _effect(space.build(params)) == _effect(expected)
     assert policy_key(space.build(params)) == policy_key(expected)
@@ -188,7 +197,7 @@ def test_threshold_schedule_uses_each_blocks_own_curve():
         "blocks.controlnet.threshold": 100.0,
     }
     policy = space.build(params)
-    for key in deep_block_keys(TINY_KEYS, 0):
+    for key in deep_block_keys(TINY_KEYS, 0, CLASSES):
         steps = threshold_compute_steps(space.block_change[key], 0.8 if key.startswith("unet") else 100.0)
         assert policy.blocks.get(key, tuple(range(8))) == steps
     assert policy.blocks["controlnet.mid_block"] == (0,)
