@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "save_policy": "hgc_tune.policy",
     "apply_policy": "hgc_tune.executor",
     "PolicyHandle": "hgc_tune.executor",
+    "policy_handle": "hgc_tune.executor",
     "policy_macs": "hgc_tune.policy",
     "Profile": "hgc_tune.profile",
     "profile_pipeline": "hgc_tune.profile",

@@ -3,7 +3,7 @@ diffusers pipeline through removable hooks (diffusers' ``HookRegistry``)."""
 
 from __future__ import annotations
 
-from hgc_tune.executor._apply import PolicyHandle, apply_policy, check_policy_fits
+from hgc_tune.executor._apply import PolicyHandle, apply_policy, check_policy_fits, policy_handle
 from hgc_tune.executor._controlnet_window import (
     CONTROLNET_WINDOW_HOOK,
     ControlNetWindowConfig,
@@ -35,5 +35,6 @@ __all__ = [
     "apply_policy",
     "apply_step_cache",
     "check_policy_fits",
+    "policy_handle",
     "zero_controlnet_residuals",
 ]

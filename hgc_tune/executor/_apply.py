@@ -18,7 +18,7 @@ from hgc_tune.executor._controlnet_window import (
     ControlNetWindowHook,
     apply_controlnet_window,
 )
-from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook, copy_refusal
+from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
 from hgc_tune.models import cacheable_module_keys, is_attention_key
@@ -34,7 +34,7 @@ from hgc_tune.runtime import (
     repair_hook,
 )
 
-__all__ = ["PolicyHandle", "apply_policy", "check_policy_fits"]
+__all__ = ["PolicyHandle", "apply_policy", "check_policy_fits", "policy_handle"]
 
 _HANDLE_ATTR = "_hgc_policy_handle"
 
@@ -106,7 +106,8 @@ class PolicyHandle:
 
     Usable as a context manager; ``remove()`` is idempotent. The policy belongs to the pipeline it was applied
     to: another pipeline that shares its U-Net and ControlNet (``from_pipe``, a pipeline built from its
-    ``components``) is refused when it calls them, and the pipeline cannot be copied while the policy is on.
+    ``components``) is refused when it calls them. A copy of the pipeline (``copy.deepcopy``, ``pickle``)
+    carries a copy of the handle, bound to the copy; :func:`policy_handle` finds it.
     """
 
     def __init__(self, pipe: Any, policy: Policy, context: RunContext) -> None:
@@ -183,7 +184,17 @@ class PolicyHandle:
             delattr(self.pipe, _HANDLE_ATTR)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise copy_refusal(self.policy.name)
+        # diffusers' HookRegistry installs each hook's forward as a closure, which deepcopy shares with the
+        # original (the copy would run the original's modules) and pickle refuses; ours are objects.
+        for component in ("unet", "controlnet"):
+            for key, name, _ in foreign_hooks(getattr(self.pipe, component), component):
+                raise PolicyError(
+                    f"a pipeline that carries policy {self.policy.name!r} can be copied or pickled only "
+                    f"without other diffusers hooks on its denoisers, but {key} has hook {name!r} (diffusers "
+                    "keeps it in a closure, which a copy would share with the original). Remove that hook "
+                    "before copying, then add it to each copy."
+                )
+        return super().__reduce_ex__(protocol)
 
     def __enter__(self) -> PolicyHandle:
         return self
@@ -193,6 +204,19 @@ class PolicyHandle:
 
     def __repr__(self) -> str:
         return f"PolicyHandle(policy={self.policy.name!r}, active={self.active})"
+
+
+def policy_handle(pipe: Any) -> PolicyHandle | None:
+    """The handle of the policy applied to ``pipe``, or ``None`` if none is.
+
+    The way to the handle of a copied pipeline: ``copy.deepcopy(pipe)`` and ``pickle`` copy the policy with
+    the pipeline, and ``policy_handle(copy).remove()`` removes it from the copy only.
+
+    Args:
+        pipe: The pipeline.
+    """
+    handle = getattr(pipe, _HANDLE_ATTR, None)
+    return handle if handle is not None and handle.active else None
 
 
 def apply_policy(
@@ -209,7 +233,9 @@ def apply_policy(
     ControlNet get truncated-CFG hooks. Nothing is attached if the policy does not fit.
 
     The policy belongs to ``pipe``: another pipeline sharing its U-Net and ControlNet (``from_pipe``, built
-    from its ``components``) is refused, and so is copying ``pipe`` while the policy is on. To compile, call
+    from its ``components``) is refused. A copy of ``pipe`` (``copy.deepcopy``, ``pickle``) carries its own
+    copy of the policy, bound to the copy's modules and scheduler; :func:`policy_handle` returns the copy's
+    handle, whose ``remove()`` leaves the original's policy on. To compile, call
     :func:`~hgc_tune.runtime.compile_regions` afterwards: ``torch.compile`` of the hooked U-Net would guard on
     the step index and recompile at every step.
 
@@ -232,12 +258,17 @@ def apply_policy(
 
     Example:
         >>> from PIL import Image
-        >>> from hgc_tune import apply_policy, load_pipeline, load_policy
+        >>> from hgc_tune import apply_policy, load_pipeline, load_policy, policy_handle
         >>> pipe = load_pipeline("tiny")
         >>> policy = load_policy("policies/tiny-deepcache-n3-b0.json")
         >>> condition = Image.new("RGB", (64, 64))
         >>> with apply_policy(pipe, policy):
         ...     image = pipe("a red circle", image=condition, num_inference_steps=20).images[0]
+        >>> import copy
+        >>> handle = apply_policy(pipe, policy)
+        >>> twin = copy.deepcopy(pipe)  # runs its own copy of the policy
+        >>> policy_handle(twin).remove()  # twin is plain again; pipe keeps its policy
+        >>> handle.remove()
     """
     if isinstance(policy, PolicyFile):
         policy = policy.select(condition_type)

@@ -1,10 +1,11 @@
 """What the executor's hooks share, and the guard that keeps a policy to the pipeline it was applied to.
 
 The hooks sit on the U-Net and ControlNet modules, which other pipelines can share (``from_pipe``, a pipeline
-built from another's ``components``) or copy (``copy.deepcopy``). The policy's step index and CFG state come
-from the pipeline it was applied to, so the guard, registered outermost on both denoisers, refuses a call
-from any other pipeline before anything is computed; and the hooks refuse to be copied, since a copied hook
-would still run the original modules.
+built from another's ``components``). The policy's step index and CFG state come from the pipeline it was
+applied to, so the guard, registered outermost on both denoisers, refuses a call from any other pipeline
+before anything is computed. A copy of the pipeline (``copy.deepcopy``, ``pickle``) is not another pipeline
+sharing the modules: every hook, the handle and the run context are plain objects, so the copy carries its
+own policy, bound to its own modules and scheduler.
 """
 
 from __future__ import annotations
@@ -14,27 +15,14 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from hgc_tune.errors import PolicyError
-
-__all__ = ["POLICY_GUARD_HOOK", "PolicyGuardHook", "PolicyHook", "copy_refusal"]
+__all__ = ["POLICY_GUARD_HOOK", "PolicyGuardHook", "PolicyHook"]
 
 POLICY_GUARD_HOOK = "hgc_policy_guard"
 
 
-def copy_refusal(policy_name: str | None = None) -> PolicyError:
-    which = f"policy {policy_name!r}" if policy_name else "a policy"
-    return PolicyError(
-        f"a pipeline cannot be copied or pickled while {which} is applied to it: the policy's hooks are "
-        "bound to this pipeline's modules, so a copy would run the original's. Call remove() on the handle "
-        "(or leave the `with apply_policy(...)` block), copy the pipeline, then apply it to each copy."
-    )
-
-
 class PolicyHook(ModelHook):
-    """Base of the executor's hooks: copying or pickling one is refused with a clear message."""
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise copy_refusal()
+    """Base of the executor's hooks. Their references (config, state, run context, owner) are attributes,
+    never closures, so copying a pipeline copies its policy with it."""
 
 
 class PolicyGuardHook(PolicyHook):

@@ -136,6 +136,45 @@ def _pipeline_cfg(pipe: Any) -> bool:
     return bool(getattr(pipe, "do_classifier_free_guidance", False))
 
 
+class _PipelineCfg:
+    """``cfg_source`` of a pipeline's context: an object, not a closure, so it is copied with the pipeline."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __call__(self) -> bool:
+        return _pipeline_cfg(self.pipe)
+
+
+class _SchedulerMethod:
+    """A scheduler's ``set_timesteps`` or ``step`` that then begins or advances the run context.
+
+    The wrapped method is kept as the instance attribute it replaced or, when there was none, looked up on
+    the class at each call: a bound method would be pickled as a lookup on the scheduler, which finds this
+    wrapper again. Objects rather than closures, so ``copy.deepcopy`` and ``pickle`` copy them, and their
+    binding, with the scheduler.
+    """
+
+    def __init__(self, binding: _SchedulerBinding, name: str, saved: Callable[..., Any] | None) -> None:
+        self.binding = binding
+        self.name = name
+        self.saved = saved
+        # Signature checks (diffusers asks whether `set_timesteps` takes `sigmas`) see the wrapped method.
+        functools.update_wrapper(self, saved if saved is not None else getattr(type(binding.scheduler), name))
+
+    def __call__(self, *args, **kwargs) -> Any:
+        binding = self.binding
+        if self.saved is not None:
+            out = self.saved(*args, **kwargs)
+        else:
+            out = getattr(type(binding.scheduler), self.name)(binding.scheduler, *args, **kwargs)
+        if self.name == "set_timesteps":
+            binding.context.begin(len(binding.scheduler.timesteps), _pipeline_cfg(binding.pipe))
+        else:
+            binding.context.advance()
+        return out
+
+
 class _SchedulerBinding:
     """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, not the class)."""
 
@@ -146,22 +185,8 @@ class _SchedulerBinding:
         self.users = 0
         had = vars(self.scheduler)
         self._saved = {name: had[name] for name in ("set_timesteps", "step") if name in had}
-        set_timesteps, step = self.scheduler.set_timesteps, self.scheduler.step
-
-        @functools.wraps(set_timesteps)
-        def set_timesteps_and_begin(*args, **kwargs):
-            out = set_timesteps(*args, **kwargs)
-            context.begin(len(self.scheduler.timesteps), _pipeline_cfg(pipe))
-            return out
-
-        @functools.wraps(step)
-        def step_and_advance(*args, **kwargs):
-            out = step(*args, **kwargs)
-            context.advance()
-            return out
-
-        self.scheduler.set_timesteps = set_timesteps_and_begin
-        self.scheduler.step = step_and_advance
+        for name in ("set_timesteps", "step"):
+            setattr(self.scheduler, name, _SchedulerMethod(self, name, self._saved.get(name)))
 
     def unbind(self) -> None:
         for name in ("set_timesteps", "step"):
@@ -190,7 +215,7 @@ def attach_run_context(pipe: Any) -> RunContext:
     """Attach (or share) the run context of ``pipe``; pair every call with :func:`release_run_context`."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:
-        binding = _SchedulerBinding(pipe, RunContext(cfg_source=lambda: _pipeline_cfg(pipe)))
+        binding = _SchedulerBinding(pipe, RunContext(cfg_source=_PipelineCfg(pipe)))
         setattr(pipe, _ATTR, binding)
     binding.users += 1
     return binding.context

@@ -10,22 +10,74 @@ hook stops running and a removed one comes back). :func:`remove_hook` and :func:
 it, using the registry's chain (``module._diffusers_hook``, its ``_hook_order``, ``_fn_refs`` and
 ``_module_ref``): diffusers has no public API for it, so pyproject.toml pins diffusers to the tested minor
 release and ``tests/runtime/test_runtime_registry.py`` pins the fields and the behaviour this relies on.
+
+:func:`register_hook` also replaces the ``forward`` diffusers installs (a closure) with the same chain link
+held in objects, so a module carrying our hooks can be deep-copied and pickled with them (the copy runs its
+own hooks on itself).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+if TYPE_CHECKING:
+    from diffusers.hooks.hooks import HookFunctionReference
+
 __all__ = ["register_hook", "remove_hook", "repair_hook", "has_hook", "foreign_hooks"]
+
+
+class _ChainedForward:
+    """What diffusers' ``HookRegistry`` installs as a hooked module's ``forward`` (``pre_forward``, the inner
+    forward, ``post_forward`` of one hook), held as attributes rather than in diffusers' closure.
+
+    ``copy.deepcopy`` copies a closure by reference, so a copied module would run the original's hooks and
+    modules, and ``pickle`` refuses one; an object with attributes is copied along with its module.
+    """
+
+    def __init__(self, fn_ref: HookFunctionReference) -> None:
+        self.fn_ref = fn_ref
+
+    def __call__(self, module: torch.nn.Module, *args, **kwargs) -> Any:
+        args, kwargs = self.fn_ref.pre_forward(module, *args, **kwargs)
+        output = self.fn_ref.forward(*args, **kwargs)
+        return self.fn_ref.post_forward(module, output)
+
+
+class _ClassForward:
+    """``type(module).forward`` bound to ``module``, for the innermost link of a hook chain.
+
+    A bound method is pickled as ``getattr(module, "forward")``, which on loading finds the hooked ``forward``
+    again when the module is already restored, and the chain would call itself.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        functools.update_wrapper(self, type(module).forward)
+        self.__signature__ = inspect.signature(module.forward)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        return type(self.module).forward(self.module, *args, **kwargs)
 
 
 def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
     """Register ``hook`` on ``module`` under ``name`` (raises ``ValueError`` if the name is taken)."""
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    if name in registry.hooks:
+        raise ValueError(f"a hook named {name!r} is already registered on this module; remove it first.")
+    if "forward" not in vars(module):
+        module.forward = _ClassForward(module)
+    inner = module.forward
+    registry.register_hook(hook, name)
+    # The same chain link diffusers installed, in a form that copies with the module (see _ChainedForward).
+    module.forward = functools.update_wrapper(
+        functools.partial(_ChainedForward(registry._fn_refs[-1]), registry._module_ref), inner
+    )
 
 
 def _runs_its_own_forward(hook: ModelHook) -> bool:
@@ -62,6 +114,8 @@ def remove_hook(module: torch.nn.Module, name: str) -> None:
     after = registry._fn_refs[index + 1] if index + 1 < len(registry._fn_refs) else None
     after_forward = after.forward if after is not None else None
     registry.remove_hook(name, recurse=False)
+    if isinstance(vars(module).get("forward"), _ClassForward):
+        del module.forward
     if after is not None and after.original_forward is not None and after.forward is not after_forward:
         # diffusers put our inner forward where the next hook's new_forward was: move it to original_forward.
         after.original_forward, after.forward = after.forward, after_forward

@@ -3,6 +3,8 @@ restores the exact prior behaviour, and combinations that cannot work are refuse
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from diffusers.hooks import HookRegistry, PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
@@ -120,3 +122,15 @@ def test_pab_on_top_of_a_cfg_truncating_policy_is_refused_before_compute(
         handle.remove()
         _remove_pab(tiny_pipe)
     assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), plain)
+
+
+def test_copying_a_policy_with_a_diffusers_hook_is_refused(tiny_pipe, tiny_target):
+    """diffusers keeps its hooks' forwards in closures: a deep copy would share them with the original, so it
+    is refused (pickle fails on the closures by itself)."""
+    _apply_pab(tiny_pipe)
+    try:
+        with apply_policy(tiny_pipe, _cache_policy(tiny_target)):
+            with pytest.raises(PolicyError, match=r"only without other diffusers hooks.* 'pyramid_attention"):
+                copy.deepcopy(tiny_pipe)
+    finally:
+        _remove_pab(tiny_pipe)

@@ -5,6 +5,7 @@ another's components, copies. Outputs are compared bit for bit with hand-written
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from hgc_tune.errors import PolicyAlreadyAppliedError, PolicyError
-from hgc_tune.executor import apply_policy
+from hgc_tune.executor import apply_policy, policy_handle
 from hgc_tune.policy import ControlNetWindow, GuidanceWindow, Policy
 
 STEPS = 6
@@ -111,15 +112,37 @@ def test_a_pipeline_built_from_the_components(tiny_pipe, condition_image, tiny_t
     assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), plain)
 
 
-def test_copying_a_pipeline_that_carries_a_policy(tiny_pipe, condition_image, tiny_target, generate):
-    policy = _blocks_policy(tiny_target)
-    with apply_policy(tiny_pipe, policy):
+def _pickle_round_trip(pipe):
+    return pickle.loads(pickle.dumps(pipe))
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, _pickle_round_trip], ids=["deepcopy", "pickle"])
+def test_copying_a_pipeline_that_carries_a_policy(tiny_pipe, condition_image, tiny_target, generate, copier):
+    """The copy carries its own policy, bound to its own modules and scheduler: it generates what the
+    original does, running the two interleaved changes neither, and removing the copy's policy (found with
+    ``policy_handle``) makes the copy plain again while the original keeps its policy."""
+    plain = generate(tiny_pipe, condition_image, STEPS)
+    # a guidance window too: truncated CFG reads the guidance state of the pipeline it runs in
+    policy = dataclasses.replace(_blocks_policy(tiny_target), guidance=GuidanceWindow(4))
+    with apply_policy(tiny_pipe, policy) as handle:
         expected = generate(tiny_pipe, condition_image, STEPS)
-        for copier in (copy.deepcopy, pickle.dumps):
-            with pytest.raises(PolicyError, match=r"remove\(\) on the handle .* then apply it to each copy"):
-                copier(tiny_pipe)
+        assert not np.array_equal(expected, plain)
+        twin = copier(tiny_pipe)
+        twin_handle = policy_handle(twin)
+        assert twin_handle is not handle and twin_handle.pipe is twin and twin_handle.active
+        assert policy_handle(tiny_pipe) is handle
+        assert twin.unet is not tiny_pipe.unet and twin.scheduler is not tiny_pipe.scheduler
+        calls = handle.context.calls
+        for _ in range(2):
+            assert np.array_equal(generate(twin, condition_image, STEPS), expected)
+            assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), expected)
+        assert twin_handle.context.calls == handle.context.calls == calls + 2
+        twin_handle.remove()
+        assert policy_handle(twin) is None and handle.active
+        assert np.array_equal(generate(twin, condition_image, STEPS), plain)
         assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), expected)
-    twin = copy.deepcopy(tiny_pipe)
-    with apply_policy(twin, policy), apply_policy(tiny_pipe, policy):
+    assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), plain)
+    # what a fresh apply to the copy gives
+    with apply_policy(twin, policy):
         assert np.array_equal(generate(twin, condition_image, STEPS), expected)
-        assert np.array_equal(generate(tiny_pipe, condition_image, STEPS), expected)
+    assert np.array_equal(generate(twin, condition_image, STEPS), plain)

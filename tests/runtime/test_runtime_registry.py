@@ -10,6 +10,9 @@ can go.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -110,3 +113,34 @@ def test_repair_of_an_intact_hook_changes_nothing():
     register_hook(module, _Add(1), "ours")
     repair_hook(module, "ours")
     assert _value(module) == 3
+
+
+class _Offset(ModelHook):
+    """A hook that only wraps ``forward`` (like the executor's guard): adds ``n`` to the input."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def pre_forward(self, module, x):
+        return (x + self.n,), {}
+
+
+@pytest.mark.parametrize(
+    "copier", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"]
+)
+def test_a_hooked_module_copies_with_its_own_chain(copier):
+    """Our hooks' chain links are objects, not diffusers' closures: a copy runs its own hooks on itself."""
+    module = _Double()
+    register_hook(module, _Add(1), "ours")
+    register_hook(module, _Offset(3), "outer")
+    twin = copier(module)
+    assert _value(twin) == _value(module) == 2 * (1 + 3) + 1
+    _registry(twin).get_hook("ours").n = 100
+    assert (_value(twin), _value(module)) == (2 * 4 + 100, 9)
+    remove_hook(twin, "outer")
+    remove_hook(twin, "ours")
+    assert _value(twin) == 2 and _value(module) == 9 and "forward" not in vars(twin)
+    remove_hook(module, "outer")
+    remove_hook(module, "ours")
+    assert _value(module) == 2 and "forward" not in vars(module)
