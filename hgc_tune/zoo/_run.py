@@ -415,11 +415,15 @@ class _Run:
     def _carry_over_skipped_stages(self) -> None:
         """Keep the summary and loss curves of stages loaded from an earlier run in ``out``."""
         skipped = [s for s in STAGES if s not in self.config.stages]
+        # Each file on its own: a warm start (init_from) brings a summary but no loss curves.
         try:
             previous = load_json_file(self.out / "training.json", what="training summary")
+        except HgcTuneError:
+            return
+        try:
             curves = load_json_file(self.reports / "zoo-train-losses.json", what="loss curves")["curves"]
         except (HgcTuneError, KeyError, TypeError):
-            return
+            curves = {}
         for stage in skipped:
             if stage in previous.get("stages", {}):
                 self.summary["stages"][stage] = {**previous["stages"][stage], "from_earlier_run": True}

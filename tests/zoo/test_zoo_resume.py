@@ -160,3 +160,20 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path, capsys
     )  # fmt: skip
     assert main(["--resume", str(tmp_path), "--lr-joint", "0.1"]) == 2
     assert "only --budget-minutes, --threads, --workers and --checkpoint-minutes" in capsys.readouterr().err
+
+
+def test_a_warm_start_trains_on_from_another_run_and_keeps_its_history(reference, tmp_path):
+    argv = list(_MICRO)
+    argv[argv.index("--stages") + 1] = "joint"
+    argv[argv.index("--iterations") + 1] = "joint=2"
+    assert main(["--out", str(tmp_path), *argv, "--init-from", str(reference)]) == 0
+    earlier = json.loads((reference / "training.json").read_text())
+    summary = json.loads((tmp_path / "training.json").read_text())
+    for stage in ("vae", "decoder", "unet"):
+        assert summary["stages"][stage] == {**earlier["stages"][stage], "from_earlier_run": True}
+    assert (
+        summary["stages"]["joint"]["iterations"] == 2 and "from_earlier_run" not in summary["stages"]["joint"]
+    )
+    before, after = _weights(reference), _weights(tmp_path)
+    assert after["base/vae"] == before["base/vae"]  # not trained by the joint stage
+    assert after["base/unet"] != before["base/unet"] and after["controlnet-seg"] != before["controlnet-seg"]
