@@ -1,8 +1,8 @@
 """Generate one image, with or without a caching policy.
 
 Example:
-    hgc-tune generate --model shapes --condition seg --policy policies/shapes.json \\
-        --prompt "a photo of a red circle" --condition-image seg.png --out out.png --json
+    hgc-tune generate --model shapes --condition canny --policy policies/shapes.json \\
+        --prompt "a photo of a red circle" --condition-image canny.png --out out.png --json
 """
 
 from __future__ import annotations
