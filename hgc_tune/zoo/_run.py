@@ -640,15 +640,7 @@ class _Run:
             ema_decay=config.ema_decay,
             resume=self.resume_for("unet", generator),
         )
-        _round_weights(unet, config.save_dtype)
-        _save_base(
-            self.base_dir,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            dtype=config.save_dtype,
-        )
+        self.ship_unet(unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         self.record("unet", result)
         return unet
 
@@ -668,6 +660,18 @@ class _Run:
                 controlnet = build_controlnet(unet, self.config.controlnet_embedding_init_std)
             controlnets[condition] = controlnet.to(self.device)
         return controlnets
+
+    def ship_unet(self, unet, *, vae, text_encoder, tokenizer) -> None:
+        """Round a trained U-Net's weights to what ships and save the base folder with it."""
+        _round_weights(unet, self.config.save_dtype)
+        _save_base(
+            self.base_dir,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            dtype=self.config.save_dtype,
+        )
 
     def controlnets(self, pool, conditioning, schedule, unet) -> None:
         from hgc_tune.zoo import _stages as st
@@ -757,15 +761,7 @@ class _Run:
             ema_decay=config.ema_decay,
             resume=self.resume_for("joint", generator),
         )
-        _round_weights(unet, config.save_dtype)
-        _save_base(
-            self.base_dir,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            dtype=config.save_dtype,
-        )
+        self.ship_unet(unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
         self.record("joint", result)
