@@ -19,8 +19,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from hgc_tune.models import PRESETS, cacheable_module_keys, load_pipeline
-from hgc_tune.policy import DEFAULT_PEERS, macs_provenance, peer_policy, save_policy, target_for_pipeline
+from hgc_tune.models import load_pipeline
+from hgc_tune.models._blocks import cacheable_module_keys
+from hgc_tune.models._presets import PRESETS
+from hgc_tune.policy import peer_policy, save_policy, target_for_pipeline
+from hgc_tune.policy._macs import macs_provenance
+from hgc_tune.policy._peers import DEFAULT_PEERS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -53,8 +53,8 @@ def _vae_ceiling(weights: Path, samples: int) -> dict:
     import torch
     from diffusers import AutoencoderKL
 
-    from hgc_tune.data import render_scene, split_seeds
-    from hgc_tune.data._shapes import class_map_from_seg, decode_class_map
+    from hgc_tune.data._benchmark import split_seeds
+    from hgc_tune.data._shapes import class_map_from_seg, decode_class_map, render_scene
     from hgc_tune.fidelity._metrics import miou
 
     vae = AutoencoderKL.from_pretrained(weights / "base" / "vae", torch_dtype=torch.float32).eval()

@@ -27,7 +27,7 @@ import time
 def _setup(per_condition: int, pool_size: int):
     import torch
 
-    from hgc_tune.models import build_offline_tokenizer
+    from hgc_tune.models._tokenizer import build_offline_tokenizer
     from hgc_tune.zoo import _stages as st
     from hgc_tune.zoo._architecture import build_text_encoder
     from hgc_tune.zoo._pool import render_pool

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from hgc_tune.bench._timing import BenchResult, machine_name, time_alternating
+from hgc_tune.bench._timing import BenchResult, time_alternating
 
-__all__ = ["BenchResult", "machine_name", "time_alternating"]
+__all__ = ["BenchResult", "time_alternating"]

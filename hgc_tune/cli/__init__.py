@@ -13,7 +13,7 @@ import re
 import sys
 from typing import NoReturn
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main"]
 
 # Subcommand name -> module, in the order a user meets them.
 COMMANDS: dict[str, str] = {

@@ -45,7 +45,8 @@ def hide_loading_bars() -> None:
 
 def load_pipeline_from_args(args: argparse.Namespace):
     """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
-    from hgc_tune.models import PRESETS, load_pipeline
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._presets import PRESETS
 
     hide_loading_bars()
 
@@ -86,7 +87,7 @@ def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_ty
 
     A file's policy fixes the number of steps; peers and ``full`` are built for ``num_steps`` (default 20).
     """
-    from hgc_tune.models import cacheable_module_keys
+    from hgc_tune.models._blocks import cacheable_module_keys
     from hgc_tune.policy import full_compute_policy, load_policy, peer_policy, target_for_pipeline
 
     if ref is None or ref == "none":
@@ -112,7 +113,7 @@ def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_ty
 
 def _every_module_hooked(target, module_keys):
     """An all-compute policy whose entries hook every cacheable module (each computes at every step)."""
-    from hgc_tune.models import is_attention_key
+    from hgc_tune.models._blocks import is_attention_key
     from hgc_tune.policy import ControlNetWindow, Policy, ReuseWindow
 
     every = tuple(range(target.num_steps))

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.macs import count_pipeline_macs
-    from hgc_tune.models import PRESETS
+    from hgc_tune.models._presets import PRESETS
     from hgc_tune.policy import policy_macs
     from hgc_tune.runtime import compile_regions
 

@@ -128,7 +128,8 @@ def _run_check(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from hgc_tune.cli._common import print_json
-    from hgc_tune.data import SKIP_REASONS, Dataset
+    from hgc_tune.data import Dataset
+    from hgc_tune.data._dataset import SKIP_REASONS
 
     dataset = Dataset.open(args.folder, condition_type=args.condition, strict=args.strict)
     per_condition = dict(Counter(s.condition_type for s in dataset))
@@ -165,7 +166,8 @@ def _run_preview(args: argparse.Namespace) -> int:
     out = check_output(args.out, overwrite=args.overwrite, what="a file")
 
     from hgc_tune._atomic import atomic_write
-    from hgc_tune.data import shapes_preview, split_seeds
+    from hgc_tune.data._benchmark import split_seeds
+    from hgc_tune.data._preview import shapes_preview
 
     seeds = split_seeds(args.split, args.n, args.seed)
     picture = shapes_preview(seeds, size=args.size, scale=args.scale)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
     from hgc_tune.errors import FidelityError, HgcTuneError
-    from hgc_tune.fidelity import check_metric_fits
+    from hgc_tune.fidelity._registry import check_metric_fits
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.search import evaluate_policy
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.errors import HgcTuneError
     from hgc_tune.executor import apply_policy
-    from hgc_tune.models import PRESETS
+    from hgc_tune.models._presets import PRESETS
 
     try:
         condition = Image.open(args.condition_image).convert("RGB")

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolution(args: argparse.Namespace, pipe) -> int:
-    from hgc_tune.models import PRESETS
+    from hgc_tune.models._presets import PRESETS
 
     if args.resolution is not None:
         return args.resolution
@@ -114,11 +114,12 @@ def _print_unsupported(skipped: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import check_policy_fits
-    from hgc_tune.macs import CONVENTIONS, count_pipeline_macs
+    from hgc_tune.macs import count_pipeline_macs
+    from hgc_tune.macs._count import CONVENTIONS
 
     loading = args
     if args.model == "shapes" and args.condition is None:
-        from hgc_tune.models import SHAPES_CONDITIONS
+        from hgc_tune.models._shapes import SHAPES_CONDITIONS
 
         # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
         loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})

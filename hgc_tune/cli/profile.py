@@ -65,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from hgc_tune.cli._common import load_pipeline_from_args
-    from hgc_tune.data import SHAPES_REF, open_dataset
+    from hgc_tune.data import open_dataset
+    from hgc_tune.data._open import SHAPES_REF
     from hgc_tune.errors import ProfileError
-    from hgc_tune.profile import META_FILE, profile_pipeline
+    from hgc_tune.profile import profile_pipeline
+    from hgc_tune.profile._artifact import META_FILE
 
     pipe = load_pipeline_from_args(args)
     resolution = args.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # A report's page and summary (hgc_tune.report.INDEX_FILE, SUMMARY_FILE): importing hgc_tune.report
+    # A report's page and summary (hgc_tune.report._build.INDEX_FILE, SUMMARY_FILE): importing hgc_tune.report
     # imports matplotlib, and this check must answer before that.
     check_output(
         args.out,
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.profile import Profile
-    from hgc_tune.report import build_report, pipeline_for_profile
+    from hgc_tune.report import build_report
+    from hgc_tune.report._samples import pipeline_for_profile
 
     hide_loading_bars()
 

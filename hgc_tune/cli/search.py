@@ -146,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pareto_name(out: str) -> str:
-    from hgc_tune.policy import pareto_path
+    from hgc_tune.policy._io import pareto_path
 
     return pareto_path(out).name
 
@@ -345,7 +345,7 @@ def _print_summary(result: Any, paths: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.worker_only:
-        # The policy, and the Pareto file beside it (hgc_tune.policy.pareto_path).
+        # The policy, and the Pareto file beside it (hgc_tune.policy._io.pareto_path).
         check_output(
             args.out, overwrite=args.overwrite, replaces=(_pareto_name(args.out),), what="a search's output"
         )
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     profile, folder = load_search_profile(args.profile)
     if config.metric is not None:
         from hgc_tune.errors import FidelityError
-        from hgc_tune.fidelity import check_metric_fits
+        from hgc_tune.fidelity._registry import check_metric_fits
 
         try:
             check_metric_fits(config.metric, profile.condition_type or None)

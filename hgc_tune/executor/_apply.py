@@ -21,18 +21,11 @@ from hgc_tune.executor._controlnet_window import (
 from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models import cacheable_module_keys, is_attention_key
+from hgc_tune.models._blocks import cacheable_module_keys, is_attention_key
 from hgc_tune.policy import Policy, PolicyFile
-from hgc_tune.runtime import (
-    RunContext,
-    attach_run_context,
-    calling_pipeline,
-    foreign_hooks,
-    register_hook,
-    release_run_context,
-    remove_hook,
-    repair_hook,
-)
+from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
+from hgc_tune.runtime._context import calling_pipeline
+from hgc_tune.runtime._registry import foreign_hooks, register_hook, remove_hook, repair_hook
 
 __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits", "policy_handle"]
 

@@ -14,7 +14,8 @@ import torch
 
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
-from hgc_tune.runtime import RunContext, register_hook
+from hgc_tune.runtime import RunContext
+from hgc_tune.runtime._registry import register_hook
 
 __all__ = [
     "CONTROLNET_WINDOW_HOOK",

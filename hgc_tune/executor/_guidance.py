@@ -11,7 +11,8 @@ import torch
 
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import cond_half, leading_batch, repeat_halves
-from hgc_tune.runtime import RunContext, register_hook
+from hgc_tune.runtime import RunContext
+from hgc_tune.runtime._registry import register_hook
 
 __all__ = ["GUIDANCE_HOOK", "GuidanceTruncationConfig", "GuidanceTruncationHook", "apply_guidance_truncation"]
 

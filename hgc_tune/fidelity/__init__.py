@@ -18,67 +18,20 @@ Example:
 
 from __future__ import annotations
 
-from hgc_tune.fidelity._confidence import (
-    DEFAULT_CONFIDENCE,
-    LossBound,
-    check_confidence,
-    paired_loss_bound,
-)
+from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
-from hgc_tune.fidelity._metrics import (
-    PSNR_CAP_DB,
-    as_float_image,
-    as_uint8_image,
-    edge_f1,
-    latent_rel_error,
-    miou,
-    psnr,
-    rmse,
-    ssim,
-)
-from hgc_tune.fidelity._registry import (
-    CONDITION_TYPES,
-    METRICS,
-    Metric,
-    check_metric_fits,
-    default_metric,
-    get_metric,
-    relative_loss,
-)
-from hgc_tune.fidelity._task_models import (
-    ConditionDecoder,
-    DepthEstimator,
-    EdgeDetector,
-    Segmenter,
-    SoftEdgeDetector,
-    TransformersSegmenter,
-    load_segmenter,
-    shapes_task_models,
-)
+from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
+from hgc_tune.fidelity._registry import METRICS, Metric, relative_loss
+from hgc_tune.fidelity._task_models import load_segmenter
 
 __all__ = [
-    "CONDITION_TYPES",
-    "DEFAULT_CONFIDENCE",
     "METRICS",
-    "PSNR_CAP_DB",
-    "ConditionDecoder",
-    "DepthEstimator",
-    "EdgeDetector",
     "FidelityResult",
     "LossBound",
     "Metric",
-    "Segmenter",
-    "SoftEdgeDetector",
     "TaskEvaluator",
-    "TransformersSegmenter",
-    "as_float_image",
-    "as_uint8_image",
-    "check_confidence",
-    "check_metric_fits",
-    "default_metric",
     "edge_f1",
     "evaluate_pairs",
-    "get_metric",
     "latent_rel_error",
     "load_segmenter",
     "miou",
@@ -86,6 +39,5 @@ __all__ = [
     "psnr",
     "relative_loss",
     "rmse",
-    "shapes_task_models",
     "ssim",
 ]

@@ -3,7 +3,7 @@
 One multiply-accumulate = 1. ``paper``: fvcore's default count (``fvcore.nn.FlopCountAnalysis``), which skips
 ``aten::scaled_dot_product_attention``; for SD1.5 + ControlNet, 512², 20 steps with CFG, its U-Net +
 ControlNet total is the HGC paper's 18.22T (arXiv 2511.11031). ``complete``: ``paper`` plus the attention
-products QKᵀ and AV, by :func:`sdpa_macs`.
+products QKᵀ and AV.
 
 Example:
     >>> from hgc_tune.models import load_pipeline
@@ -15,22 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from hgc_tune.macs._count import CONVENTIONS, count_module_macs
 from hgc_tune.macs._executed import ExecutedMacs, count_executed_macs
 from hgc_tune.macs._pipeline import count_pipeline_macs
-from hgc_tune.macs._sdpa import baddbmm_macs, sdpa_macs
-from hgc_tune.macs._table import DENOISERS, GENERATION_PARTS, PAPER_INCLUDES, MacTable
+from hgc_tune.macs._table import MacTable
 
-__all__ = [
-    "CONVENTIONS",
-    "DENOISERS",
-    "GENERATION_PARTS",
-    "PAPER_INCLUDES",
-    "ExecutedMacs",
-    "MacTable",
-    "baddbmm_macs",
-    "count_executed_macs",
-    "count_module_macs",
-    "count_pipeline_macs",
-    "sdpa_macs",
-]
+__all__ = ["ExecutedMacs", "MacTable", "count_executed_macs", "count_pipeline_macs"]

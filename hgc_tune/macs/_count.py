@@ -181,7 +181,7 @@ def count_module_macs(
     shapes, the values do not matter). ``paper`` is fvcore's default count: one multiply-accumulate = 1,
     convolutions, linear layers, matmul/bmm/einsum, and its norm and upsampling estimates;
     ``scaled_dot_product_attention`` is not counted. ``complete`` adds the attention products QKᵀ and AV
-    (:func:`~hgc_tune.macs.sdpa_macs`, and ``baddbmm`` for the classic attention processor).
+    (:func:`~hgc_tune.macs._sdpa.sdpa_macs`, and ``baddbmm`` for the classic attention processor).
 
     Args:
         module: The module to trace. It is not modified.

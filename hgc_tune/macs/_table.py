@@ -10,7 +10,7 @@ from typing import Any
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._count import CONVENTIONS, affected_conventions
-from hgc_tune.models import COMPONENTS, block_containers
+from hgc_tune.models._blocks import COMPONENTS, block_containers
 
 __all__ = ["MacTable", "DENOISERS", "GENERATION_PARTS", "PAPER_INCLUDES", "TABLE_FORMAT"]
 

@@ -36,7 +36,7 @@ from typing import Any
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_text
 from hgc_tune.errors import PolicyFormatError
-from hgc_tune.models import MODULE_KEY_PATTERN
+from hgc_tune.models._blocks import MODULE_KEY_PATTERN
 from hgc_tune.policy._model import (
     SCHEMA_VERSION,
     ControlNetWindow,

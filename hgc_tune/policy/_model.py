@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hgc_tune.errors import PolicyFormatError
-from hgc_tune.models import is_attention_key
+from hgc_tune.models._blocks import is_attention_key
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,8 +1,8 @@
 """Known hand-set caching schedules ("peers") expressed as policies, for comparison with searched ones.
 
 Each generator takes the policy target and the pipeline's cacheable module keys (for example
-``hgc_tune.models.cacheable_module_keys(pipe)``, or the keys saved in a profile), so no pipeline has to be
-loaded to make a peer policy. Peers are named by a short string that encodes their parameters
+``hgc_tune.models._blocks.cacheable_module_keys(pipe)``, or the keys saved in a profile), so no pipeline has
+to be loaded to make a peer policy. Peers are named by a short string that encodes their parameters
 (``deepcache-n3-b0``, ``tgate-g10``, ``tgate-g10-cfg``, ``cnwin-k10-drop``); :func:`peer_policy` parses it.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hgc_tune.errors import PolicyError
-from hgc_tune.models import deep_block_keys, is_attention_key, max_branch
+from hgc_tune.models._blocks import deep_block_keys, is_attention_key, max_branch
 from hgc_tune.policy._model import (
     CONTROLNET_MODES,
     ControlNetWindow,

@@ -10,57 +10,8 @@ the profile's references.
 
 from __future__ import annotations
 
-from hgc_tune.errors import ProfileError
-from hgc_tune.profile._artifact import (
-    AGGREGATES,
-    ATTENTION_STATS,
-    BLOCK_STATS,
-    META_FILE,
-    SCHEMA_VERSION,
-    TENSOR_FILE,
-    Profile,
-    stat_name,
-)
-from hgc_tune.profile._metrics import (
-    attention_probs,
-    cosine_similarity,
-    cross_attention_map,
-    flat_dot,
-    js_divergence,
-    js_row_sum,
-    l1_distance,
-    l1_norm,
-    l2_norm,
-    relative_l1,
-)
-from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
-from hgc_tune.profile._pipeline import check_profiled_pipeline, load_profiled_pipeline
+from hgc_tune.profile._artifact import Profile
+from hgc_tune.profile._pipeline import load_profiled_pipeline
 from hgc_tune.profile._profiler import profile_pipeline
 
-__all__ = [
-    "AGGREGATES",
-    "ATTENTION_METRICS",
-    "ATTENTION_STATS",
-    "BLOCK_METRICS",
-    "BLOCK_STATS",
-    "META_FILE",
-    "SCHEMA_VERSION",
-    "TENSOR_FILE",
-    "Profile",
-    "ProfileError",
-    "ProfileObserver",
-    "attention_probs",
-    "cosine_similarity",
-    "cross_attention_map",
-    "check_profiled_pipeline",
-    "load_profiled_pipeline",
-    "flat_dot",
-    "js_divergence",
-    "js_row_sum",
-    "l1_distance",
-    "l1_norm",
-    "l2_norm",
-    "profile_pipeline",
-    "relative_l1",
-    "stat_name",
-]
+__all__ = ["Profile", "load_profiled_pipeline", "profile_pipeline"]

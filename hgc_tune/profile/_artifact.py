@@ -117,8 +117,8 @@ class Profile:
 
     @property
     def weights_digest(self) -> str | None:
-        """The profiled weights (``hgc_tune.models.weights_digest``); ``None`` for profiles made before
-        hgc-tune recorded it."""
+        """The profiled weights (``hgc_tune.models._fingerprint.weights_digest``); ``None`` for profiles made
+        before hgc-tune recorded it."""
         return self._meta["model"].get("weights_digest")
 
     @property

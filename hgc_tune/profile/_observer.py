@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgc_tune.models import module_groups
+from hgc_tune.models._blocks import module_groups
 from hgc_tune.profile._metrics import (
     TINY,
     cross_attention_map,

@@ -53,7 +53,8 @@ def load_profiled_pipeline(
     """
     import diffusers
 
-    from hgc_tune.models import SCHEDULERS, load_pipeline
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._loading import SCHEDULERS
 
     meta = profile.meta
     name = model or profile.model_name
@@ -94,7 +95,8 @@ def check_profiled_pipeline(
         name: The model ``pipe`` was loaded from, for the message (default: the profile's model).
         error: The exception class to raise (the caller's own, e.g. ``SearchError``).
     """
-    from hgc_tune.models import model_fingerprint, weights_digest
+    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models._fingerprint import weights_digest
 
     label = f"model {name or profile.model_name!r}"
     found = model_fingerprint(pipe)

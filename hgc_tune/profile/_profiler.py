@@ -202,7 +202,8 @@ def profile_pipeline(
     from tqdm.auto import tqdm
 
     import hgc_tune
-    from hgc_tune.models import model_fingerprint, model_structure, weights_digest
+    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models._fingerprint import model_structure, weights_digest
     from hgc_tune.runtime import attach_run_context, release_run_context
 
     if condition_type is None:

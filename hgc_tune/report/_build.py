@@ -10,7 +10,8 @@ from typing import Any
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import ReportError
-from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy, policy_step_macs
+from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
+from hgc_tune.policy._macs import policy_step_macs
 from hgc_tune.report._html import ReportFigure, render_html
 from hgc_tune.report._pareto import ParetoData, load_pareto
 from hgc_tune.report._summary import profile_cfg, report_summary

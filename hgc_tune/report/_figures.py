@@ -425,7 +425,7 @@ def plot_policy_grid(profile, grid: PolicyGrid, *, policy_name: str = "policy", 
 
     Args:
         profile: The profile the heatmaps come from.
-        grid: :func:`~hgc_tune.report.policy_grid` of the policy over the profile's keys.
+        grid: :func:`~hgc_tune.report._grid.policy_grid` of the policy over the profile's keys.
         policy_name: Shown in the title.
         cfg_until: The guidance window's first conditional-only step, for a marker line.
     """
@@ -539,7 +539,7 @@ def plot_tradeoff(pareto: ParetoData, *, convention: str = "paper") -> Figure:
     (or the largest feasible loss) and trials beyond it are drawn as ▲ on the top edge.
 
     Args:
-        pareto: The search's trade-off (:func:`~hgc_tune.report.load_pareto`).
+        pareto: The search's trade-off (:func:`~hgc_tune.report._pareto.load_pareto`).
         convention: The MAC convention of the x axis (``paper``: what the search minimised).
     """
 
@@ -718,7 +718,7 @@ def plot_step_macs(
     """MACs per denoising step under the policy (stacked U-Net / ControlNet bars) against full compute.
 
     Args:
-        steps_policy: :func:`hgc_tune.policy.policy_step_macs` of the policy.
+        steps_policy: :func:`hgc_tune.policy._macs.policy_step_macs` of the policy.
         steps_full: The same for the all-compute policy.
         convention: The MAC convention of both, for the axis label.
         policy_name: Shown in the title.

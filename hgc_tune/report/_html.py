@@ -225,7 +225,7 @@ def _figure(fig: ReportFigure) -> str:
 def render_html(
     summary: Mapping[str, Any], figures: Sequence[ReportFigure], notes: Sequence[str], *, version: str
 ) -> str:
-    """The report page for ``summary`` (see :func:`~hgc_tune.report.report_summary`) and ``figures``.
+    """The report page for ``summary`` (see :func:`~hgc_tune.report._summary.report_summary`) and ``figures``.
 
     Every value that can come from the user (prompts, paths, names, module keys) is escaped with
     :func:`html.escape`; images are referenced by relative ``src``, so the folder opens from disk.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hgc_tune.policy import MAC_CONVENTIONS, Policy, policy_macs
+from hgc_tune.policy import Policy, policy_macs
+from hgc_tune.policy._macs import MAC_CONVENTIONS
 from hgc_tune.report._pareto import ParetoData, ParetoPoint
 
 __all__ = ["FIDELITY_SPLITS", "fidelity_by_split", "profile_cfg", "report_summary"]

@@ -54,7 +54,7 @@ class SearchConfig:
         study_name: Study name; ``None``: ``<model>-<condition>-<metric>-budget<budget>``.
         worker_index: Index of this worker process among several on one storage (offsets the seed).
         peers: Peer schedule names to enqueue as the first trials (``deepcache-n3-b0``, ``tgate-g10``, …);
-            ``None``: :func:`~hgc_tune.search.default_peer_names` for the profile's step count.
+            ``None``: :func:`~hgc_tune.search._space.default_peer_names` for the profile's step count.
         search_guidance: Include the guidance window (``guidance.cfg_until``) in the search space.
         attention_stat: Profile statistic behind the cross-attention thresholds (``map_rel_l1``,
             ``out_rel_l1`` or ``js``; the ``mean_`` aggregate is used).
@@ -110,7 +110,7 @@ class SearchConfig:
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
             raise SearchError(f"`budget` must be in (0, 1), but got budget={budget!r}.")
         object.__setattr__(self, "budget", float(budget))
-        from hgc_tune.fidelity import check_confidence
+        from hgc_tune.fidelity._confidence import check_confidence
 
         try:
             object.__setattr__(self, "confidence", check_confidence(self.confidence))

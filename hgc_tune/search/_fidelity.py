@@ -311,7 +311,8 @@ class FidelityScorer:
                 decided on every sample (a check with one look at the end cannot pass by optional stopping).
             on_sample: Called with ``(index, value)`` after each sample.
         """
-        from hgc_tune.fidelity import check_confidence, paired_loss_bound
+        from hgc_tune.fidelity import paired_loss_bound
+        from hgc_tune.fidelity._confidence import check_confidence
 
         try:
             confidence = check_confidence(confidence)
@@ -410,7 +411,7 @@ def evaluate_policy(
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
         of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
         sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale`` and
-        ``macs`` (both conventions, :func:`hgc_tune.policy.macs_provenance`; ``None`` without a table).
+        ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
 
     Example:
         >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
@@ -424,8 +425,10 @@ def evaluate_policy(
     """
     from tqdm.auto import tqdm
 
-    from hgc_tune.fidelity import TaskEvaluator, check_confidence
-    from hgc_tune.policy import full_compute_policy, macs_provenance, target_for_pipeline
+    from hgc_tune.fidelity import TaskEvaluator
+    from hgc_tune.fidelity._confidence import check_confidence
+    from hgc_tune.policy import full_compute_policy, target_for_pipeline
+    from hgc_tune.policy._macs import macs_provenance
 
     try:
         confidence = check_confidence(confidence)
@@ -523,8 +526,9 @@ def compare_policies(
         ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
         without a budget), ``per_sample_full``, ``per_sample_policy`` and ``macs`` (both conventions).
     """
-    from hgc_tune.fidelity import TaskEvaluator, check_confidence
-    from hgc_tune.policy import macs_provenance
+    from hgc_tune.fidelity import TaskEvaluator
+    from hgc_tune.fidelity._confidence import check_confidence
+    from hgc_tune.policy._macs import macs_provenance
 
     try:
         confidence = check_confidence(confidence)

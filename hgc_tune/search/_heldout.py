@@ -28,7 +28,8 @@ _FORMAT = "hgc-tune-heldout-references"
 
 def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> str:
     """The digest that identifies the full-compute outputs of ``jobs`` under ``settings`` on ``pipe``."""
-    from hgc_tune.models import model_fingerprint, weights_digest
+    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models._fingerprint import weights_digest
 
     digest = hashlib.sha256()
     head = {

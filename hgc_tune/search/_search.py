@@ -16,7 +16,7 @@ import numpy as np
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import FidelityError, HgcTuneError, ProfileError, SearchError
-from hgc_tune.policy import pareto_path
+from hgc_tune.policy._io import pareto_path
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._fidelity import (
     FidelityEstimate,
@@ -68,7 +68,8 @@ def load_search_profile(profile: Any) -> tuple[Any, Path | None]:
     Raises:
         SearchError: No profile there ("run `hgc-tune profile` first"), or a damaged one.
     """
-    from hgc_tune.profile import META_FILE, Profile
+    from hgc_tune.profile import Profile
+    from hgc_tune.profile._artifact import META_FILE
 
     if isinstance(profile, Profile):
         return profile, None
@@ -89,8 +90,8 @@ def _condition_type(profile: Any) -> str | None:
 
 def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
     """Every bad-input check, before any work; returns the metric."""
-    from hgc_tune.fidelity import check_metric_fits, default_metric
-    from hgc_tune.profile import check_profiled_pipeline
+    from hgc_tune.fidelity._registry import check_metric_fits, default_metric
+    from hgc_tune.profile._pipeline import check_profiled_pipeline
 
     condition = _condition_type(profile)
     try:
@@ -633,7 +634,7 @@ class SearchResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (for ``--json``): the Pareto report plus the chosen policy."""
-        from hgc_tune.policy import policy_to_json
+        from hgc_tune.policy._io import policy_to_json
 
         data = self.pareto_json()
         data["policy"] = None if self.policy is None else policy_to_json(self.policy)
@@ -756,7 +757,8 @@ def _final_policy(
     import diffusers
 
     import hgc_tune
-    from hgc_tune.policy import Provenance, macs_provenance
+    from hgc_tune.policy import Provenance
+    from hgc_tune.policy._macs import macs_provenance
 
     policy = record.policy()
     fidelity = {
@@ -930,7 +932,8 @@ def _result(
     test: Sequence[Any] | None,
     note: Callable[[str], None],
 ) -> SearchResult:
-    from hgc_tune.policy import full_compute_policy, macs_provenance
+    from hgc_tune.policy import full_compute_policy
+    from hgc_tune.policy._macs import macs_provenance
 
     config = session.config
     trials = session.study.get_trials(deepcopy=False)

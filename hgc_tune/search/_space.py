@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from hgc_tune.errors import PolicyError, SearchError
-from hgc_tune.models import deep_block_keys, is_attention_key, max_branch
+from hgc_tune.models._blocks import deep_block_keys, is_attention_key, max_branch
 from hgc_tune.policy import (
     ControlNetWindow,
     GuidanceWindow,
@@ -60,9 +60,9 @@ from hgc_tune.policy import (
     PolicyTarget,
     Provenance,
     ReuseWindow,
-    peer_params,
     peer_policy,
 )
+from hgc_tune.policy._peers import peer_params
 
 __all__ = [
     "ATTENTION_SCHEDULES",
@@ -154,7 +154,7 @@ def default_peer_names(num_steps: int, *, cfg: bool = True, controlnet: bool = T
 
     DeepCache with ``N = 3`` and ``N = 5`` on the shallowest branch, T-GATE gated at half the steps (with and
     without truncated CFG), and the ControlNet window of the first half of the steps with the ControlNet
-    dropped afterwards. For 20 steps this is :data:`hgc_tune.policy.DEFAULT_PEERS`.
+    dropped afterwards. For 20 steps this is :data:`hgc_tune.policy._peers.DEFAULT_PEERS`.
 
     Example:
         >>> default_peer_names(20)
@@ -502,7 +502,7 @@ class PolicySpace:
     # -- peers -----------------------------------------------------------------------------------------
     def peer_params(self, name: str) -> dict[str, Any]:
         """The parameters of a named peer schedule: every part at "no caching", then the peer's own
-        parameters (:func:`hgc_tune.policy.peer_params`).
+        parameters (:func:`hgc_tune.policy._peers.peer_params`).
 
         Names: ``full-compute``, ``deepcache-n3-b0``, ``tgate-g10[-cfg]``, ``cnwin-k10-drop``; :meth:`build`
         of the parameters computes exactly what the peer generator's policy computes.

@@ -117,8 +117,8 @@ class TrialRecord:
             within the budget, so it could not be the result).
         feasible: The upper bound of the loss is within the budget on the calibration samples evaluated.
         duplicate_of: The earlier trial with the same policy whose result this one reuses.
-        policy_key: Digest of what the policy computes (:func:`hgc_tune.search.policy_key`).
-        policy_json: The policy (``hgc_tune.policy.policy_to_json``) or ``None``.
+        policy_key: Digest of what the policy computes (:func:`hgc_tune.search._space.policy_key`).
+        policy_json: The policy (``hgc_tune.policy._io.policy_to_json``) or ``None``.
         error: The failure message of a failed trial.
         replaced: A stale trial of a killed worker that was enqueued again.
     """
@@ -161,7 +161,7 @@ class TrialRecord:
 
     def policy(self):
         """The trial's :class:`hgc_tune.policy.Policy`."""
-        from hgc_tune.policy import policy_from_json
+        from hgc_tune.policy._io import policy_from_json
 
         if self.policy_json is None:
             return None

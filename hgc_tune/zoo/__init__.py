@@ -7,18 +7,6 @@ and never imports this package; the names below are re-exported from there for t
 
 from __future__ import annotations
 
-from hgc_tune.models._shapes import (
-    SHAPES_CONDITIONS,
-    WEIGHTS_DIR,
-    ShapesWeightsMissingError,
-    UnknownConditionError,
-    shapes_checkpoint,
-)
+from hgc_tune.models._shapes import WEIGHTS_DIR, shapes_checkpoint
 
-__all__ = [
-    "SHAPES_CONDITIONS",
-    "WEIGHTS_DIR",
-    "ShapesWeightsMissingError",
-    "UnknownConditionError",
-    "shapes_checkpoint",
-]
+__all__ = ["WEIGHTS_DIR", "shapes_checkpoint"]

@@ -246,7 +246,7 @@ def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) ->
     """Save a ``StableDiffusionPipeline`` folder without safety checker; ControlNet pipelines load it."""
     from diffusers import StableDiffusionPipeline
 
-    from hgc_tune.models import make_scheduler
+    from hgc_tune.models._loading import make_scheduler
 
     pipe = StableDiffusionPipeline(
         vae=_cpu_copy(vae, dtype),
@@ -856,7 +856,7 @@ def run_training(
     """
     import torch
 
-    from hgc_tune.models import build_offline_tokenizer
+    from hgc_tune.models._tokenizer import build_offline_tokenizer
     from hgc_tune.zoo import _stages as st
 
     config.check()

@@ -35,11 +35,12 @@ def shapes_source() -> SceneSource:
     """The shapes benchmark at 64 px: its ``train`` split for training, ``heldout`` for the self-check."""
     import functools
 
-    from hgc_tune.data import render_scene, split_seeds
+    from hgc_tune.data._benchmark import split_seeds
+    from hgc_tune.data._shapes import render_scene
 
     return SceneSource(
         render=functools.partial(render_scene, size=64),
         train_seeds=functools.partial(split_seeds, "train"),
         heldout_seeds=functools.partial(split_seeds, "heldout"),
-        split_note="hgc_tune.data.split_seeds: train for training, heldout for the self-check",
+        split_note="hgc_tune.data._benchmark.split_seeds: train for training, heldout for the self-check",
     )

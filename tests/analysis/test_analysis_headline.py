@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hgc_tune.policy import PolicyFile, peer_policy, save_policy, target_for_pipeline
-from hgc_tune.search import default_peer_names
+from hgc_tune.search._space import default_peer_names
 
 SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "headline.py"
 
@@ -26,7 +26,7 @@ def test_headline_table_on_tiny(headline, tiny_pipe, tmp_path):
     import torch
 
     torch.set_num_threads(1)
-    from hgc_tune.models import cacheable_module_keys
+    from hgc_tune.models._blocks import cacheable_module_keys
 
     target = target_for_pipeline(tiny_pipe, num_steps=3, condition_type="seg", model="tiny")
     tuned = peer_policy("deepcache-n2-b0", target, cacheable_module_keys(tiny_pipe))

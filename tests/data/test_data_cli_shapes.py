@@ -10,13 +10,8 @@ import pytest
 from PIL import Image
 
 from hgc_tune.cli import main
-from hgc_tune.data import (
-    Dataset,
-    class_map_from_seg,
-    open_dataset,
-    render_scene,
-    write_shapes_dataset,
-)
+from hgc_tune.data import Dataset, open_dataset, write_shapes_dataset
+from hgc_tune.data._shapes import class_map_from_seg, render_scene
 from hgc_tune.errors import DatasetError
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgc_tune.data import SKIP_REASONS, Dataset, Sample
+from hgc_tune.data import Dataset, Sample
+from hgc_tune.data._dataset import SKIP_REASONS
 from hgc_tune.errors import DatasetError
 
 

@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hgc_tune.data import (
+from hgc_tune.data._benchmark import SPLITS, split_seeds
+from hgc_tune.data._shapes import (
     NUM_CLASSES,
     OBJECT_COLORS,
     SEG_PALETTE,
     SHAPE_CLASSES,
-    SPLITS,
     class_map_from_seg,
     decode_class_map,
     edges,
     estimate_depth,
     render_scene,
     soft_edges,
-    split_seeds,
 )
 from hgc_tune.errors import DatasetError
 

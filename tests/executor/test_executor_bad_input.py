@@ -86,7 +86,7 @@ def test_step_count_mismatch_fails_at_call_time(tiny_pipe, condition_image, vali
 def test_a_pipeline_with_another_scheduler_is_refused(tiny_pipe, condition_image, valid, generate):
     """``generate --scheduler ddim`` with a UniPC policy: the steps a policy reuses were chosen for its
     scheduler's trajectory, so another scheduler is refused before anything is attached."""
-    from hgc_tune.models import make_scheduler
+    from hgc_tune.models._loading import make_scheduler
 
     original = tiny_pipe.scheduler
     tiny_pipe.scheduler = make_scheduler("ddim", original.config)

@@ -79,7 +79,7 @@ def test_a_scheduler_replaced_after_apply_is_refused(
     tiny_pipe, condition_image, tiny_target, baselines, generate
 ):
     from hgc_tune.errors import PolicyError
-    from hgc_tune.models import make_scheduler
+    from hgc_tune.models._loading import make_scheduler
 
     original = tiny_pipe.scheduler
     handle = apply_policy(tiny_pipe, _techniques(tiny_target)["unet_blocks"])

@@ -69,7 +69,7 @@ def test_a_dynamic_cfg_callback_is_followed_per_forward(tiny_pipe, condition_ima
 def test_from_pipe_is_refused_and_the_policy_can_move(tiny_pipe, condition_image, tiny_target, generate):
     from diffusers import StableDiffusionControlNetPipeline
 
-    from hgc_tune.models import make_scheduler
+    from hgc_tune.models._loading import make_scheduler
 
     policy = _blocks_policy(tiny_target)
     handle = apply_policy(tiny_pipe, policy)

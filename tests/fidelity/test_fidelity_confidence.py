@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import check_confidence, paired_loss_bound
+from hgc_tune.fidelity import paired_loss_bound
+from hgc_tune.fidelity._confidence import check_confidence
 
 
 def test_reference_metric_reduces_to_the_one_sample_t_bound():

@@ -10,7 +10,8 @@ from skimage.metrics import structural_similarity
 
 import hgc_tune.fidelity._evaluate as evaluate_module
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import PSNR_CAP_DB, FidelityResult, TaskEvaluator, evaluate_pairs, psnr
+from hgc_tune.fidelity import FidelityResult, TaskEvaluator, evaluate_pairs, psnr
+from hgc_tune.fidelity._metrics import PSNR_CAP_DB
 
 
 def _red_mask(image: np.ndarray) -> np.ndarray:

@@ -7,16 +7,8 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import (
-    PSNR_CAP_DB,
-    as_uint8_image,
-    edge_f1,
-    latent_rel_error,
-    miou,
-    psnr,
-    rmse,
-    ssim,
-)
+from hgc_tune.fidelity import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
+from hgc_tune.fidelity._metrics import PSNR_CAP_DB, as_uint8_image
 
 
 def _rng_image(seed: int, shape: tuple[int, ...] = (32, 24, 3)) -> np.ndarray:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import (
-    METRICS,
-    PSNR_CAP_DB,
-    Metric,
-    check_metric_fits,
-    default_metric,
-    get_metric,
-    relative_loss,
-    rmse,
-)
+from hgc_tune.fidelity import METRICS, Metric, relative_loss, rmse
+from hgc_tune.fidelity._metrics import PSNR_CAP_DB
+from hgc_tune.fidelity._registry import check_metric_fits, default_metric, get_metric
 
 
 def test_registry_names_directions_and_kinds() -> None:

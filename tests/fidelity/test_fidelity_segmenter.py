@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hgc_tune.errors import ModelLoadError, ModelNotFoundError
-from hgc_tune.fidelity import Segmenter, TaskEvaluator, load_segmenter
+from hgc_tune.fidelity import TaskEvaluator, load_segmenter
+from hgc_tune.fidelity._task_models import Segmenter
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs, shapes_task_models
+from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
+from hgc_tune.fidelity._task_models import shapes_task_models
 
 
 @pytest.fixture(scope="module")

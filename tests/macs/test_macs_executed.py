@@ -7,7 +7,7 @@ import torch
 
 from hgc_tune.executor import apply_policy
 from hgc_tune.macs import count_executed_macs, count_pipeline_macs
-from hgc_tune.models import cacheable_module_keys
+from hgc_tune.models._blocks import cacheable_module_keys
 from hgc_tune.policy import (
     ControlNetWindow,
     GuidanceWindow,

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.macs import baddbmm_macs, count_module_macs, sdpa_macs
+from hgc_tune.macs._count import count_module_macs
+from hgc_tune.macs._sdpa import baddbmm_macs, sdpa_macs
 
 
 def test_sdpa_macs_hand_computed():

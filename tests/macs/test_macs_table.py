@@ -7,7 +7,8 @@ import json
 import pytest
 
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.macs import CONVENTIONS, MacTable
+from hgc_tune.macs import MacTable
+from hgc_tune.macs._count import CONVENTIONS
 
 
 def _e(paper: int, complete: int) -> dict[str, int]:

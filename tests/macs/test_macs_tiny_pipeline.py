@@ -9,8 +9,10 @@ import torch
 
 from hgc_tune.cli import main
 from hgc_tune.errors import HgcTuneError
-from hgc_tune.macs import CONVENTIONS, MacTable, count_pipeline_macs, sdpa_macs
-from hgc_tune.models import cacheable_module_keys
+from hgc_tune.macs import MacTable, count_pipeline_macs
+from hgc_tune.macs._count import CONVENTIONS
+from hgc_tune.macs._sdpa import sdpa_macs
+from hgc_tune.models._blocks import cacheable_module_keys
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from hgc_tune.errors import ModelLoadError, UnregisteredModelError
-from hgc_tune.models import (
-    SCHEDULERS,
-    cacheable_module_keys,
-    load_pipeline,
-    make_scheduler,
-    model_fingerprint,
-)
+from hgc_tune.models import load_pipeline, model_fingerprint
 from hgc_tune.models._blocks import (
     _LAYOUTS,
     ModuleLayout,
     block_paths,
+    cacheable_module_keys,
     deep_block_keys,
     is_attention_key,
     max_branch,
@@ -26,6 +21,7 @@ from hgc_tune.models._blocks import (
     module_layout,
     register_module_layout,
 )
+from hgc_tune.models._loading import SCHEDULERS, make_scheduler
 
 
 def test_cacheable_keys_follow_sd15s_layout(tiny_pipe):
@@ -125,7 +121,7 @@ def test_dtype_reaches_every_model():
 
 
 def test_weights_digest_tells_checkpoints_apart(tiny_pipe):
-    from hgc_tune.models import weights_digest
+    from hgc_tune.models._fingerprint import weights_digest
 
     digest = weights_digest(tiny_pipe)
     assert len(digest) == 16 and weights_digest(tiny_pipe) == digest

@@ -14,7 +14,8 @@ from hgc_tune.errors import (
     NotAPipelineError,
     UnknownPresetError,
 )
-from hgc_tune.models import build_offline_tokenizer, load_pipeline, model_fingerprint
+from hgc_tune.models import load_pipeline, model_fingerprint
+from hgc_tune.models._tokenizer import build_offline_tokenizer
 
 
 def _generate(pipe, image):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hgc_tune.policy import PolicyTarget
 
-# hgc_tune.models.cacheable_module_keys(load_pipeline("tiny")), checked against the real pipeline in
+# hgc_tune.models._blocks.cacheable_module_keys(load_pipeline("tiny")), checked against the real pipeline in
 # test_policy_target.py.
 _T = "transformer_blocks.0.attn2"
 TINY_KEYS: list[str] = [

@@ -24,10 +24,9 @@ from hgc_tune.policy import (
     dumps_policy,
     load_policy,
     loads_policy,
-    policy_from_json,
-    policy_to_json,
     save_policy,
 )
+from hgc_tune.policy._io import policy_from_json, policy_to_json
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "policies" / "policy.schema.json"
 ATTN = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -109,7 +108,7 @@ def random_policy(rng: random.Random) -> Policy:
 
 
 def test_the_schema_states_the_module_layouts_key_pattern() -> None:
-    from hgc_tune.models import MODULE_KEY_PATTERN
+    from hgc_tune.models._blocks import MODULE_KEY_PATTERN
 
     schema = json.loads(SCHEMA_PATH.read_text())
     assert schema["$defs"]["moduleKey"]["pattern"] == MODULE_KEY_PATTERN

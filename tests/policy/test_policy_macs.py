@@ -17,10 +17,9 @@ from hgc_tune.policy import (
     dumps_policy,
     full_compute_policy,
     loads_policy,
-    macs_provenance,
     policy_macs,
-    policy_step_macs,
 )
+from hgc_tune.policy._macs import macs_provenance, policy_step_macs
 
 A = "attentions.0.transformer_blocks.0.attn2"
 PAPER = {

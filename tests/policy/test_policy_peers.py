@@ -7,8 +7,6 @@ from _policy_fixtures import SD15_KEYS, TINY_KEYS, make_target
 
 from hgc_tune.errors import PolicyError
 from hgc_tune.policy import (
-    DEFAULT_PEERS,
-    PEERS,
     ControlNetWindow,
     GuidanceWindow,
     ReuseWindow,
@@ -19,6 +17,7 @@ from hgc_tune.policy import (
     peer_policy,
     tgate_policy,
 )
+from hgc_tune.policy._peers import DEFAULT_PEERS, PEERS
 
 T20 = make_target(20)
 

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 from _policy_fixtures import SD15_KEYS, TINY_KEYS
 
-from hgc_tune.policy import DEFAULT_PEERS, Provenance, dumps_policy, load_policy, peer_policy
+from hgc_tune.policy import Provenance, dumps_policy, load_policy, peer_policy
+from hgc_tune.policy._peers import DEFAULT_PEERS
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SCHEMA = POLICIES / "policy.schema.json"

@@ -38,13 +38,13 @@ def test_target_for_pipeline(tiny) -> None:
 
 
 def test_tiny_module_keys_fixture_matches_the_preset(tiny) -> None:
-    from hgc_tune.models import cacheable_module_keys
+    from hgc_tune.models._blocks import cacheable_module_keys
 
     assert sorted(cacheable_module_keys(tiny)) == sorted(TINY_KEYS)
 
 
 def test_shipped_tiny_policies_fit_the_tiny_preset(tiny) -> None:
-    from hgc_tune.models import cacheable_module_keys
+    from hgc_tune.models._blocks import cacheable_module_keys
 
     target = target_for_pipeline(tiny, num_steps=20, model="tiny")
     keys = set(cacheable_module_keys(tiny))
@@ -68,7 +68,8 @@ def test_policy_package_import_stays_light() -> None:
 
 @pytest.mark.slow
 def test_sd15_module_keys_fixture_and_shipped_targets() -> None:
-    from hgc_tune.models import cacheable_module_keys, load_pipeline
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._blocks import cacheable_module_keys
 
     pipe = load_pipeline("sd15")
     assert sorted(cacheable_module_keys(pipe)) == sorted(SD15_KEYS)

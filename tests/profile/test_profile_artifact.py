@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hgc_tune.errors import ProfileError
-from hgc_tune.profile import ATTENTION_STATS, BLOCK_STATS, META_FILE, TENSOR_FILE, Profile
+from hgc_tune.profile import Profile
+from hgc_tune.profile._artifact import ATTENTION_STATS, BLOCK_STATS, META_FILE, TENSOR_FILE
 
 STEPS, N = 3, 2
 BLOCKS = ["controlnet", "unet.mid_block"]

@@ -9,7 +9,8 @@ from PIL import Image
 
 from hgc_tune.errors import ProfileError, ReportError
 from hgc_tune.macs import MacTable
-from hgc_tune.models import model_fingerprint, weights_digest
+from hgc_tune.models import model_fingerprint
+from hgc_tune.models._fingerprint import weights_digest
 from hgc_tune.profile import Profile, load_profiled_pipeline, profile_pipeline
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
-from hgc_tune.profile import (
+from hgc_tune.profile._metrics import (
     attention_probs,
     cosine_similarity,
     cross_attention_map,

@@ -14,14 +14,12 @@ from scipy.spatial.distance import jensenshannon
 
 from hgc_tune.errors import ProfileError
 from hgc_tune.macs import MacTable
-from hgc_tune.models import cacheable_module_keys, load_pipeline, model_fingerprint, weights_digest
-from hgc_tune.profile import (
-    ATTENTION_STATS,
-    BLOCK_STATS,
-    Profile,
-    cross_attention_map,
-    profile_pipeline,
-)
+from hgc_tune.models import load_pipeline, model_fingerprint
+from hgc_tune.models._blocks import cacheable_module_keys
+from hgc_tune.models._fingerprint import weights_digest
+from hgc_tune.profile import Profile, profile_pipeline
+from hgc_tune.profile._artifact import ATTENTION_STATS, BLOCK_STATS
+from hgc_tune.profile._metrics import cross_attention_map
 
 STEPS = 4
 GUIDANCE = 7.5
@@ -303,7 +301,7 @@ def test_a_precomputed_mac_table_is_recorded(pipe):
 def test_a_pipeline_with_an_applied_policy_is_refused(pipe):
     from diffusers.hooks import ModelHook
 
-    from hgc_tune.runtime import register_hook, remove_hook
+    from hgc_tune.runtime._registry import register_hook, remove_hook
 
     register_hook(pipe.unet.mid_block, ModelHook(), "hgc_test_cache")
     try:

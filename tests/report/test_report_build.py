@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hgc_tune.errors import ReportError
 from hgc_tune.policy import full_compute_policy, load_policy
 from hgc_tune.profile import Profile, profile_pipeline
-from hgc_tune.report import (
-    FIGURES,
-    INDEX_FILE,
-    SUMMARY_FILE,
-    ReportError,
-    build_report,
-    generate_policy_images,
-)
+from hgc_tune.report import build_report
+from hgc_tune.report._build import FIGURES, INDEX_FILE, SUMMARY_FILE
+from hgc_tune.report._samples import generate_policy_images
 
 STEPS = 4
 SCRIPT_PROMPT = "a red square <script>alert(1)</script>"

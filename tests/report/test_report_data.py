@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hgc_tune.report import (
-    ReportError,
-    fidelity_by_split,
-    format_macs,
-    format_percent,
-    load_pareto,
-    module_label,
-    natural_order,
-    pareto_data_from_json,
-    plot_tradeoff,
-    save_figure,
-)
+from hgc_tune.errors import ReportError
+from hgc_tune.report._figures import plot_tradeoff, save_figure
+from hgc_tune.report._labels import format_macs, format_percent, module_label, natural_order
+from hgc_tune.report._pareto import load_pareto, pareto_data_from_json
+from hgc_tune.report._summary import fidelity_by_split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-seg.pareto.json"
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hgc_tune.errors import ReportError
 from hgc_tune.policy import ControlNetWindow, GuidanceWindow, Policy, PolicyTarget, ReuseWindow
-from hgc_tune.report import (
-    COMPUTE,
-    COND_ONLY,
-    DROPPED,
-    INSIDE_REUSED,
-    REUSE,
-    STATE_NAMES,
-    ReportError,
-    policy_grid,
-)
+from hgc_tune.report._grid import COMPUTE, COND_ONLY, DROPPED, INSIDE_REUSED, REUSE, STATE_NAMES, policy_grid
 
 S = 6
 MID = "unet.mid_block"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from hgc_tune.runtime import attach_run_context, calling_pipeline, release_run_context
+from hgc_tune.runtime import attach_run_context, release_run_context
+from hgc_tune.runtime._context import calling_pipeline
 
 STEPS = 3
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from hgc_tune.runtime import register_hook, remove_hook, repair_hook
+from hgc_tune.runtime._registry import register_hook, remove_hook, repair_hook
 
 
 class _Double(torch.nn.Module):

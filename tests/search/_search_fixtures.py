@@ -102,7 +102,7 @@ def study_trials(storage_url: str, study: str) -> list:
     """The trials of ``study`` in the storage (none when the study does not exist yet)."""
     import optuna
 
-    from hgc_tune.search import open_storage
+    from hgc_tune.search._storage import open_storage
 
     # One storage per URL: polling must not open a connection pool per call (a server has few connections).
     storage = _STORAGES.get(storage_url) or _STORAGES.setdefault(
@@ -132,7 +132,7 @@ def wait_for(predicate, trials, deadline: float) -> list:
     pytest.fail("the search did not reach the expected state in time")
 
 
-# hgc_tune.models.cacheable_module_keys(load_pipeline("tiny")) (checked against the pipeline in
+# hgc_tune.models._blocks.cacheable_module_keys(load_pipeline("tiny")) (checked against the pipeline in
 # test_search_run.py) and the SD1.5 layout (two layers per down block, three per up block).
 _T = "transformer_blocks.0.attn2"
 TINY_KEYS: list[str] = [

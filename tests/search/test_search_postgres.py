@@ -30,9 +30,9 @@ from _search_fixtures import (
 )
 
 from hgc_tune.errors import SearchError
-from hgc_tune.search import ATTR
 from hgc_tune.search import _storage as storage_module
 from hgc_tune.search._storage import check_storage_url, redact_storage
+from hgc_tune.search._trials import ATTR
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -18,21 +18,19 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
-from hgc_tune.models import cacheable_module_keys
+from hgc_tune.models._blocks import cacheable_module_keys
 from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
 from hgc_tune.search import (
-    FULL_COMPUTE,
     FidelityEstimate,
     SearchConfig,
-    default_peer_names,
-    heldout_key,
-    jobs_from_samples,
-    policy_key,
     prepare_search,
     run_search,
     search_policy,
     write_search_outputs,
 )
+from hgc_tune.search._fidelity import jobs_from_samples
+from hgc_tune.search._heldout import heldout_key
+from hgc_tune.search._space import FULL_COMPUTE, default_peer_names, policy_key
 
 N_TRIALS = 8
 PEERS = default_peer_names(STEPS)
@@ -104,7 +102,7 @@ def test_policy_file_and_provenance(searched, tiny_pipe):
     assert policy_key(policy) == result.chosen.policy_key
     prov = policy.provenance
     assert prov.budget == BUDGET and prov.metric == METRIC and prov.trial == result.chosen.number
-    from hgc_tune.models import weights_digest
+    from hgc_tune.models._fingerprint import weights_digest
 
     # the weights are part of the default name: a retrained model does not resume the old model's trials
     digest = weights_digest(tiny_pipe)

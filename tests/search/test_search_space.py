@@ -11,12 +11,12 @@ from _search_fixtures import SD15_KEYS, TINY_KEYS, make_target, synthetic_space
 
 from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import TaskEvaluator
-from hgc_tune.models import deep_block_keys
-from hgc_tune.policy import DEFAULT_PEERS, ReuseWindow, peer_params, peer_policy
-from hgc_tune.search import (
+from hgc_tune.models._blocks import deep_block_keys
+from hgc_tune.policy import ReuseWindow, peer_policy
+from hgc_tune.policy._peers import DEFAULT_PEERS, peer_params
+from hgc_tune.search._fidelity import FidelityScorer, GeneratedOutput
+from hgc_tune.search._space import (
     FULL_COMPUTE,
-    FidelityScorer,
-    GeneratedOutput,
     default_peer_names,
     is_full_compute,
     phased_compute_steps,
@@ -319,7 +319,7 @@ def test_a_check_without_early_acceptance_decides_a_pass_on_every_sample(scorer8
 
 
 def _record(number, macs, loss, upper, lower, *, rejected=False):
-    from hgc_tune.search import TrialRecord
+    from hgc_tune.search._trials import TrialRecord
 
     return TrialRecord(
         number=number,

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.storages import _heartbeat
 
-from hgc_tune.search import open_storage
+from hgc_tune.search._storage import open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -21,7 +21,8 @@ from _search_fixtures import (
     wait_for,
 )
 
-from hgc_tune.search import ATTR, open_storage
+from hgc_tune.search._storage import open_storage
+from hgc_tune.search._trials import ATTR
 
 STUDY = "shared"
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

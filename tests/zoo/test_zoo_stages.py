@@ -80,13 +80,13 @@ def test_high_noise_bias_shifts_timesteps_up():
 
 @pytest.fixture(scope="module")
 def pool():
-    from hgc_tune.data import render_scene
+    from hgc_tune.data._shapes import render_scene
 
     return render_pool(render_scene, [1_000_000, 1_000_001, 1_000_002])
 
 
 def test_pool_holds_the_scenes_channel_first(pool):
-    from hgc_tune.data import render_scene
+    from hgc_tune.data._shapes import render_scene
 
     scene = render_scene(1_000_001)
     assert len(pool) == 3 and pool.seeds == [1_000_000, 1_000_001, 1_000_002]
@@ -103,7 +103,7 @@ def test_pool_holds_the_scenes_channel_first(pool):
 
 
 def test_pool_rendering_in_workers_matches(pool):
-    from hgc_tune.data import render_scene
+    from hgc_tune.data._shapes import render_scene
 
     forked = render_pool(render_scene, pool.seeds, workers=2)
     assert forked.seeds == pool.seeds
@@ -112,7 +112,7 @@ def test_pool_rendering_in_workers_matches(pool):
 
 
 def test_pool_rendering_stops_at_the_deadline():
-    from hgc_tune.data import render_scene
+    from hgc_tune.data._shapes import render_scene
 
     stopped = render_pool(render_scene, range(1_000_000, 1_000_010), deadline=0.0, min_scenes=2)
     assert len(stopped) == 2
@@ -138,7 +138,7 @@ def test_prompt_embeddings_match_the_pipeline(tmp_path):
     """Training encodes prompts exactly as the saved pipeline will (tokenizer and text encoder reloaded)."""
     from diffusers import StableDiffusionPipeline
 
-    from hgc_tune.models import build_offline_tokenizer
+    from hgc_tune.models._tokenizer import build_offline_tokenizer
     from hgc_tune.zoo import _architecture as arch
     from hgc_tune.zoo._run import _round_weights, _save_base
 

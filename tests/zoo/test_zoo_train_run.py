@@ -96,7 +96,8 @@ def test_output_loads_as_a_controlnet_pipeline_in_fp32(trained):
 
 
 def test_output_loads_through_load_pipeline(trained):
-    from hgc_tune.models import cacheable_module_keys, load_pipeline
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._blocks import cacheable_module_keys
 
     base, controlnet_dir = shapes_checkpoint("depth", weights_dir=trained)
     pipe = load_pipeline(str(base), controlnet=str(controlnet_dir))
