@@ -13,8 +13,8 @@ from hgc_tune.errors import ReportError
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
 from hgc_tune.policy._macs import policy_step_macs
 from hgc_tune.report._html import ReportFigure, render_html
-from hgc_tune.report._pareto import ParetoData, load_pareto
 from hgc_tune.report._summary import profile_cfg, report_summary
+from hgc_tune.search._pareto import ParetoData, load_pareto
 
 __all__ = ["FIGURES", "INDEX_FILE", "SUMMARY_FILE", "ReportResult", "build_report"]
 
@@ -241,7 +241,7 @@ def build_report(
     profile, profile_source = _resolve_profile(profile)
     policy = _resolve_policy(policy, profile)
     if isinstance(pareto, str | os.PathLike):
-        pareto = load_pareto(pareto)
+        pareto = load_pareto(pareto, error=ReportError)
     indices = sample_indices(profile, samples)
     cfg = profile_cfg(profile)
     grid = None

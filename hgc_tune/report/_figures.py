@@ -27,7 +27,7 @@ from hgc_tune.report._grid import (
     PolicyGrid,
 )
 from hgc_tune.report._labels import COMPONENT_TITLES, component_of, module_label, natural_order
-from hgc_tune.report._pareto import FULL_COMPUTE_PEER, ParetoData, ParetoPoint
+from hgc_tune.search._pareto import ParetoData, ParetoPoint
 
 __all__ = [
     "DPI",
@@ -539,7 +539,7 @@ def plot_tradeoff(pareto: ParetoData, *, convention: str = "paper") -> Figure:
     (or the largest feasible loss) and trials beyond it are drawn as ▲ on the top edge.
 
     Args:
-        pareto: The search's trade-off (:func:`~hgc_tune.report._pareto.load_pareto`).
+        pareto: The search's trade-off (:func:`~hgc_tune.search._pareto.load_pareto`).
         convention: The MAC convention of the x axis (``paper``: what the search minimised).
     """
 
@@ -551,7 +551,7 @@ def plot_tradeoff(pareto: ParetoData, *, convention: str = "paper") -> Figure:
     rejected = [
         p for p in with_reduction if p.rejected_early and p.loss is not None and p.duplicate_of is None
     ]
-    anchor = next((p for p in scored if FULL_COMPUTE_PEER in p.peers), None)
+    anchor = next((p for p in scored if p.is_full_compute), None)
     peers = [p for p in scored if p.peers and p is not anchor]
     searched = [p for p in scored if not p.peers]
     front = sorted((p for p in scored if p.on_front), key=lambda p: (x(p), p.loss))

@@ -7,7 +7,7 @@ from typing import Any
 
 from hgc_tune.policy import Policy, policy_macs
 from hgc_tune.policy._macs import MAC_CONVENTIONS
-from hgc_tune.report._pareto import ParetoData, ParetoPoint
+from hgc_tune.search._pareto import ParetoData, ParetoPoint
 
 __all__ = ["FIDELITY_SPLITS", "fidelity_by_split", "profile_cfg", "report_summary"]
 

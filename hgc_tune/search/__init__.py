@@ -8,6 +8,8 @@
   with a schedule per group (U-Net deep blocks, ControlNet deep blocks, cross-attention; uniform, threshold
   or two-phase dense-early/sparse-late) and DeepCache, T-GATE and ControlNet-window peers as points
   (:meth:`PolicySpace.peer_params`); :class:`PolicyObjective`: the callable Optuna objective.
+- :class:`ParetoData` / :func:`load_pareto`: the ``<name>.pareto.json`` file the search writes beside the
+  policy (every trial, the front, the peers, the chosen trial).
 - :func:`evaluate_policy`: fidelity (a :class:`FidelityEstimate`) and MACs of a policy on a dataset.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._fidelity import FidelityEstimate, evaluate_policy
 from hgc_tune.search._objective import PolicyObjective
+from hgc_tune.search._pareto import ParetoData, load_pareto
 from hgc_tune.search._search import (
     SearchResult,
     SearchSession,
@@ -30,12 +33,14 @@ from hgc_tune.search._space import PolicySpace
 
 __all__ = [
     "FidelityEstimate",
+    "ParetoData",
     "PolicyObjective",
     "PolicySpace",
     "SearchConfig",
     "SearchResult",
     "SearchSession",
     "evaluate_policy",
+    "load_pareto",
     "load_search_profile",
     "prepare_search",
     "run_search",

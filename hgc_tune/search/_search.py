@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -14,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import FidelityError, HgcTuneError, ProfileError, SearchError
 from hgc_tune.policy._io import pareto_path
 from hgc_tune.search._config import SearchConfig
@@ -29,16 +27,15 @@ from hgc_tune.search._fidelity import (
 )
 from hgc_tune.search._heldout import heldout_key, heldout_references
 from hgc_tune.search._objective import PolicyObjective, SurplusTrial
+from hgc_tune.search._pareto import pareto_to_json, write_pareto
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
 from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage
 from hgc_tune.search._trials import TrialRecord, counted_trials, finished_count, trial_records
 
 __all__ = [
-    "PARETO_FORMAT",
     "SearchResult",
     "SearchSession",
     "pareto_front",
-    "pareto_path",
     "load_search_profile",
     "prepare_search",
     "run_search",
@@ -47,7 +44,6 @@ __all__ = [
     "write_search_outputs",
 ]
 
-PARETO_FORMAT = "hgc-tune-pareto"
 # 2: trials record a confidence bound and their feasibility is that of the bound.
 _STUDY_FORMAT = 2
 # Relative latent error above which the pipeline is taken not to be the profiled one.
@@ -591,46 +587,8 @@ class SearchResult:
         raise KeyError(number)
 
     def pareto_json(self) -> dict[str, Any]:
-        """The Pareto report: every trial with feasibility, front, peers and the chosen one marked."""
-        front = set(self.front)
-        peers_of: dict[int, list[str]] = {}
-        for name, number in self.peers.items():
-            peers_of.setdefault(number, []).append(name)
-        heldout = {v["trial"]: v for v in self.validation}
-        chosen = None if self.chosen is None else self.chosen.number
-        trials = []
-        for r in self.trials:
-            d = r.to_json()
-            d.update(
-                on_front=r.number in front,
-                chosen=r.number == chosen,
-                peers=peers_of.get(r.number, []),
-                heldout=heldout.get(r.number),
-            )
-            trials.append(d)
-        return {
-            "format": PARETO_FORMAT,
-            "schema_version": 1,
-            "study": self.study_name,
-            "storage": self.storage,
-            "model": self.model,
-            "condition_type": self.condition_type,
-            "metric": self.metric,
-            "budget": self.budget,
-            "confidence": self.confidence,
-            "num_steps": self.num_steps,
-            "objective": "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget",
-            "macs_full": dict(self.macs_full),
-            "trials": trials,
-            "front": list(self.front),
-            "peers": dict(self.peers),
-            "chosen": chosen,
-            "best_calibration": None if self.best is None else self.best.number,
-            "validated": self.validated,
-            "validation": [dict(v) for v in self.validation],
-            "test": None if self.test is None else dict(self.test),
-            "message": self.message,
-        }
+        """The Pareto file's content (:func:`hgc_tune.search._pareto.pareto_to_json`)."""
+        return pareto_to_json(self)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (for ``--json``): the Pareto report plus the chosen policy."""
@@ -1011,10 +969,6 @@ def _fmt(value: float | None) -> str:
 # ----------------------------------------------------------------------------------------------- output
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> dict[str, Path | None]:
     """Write the chosen policy to ``out`` (when there is one) and the Pareto JSON beside it (always).
 
@@ -1023,7 +977,6 @@ def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> d
     """
     from hgc_tune.policy import save_policy
 
-    pareto = pareto_path(out)
-    _write_json(pareto, result.pareto_json())
+    pareto = write_pareto(result, pareto_path(out))
     policy_path = save_policy(result.policy, out) if result.policy is not None else None
     return {"policy": policy_path, "pareto": pareto}

@@ -22,7 +22,7 @@ from hgc_tune.report._samples import generate_policy_images
 STEPS = 4
 SCRIPT_PROMPT = "a red square <script>alert(1)</script>"
 EVIL_NAME = '<img src=x onerror="alert(1)">'
-FIXTURE_PARETO = Path(__file__).parent / "fixtures" / "tiny-seg.pareto.json"
+FIXTURE_PARETO = Path(__file__).parents[1] / "search" / "fixtures" / "tiny-seg.pareto.json"
 PROFILE_FIGURES = {"similarity_unet", "similarity_controlnet", "attention_drift", "controlnet_residuals"}
 VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
 

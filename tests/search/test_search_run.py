@@ -23,6 +23,7 @@ from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
 from hgc_tune.search import (
     FidelityEstimate,
     SearchConfig,
+    load_pareto,
     prepare_search,
     run_search,
     search_policy,
@@ -154,6 +155,12 @@ def test_pareto_json(searched):
     assert result.chosen.number in data["front"] or any(
         points[n] == points[result.chosen.number] for n in data["front"]
     )
+    # what the search writes, the Pareto file's reader reads back
+    read = load_pareto(paths["pareto"])
+    assert read.chosen.number == result.chosen.number and read.budget == BUDGET
+    assert [p.number for p in read.front] == sorted(data["front"])
+    assert {name for p in read.points for name in p.peers} == {FULL_COMPUTE, *PEERS}
+    assert [p.number for p in read.points if p.is_full_compute] == [result.peers[FULL_COMPUTE]]
 
 
 def test_resume_adds_no_trials_and_reuses_held_out_work(searched, tiny_pipe):

@@ -1,48 +1,112 @@
-"""Reading the search's trade-off file, ``<policy>.pareto.json``
-(:meth:`hgc_tune.search.SearchResult.pareto_json`, written by ``hgc-tune search``).
+"""The Pareto file ``<policy>.pareto.json``: every trial of a search with its MACs, loss and verdict, the
+front, the peers and the chosen trial. This module owns the format: :func:`pareto_to_json` and
+:func:`write_pareto` write it (``hgc-tune search``), :func:`load_pareto` reads it back as :class:`ParetoData`
+(the report's trade-off figure and summary).
 
-The fields the report uses (others are kept in :attr:`ParetoData.raw`)::
+The layout (the fields a reader relies on; the writer adds the study's details, which a reader keeps in
+:attr:`ParetoData.raw`)::
 
     {"format": "hgc-tune-pareto", "schema_version": 1,
      "study": str, "model": str, "condition_type": str | null, "metric": str, "budget": float,
-     "num_steps": int, "front": [trial numbers], "chosen": trial number | null,
+     "confidence": float, "num_steps": int, "front": [trial numbers], "chosen": trial number | null,
      "peers": {peer name: trial number}, "validated": bool, "message": str | null,
      "trials": [{"number": int, "state": "COMPLETE" | "FAIL" | …,
                  "macs": {"paper": {"full", "policy", "reduction"}, "complete": {…}},
-                 "loss": float | null, "feasible": bool, "rejected_early": bool,
-                 "duplicate_of": int | null, "peers": [names], "policy_name": str | null,
-                 "heldout": {"loss": float, "holds": bool, …} | null}, …]}
+                 "loss": float | null, "loss_upper": float | null, "feasible": bool,
+                 "rejected_early": bool, "duplicate_of": int | null, "peers": [names],
+                 "policy_name": str | null, "heldout": {"loss": float, "holds": bool, …} | null}, …]}
 
 A trial's MAC reduction is ``1 - policy/full`` per convention; its loss is the calibration fidelity loss
 (partial when ``rejected_early``). Peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
-trials with peer names.
+trials with peer names; the full-compute anchor is the peer named ``full-compute``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
-from hgc_tune.errors import ReportError
+from hgc_tune.errors import HgcTuneError, SearchError
+from hgc_tune.search._space import FULL_COMPUTE
+
+if TYPE_CHECKING:
+    from hgc_tune.search._search import SearchResult
 
 __all__ = [
-    "FULL_COMPUTE_PEER",
     "PARETO_FORMAT",
+    "SCHEMA_VERSION",
     "ParetoData",
     "ParetoPoint",
     "load_pareto",
     "pareto_data_from_json",
+    "pareto_to_json",
+    "write_pareto",
 ]
 
 PARETO_FORMAT = "hgc-tune-pareto"
-_SCHEMA_VERSIONS = (1,)
-# The peer name of the no-caching anchor trial: drawn as the full-compute point, not as a peer.
-FULL_COMPUTE_PEER = "full-compute"
+# The version this module writes, and the versions it reads.
+SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1,)
+_OBJECTIVE = "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget"
+
+
+def pareto_to_json(result: SearchResult) -> dict[str, Any]:
+    """The Pareto file of a search: every trial with feasibility, front, peers and the chosen one marked."""
+    front = set(result.front)
+    peers_of: dict[int, list[str]] = {}
+    for name, number in result.peers.items():
+        peers_of.setdefault(number, []).append(name)
+    heldout = {v["trial"]: v for v in result.validation}
+    chosen = None if result.chosen is None else result.chosen.number
+    trials = []
+    for r in result.trials:
+        d = r.to_json()
+        d.update(
+            on_front=r.number in front,
+            chosen=r.number == chosen,
+            peers=peers_of.get(r.number, []),
+            heldout=heldout.get(r.number),
+        )
+        trials.append(d)
+    return {
+        "format": PARETO_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "study": result.study_name,
+        "storage": result.storage,
+        "model": result.model,
+        "condition_type": result.condition_type,
+        "metric": result.metric,
+        "budget": result.budget,
+        "confidence": result.confidence,
+        "num_steps": result.num_steps,
+        "objective": _OBJECTIVE,
+        "macs_full": dict(result.macs_full),
+        "trials": trials,
+        "front": list(result.front),
+        "peers": dict(result.peers),
+        "chosen": chosen,
+        "best_calibration": None if result.best is None else result.best.number,
+        "validated": result.validated,
+        "validation": [dict(v) for v in result.validation],
+        "test": None if result.test is None else dict(result.test),
+        "message": result.message,
+    }
+
+
+def write_pareto(result: SearchResult, path: str | os.PathLike[str]) -> Path:
+    """Write the Pareto file of ``result`` to ``path`` atomically (sorted keys, trailing newline)."""
+    file = Path(path)
+    atomic_write_text(
+        file, json.dumps(pareto_to_json(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
+    return file
 
 
 @dataclass(frozen=True)
@@ -89,6 +153,11 @@ class ParetoPoint:
     def scored(self) -> bool:
         """A completed trial with a full calibration loss and a reduction: a point of the trade-off."""
         return self.state == "COMPLETE" and self.loss is not None and not self.rejected_early
+
+    @property
+    def is_full_compute(self) -> bool:
+        """The full-compute anchor trial (the peer named ``full-compute``), drawn as the reference point."""
+        return FULL_COMPUTE in self.peers
 
     @property
     def peer(self) -> str | None:
@@ -141,19 +210,22 @@ class ParetoData:
     @property
     def peers(self) -> list[ParetoPoint]:
         """The peer trials (without the full-compute anchor)."""
-        return [p for p in self.points if p.peers and FULL_COMPUTE_PEER not in p.peers]
+        return [p for p in self.points if p.peers and not p.is_full_compute]
 
 
 def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ReportError(message)
+def _checker(error: type[HgcTuneError]) -> Callable[[bool, str], None]:
+    def check(condition: bool, message: str) -> None:
+        if not condition:
+            raise error(message)
+
+    return check
 
 
-def _point(entry: Any, where: str, front: set[int], chosen: int | None) -> ParetoPoint:
+def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: Callable) -> ParetoPoint:
     _check(isinstance(entry, Mapping), f"{where} must be a JSON object, but got {type(entry).__name__}.")
     number = entry.get("number")
     _check(
@@ -204,7 +276,7 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None) -> Paret
     )
 
 
-def _optional_str(data: Mapping[str, Any], name: str, where: str) -> str | None:
+def _optional_str(data: Mapping[str, Any], name: str, where: str, _check: Callable) -> str | None:
     value = data.get(name)
     _check(
         value is None or isinstance(value, str),
@@ -213,13 +285,21 @@ def _optional_str(data: Mapping[str, Any], name: str, where: str) -> str | None:
     return value
 
 
-def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData:
+def pareto_data_from_json(
+    data: Any, *, source: str | None = None, error: type[HgcTuneError] = SearchError
+) -> ParetoData:
     """Validate a parsed Pareto file (see the module docstring).
 
+    Args:
+        data: The parsed JSON.
+        source: Where it was read from (named in messages).
+        error: The exception class to raise (the report raises its own).
+
     Raises:
-        ReportError: If it is not a ``hgc-tune-pareto`` file of a supported schema version, or a field the
-            report needs is missing or has the wrong type.
+        SearchError: (or ``error``) If it is not a ``hgc-tune-pareto`` file of a supported schema version, or
+            a field a reader needs is missing or has the wrong type.
     """
+    _check = _checker(error)
     where = source or "pareto"
     _check(isinstance(data, Mapping), f"{where} must hold a JSON object, but holds a {type(data).__name__}.")
     _check(
@@ -229,8 +309,8 @@ def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData
     )
     version = data.get("schema_version")
     _check(
-        version in _SCHEMA_VERSIONS,
-        f"{where}: `schema_version` must be one of {list(_SCHEMA_VERSIONS)}, but got "
+        version in SCHEMA_VERSIONS,
+        f"{where}: `schema_version` must be one of {list(SCHEMA_VERSIONS)}, but got "
         f"schema_version={version!r}.",
     )
     budget = data.get("budget")
@@ -247,7 +327,9 @@ def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData
         chosen is None or (isinstance(chosen, int) and not isinstance(chosen, bool)),
         f"{where}: `chosen` must be a trial number or null, but got chosen={chosen!r}.",
     )
-    points = tuple(_point(t, f"{where}: trials[{i}]", set(front), chosen) for i, t in enumerate(trials))
+    points = tuple(
+        _point(t, f"{where}: trials[{i}]", set(front), chosen, _check) for i, t in enumerate(trials)
+    )
     numbers = {p.number for p in points}
     missing = sorted((set(front) | ({chosen} if chosen is not None else set())) - numbers)
     _check(not missing, f"{where}: `front`/`chosen` name trials {missing} that `trials` does not hold.")
@@ -255,30 +337,30 @@ def pareto_data_from_json(data: Any, *, source: str | None = None) -> ParetoData
     return ParetoData(
         budget=float(budget),
         points=points,
-        metric=_optional_str(data, "metric", where),
-        study=_optional_str(data, "study", where),
-        model=_optional_str(data, "model", where),
-        condition_type=_optional_str(data, "condition_type", where),
+        metric=_optional_str(data, "metric", where, _check),
+        study=_optional_str(data, "study", where, _check),
+        model=_optional_str(data, "model", where, _check),
+        condition_type=_optional_str(data, "condition_type", where, _check),
         num_steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
         validated=bool(data.get("validated", False)),
-        message=_optional_str(data, "message", where),
+        message=_optional_str(data, "message", where, _check),
         confidence=float(data["confidence"]) if _is_number(data.get("confidence")) else 0.0,
         source=source,
         raw=dict(data),
     )
 
 
-def load_pareto(path: str | os.PathLike[str]) -> ParetoData:
-    """Read a ``<policy>.pareto.json`` file written by ``hgc-tune search``.
+def load_pareto(path: str | os.PathLike[str], *, error: type[HgcTuneError] = SearchError) -> ParetoData:
+    """Read a ``<policy>.pareto.json`` file written by :func:`write_pareto` (``hgc-tune search``).
 
     Raises:
-        ReportError: If the file is missing, not JSON, or violates the layout.
+        SearchError: (or ``error``) If the file is missing, not JSON, or violates the layout.
     """
     file = Path(path)
     data = load_json_file(
         file,
         what="the Pareto file",
-        error=ReportError,
-        missing=lambda f: ReportError(f"cannot read the Pareto file {str(f)!r}: it does not exist."),
+        error=error,
+        missing=lambda f: error(f"cannot read the Pareto file {str(f)!r}: it does not exist."),
     )
-    return pareto_data_from_json(data, source=str(file))
+    return pareto_data_from_json(data, source=str(file), error=error)
