@@ -134,15 +134,21 @@ def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
 
 
 def _search_argv(args: argparse.Namespace, run_dir: Path, policy: Path) -> list[str]:
-    argv = ["search", "--profile", str(run_dir), "--budget", str(args.budget), "--out", str(policy)]
-    argv += ["--trials", str(args.trials), "--seed", str(args.seed), "--confidence", str(args.confidence)]
+    from hgc_tune.cli._search_options import config_argv
+    from hgc_tune.search import SearchConfig
+
+    config = SearchConfig(
+        budget=args.budget,
+        metric=args.metric or None,
+        confidence=args.confidence,
+        n_trials=args.trials,
+        timeout=args.timeout if args.timeout > 0 else None,
+        seed=args.seed,
+        max_validation_tries=args.validation_tries,
+    )
+    argv = ["search", "--profile", str(run_dir), "--out", str(policy), *config_argv(config)]
     argv += ["--validation-samples", str(args.validation_samples), "--test-samples", str(args.test_samples)]
-    argv += ["--validation-tries", str(args.validation_tries), "--workers", "1", "--overwrite"]
-    if args.metric:
-        argv += ["--metric", args.metric]
-    if args.timeout > 0:
-        argv += ["--timeout", str(args.timeout)]
-    return argv
+    return [*argv, "--workers", "1", "--overwrite"]
 
 
 def _run_condition(args: argparse.Namespace, condition: str) -> int | None:

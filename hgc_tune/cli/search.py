@@ -39,51 +39,27 @@ from typing import Any
 
 from hgc_tune.cli._checks import (
     MAX_COUNT,
-    add_budget_argument,
     add_overwrite_argument,
-    add_seed_argument,
-    add_steps_argument,
-    add_trials_argument,
     check_output,
-    confidence,
     int_in,
-    seconds,
 )
 from hgc_tune.cli._common import print_json
+from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
+
+# The flags that say which pipeline to load; a worker gets them as given.
+_PIPELINE_FLAGS = ("--model", "--controlnet", "--dtype", "--device")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--profile", required=True, help="profile folder written by `hgc-tune profile`")
-    add_budget_argument(parser, default=None, help="largest fidelity loss, in (0, 1)")
     parser.add_argument("--out", required=True, help="policy JSON to write (Pareto JSON goes beside it)")
     add_overwrite_argument(
         parser, what="the policy and Pareto files (the study resumes from --storage either way)"
     )
-    parser.add_argument(
-        "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
-    )
-    parser.add_argument(
-        "--confidence",
-        type=confidence("--confidence"),
-        default=0.95,
-        help="one-sided confidence of the loss's upper bound; a policy is within the budget when the bound "
-        "is (0 = the point estimate; default: 0.95)",
-    )
-    add_trials_argument(parser, default=50, help="trials in the study in total (default: 50)")
-    parser.add_argument(
-        "--timeout",
-        type=seconds("--timeout"),
-        default=None,
-        help="also stop starting trials after S seconds (default: none; the result then depends on the "
-        "machine's speed)",
-    )
-    parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
-    parser.add_argument(
-        "--study-name", default=None, help="study name (default: model-condition-metric-budget)"
-    )
+    add_search_options(parser)  # the SearchConfig's flags: --budget, --metric, --trials, …
     parser.add_argument(
         "--workers",
         type=int_in("--workers", 1, 256),
@@ -105,32 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test samples the chosen policy is measured on (the reported figure); 0 skips (default: 16)",
     )
     parser.add_argument(
-        "--validation-tries",
-        type=int_in("--validation-tries", 1, MAX_COUNT),
-        default=3,
-        help="plausible policies tried on the validation split, cheapest first, before giving up "
-        "(default: 3)",
-    )
-    parser.add_argument(
         "--heldout-dataset",
         default=None,
         help="validation and test samples: `shapes` (its validation and test splits) or a dataset folder "
         "with validation/ and test/ subfolders (default: the profile's, if shapes)",
-    )
-    add_seed_argument(parser, help="sampler seed (default: 0)")
-    parser.add_argument(
-        "--peers",
-        default=None,
-        help="comma-separated peer schedules to enqueue first, or `none` (default: DeepCache N=3,5, "
-        "T-GATE, ControlNet window, scaled to the step count)",
-    )
-    add_steps_argument(parser, default=None, help="expected step count (refuse other profiles)")
-    parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")
-    parser.add_argument(
-        "--heartbeat",
-        type=int_in("--heartbeat", 1, 86400),
-        default=30,
-        help="seconds between trial heartbeats (stale after twice that)",
     )
     parser.add_argument("--model", default=None, help="override the profile's model (preset, folder, hub id)")
     parser.add_argument("--controlnet", default=None, help="ControlNet for a base model without one")
@@ -141,7 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # Internal: a worker started by --workers runs trials only.
-    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -149,34 +102,6 @@ def _pareto_name(out: str) -> str:
     from hgc_tune.policy._io import pareto_path
 
     return pareto_path(out).name
-
-
-def _config(args: argparse.Namespace):
-    from hgc_tune.search import SearchConfig
-
-    peers = None
-    if args.peers is not None:
-        peers = (
-            ()
-            if args.peers.strip().lower() == "none"
-            else tuple(p.strip() for p in args.peers.split(",") if p)
-        )
-    return SearchConfig(
-        budget=args.budget,
-        metric=args.metric,
-        confidence=args.confidence,
-        n_trials=args.trials,
-        timeout=args.timeout,
-        seed=args.seed,
-        storage=args.storage,
-        study_name=args.study_name,
-        worker_index=args.worker_index,
-        peers=peers,
-        early_rejection=args.early_rejection,
-        heartbeat_interval=args.heartbeat,
-        num_steps=args.steps,
-        max_validation_tries=args.validation_tries,
-    )
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Any):
@@ -237,32 +162,17 @@ def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
     return samples
 
 
-def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
-    argv = ["search", "--profile", args.profile, "--budget", repr(args.budget), "--out", args.out]
-    options = {
-        "--metric": args.metric,
-        "--trials": args.trials,
-        "--timeout": args.timeout,
-        "--storage": args.storage,
-        "--study-name": args.study_name,
-        "--seed": args.seed,
-        "--peers": args.peers,
-        "--confidence": args.confidence,
-        "--steps": args.steps,
-        "--heartbeat": args.heartbeat,
-        "--model": args.model,
-        "--controlnet": args.controlnet,
-        "--dtype": args.dtype,
-        "--device": args.device,
-        "--validation-samples": 0,
-        "--test-samples": 0,
-    }
-    for flag, value in options.items():
+def _worker_argv(args: argparse.Namespace, config: Any, index: int) -> list[str]:
+    """The command line of worker ``index``: the same study and pipeline, trials only."""
+    from dataclasses import replace
+
+    argv = ["search", "--profile", args.profile, "--out", args.out]
+    argv += config_argv(replace(config, worker_index=index))
+    for flag in _PIPELINE_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
-            argv += [flag, str(value)]
-    if not args.early_rejection:
-        argv.append("--no-early-rejection")
-    return [*argv, "--no-progress", "--worker-only", "--worker-index", str(index)]
+            argv += [flag, value]
+    return [*argv, "--validation-samples", "0", "--test-samples", "0", "--no-progress", "--worker-only"]
 
 
 def _threads_per_worker(workers: int) -> int:
@@ -271,7 +181,7 @@ def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _spawn_workers(args: argparse.Namespace) -> list:
+def _spawn_workers(args: argparse.Namespace, config: Any) -> list:
     import os
     import subprocess
 
@@ -280,7 +190,7 @@ def _spawn_workers(args: argparse.Namespace) -> list:
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_worker(args.workers))}
     return [
         subprocess.Popen(
-            [sys.executable, "-c", code, *_child_argv(args, i)], stdout=subprocess.DEVNULL, env=env
+            [sys.executable, "-c", code, *_worker_argv(args, config, i)], stdout=subprocess.DEVNULL, env=env
         )
         for i in range(1, args.workers)
     ]
@@ -353,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         from hgc_tune.search._storage import check_storage_url
 
         check_storage_url(args.storage)
-    config = _config(args)  # budget, trials, … are checked before anything is loaded
+    config = config_from_args(args)  # budget, trials, … are checked before anything is loaded
 
     import optuna
 
@@ -391,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(_threads_per_worker(args.workers))
-        children = _spawn_workers(args)
+        children = _spawn_workers(args, config)
     try:
         result = run_search(session, heldout=heldout, test=test, progress=args.progress and not args.json)
     except BaseException:

@@ -1,0 +1,146 @@
+"""The search's command-line options, defined once: ``hgc-tune search`` adds them to its parser and turns
+them into a :class:`~hgc_tune.search.SearchConfig` (:func:`config_from_args`); the worker processes it
+starts, and ``hgc-tune demo``'s searches, get a config back as arguments (:func:`config_argv`).
+
+``config_from_args(parse(config_argv(config))) == config`` for every config whose fields all have a flag.
+Only the light argparse types are imported here, so ``hgc-tune --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hgc_tune.cli._checks import (
+    MAX_COUNT,
+    add_budget_argument,
+    add_seed_argument,
+    add_steps_argument,
+    add_trials_argument,
+    confidence,
+    int_in,
+    seconds,
+)
+
+__all__ = ["FLAGS", "add_search_options", "config_argv", "config_from_args"]
+
+# SearchConfig field -> its flag (argparse's dest: the flag's name in snake case; --no-early-rejection stores
+# False in `early_rejection`).
+FLAGS: dict[str, str] = {
+    "budget": "--budget",
+    "metric": "--metric",
+    "confidence": "--confidence",
+    "n_trials": "--trials",
+    "timeout": "--timeout",
+    "storage": "--storage",
+    "study_name": "--study-name",
+    "seed": "--seed",
+    "peers": "--peers",
+    "num_steps": "--steps",
+    "heartbeat_interval": "--heartbeat",
+    "max_validation_tries": "--validation-tries",
+    "early_rejection": "--no-early-rejection",
+    "worker_index": "--worker-index",
+}
+_NO_PEERS = "none"
+
+
+def _dest(field: str) -> str:
+    return field if field == "early_rejection" else FLAGS[field][2:].replace("-", "_")
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :data:`FLAGS` entry (with the command line's defaults and checks) to ``parser``."""
+    add_budget_argument(parser, default=None, help="largest fidelity loss, in (0, 1)")
+    parser.add_argument(
+        "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
+    )
+    parser.add_argument(
+        "--confidence",
+        type=confidence("--confidence"),
+        default=0.95,
+        help="one-sided confidence of the loss's upper bound; a policy is within the budget when the bound "
+        "is (0 = the point estimate; default: 0.95)",
+    )
+    add_trials_argument(parser, default=50, help="trials in the study in total (default: 50)")
+    parser.add_argument(
+        "--timeout",
+        type=seconds("--timeout"),
+        default=None,
+        help="also stop starting trials after S seconds (default: none; the result then depends on the "
+        "machine's speed)",
+    )
+    parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
+    parser.add_argument(
+        "--study-name", default=None, help="study name (default: model-condition-metric-budget)"
+    )
+    add_seed_argument(parser, help="sampler seed (default: 0)")
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help=f"comma-separated peer schedules to enqueue first, or `{_NO_PEERS}` (default: DeepCache N=3,5, "
+        "T-GATE, ControlNet window, scaled to the step count)",
+    )
+    add_steps_argument(parser, default=None, help="expected step count (refuse other profiles)")
+    parser.add_argument(
+        "--heartbeat",
+        type=int_in("--heartbeat", 1, 86400),
+        default=30,
+        help="seconds between trial heartbeats (stale after twice that)",
+    )
+    parser.add_argument(
+        "--validation-tries",
+        type=int_in("--validation-tries", 1, MAX_COUNT),
+        default=3,
+        help="plausible policies tried on the validation split, cheapest first, before giving up "
+        "(default: 3)",
+    )
+    parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")
+    # Internal: the index of a worker started by --workers (offsets the sampler's seed).
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~hgc_tune.search.SearchConfig` of parsed arguments (checked on construction)."""
+    from hgc_tune.search import SearchConfig
+
+    values = {field: getattr(args, _dest(field)) for field in FLAGS}
+    peers = values["peers"]
+    if peers is not None:
+        names = peers.strip()
+        values["peers"] = (
+            () if names.lower() == _NO_PEERS else tuple(p.strip() for p in names.split(",") if p)
+        )
+    return SearchConfig(**values)
+
+
+def config_argv(config: Any) -> list[str]:
+    """The arguments that :func:`config_from_args` turns back into ``config``.
+
+    Raises:
+        SearchError: If ``config`` sets a field that has no flag (it would be lost on the way).
+    """
+    from dataclasses import fields
+
+    from hgc_tune.errors import SearchError
+
+    unflagged = [
+        f.name for f in fields(config) if f.name not in FLAGS and getattr(config, f.name) != f.default
+    ]
+    if unflagged:
+        raise SearchError(
+            f"these search settings have no command-line flag and would be lost in a worker process: "
+            f"{', '.join(unflagged)}; leave them at their defaults, or call search_policy in Python."
+        )
+    argv: list[str] = []
+    for field, flag in FLAGS.items():
+        value = getattr(config, field)
+        if field == "early_rejection":
+            argv += [] if value else [flag]
+        elif field == "worker_index":
+            argv += [flag, str(value)] if value else []
+        elif field == "peers" and value is not None:
+            argv += [flag, ",".join(value) if value else _NO_PEERS]
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv

@@ -1,0 +1,78 @@
+"""The search's flags, defined once: a config becomes arguments and comes back equal, in ``hgc-tune search``,
+in the worker processes it starts and in ``hgc-tune demo``'s searches."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from hgc_tune.cli import build_parser
+from hgc_tune.cli._search_options import FLAGS, config_argv, config_from_args
+from hgc_tune.errors import SearchError
+from hgc_tune.search import SearchConfig
+
+EVERY_FLAG_SET = SearchConfig(
+    budget=0.0123,
+    metric="ssim",
+    confidence=0.9,
+    n_trials=7,
+    timeout=12.5,
+    seed=3,
+    storage="journal:/tmp/study.log",
+    study_name="s",
+    worker_index=2,
+    peers=("deepcache-n3-b0", "tgate-g10"),
+    early_rejection=False,
+    heartbeat_interval=5,
+    num_steps=4,
+    max_validation_tries=2,
+)
+
+
+def _parse(*argv: str):
+    return build_parser().parse_args(["search", "--profile", "runs/p", "--out", "p.json", *argv])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SearchConfig(budget=0.015), EVERY_FLAG_SET, replace(EVERY_FLAG_SET, peers=(), early_rejection=True)],
+    ids=["defaults", "every-flag", "no-peers"],
+)
+def test_a_config_round_trips_through_its_arguments(config):
+    assert config_from_args(_parse(*config_argv(config))) == config
+
+
+def test_every_flag_is_a_config_field_and_every_field_a_flag_or_left_to_python():
+    names = {f.name for f in fields(SearchConfig)}
+    assert set(FLAGS) <= names
+    # set in Python only (search_policy); a worker process cannot be given them
+    assert names - set(FLAGS) == {
+        "search_guidance",
+        "attention_stat",
+        "calibration_samples",
+        "early_rejection_min_samples",
+        "early_rejection_margin",
+        "screen",
+        "grace_period",
+        "max_retry",
+        "startup_trials",
+        "check_reference",
+        "catch",
+    }
+
+
+def test_a_setting_without_a_flag_is_refused_not_dropped():
+    with pytest.raises(SearchError, match="attention_stat"):
+        config_argv(SearchConfig(budget=0.015, attention_stat="js"))
+
+
+def test_workers_run_the_parent_config_with_their_own_index():
+    from hgc_tune.cli.search import _worker_argv
+
+    args = _parse(*config_argv(replace(EVERY_FLAG_SET, worker_index=0)), "--model", "tiny", "--workers", "3")
+    config = config_from_args(args)
+    worker = _parse(*_worker_argv(args, config, 2)[5:])
+    assert worker.worker_only and worker.validation_samples == 0 and worker.test_samples == 0
+    assert worker.model == "tiny" and worker.device == "cpu" and worker.workers == 1
+    assert config_from_args(worker) == replace(config, worker_index=2)
