@@ -117,9 +117,12 @@ def _every_module_hooked(target, module_keys):
     from hgc_tune.policy import ControlNetWindow, Policy, ReuseWindow
 
     every = tuple(range(target.num_steps))
-    blocks = {k: every for k in module_keys if k != "controlnet" and not is_attention_key(k)}
+    classes = target.component_classes
+    blocks = {k: every for k in module_keys if k != "controlnet" and not is_attention_key(k, classes)}
     # one-step windows [s, s + 1) reuse nothing: the module computes at every step
-    attention = {k: tuple(ReuseWindow(s, s + 1) for s in every) for k in module_keys if is_attention_key(k)}
+    attention = {
+        k: tuple(ReuseWindow(s, s + 1) for s in every) for k in module_keys if is_attention_key(k, classes)
+    }
     return Policy(
         target, blocks=blocks, attention=attention, controlnet=ControlNetWindow(every), name="full-hooked"
     )

@@ -21,7 +21,7 @@ from hgc_tune.executor._controlnet_window import (
 from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models._blocks import cacheable_module_keys, is_attention_key
+from hgc_tune.models._blocks import module_groups
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
 from hgc_tune.runtime._context import calling_pipeline
@@ -57,13 +57,14 @@ def check_policy_fits(
         raise PolicyMismatchError(
             f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
         )
-    modules = cacheable_module_keys(pipe)
+    blocks, attentions = module_groups(pipe)
+    modules = {**blocks, **attentions}
     for kind, keys in (("blocks", policy.blocks), ("attention", policy.attention)):
         for key in keys:
             if key not in modules:
                 raise PolicyMismatchError(
                     f"policy {policy.name!r}: {kind}[{key!r}] names no cacheable module of this pipeline "
-                    f"(cacheable blocks are e.g. {[k for k in modules if not is_attention_key(k)][:6]})."
+                    f"(cacheable blocks are e.g. {list(blocks)[:6]})."
                 )
     return modules
 

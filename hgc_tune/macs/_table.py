@@ -10,7 +10,7 @@ from typing import Any
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._count import CONVENTIONS, affected_conventions
-from hgc_tune.models._blocks import COMPONENTS, block_containers
+from hgc_tune.models._blocks import COMPONENTS, block_containers, forward_order
 
 __all__ = ["MacTable", "DENOISERS", "GENERATION_PARTS", "PAPER_INCLUDES", "TABLE_FORMAT"]
 
@@ -27,30 +27,10 @@ GENERATION_PARTS: tuple[str, ...] = (*DENOISERS, *_ONCE_PARTS)
 # two text encodings (+0.013T) would make it 18.24T and the VAE decode (+1.242T) 19.48T. Those parts are
 # reported beside the total.
 PAPER_INCLUDES: tuple[str, ...] = DENOISERS
-# Order of the top-level children of diffusers' UNet2DConditionModel and ControlNetModel in their forward, so
-# block breakdowns read in execution order whatever order the table's keys came in; others follow by name.
-_FORWARD_ORDER: tuple[str, ...] = (
-    "conv_in",
-    "time_proj",
-    "time_embedding",
-    "class_embedding",
-    "add_time_proj",
-    "add_embedding",
-    "encoder_hid_proj",
-    "controlnet_cond_embedding",
-    "down_blocks",
-    "mid_block",
-    "controlnet_down_blocks",
-    "controlnet_mid_block",
-    "up_blocks",
-    "conv_norm_out",
-    "conv_act",
-    "conv_out",
-)
 
 
-def _forward_rank(child: str) -> tuple[int, str]:
-    return (_FORWARD_ORDER.index(child), "") if child in _FORWARD_ORDER else (len(_FORWARD_ORDER), child)
+def _forward_rank(order: tuple[str, ...], child: str) -> tuple[int, str]:
+    return (order.index(child), "") if child in order else (len(order), child)
 
 
 def _count(value: Any, where: str) -> int:
@@ -175,7 +155,10 @@ class MacTable:
         """
         prefix = f"{component}."
         children = [k for k in self.per_image if k.startswith(prefix) and "." not in k[len(prefix) :]]
-        children.sort(key=lambda k: _forward_rank(k[len(prefix) :]))
+        # the table names no model classes: the registered layouts' orders merged (each model's children
+        # sort as in its own layout)
+        order = forward_order()
+        children.sort(key=lambda k: _forward_rank(order, k[len(prefix) :]))
         keys: list[str] = []
         for child in children:
             # containers of numbered blocks are broken down into them, as the module layouts name blocks

@@ -1,10 +1,12 @@
 """Registered model knowledge: the module layout of each denoiser class.
 
 A :class:`ModuleLayout` says, for one model class, which modules are cacheable blocks and in which order,
-which blocks are "deep" for a skip branch (DeepCache's rule), which modules are cross-attention and whether
-the whole model is cacheable as one unit (the ControlNet). Everything in hgc-tune that needs this asks the
-layout: the profiler and the executor for the modules of a loaded pipeline, the peers and the search space
-for the deep blocks among a pipeline's module keys.
+which blocks are "deep" for a skip branch (DeepCache's rule), which modules are cross-attention, whether the
+whole model is cacheable as one unit (the ControlNet) and what that unit outputs, and the order of the
+model's top-level children in its forward. Everything in hgc-tune that needs this asks the layout: the
+profiler and the executor for the modules of a loaded pipeline, the peers, the search space and the policy
+for the deep blocks and cross-attention modules among a pipeline's module keys, the MAC table for the order
+of its breakdown.
 
 Layouts are looked up by exact class name (a subclass may change ``forward`` and the block structure with
 it). A class that is not registered raises :class:`~hgc_tune.errors.UnregisteredModelError`; users with a
@@ -34,6 +36,7 @@ __all__ = [
     "module_layout",
     "is_attention_key",
     "block_containers",
+    "forward_order",
     "block_paths",
     "cross_attention_paths",
     "module_groups",
@@ -60,6 +63,11 @@ class ModuleLayout:
         attention: Name of the cross-attention modules (``attn2``): every module of that name is cacheable.
         whole: Whether the whole model (path ``""``) is cacheable as one unit (the ControlNet's residuals are
             reused or dropped by window).
+        outputs: With ``whole``: the fields of the model's output, in order (the ControlNet's
+            ``down_block_res_samples``, a sequence of tensors, and ``mid_block_res_sample``); a tuple output
+            holds them at the same positions.
+        forward_order: The model's top-level children in the order its breakdown by block reads (children
+            not listed follow by name).
     """
 
     down: str = "down_blocks"
@@ -67,6 +75,8 @@ class ModuleLayout:
     up: str | None = "up_blocks"
     attention: str = "attn2"
     whole: bool = False
+    outputs: tuple[str, ...] = ()
+    forward_order: tuple[str, ...] = ()
 
     def _pattern(self) -> re.Pattern[str]:
         containers = "|".join(re.escape(c) for c in (self.down, self.up) if c)
@@ -86,6 +96,24 @@ class ModuleLayout:
     def attention_paths(self, model: torch.nn.Module) -> list[str]:
         """Dotted paths of every cross-attention module of ``model``, in module order."""
         return [name for name, _ in model.named_modules() if self.is_attention(name)]
+
+    def output_tensors(self, output: Any) -> list[torch.Tensor]:
+        """The tensors of a whole-model ``output`` (a tuple or a diffusers output object), in
+        :attr:`outputs` order, sequences flattened.
+
+        Raises:
+            UnregisteredModelError: The layout names no outputs.
+        """
+        if not self.outputs:
+            raise UnregisteredModelError(
+                "this module layout names no `outputs` of the whole model; register the layout with "
+                "outputs=(field names of the model's output, in order)."
+            )
+        tensors: list[torch.Tensor] = []
+        for i, name in enumerate(self.outputs):
+            value = output[i] if isinstance(output, tuple) else getattr(output, name)
+            tensors += list(value) if isinstance(value, list | tuple) else [value]
+        return tensors
 
     # -- paths (no model needed) ---------------------------------------------------------------------------
     def is_attention(self, path: str) -> bool:
@@ -143,8 +171,45 @@ def register_module_layout(class_name: str, layout: ModuleLayout) -> None:
     _LAYOUTS[class_name] = layout
 
 
-register_module_layout("UNet2DConditionModel", ModuleLayout())
-register_module_layout("ControlNetModel", ModuleLayout(up=None, whole=True))
+_EMBEDDINGS = (
+    "conv_in",
+    "time_proj",
+    "time_embedding",
+    "class_embedding",
+    "add_time_proj",
+    "add_embedding",
+    "encoder_hid_proj",
+)
+register_module_layout(
+    "UNet2DConditionModel",
+    ModuleLayout(
+        forward_order=(
+            *_EMBEDDINGS,
+            "down_blocks",
+            "mid_block",
+            "up_blocks",
+            "conv_norm_out",
+            "conv_act",
+            "conv_out",
+        )
+    ),
+)
+register_module_layout(
+    "ControlNetModel",
+    ModuleLayout(
+        up=None,
+        whole=True,
+        outputs=("down_block_res_samples", "mid_block_res_sample"),
+        forward_order=(
+            *_EMBEDDINGS,
+            "controlnet_cond_embedding",
+            "down_blocks",
+            "mid_block",
+            "controlnet_down_blocks",
+            "controlnet_mid_block",
+        ),
+    ),
+)
 
 
 def module_layout(model_or_class: Any) -> ModuleLayout:
@@ -166,8 +231,60 @@ def block_containers() -> frozenset[str]:
     return frozenset(c for layout in _LAYOUTS.values() for c in (layout.down, layout.up) if c)
 
 
-def is_attention_key(key: str) -> bool:
-    """Whether the module key ``key`` names a cross-attention module of some registered layout."""
+def forward_order() -> tuple[str, ...]:
+    """The top-level children of every registered layout in one order that keeps each layout's
+    :attr:`~ModuleLayout.forward_order` (where two layouts leave the order open, by name).
+
+    For a table of MACs by module key, which records no model classes: the children of one model sort the
+    same in this order as in its layout's own.
+
+    Example:
+        >>> order = forward_order()
+        >>> order.index("controlnet_cond_embedding") < order.index("down_blocks") < order.index("up_blocks")
+        True
+    """
+    after: dict[str, set[str]] = {}
+    before_count: dict[str, int] = {}
+    for layout in _LAYOUTS.values():
+        for child in layout.forward_order:
+            after.setdefault(child, set())
+            before_count.setdefault(child, 0)
+        for first, then in zip(layout.forward_order, layout.forward_order[1:]):
+            if then not in after[first]:
+                after[first].add(then)
+                before_count[then] += 1
+    ready = sorted(child for child, n in before_count.items() if n == 0)
+    order: list[str] = []
+    while ready:
+        child = ready.pop(0)
+        order.append(child)
+        for then in after[child]:
+            before_count[then] -= 1
+            if before_count[then] == 0:
+                ready.append(then)
+        ready.sort()
+    if len(order) != len(after):
+        raise UnregisteredModelError(
+            f"the registered layouts order their children in contradicting ways: "
+            f"{sorted(set(after) - set(order))} cannot be placed."
+        )
+    return tuple(order)
+
+
+def is_attention_key(key: str, classes: Mapping[str, str | None]) -> bool:
+    """Whether the module key ``key`` names a cross-attention module.
+
+    Args:
+        key: A module key (``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2``).
+        classes: Component -> model class name (``PolicyTarget.component_classes``).
+
+    The layout of the key's component's class decides. A class that is not registered in this process falls
+    back on every registered layout: a policy names its classes, and a policy file can be read, checked and
+    shown where its model's layout was never registered (applying it needs the layout).
+    """
+    name = classes.get(key.partition(".")[0])
+    if name is not None and name in _LAYOUTS:
+        return _LAYOUTS[name].is_attention(key)
     return any(layout.is_attention(key) for layout in {*_LAYOUTS.values()})
 
 

@@ -167,6 +167,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         s = self.target.num_steps
+        classes = self.target.component_classes
         blocks = {}
         for key, steps in self.blocks.items():
             if key == "controlnet":
@@ -174,12 +175,12 @@ class Policy:
                     "blocks['controlnet']: the whole ControlNet is set by the `controlnet` window entry, "
                     "not as a block."
                 )
-            if is_attention_key(key):
+            if is_attention_key(key, classes):
                 raise PolicyFormatError(f"blocks[{key!r}]: cross-attention modules belong in `attention`.")
             blocks[key] = _steps(steps, f"blocks[{key!r}]", s, need_zero=True)
         attention = {}
         for key, windows in self.attention.items():
-            if not is_attention_key(key):
+            if not is_attention_key(key, classes):
                 raise PolicyFormatError(
                     f"attention[{key!r}]: reuse windows are for cross-attention (`…attn2`) modules only."
                 )

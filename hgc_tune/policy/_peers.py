@@ -125,7 +125,8 @@ def tgate_policy(
     """
     s = target.num_steps
     gate_step = _positive_int(gate_step, "gate_step", maximum=s)
-    attn2 = sorted(k for k in module_keys if is_attention_key(k))
+    classes = target.component_classes
+    attn2 = sorted(k for k in module_keys if is_attention_key(k, classes))
     if not attn2:
         raise PolicyError("tgate_policy needs cross-attention (`…attn2`) modules, but module_keys has none.")
     name = name or f"tgate-g{gate_step}" + ("-cfg" if truncate_cfg else "")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgc_tune.models._blocks import module_groups
+from hgc_tune.models._blocks import COMPONENTS, module_groups, module_layout
 from hgc_tune.profile._metrics import (
     TINY,
     cross_attention_map,
@@ -49,13 +49,16 @@ def _main_output(output: Any) -> torch.Tensor:
     return main.detach().to(torch.float32, copy=True)
 
 
-def _controlnet_residuals(output: Any) -> torch.Tensor:
-    if isinstance(output, tuple):
-        down, mid = output[0], output[1]
-    else:
-        down, mid = output.down_block_res_samples, output.mid_block_res_sample
-    # torch.cat already copies.
-    return torch.cat([t.detach().reshape(-1).float() for t in [*down, mid]])
+def _whole_output(module: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
+    # A whole model (the ControlNet) outputs what its layout names (all down residuals, the mid residual),
+    # measured together.
+    layout = module_layout(module)
+
+    def extract(output: Any) -> torch.Tensor:
+        # torch.cat already copies.
+        return torch.cat([t.detach().reshape(-1).float() for t in layout.output_tensors(output)])
+
+    return extract
 
 
 class _ModuleState:
@@ -115,7 +118,8 @@ class ProfileObserver:
             raise RuntimeError("the profile observer is already attached")
         try:
             for key, module in self.blocks.items():
-                extract = _controlnet_residuals if key == "controlnet" else _main_output
+                # a component's key (path "") is the whole model
+                extract = _whole_output(module) if key in COMPONENTS else _main_output
                 self._handles.append(module.register_forward_hook(self._block_hook(key, extract)))
             for key, module in self.attentions.items():
                 hook = self._attention_hook(key)

@@ -301,7 +301,8 @@ class PolicySpace:
 
     @property
     def attention_keys(self) -> list[str]:
-        return [k for k in self.module_keys if is_attention_key(k)]
+        classes = self.target.component_classes
+        return [k for k in self.module_keys if is_attention_key(k, classes)]
 
     @property
     def max_branch(self) -> int:

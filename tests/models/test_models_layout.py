@@ -15,6 +15,7 @@ from hgc_tune.models._blocks import (
     block_paths,
     cacheable_module_keys,
     deep_block_keys,
+    forward_order,
     is_attention_key,
     max_branch,
     module_groups,
@@ -79,9 +80,10 @@ def test_a_custom_class_registers_its_layout_as_data(tiny_pipe):
 def test_the_layout_owns_every_module_kind_of_the_pipeline(tiny_pipe):
     blocks, attentions = module_groups(tiny_pipe)
     assert {**blocks, **attentions} == cacheable_module_keys(tiny_pipe)
-    assert all(is_attention_key(k) for k in attentions) and not any(is_attention_key(k) for k in blocks)
-    assert module_layout(tiny_pipe.unet) is module_layout("UNet2DConditionModel")
     classes = {c: type(getattr(tiny_pipe, c)).__name__ for c in ("unet", "controlnet")}
+    assert all(is_attention_key(k, classes) for k in attentions)
+    assert not any(is_attention_key(k, classes) for k in blocks)
+    assert module_layout(tiny_pipe.unet) is module_layout("UNet2DConditionModel")
     # the deepest branch leaves only the mid blocks deep; every deep block is a cacheable block
     deepest = max_branch(blocks, classes["unet"])
     assert deep_block_keys(blocks, deepest, classes) == ["unet.mid_block", "controlnet.mid_block"]
@@ -135,3 +137,58 @@ def test_weights_digest_tells_checkpoints_apart(tiny_pipe):
     assert weights_digest(retrained) != digest
     assert model_fingerprint(retrained) == model_fingerprint(tiny_pipe)  # the structure did not change
     assert weights_digest(load_pipeline("tiny", dtype="bf16")) != digest
+
+
+def test_attention_keys_follow_the_layout_of_their_class():
+    register_module_layout("MyUNet", ModuleLayout(attention="xattn"))
+    try:
+        assert is_attention_key("unet.blocks.0.xattn", {"unet": "MyUNet"})
+        assert not is_attention_key("unet.blocks.0.attn2", {"unet": "MyUNet"})
+    finally:
+        del _LAYOUTS["MyUNet"]
+    # a class not registered here (a policy file read without its model): any registered layout's name
+    assert is_attention_key("unet.blocks.0.attn2", {"unet": "NotRegistered"})
+    assert not is_attention_key("unet.blocks.0.xattn", {"unet": "NotRegistered"})
+
+
+def test_the_merged_forward_order_keeps_each_layouts_order():
+    # the order the MAC table's breakdown has always read in
+    assert forward_order() == (
+        "conv_in",
+        "time_proj",
+        "time_embedding",
+        "class_embedding",
+        "add_time_proj",
+        "add_embedding",
+        "encoder_hid_proj",
+        "controlnet_cond_embedding",
+        "down_blocks",
+        "mid_block",
+        "controlnet_down_blocks",
+        "controlnet_mid_block",
+        "up_blocks",
+        "conv_norm_out",
+        "conv_act",
+        "conv_out",
+    )
+    for name in ("UNet2DConditionModel", "ControlNetModel"):
+        own = module_layout(name).forward_order
+        assert sorted(own, key=forward_order().index) == list(own)
+
+
+def test_the_controlnet_layout_names_its_outputs(tiny_pipe):
+
+    cn = tiny_pipe.controlnet
+    sample = torch.randn(1, cn.config.in_channels, 8, 8)
+    cond = torch.randn(1, 3, 16, 16)  # the tiny ControlNet embeds a condition at half its size
+    text = torch.randn(1, 4, cn.config.cross_attention_dim)
+    with torch.no_grad():
+        as_object = cn(sample, 1, text, controlnet_cond=cond, return_dict=True)
+        as_tuple = cn(sample, 1, text, controlnet_cond=cond, return_dict=False)
+    layout = module_layout(cn)
+    expected = [*as_object.down_block_res_samples, as_object.mid_block_res_sample]
+    for output in (as_object, as_tuple):
+        tensors = layout.output_tensors(output)
+        assert len(tensors) == len(expected) and all(torch.equal(a, b) for a, b in zip(tensors, expected))
+    with pytest.raises(UnregisteredModelError, match="names no `outputs`"):
+        ModuleLayout().output_tensors(as_tuple)
