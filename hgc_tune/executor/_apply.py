@@ -21,7 +21,7 @@ from hgc_tune.executor._controlnet_window import (
 from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models import cacheable_module_keys, is_attention_key
+from hgc_tune.models import cacheable_module_keys, inference_steps_for, is_attention_key
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import (
     RunContext,
@@ -119,6 +119,7 @@ class PolicyHandle:
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
         self._removed = False
+        self._steps_checked = False
 
     @property
     def active(self) -> bool:
@@ -126,11 +127,11 @@ class PolicyHandle:
 
     def _begin_call(self, context: RunContext) -> None:
         self.check_call()
-        if context.num_steps != self.policy.num_steps:
-            raise StepCountMismatchError(
-                f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
-                f"was called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
-            )
+        self._steps_checked = False
+        if context.skipped_steps:
+            # img2img / inpainting with strength < 1: the steps this call runs are known now, before the
+            # init image is encoded.
+            self.check_steps()
         if self.policy.guidance is not None:
             # diffusers' caches can be added on top of the policy after it was applied.
             check_other_hooks(self.pipe, self.policy)
@@ -154,6 +155,21 @@ class PolicyHandle:
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
+
+    def check_steps(self) -> None:
+        """Raise :class:`StepCountMismatchError` unless the current call runs the policy's number of steps.
+
+        Only the steps a call actually runs count: an img2img or inpainting call with ``strength < 1`` skips
+        the first timesteps (20 steps at strength 0.7 run 14). The count is final once the pipeline has set
+        its timesteps and, for img2img and inpainting, where they begin; the policy's guard checks it at the
+        first denoiser call, before anything is computed (checked once per call).
+        """
+        if getattr(self, "_steps_checked", False):
+            return
+        context = self.context
+        if context.num_steps != self.policy.num_steps:
+            raise StepCountMismatchError(_step_count_message(self.policy, context, self.pipe.scheduler))
+        self._steps_checked = True
 
     def _applied_elsewhere(self, before: str) -> str:
         """The message for another pipeline that shares this policy's U-Net and ControlNet."""
@@ -206,6 +222,24 @@ class PolicyHandle:
         return f"PolicyHandle(policy={self.policy.name!r}, active={self.active})"
 
 
+def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> str:
+    made_for, runs = policy.num_steps, context.num_steps
+    requested = getattr(scheduler, "num_inference_steps", None) or context.scheduled_steps
+    message = f"policy {policy.name!r} was made for {made_for} denoising steps, but this call runs {runs}"
+    if not context.skipped_steps:
+        return f"{message} (num_inference_steps={requested}); call it with num_inference_steps={made_for}."
+    strength = context.strength
+    call = f"num_inference_steps={requested}" + (f", strength={strength:g}" if strength is not None else "")
+    message += (
+        f" ({call}: the first {context.skipped_steps} of its {context.scheduled_steps} timesteps are "
+        "skipped, and only the steps run count)"
+    )
+    fitting = inference_steps_for(made_for, strength) if strength is not None else None
+    if fitting is not None:
+        return f"{message}; at strength={strength:g}, call it with num_inference_steps={fitting}."
+    return f"{message}; choose num_inference_steps and strength that run {made_for} steps."
+
+
 def policy_handle(pipe: Any) -> PolicyHandle | None:
     """The handle of the policy applied to ``pipe``, or ``None`` if none is.
 
@@ -254,7 +288,8 @@ def apply_policy(
             has a policy applied.
         PolicyMismatchError: The policy's target or module keys do not fit the pipeline, or it truncates
             CFG on denoisers that carry one of diffusers' caches.
-        StepCountMismatchError: At call time, if the pipeline runs a different number of steps.
+        StepCountMismatchError: At call time, before the denoisers run, if the call runs a different number
+            of steps (only the steps run count: img2img and inpainting with ``strength < 1`` run fewer).
 
     Example:
         >>> from PIL import Image

@@ -22,6 +22,14 @@ from hgc_tune.models._fingerprint import model_fingerprint, model_structure, wei
 from hgc_tune.models._loading import DTYPES, SCHEDULERS, check_controlnet_fits, load_pipeline, make_scheduler
 from hgc_tune.models._presets import PRESETS, PresetInfo
 from hgc_tune.models._shapes import SHAPES_CONDITIONS
+from hgc_tune.models._tasks import (
+    TASKS,
+    generation_inputs,
+    inference_steps_for,
+    pipeline_for_task,
+    pipeline_task,
+    steps_run,
+)
 from hgc_tune.models._tokenizer import build_offline_tokenizer
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "PRESETS",
     "SCHEDULERS",
     "SHAPES_CONDITIONS",
+    "TASKS",
     "ModuleLayout",
     "PresetInfo",
     "block_containers",
@@ -40,6 +49,8 @@ __all__ = [
     "check_controlnet_fits",
     "cross_attention_paths",
     "deep_block_keys",
+    "generation_inputs",
+    "inference_steps_for",
     "is_attention_key",
     "load_pipeline",
     "make_scheduler",
@@ -48,6 +59,9 @@ __all__ = [
     "model_structure",
     "module_groups",
     "module_layout",
+    "pipeline_for_task",
+    "pipeline_task",
     "register_module_layout",
+    "steps_run",
     "weights_digest",
 ]

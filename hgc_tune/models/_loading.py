@@ -1,4 +1,5 @@
-"""Build a ready ``StableDiffusionControlNetPipeline`` from a preset, a local directory or a hub id."""
+"""Build a ready ControlNet pipeline (text2img, img2img or inpainting) from a preset, a local directory or a
+hub id."""
 
 from __future__ import annotations
 
@@ -163,8 +164,11 @@ def load_pipeline(
     dtype: str = "fp32",
     device: str = "cpu",
     seed: int = 0,
+    task: str = "text2img",
 ):
-    """Return a ready ``StableDiffusionControlNetPipeline``.
+    """Return a ready ControlNet pipeline: ``StableDiffusionControlNetPipeline``, or for ``task="img2img"`` /
+    ``"inpaint"`` ``StableDiffusionControlNetImg2ImgPipeline`` / ``StableDiffusionControlNetInpaintPipeline``
+    over the same components (see :func:`~hgc_tune.models.pipeline_for_task`).
 
     Args:
         model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
@@ -176,6 +180,7 @@ def load_pipeline(
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: A torch device string.
         seed: Seed of the random-weight presets.
+        task: ``text2img`` (default), ``img2img`` or ``inpaint``.
 
     Example:
         >>> pipe = load_pipeline("tiny")
@@ -184,6 +189,9 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionControlNetPipeline
 
+    from hgc_tune.models._tasks import _check_task, pipeline_for_task
+
+    _check_task(task)
     torch_dtype = _torch_dtype(dtype)
     if model in ("tiny", "sd15"):
         if controlnet is not None:
@@ -212,6 +220,8 @@ def load_pipeline(
             f"`model` must be a preset ({', '.join(sorted(PRESETS))}), a local directory or a hub id "
             f"(owner/name), but got model={model!r}."
         )
+    if task != "text2img":
+        pipe = pipeline_for_task(pipe, task)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.

@@ -2,7 +2,10 @@
 
 The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
 the start of every pipeline call) and advanced once per denoising step when the scheduler steps
-(``scheduler.step``). Both are host-side Python integers: reading the step costs no device sync, and the
+(``scheduler.step``). The steps count only the steps a call actually runs: img2img and inpainting pipelines
+with ``strength < 1`` skip the first timesteps and tell the scheduler where they start
+(``scheduler.set_begin_index``); the context then starts the call again at step 0 of the remaining steps
+(20 steps at strength 0.7 run 14, numbered 0-13). Both are host-side Python integers: reading the step costs no device sync, and the
 step is never inferred from the timestep value. Whether the denoisers run with CFG is read from the pipeline
 at every access (``do_classifier_free_guidance``), since a callback may change it within a call.
 
@@ -30,6 +33,8 @@ __all__ = [
 StepListener = Callable[["RunContext"], None]
 
 _ATTR = "_hgc_run_context"
+# The scheduler methods the context follows; set_begin_index only where the scheduler has it.
+_WRAPPED = ("set_timesteps", "set_begin_index", "step")
 
 
 @dataclass
@@ -38,6 +43,9 @@ class _CallState:
     num_steps: int = 0
     cfg: bool = False
     calls: int = 0
+    scheduled_steps: int = 0
+    skipped_steps: int = 0
+    strength: float | None = None
 
 
 class RunContext:
@@ -45,7 +53,12 @@ class RunContext:
 
     Attributes:
         step: Index ``s`` of the current denoising step, in ``[0, num_steps)``.
-        num_steps: Number of denoising steps of the current call (``len(scheduler.timesteps)``).
+        num_steps: Number of denoising steps the current call runs: ``len(scheduler.timesteps)``, less the
+            timesteps an img2img or inpainting call skips (``strength < 1``).
+        scheduled_steps: ``len(scheduler.timesteps)`` of the current call, skipped timesteps included.
+        skipped_steps: The timesteps the current call skips (``scheduler.set_begin_index``), 0 for text2img.
+        strength: The ``strength`` argument of the img2img or inpainting call that skipped timesteps, when
+            the pipeline's ``__call__`` takes one; ``None`` otherwise.
         cfg: Whether the denoisers are now called with classifier-free guidance (batch = [uncond, cond]).
             Read from the pipeline at every access, since a callback may switch guidance off within a call
             (diffusers' dynamic CFG); for a context driven by hand, the value given to :meth:`begin`.
@@ -71,6 +84,18 @@ class RunContext:
         return self._state.num_steps
 
     @property
+    def scheduled_steps(self) -> int:
+        return self._state.scheduled_steps
+
+    @property
+    def skipped_steps(self) -> int:
+        return self._state.skipped_steps
+
+    @property
+    def strength(self) -> float | None:
+        return self._state.strength
+
+    @property
     def cfg(self) -> bool:
         if self._cfg_source is not None:
             return self._cfg_source()
@@ -83,7 +108,26 @@ class RunContext:
     def begin(self, num_steps: int, cfg: bool) -> None:
         """Start a new call: step 0 of ``num_steps``. Called by the scheduler hook, or by hand when the
         denoiser is driven outside a pipeline."""
-        self._state = _CallState(step=0, num_steps=int(num_steps), cfg=bool(cfg), calls=self._state.calls + 1)
+        self._state = _CallState(
+            step=0,
+            num_steps=int(num_steps),
+            cfg=bool(cfg),
+            calls=self._state.calls + 1,
+            scheduled_steps=int(num_steps),
+        )
+        for listener in list(self._begin_listeners):
+            listener(self)
+
+    def skip(self, skipped_steps: int, strength: float | None = None) -> None:
+        """The current call skips its first ``skipped_steps`` timesteps (img2img and inpainting with
+        ``strength < 1``): it starts again at step 0 of the ``scheduled_steps - skipped_steps`` it runs, and
+        the begin listeners are called again with that count (the call is not counted twice)."""
+        state = self._state
+        skipped = max(0, min(int(skipped_steps), state.scheduled_steps))
+        state.skipped_steps = skipped
+        state.num_steps = state.scheduled_steps - skipped
+        state.step = 0
+        state.strength = None if strength is None else float(strength)
         for listener in list(self._begin_listeners):
             listener(self)
 
@@ -101,7 +145,8 @@ class RunContext:
 
     def __repr__(self) -> str:
         s = self._state
-        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={self.cfg}, calls={s.calls})"
+        skipped = f", skipped_steps={s.skipped_steps}" if s.skipped_steps else ""
+        return f"RunContext(step={s.step}, num_steps={s.num_steps}{skipped}, cfg={self.cfg}, calls={s.calls})"
 
 
 def calling_pipeline() -> Any | None:
@@ -112,15 +157,26 @@ def calling_pipeline() -> Any | None:
     record of which one is running. Only ``__call__`` frames are inspected; a denoiser driven by hand, outside
     any pipeline, gives ``None``.
     """
+    frame = _calling_frame(sys._getframe(1))
+    return frame.f_locals.get("self") if frame is not None else None
+
+
+def _calling_frame(frame: Any) -> Any:
     pipeline_class = _pipeline_class()
-    frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
             owner = frame.f_locals.get("self")
             if isinstance(owner, pipeline_class):
-                return owner
+                return frame
         frame = frame.f_back
     return None
+
+
+def _calling_strength(frame: Any) -> float | None:
+    """The ``strength`` argument of the pipeline call running at ``frame`` or above it, if it takes one."""
+    frame = _calling_frame(frame)
+    value = frame.f_locals.get("strength") if frame is not None else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @functools.cache
@@ -147,7 +203,8 @@ class _PipelineCfg:
 
 
 class _SchedulerMethod:
-    """A scheduler's ``set_timesteps`` or ``step`` that then begins or advances the run context.
+    """A scheduler's ``set_timesteps``, ``set_begin_index`` or ``step`` that then begins, shortens or
+    advances the run context.
 
     The wrapped method is kept as the instance attribute it replaced or, when there was none, looked up on
     the class at each call: a bound method would be pickled as a lookup on the scheduler, which finds this
@@ -170,26 +227,34 @@ class _SchedulerMethod:
             out = getattr(type(binding.scheduler), self.name)(binding.scheduler, *args, **kwargs)
         if self.name == "set_timesteps":
             binding.context.begin(len(binding.scheduler.timesteps), _pipeline_cfg(binding.pipe))
+        elif self.name == "set_begin_index":
+            # img2img / inpainting: the call starts `begin_index` timesteps in (diffusers' get_timesteps).
+            begin = args[0] if args else kwargs.get("begin_index", 0)
+            binding.context.skip(int(begin or 0), _calling_strength(sys._getframe(1)))
         else:
             binding.context.advance()
         return out
 
 
 class _SchedulerBinding:
-    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, not the class)."""
+    """Wraps one scheduler instance's ``set_timesteps``, ``step`` and (where it has one) ``set_begin_index``
+    (instance attributes, not the class)."""
 
     def __init__(self, pipe: Any, context: RunContext) -> None:
         self.pipe = pipe
         self.scheduler = pipe.scheduler
         self.context = context
         self.users = 0
+        self._names = tuple(
+            name for name in _WRAPPED if name != "set_begin_index" or hasattr(self.scheduler, name)
+        )
         had = vars(self.scheduler)
-        self._saved = {name: had[name] for name in ("set_timesteps", "step") if name in had}
-        for name in ("set_timesteps", "step"):
+        self._saved = {name: had[name] for name in self._names if name in had}
+        for name in self._names:
             setattr(self.scheduler, name, _SchedulerMethod(self, name, self._saved.get(name)))
 
     def unbind(self) -> None:
-        for name in ("set_timesteps", "step"):
+        for name in self._names:
             if name in self._saved:
                 setattr(self.scheduler, name, self._saved[name])
             else:
