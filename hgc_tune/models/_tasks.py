@@ -1,12 +1,13 @@
 """Generation tasks: text2img, img2img and inpainting with one ControlNet, the pipeline class of each, and
 the arguments every caller (profiler, search, report, CLI) passes to it.
 
-A task's pipeline is built from the same components as any loaded pipeline (as diffusers' ``from_pipe`` does), so every
-preset and checkpoint serves all three. img2img and inpainting take an init image (inpainting also a mask:
-white is repainted, black kept) and a ``strength``: a call of ``n`` steps at strength ``s`` skips the first
-``n - min(int(n * s), n)`` timesteps and runs the rest (20 steps at strength 0.7 run 14), and only the steps
-run count, for the run context, the profile and a policy. Where a dataset has no init image or mask, the
-documented defaults are the sample's ground-truth image (else its condition image) and :func:`default_mask`.
+A task's pipeline is built from the same components as any loaded pipeline (as diffusers' ``from_pipe``
+does), so every preset and checkpoint serves all three. img2img and inpainting take an init image
+(inpainting also a mask: white is repainted, black kept) and a ``strength``: a call of ``n`` steps at
+strength ``s`` skips the first ``n - min(int(n * s), n)`` timesteps and runs the rest (20 steps at strength
+0.7 run 14), and only the steps run count, for the run context, the profile and a policy. Where a dataset
+has no init image or mask, the documented defaults are the sample's ground-truth image (else its condition
+image) and :func:`default_mask`.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def pipeline_task(pipe: Any) -> str:
 
 def pipeline_for_task(pipe: Any, task: str) -> Any:
     """A pipeline of ``task``'s class over the same components as ``pipe`` (as diffusers' ``from_pipe``, but
-    without casting them): the same U-Net, ControlNet, VAE, text encoder and scheduler objects, no copy. ``pipe`` itself if it already is
-    of that class.
+    without casting them): the same U-Net, ControlNet, VAE, text encoder and scheduler objects, no copy;
+    ``pipe`` itself if it already is of that class.
 
     Build it before applying a policy: a policy belongs to the pipeline it was applied to, and another
     pipeline sharing its U-Net and ControlNet is refused when it calls them.
@@ -159,7 +160,8 @@ def generation_inputs(
     """
     task = pipeline_task(pipe)
     if task == "text2img":
-        extra = [name for name, v in (("init_image", init_image), ("mask_image", mask_image)) if v is not None]
+        given = (("init_image", init_image), ("mask_image", mask_image))
+        extra = [name for name, value in given if value is not None]
         if strength is not None:
             extra.append("strength")
         if extra:
@@ -180,5 +182,7 @@ def generation_inputs(
             mask_image = default_mask(*init_image.size)
         inputs["mask_image"] = mask_image
     elif mask_image is not None:
-        raise ModelLoadError("an img2img pipeline takes no mask_image; load the pipeline with task='inpaint'.")
+        raise ModelLoadError(
+            "an img2img pipeline takes no mask_image; load the pipeline with task='inpaint'."
+        )
     return inputs

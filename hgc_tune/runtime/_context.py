@@ -5,9 +5,10 @@ the start of every pipeline call) and advanced once per denoising step when the 
 (``scheduler.step``). The steps count only the steps a call actually runs: img2img and inpainting pipelines
 with ``strength < 1`` skip the first timesteps and tell the scheduler where they start
 (``scheduler.set_begin_index``); the context then starts the call again at step 0 of the remaining steps
-(20 steps at strength 0.7 run 14, numbered 0-13). Both are host-side Python integers: reading the step costs no device sync, and the
-step is never inferred from the timestep value. Whether the denoisers run with CFG is read from the pipeline
-at every access (``do_classifier_free_guidance``), since a callback may change it within a call.
+(20 steps at strength 0.7 run 14, numbered 0-13). Both are host-side Python integers: reading the step
+costs no device sync, and the step is never inferred from the timestep value. Whether the denoisers run
+with CFG is read from the pipeline at every access (``do_classifier_free_guidance``), since a callback may
+change it within a call.
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
 detached when the last user releases it, restoring the scheduler's own methods.
