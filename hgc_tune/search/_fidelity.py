@@ -38,23 +38,31 @@ _LATENT_METRICS = frozenset({"latent_rel_error"})
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One sample to generate: prompt, negative prompt, seed and condition image (PIL)."""
+    """One sample to generate: prompt, negative prompt, seed and condition image (PIL); for img2img and
+    inpainting pipelines also the init image and the mask (PIL; ``None``: the default mask)."""
 
     prompt: str
     negative_prompt: str | None
     seed: int
     condition: Any
+    init_image: Any = None
+    mask_image: Any = None
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How every sample is generated (the profile's settings for a search)."""
+    """How every sample is generated (the profile's settings for a search).
+
+    ``num_steps`` is the ``num_inference_steps`` of every call; with ``strength`` (img2img and inpainting
+    pipelines only) a call runs fewer steps when ``strength < 1``.
+    """
 
     num_steps: int
     guidance_scale: float
     height: int
     width: int
     controlnet_scale: float = 1.0
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,21 +73,46 @@ class GeneratedOutput:
     latent: np.ndarray
 
 
-def jobs_from_samples(samples: Iterable[Any], *, seed: int = 0) -> list[GenerationJob]:
+def jobs_from_samples(
+    samples: Iterable[Any], *, seed: int = 0, task: str = "text2img"
+) -> list[GenerationJob]:
     """Generation jobs from dataset samples (``.prompt``, ``.condition_image()``, ``.negative_prompt``,
-    ``.seed``); a sample without a seed gets ``seed + index``, as in the profiler."""
+    ``.seed``); a sample without a seed gets ``seed + index``, as in the profiler.
+
+    For ``task`` ``img2img`` and ``inpaint`` a job also gets the sample's init image and mask, by the
+    profiler's rule: ``init_image()``, else ``ground_truth_image()``, else the condition image; the mask is
+    ``mask_image()`` or, if the sample has none, the default (the middle half repainted).
+    """
     jobs = []
     for i, sample in enumerate(samples):
         own = getattr(sample, "seed", None)
+        condition = sample.condition_image().convert("RGB")
+        init, mask = _sample_task_images(sample, condition, task)
         jobs.append(
             GenerationJob(
                 prompt=sample.prompt,
                 negative_prompt=getattr(sample, "negative_prompt", None),
                 seed=int(own) if own is not None else seed + i,
-                condition=sample.condition_image().convert("RGB"),
+                condition=condition,
+                init_image=init,
+                mask_image=mask,
             )
         )
     return jobs
+
+
+def _sample_task_images(sample: Any, condition: Any, task: str) -> tuple[Any, Any]:
+    if task == "text2img":
+        return None, None
+    init = None
+    for name in ("init_image", "ground_truth_image"):
+        method = getattr(sample, name, None)
+        init = method() if callable(method) else None
+        if init is not None:
+            break
+    method = getattr(sample, "mask_image", None)
+    mask = method() if task == "inpaint" and callable(method) else None
+    return (condition if init is None else init.convert("RGB")), (None if mask is None else mask.convert("L"))
 
 
 def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings) -> GeneratedOutput:
@@ -95,10 +128,23 @@ def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings)
     kwargs: dict[str, Any] = {}
     if settings.controlnet_scale != 1.0:
         kwargs["controlnet_conditioning_scale"] = float(settings.controlnet_scale)
+    if job.init_image is None and job.mask_image is None and settings.strength is None:
+        kwargs["image"] = job.condition
+    else:
+        from hgc_tune.models import generation_inputs
+
+        kwargs.update(
+            generation_inputs(
+                pipe,
+                job.condition,
+                init_image=job.init_image,
+                mask_image=job.mask_image,
+                strength=settings.strength,
+            )
+        )
     output = pipe(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
-        image=job.condition,
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.num_steps,
