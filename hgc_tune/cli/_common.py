@@ -43,8 +43,9 @@ def hide_loading_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline_from_args(args: argparse.Namespace):
-    """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
+    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``);
+    warn on stderr when its weights are random."""
     from hgc_tune.models import PRESETS, load_pipeline
 
     hide_loading_bars()
@@ -62,6 +63,7 @@ def load_pipeline_from_args(args: argparse.Namespace):
         scheduler=args.scheduler,
         dtype=args.dtype,
         device=args.device,
+        task=task,
     )
 
 
