@@ -4,7 +4,6 @@ whose policies count only the steps a call runs."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from hgc_tune.executor import apply_policy
 from hgc_tune.macs import count_executed_macs, count_pipeline_macs

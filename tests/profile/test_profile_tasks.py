@@ -70,3 +70,18 @@ def test_strength_is_checked(task_pipe, tiny_pipe, samples):
         profile_pipeline(task_pipe("img2img"), samples, num_steps=2, strength=1.5, progress=False)
     with pytest.raises(ProfileError, match="`strength` is for img2img and inpainting pipelines"):
         profile_pipeline(tiny_pipe, samples, num_steps=2, strength=0.5, progress=False)
+
+
+def test_the_profile_command_takes_a_task_and_a_strength(tmp_path, capsys):
+    import json
+
+    from hgc_tune.cli import main
+
+    argv = ["profile", "--model", "tiny", "--condition", "seg", "--samples", "1", "--steps", "5"]
+    out = tmp_path / "run"
+    assert main([*argv, "--task", "inpaint", "--strength", "0.6", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["task"], summary["steps"], summary["num_inference_steps"]) == ("inpaint", 3, 5)
+    assert Profile.load(out).masks.shape == (1, 64, 64)
+    assert main([*argv, "--strength", "0.6", "--out", str(tmp_path / "other")]) == 2
+    assert "`--strength` needs `--task img2img` or `--task inpaint`" in capsys.readouterr().err

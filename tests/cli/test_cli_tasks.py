@@ -1,5 +1,6 @@
 """`hgc-tune generate` with --init-image (img2img), --mask (inpainting) and --strength: the steps run count,
-an all-compute policy changes nothing, and bad options name the flag and value."""
+an all-compute policy changes nothing, and bad options name the flag and value; `hgc-tune macs` of an
+img2img policy."""
 
 from __future__ import annotations
 
@@ -96,3 +97,14 @@ def test_bad_options_name_the_flag_and_value(extra, message, files, tmp_path, ca
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_macs_of_an_img2img_policy(tmp_path, capsys):
+    pipe = load_pipeline("tiny", task="img2img")
+    path = save_policy(
+        Policy(target_for_pipeline(pipe, num_steps=3), blocks={"unet.mid_block": (0,)}, name="i2i"),
+        tmp_path / "i2i.json",
+    )
+    assert main(["macs", "--model", "tiny", "--policy", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 3 and 0 < result["policy"]["paper"]["reduction"] < 1
