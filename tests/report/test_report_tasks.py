@@ -3,13 +3,15 @@ images, masks and strength (an all-compute policy gives the references back), an
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from hgc_tune.data import open_dataset
 from hgc_tune.policy import full_compute_policy, target_for_pipeline
 from hgc_tune.profile import profile_pipeline
-from hgc_tune.report import INDEX_FILE, build_report, generate_policy_images
+from hgc_tune.report import INDEX_FILE, SUMMARY_FILE, build_report, generate_policy_images
 
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint"])
@@ -21,5 +23,8 @@ def test_report_of_a_task_profile(task, task_pipe, tmp_path):
     assert policy.num_steps == 3
     images = generate_policy_images(pipe, profile, policy, [0])
     assert np.array_equal(images, profile.reference_images)
-    result = build_report(profile, tmp_path / "report", policy=policy, samples=1, pipe=pipe)
-    assert (tmp_path / "report" / INDEX_FILE).is_file() and result is not None
+    build_report(profile, tmp_path / "report", policy=policy, samples=1, pipe=pipe)
+    summary = json.loads((tmp_path / "report" / SUMMARY_FILE).read_text())
+    assert summary["model"]["task"] == task and summary["model"]["steps"] == 3
+    page = (tmp_path / "report" / INDEX_FILE).read_text()
+    assert f"3 run of num_inference_steps=5 ({task}, strength 0.6)" in page
