@@ -61,15 +61,26 @@ def _torch_dtype(dtype: str):
 
 
 def check_controlnet_fits(
-    unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet"
+    unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet", *, task: str | None = None
 ) -> None:
-    """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net."""
+    """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net.
+
+    For ``task="inpaint"`` a 9-channel U-Net (an inpainting checkpoint: latents, mask and masked-image
+    latents) fits a 4-channel ControlNet, which diffusers' ControlNet inpainting pipeline feeds the latents.
+    """
     diffs = []
     for field in _CONTROLNET_FIT_FIELDS:
         expected, got = unet_config.get(field), controlnet_config.get(field)
         if isinstance(expected, list | tuple) and isinstance(got, list | tuple):
             expected, got = list(expected), list(got)
-        if expected != got:
+        if field == "in_channels" and (expected, got) == (9, 4):
+            if task == "inpaint":
+                continue
+            diffs.append(
+                "in_channels: base U-Net has 9 (an inpainting U-Net: load it with task='inpaint'), "
+                "ControlNet has 4"
+            )
+        elif expected != got:
             diffs.append(f"{field}: base U-Net has {expected!r}, ControlNet has {got!r}")
     if diffs:
         raise IncompatibleControlNetError(
@@ -115,7 +126,7 @@ def _load_controlnet(ref: str, torch_dtype):
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
 
-def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
+def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype, task: str = "text2img"):
     from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
     if _is_local(base) or not _HUB_ID.match(base):
@@ -139,7 +150,7 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
             unet_config = UNet2DConditionModel.load_config(base, subfolder="unet")
         except OSError as e:
             raise ModelNotFoundError(f"could not read the U-Net configuration of {base!r}: {e}") from e
-        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref)
+        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref, task=task)
         kwargs["controlnet"] = controlnet
     elif not has_own_controlnet:
         raise ModelLoadError(
@@ -208,12 +219,12 @@ def load_pipeline(
         from hgc_tune.models._shapes import shapes_checkpoint
 
         base, controlnet_dir = shapes_checkpoint(condition)
-        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)
+        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype, task)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     elif model in PRESETS:  # pragma: no cover - a preset registered without a loader
         raise UnknownPresetError(f"preset {model!r} has no loader.")
     elif _is_local(model) or _HUB_ID.match(model):
-        pipe = _from_pretrained(model, controlnet, torch_dtype)
+        pipe = _from_pretrained(model, controlnet, torch_dtype, task)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     else:
         raise UnknownPresetError(
