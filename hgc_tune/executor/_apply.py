@@ -226,15 +226,17 @@ def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> 
     made_for, runs = policy.num_steps, context.num_steps
     requested = getattr(scheduler, "num_inference_steps", None) or context.scheduled_steps
     message = f"policy {policy.name!r} was made for {made_for} denoising steps, but this call runs {runs}"
-    if not context.skipped_steps:
-        return f"{message} (num_inference_steps={requested}); call it with num_inference_steps={made_for}."
     strength = context.strength
-    call = f"num_inference_steps={requested}" + (f", strength={strength:g}" if strength is not None else "")
-    message += (
-        f" ({call}: the first {context.skipped_steps} of its {context.scheduled_steps} timesteps are "
-        "skipped, and only the steps run count)"
-    )
-    fitting = inference_steps_for(made_for, strength) if strength is not None else None
+    if strength is None:  # text2img
+        return f"{message} (num_inference_steps={requested}); call it with num_inference_steps={made_for}."
+    call = f"num_inference_steps={requested}, strength={strength:g}"
+    if context.skipped_steps:
+        call += (
+            f": the first {context.skipped_steps} of its {context.scheduled_steps} timesteps are skipped, "
+            "and only the steps run count"
+        )
+    message += f" ({call})"
+    fitting = inference_steps_for(made_for, strength)
     if fitting is not None:
         return f"{message}; at strength={strength:g}, call it with num_inference_steps={fitting}."
     return f"{message}; choose num_inference_steps and strength that run {made_for} steps."

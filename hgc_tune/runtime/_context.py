@@ -3,15 +3,15 @@
 The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
 the start of every pipeline call) and advanced once per denoising step when the scheduler steps
 (``scheduler.step``). The steps count only the steps a call actually runs: img2img and inpainting pipelines
-with ``strength < 1`` skip the first timesteps and tell the scheduler where they start
-(``scheduler.set_begin_index``); the context then starts the call again at step 0 of the remaining steps
-(20 steps at strength 0.7 run 14, numbered 0-13). Both are host-side Python integers: reading the step
-costs no device sync, and the step is never inferred from the timestep value. Whether the denoisers run
-with CFG is read from the pipeline at every access (``do_classifier_free_guidance``), since a callback may
-change it within a call.
+with ``strength < 1`` skip the first timesteps, which their ``get_timesteps`` (called right after
+``set_timesteps``, before anything is computed) cuts off; the context then starts the call again at step 0
+of the timesteps it returned (20 steps at strength 0.7 run 14, numbered 0-13), whatever the scheduler.
+Both are host-side Python integers: reading the step costs no device sync, and the step is never inferred
+from the timestep value. Whether the denoisers run with CFG is read from the pipeline at every access
+(``do_classifier_free_guidance``), since a callback may change it within a call.
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
-detached when the last user releases it, restoring the scheduler's own methods.
+detached when the last user releases it, restoring the scheduler's (and the pipeline's) own methods.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ __all__ = [
 StepListener = Callable[["RunContext"], None]
 
 _ATTR = "_hgc_run_context"
-# The scheduler methods the context follows; set_begin_index only where the scheduler has it.
-_WRAPPED = ("set_timesteps", "set_begin_index", "step")
 
 
 @dataclass
@@ -57,9 +55,9 @@ class RunContext:
         num_steps: Number of denoising steps the current call runs: ``len(scheduler.timesteps)``, less the
             timesteps an img2img or inpainting call skips (``strength < 1``).
         scheduled_steps: ``len(scheduler.timesteps)`` of the current call, skipped timesteps included.
-        skipped_steps: The timesteps the current call skips (``scheduler.set_begin_index``), 0 for text2img.
-        strength: The ``strength`` argument of the img2img or inpainting call that skipped timesteps, when
-            the pipeline's ``__call__`` takes one; ``None`` otherwise.
+        skipped_steps: The timesteps the current call skips (img2img, inpainting with ``strength < 1``); 0
+            for text2img.
+        strength: The ``strength`` of the current img2img or inpainting call; ``None`` for text2img.
         cfg: Whether the denoisers are now called with classifier-free guidance (batch = [uncond, cond]).
             Read from the pipeline at every access, since a callback may switch guidance off within a call
             (diffusers' dynamic CFG); for a context driven by hand, the value given to :meth:`begin`.
@@ -158,26 +156,15 @@ def calling_pipeline() -> Any | None:
     record of which one is running. Only ``__call__`` frames are inspected; a denoiser driven by hand, outside
     any pipeline, gives ``None``.
     """
-    frame = _calling_frame(sys._getframe(1))
-    return frame.f_locals.get("self") if frame is not None else None
-
-
-def _calling_frame(frame: Any) -> Any:
     pipeline_class = _pipeline_class()
+    frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
             owner = frame.f_locals.get("self")
             if isinstance(owner, pipeline_class):
-                return frame
+                return owner
         frame = frame.f_back
     return None
-
-
-def _calling_strength(frame: Any) -> float | None:
-    """The ``strength`` argument of the pipeline call running at ``frame`` or above it, if it takes one."""
-    frame = _calling_frame(frame)
-    value = frame.f_locals.get("strength") if frame is not None else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @functools.cache
@@ -204,8 +191,7 @@ class _PipelineCfg:
 
 
 class _SchedulerMethod:
-    """A scheduler's ``set_timesteps``, ``set_begin_index`` or ``step`` that then begins, shortens or
-    advances the run context.
+    """A scheduler's ``set_timesteps`` or ``step`` that then begins or advances the run context.
 
     The wrapped method is kept as the instance attribute it replaced or, when there was none, looked up on
     the class at each call: a bound method would be pickled as a lookup on the scheduler, which finds this
@@ -228,38 +214,65 @@ class _SchedulerMethod:
             out = getattr(type(binding.scheduler), self.name)(binding.scheduler, *args, **kwargs)
         if self.name == "set_timesteps":
             binding.context.begin(len(binding.scheduler.timesteps), _pipeline_cfg(binding.pipe))
-        elif self.name == "set_begin_index":
-            # img2img / inpainting: the call starts `begin_index` timesteps in (diffusers' get_timesteps).
-            begin = args[0] if args else kwargs.get("begin_index", 0)
-            binding.context.skip(int(begin or 0), _calling_strength(sys._getframe(1)))
         else:
             binding.context.advance()
         return out
 
 
+class _GetTimesteps:
+    """An img2img or inpainting pipeline's ``get_timesteps(num_inference_steps, strength, device)`` that then
+    tells the run context how many of the scheduled timesteps the call skips (``strength < 1``).
+
+    Like :class:`_SchedulerMethod`, an object that keeps the instance attribute it replaced, or looks the
+    method up on the class at each call.
+    """
+
+    def __init__(self, binding: _SchedulerBinding, saved: Callable[..., Any] | None) -> None:
+        self.binding = binding
+        self.saved = saved
+        functools.update_wrapper(self, saved if saved is not None else type(binding.pipe).get_timesteps)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        binding = self.binding
+        if self.saved is not None:
+            out = self.saved(*args, **kwargs)
+        else:
+            out = type(binding.pipe).get_timesteps(binding.pipe, *args, **kwargs)
+        strength = kwargs["strength"] if "strength" in kwargs else args[1] if len(args) > 1 else None
+        context = binding.context
+        context.skip(context.scheduled_steps - len(out[0]), strength)
+        return out
+
+
 class _SchedulerBinding:
-    """Wraps one scheduler instance's ``set_timesteps``, ``step`` and (where it has one) ``set_begin_index``
-    (instance attributes, not the class)."""
+    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` and, for an img2img or inpainting
+    pipeline, the pipeline's ``get_timesteps`` (instance attributes, not the class)."""
 
     def __init__(self, pipe: Any, context: RunContext) -> None:
         self.pipe = pipe
         self.scheduler = pipe.scheduler
         self.context = context
         self.users = 0
-        self._names = tuple(
-            name for name in _WRAPPED if name != "set_begin_index" or hasattr(self.scheduler, name)
-        )
         had = vars(self.scheduler)
-        self._saved = {name: had[name] for name in self._names if name in had}
-        for name in self._names:
+        self._saved = {name: had[name] for name in ("set_timesteps", "step") if name in had}
+        for name in ("set_timesteps", "step"):
             setattr(self.scheduler, name, _SchedulerMethod(self, name, self._saved.get(name)))
+        self._pipe_saved: dict[str, Any] = {}
+        if callable(getattr(type(pipe), "get_timesteps", None)):
+            self._pipe_saved = {name: vars(pipe)[name] for name in ("get_timesteps",) if name in vars(pipe)}
+            pipe.get_timesteps = _GetTimesteps(self, self._pipe_saved.get("get_timesteps"))
 
     def unbind(self) -> None:
-        for name in self._names:
+        for name in ("set_timesteps", "step"):
             if name in self._saved:
                 setattr(self.scheduler, name, self._saved[name])
             else:
                 vars(self.scheduler).pop(name, None)
+        if isinstance(vars(self.pipe).get("get_timesteps"), _GetTimesteps):
+            if "get_timesteps" in self._pipe_saved:
+                self.pipe.get_timesteps = self._pipe_saved["get_timesteps"]
+            else:
+                vars(self.pipe).pop("get_timesteps", None)
 
 
 def run_context(pipe: Any) -> RunContext:
