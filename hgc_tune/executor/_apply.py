@@ -262,7 +262,8 @@ def apply_policy(
     *,
     check_fingerprint: bool = True,
 ) -> PolicyHandle:
-    """Apply a caching policy to a ``StableDiffusionControlNetPipeline``.
+    """Apply a caching policy to a ControlNet pipeline (text2img, img2img or inpainting, the class its target
+    names).
 
     Every cached module key gets a step-cache hook; the ControlNet gets a window hook (which also skips
     the compute diffusers wastes at ``conditioning_scale == 0``); with a guidance window, the U-Net and the

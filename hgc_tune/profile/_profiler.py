@@ -237,9 +237,9 @@ def profile_pipeline(
 
     An img2img or inpainting pipeline (``load_pipeline(..., task="img2img" | "inpaint")``) is called with
     each sample's init image (its ``init_image()``, else its ``ground_truth_image()``, else its condition
-    image) and, for inpainting, its ``mask_image()`` (default :func:`hgc_tune.models._tasks.default_mask`:
-    the middle half repainted), at ``strength``; the profile records them, and its ``num_steps`` counts the
-    steps actually run (20 steps at strength 0.7 run 14).
+    image) and, for inpainting, its ``mask_image()`` (default: the middle half of the image repainted), at
+    ``strength``; the profile records them, and its ``num_steps`` counts the steps actually run (20 steps at
+    strength 0.7 run 14).
 
     Args:
         pipe: A ControlNet pipeline (text2img, img2img or inpainting; e.g. from
