@@ -15,7 +15,6 @@ import sys
 import time
 
 from hgc_tune.cli._checks import (
-    MAX_STEPS,
     add_overwrite_argument,
     add_resolution_argument,
     add_seed_argument,
@@ -90,35 +89,6 @@ def _open_image(path: str, flag: str, mode: str):
         raise HgcTuneError(f"cannot read {flag} {path!r}: {e}") from e
 
 
-def _inference_steps(args: argparse.Namespace, policy, task: str, strength_: float | None) -> tuple[int, int]:
-    """``(num_inference_steps, steps run)`` of the call, checked against the policy's steps."""
-    from hgc_tune.errors import StepCountMismatchError
-    from hgc_tune.models import inference_steps_for, steps_run
-
-    if task == "text2img":
-        steps = policy.num_steps if policy is not None and args.steps is None else (args.steps or 20)
-        return steps, steps
-    if args.steps is not None:
-        run = steps_run(args.steps, strength_)
-        if policy is not None and run != policy.num_steps:
-            fitting = inference_steps_for(policy.num_steps, strength_, MAX_STEPS)
-            hint = f"give --steps {fitting} or leave it out" if fitting else "choose another --strength"
-            raise StepCountMismatchError(
-                f"policy {args.policy!r} was made for {policy.num_steps} denoising steps, but --steps "
-                f"{args.steps} at --strength {strength_:g} runs {run}; {hint}."
-            )
-        return args.steps, run
-    if policy is None:
-        return 20, steps_run(20, strength_)
-    steps = inference_steps_for(policy.num_steps, strength_, MAX_STEPS)
-    if steps is None:
-        raise StepCountMismatchError(
-            f"policy {args.policy!r} was made for {policy.num_steps} denoising steps, but no --steps up to "
-            f"{MAX_STEPS} runs that many at --strength {strength_:g}; choose another --strength."
-        )
-    return steps, policy.num_steps
-
-
 def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, overwrite=args.overwrite, what="an image")
     task = _task(args)
@@ -127,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from hgc_tune._atomic import atomic_write
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
-    from hgc_tune.models import PRESETS, generation_inputs, steps_run
+    from hgc_tune.models import PRESETS, generation_inputs
     from hgc_tune.models._tasks import DEFAULT_STRENGTH
 
     condition = _open_image(args.condition_image, "--condition-image", "RGB")
@@ -137,16 +107,7 @@ def run(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "--mask", "L") if args.mask is not None else None
     strength_ = None if task == "text2img" else args.strength or DEFAULT_STRENGTH[task]
     pipe = load_pipeline_from_args(args, task=task)
-    if task == "text2img":
-        num_steps = args.steps
-    elif args.policy in (None, "none", "full", "full-hooked") or args.policy.startswith("peer:"):
-        num_steps = steps_run(args.steps or 20, strength_)  # built for the steps this call runs
-    else:
-        num_steps = None  # a policy file fixes the steps run: checked against --steps and --strength below
-    policy = resolve_policy(
-        args.policy, pipe, num_steps=num_steps, condition_type=args.condition, model=args.model
-    )
-    steps, run_steps = _inference_steps(args, policy, task, strength_)
+    policy, steps, run_steps = resolve_task_policy(args, pipe, task, strength_)
     size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else condition.height)
     condition = condition.resize((size, size))
     if init is not None:

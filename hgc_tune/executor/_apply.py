@@ -128,9 +128,9 @@ class PolicyHandle:
     def _begin_call(self, context: RunContext) -> None:
         self.check_call()
         self._steps_checked = False
-        if context.skipped_steps:
-            # img2img / inpainting with strength < 1: the steps this call runs are known now, before the
-            # init image is encoded.
+        if context.strength is not None:
+            # img2img / inpainting: the steps this call runs are known now (the pipeline's get_timesteps),
+            # before the init image is encoded.
             self.check_steps()
         if self.policy.guidance is not None:
             # diffusers' caches can be added on top of the policy after it was applied.
@@ -161,10 +161,11 @@ class PolicyHandle:
 
         Only the steps a call actually runs count: an img2img or inpainting call with ``strength < 1`` skips
         the first timesteps (20 steps at strength 0.7 run 14). The count is final once the pipeline has set
-        its timesteps and, for img2img and inpainting, where they begin; the policy's guard checks it at the
-        first denoiser call, before anything is computed (checked once per call).
+        its timesteps and, for img2img and inpainting, cut them (``get_timesteps``), where it is checked; the
+        policy's guard checks it again at the first denoiser call, before anything is computed (once per
+        call).
         """
-        if getattr(self, "_steps_checked", False):
+        if self._steps_checked:
             return
         context = self.context
         if context.num_steps != self.policy.num_steps:

@@ -428,6 +428,7 @@ def evaluate_policy(
     mac_table: Any = None,
     confidence: float = 0.95,
     progress: bool = False,
+    strength: float | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -440,7 +441,8 @@ def evaluate_policy(
         pipe: The pipeline.
         policy: A :class:`hgc_tune.policy.Policy` or ``None``.
         samples: Dataset samples (``hgc_tune.data.open_dataset``).
-        num_steps: Denoising steps (the policy's, when there is one).
+        num_steps: ``num_inference_steps`` (text2img: the policy's steps, when there is one; img2img and
+            inpainting run fewer when ``strength < 1``, and the policy counts the steps run).
         metric: Metric name; ``None``: the condition type's default.
         condition_type: The samples' condition type.
         guidance_scale: Classifier-free guidance scale.
@@ -451,6 +453,8 @@ def evaluate_policy(
         mac_table: A :class:`hgc_tune.macs.MacTable` for the policy's MACs; ``None``: MACs not reported.
         confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)`` (``0``: the loss itself).
         progress: Show a tqdm bar on stderr.
+        strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
+            the task); each sample's init image and mask are taken as the profiler takes them.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
@@ -481,12 +485,13 @@ def evaluate_policy(
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     height = size if height is None else height
     width = height if width is None else width
-    jobs = jobs_from_samples(samples, seed=seed)
+    task, strength = _task_strength(pipe, strength)
+    jobs = jobs_from_samples(samples, seed=seed, task=task)
     if not jobs:
         raise SearchError("`samples` is empty: there is nothing to evaluate.")
-    full_settings = GenerationSettings(num_steps, float(guidance_scale), height, width)
+    full_settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
     policy_settings = GenerationSettings(
-        num_steps, float(guidance_scale), height, width, float(controlnet_scale)
+        num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
     )
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
     try:
@@ -508,8 +513,11 @@ def evaluate_policy(
         cfg = guidance_scale > 1.0
         counted = policy
         if counted is None:
+            from hgc_tune.models import steps_run
+
+            run = steps_run(num_steps, strength)
             counted = full_compute_policy(
-                target_for_pipeline(pipe, num_steps=num_steps, condition_type=condition_type)
+                target_for_pipeline(pipe, num_steps=run, condition_type=condition_type)
             )
         macs = macs_provenance(counted, mac_table, cfg=cfg)
     return {
@@ -529,7 +537,31 @@ def evaluate_policy(
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
         "macs": macs,
+        **({"task": task, "strength": strength} if task != "text2img" else {}),
     }
+
+
+def _task_strength(pipe: Any, strength: float | None) -> tuple[str, float | None]:
+    """The pipeline's task and the strength its calls take (``None`` for text2img)."""
+    from hgc_tune.errors import ModelLoadError
+    from hgc_tune.models import pipeline_task
+    from hgc_tune.models._tasks import DEFAULT_STRENGTH
+
+    try:
+        task = pipeline_task(pipe)
+    except ModelLoadError:
+        task = "text2img"
+    if task == "text2img":
+        if strength is not None:
+            raise SearchError(
+                f"`strength` is for img2img and inpainting pipelines, but got strength={strength!r} for a "
+                f"{type(pipe).__name__}."
+            )
+        return task, None
+    strength = DEFAULT_STRENGTH[task] if strength is None else strength
+    if not isinstance(strength, int | float) or isinstance(strength, bool) or not 0 < strength <= 1:
+        raise SearchError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
+    return task, float(strength)
 
 
 def compare_policies(

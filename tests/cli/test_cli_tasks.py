@@ -108,3 +108,14 @@ def test_macs_of_an_img2img_policy(tmp_path, capsys):
     assert main(["macs", "--model", "tiny", "--policy", str(path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["steps"] == 3 and 0 < result["policy"]["paper"]["reduction"] < 1
+
+
+def test_evaluate_on_img2img(capsys):
+    argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--metric", "ssim", "--samples", "1"]
+    argv += ["--task", "img2img", "--strength", "0.6", "--steps", "5", "--policy", "full-hooked", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss"] == 0 and (result["task"], result["strength"]) == ("img2img", 0.6)
+    assert result["macs"]["paper"]["reduction"] == 0
+    assert main([*argv, "--task", "text2img"]) == 2  # the last --task counts
+    assert "`--strength` needs `--task img2img` or `--task inpaint`" in capsys.readouterr().err
