@@ -71,3 +71,31 @@ def generate():
         ).images
 
     return run
+
+
+@pytest.fixture(scope="session")
+def task_pipe():
+    """``task_pipe(task)``: a tiny pipeline of that task (``img2img``, ``inpaint``), one per task per session,
+    with its own modules (not shared with ``tiny_pipe``)."""
+    from hgc_tune.models import load_pipeline
+
+    pipes = {}
+
+    def get(task: str):
+        if task not in pipes:
+            pipes[task] = load_pipeline("tiny", task=task)
+        return pipes[task]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def init_image():
+    """An init image for img2img and inpainting, 64 x 64."""
+    from PIL import Image
+
+    rng = np.random.RandomState(1)
+    array = np.full((64, 64, 3), 90, dtype=np.uint8)
+    array[8:40, 24:56] = (40, 60, 200)
+    array += rng.randint(0, 30, size=array.shape).astype(np.uint8)
+    return Image.fromarray(array)

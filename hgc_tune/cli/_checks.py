@@ -24,6 +24,7 @@ __all__ = [
     "MAX_RESOLUTION",
     "int_in",
     "fraction",
+    "strength",
     "seconds",
     "add_steps_argument",
     "add_seed_argument",
@@ -74,6 +75,22 @@ def fraction(flag: str) -> Callable[[str], float]:
             value = math.nan
         if not 0.0 < value < 1.0:  # NaN fails both comparisons
             raise argparse.ArgumentTypeError(f"`{flag}` must be in (0, 1), but got {flag}={text}.")
+        return value
+
+    parse.__name__ = flag.lstrip("-")
+    return parse
+
+
+def strength(flag: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for a denoising strength in (0, 1] (img2img, inpainting)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value <= 1.0:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"`{flag}` must be in (0, 1], but got {flag}={text}.")
         return value
 
     parse.__name__ = flag.lstrip("-")

@@ -14,6 +14,7 @@ __all__ = [
     "load_pipeline_from_args",
     "print_json",
     "resolve_policy",
+    "resolve_task_policy",
 ]
 
 
@@ -43,8 +44,9 @@ def hide_loading_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline_from_args(args: argparse.Namespace):
-    """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
+    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``);
+    warn on stderr when its weights are random."""
     from hgc_tune.models import load_pipeline
     from hgc_tune.models._presets import PRESETS
 
@@ -63,6 +65,7 @@ def load_pipeline_from_args(args: argparse.Namespace):
         scheduler=args.scheduler,
         dtype=args.dtype,
         device=args.device,
+        task=task,
     )
 
 
@@ -126,3 +129,55 @@ def _every_module_hooked(target, module_keys):
     return Policy(
         target, blocks=blocks, attention=attention, controlnet=ControlNetWindow(every), name="full-hooked"
     )
+
+
+def resolve_task_policy(args: argparse.Namespace, pipe, task: str, strength: float | None):
+    """``--policy`` for a call of ``task`` at ``strength``: ``(policy or None, num_inference_steps, steps
+    run)``.
+
+    text2img: as :func:`resolve_policy`. img2img and inpainting: a policy file fixes the steps run, and
+    ``--steps`` (``num_inference_steps``) defaults to the number that runs them at ``--strength`` or must run
+    them; peers and ``full`` are built for the steps ``--steps`` (default 20) runs at ``--strength``.
+    """
+    from hgc_tune.models._tasks import steps_run
+
+    ref = args.policy
+    if task == "text2img":
+        num_steps = args.steps
+    elif ref is None or ref.lower() in ("none", "full", "full-hooked") or ref.startswith("peer:"):
+        num_steps = steps_run(args.steps or 20, strength)
+    else:
+        num_steps = None  # checked against --steps and --strength below
+    spec = "none" if ref is not None and ref.lower() == "none" else ref
+    policy = resolve_policy(spec, pipe, num_steps=num_steps, condition_type=args.condition, model=args.model)
+    return (policy, *_inference_steps(args, policy, task, strength))
+
+
+def _inference_steps(args: argparse.Namespace, policy, task: str, strength: float | None) -> tuple[int, int]:
+    """``(num_inference_steps, steps run)`` of the call, checked against the policy's steps."""
+    from hgc_tune.cli._checks import MAX_STEPS
+    from hgc_tune.errors import StepCountMismatchError
+    from hgc_tune.models._tasks import inference_steps_for, steps_run
+
+    if task == "text2img":
+        steps = policy.num_steps if policy is not None and args.steps is None else (args.steps or 20)
+        return steps, steps
+    if args.steps is not None:
+        run = steps_run(args.steps, strength)
+        if policy is not None and run != policy.num_steps:
+            fitting = inference_steps_for(policy.num_steps, strength, MAX_STEPS)
+            hint = f"give --steps {fitting} or leave it out" if fitting else "choose another --strength"
+            raise StepCountMismatchError(
+                f"policy {args.policy!r} was made for {policy.num_steps} denoising steps, but --steps "
+                f"{args.steps} at --strength {strength:g} runs {run}; {hint}."
+            )
+        return args.steps, run
+    if policy is None:
+        return 20, steps_run(20, strength)
+    steps = inference_steps_for(policy.num_steps, strength, MAX_STEPS)
+    if steps is None:
+        raise StepCountMismatchError(
+            f"policy {args.policy!r} was made for {policy.num_steps} denoising steps, but no --steps up to "
+            f"{MAX_STEPS} runs that many at --strength {strength:g}; choose another --strength."
+        )
+    return steps, policy.num_steps

@@ -27,6 +27,7 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     confidence,
+    strength,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
 
@@ -47,7 +48,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_samples_argument(parser, default=8, help="number of samples (default: 8)")
     add_seed_argument(parser, help="shapes offset / seed of samples without one (default: 0)")
-    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
+    add_steps_argument(
+        parser,
+        default=None,
+        help="num_inference_steps (default: the policy's, or 20; img2img/inpaint: the number that runs the "
+        "policy's steps at --strength)",
+    )
+    parser.add_argument(
+        "--task",
+        default="text2img",
+        choices=["text2img", "img2img", "inpaint"],
+        help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init image "
+        "(its condition image where it has none); inpaint repaints the middle half",
+    )
+    parser.add_argument(
+        "--strength",
+        type=strength("--strength"),
+        default=None,
+        metavar="S",
+        help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
     add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
@@ -68,15 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _resolve_policy(args: argparse.Namespace, pipe, condition: str | None):
-    """The policy ``--policy`` names and the step count to run (the policy's, or ``--steps``, or 20)."""
-    from hgc_tune.cli._common import resolve_policy
-
-    spec = "none" if args.policy.lower() == "none" else args.policy
-    policy = resolve_policy(spec, pipe, num_steps=args.steps, condition_type=condition, model=args.model)
-    return policy, policy.num_steps if policy is not None else (args.steps or 20)
-
-
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -95,8 +106,17 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(args.metric, condition)
         except FidelityError as e:
             raise HgcTuneError(str(e)) from e
-    pipe = load_pipeline_from_args(args)
-    policy, steps = _resolve_policy(args, pipe, condition)
+    if args.strength is not None and args.task == "text2img":
+        raise HgcTuneError(
+            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
+            f"--strength={args.strength:g} with --task text2img."
+        )
+    from hgc_tune.cli._common import resolve_task_policy
+    from hgc_tune.models._tasks import DEFAULT_STRENGTH
+
+    strength_ = None if args.task == "text2img" else args.strength or DEFAULT_STRENGTH[args.task]
+    pipe = load_pipeline_from_args(args, task=args.task)
+    policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     resolution = args.resolution or native
     samples = open_dataset(
@@ -125,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         mac_table=table,
         confidence=args.confidence,
         progress=args.progress and not args.json,
+        strength=strength_,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
     if args.json:
@@ -133,7 +154,13 @@ def run(args: argparse.Namespace) -> int:
     direction = "higher" if result["higher_is_better"] else "lower"
     print(
         f"evaluate {args.policy} on {result['samples']} samples ({args.dataset} {args.split}, condition "
-        f"{condition}), model {args.model}, {steps} steps, ControlNet scale {args.controlnet_scale:g}"
+        f"{condition}), model {args.model}, "
+        + (
+            f"{steps} steps"
+            if args.task == "text2img"
+            else f"{args.task}: {run_steps} of {steps} steps at strength {strength_:g}"
+        )
+        + f", ControlNet scale {args.controlnet_scale:g}"
     )
     print(f"metric {result['metric']} ({result['kind']}, {direction} is better)")
     print(f"  full compute  {result['full']:.4f}")

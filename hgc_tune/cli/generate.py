@@ -1,8 +1,11 @@
-"""Generate one image, with or without a caching policy.
+"""Generate one image, with or without a caching policy: text2img, or img2img / inpainting with
+``--init-image`` (and ``--mask``).
 
 Example:
     hgc-tune generate --model shapes --condition canny --policy policies/shapes.json \\
         --prompt "a photo of a red circle" --condition-image canny.png --out out.png --json
+    hgc-tune generate --model tiny --prompt "a red square" --condition-image seg.png \\
+        --init-image photo.png --mask mask.png --strength 0.7 --steps 20 --out out.png
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
+    strength,
 )
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.errors import HgcTuneError
 
 HELP = "generate an image with (or without) a caching policy"
 
@@ -29,44 +34,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="text prompt")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--condition-image", required=True, help="path of the condition image (PNG/JPEG)")
+    parser.add_argument(
+        "--init-image",
+        default=None,
+        help="img2img: path of the image to start from (with --mask: inpainting); runs "
+        "StableDiffusionControlNetImg2ImgPipeline / StableDiffusionControlNetInpaintPipeline",
+    )
+    parser.add_argument(
+        "--mask",
+        default=None,
+        help="inpainting: path of the mask (white: repainted, black: kept); needs --init-image",
+    )
+    parser.add_argument(
+        "--strength",
+        type=strength("--strength"),
+        default=None,
+        metavar="S",
+        help="img2img/inpainting denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpainting); "
+        "--steps N at strength S runs min(int(N*S), N) steps, and a policy counts only the steps run",
+    )
     parser.add_argument("--out", required=True, help="where to write the generated image (PNG)")
     add_overwrite_argument(parser, what="an image")
     add_seed_argument(parser)
-    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
+    add_steps_argument(
+        parser,
+        default=None,
+        help="num_inference_steps (default: the policy's steps, or 20; img2img/inpainting: the number "
+        "that runs the policy's steps at --strength)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print MACs and time as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
-    out = check_output(args.out, overwrite=args.overwrite, what="an image")
+def _task(args: argparse.Namespace) -> str:
+    if args.mask is not None and args.init_image is None:
+        raise HgcTuneError(
+            f"`--mask` needs `--init-image` (inpainting), but got --mask={args.mask!r} without it."
+        )
+    if args.strength is not None and args.init_image is None:
+        raise HgcTuneError(
+            "`--strength` needs `--init-image` (img2img, inpainting), but got "
+            f"--strength={args.strength:g} without it."
+        )
+    return "inpaint" if args.mask is not None else "img2img" if args.init_image is not None else "text2img"
 
-    import torch
+
+def _open_image(path: str, flag: str, mode: str):
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        return Image.open(path).convert(mode)
+    except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError) as e:
+        raise HgcTuneError(f"cannot read {flag} {path!r}: {e}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_output(args.out, overwrite=args.overwrite, what="an image")
+    task = _task(args)
+
+    import torch
+    from PIL import Image
+
     from hgc_tune._atomic import atomic_write
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
-    from hgc_tune.errors import HgcTuneError
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.models._presets import PRESETS
+    from hgc_tune.models._tasks import DEFAULT_STRENGTH, generation_inputs
 
-    try:
-        condition = Image.open(args.condition_image).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError) as e:
-        raise HgcTuneError(f"cannot read --condition-image {args.condition_image!r}: {e}") from e
-    pipe = load_pipeline_from_args(args)
-    policy = resolve_policy(
-        args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
-    )
-    steps = policy.num_steps if policy is not None else (args.steps or 20)
+    condition = _open_image(args.condition_image, "--condition-image", "RGB")
+    init = _open_image(args.init_image, "--init-image", "RGB") if args.init_image is not None else None
+    mask = _open_image(args.mask, "--mask", "L") if args.mask is not None else None
+    strength_ = None if task == "text2img" else args.strength or DEFAULT_STRENGTH[task]
+    pipe = load_pipeline_from_args(args, task=task)
+    policy, steps, run_steps = resolve_task_policy(args, pipe, task, strength_)
     size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else condition.height)
     condition = condition.resize((size, size))
+    if init is not None:
+        init = init.resize((size, size), Image.BICUBIC)
+    if mask is not None:
+        mask = mask.resize((size, size), Image.NEAREST)
+    inputs = generation_inputs(pipe, condition, init_image=init, mask_image=mask, strength=strength_)
     handle = apply_policy(pipe, policy) if policy is not None else None
     try:
         start = time.perf_counter()
         image = pipe(
             args.prompt,
-            image=condition,
+            **inputs,
             negative_prompt=args.negative_prompt,
             num_inference_steps=steps,
             guidance_scale=args.guidance_scale,
@@ -79,18 +133,25 @@ def run(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.remove()
     atomic_write(out, lambda p: image.save(p, format="PNG"))
-    result = {"out": str(out), "seconds": round(seconds, 4), "steps": steps, "policy": args.policy}
+    result = {"out": str(out), "seconds": round(seconds, 4), "steps": run_steps, "policy": args.policy}
+    if task != "text2img":
+        result.update(task=task, num_inference_steps=steps, strength=strength_)
     if args.json:
         from hgc_tune.macs import count_pipeline_macs
         from hgc_tune.policy import full_compute_policy, policy_macs, target_for_pipeline
 
         table = count_pipeline_macs(pipe, height=size, width=size, model_name=args.model)
         cfg = args.guidance_scale > 1
-        measured = policy or full_compute_policy(target_for_pipeline(pipe, num_steps=steps))
+        measured = policy or full_compute_policy(target_for_pipeline(pipe, num_steps=run_steps))
         result["macs"] = {
             c: policy_macs(measured, table, cfg=cfg, convention=c) for c in ("paper", "complete")
         }
         print_json(result)
     else:
-        print(f"wrote {out} ({steps} steps, {seconds:.2f} s)", file=sys.stderr)
+        ran = (
+            f"{run_steps} of {steps} steps at strength {strength_:g}"
+            if task != "text2img"
+            else f"{steps} steps"
+        )
+        print(f"wrote {out} ({ran}, {seconds:.2f} s)", file=sys.stderr)
     return 0

@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
     )
     if policy is not None:
+        from hgc_tune.models._tasks import TASK_PIPELINES, pipeline_for_task
+
+        # An img2img or inpainting policy: the same components under the pipeline class it names.
+        task = {name: task for task, name in TASK_PIPELINES.items()}.get(policy.target.pipeline_class)
+        if task is not None:
+            pipe = pipeline_for_task(pipe, task)
         # Another model's policy would print a reduction for modules it was never made for.
         check_policy_fits(pipe, policy)
     args.steps = policy.num_steps if policy is not None else (args.steps or 20)

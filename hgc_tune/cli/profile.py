@@ -9,6 +9,8 @@ OUT/profile.json and OUT/profile.safetensors, the input of `hgc-tune search`.
 Example:
     hgc-tune profile --model shapes --condition seg --dataset shapes --samples 16 --steps 20 \\
         --out runs/shapes-seg
+    hgc-tune profile --model shapes --condition seg --task img2img --strength 0.7 --steps 20 \
+        --out runs/shapes-seg-img2img   # runs and records 14 steps
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
+    strength,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
 
@@ -43,7 +46,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shapes split (default: calibration)",
     )
     add_samples_argument(parser, default=8, help="number of samples to profile (default: 8)")
-    add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
+    add_steps_argument(
+        parser,
+        default=20,
+        help="num_inference_steps (default: 20; img2img/inpainting at --strength < 1 run fewer, and the "
+        "profile counts the steps run)",
+    )
+    parser.add_argument(
+        "--task",
+        default="text2img",
+        choices=["text2img", "img2img", "inpaint"],
+        help="text2img (default); img2img or inpaint profile StableDiffusionControlNetImg2ImgPipeline / "
+        "StableDiffusionControlNetInpaintPipeline with each sample's ground-truth image as the init image "
+        "(the condition image where a sample has none) and, for inpaint, the middle half of the image "
+        "repainted",
+    )
+    parser.add_argument(
+        "--strength",
+        type=strength("--strength"),
+        default=None,
+        metavar="S",
+        help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
@@ -63,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
         replaces=("profile.json", "profile.safetensors"),
         what="a profile",
     )
+    if args.strength is not None and args.task == "text2img":
+        from hgc_tune.errors import HgcTuneError
+
+        raise HgcTuneError(
+            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
+            f"--strength={args.strength:g} with --task text2img."
+        )
 
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
@@ -71,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.profile import profile_pipeline
     from hgc_tune.profile._artifact import META_FILE
 
-    pipe = load_pipeline_from_args(args)
+    pipe = load_pipeline_from_args(args, task=args.task)
     resolution = args.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     dataset = open_dataset(
         args.dataset,
@@ -102,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model,
         condition_type=condition_type,
         dataset=label,
+        strength=args.strength,
     )
     seconds = time.perf_counter() - start
     folder = profile.save(out)
@@ -112,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         "condition_type": profile.condition_type,
         "samples": profile.num_samples,
         "steps": profile.num_steps,
+        "task": profile.task,
+        "num_inference_steps": profile.num_inference_steps,
+        "strength": profile.strength,
         "resolution": resolution,
         "blocks": len(profile.block_keys),
         "attentions": len(profile.attention_keys),

@@ -22,6 +22,7 @@ from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
 from hgc_tune.models._blocks import module_groups
+from hgc_tune.models._tasks import inference_steps_for
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
 from hgc_tune.runtime._context import calling_pipeline
@@ -113,6 +114,7 @@ class PolicyHandle:
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
         self._removed = False
+        self._steps_checked = False
 
     @property
     def active(self) -> bool:
@@ -120,11 +122,11 @@ class PolicyHandle:
 
     def _begin_call(self, context: RunContext) -> None:
         self.check_call()
-        if context.num_steps != self.policy.num_steps:
-            raise StepCountMismatchError(
-                f"policy {self.policy.name!r} was made for {self.policy.num_steps} steps, but the pipeline "
-                f"was called with {context.num_steps} steps (num_inference_steps={context.num_steps})."
-            )
+        self._steps_checked = False
+        if context.strength is not None:
+            # img2img / inpainting: the steps this call runs are known now (the pipeline's get_timesteps),
+            # before the init image is encoded.
+            self.check_steps()
         if self.policy.guidance is not None:
             # diffusers' caches can be added on top of the policy after it was applied.
             check_other_hooks(self.pipe, self.policy)
@@ -148,6 +150,22 @@ class PolicyHandle:
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
+
+    def check_steps(self) -> None:
+        """Raise :class:`StepCountMismatchError` unless the current call runs the policy's number of steps.
+
+        Only the steps a call actually runs count: an img2img or inpainting call with ``strength < 1`` skips
+        the first timesteps (20 steps at strength 0.7 run 14). The count is final once the pipeline has set
+        its timesteps and, for img2img and inpainting, cut them (``get_timesteps``), where it is checked; the
+        policy's guard checks it again at the first denoiser call, before anything is computed (once per
+        call).
+        """
+        if self._steps_checked:
+            return
+        context = self.context
+        if context.num_steps != self.policy.num_steps:
+            raise StepCountMismatchError(_step_count_message(self.policy, context, self.pipe.scheduler))
+        self._steps_checked = True
 
     def _applied_elsewhere(self, before: str) -> str:
         """The message for another pipeline that shares this policy's U-Net and ControlNet."""
@@ -200,6 +218,26 @@ class PolicyHandle:
         return f"PolicyHandle(policy={self.policy.name!r}, active={self.active})"
 
 
+def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> str:
+    made_for, runs = policy.num_steps, context.num_steps
+    requested = getattr(scheduler, "num_inference_steps", None) or context.scheduled_steps
+    message = f"policy {policy.name!r} was made for {made_for} denoising steps, but this call runs {runs}"
+    strength = context.strength
+    if strength is None:  # text2img
+        return f"{message} (num_inference_steps={requested}); call it with num_inference_steps={made_for}."
+    call = f"num_inference_steps={requested}, strength={strength:g}"
+    if context.skipped_steps:
+        call += (
+            f": the first {context.skipped_steps} of its {context.scheduled_steps} timesteps are skipped, "
+            "and only the steps run count"
+        )
+    message += f" ({call})"
+    fitting = inference_steps_for(made_for, strength)
+    if fitting is not None:
+        return f"{message}; at strength={strength:g}, call it with num_inference_steps={fitting}."
+    return f"{message}; choose num_inference_steps and strength that run {made_for} steps."
+
+
 def policy_handle(pipe: Any) -> PolicyHandle | None:
     """The handle of the policy applied to ``pipe``, or ``None`` if none is.
 
@@ -220,7 +258,8 @@ def apply_policy(
     *,
     check_fingerprint: bool = True,
 ) -> PolicyHandle:
-    """Apply a caching policy to a ``StableDiffusionControlNetPipeline``.
+    """Apply a caching policy to a ControlNet pipeline (text2img, img2img or inpainting, the class its target
+    names).
 
     Every cached module key gets a step-cache hook; the ControlNet gets a window hook (which also skips
     the compute diffusers wastes at ``conditioning_scale == 0``); with a guidance window, the U-Net and the
@@ -248,7 +287,8 @@ def apply_policy(
             has a policy applied.
         PolicyMismatchError: The policy's target or module keys do not fit the pipeline, or it truncates
             CFG on denoisers that carry one of diffusers' caches.
-        StepCountMismatchError: At call time, if the pipeline runs a different number of steps.
+        StepCountMismatchError: At call time, before the denoisers run, if the call runs a different number
+            of steps (only the steps run count: img2img and inpainting with ``strength < 1`` run fewer).
 
     Example:
         >>> from PIL import Image

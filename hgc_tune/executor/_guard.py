@@ -26,8 +26,8 @@ class PolicyHook(ModelHook):
 
 
 class PolicyGuardHook(PolicyHook):
-    """Runs ``owner.check_call()`` before every forward of the module it is registered on; ``owner`` is the
-    :class:`~hgc_tune.executor.PolicyHandle` of the applied policy."""
+    """Runs ``owner.check_call()`` and ``owner.check_steps()`` before every forward of the module it is
+    registered on; ``owner`` is the :class:`~hgc_tune.executor.PolicyHandle` of the applied policy."""
 
     def __init__(self, owner: Any) -> None:
         super().__init__()
@@ -35,4 +35,5 @@ class PolicyGuardHook(PolicyHook):
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs) -> tuple[tuple, dict]:
         self.owner.check_call()
+        self.owner.check_steps()
         return args, kwargs

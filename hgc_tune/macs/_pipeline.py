@@ -130,10 +130,17 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     residuals: list[torch.Tensor] = []
     if controlnet is not None:
         cond = torch.zeros((1, 3, height, width), device=controlnet.device, dtype=controlnet.dtype)
+        # An inpainting U-Net takes 9 channels (latents, mask, masked-image latents); its ControlNet takes
+        # the 4 latent channels (diffusers' ControlNet inpainting pipeline).
+        control_sample = torch.zeros(
+            (1, controlnet.config.in_channels, *latent_shape[2:]),
+            device=controlnet.device,
+            dtype=controlnet.dtype,
+        )
         trace = trace_module_macs(
             controlnet,
             (
-                sample.to(controlnet.device, controlnet.dtype),
+                control_sample,
                 timestep.to(controlnet.device),
                 text.to(controlnet.device, controlnet.dtype),
                 cond,

@@ -1,4 +1,5 @@
-"""Build a ready ``StableDiffusionControlNetPipeline`` from a preset, a local directory or a hub id."""
+"""Build a ready ControlNet pipeline (text2img, img2img or inpainting) from a preset, a local directory or a
+hub id."""
 
 from __future__ import annotations
 
@@ -60,15 +61,26 @@ def _torch_dtype(dtype: str):
 
 
 def check_controlnet_fits(
-    unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet"
+    unet_config: Any, controlnet_config: Any, controlnet_name: str = "controlnet", *, task: str | None = None
 ) -> None:
-    """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net."""
+    """Raise :class:`IncompatibleControlNetError` if the ControlNet's residuals cannot feed the U-Net.
+
+    For ``task="inpaint"`` a 9-channel U-Net (an inpainting checkpoint: latents, mask and masked-image
+    latents) fits a 4-channel ControlNet, which diffusers' ControlNet inpainting pipeline feeds the latents.
+    """
     diffs = []
     for field in _CONTROLNET_FIT_FIELDS:
         expected, got = unet_config.get(field), controlnet_config.get(field)
         if isinstance(expected, list | tuple) and isinstance(got, list | tuple):
             expected, got = list(expected), list(got)
-        if expected != got:
+        if field == "in_channels" and (expected, got) == (9, 4):
+            if task == "inpaint":
+                continue
+            diffs.append(
+                "in_channels: base U-Net has 9 (an inpainting U-Net: load it with task='inpaint'), "
+                "ControlNet has 4"
+            )
+        elif expected != got:
             diffs.append(f"{field}: base U-Net has {expected!r}, ControlNet has {got!r}")
     if diffs:
         raise IncompatibleControlNetError(
@@ -114,7 +126,7 @@ def _load_controlnet(ref: str, torch_dtype):
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
 
-def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
+def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype, task: str = "text2img"):
     from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
     if _is_local(base) or not _HUB_ID.match(base):
@@ -138,7 +150,7 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
             unet_config = UNet2DConditionModel.load_config(base, subfolder="unet")
         except OSError as e:
             raise ModelNotFoundError(f"could not read the U-Net configuration of {base!r}: {e}") from e
-        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref)
+        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref, task=task)
         kwargs["controlnet"] = controlnet
     elif not has_own_controlnet:
         raise ModelLoadError(
@@ -163,8 +175,11 @@ def load_pipeline(
     dtype: str = "fp32",
     device: str = "cpu",
     seed: int = 0,
+    task: str = "text2img",
 ):
-    """Return a ready ``StableDiffusionControlNetPipeline``.
+    """Return a ready ControlNet pipeline: ``StableDiffusionControlNetPipeline``, or for ``task="img2img"`` /
+    ``"inpaint"`` ``StableDiffusionControlNetImg2ImgPipeline`` / ``StableDiffusionControlNetInpaintPipeline``
+    over the same components (see :func:`~hgc_tune.models.pipeline_for_task`).
 
     Args:
         model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
@@ -176,6 +191,7 @@ def load_pipeline(
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: A torch device string.
         seed: Seed of the random-weight presets.
+        task: ``text2img`` (default), ``img2img`` or ``inpaint``.
 
     Example:
         >>> pipe = load_pipeline("tiny")
@@ -184,6 +200,9 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionControlNetPipeline
 
+    from hgc_tune.models._tasks import _check_task, pipeline_for_task
+
+    _check_task(task)
     torch_dtype = _torch_dtype(dtype)
     if model in ("tiny", "sd15"):
         if controlnet is not None:
@@ -200,18 +219,20 @@ def load_pipeline(
         from hgc_tune.models._shapes import shapes_checkpoint
 
         base, controlnet_dir = shapes_checkpoint(condition)
-        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)
+        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype, task)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     elif model in PRESETS:  # pragma: no cover - a preset registered without a loader
         raise UnknownPresetError(f"preset {model!r} has no loader.")
     elif _is_local(model) or _HUB_ID.match(model):
-        pipe = _from_pretrained(model, controlnet, torch_dtype)
+        pipe = _from_pretrained(model, controlnet, torch_dtype, task)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     else:
         raise UnknownPresetError(
             f"`model` must be a preset ({', '.join(sorted(PRESETS))}), a local directory or a hub id "
             f"(owner/name), but got model={model!r}."
         )
+    if task != "text2img":
+        pipe = pipeline_for_task(pipe, task)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.

@@ -45,6 +45,10 @@ AGGREGATES: tuple[str, ...] = ("mean", "std")
 REFERENCE_LATENTS = "reference/latents"
 REFERENCE_IMAGES = "reference/images"
 REFERENCE_CONDITIONS = "reference/conditions"
+# img2img and inpainting profiles also hold the init images, inpainting profiles the masks (uint8 [N, H, W],
+# 255 = repainted), both at the generation resolution: the search repeats the references from them.
+REFERENCE_INIT_IMAGES = "reference/init_images"
+REFERENCE_MASKS = "reference/masks"
 
 
 def stat_name(aggregate: str, metric: str) -> str:
@@ -127,8 +131,26 @@ class Profile:
 
     @property
     def num_steps(self) -> int:
-        """Number of denoising steps ``S``; every statistic has shape ``[S]``."""
+        """Number of denoising steps ``S`` the samples ran (img2img and inpainting with ``strength < 1`` run
+        fewer than ``num_inference_steps``); every statistic has shape ``[S]``."""
         return int(self._meta["steps"])
+
+    @property
+    def task(self) -> str:
+        """``text2img``, ``img2img`` or ``inpaint`` (profiles without the field are text2img)."""
+        return str(self._meta.get("task", "text2img"))
+
+    @property
+    def strength(self) -> float | None:
+        """The img2img or inpainting ``strength`` the samples ran at; ``None`` for text2img."""
+        value = self._meta.get("strength")
+        return None if value is None else float(value)
+
+    @property
+    def num_inference_steps(self) -> int:
+        """The ``num_inference_steps`` the pipeline was called with; more than :attr:`num_steps` when
+        ``strength < 1`` skipped timesteps (img2img, inpainting)."""
+        return int(self._meta.get("num_inference_steps", self._meta["steps"]))
 
     @property
     def num_samples(self) -> int:
@@ -224,6 +246,18 @@ class Profile:
     def condition_images(self) -> np.ndarray:
         """The condition images, uint8 ``[N, H, W, 3]`` at the generation resolution."""
         return self._tensors[REFERENCE_CONDITIONS].copy()
+
+    @property
+    def init_images(self) -> np.ndarray | None:
+        """The init images of an img2img or inpainting profile, uint8 ``[N, H, W, 3]``; else ``None``."""
+        array = self._tensors.get(REFERENCE_INIT_IMAGES)
+        return None if array is None else array.copy()
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """The masks of an inpainting profile, uint8 ``[N, H, W]`` (255: repainted); else ``None``."""
+        array = self._tensors.get(REFERENCE_MASKS)
+        return None if array is None else array.copy()
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Copies of every tensor by name (what ``profile.safetensors`` holds)."""
@@ -337,6 +371,11 @@ def _expected_tensors(meta: dict[str, Any]) -> dict[str, tuple[tuple[int | None,
     expected[REFERENCE_LATENTS] = ((n, None, None, None), np.dtype(np.float32))
     expected[REFERENCE_IMAGES] = ((n, h, w, 3), np.dtype(np.uint8))
     expected[REFERENCE_CONDITIONS] = ((n, h, w, 3), np.dtype(np.uint8))
+    task = meta.get("task", "text2img")
+    if task in ("img2img", "inpaint"):
+        expected[REFERENCE_INIT_IMAGES] = ((n, h, w, 3), np.dtype(np.uint8))
+    if task == "inpaint":
+        expected[REFERENCE_MASKS] = ((n, h, w), np.dtype(np.uint8))
     return expected
 
 
@@ -348,6 +387,11 @@ def _validate(meta: dict[str, Any], tensors: dict[str, np.ndarray], *, where: st
     steps = meta["steps"]
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ProfileError(f"{where}: `steps` must be a positive integer, but got steps={steps!r}.")
+    task = meta.get("task", "text2img")
+    if task not in ("text2img", "img2img", "inpaint"):
+        raise ProfileError(
+            f"{where}: `task` must be one of ['text2img', 'img2img', 'inpaint'], but got task={task!r}."
+        )
     n = len(meta["seeds"])
     for field in ("prompts", "negative_prompts"):
         if len(meta[field]) != n:

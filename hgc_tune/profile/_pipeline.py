@@ -30,8 +30,8 @@ def load_profiled_pipeline(
     """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
 
     The model is the profile's ``model.name`` (a preset, a local directory or a hub id), with its condition
-    type and dtype; the scheduler is the profiled class with the profiled configuration, so generation
-    repeats the references exactly.
+    type, dtype and task (the img2img or inpainting pipeline class for such a profile); the scheduler is the
+    profiled class with the profiled configuration, so generation repeats the references exactly.
 
     Args:
         profile: The :class:`~hgc_tune.profile.Profile`.
@@ -42,7 +42,7 @@ def load_profiled_pipeline(
         error: The exception class to raise (the caller's own, e.g. ``ReportError``).
 
     Returns:
-        The ready ``StableDiffusionControlNetPipeline``.
+        The ready pipeline, of the profiled class.
 
     Raises:
         HgcTuneError: (as ``error``) the profile names no model or an unknown scheduler, or the loaded
@@ -75,6 +75,7 @@ def load_profiled_pipeline(
         scheduler=known.get(scheduler_name, "unipc"),
         dtype=dtype or _DTYPES.get(str(meta["model"].get("dtype", "float32")), "fp32"),
         device=device,
+        task=profile.task,
     )
     if isinstance(meta.get("scheduler_config"), dict) and scheduler_class is not None:
         # The exact scheduler the references were generated with, not merely the same family.
@@ -86,8 +87,9 @@ def load_profiled_pipeline(
 def check_profiled_pipeline(
     profile: Any, pipe: Any, *, name: str | None = None, error: type[HgcTuneError] = ProfileError
 ) -> None:
-    """Raise ``error`` unless ``pipe`` is the pipeline ``profile`` was made with: the same structural
-    fingerprint and, when the profile records one, the same weights digest.
+    """Raise ``error`` unless ``pipe`` is the pipeline ``profile`` was made with: the same pipeline class
+    (text2img, img2img or inpainting), structural fingerprint and, when the profile records one, weights
+    digest.
 
     Args:
         profile: The :class:`~hgc_tune.profile.Profile`.
@@ -99,6 +101,12 @@ def check_profiled_pipeline(
     from hgc_tune.models._fingerprint import weights_digest
 
     label = f"model {name or profile.model_name!r}"
+    profiled_class = profile.meta.get("pipeline_class")
+    if profiled_class is not None and profiled_class != type(pipe).__name__:
+        raise error(
+            f"the profile was made with a {profiled_class} (task {profile.task!r}), but the pipeline is a "
+            f"{type(pipe).__name__}: load the pipeline with task={profile.task!r}."
+        )
     found = model_fingerprint(pipe)
     if found != profile.fingerprint:
         raise error(

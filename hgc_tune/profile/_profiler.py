@@ -16,7 +16,9 @@ from hgc_tune.profile._artifact import (
     FORMAT,
     REFERENCE_CONDITIONS,
     REFERENCE_IMAGES,
+    REFERENCE_INIT_IMAGES,
     REFERENCE_LATENTS,
+    REFERENCE_MASKS,
     SCHEMA_VERSION,
     Profile,
     stat_name,
@@ -48,7 +50,13 @@ _STATISTICS_NOTE: dict[str, str] = {
     "references": (
         "reference/latents: final latents before the VAE's scaling; reference/images: the pipeline's "
         "output_type='np' images x 255, rounded, uint8; reference/conditions: condition images at the "
-        "generation resolution (nearest-neighbour resize where they differed), uint8"
+        "generation resolution (nearest-neighbour resize where they differed), uint8; img2img and "
+        "inpainting: reference/init_images (bicubic resize) and, inpainting, reference/masks (uint8, 255 = "
+        "repainted, nearest-neighbour resize), as the pipeline received them"
+    ),
+    "steps": (
+        "steps: the denoising steps each sample ran; img2img and inpainting with strength < 1 run fewer "
+        "than num_inference_steps (diffusers skips the first timesteps), and only the steps run count"
     ),
 }
 
@@ -110,11 +118,15 @@ def _sample_fields(sample: Any, index: int, seed: int) -> tuple[str, str | None,
     return prompt, negative, sample_seed, image.convert("RGB")
 
 
-def _dataset_digest(rows: list[tuple[str, str | None, int, Any]]) -> str:
+def _dataset_digest(rows: list[tuple[str, str | None, int, Any]], *task_arrays: list[np.ndarray]) -> str:
     digest = hashlib.sha256()
     for prompt, negative, sample_seed, image in rows:
         digest.update(json.dumps([prompt, negative, sample_seed, list(image.size)]).encode())
         digest.update(np.asarray(image, dtype=np.uint8).tobytes())
+    # img2img / inpainting: the init images and masks (absent for text2img, whose digest is unchanged)
+    for arrays in task_arrays:
+        for array in arrays:
+            digest.update(array.tobytes())
     return digest.hexdigest()
 
 
@@ -126,6 +138,64 @@ def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
         # pipeline receives this same array, so the stored conditions reproduce the references exactly.
         image = image.resize((width, height), Image.NEAREST)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _task(pipe: Any) -> str:
+    from hgc_tune.errors import ModelLoadError
+    from hgc_tune.models._tasks import pipeline_task
+
+    try:
+        return pipeline_task(pipe)
+    except ModelLoadError:  # another ControlNet pipeline class: called the text2img way
+        return "text2img"
+
+
+def _task_images(sample: Any, index: int, condition: Any, task: str) -> tuple[Any, Any]:
+    """The init image and mask of ``sample`` for an img2img or inpainting pipeline (PIL or ``None``).
+
+    The init image is the sample's ``init_image()`` if it has one, else its ``ground_truth_image()``, else
+    its condition image; the mask is the sample's ``mask_image()`` if it has one, else ``None`` (the default
+    mask).
+    """
+    if task == "text2img":
+        return None, None
+    init = None
+    for name in ("init_image", "ground_truth_image"):
+        method = getattr(sample, name, None)
+        if callable(method):
+            init = method()
+            if init is not None:
+                break
+    if init is None:
+        init = condition
+    if not hasattr(init, "convert"):
+        raise ProfileError(
+            f"sample {index}: the init image must be a PIL image, but is {type(init).__name__}."
+        )
+    method = getattr(sample, "mask_image", None)
+    mask = method() if task == "inpaint" and callable(method) else None
+    if mask is not None and not hasattr(mask, "convert"):
+        raise ProfileError(f"sample {index}: `mask_image()` must return a PIL image, but returned {mask!r}.")
+    return init.convert("RGB"), None if mask is None else mask.convert("L")
+
+
+def _init_array(image: Any, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BICUBIC)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _mask_array(mask: Any, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    from hgc_tune.models._tasks import default_mask
+
+    mask = default_mask(width, height) if mask is None else mask.convert("L")
+    if mask.size != (width, height):
+        mask = mask.resize((width, height), Image.NEAREST)
+    return np.asarray(mask, dtype=np.uint8)
 
 
 def _count_macs(pipe: Any, height: int, width: int, model_name: str) -> Any:
@@ -150,6 +220,7 @@ def profile_pipeline(
     condition_type: str | None = None,
     dataset: str | None = None,
     mac_table: Any = None,
+    strength: float | None = None,
 ) -> Profile:
     """Profile a pipeline: run every sample at full compute and record per-step statistics.
 
@@ -164,12 +235,19 @@ def profile_pipeline(
     Observation only: the hooks never change what a module computes, so the images equal those of an
     unprofiled pipeline for the same seeds.
 
+    An img2img or inpainting pipeline (``load_pipeline(..., task="img2img" | "inpaint")``) is called with
+    each sample's init image (its ``init_image()``, else its ``ground_truth_image()``, else its condition
+    image) and, for inpainting, its ``mask_image()`` (default: the middle half of the image repainted), at
+    ``strength``; the profile records them, and its ``num_steps`` counts the steps actually run (20 steps at
+    strength 0.7 run 14).
+
     Args:
-        pipe: A ``StableDiffusionControlNetPipeline`` (e.g. from :func:`hgc_tune.models.load_pipeline`) with
-            no policy applied.
+        pipe: A ControlNet pipeline (text2img, img2img or inpainting; e.g. from
+            :func:`hgc_tune.models.load_pipeline`) with no policy applied.
         samples: Objects with ``.prompt``, ``.condition_image()`` (PIL), ``.negative_prompt`` and ``.seed``
             (``None``: ``seed + index``), e.g. an :func:`hgc_tune.data.open_dataset` dataset.
-        num_steps: Denoising steps per sample.
+        num_steps: ``num_inference_steps`` of every call (img2img and inpainting run fewer when
+            ``strength < 1``).
         guidance_scale: Classifier-free guidance scale (``> 1`` enables CFG).
         height: Image height; default the U-Net's sample size × the VAE scale factor.
         width: Image width; default as ``height``.
@@ -182,6 +260,8 @@ def profile_pipeline(
             for an :class:`hgc_tune.data.Dataset`, its ``content_hash()``.
         mac_table: A :class:`hgc_tune.macs.MacTable` already counted for this pipeline at this resolution
             (e.g. when profiling several condition types of one model); default: count it.
+        strength: img2img and inpainting only: the denoising strength in (0, 1] (default: diffusers' default,
+            0.8 for img2img, 1.0 for inpainting).
 
     Returns:
         The :class:`Profile`; save it with ``profile.save("runs/NAME")``.
@@ -216,9 +296,24 @@ def profile_pipeline(
     height = default_size if height is None else height
     width = height if width is None else width
     _check_arguments(num_steps, guidance_scale, height, width)
-    rows = [_sample_fields(sample, i, seed) for i, sample in enumerate(samples)]
+    task = _task(pipe)
+    if task == "text2img" and strength is not None:
+        raise ProfileError(
+            f"`strength` is for img2img and inpainting pipelines, but got strength={strength!r} for a "
+            f"{type(pipe).__name__}; load the pipeline with task='img2img' or task='inpaint'."
+        )
+    if strength is not None and (
+        not isinstance(strength, int | float) or isinstance(strength, bool) or not 0 < strength <= 1
+    ):
+        raise ProfileError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
+    rows, task_images = [], []
+    for i, sample in enumerate(samples):
+        rows.append(_sample_fields(sample, i, seed))
+        task_images.append(_task_images(sample, i, rows[-1][3], task))
     if not rows:
         raise ProfileError("`samples` must hold at least one sample, but it is empty.")
+    init_arrays = [_init_array(init, height, width) for init, _ in task_images if init is not None]
+    mask_arrays = [_mask_array(mask, height, width) for _, mask in task_images] if task == "inpaint" else []
     _check_full_compute(pipe)
     if mac_table is None:
         mac_json = _count_macs(pipe, height, width, model_name)
@@ -235,8 +330,11 @@ def profile_pipeline(
     images_out: list[np.ndarray] = []
     from PIL import Image
 
+    from hgc_tune.models._tasks import generation_inputs
+
     steps_seen: set[int] = set()
     cfg_seen: set[bool] = set()
+    used_strength: float | None = None
     context = attach_run_context(pipe)
     observer = ProfileObserver(pipe, context)
     bar = tqdm(total=len(rows) * num_steps, unit="step", desc="profile", disable=not progress)
@@ -255,10 +353,18 @@ def profile_pipeline(
                 bar.update(1)
                 return {}
 
+            inputs = generation_inputs(
+                pipe,
+                Image.fromarray(_condition_array(image, height, width)),
+                init_image=Image.fromarray(init_arrays[index]) if init_arrays else None,
+                mask_image=Image.fromarray(mask_arrays[index]) if mask_arrays else None,
+                strength=strength,
+            )
+            used_strength = inputs.get("strength")
             output = pipe(
                 prompt=prompt,
                 negative_prompt=negative,
-                image=Image.fromarray(_condition_array(image, height, width)),
+                **inputs,
                 height=height,
                 width=width,
                 num_inference_steps=num_steps,
@@ -291,6 +397,10 @@ def profile_pipeline(
     tensors[REFERENCE_LATENTS] = np.stack(latents_out).astype(np.float32)
     tensors[REFERENCE_IMAGES] = np.stack(images_out)
     tensors[REFERENCE_CONDITIONS] = np.stack([_condition_array(row[3], height, width) for row in rows])
+    if init_arrays:
+        tensors[REFERENCE_INIT_IMAGES] = np.stack(init_arrays)
+    if mask_arrays:
+        tensors[REFERENCE_MASKS] = np.stack(mask_arrays)
 
     import diffusers
 
@@ -309,11 +419,14 @@ def profile_pipeline(
         },
         "dataset": {
             "name": dataset,
-            "sha256": _dataset_digest(rows),
+            "sha256": _dataset_digest(rows, init_arrays, mask_arrays),
             "content_hash": content_hash,
             "num_samples": len(rows),
         },
         "condition_type": condition_type,
+        "task": task,
+        "pipeline_class": type(pipe).__name__,
+        "strength": used_strength,
         "steps": steps,
         "num_inference_steps": num_steps,
         "scheduler": type(pipe.scheduler).__name__,

@@ -68,6 +68,16 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _steps(m: Mapping[str, Any]) -> str:
+    task = m.get("task") or "text2img"
+    if task == "text2img":
+        return str(m["steps"])
+    return (
+        f"{m['steps']} run of num_inference_steps={m.get('num_inference_steps')} "
+        f"({task}, strength {m.get('strength')})"
+    )
+
+
 def _model_table(summary: Mapping[str, Any]) -> str:
     m = summary["model"]
     height, width = m["resolution"]
@@ -75,7 +85,7 @@ def _model_table(summary: Mapping[str, Any]) -> str:
         _row("model", m["name"] or "–"),
         _row("fingerprint", m["fingerprint"]),
         _row("condition type", m["condition_type"] or "–"),
-        _row("steps", m["steps"]),
+        _row("steps", _steps(m)),
         _row("scheduler", m["scheduler"] or "–"),
         _row("resolution", f"{height}×{width} px"),
         _row("guidance scale", f"{m['guidance_scale']:g}" + (" (CFG)" if m["cfg"] else " (no CFG)")),

@@ -70,7 +70,7 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
     meta = profile.meta
     steps = int(meta.get("num_inference_steps", profile.num_steps))
     height, width = profile.resolution
-    conditions = profile.condition_images
+    conditions, inits, masks = profile.condition_images, profile.init_images, profile.masks
     try:
         handle = apply_policy(pipe, policy)
     except PolicyMismatchError as e:
@@ -78,10 +78,21 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
     images = []
     try:
         for i in indices:
+            inputs: dict = {"image": Image.fromarray(conditions[i])}
+            if profile.task != "text2img":  # img2img / inpainting: the profiled init images and masks
+                from hgc_tune.models._tasks import generation_inputs
+
+                inputs = generation_inputs(
+                    pipe,
+                    inputs["image"],
+                    init_image=Image.fromarray(inits[i]),
+                    mask_image=Image.fromarray(masks[i]) if masks is not None else None,
+                    strength=profile.strength,
+                )
             output = pipe(
                 prompt=profile.prompts[i],
                 negative_prompt=profile.negative_prompts[i],
-                image=Image.fromarray(conditions[i]),
+                **inputs,
                 height=height,
                 width=width,
                 num_inference_steps=steps,

@@ -92,6 +92,11 @@ def report_summary(
             "fingerprint": profile.fingerprint,
             "condition_type": profile.condition_type,
             "steps": profile.num_steps,
+            # img2img / inpainting: `steps` counts the steps run, fewer than num_inference_steps when
+            # strength < 1
+            "task": profile.task,
+            "num_inference_steps": profile.num_inference_steps,
+            "strength": profile.strength,
             "scheduler": meta.get("scheduler"),
             "resolution": [height, width],
             "guidance_scale": profile.guidance_scale,

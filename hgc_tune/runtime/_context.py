@@ -2,12 +2,16 @@
 
 The context is reset when the pipeline's scheduler gets its timesteps (``set_timesteps``, called once at
 the start of every pipeline call) and advanced once per denoising step when the scheduler steps
-(``scheduler.step``). Both are host-side Python integers: reading the step costs no device sync, and the
-step is never inferred from the timestep value. Whether the denoisers run with CFG is read from the pipeline
-at every access (``do_classifier_free_guidance``), since a callback may change it within a call.
+(``scheduler.step``). The steps count only the steps a call actually runs: img2img and inpainting pipelines
+with ``strength < 1`` skip the first timesteps, which their ``get_timesteps`` (called right after
+``set_timesteps``, before anything is computed) cuts off; the context then starts the call again at step 0
+of the timesteps it returned (20 steps at strength 0.7 run 14, numbered 0-13), whatever the scheduler.
+Both are host-side Python integers: reading the step costs no device sync, and the step is never inferred
+from the timestep value. Whether the denoisers run with CFG is read from the pipeline at every access
+(``do_classifier_free_guidance``), since a callback may change it within a call.
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
-detached when the last user releases it, restoring the scheduler's own methods.
+detached when the last user releases it, restoring the scheduler's (and the pipeline's) own methods.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class _CallState:
     num_steps: int = 0
     cfg: bool = False
     calls: int = 0
+    scheduled_steps: int = 0
+    skipped_steps: int = 0
+    strength: float | None = None
 
 
 class RunContext:
@@ -45,7 +52,12 @@ class RunContext:
 
     Attributes:
         step: Index ``s`` of the current denoising step, in ``[0, num_steps)``.
-        num_steps: Number of denoising steps of the current call (``len(scheduler.timesteps)``).
+        num_steps: Number of denoising steps the current call runs: ``len(scheduler.timesteps)``, less the
+            timesteps an img2img or inpainting call skips (``strength < 1``).
+        scheduled_steps: ``len(scheduler.timesteps)`` of the current call, skipped timesteps included.
+        skipped_steps: The timesteps the current call skips (img2img, inpainting with ``strength < 1``); 0
+            for text2img.
+        strength: The ``strength`` of the current img2img or inpainting call; ``None`` for text2img.
         cfg: Whether the denoisers are now called with classifier-free guidance (batch = [uncond, cond]).
             Read from the pipeline at every access, since a callback may switch guidance off within a call
             (diffusers' dynamic CFG); for a context driven by hand, the value given to :meth:`begin`.
@@ -71,6 +83,18 @@ class RunContext:
         return self._state.num_steps
 
     @property
+    def scheduled_steps(self) -> int:
+        return self._state.scheduled_steps
+
+    @property
+    def skipped_steps(self) -> int:
+        return self._state.skipped_steps
+
+    @property
+    def strength(self) -> float | None:
+        return self._state.strength
+
+    @property
     def cfg(self) -> bool:
         if self._cfg_source is not None:
             return self._cfg_source()
@@ -83,7 +107,26 @@ class RunContext:
     def begin(self, num_steps: int, cfg: bool) -> None:
         """Start a new call: step 0 of ``num_steps``. Called by the scheduler hook, or by hand when the
         denoiser is driven outside a pipeline."""
-        self._state = _CallState(step=0, num_steps=int(num_steps), cfg=bool(cfg), calls=self._state.calls + 1)
+        self._state = _CallState(
+            step=0,
+            num_steps=int(num_steps),
+            cfg=bool(cfg),
+            calls=self._state.calls + 1,
+            scheduled_steps=int(num_steps),
+        )
+        for listener in list(self._begin_listeners):
+            listener(self)
+
+    def skip(self, skipped_steps: int, strength: float | None = None) -> None:
+        """The current call skips its first ``skipped_steps`` timesteps (img2img and inpainting with
+        ``strength < 1``): it starts again at step 0 of the ``scheduled_steps - skipped_steps`` it runs, and
+        the begin listeners are called again with that count (the call is not counted twice)."""
+        state = self._state
+        skipped = max(0, min(int(skipped_steps), state.scheduled_steps))
+        state.skipped_steps = skipped
+        state.num_steps = state.scheduled_steps - skipped
+        state.step = 0
+        state.strength = None if strength is None else float(strength)
         for listener in list(self._begin_listeners):
             listener(self)
 
@@ -101,7 +144,8 @@ class RunContext:
 
     def __repr__(self) -> str:
         s = self._state
-        return f"RunContext(step={s.step}, num_steps={s.num_steps}, cfg={self.cfg}, calls={s.calls})"
+        skipped = f", skipped_steps={s.skipped_steps}" if s.skipped_steps else ""
+        return f"RunContext(step={s.step}, num_steps={s.num_steps}{skipped}, cfg={self.cfg}, calls={s.calls})"
 
 
 def calling_pipeline() -> Any | None:
@@ -175,8 +219,34 @@ class _SchedulerMethod:
         return out
 
 
+class _GetTimesteps:
+    """An img2img or inpainting pipeline's ``get_timesteps(num_inference_steps, strength, device)`` that then
+    tells the run context how many of the scheduled timesteps the call skips (``strength < 1``).
+
+    Like :class:`_SchedulerMethod`, an object that keeps the instance attribute it replaced, or looks the
+    method up on the class at each call.
+    """
+
+    def __init__(self, binding: _SchedulerBinding, saved: Callable[..., Any] | None) -> None:
+        self.binding = binding
+        self.saved = saved
+        functools.update_wrapper(self, saved if saved is not None else type(binding.pipe).get_timesteps)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        binding = self.binding
+        if self.saved is not None:
+            out = self.saved(*args, **kwargs)
+        else:
+            out = type(binding.pipe).get_timesteps(binding.pipe, *args, **kwargs)
+        strength = kwargs["strength"] if "strength" in kwargs else args[1] if len(args) > 1 else None
+        context = binding.context
+        context.skip(context.scheduled_steps - len(out[0]), strength)
+        return out
+
+
 class _SchedulerBinding:
-    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` (instance attributes, not the class)."""
+    """Wraps one scheduler instance's ``set_timesteps`` and ``step`` and, for an img2img or inpainting
+    pipeline, the pipeline's ``get_timesteps`` (instance attributes, not the class)."""
 
     def __init__(self, pipe: Any, context: RunContext) -> None:
         self.pipe = pipe
@@ -187,6 +257,10 @@ class _SchedulerBinding:
         self._saved = {name: had[name] for name in ("set_timesteps", "step") if name in had}
         for name in ("set_timesteps", "step"):
             setattr(self.scheduler, name, _SchedulerMethod(self, name, self._saved.get(name)))
+        self._pipe_saved: dict[str, Any] = {}
+        if callable(getattr(type(pipe), "get_timesteps", None)):
+            self._pipe_saved = {name: vars(pipe)[name] for name in ("get_timesteps",) if name in vars(pipe)}
+            pipe.get_timesteps = _GetTimesteps(self, self._pipe_saved.get("get_timesteps"))
 
     def unbind(self) -> None:
         for name in ("set_timesteps", "step"):
@@ -194,6 +268,11 @@ class _SchedulerBinding:
                 setattr(self.scheduler, name, self._saved[name])
             else:
                 vars(self.scheduler).pop(name, None)
+        if isinstance(vars(self.pipe).get("get_timesteps"), _GetTimesteps):
+            if "get_timesteps" in self._pipe_saved:
+                self.pipe.get_timesteps = self._pipe_saved["get_timesteps"]
+            else:
+                vars(self.pipe).pop("get_timesteps", None)
 
 
 def run_context(pipe: Any) -> RunContext:

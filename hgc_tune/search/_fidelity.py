@@ -38,23 +38,31 @@ _LATENT_METRICS = frozenset({"latent_rel_error"})
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One sample to generate: prompt, negative prompt, seed and condition image (PIL)."""
+    """One sample to generate: prompt, negative prompt, seed and condition image (PIL); for img2img and
+    inpainting pipelines also the init image and the mask (PIL; ``None``: the default mask)."""
 
     prompt: str
     negative_prompt: str | None
     seed: int
     condition: Any
+    init_image: Any = None
+    mask_image: Any = None
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How every sample is generated (the profile's settings for a search)."""
+    """How every sample is generated (the profile's settings for a search).
+
+    ``num_steps`` is the ``num_inference_steps`` of every call; with ``strength`` (img2img and inpainting
+    pipelines only) a call runs fewer steps when ``strength < 1``.
+    """
 
     num_steps: int
     guidance_scale: float
     height: int
     width: int
     controlnet_scale: float = 1.0
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,21 +73,46 @@ class GeneratedOutput:
     latent: np.ndarray
 
 
-def jobs_from_samples(samples: Iterable[Any], *, seed: int = 0) -> list[GenerationJob]:
+def jobs_from_samples(
+    samples: Iterable[Any], *, seed: int = 0, task: str = "text2img"
+) -> list[GenerationJob]:
     """Generation jobs from dataset samples (``.prompt``, ``.condition_image()``, ``.negative_prompt``,
-    ``.seed``); a sample without a seed gets ``seed + index``, as in the profiler."""
+    ``.seed``); a sample without a seed gets ``seed + index``, as in the profiler.
+
+    For ``task`` ``img2img`` and ``inpaint`` a job also gets the sample's init image and mask, by the
+    profiler's rule: ``init_image()``, else ``ground_truth_image()``, else the condition image; the mask is
+    ``mask_image()`` or, if the sample has none, the default (the middle half repainted).
+    """
     jobs = []
     for i, sample in enumerate(samples):
         own = getattr(sample, "seed", None)
+        condition = sample.condition_image().convert("RGB")
+        init, mask = _sample_task_images(sample, condition, task)
         jobs.append(
             GenerationJob(
                 prompt=sample.prompt,
                 negative_prompt=getattr(sample, "negative_prompt", None),
                 seed=int(own) if own is not None else seed + i,
-                condition=sample.condition_image().convert("RGB"),
+                condition=condition,
+                init_image=init,
+                mask_image=mask,
             )
         )
     return jobs
+
+
+def _sample_task_images(sample: Any, condition: Any, task: str) -> tuple[Any, Any]:
+    if task == "text2img":
+        return None, None
+    init = None
+    for name in ("init_image", "ground_truth_image"):
+        method = getattr(sample, name, None)
+        init = method() if callable(method) else None
+        if init is not None:
+            break
+    method = getattr(sample, "mask_image", None)
+    mask = method() if task == "inpaint" and callable(method) else None
+    return (condition if init is None else init.convert("RGB")), (None if mask is None else mask.convert("L"))
 
 
 def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings) -> GeneratedOutput:
@@ -95,10 +128,23 @@ def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings)
     kwargs: dict[str, Any] = {}
     if settings.controlnet_scale != 1.0:
         kwargs["controlnet_conditioning_scale"] = float(settings.controlnet_scale)
+    if job.init_image is None and job.mask_image is None and settings.strength is None:
+        kwargs["image"] = job.condition
+    else:
+        from hgc_tune.models._tasks import generation_inputs
+
+        kwargs.update(
+            generation_inputs(
+                pipe,
+                job.condition,
+                init_image=job.init_image,
+                mask_image=job.mask_image,
+                strength=settings.strength,
+            )
+        )
     output = pipe(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
-        image=job.condition,
         height=settings.height,
         width=settings.width,
         num_inference_steps=settings.num_steps,
@@ -383,6 +429,7 @@ def evaluate_policy(
     mac_table: Any = None,
     confidence: float = 0.95,
     progress: bool = False,
+    strength: float | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -395,7 +442,8 @@ def evaluate_policy(
         pipe: The pipeline.
         policy: A :class:`hgc_tune.policy.Policy` or ``None``.
         samples: Dataset samples (``hgc_tune.data.open_dataset``).
-        num_steps: Denoising steps (the policy's, when there is one).
+        num_steps: ``num_inference_steps`` (text2img: the policy's steps, when there is one; img2img and
+            inpainting run fewer when ``strength < 1``, and the policy counts the steps run).
         metric: Metric name; ``None``: the condition type's default.
         condition_type: The samples' condition type.
         guidance_scale: Classifier-free guidance scale.
@@ -406,6 +454,8 @@ def evaluate_policy(
         mac_table: A :class:`hgc_tune.macs.MacTable` for the policy's MACs; ``None``: MACs not reported.
         confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)`` (``0``: the loss itself).
         progress: Show a tqdm bar on stderr.
+        strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
+            the task); each sample's init image and mask are taken as the profiler takes them.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
@@ -438,12 +488,13 @@ def evaluate_policy(
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     height = size if height is None else height
     width = height if width is None else width
-    jobs = jobs_from_samples(samples, seed=seed)
+    task, strength = _task_strength(pipe, strength)
+    jobs = jobs_from_samples(samples, seed=seed, task=task)
     if not jobs:
         raise SearchError("`samples` is empty: there is nothing to evaluate.")
-    full_settings = GenerationSettings(num_steps, float(guidance_scale), height, width)
+    full_settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
     policy_settings = GenerationSettings(
-        num_steps, float(guidance_scale), height, width, float(controlnet_scale)
+        num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
     )
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
     try:
@@ -465,8 +516,11 @@ def evaluate_policy(
         cfg = guidance_scale > 1.0
         counted = policy
         if counted is None:
+            from hgc_tune.models._tasks import steps_run
+
+            run = steps_run(num_steps, strength)
             counted = full_compute_policy(
-                target_for_pipeline(pipe, num_steps=num_steps, condition_type=condition_type)
+                target_for_pipeline(pipe, num_steps=run, condition_type=condition_type)
             )
         macs = macs_provenance(counted, mac_table, cfg=cfg)
     return {
@@ -486,7 +540,30 @@ def evaluate_policy(
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
         "macs": macs,
+        **({"task": task, "strength": strength} if task != "text2img" else {}),
     }
+
+
+def _task_strength(pipe: Any, strength: float | None) -> tuple[str, float | None]:
+    """The pipeline's task and the strength its calls take (``None`` for text2img)."""
+    from hgc_tune.errors import ModelLoadError
+    from hgc_tune.models._tasks import DEFAULT_STRENGTH, pipeline_task
+
+    try:
+        task = pipeline_task(pipe)
+    except ModelLoadError:
+        task = "text2img"
+    if task == "text2img":
+        if strength is not None:
+            raise SearchError(
+                f"`strength` is for img2img and inpainting pipelines, but got strength={strength!r} for a "
+                f"{type(pipe).__name__}."
+            )
+        return task, None
+    strength = DEFAULT_STRENGTH[task] if strength is None else strength
+    if not isinstance(strength, int | float) or isinstance(strength, bool) or not 0 < strength <= 1:
+        raise SearchError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
+    return task, float(strength)
 
 
 def compare_policies(

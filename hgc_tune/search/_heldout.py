@@ -45,12 +45,19 @@ def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSe
         },
         "settings": [settings.num_steps, settings.guidance_scale, settings.height, settings.width],
     }
+    if settings.strength is not None:  # img2img / inpainting (text2img keys stay as they were)
+        head["pipeline_class"] = type(pipe).__name__
+        head["strength"] = settings.strength
     digest.update(json.dumps(head, sort_keys=True).encode())
     for job in jobs:
         digest.update(
             json.dumps([job.prompt, job.negative_prompt, job.seed, list(job.condition.size)]).encode()
         )
         digest.update(np.asarray(job.condition, dtype=np.uint8).tobytes())
+        for image in (job.init_image, job.mask_image):
+            if image is not None:
+                digest.update(json.dumps(list(image.size)).encode())
+                digest.update(np.asarray(image, dtype=np.uint8).tobytes())
     return digest.hexdigest()
 
 

@@ -124,7 +124,7 @@ def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
 def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
     from PIL import Image
 
-    conditions = profile.condition_images
+    conditions, inits, masks = profile.condition_images, profile.init_images, profile.masks
     n = profile.num_samples if limit is None else min(limit, profile.num_samples)
     return [
         GenerationJob(
@@ -132,6 +132,8 @@ def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
             negative_prompt=profile.negative_prompts[i],
             seed=int(profile.seeds[i]),
             condition=Image.fromarray(conditions[i]),
+            init_image=Image.fromarray(inits[i]) if inits is not None else None,
+            mask_image=Image.fromarray(masks[i]) if masks is not None else None,
         )
         for i in range(n)
     ]
@@ -139,7 +141,15 @@ def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
 
 def _settings(profile: Any) -> GenerationSettings:
     height, width = profile.resolution
-    return GenerationSettings(profile.num_steps, profile.guidance_scale, height, width)
+    # img2img / inpainting: the profile's num_steps counts the steps run; the calls take the
+    # num_inference_steps and strength they were profiled with.
+    return GenerationSettings(
+        profile.num_inference_steps,
+        profile.guidance_scale,
+        height,
+        width,
+        strength=profile.strength if profile.task != "text2img" else None,
+    )
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -604,7 +614,7 @@ def _split_scorer(session: SearchSession, samples: Sequence[Any], what: str, pro
     from hgc_tune.fidelity import TaskEvaluator
     from hgc_tune.search._fidelity import jobs_from_samples
 
-    jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000)
+    jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000, task=session.profile.task)
     if not jobs:
         raise SearchError(f"the {what} split is empty; pass {what} samples or skip it.")
     settings = session.settings

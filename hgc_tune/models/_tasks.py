@@ -1,0 +1,188 @@
+"""Generation tasks: text2img, img2img and inpainting with one ControlNet, the pipeline class of each, and
+the arguments every caller (profiler, search, report, CLI) passes to it.
+
+A task's pipeline is built from the same components as any loaded pipeline (as diffusers' ``from_pipe``
+does), so every preset and checkpoint serves all three. img2img and inpainting take an init image
+(inpainting also a mask: white is repainted, black kept) and a ``strength``: a call of ``n`` steps at
+strength ``s`` skips the first ``n - min(int(n * s), n)`` timesteps and runs the rest (20 steps at strength
+0.7 run 14), and only the steps run count, for the run context, the profile and a policy. Where a dataset
+has no init image or mask, the documented defaults are the sample's ground-truth image (else its condition
+image) and :func:`default_mask`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from hgc_tune.errors import ModelLoadError
+
+__all__ = [
+    "TASKS",
+    "TASK_PIPELINES",
+    "DEFAULT_STRENGTH",
+    "default_mask",
+    "generation_inputs",
+    "inference_steps_for",
+    "pipeline_for_task",
+    "pipeline_task",
+    "steps_run",
+]
+
+TASKS: tuple[str, ...] = ("text2img", "img2img", "inpaint")
+# The diffusers pipeline class of each task (single ControlNet).
+TASK_PIPELINES: dict[str, str] = {
+    "text2img": "StableDiffusionControlNetPipeline",
+    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+    "inpaint": "StableDiffusionControlNetInpaintPipeline",
+}
+# diffusers' own defaults of the two pipelines' `strength`.
+DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.8, "inpaint": 1.0}
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ModelLoadError(f"`task` must be one of {list(TASKS)}, but got task={task!r}.")
+    return task
+
+
+def pipeline_task(pipe: Any) -> str:
+    """The task of ``pipe`` (``text2img``, ``img2img`` or ``inpaint``), from its class.
+
+    Raises:
+        ModelLoadError: ``pipe`` is none of the three pipeline classes (nor a subclass of one).
+    """
+    import diffusers
+
+    for task, name in reversed(TASK_PIPELINES.items()):
+        if isinstance(pipe, getattr(diffusers, name)):
+            return task
+    raise ModelLoadError(
+        f"`pipe` must be one of {sorted(TASK_PIPELINES.values())}, but got a {type(pipe).__name__}."
+    )
+
+
+def pipeline_for_task(pipe: Any, task: str) -> Any:
+    """A pipeline of ``task``'s class over the same components as ``pipe`` (as diffusers' ``from_pipe``, but
+    without casting them): the same U-Net, ControlNet, VAE, text encoder and scheduler objects, no copy;
+    ``pipe`` itself if it already is of that class.
+
+    Build it before applying a policy: a policy belongs to the pipeline it was applied to, and another
+    pipeline sharing its U-Net and ControlNet is refused when it calls them.
+
+    Example:
+        >>> from hgc_tune.models import load_pipeline
+        >>> type(pipeline_for_task(load_pipeline("tiny"), "img2img")).__name__
+        'StableDiffusionControlNetImg2ImgPipeline'
+    """
+    import diffusers
+
+    cls = getattr(diffusers, TASK_PIPELINES[_check_task(task)])
+    if type(pipe) is cls:
+        return pipe
+    # diffusers' `from_pipe` would cast every component to its `torch_dtype` (float32 by default); the
+    # components are taken as they are instead.
+    accepted = inspect.signature(cls.__init__).parameters
+    components = {name: value for name, value in pipe.components.items() if name in accepted}
+    if "requires_safety_checker" in accepted:
+        components["requires_safety_checker"] = bool(pipe.config.get("requires_safety_checker", False))
+    new = cls(**components)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+def steps_run(num_inference_steps: int, strength: float | None = None) -> int:
+    """The denoising steps a call runs: ``num_inference_steps`` less those ``strength < 1`` skips (diffusers'
+    ``get_timesteps``, for first-order schedulers).
+
+    Example:
+        >>> steps_run(20, 0.7)
+        14
+    """
+    if strength is None:
+        return int(num_inference_steps)
+    return min(int(num_inference_steps * strength), int(num_inference_steps))
+
+
+def inference_steps_for(steps: int, strength: float, limit: int = 1000) -> int | None:
+    """The smallest ``num_inference_steps`` that runs ``steps`` steps at ``strength``, or ``None`` if none up
+    to ``limit`` does.
+
+    Example:
+        >>> inference_steps_for(14, 0.7)
+        20
+    """
+    if not 0 < strength <= 1:
+        return None
+    for n in range(max(1, steps), limit + 1):
+        run = steps_run(n, strength)
+        if run == steps:
+            return n
+        if run > steps:
+            return None
+    return None
+
+
+def default_mask(width: int, height: int) -> Any:
+    """The default inpainting mask: a white (repainted) rectangle over the middle half of the image in both
+    directions, black (kept) around it; a PIL ``L`` image."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle(
+        (width // 4, height // 4, width - width // 4 - 1, height - height // 4 - 1), fill=255
+    )
+    return mask
+
+
+def generation_inputs(
+    pipe: Any,
+    condition: Any,
+    *,
+    init_image: Any = None,
+    mask_image: Any = None,
+    strength: float | None = None,
+) -> dict[str, Any]:
+    """The image arguments of one call of ``pipe``: for text2img ``image=condition``; for img2img the init
+    image as ``image``, the condition as ``control_image`` and ``strength``; for inpainting also
+    ``mask_image``.
+
+    Args:
+        pipe: A ControlNet pipeline of one of :data:`TASKS`.
+        condition: The condition image.
+        init_image: The init image (img2img, inpainting; required there).
+        mask_image: The inpainting mask (default: :func:`default_mask` at the init image's size).
+        strength: Denoising strength in (0, 1] (default: diffusers' default of the task).
+
+    Raises:
+        ModelLoadError: An init image missing for img2img or inpainting, or given for text2img; a strength
+            outside (0, 1].
+    """
+    task = pipeline_task(pipe)
+    if task == "text2img":
+        given = (("init_image", init_image), ("mask_image", mask_image))
+        extra = [name for name, value in given if value is not None]
+        if strength is not None:
+            extra.append("strength")
+        if extra:
+            raise ModelLoadError(
+                f"a text2img pipeline ({type(pipe).__name__}) takes no {', '.join(extra)}; load the pipeline "
+                "with task='img2img' or task='inpaint'."
+            )
+        return {"image": condition}
+    if init_image is None:
+        raise ModelLoadError(f"a {task} pipeline ({type(pipe).__name__}) needs an init image (init_image=).")
+    if strength is None:
+        strength = DEFAULT_STRENGTH[task]
+    if not 0 < float(strength) <= 1:
+        raise ModelLoadError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
+    inputs = {"image": init_image, "control_image": condition, "strength": float(strength)}
+    if task == "inpaint":
+        if mask_image is None:
+            mask_image = default_mask(*init_image.size)
+        inputs["mask_image"] = mask_image
+    elif mask_image is not None:
+        raise ModelLoadError(
+            "an img2img pipeline takes no mask_image; load the pipeline with task='inpaint'."
+        )
+    return inputs
