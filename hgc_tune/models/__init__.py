@@ -13,12 +13,18 @@ from hgc_tune.models._blocks import (
     cross_attention_paths,
     deep_block_keys,
     is_attention_key,
+    is_whole_model_key,
     max_branch,
     module_groups,
     module_layout,
     register_module_layout,
 )
-from hgc_tune.models._fingerprint import model_fingerprint, model_structure, weights_digest
+from hgc_tune.models._fingerprint import (
+    controlnet_fingerprints,
+    model_fingerprint,
+    model_structure,
+    weights_digest,
+)
 from hgc_tune.models._loading import DTYPES, SCHEDULERS, check_controlnet_fits, load_pipeline, make_scheduler
 from hgc_tune.models._presets import PRESETS, PresetInfo
 from hgc_tune.models._shapes import SHAPES_CONDITIONS
@@ -38,9 +44,11 @@ __all__ = [
     "build_offline_tokenizer",
     "cacheable_module_keys",
     "check_controlnet_fits",
+    "controlnet_fingerprints",
     "cross_attention_paths",
     "deep_block_keys",
     "is_attention_key",
+    "is_whole_model_key",
     "load_pipeline",
     "make_scheduler",
     "max_branch",

@@ -10,6 +10,7 @@ from hgc_tune.policy._io import (
     loads_policy,
     pareto_path,
     policy_from_json,
+    policy_schema,
     policy_to_json,
     save_policy,
 )
@@ -24,6 +25,7 @@ from hgc_tune.policy._macs import (
 from hgc_tune.policy._model import (
     CONTROLNET_MODES,
     SCHEMA_VERSION,
+    ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
     Policy,
@@ -52,6 +54,7 @@ __all__ = [
     "PEERS",
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
+    "ControlNetSpec",
     "ControlNetWindow",
     "GuidanceWindow",
     "MacTableLike",
@@ -73,6 +76,7 @@ __all__ = [
     "peer_policy",
     "policy_from_json",
     "policy_macs",
+    "policy_schema",
     "policy_step_macs",
     "policy_to_json",
     "save_policy",
