@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def _load_controlnet(ref: str, torch_dtype):
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
 
-def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
+def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dtype):
     from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
     if _is_local(base) or not _HUB_ID.match(base):
@@ -133,13 +134,17 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
         "requires_safety_checker": False,
     }
     if controlnet_ref is not None:
-        controlnet = _load_controlnet(controlnet_ref, torch_dtype)
+        refs = [controlnet_ref] if isinstance(controlnet_ref, str) else list(controlnet_ref)
         try:
             unet_config = UNet2DConditionModel.load_config(base, subfolder="unet")
         except OSError as e:
             raise ModelNotFoundError(f"could not read the U-Net configuration of {base!r}: {e}") from e
-        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref)
-        kwargs["controlnet"] = controlnet
+        controlnets = []
+        for ref in refs:
+            controlnets.append(_load_controlnet(ref, torch_dtype))
+            check_controlnet_fits(unet_config, controlnets[-1].config, ref)
+        # Several ControlNets: diffusers wraps the list in a MultiControlNetModel.
+        kwargs["controlnet"] = controlnets[0] if isinstance(controlnet_ref, str) else controlnets
     elif not has_own_controlnet:
         raise ModelLoadError(
             f"base model {base!r} holds no ControlNet: pass one with `controlnet=` "
@@ -157,7 +162,7 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype):
 def load_pipeline(
     model: str,
     *,
-    controlnet: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
     condition: str | None = None,
     scheduler: str = "unipc",
     dtype: str = "fp32",
@@ -169,9 +174,12 @@ def load_pipeline(
     Args:
         model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
             hub id.
-        controlnet: A ControlNet directory or hub id. Required for a base model that holds none; for the
-            ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
+        controlnet: A ControlNet directory or hub id, or a list of them for several ControlNets at once
+            (diffusers' ``MultiControlNetModel``, run in the list's order). Required for a base model that
+            holds none; for the ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
         condition: The condition type (``shapes`` preset: ``seg``, ``canny``, ``hed`` or ``depth``).
+            Several, joined by commas (``seg,depth``), give a ``MultiControlNetModel`` with one ControlNet
+            per type: the shipped ones for ``shapes``, random ones for ``tiny`` and ``sd15``.
         scheduler: One of :data:`SCHEDULERS`; UniPC by default, as in ControlNet++'s evaluation.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: A torch device string.
@@ -188,7 +196,8 @@ def load_pipeline(
     if model in ("tiny", "sd15"):
         if controlnet is not None:
             raise ModelLoadError(f"preset {model!r} has its own random ControlNet; do not pass controlnet=.")
-        components = build_preset_components(model, seed)
+        n = len(condition.split(",")) if condition else 1
+        components = build_preset_components(model, seed, controlnets=n)
         pipe = StableDiffusionControlNetPipeline(
             **components,
             scheduler=make_scheduler(scheduler),
@@ -199,8 +208,13 @@ def load_pipeline(
     elif model == "shapes":
         from hgc_tune.models._shapes import shapes_checkpoint
 
-        base, controlnet_dir = shapes_checkpoint(condition)
-        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)
+        if condition is not None and "," in condition:
+            checkpoints = [shapes_checkpoint(c) for c in condition.split(",")]
+            base, refs = checkpoints[0][0], [str(cn) for _, cn in checkpoints]
+            pipe = _from_pretrained(str(base), controlnet or refs, torch_dtype)
+        else:
+            base, controlnet_dir = shapes_checkpoint(condition)
+            pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     elif model in PRESETS:  # pragma: no cover - a preset registered without a loader
         raise UnknownPresetError(f"preset {model!r} has no loader.")
