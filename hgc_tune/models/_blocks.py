@@ -151,8 +151,17 @@ class ModuleLayout:
         https://arxiv.org/abs/2312.00858).
 
         ``down.(b+1)…``, ``mid`` and ``up.0…(L-2-b)``: the up blocks whose output feeds the shallow branch
-        (``L`` up blocks). Without up blocks (the ControlNet) only the down blocks and the mid block.
+        (``L`` up blocks). Without up blocks (the ControlNet) only the down blocks and the mid block. For a
+        container of models, the deep blocks of each contained model (by ``net_class``'s layout).
         """
+        if self.nets is not None:
+            paths = list(paths)
+            net_layout = module_layout(self.net_class)
+            return [
+                _join(prefix, p)
+                for prefix in self.net_prefixes(paths)
+                for p in net_layout.deep_paths(_under(paths, prefix), branch)
+            ]
         n_down, mid, n_up = self.block_counts(paths)
         deep = [f"{self.down}.{i}" for i in range(branch + 1, n_down)]
         deep += [self.mid] if mid else []
