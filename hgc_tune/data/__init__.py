@@ -24,7 +24,15 @@ from hgc_tune.data._benchmark import (
     split_seeds,
     write_shapes_dataset,
 )
-from hgc_tune.data._dataset import FIELDS, METADATA_FILE, REQUIRED_FIELDS, SKIP_REASONS, Dataset, Sample
+from hgc_tune.data._dataset import (
+    FIELDS,
+    METADATA_FILE,
+    REQUIRED_FIELDS,
+    SKIP_REASONS,
+    Dataset,
+    MultiSample,
+    Sample,
+)
 from hgc_tune.data._open import DEFAULT_SHAPES_SCENES, SHAPES_REF, open_dataset
 from hgc_tune.data._preview import shapes_preview
 from hgc_tune.data._shapes import (
@@ -65,6 +73,7 @@ __all__ = [
     "SPLITS",
     "TEXTURE_NAMES",
     "Dataset",
+    "MultiSample",
     "Sample",
     "Scene",
     "SceneObject",

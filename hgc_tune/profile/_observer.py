@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgc_tune.models import module_groups
+from hgc_tune.models import is_whole_model_key, module_groups
 from hgc_tune.profile._metrics import (
     TINY,
     cross_attention_map,
@@ -115,7 +115,8 @@ class ProfileObserver:
             raise RuntimeError("the profile observer is already attached")
         try:
             for key, module in self.blocks.items():
-                extract = _controlnet_residuals if key == "controlnet" else _main_output
+                # A whole ControlNet (`controlnet`, or `controlnet.nets.<i>` of several) returns residuals.
+                extract = _controlnet_residuals if is_whole_model_key(key) else _main_output
                 self._handles.append(module.register_forward_hook(self._block_hook(key, extract)))
             for key, module in self.attentions.items():
                 hook = self._attention_hook(key)
