@@ -35,9 +35,10 @@ from hgc_tune.profile._metrics import (
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
 from hgc_tune.profile._pipeline import check_profiled_pipeline, load_profiled_pipeline
-from hgc_tune.profile._profiler import profile_pipeline
+from hgc_tune.profile._profiler import condition_input, profile_pipeline
 
 __all__ = [
+    "condition_input",
     "AGGREGATES",
     "ATTENTION_METRICS",
     "ATTENTION_STATS",

@@ -23,7 +23,7 @@ from hgc_tune.profile._artifact import (
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
 
-__all__ = ["profile_pipeline"]
+__all__ = ["profile_pipeline", "condition_input"]
 
 # What the statistics mean, recorded in every profile.json so a reader need not find this source.
 _STATISTICS_NOTE: dict[str, str] = {
@@ -138,7 +138,7 @@ def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _condition_input(array: np.ndarray) -> Any:
+def condition_input(array: np.ndarray) -> Any:
     """What the pipeline takes: a PIL image, or a list of them for several ControlNets (``[k, H, W, 3]``)."""
     from PIL import Image
 
@@ -275,7 +275,7 @@ def profile_pipeline(
             output = pipe(
                 prompt=prompt,
                 negative_prompt=negative,
-                image=_condition_input(_condition_array(image, height, width)),
+                image=condition_input(_condition_array(image, height, width)),
                 height=height,
                 width=width,
                 num_inference_steps=num_steps,

@@ -60,9 +60,9 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
         ReportError: If the policy does not fit the pipeline or its step count differs from the profile's.
     """
     import torch
-    from PIL import Image
 
     from hgc_tune.executor import apply_policy
+    from hgc_tune.profile import condition_input
 
     if not indices:
         height, width = profile.resolution
@@ -81,7 +81,7 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
             output = pipe(
                 prompt=profile.prompts[i],
                 negative_prompt=profile.negative_prompts[i],
-                image=Image.fromarray(conditions[i]),
+                image=condition_input(conditions[i]),
                 height=height,
                 width=width,
                 num_inference_steps=steps,
