@@ -76,10 +76,17 @@ def jobs_from_samples(samples: Iterable[Any], *, seed: int = 0) -> list[Generati
                 prompt=sample.prompt,
                 negative_prompt=getattr(sample, "negative_prompt", None),
                 seed=int(own) if own is not None else seed + i,
-                condition=sample.condition_image().convert("RGB"),
+                condition=_rgb(sample.condition_image()),
             )
         )
     return jobs
+
+
+def _rgb(image: Any) -> Any:
+    """A condition image as RGB; several (one per ControlNet) as a list of them."""
+    if isinstance(image, list | tuple):
+        return [one.convert("RGB") for one in image]
+    return image.convert("RGB")
 
 
 def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings) -> GeneratedOutput:
@@ -360,6 +367,9 @@ class FidelityScorer:
 
 def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
     from PIL import Image
+
+    if isinstance(image, list | tuple):  # several ControlNets: [k, H, W, 3]
+        return np.stack([_condition_array(one, height, width) for one in image])
 
     if image.size != (width, height):
         image = image.resize((width, height), Image.NEAREST)

@@ -125,7 +125,7 @@ def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
 
 
 def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
-    from PIL import Image
+    from hgc_tune.profile import condition_input
 
     conditions = profile.condition_images
     n = profile.num_samples if limit is None else min(limit, profile.num_samples)
@@ -134,7 +134,7 @@ def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
             prompt=profile.prompts[i],
             negative_prompt=profile.negative_prompts[i],
             seed=int(profile.seeds[i]),
-            condition=Image.fromarray(conditions[i]),
+            condition=condition_input(conditions[i]),
         )
         for i in range(n)
     ]

@@ -76,3 +76,21 @@ def test_two_controlnets_from_profile_to_report(multi_pipe, profile, tmp_path) -
             output_type="np",
         ).images[0]
     assert np.isfinite(out).all()
+
+
+def test_search_on_two_controlnets_writes_a_version_2_policy(multi_pipe, profile, tmp_path) -> None:
+    from hgc_tune.policy import dumps_policy
+    from hgc_tune.search import SearchConfig, search_policy, write_search_outputs
+
+    folder = profile.save(tmp_path / "profile")
+    heldout = open_dataset("shapes", condition_type=CONDITIONS, split="validation", limit=1)
+    test = open_dataset("shapes", condition_type=CONDITIONS, split="test", limit=1)
+    config = SearchConfig(budget=0.5, metric="ssim", n_trials=6, seed=1, confidence=0, calibration_samples=2)
+    result = search_policy(folder, multi_pipe, config, heldout=heldout, test=test)
+    assert result.ok, result.message
+    paths = write_search_outputs(result, tmp_path / "policies" / "multi.json")
+    policy = load_policy(paths["policy"]).select(CONDITIONS)
+    assert [c.condition_type for c in policy.target.controlnets] == ["seg", "depth"]
+    assert '"schema_version": 2' in dumps_policy(policy)
+    with __import__("hgc_tune").apply_policy(multi_pipe, policy, condition_type=CONDITIONS):
+        pass
