@@ -49,7 +49,7 @@ from hgc_tune.cli._checks import (
     int_in,
     seconds,
 )
-from hgc_tune.cli._common import print_json
+from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between trial heartbeats (stale after twice that)",
     )
     parser.add_argument("--model", default=None, help="override the profile's model (preset, folder, hub id)")
-    parser.add_argument("--controlnet", default=None, help="ControlNet for a base model without one")
+    add_controlnet_argument(parser, "ControlNet for a base model without one")
     parser.add_argument(
         "--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: the profile's"
     )
@@ -188,7 +188,7 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
     return load_profiled_pipeline(
         profile,
         model=args.model,
-        controlnet=args.controlnet,
+        controlnet=controlnet_ref(args.controlnet),
         dtype=args.dtype,
         device=args.device,
         error=SearchError,
@@ -251,7 +251,6 @@ def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
         "--steps": args.steps,
         "--heartbeat": args.heartbeat,
         "--model": args.model,
-        "--controlnet": args.controlnet,
         "--dtype": args.dtype,
         "--device": args.device,
         "--validation-samples": 0,
@@ -260,6 +259,8 @@ def _child_argv(args: argparse.Namespace, index: int) -> list[str]:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
+    for ref in args.controlnet or ():
+        argv += ["--controlnet", ref]
     if not args.early_rejection:
         argv.append("--no-early-rejection")
     return [*argv, "--no-progress", "--worker-only", "--worker-index", str(index)]

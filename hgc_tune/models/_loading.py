@@ -143,8 +143,7 @@ def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dt
         for ref in refs:
             controlnets.append(_load_controlnet(ref, torch_dtype))
             check_controlnet_fits(unet_config, controlnets[-1].config, ref)
-        # Several ControlNets: diffusers wraps the list in a MultiControlNetModel.
-        kwargs["controlnet"] = controlnets[0] if isinstance(controlnet_ref, str) else controlnets
+        kwargs["controlnet"] = controlnets[0]
     elif not has_own_controlnet:
         raise ModelLoadError(
             f"base model {base!r} holds no ControlNet: pass one with `controlnet=` "
@@ -154,9 +153,15 @@ def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dt
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name keeps older releases working.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
+            pipe = StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load base model {base!r}: {e}") from e
+    if controlnet_ref is not None and not isinstance(controlnet_ref, str):
+        # Several ControlNets: the pipeline diffusers builds from a list (a MultiControlNetModel). Loading
+        # takes one ControlNet, as the base model's index names a single one.
+        components = {**pipe.components, "controlnet": controlnets}
+        pipe = StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+    return pipe
 
 
 def load_pipeline(
