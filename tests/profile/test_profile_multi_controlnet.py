@@ -66,3 +66,16 @@ def test_profile_records_each_controlnet(multi_pipe, tmp_path) -> None:
     profile.save(tmp_path / "p")
     back = Profile.load(tmp_path / "p")
     assert back.condition_images.shape == (2, 2, 64, 64, 3)
+
+
+def test_the_shapes_model_combines_its_controlnets() -> None:
+    from hgc_tune.policy import target_for_pipeline
+
+    pipe = load_pipeline("shapes", condition="seg,depth")
+    seg = load_pipeline("shapes", condition="seg")
+    nets = pipe.controlnet.nets
+    assert type(pipe.controlnet).__name__ == "MultiControlNetModel" and len(nets) == 2
+    assert torch.equal(nets[0].conv_in.weight, seg.controlnet.conv_in.weight)
+    assert not torch.equal(nets[1].controlnet_mid_block.weight, seg.controlnet.controlnet_mid_block.weight)
+    target = target_for_pipeline(pipe, num_steps=20, condition_type="seg,depth")
+    assert [c.condition_type for c in target.controlnets] == ["seg", "depth"]
