@@ -129,6 +129,7 @@ PUBLIC: dict[str, set[str]] = {
         "register_module_layout",
     },
     "hgc_tune.policy": {
+        "ControlNetSpec",
         "ControlNetWindow",
         "GuidanceWindow",
         "Policy",

@@ -25,10 +25,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
         default="tiny",
         help="preset (tiny, sd15, shapes), local diffusers pipeline directory, or hub id (default: tiny)",
     )
-    parser.add_argument("--controlnet", default=None, help="ControlNet directory or hub id for a base model")
+    add_controlnet_argument(parser, "ControlNet directory or hub id for a base model")
     if with_condition:
         parser.add_argument(
-            "--condition", default=None, help="condition type (shapes preset: seg, canny, hed, depth)"
+            "--condition",
+            default=None,
+            help="condition type (shapes preset: seg, canny, hed, depth); several ControlNets at once: "
+            "comma-separated in their order (seg,depth)",
         )
     parser.add_argument("--scheduler", default="unipc", help="unipc (default), ddim, euler, dpm, pndm")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -42,6 +45,24 @@ def hide_loading_bars() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+def add_controlnet_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--controlnet DIR|ID``, repeatable: several give a MultiControlNetModel, in the order given."""
+    parser.add_argument(
+        "--controlnet",
+        action="append",
+        default=None,
+        help=f"{help_text}; repeat it for several ControlNets at once (run in the order given)",
+    )
+
+
+def controlnet_ref(value: list[str] | str | None) -> list[str] | str | None:
+    """The ``controlnet`` argument of :func:`hgc_tune.models.load_pipeline` from a repeated ``--controlnet``:
+    one reference, a list of several, or ``None``."""
+    if value is None or isinstance(value, str):
+        return value
+    return value[0] if len(value) == 1 else list(value)
 
 
 def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
@@ -58,9 +79,17 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
             "(fine for MACs and timing).",
             file=sys.stderr,
         )
+    refs, condition = controlnet_ref(args.controlnet), getattr(args, "condition", None)
+    if isinstance(refs, list) and condition and len(condition.split(",")) != len(refs):
+        from hgc_tune.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"--condition {condition!r} names {len(condition.split(','))} condition type(s) for "
+            f"{len(refs)} --controlnet: name one per ControlNet, in the same order (e.g. seg,depth)."
+        )
     return load_pipeline(
         args.model,
-        controlnet=args.controlnet,
+        controlnet=refs,
         condition=getattr(args, "condition", None),
         scheduler=args.scheduler,
         dtype=args.dtype,

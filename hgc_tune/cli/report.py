@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output
-from hgc_tune.cli._common import print_json
+from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
 
 HELP = "write figures (similarity, attention drift, policy grid, trade-off, samples) and an index.html"
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model to generate the policy's images with (default: the profile's model)",
     )
-    parser.add_argument("--controlnet", default=None, help="ControlNet for a base model that holds none")
+    add_controlnet_argument(parser, "ControlNet for a base model that holds none")
     parser.add_argument("--device", default="cpu", help="torch device for the policy's images (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print the files and the summary as JSON")
 
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
         profile = Profile.load(args.profile)
         # A built-in schedule is made for a pipeline: load the profile's, and reuse it for the images.
-        pipe = pipeline_for_profile(profile, model=args.model, controlnet=args.controlnet, device=args.device)
+        pipe = pipeline_for_profile(
+            profile, model=args.model, controlnet=controlnet_ref(args.controlnet), device=args.device
+        )
         policy = resolve_policy(
             policy,
             pipe,
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         pipe=pipe,
         model=args.model,
-        controlnet=args.controlnet,
+        controlnet=controlnet_ref(args.controlnet),
         device=args.device,
     )
     if args.json:

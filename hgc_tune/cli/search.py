@@ -43,7 +43,7 @@ from hgc_tune.cli._checks import (
     check_output,
     int_in,
 )
-from hgc_tune.cli._common import print_json
+from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with validation/ and test/ subfolders (default: the profile's, if shapes)",
     )
     parser.add_argument("--model", default=None, help="override the profile's model (preset, folder, hub id)")
-    parser.add_argument("--controlnet", default=None, help="ControlNet for a base model without one")
+    add_controlnet_argument(parser, "ControlNet for a base model without one")
     parser.add_argument(
         "--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: the profile's"
     )
@@ -113,7 +113,7 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
     return load_profiled_pipeline(
         profile,
         model=args.model,
-        controlnet=args.controlnet,
+        controlnet=controlnet_ref(args.controlnet),
         dtype=args.dtype,
         device=args.device,
         error=SearchError,
@@ -170,8 +170,9 @@ def _worker_argv(args: argparse.Namespace, config: Any, index: int) -> list[str]
     argv += config_argv(replace(config, worker_index=index))
     for flag in _PIPELINE_FLAGS:
         value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            argv += [flag, value]
+        # a repeated flag (``--controlnet`` for several ControlNets) is repeated in the worker's argv too
+        for one in [value] if isinstance(value, str) else value or ():
+            argv += [flag, one]
     return [*argv, "--validation-samples", "0", "--test-samples", "0", "--no-progress", "--worker-only"]
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "REQUIRED_FIELDS",
     "SKIP_REASONS",
     "Sample",
+    "MultiSample",
     "Dataset",
 ]
 
@@ -100,6 +101,54 @@ class Sample:
     def ground_truth_image(self):
         """Open the ground-truth picture (RGB ``PIL.Image.Image``), or ``None`` when the row has none."""
         return None if self.image_path is None else _open_rgb(self.image_path)
+
+
+@dataclass(frozen=True)
+class MultiSample:
+    """One scene with a condition image per ControlNet: the rows of several condition types that share
+    their prompt, seed and ground truth (``Dataset.open(..., condition_type="seg,depth")``).
+
+    ``condition_image()`` returns the list of condition images, in the order of the condition types, which
+    is what diffusers' pipeline takes for a ``MultiControlNetModel``.
+    """
+
+    index: int
+    samples: tuple[Sample, ...]
+
+    @property
+    def prompt(self) -> str:
+        return self.samples[0].prompt
+
+    @property
+    def negative_prompt(self) -> str | None:
+        return self.samples[0].negative_prompt
+
+    @property
+    def seed(self) -> int | None:
+        return self.samples[0].seed
+
+    @property
+    def image_path(self) -> Path | None:
+        return self.samples[0].image_path
+
+    @property
+    def condition_type(self) -> str:
+        return ",".join(s.condition_type for s in self.samples)
+
+    @property
+    def condition_paths(self) -> tuple[Path, ...]:
+        return tuple(s.condition_path for s in self.samples)
+
+    def condition_image(self) -> list:
+        """The condition images (RGB ``PIL.Image.Image``), one per condition type, in order."""
+        return [s.condition_image() for s in self.samples]
+
+    def load_condition(self) -> list:
+        """Alias of :meth:`condition_image`."""
+        return self.condition_image()
+
+    def ground_truth_image(self):
+        return self.samples[0].ground_truth_image()
 
 
 def _open_rgb(path: Path):
@@ -286,6 +335,35 @@ class Dataset:
         self.condition_type = condition_type
 
     @classmethod
+    def _open_several(cls, root: Path, condition_type: str, *, limit: int | None, strict: bool) -> Dataset:
+        """The scenes that have a row of every condition type of ``seg,depth`` (same prompt, seed and ground
+        truth), as :class:`MultiSample` s in the first type's order."""
+        types = condition_type.split(",")
+        if any(not t for t in types) or len(set(types)) != len(types):
+            raise DatasetError(
+                f"`condition_type` must name distinct condition types joined by commas, but got "
+                f"{condition_type!r}."
+            )
+        parts = [cls.open(root, condition_type=t, strict=strict) for t in types]
+
+        def scene(sample: Sample) -> tuple:
+            return (sample.prompt, sample.seed, sample.negative_prompt, sample.image_path)
+
+        others = [{scene(s): s for s in part} for part in parts[1:]]
+        samples: list[MultiSample] = []
+        for first in parts[0]:
+            rest = [found.get(scene(first)) for found in others]
+            if all(r is not None for r in rest):
+                samples.append(MultiSample(len(samples), (first, *rest)))
+            if limit is not None and len(samples) == limit:
+                break
+        skipped: dict[str, int] = {}
+        for part in parts:
+            for reason, count in part.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + count
+        return cls(root, tuple(samples), skipped, condition_type=condition_type)
+
+    @classmethod
     def open(
         cls,
         folder: str | Path,
@@ -319,6 +397,8 @@ class Dataset:
             raise DatasetError(f"`limit` must be a positive integer or None, but got limit={limit!r}.")
         if condition_type is not None and (not isinstance(condition_type, str) or not condition_type):
             raise DatasetError(f"`condition_type` must be a non-empty string, but got {condition_type!r}.")
+        if "," in (condition_type or ""):
+            return cls._open_several(root, condition_type, limit=limit, strict=strict)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {str(root)!r} does not exist (or is not a folder).")
         metadata = root / METADATA_FILE
@@ -434,7 +514,9 @@ class Dataset:
             The hex digest.
         """
         digest = hashlib.sha256()
-        for sample in self._samples:
+        # A MultiSample (several condition types) enters as its rows, one per condition type.
+        rows = [row for sample in self._samples for row in getattr(sample, "samples", (sample,))]
+        for sample in rows:
             row = {
                 "condition": self._relative(sample.condition_path),
                 "condition_type": sample.condition_type,

@@ -21,7 +21,7 @@ from hgc_tune.executor._controlnet_window import (
 from hgc_tune.executor._guard import POLICY_GUARD_HOOK, PolicyGuardHook
 from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig, apply_guidance_truncation
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
-from hgc_tune.models._blocks import module_groups
+from hgc_tune.models._blocks import cacheable_module_keys, is_whole_model_key
 from hgc_tune.models._tasks import inference_steps_for
 from hgc_tune.policy import Policy, PolicyFile
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
@@ -40,9 +40,10 @@ def check_policy_fits(
     by key.
 
     The one comparison of a policy with a pipeline (the executor and ``hgc-tune macs`` use it): pipeline,
-    U-Net and ControlNet classes, scheduler, structural fingerprint, the condition type (when
-    ``condition_type`` is given), and then every module key the policy names. The error names each field
-    that differs with both values.
+    U-Net and ControlNet classes, the number of ControlNets and each one's class and fingerprint, scheduler,
+    structural fingerprint, the condition type (when ``condition_type`` is given; ``seg,depth`` for two
+    ControlNets), and then every module key the policy names. The error names each field that differs with
+    both values.
 
     Args:
         pipe: The pipeline.
@@ -58,16 +59,29 @@ def check_policy_fits(
         raise PolicyMismatchError(
             f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
         )
-    blocks, attentions = module_groups(pipe)
-    modules = {**blocks, **attentions}
-    for kind, keys in (("blocks", policy.blocks), ("attention", policy.attention)):
+    modules = cacheable_module_keys(pipe)
+    for kind, keys in (
+        ("blocks", policy.blocks),
+        ("attention", policy.attention),
+        ("controlnets", policy.controlnets),
+    ):
         for key in keys:
             if key not in modules:
                 raise PolicyMismatchError(
                     f"policy {policy.name!r}: {kind}[{key!r}] names no cacheable module of this pipeline "
-                    f"(cacheable blocks are e.g. {list(blocks)[:6]})."
+                    f"(cacheable blocks are e.g. {list(modules)[:6]})."
                 )
     return modules
+
+
+def _whole_controlnets(pipe: Any) -> dict[str, torch.nn.Module]:
+    """Each whole ControlNet of the pipeline by key: ``controlnet``, or ``controlnet.nets.<i>`` for the nets
+    of a ``MultiControlNetModel``."""
+    controlnet = pipe.controlnet
+    nets = getattr(controlnet, "nets", None)
+    if nets is None:
+        return {"controlnet": controlnet}
+    return {f"controlnet.nets.{i}": net for i, net in enumerate(nets)}
 
 
 def check_other_hooks(pipe: Any, policy: Policy) -> None:
@@ -110,7 +124,8 @@ class PolicyHandle:
         self.policy = policy
         self.context = context
         self.step_hooks: dict[str, StepCacheHook] = {}
-        self.controlnet_hook: ControlNetWindowHook | None = None
+        # The window hook of each whole ControlNet, by key (``controlnet``, or ``controlnet.nets.<i>``).
+        self.controlnet_hooks: dict[str, ControlNetWindowHook] = {}
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
         self._removed = False
@@ -134,8 +149,13 @@ class PolicyHandle:
             repair_hook(module, name)
         for hook in self.step_hooks.values():
             hook.state.reset()
-        if self.controlnet_hook is not None:
-            self.controlnet_hook.state.reset()
+        for hook in self.controlnet_hooks.values():
+            hook.state.reset()
+
+    @property
+    def controlnet_hook(self) -> ControlNetWindowHook | None:
+        """The window hook of the single ControlNet (the first one's with several; ``None`` once removed)."""
+        return next(iter(self.controlnet_hooks.values()), None)
 
     def check_call(self) -> None:
         """Raise :class:`PolicyError` unless the pipeline the policy was applied to, with the scheduler it
@@ -189,7 +209,7 @@ class PolicyHandle:
             remove_hook(module, name)
         self._attached.clear()
         self.step_hooks.clear()
-        self.controlnet_hook = None
+        self.controlnet_hooks.clear()
         self.context.remove_begin_listener(self._begin_call)
         release_run_context(self.pipe)
         if getattr(self.pipe, _HANDLE_ATTR, None) is self:
@@ -321,19 +341,23 @@ def apply_policy(
     handle = PolicyHandle(pipe, policy, context)
     try:
         for key, steps in policy.compute_sets().items():
-            if key == "controlnet":
+            if is_whole_model_key(key):
                 continue
             hook = apply_step_cache(modules[key], StepCacheConfig(frozenset(steps)), context)
             handle._attached.append((modules[key], STEP_CACHE_HOOK))
             handle.step_hooks[key] = hook
-        window = policy.controlnet
-        config = (
-            ControlNetWindowConfig(frozenset(window.steps), window.mode)
-            if window
-            else ControlNetWindowConfig()
-        )
-        handle.controlnet_hook = apply_controlnet_window(pipe.controlnet, config, context)
-        handle._attached.append((pipe.controlnet, CONTROLNET_WINDOW_HOOK))
+        windows = policy.controlnet_windows
+        for key, net in _whole_controlnets(pipe).items():
+            window = windows.get(key)
+            config = ControlNetWindowConfig(
+                frozenset(window.steps) if window else None,
+                window.mode if window else "reuse",
+                # diffusers' MultiControlNetModel adds the later nets' mid residual into the first net's in
+                # place: kept residuals must not be the tensors it returns.
+                private_outputs=key != "controlnet",
+            )
+            handle.controlnet_hooks[key] = apply_controlnet_window(net, config, context)
+            handle._attached.append((net, CONTROLNET_WINDOW_HOOK))
         if policy.guidance is not None:
             # Registered last, so it wraps outside the window hook and reuse sees the truncated batch.
             for denoiser in (pipe.controlnet, pipe.unet):

@@ -31,10 +31,16 @@ CONTROLNET_WINDOW_HOOK = "hgc_controlnet_window"
 
 @dataclass(frozen=True)
 class ControlNetWindowConfig:
-    """Where the ControlNet runs (``steps``, ``None`` = every step) and what it does elsewhere (``mode``)."""
+    """Where the ControlNet runs (``steps``, ``None`` = every step) and what it does elsewhere (``mode``).
+
+    ``private_outputs``: keep a copy of the computed residuals and hand out a copy when reusing them, for a
+    ControlNet whose caller changes its residuals in place (diffusers' ``MultiControlNetModel`` sums the nets'
+    mid residuals into the first net's).
+    """
 
     steps: frozenset[int] | None = None
     mode: str = "reuse"
+    private_outputs: bool = False
 
 
 class ControlNetWindowState:
@@ -111,9 +117,10 @@ class ControlNetWindowHook(PolicyHook):
             reused = fit_batch(self.state.residuals, leading_batch(args, kwargs))
             if reused is not None:
                 self.state.reused += 1
-                return reused
+                return copy_tensors(reused) if self.config.private_outputs else reused
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.state.residuals = copy_tensors(output) if self.context.copy_cached_outputs else output
+        copy = self.context.copy_cached_outputs or self.config.private_outputs
+        self.state.residuals = copy_tensors(output) if copy else output
         self.state.computed += 1
         return output
 

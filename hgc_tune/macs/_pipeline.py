@@ -56,12 +56,14 @@ def _unet_call(unet, sample, timestep, text, *residuals):
 
 
 def _controlnet_call(controlnet, sample, timestep, text, cond):
+    nets = getattr(controlnet, "nets", None)
     down, mid = controlnet(
         sample,
         timestep,
         encoder_hidden_states=text,
-        controlnet_cond=cond,
-        conditioning_scale=1.0,
+        # Several ControlNets (MultiControlNetModel): one condition image and scale each.
+        controlnet_cond=cond if nets is None else [cond] * len(nets),
+        conditioning_scale=1.0 if nets is None else [1.0] * len(nets),
         guess_mode=False,
         return_dict=False,
     )
@@ -86,7 +88,8 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     VAE decode of one latent. The pipeline must be unmodified (no policy applied): the trace runs whatever
     the modules' forwards do.
 
-    Keys of the table: ``unet``, ``controlnet`` and every submodule of each (``unet.down_blocks.1``, ...),
+    Keys of the table: ``unet``, ``controlnet`` and every submodule of each (``unet.down_blocks.1``, ...;
+    with several ControlNets ``controlnet.nets.0``, ``controlnet.nets.0.mid_block``, ...),
     ``text_encoder`` and its submodules, ``vae.decoder`` (one decode, ``post_quant_conv`` included) and the
     decoder's submodules. Operators fvcore has no handle for are recorded under the same keys in the table's
     ``unsupported_ops``.
@@ -112,10 +115,12 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     _check_size("width", width, factor)
     unet = pipe.unet
     controlnet = getattr(pipe, "controlnet", None)
-    if controlnet is not None and not hasattr(controlnet, "controlnet_cond_embedding"):
+    nets = getattr(controlnet, "nets", [controlnet]) if controlnet is not None else []
+    if not all(hasattr(net, "controlnet_cond_embedding") for net in nets):
         raise HgcTuneError(
-            f"count_pipeline_macs counts one ControlNetModel, but the pipeline's controlnet is a "
-            f"{type(controlnet).__name__}."
+            f"count_pipeline_macs counts ControlNetModels (one, or several in a MultiControlNetModel), but "
+            f"the pipeline's controlnet is a {type(controlnet).__name__} of "
+            f"{[type(net).__name__ for net in nets]}."
         )
     device, dtype = unet.device, unet.dtype
     tokens = _text_tokens(pipe)

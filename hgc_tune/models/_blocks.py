@@ -13,7 +13,10 @@ it). A class that is not registered raises :class:`~hgc_tune.errors.Unregistered
 compatible custom class register it with :func:`register_module_layout` (the data escape hatch).
 
 Module keys name a module of a pipeline as ``<component>.<dotted path>`` (``unet.down_blocks.1``); the
-empty path, key ``controlnet``, is the whole ControlNet.
+empty path, key ``controlnet``, is the whole ControlNet. A container of models (diffusers'
+``MultiControlNetModel``, several ControlNets at once) keeps them in a numbered list (``nets``); each is laid
+out by its own class's layout under ``<list>.<i>``: ``controlnet.nets.0`` is the whole first ControlNet,
+``controlnet.nets.1.down_blocks.2`` a block of the second.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "register_module_layout",
     "module_layout",
     "is_attention_key",
+    "is_whole_model_key",
     "block_containers",
     "forward_order",
     "block_paths",
@@ -68,6 +72,10 @@ class ModuleLayout:
             holds them at the same positions.
         forward_order: The model's top-level children in the order its breakdown by block reads (children
             not listed follow by name).
+        nets: For a container of models (``MultiControlNetModel``): the attribute of its numbered list of
+            models, each laid out by its own registered layout under ``<nets>.<i>``; ``None`` otherwise.
+        net_class: The class whose layout the contained models have where only module keys are known (no
+            loaded model): the search space and the peers reason on keys.
     """
 
     down: str = "down_blocks"
@@ -77,6 +85,19 @@ class ModuleLayout:
     whole: bool = False
     outputs: tuple[str, ...] = ()
     forward_order: tuple[str, ...] = ()
+    nets: str | None = None
+    net_class: str | None = None
+
+    def _nets(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        return [(f"{self.nets}.{i}", net) for i, net in enumerate(getattr(model, self.nets))]
+
+    def net_prefixes(self, paths: Iterable[str]) -> list[str]:
+        """The contained models' relative paths (``nets.0``, ``nets.1``) among ``paths``, in order."""
+        if self.nets is None:
+            return []
+        pattern = re.compile(rf"^{re.escape(self.nets)}\.(\d+)(\.|$)")
+        indices = sorted({int(m.group(1)) for p in paths if (m := pattern.match(p))})
+        return [f"{self.nets}.{i}" for i in indices]
 
     def _pattern(self) -> re.Pattern[str]:
         containers = "|".join(re.escape(c) for c in (self.down, self.up) if c)
@@ -85,6 +106,12 @@ class ModuleLayout:
     # -- a loaded model ------------------------------------------------------------------------------------
     def block_paths(self, model: torch.nn.Module) -> list[str]:
         """The cacheable block paths of ``model`` in forward order (``""`` first: the whole model)."""
+        if self.nets is not None:
+            return [
+                _join(prefix, p)
+                for prefix, net in self._nets(model)
+                for p in module_layout(net).block_paths(net)
+            ]
         paths = [""] if self.whole else []
         paths += [f"{self.down}.{i}" for i in range(len(getattr(model, self.down)))]
         if getattr(model, self.mid, None) is not None:
@@ -95,6 +122,12 @@ class ModuleLayout:
 
     def attention_paths(self, model: torch.nn.Module) -> list[str]:
         """Dotted paths of every cross-attention module of ``model``, in module order."""
+        if self.nets is not None:
+            return [
+                _join(prefix, p)
+                for prefix, net in self._nets(model)
+                for p in module_layout(net).attention_paths(net)
+            ]
         return [name for name, _ in model.named_modules() if self.is_attention(name)]
 
     def output_tensors(self, output: Any) -> list[torch.Tensor]:
@@ -146,13 +179,35 @@ class ModuleLayout:
         https://arxiv.org/abs/2312.00858).
 
         ``down.(b+1)…``, ``mid`` and ``up.0…(L-2-b)``: the up blocks whose output feeds the shallow branch
-        (``L`` up blocks). Without up blocks (the ControlNet) only the down blocks and the mid block.
+        (``L`` up blocks). Without up blocks (the ControlNet) only the down blocks and the mid block. For a
+        container of models, the deep blocks of each contained model (by ``net_class``'s layout).
         """
+        if self.nets is not None:
+            paths = list(paths)
+            net_layout = module_layout(self.net_class)
+            return [
+                _join(prefix, p)
+                for prefix in self.net_prefixes(paths)
+                for p in net_layout.deep_paths(_under(paths, prefix), branch)
+            ]
         n_down, mid, n_up = self.block_counts(paths)
         deep = [f"{self.down}.{i}" for i in range(branch + 1, n_down)]
         deep += [self.mid] if mid else []
         deep += [f"{self.up}.{i}" for i in range(n_up - 1 - branch)]
         return deep
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if path else prefix
+
+
+def _under(paths: Iterable[str], prefix: str) -> list[str]:
+    """The paths below ``prefix``, relative to it (``prefix`` itself as ``""``)."""
+    return [
+        p[len(prefix) + 1 :] if p != prefix else ""
+        for p in paths
+        if p == prefix or p.startswith(prefix + ".")
+    ]
 
 
 _LAYOUTS: dict[str, ModuleLayout] = {}
@@ -210,6 +265,8 @@ register_module_layout(
         ),
     ),
 )
+# diffusers' several-ControlNets wrapper: its nets run one after the other and their residuals are summed.
+register_module_layout("MultiControlNetModel", ModuleLayout(nets="nets", net_class="ControlNetModel"))
 
 
 def module_layout(model_or_class: Any) -> ModuleLayout:
@@ -286,6 +343,21 @@ def is_attention_key(key: str, classes: Mapping[str, str | None]) -> bool:
     if name is not None and name in _LAYOUTS:
         return _LAYOUTS[name].is_attention(key)
     return any(layout.is_attention(key) for layout in {*_LAYOUTS.values()})
+
+
+def is_whole_model_key(key: str) -> bool:
+    """Whether ``key`` names a whole ControlNet: ``controlnet`` or a contained one (``controlnet.nets.1``).
+
+    Such a model is cached as one unit by a window (reuse or drop), never as a block.
+    """
+    component, _, path = key.partition(".")
+    if component != "controlnet":
+        return False
+    if not path:
+        return True
+    containers = {layout.nets for layout in _LAYOUTS.values() if layout.nets}
+    head, _, index = path.partition(".")
+    return head in containers and index.isdigit()
 
 
 def block_paths(model: torch.nn.Module) -> list[str]:

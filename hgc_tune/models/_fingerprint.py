@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["model_fingerprint", "model_structure", "weights_digest"]
+__all__ = ["model_fingerprint", "model_structure", "weights_digest", "controlnet_fingerprints"]
 
 # Values sampled per tensor by weights_digest: enough to tell checkpoints apart, cheap for SD1.5's 1.2 B.
 _DIGEST_SAMPLES = 1024
@@ -23,20 +23,44 @@ def _structural_config(model) -> dict[str, Any]:
     return {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
 
 
+def _model_structure(model) -> dict[str, Any]:
+    nets = getattr(model, "nets", None)
+    if nets is not None:
+        # A MultiControlNetModel has no config of its own: it is its ControlNets, in order.
+        return {"class": type(model).__name__, "nets": [_model_structure(net) for net in nets]}
+    return {"class": type(model).__name__, "config": _structural_config(model)}
+
+
+def _digest(structure: dict[str, Any]) -> str:
+    blob = json.dumps(structure, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def model_structure(pipe) -> dict[str, Any]:
-    """Class names and structural configs of the pipeline's U-Net and ControlNet."""
+    """Class names and structural configs of the pipeline's U-Net and ControlNet (for several ControlNets,
+    each one's under ``nets``)."""
     out: dict[str, Any] = {"pipeline": type(pipe).__name__}
     for component in ("unet", "controlnet"):
         model = getattr(pipe, component, None)
         if model is not None:
-            out[component] = {"class": type(model).__name__, "config": _structural_config(model)}
+            out[component] = _model_structure(model)
     return out
+
+
+def controlnet_fingerprints(pipe) -> list[tuple[str, str]]:
+    """``(class name, 16-hex-digit structural fingerprint)`` of each ControlNet of the pipeline, in order:
+    one for a single ControlNet, one per net of a ``MultiControlNetModel``, none without a ControlNet."""
+    controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is None:
+        return []
+    nets = getattr(controlnet, "nets", None)
+    models = list(nets) if nets is not None else [controlnet]
+    return [(type(m).__name__, _digest(_model_structure(m))) for m in models]
 
 
 def model_fingerprint(pipe) -> str:
     """A 16-hex-digit hash of :func:`model_structure`."""
-    blob = json.dumps(model_structure(pipe), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return _digest(model_structure(pipe))
 
 
 def weights_digest(pipe) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def _load_controlnet(ref: str, torch_dtype):
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
 
-def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype, task: str = "text2img"):
+def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dtype, task: str = "text2img"):
     from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
 
     if _is_local(base) or not _HUB_ID.match(base):
@@ -145,13 +146,16 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype, task: s
         "requires_safety_checker": False,
     }
     if controlnet_ref is not None:
-        controlnet = _load_controlnet(controlnet_ref, torch_dtype)
+        refs = [controlnet_ref] if isinstance(controlnet_ref, str) else list(controlnet_ref)
         try:
             unet_config = UNet2DConditionModel.load_config(base, subfolder="unet")
         except OSError as e:
             raise ModelNotFoundError(f"could not read the U-Net configuration of {base!r}: {e}") from e
-        check_controlnet_fits(unet_config, controlnet.config, controlnet_ref, task=task)
-        kwargs["controlnet"] = controlnet
+        controlnets = []
+        for ref in refs:
+            controlnets.append(_load_controlnet(ref, torch_dtype))
+            check_controlnet_fits(unet_config, controlnets[-1].config, ref, task=task)
+        kwargs["controlnet"] = controlnets[0]
     elif not has_own_controlnet:
         raise ModelLoadError(
             f"base model {base!r} holds no ControlNet: pass one with `controlnet=` "
@@ -161,15 +165,21 @@ def _from_pretrained(base: str, controlnet_ref: str | None, torch_dtype, task: s
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name keeps older releases working.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
+            pipe = StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load base model {base!r}: {e}") from e
+    if controlnet_ref is not None and not isinstance(controlnet_ref, str):
+        # Several ControlNets: the pipeline diffusers builds from a list (a MultiControlNetModel). Loading
+        # takes one ControlNet, as the base model's index names a single one.
+        components = {**pipe.components, "controlnet": controlnets}
+        pipe = StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+    return pipe
 
 
 def load_pipeline(
     model: str,
     *,
-    controlnet: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
     condition: str | None = None,
     scheduler: str = "unipc",
     dtype: str = "fp32",
@@ -184,9 +194,12 @@ def load_pipeline(
     Args:
         model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
             hub id.
-        controlnet: A ControlNet directory or hub id. Required for a base model that holds none; for the
-            ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
+        controlnet: A ControlNet directory or hub id, or a list of them for several ControlNets at once
+            (diffusers' ``MultiControlNetModel``, run in the list's order). Required for a base model that
+            holds none; for the ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
         condition: The condition type (``shapes`` preset: ``seg``, ``canny``, ``hed`` or ``depth``).
+            Several, joined by commas (``seg,depth``), give a ``MultiControlNetModel`` with one ControlNet
+            per type: the shipped ones for ``shapes``, random ones for ``tiny`` and ``sd15``.
         scheduler: One of :data:`SCHEDULERS`; UniPC by default, as in ControlNet++'s evaluation.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         device: A torch device string.
@@ -207,7 +220,8 @@ def load_pipeline(
     if model in ("tiny", "sd15"):
         if controlnet is not None:
             raise ModelLoadError(f"preset {model!r} has its own random ControlNet; do not pass controlnet=.")
-        components = build_preset_components(model, seed)
+        n = len(condition.split(",")) if condition else 1
+        components = build_preset_components(model, seed, controlnets=n)
         pipe = StableDiffusionControlNetPipeline(
             **components,
             scheduler=make_scheduler(scheduler),
@@ -218,8 +232,13 @@ def load_pipeline(
     elif model == "shapes":
         from hgc_tune.models._shapes import shapes_checkpoint
 
-        base, controlnet_dir = shapes_checkpoint(condition)
-        pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype, task)
+        if condition is not None and "," in condition:
+            checkpoints = [shapes_checkpoint(c) for c in condition.split(",")]
+            base, refs = checkpoints[0][0], [str(cn) for _, cn in checkpoints]
+            pipe = _from_pretrained(str(base), controlnet or refs, torch_dtype, task)
+        else:
+            base, controlnet_dir = shapes_checkpoint(condition)
+            pipe = _from_pretrained(str(base), controlnet or str(controlnet_dir), torch_dtype, task)
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     elif model in PRESETS:  # pragma: no cover - a preset registered without a loader
         raise UnknownPresetError(f"preset {model!r} has no loader.")

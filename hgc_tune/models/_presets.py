@@ -70,9 +70,36 @@ def _text_encoder(tokenizer, hidden: int, layers: int, heads: int, intermediate:
     return CLIPTextModel(config)
 
 
+def _tiny_controlnet(unet, seed: int):
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed + 1)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    torch.manual_seed(seed + 2)
+    # Re-initialise the ControlNet's zero convolutions (the conditioning embedding's output included) so the
+    # random preset's condition image reaches its output.
+    zero_convs = [
+        controlnet.controlnet_cond_embedding.conv_out,
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    for conv in zero_convs:
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    return controlnet
+
+
+def _sd15_controlnet(unet, seed: int):
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    return ControlNetModel.from_unet(unet)
+
+
 def _tiny_components(seed: int) -> dict[str, Any]:
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     tokenizer = build_offline_tokenizer()
     torch.manual_seed(seed)
@@ -88,18 +115,7 @@ def _tiny_components(seed: int) -> dict[str, Any]:
         attention_head_dim=2,
         norm_num_groups=8,
     )
-    torch.manual_seed(seed + 1)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    torch.manual_seed(seed + 2)
-    # Re-initialise the ControlNet's zero convolutions (the conditioning embedding's output included) so the
-    # random preset's condition image reaches its output.
-    zero_convs = [
-        controlnet.controlnet_cond_embedding.conv_out,
-        *controlnet.controlnet_down_blocks,
-        controlnet.controlnet_mid_block,
-    ]
-    for conv in zero_convs:
-        torch.nn.init.normal_(conv.weight, std=0.05)
+    controlnet = _tiny_controlnet(unet, seed)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(
         in_channels=3,
@@ -167,7 +183,19 @@ def _sd15_components(seed: int) -> dict[str, Any]:
     }
 
 
-def build_preset_components(name: str, seed: int = 0) -> dict[str, Any]:
-    """Build the model components of a random-weight preset (``tiny`` or ``sd15``)."""
+def build_preset_components(name: str, seed: int = 0, controlnets: int = 1) -> dict[str, Any]:
+    """Build the model components of a random-weight preset (``tiny`` or ``sd15``).
+
+    With ``controlnets > 1`` the ``controlnet`` component is a list of that many ControlNets, the first the
+    single-ControlNet preset's and each further one seeded on (diffusers makes a ``MultiControlNetModel``
+    of a list).
+    """
     builders = {"tiny": _tiny_components, "sd15": _sd15_components}
-    return builders[name](seed)
+    components = builders[name](seed)
+    if controlnets > 1:
+        extra = {"tiny": _tiny_controlnet, "sd15": _sd15_controlnet}[name]
+        components["controlnet"] = [
+            components["controlnet"],
+            *(extra(components["unet"], seed + 100 * k) for k in range(1, controlnets)),
+        ]
+    return components

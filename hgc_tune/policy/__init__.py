@@ -5,6 +5,7 @@ from __future__ import annotations
 from hgc_tune.policy._io import dumps_policy, load_policy, loads_policy, save_policy
 from hgc_tune.policy._macs import full_compute_policy, policy_macs
 from hgc_tune.policy._model import (
+    ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
     Policy,
@@ -17,6 +18,7 @@ from hgc_tune.policy._peers import controlnet_window_policy, deepcache_policy, p
 from hgc_tune.policy._target import target_for_pipeline
 
 __all__ = [
+    "ControlNetSpec",
     "ControlNetWindow",
     "GuidanceWindow",
     "Policy",

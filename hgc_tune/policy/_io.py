@@ -1,35 +1,46 @@
 """The policy file format: strict, versioned, deterministic JSON.
 
-Layout (``schema_version`` 1; ``policies/policy.schema.json`` describes the same in JSON Schema)::
+Layout (``schema_version`` 2; the JSON Schema ``policies/policy.schema.json`` states it, and reading
+validates against it)::
 
-    {"schema_version": 1,
+    {"schema_version": 2,
      "policies": [{"name": "...",
                    "target": {"pipeline_class", "unet_class", "controlnet_class", "fingerprint",
-                              "num_steps", "scheduler", "condition_type", "model"},
-                   "blocks": {"unet.down_blocks.1": [0, 3, 6], ...},
+                              "num_steps", "scheduler", "condition_type", "model",
+                              ["controlnets": [{"class", "fingerprint", "condition_type"}, ...]]},
+                   "blocks": {"unet.down_blocks.1": [0, 3, 6], "controlnet.nets.1.mid_block": [...], ...},
                    "attention": {"unet.….attn2": [[start, end], ...], ...},
                    "controlnet": {"steps": [...], "mode": "reuse" | "drop"} | null,
+                   ["controlnets": {"controlnet.nets.0": {"steps": [...], "mode": ...}, ...}],
                    "guidance": {"cfg_until": k} | null,
                    "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
                                   "trial", "hgc_tune_version", "diffusers_version"}}]}
 
-Reading is strict: an unknown key anywhere, a value of the wrong type, an unsupported ``schema_version``,
-duplicate keys, ``NaN``/``Infinity`` or malformed JSON raise :class:`~hgc_tune.errors.PolicyFormatError`
-with the location of the problem (``policies[0].target.num_steps``). The semantic rules (steps in range, step
-0 computed, windows disjoint) are the policy model's, and its messages are prefixed with the location too.
-Loading is plain :mod:`json` parsing: a policy file never executes code. Writing is deterministic (sorted
-keys, two-space indent, trailing newline) and atomic (a temporary file in the target's directory, then
-:func:`os.replace`), so a reader never sees half a file.
+Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
+(class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
+(no such keys) load as before and are written back as version 1, byte for byte.
+
+Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
+malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
+integer, but got '10' (str)``). An unsupported ``schema_version`` is refused before that, naming the value.
+What a schema cannot state (steps below ``num_steps``, disjoint windows, windows for the target's
+ControlNets only) is the policy model's, and its messages are prefixed with the location too. Duplicate
+keys, ``NaN``/``Infinity`` and malformed JSON are refused while parsing. Loading is plain :mod:`json`
+parsing: a policy file never executes code. Writing is deterministic (sorted keys, two-space indent,
+trailing newline) and atomic (a temporary file in the target's directory, then :func:`os.replace`), so a
+reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
 import os
 import re
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +50,7 @@ from hgc_tune.errors import PolicyFormatError
 from hgc_tune.models._blocks import MODULE_KEY_PATTERN
 from hgc_tune.policy._model import (
     SCHEMA_VERSION,
+    ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
     Policy,
@@ -58,9 +70,12 @@ __all__ = [
     "load_policy",
     "save_policy",
     "pareto_path",
+    "policy_schema",
 ]
 
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (SCHEMA_VERSION,)
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, SCHEMA_VERSION)
+# The JSON Schema, next to this module (``policies/policy.schema.json`` links to it).
+SCHEMA_FILE = "policy.schema.json"
 # A policy file of every condition type of an SDXL pipeline is under 1 MB.
 MAX_POLICY_BYTES = 16 * 2**20
 
@@ -68,9 +83,6 @@ MAX_POLICY_BYTES = 16 * 2**20
 # is applied.
 _MODULE_KEY_RE = re.compile(MODULE_KEY_PATTERN)
 
-_FILE_KEYS = ("schema_version", "policies")
-_POLICY_KEYS = ("name", "target", "blocks", "attention", "controlnet", "guidance", "provenance")
-_POLICY_REQUIRED = ("name", "target")
 _TARGET_KEYS = (
     "pipeline_class",
     "unet_class",
@@ -80,21 +92,6 @@ _TARGET_KEYS = (
     "scheduler",
     "condition_type",
     "model",
-)
-_TARGET_REQUIRED = _TARGET_KEYS[:6]
-_CONTROLNET_KEYS = ("steps", "mode")
-_GUIDANCE_KEYS = ("cfg_until",)
-_PROVENANCE_KEYS = (
-    "source",
-    "budget",
-    "metric",
-    "confidence",
-    "fidelity",
-    "macs",
-    "study",
-    "trial",
-    "hgc_tune_version",
-    "diffusers_version",
 )
 
 
@@ -133,6 +130,17 @@ def _target_to_json(t: PolicyTarget) -> dict[str, Any]:
         "scheduler": t.scheduler,
         "condition_type": t.condition_type,
         "model": t.model,
+        # Written only when recorded (schema_version 2), so version-1 files keep their exact bytes.
+        **(
+            {
+                "controlnets": [
+                    {"class": c.class_name, "fingerprint": c.fingerprint, "condition_type": c.condition_type}
+                    for c in t.controlnets
+                ]
+            }
+            if t.controlnets
+            else {}
+        ),
     }
 
 
@@ -162,16 +170,22 @@ def _policy_to_json(policy: Policy, where: str) -> dict[str, Any]:
         _check_module_key(key, f"{where}.blocks")
     for key in policy.attention:
         _check_module_key(key, f"{where}.attention")
-    cn = policy.controlnet
-    return {
+    out = {
         "name": policy.name,
         "target": _target_to_json(policy.target),
         "blocks": {key: list(steps) for key, steps in policy.blocks.items()},
         "attention": {key: [[w.start, w.end] for w in ws] for key, ws in policy.attention.items()},
-        "controlnet": None if cn is None else {"steps": list(cn.steps), "mode": cn.mode},
+        "controlnet": _window_to_json(policy.controlnet),
         "guidance": None if policy.guidance is None else {"cfg_until": policy.guidance.cfg_until},
         "provenance": _provenance_to_json(policy.provenance, f"{where}.provenance"),
     }
+    if policy.controlnets:
+        out["controlnets"] = {key: _window_to_json(w) for key, w in policy.controlnets.items()}
+    return out
+
+
+def _window_to_json(window: ControlNetWindow | None) -> dict[str, Any] | None:
+    return None if window is None else {"steps": list(window.steps), "mode": window.mode}
 
 
 def policy_to_json(policy_or_file: Policy | PolicyFile) -> dict[str, Any]:
@@ -250,152 +264,199 @@ def _fail_type(where: str, expected: str, value: Any) -> PolicyFormatError:
     return PolicyFormatError(f"{where} must be {expected}, but got {value!r} ({_type_name(value)}).")
 
 
-def _object(value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-    if not isinstance(value, dict):
-        raise _fail_type(where, "an object", value)
-    for key in value:
-        if key not in allowed:
-            raise PolicyFormatError(f"{where}: unknown key {key!r} (allowed keys: {', '.join(allowed)}).")
-    for key in required:
-        if key not in value:
-            raise PolicyFormatError(f"{where}: missing required key {key!r}.")
-    return value
+@functools.lru_cache(maxsize=1)
+def policy_schema() -> dict[str, Any]:
+    """The policy file's JSON Schema (shipped as ``policies/policy.schema.json``), parsed."""
+    return json.loads(resources.files("hgc_tune.policy").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
-def _mapping(value: Any, where: str) -> dict:
-    """A JSON object used as a map (any keys), as opposed to a record with a fixed set of keys."""
-    if not isinstance(value, dict):
-        raise _fail_type(where, "an object", value)
-    return value
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 4.0 as an integer; a step or a trial number written as 4.0 is a mistake here.
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)(policy_schema())
 
 
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail_type(where, "an integer", value)
-    return value
+# Objects whose keys are data (module keys, metric names), written as ``blocks['unet.mid_block']``.
+_MAPS = frozenset({"blocks", "attention", "controlnets", "fidelity", "macs"})
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "string": "a string",
+    "number": "a number",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+    "boolean": "a boolean",
+}
 
 
-def _str(value: Any, where: str, *, nullable: bool = False) -> str | None:
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        raise _fail_type(where, "a string or null" if nullable else "a string", value)
-    return value
+def _location(path: Any) -> str:
+    """``["policies", 0, "blocks", "unet.mid_block", 1]`` -> ``policies[0].blocks['unet.mid_block'][1]``."""
+    out = ""
+    parts = list(path)
+    for i, part in enumerate(parts):
+        keyed = i > 0 and (parts[i - 1] in _MAPS or (i > 1 and parts[i - 2] == "macs"))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif keyed:
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "policy file"
 
 
-def _number(value: Any, where: str) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail_type(where, "a number", value)
-    return _finite(value, where)
+def _false_schema_key(data: Any, error: Any) -> list[Any]:
+    """The full path of a value a ``false`` schema refused (jsonschema leaves its key off the path)."""
+    path = list(error.absolute_path)
+    parent = data
+    for part in path:
+        parent = parent[part]
+    if isinstance(parent, dict):
+        path += [k for k, v in parent.items() if v is error.instance][:1]
+    return path
 
 
-def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list):
-        raise _fail_type(where, "a list", value)
-    return value
+def _schema_message(error: Any, data: Any) -> str:
+    """A jsonschema error as hgc-tune says it: the field's location, what it must be, the value it has."""
+    if error.schema is False:
+        where = _location(_false_schema_key(data, error))
+        return f"{where} is not allowed with schema_version 1 (several ControlNets need schema_version 2)."
+    where, value = _location(error.absolute_path), error.instance
+    rule, expected = error.validator, error.validator_value
+    if "propertyNames" in error.absolute_schema_path:
+        # The instance is the offending key; the path is the object holding it.
+        key = value
+        if rule == "not":
+            return f"{where}[{key!r}]: cross-attention modules belong in `attention`."
+        if expected == MODULE_KEY_PATTERN:
+            return f"{where}: module key {key!r} must be `unet.<dotted.path>` or `controlnet.<dotted.path>`."
+        if "attn2" in str(expected):
+            return f"{where}[{key!r}]: reuse windows are for cross-attention (`…attn2`) modules only."
+        return f"{where}: key {key!r} must match {expected!r}."
+    if rule == "type":
+        kinds = [expected] if isinstance(expected, str) else list(expected)
+        return str(_fail_type(where, " or ".join(_TYPE_WORDS.get(k, k) for k in kinds), value))
+    if rule == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        extra = [k for k in value if k not in known]
+        return f"{where}: unknown key {extra[0]!r} (allowed keys: {', '.join(error.schema['properties'])})."
+    if rule == "required":
+        missing = [k for k in expected if k not in value]
+        return f"{where}: missing required key {missing[0]!r}."
+    if rule == "enum":
+        return f"{where} must be one of {list(expected)}, but got {value!r}."
+    if rule == "contains":
+        return f"{where}: compute steps must include step 0 (nothing is cached before it), but got {value}."
+    if rule == "uniqueItems":
+        return f"{where}: steps must be unique, but got {value}."
+    if rule in ("minItems", "items") and "prefixItems" in error.schema:
+        return str(_fail_type(where, "a window [start, end]", value))
+    if rule == "minItems" and where == "policies":
+        return "policy file: a policy file must hold at least one policy, but `policies` is empty."
+    if rule == "minItems":
+        return f"{where} must hold at least {expected} item(s), but got {value!r}."
+    if rule == "minimum":
+        return f"{where} must be >= {expected}, but got {value!r}."
+    if rule == "exclusiveMaximum":
+        return f"{where} must be < {expected}, but got {value!r}."
+    return f"{where}: {error.message}."
 
 
-def _target_from_json(data: Any, where: str) -> PolicyTarget:
-    d = _object(data, where, _TARGET_KEYS, _TARGET_REQUIRED)
-    kwargs: dict[str, Any] = {
-        key: _str(d[key], f"{where}.{key}")
-        for key in ("pipeline_class", "unet_class", "controlnet_class", "fingerprint", "scheduler")
-    }
-    kwargs["num_steps"] = _int(d["num_steps"], f"{where}.num_steps")
-    kwargs["condition_type"] = _str(d.get("condition_type"), f"{where}.condition_type", nullable=True)
-    kwargs["model"] = _str(d.get("model"), f"{where}.model", nullable=True)
+def _check_schema(data: Any) -> None:
+    """Validate ``data`` against the shipped JSON Schema; raise the most specific error as a
+    :class:`PolicyFormatError` that names the field and its value."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        raise PolicyFormatError(_schema_message(error, data))
+
+
+def _finite_numbers(obj: Any, where: str) -> None:
+    # JSON has no NaN or infinity (loads_policy refuses them), but a dict built in Python may hold them and
+    # JSON Schema cannot say "finite".
+    if isinstance(obj, float):
+        _finite(obj, where)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite_numbers(v, f"{where}[{k!r}]")
+
+
+def _target_from_json(d: dict[str, Any], where: str) -> PolicyTarget:
+    specs = tuple(
+        ControlNetSpec(c["class"], c["fingerprint"], c.get("condition_type"))
+        for c in d.get("controlnets", ())
+    )
+    fields = {k: d.get(k) for k in _TARGET_KEYS}
     try:
-        return PolicyTarget(**kwargs)
+        return PolicyTarget(**fields, controlnets=specs)
     except PolicyFormatError as e:
         raise PolicyFormatError(f"{where}: {e}") from e
 
 
-def _provenance_from_json(data: Any, where: str) -> Provenance:
-    d = _object(data, where, _PROVENANCE_KEYS)
-    fidelity = {
-        k: _number(v, f"{where}.fidelity[{k!r}]")
-        for k, v in _mapping(d.get("fidelity", {}), f"{where}.fidelity").items()
-    }
-    macs: dict[str, dict[str, int | float]] = {}
-    for conv, values in _mapping(d.get("macs", {}), f"{where}.macs").items():
-        at = f"{where}.macs[{conv!r}]"
-        macs[conv] = {k: _number(v, f"{at}[{k!r}]") for k, v in _mapping(values, at).items()}
-    budget = d.get("budget")
-    confidence = d.get("confidence")
-    trial = d.get("trial")
+def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
+    _finite_numbers(d, where)
+    number = lambda key: None if d.get(key) is None else float(d[key])  # noqa: E731
     return Provenance(
-        source=_str(d.get("source"), f"{where}.source", nullable=True),
-        budget=None if budget is None else float(_number(budget, f"{where}.budget")),
-        metric=_str(d.get("metric"), f"{where}.metric", nullable=True),
-        confidence=None if confidence is None else float(_number(confidence, f"{where}.confidence")),
-        fidelity=fidelity,
-        macs=macs,
-        study=_str(d.get("study"), f"{where}.study", nullable=True),
-        trial=None if trial is None else _int(trial, f"{where}.trial"),
-        hgc_tune_version=_str(d.get("hgc_tune_version"), f"{where}.hgc_tune_version", nullable=True),
-        diffusers_version=_str(d.get("diffusers_version"), f"{where}.diffusers_version", nullable=True),
+        source=d.get("source"),
+        budget=number("budget"),
+        metric=d.get("metric"),
+        confidence=number("confidence"),
+        fidelity=dict(d.get("fidelity", {})),
+        macs={conv: dict(values) for conv, values in d.get("macs", {}).items()},
+        study=d.get("study"),
+        trial=d.get("trial"),
+        hgc_tune_version=d.get("hgc_tune_version"),
+        diffusers_version=d.get("diffusers_version"),
     )
 
 
-def _policy_from_json(data: Any, where: str) -> Policy:
-    d = _object(data, where, _POLICY_KEYS, _POLICY_REQUIRED)
-    name = _str(d["name"], f"{where}.name")
-    target = _target_from_json(d["target"], f"{where}.target")
+def _window(d: dict[str, Any] | None) -> ControlNetWindow | None:
+    return None if d is None else ControlNetWindow(tuple(d["steps"]), d["mode"])
 
-    blocks = {}
-    for key, steps in _mapping(d.get("blocks", {}), f"{where}.blocks").items():
-        _check_module_key(key, f"{where}.blocks")
-        at = f"{where}.blocks[{key!r}]"
-        blocks[key] = tuple(_int(s, f"{at}[{j}]") for j, s in enumerate(_list(steps, at)))
 
-    attention = {}
-    for key, windows in _mapping(d.get("attention", {}), f"{where}.attention").items():
-        _check_module_key(key, f"{where}.attention")
-        at = f"{where}.attention[{key!r}]"
-        parsed = []
-        for j, w in enumerate(_list(windows, at)):
-            if not isinstance(w, list) or len(w) != 2:
-                raise _fail_type(f"{at}[{j}]", "a window [start, end]", w)
-            parsed.append(ReuseWindow(_int(w[0], f"{at}[{j}][0]"), _int(w[1], f"{at}[{j}][1]")))
-        attention[key] = tuple(parsed)
-
-    controlnet = None
-    if d.get("controlnet") is not None:
-        at = f"{where}.controlnet"
-        c = _object(d["controlnet"], at, _CONTROLNET_KEYS, _CONTROLNET_KEYS)
-        steps = tuple(_int(s, f"{at}.steps[{j}]") for j, s in enumerate(_list(c["steps"], f"{at}.steps")))
-        controlnet = ControlNetWindow(steps, _str(c["mode"], f"{at}.mode"))
-
-    guidance = None
-    if d.get("guidance") is not None:
-        at = f"{where}.guidance"
-        g = _object(d["guidance"], at, _GUIDANCE_KEYS, _GUIDANCE_KEYS)
-        guidance = GuidanceWindow(_int(g["cfg_until"], f"{at}.cfg_until"))
-
-    provenance = _provenance_from_json(d.get("provenance", {}), f"{where}.provenance")
+def _policy_from_json(d: dict[str, Any], where: str) -> Policy:
+    guidance = d.get("guidance")
     try:
         return Policy(
-            target=target,
-            blocks=blocks,
-            attention=attention,
-            controlnet=controlnet,
-            guidance=guidance,
-            provenance=provenance,
-            name=name,
+            target=_target_from_json(d["target"], f"{where}.target"),
+            blocks={key: tuple(steps) for key, steps in d.get("blocks", {}).items()},
+            attention={
+                key: tuple(ReuseWindow(*w) for w in windows)
+                for key, windows in d.get("attention", {}).items()
+            },
+            controlnet=_window(d.get("controlnet")),
+            controlnets={key: _window(w) for key, w in d.get("controlnets", {}).items()},
+            guidance=None if guidance is None else GuidanceWindow(guidance["cfg_until"]),
+            provenance=_provenance_from_json(d.get("provenance", {}), f"{where}.provenance"),
+            name=d["name"],
         )
     except PolicyFormatError as e:
+        if str(e).startswith(where):
+            raise
         raise PolicyFormatError(f"{where}: {e}") from e
 
 
 def policy_from_json(data: Mapping[str, Any]) -> PolicyFile:
     """Build a :class:`PolicyFile` from its JSON form, checking everything.
 
+    The file is validated against the shipped JSON Schema (:func:`policy_schema`; keys, types, step and
+    module-key forms), then the policy model checks what a schema cannot state (steps below
+    ``target.num_steps``, disjoint windows, windows only for the target's ControlNets, one policy per
+    condition type).
+
     Args:
-        data: The parsed JSON (``{"schema_version": 1, "policies": [...]}``).
+        data: The parsed JSON (``{"schema_version": 2, "policies": [...]}``; version 1 is read too).
 
     Raises:
-        PolicyFormatError: Unknown or missing keys, wrong types, an unsupported ``schema_version`` or a
-            policy that breaks the model's rules; the message says where (``policies[0].target.num_steps``).
+        PolicyFormatError: An unsupported ``schema_version``, anything the schema rejects or a policy that
+            breaks the model's rules; the message names the field and its value
+            (``policies[0].target.num_steps must be an integer, but got '10' (str)``).
     """
     if not isinstance(data, dict):
         raise _fail_type("policy file", "a JSON object", data)
@@ -408,15 +469,14 @@ def policy_from_json(data: Mapping[str, Any]) -> PolicyFile:
         )
         raise PolicyFormatError(f"policy file: missing required key 'schema_version'.{hint}")
     version = data["schema_version"]
+    # Checked before the schema: a newer file is reported as newer, not as a pile of unknown keys.
     if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise PolicyFormatError(
             f"policy file: unsupported schema_version={version!r}; this hgc-tune reads schema versions "
             f"{list(SUPPORTED_SCHEMA_VERSIONS)}."
         )
-    _object(data, "policy file", _FILE_KEYS, _FILE_KEYS)
-    policies = tuple(
-        _policy_from_json(p, f"policies[{i}]") for i, p in enumerate(_list(data["policies"], "policies"))
-    )
+    _check_schema(data)
+    policies = tuple(_policy_from_json(p, f"policies[{i}]") for i, p in enumerate(data["policies"]))
     try:
         return PolicyFile(policies, schema_version=version)
     except PolicyFormatError as e:

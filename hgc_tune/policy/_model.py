@@ -9,6 +9,9 @@ compute set ``C_M ⊆ [0, S)`` with ``0 ∈ C_M``. At ``s ∈ C_M`` it runs and 
   ``start`` and reuses that output for ``start+1 … end-1``. Windows are converted to a compute set.
 - ``controlnet``: the steps where the whole ControlNet runs; outside them ``reuse`` (last residuals) or
   ``drop`` (zero residuals, nothing computed).
+- ``controlnets``: with several ControlNets (diffusers' ``MultiControlNetModel``), each one's own window, by
+  the key of the whole net (``controlnet.nets.0``); their blocks are keyed ``controlnet.nets.0.mid_block``.
+  The target then lists every ControlNet (class, structural fingerprint, condition type).
 - ``guidance``: CFG runs in full for steps ``< cfg_until``; from ``cfg_until`` on, the U-Net and ControlNet
   run the conditional half only and it stands for both halves.
 """
@@ -21,11 +24,12 @@ from types import MappingProxyType
 from typing import Any
 
 from hgc_tune.errors import PolicyFormatError
-from hgc_tune.models._blocks import is_attention_key
+from hgc_tune.models._blocks import is_attention_key, is_whole_model_key
 
 __all__ = [
     "SCHEMA_VERSION",
     "CONTROLNET_MODES",
+    "ControlNetSpec",
     "PolicyTarget",
     "ReuseWindow",
     "ControlNetWindow",
@@ -35,7 +39,9 @@ __all__ = [
     "PolicyFile",
 ]
 
-SCHEMA_VERSION = 1
+# 2: several ControlNets (``target.controlnets``, per-ControlNet ``controlnets`` windows). Version-1 files
+# still load, and a file keeps its version when written back.
+SCHEMA_VERSION = 2
 CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
 
 
@@ -58,8 +64,26 @@ def _steps(values: Iterable[Any], where: str, num_steps: int, *, need_zero: bool
 
 
 @dataclass(frozen=True)
+class ControlNetSpec:
+    """One ControlNet of the target pipeline: its class, structural fingerprint and condition type."""
+
+    class_name: str
+    fingerprint: str
+    condition_type: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.class_name} {self.fingerprint} ({self.condition_type or 'any condition'})"
+
+
+@dataclass(frozen=True)
 class PolicyTarget:
-    """The pipeline a policy was made for."""
+    """The pipeline a policy was made for.
+
+    ``controlnets`` lists each ControlNet in the order the pipeline runs them (one for a single ControlNet,
+    one per net of a ``MultiControlNetModel``); empty where the policy does not record them (version-1
+    files: one ControlNet, described by ``controlnet_class`` and ``fingerprint``). With several ControlNets,
+    ``condition_type`` is their condition types joined by commas (``seg,depth``).
+    """
 
     pipeline_class: str
     unet_class: str
@@ -69,12 +93,35 @@ class PolicyTarget:
     scheduler: str
     condition_type: str | None = None
     model: str | None = None
+    controlnets: tuple[ControlNetSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise PolicyFormatError(
                 f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
             )
+        object.__setattr__(self, "controlnets", tuple(self.controlnets))
+        types = [c.condition_type for c in self.controlnets]
+        if len(types) > 1 and None not in types and self.condition_type is not None:
+            joined = ",".join(types)
+            if self.condition_type != joined:
+                raise PolicyFormatError(
+                    f"target.condition_type must name the ControlNets' condition types in order, "
+                    f"{joined!r}, but got {self.condition_type!r}."
+                )
+
+    @property
+    def num_controlnets(self) -> int:
+        """How many ControlNets the target pipeline runs (1 for a version-1 target with a ControlNet)."""
+        if self.controlnets:
+            return len(self.controlnets)
+        return 1 if self.controlnet_class else 0
+
+    def controlnet_keys(self) -> list[str]:
+        """The keys of the whole ControlNets: ``controlnet``, or ``controlnet.nets.<i>`` for several."""
+        if self.num_controlnets > 1 or self.controlnet_class == "MultiControlNetModel":
+            return [f"controlnet.nets.{i}" for i in range(self.num_controlnets)]
+        return ["controlnet"] if self.num_controlnets else []
 
     @property
     def component_classes(self) -> dict[str, str | None]:
@@ -89,21 +136,50 @@ class PolicyTarget:
         classes it differs anyway and says nothing more). The condition type is compared when both name one
         (``None`` fits any condition). The number of steps is not compared: it is only known per call.
         """
+        diffs = []
+        if self.num_controlnets != found.num_controlnets:
+            diffs.append(f"controlnets: policy is for {_count_nets(self)}, pipeline has {_count_nets(found)}")
         fields = ("pipeline_class", "unet_class", "controlnet_class", "scheduler")
-        diffs = [
+        diffs += [
             f"{name}: policy has {getattr(self, name)!r}, pipeline has {getattr(found, name)!r}"
             for name in fields
             if getattr(self, name) != getattr(found, name)
         ]
+        per_net = bool(self.controlnets and found.controlnets) and not diffs
+        if per_net:
+            for i, (mine, theirs) in enumerate(zip(self.controlnets, found.controlnets)):
+                if mine.class_name != theirs.class_name:
+                    diffs.append(
+                        f"controlnets[{i}].class: policy has {mine.class_name!r}, pipeline has "
+                        f"{theirs.class_name!r}"
+                    )
+                elif check_fingerprint and mine.fingerprint != theirs.fingerprint:
+                    diffs.append(
+                        f"controlnets[{i}].fingerprint: policy has {mine.fingerprint!r}, pipeline has "
+                        f"{theirs.fingerprint!r} (that ControlNet's configuration differs)"
+                    )
+                made, asked = mine.condition_type, theirs.condition_type
+                if made is not None and asked is not None and made != asked:
+                    diffs.append(
+                        f"controlnets[{i}].condition_type: policy has {made!r}, pipeline has {asked!r}"
+                    )
         if not diffs and check_fingerprint and self.fingerprint != found.fingerprint:
             diffs.append(
                 f"fingerprint: policy has {self.fingerprint!r}, pipeline has {found.fingerprint!r} "
                 "(the U-Net or ControlNet configuration differs: another architecture or checkpoint layout)"
             )
         made_for, asked = self.condition_type, found.condition_type
-        if made_for is not None and asked is not None and made_for != asked:
+        if not per_net and made_for is not None and asked is not None and made_for != asked:
             diffs.append(f"condition_type: policy has {made_for!r}, pipeline has {asked!r}")
         return diffs
+
+
+def _count_nets(target: PolicyTarget) -> str:
+    n = target.num_controlnets
+    noun = "ControlNet" if n == 1 else "ControlNets"
+    if target.controlnets:
+        return f"{n} {noun} ({', '.join(c.describe() for c in target.controlnets)})"
+    return f"{n} {noun} ({target.controlnet_class})" if n else "no ControlNet"
 
 
 @dataclass(frozen=True)
@@ -164,16 +240,17 @@ class Policy:
     guidance: GuidanceWindow | None = None
     provenance: Provenance = field(default_factory=Provenance)
     name: str = "policy"
+    controlnets: Mapping[str, ControlNetWindow] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.target.num_steps
         classes = self.target.component_classes
         blocks = {}
         for key, steps in self.blocks.items():
-            if key == "controlnet":
+            if is_whole_model_key(key):
+                entry = "`controlnet` window" if key == "controlnet" else "`controlnets` windows"
                 raise PolicyFormatError(
-                    "blocks['controlnet']: the whole ControlNet is set by the `controlnet` window entry, "
-                    "not as a block."
+                    f"blocks[{key!r}]: a whole ControlNet is set by the {entry} entry, not as a block."
                 )
             if is_attention_key(key, classes):
                 raise PolicyFormatError(f"blocks[{key!r}]: cross-attention modules belong in `attention`.")
@@ -207,6 +284,7 @@ class Policy:
                 self.controlnet.steps, "controlnet.steps", s, need_zero=self.controlnet.mode == "reuse"
             )
             object.__setattr__(self, "controlnet", ControlNetWindow(steps, self.controlnet.mode))
+        object.__setattr__(self, "controlnets", MappingProxyType(self._check_controlnets(s)))
         if self.guidance is not None:
             k = self.guidance.cfg_until
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= s:
@@ -214,14 +292,59 @@ class Policy:
         object.__setattr__(self, "blocks", MappingProxyType(dict(sorted(blocks.items()))))
         object.__setattr__(self, "attention", MappingProxyType(dict(sorted(attention.items()))))
 
+    def _check_controlnets(self, s: int) -> dict[str, ControlNetWindow]:
+        if not self.controlnets:
+            return {}
+        keys = self.target.controlnet_keys()
+        if self.controlnet is not None:
+            raise PolicyFormatError(
+                "a policy sets either one `controlnet` window or per-ControlNet `controlnets` windows, "
+                "not both."
+            )
+        if keys == ["controlnet"] or not keys:
+            raise PolicyFormatError(
+                f"controlnets: per-ControlNet windows need a target with several ControlNets, but the target "
+                f"has {self.target.num_controlnets} ({self.target.controlnet_class or 'none'}); use the "
+                "`controlnet` window."
+            )
+        out = {}
+        for key, window in self.controlnets.items():
+            if key not in keys:
+                raise PolicyFormatError(
+                    f"controlnets[{key!r}]: the target's ControlNets are {keys}; no window for another key."
+                )
+            if window.mode not in CONTROLNET_MODES:
+                raise PolicyFormatError(
+                    f"controlnets[{key!r}].mode must be one of {list(CONTROLNET_MODES)}, "
+                    f"but got {window.mode!r}."
+                )
+            steps = _steps(window.steps, f"controlnets[{key!r}].steps", s, need_zero=window.mode == "reuse")
+            out[key] = ControlNetWindow(steps, window.mode)
+        return dict(sorted(out.items(), key=lambda kv: keys.index(kv[0])))
+
     def __reduce__(self) -> tuple:
-        # ``blocks`` and ``attention`` are read-only views, which cannot be pickled: rebuild (and re-validate)
-        # the policy from plain dicts, so copy.deepcopy and pickle work.
+        # ``blocks``, ``attention`` and ``controlnets`` are read-only views, which cannot be pickled: rebuild
+        # (and re-validate) the policy from plain dicts, so copy.deepcopy and pickle work.
         fields = (self.blocks, self.attention)
         return (
             type(self),
-            (self.target, *map(dict, fields), self.controlnet, self.guidance, self.provenance, self.name),
+            (
+                self.target,
+                *map(dict, fields),
+                self.controlnet,
+                self.guidance,
+                self.provenance,
+                self.name,
+                dict(self.controlnets),
+            ),
         )
+
+    @property
+    def controlnet_windows(self) -> dict[str, ControlNetWindow]:
+        """Every ControlNet window by its whole ControlNet's key (``controlnet``, ``controlnet.nets.1``)."""
+        if self.controlnet is not None:
+            return {"controlnet": self.controlnet}
+        return dict(self.controlnets)
 
     @property
     def num_steps(self) -> int:
@@ -233,8 +356,8 @@ class Policy:
         out = {key: frozenset(steps) for key, steps in self.blocks.items()}
         for key, windows in self.attention.items():
             out[key] = every.difference(*(w.reused_steps for w in windows))
-        if self.controlnet is not None:
-            out["controlnet"] = frozenset(self.controlnet.steps)
+        for key, window in self.controlnet_windows.items():
+            out[key] = frozenset(window.steps)
         return out
 
     def cfg_branches(self, step: int, cfg: bool) -> int:
@@ -254,6 +377,13 @@ class PolicyFile:
     def __post_init__(self) -> None:
         if not self.policies:
             raise PolicyFormatError("a policy file must hold at least one policy, but `policies` is empty.")
+        if self.schema_version == 1:
+            for p in self.policies:
+                if p.controlnets or p.target.controlnets:
+                    raise PolicyFormatError(
+                        f"policy {p.name!r} describes its ControlNets one by one (target.controlnets, "
+                        "controlnets), which schema_version 1 cannot hold; write it with schema_version 2."
+                    )
         seen: set[str | None] = set()
         for p in self.policies:
             ct = p.target.condition_type

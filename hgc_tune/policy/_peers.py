@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hgc_tune.errors import PolicyError
-from hgc_tune.models._blocks import deep_block_keys, is_attention_key, max_branch
+from hgc_tune.models._blocks import deep_block_keys, is_attention_key, is_whole_model_key, max_branch
 from hgc_tune.policy._model import (
     CONTROLNET_MODES,
     ControlNetWindow,
@@ -153,12 +153,14 @@ def controlnet_window_policy(
 
     Args:
         target: The pipeline the policy is for.
-        module_keys: The pipeline's cacheable module keys (must include ``controlnet``).
+        module_keys: The pipeline's cacheable module keys (must include ``controlnet``, or with several
+            ControlNets ``controlnet.nets.<i>``: each gets the same window).
         first_k: Steps with a computed ControlNet, in ``[0, num_steps]`` (``[1, num_steps]`` for ``reuse``).
         mode: ``drop`` (zero residuals) or ``reuse`` (the residuals of step ``first_k - 1``).
         name: Policy name; ``cnwin-k<k>-<mode>`` by default.
     """
-    if "controlnet" not in set(module_keys):
+    wholes = [k for k in module_keys if is_whole_model_key(k)]
+    if not wholes:
         raise PolicyError(
             "controlnet_window_policy needs a pipeline with a ControlNet (module key `controlnet`)."
         )
@@ -166,8 +168,15 @@ def controlnet_window_policy(
         raise PolicyError(f"`mode` must be one of {list(CONTROLNET_MODES)}, but got mode={mode!r}.")
     first_k = _positive_int(first_k, "first_k", minimum=1 if mode == "reuse" else 0, maximum=target.num_steps)
     name = name or f"cnwin-k{first_k}-{mode}"
-    controlnet = ControlNetWindow(tuple(range(first_k)), mode) if first_k < target.num_steps else None
-    return Policy(target=target, controlnet=controlnet, name=name, provenance=_peer_provenance(name))
+    window = ControlNetWindow(tuple(range(first_k)), mode) if first_k < target.num_steps else None
+    several = {k: window for k in wholes if k != "controlnet"} if window else {}
+    return Policy(
+        target=target,
+        controlnet=window if "controlnet" in wholes else None,
+        controlnets=several,
+        name=name,
+        provenance=_peer_provenance(name),
+    )
 
 
 @dataclass(frozen=True)

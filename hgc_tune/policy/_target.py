@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hgc_tune.policy._model import PolicyTarget
+from hgc_tune.policy._model import ControlNetSpec, PolicyTarget
 
 __all__ = ["target_for_pipeline"]
 
@@ -15,7 +15,8 @@ def target_for_pipeline(
     Args:
         pipe: A diffusers ControlNet pipeline.
         num_steps: Denoising steps per generation the policy is made for.
-        condition_type: The condition the policy is for (``seg``, ``canny``, …), ``None`` for any.
+        condition_type: The condition the policy is for (``seg``, ``canny``, …), ``None`` for any. With
+            several ControlNets, their condition types in order, joined by commas (``seg,depth``).
         model: A human label for the model (a preset name or checkpoint id).
 
     Example:
@@ -25,8 +26,18 @@ def target_for_pipeline(
     """
     # Imported here: hgc_tune.models pulls in torch, and reading policy files must not.
     from hgc_tune.models import model_fingerprint
+    from hgc_tune.models._fingerprint import controlnet_fingerprints
 
     controlnet = getattr(pipe, "controlnet", None)
+    # Each ControlNet is listed for several (a MultiControlNetModel); one is described by the class and
+    # fingerprint fields alone, as in version-1 files.
+    several = hasattr(controlnet, "nets")
+    nets = controlnet_fingerprints(pipe) if several else []
+    types: list[str | None] = [None] * len(nets)
+    if condition_type is not None and len(condition_type.split(",")) == len(nets):
+        # Condition types that do not count the ControlNets stay on the target alone, and the comparison
+        # with a policy's target says what differs.
+        types = condition_type.split(",")
     return PolicyTarget(
         pipeline_class=type(pipe).__name__,
         unet_class=type(pipe.unet).__name__,
@@ -37,4 +48,5 @@ def target_for_pipeline(
         scheduler=type(pipe.scheduler).__name__,
         condition_type=condition_type,
         model=model,
+        controlnets=tuple(ControlNetSpec(c, f, t) for (c, f), t in zip(nets, types)),
     )

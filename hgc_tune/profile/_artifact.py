@@ -244,7 +244,8 @@ class Profile:
 
     @property
     def condition_images(self) -> np.ndarray:
-        """The condition images, uint8 ``[N, H, W, 3]`` at the generation resolution."""
+        """The condition images, uint8 ``[N, H, W, 3]`` at the generation resolution (``[N, k, H, W, 3]``
+        with k ControlNets)."""
         return self._tensors[REFERENCE_CONDITIONS].copy()
 
     @property
@@ -370,7 +371,9 @@ def _expected_tensors(meta: dict[str, Any]) -> dict[str, tuple[tuple[int | None,
     # The latent size depends on the VAE, so only its batch and rank are fixed.
     expected[REFERENCE_LATENTS] = ((n, None, None, None), np.dtype(np.float32))
     expected[REFERENCE_IMAGES] = ((n, h, w, 3), np.dtype(np.uint8))
-    expected[REFERENCE_CONDITIONS] = ((n, h, w, 3), np.dtype(np.uint8))
+    # Several ControlNets: one condition image each, ``[N, k, H, W, 3]``.
+    nets = int(meta.get("conditions_per_sample", 1))
+    expected[REFERENCE_CONDITIONS] = ((n, nets, h, w, 3) if nets > 1 else (n, h, w, 3), np.dtype(np.uint8))
     task = meta.get("task", "text2img")
     if task in ("img2img", "inpaint"):
         expected[REFERENCE_INIT_IMAGES] = ((n, h, w, 3), np.dtype(np.uint8))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgc_tune.models._blocks import COMPONENTS, module_groups, module_layout
+from hgc_tune.models._blocks import is_whole_model_key, module_groups, module_layout
 from hgc_tune.profile._metrics import (
     TINY,
     cross_attention_map,
@@ -118,8 +118,8 @@ class ProfileObserver:
             raise RuntimeError("the profile observer is already attached")
         try:
             for key, module in self.blocks.items():
-                # a component's key (path "") is the whole model
-                extract = _whole_output(module) if key in COMPONENTS else _main_output
+                # a whole ControlNet (`controlnet`, or `controlnet.nets.<i>` of several) returns its residuals
+                extract = _whole_output(module) if is_whole_model_key(key) else _main_output
                 self._handles.append(module.register_forward_hook(self._block_hook(key, extract)))
             for key, module in self.attentions.items():
                 hook = self._attention_hook(key)

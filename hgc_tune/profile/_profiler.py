@@ -25,7 +25,7 @@ from hgc_tune.profile._artifact import (
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
 
-__all__ = ["profile_pipeline"]
+__all__ = ["profile_pipeline", "condition_input"]
 
 # What the statistics mean, recorded in every profile.json so a reader need not find this source.
 _STATISTICS_NOTE: dict[str, str] = {
@@ -110,19 +110,25 @@ def _sample_fields(sample: Any, index: int, seed: int) -> tuple[str, str | None,
     own_seed = getattr(sample, "seed", None)
     sample_seed = int(own_seed) if own_seed is not None else seed + index
     image = sample.condition_image()
-    if not hasattr(image, "convert") or not hasattr(image, "size"):
-        raise ProfileError(
-            f"sample {index}: `condition_image()` must return a PIL image, but returned "
-            f"{type(image).__name__}."
-        )
-    return prompt, negative, sample_seed, image.convert("RGB")
+    # Several ControlNets (MultiControlNetModel): one condition image each, in their order.
+    images = image if isinstance(image, list | tuple) else [image]
+    for one in images:
+        if not hasattr(one, "convert") or not hasattr(one, "size"):
+            raise ProfileError(
+                f"sample {index}: `condition_image()` must return a PIL image (or a list of them, one per "
+                f"ControlNet), but returned {type(one).__name__}."
+            )
+    converted = [one.convert("RGB") for one in images]
+    return prompt, negative, sample_seed, converted if isinstance(image, list | tuple) else converted[0]
 
 
 def _dataset_digest(rows: list[tuple[str, str | None, int, Any]], *task_arrays: list[np.ndarray]) -> str:
     digest = hashlib.sha256()
     for prompt, negative, sample_seed, image in rows:
-        digest.update(json.dumps([prompt, negative, sample_seed, list(image.size)]).encode())
-        digest.update(np.asarray(image, dtype=np.uint8).tobytes())
+        images = image if isinstance(image, list) else [image]
+        digest.update(json.dumps([prompt, negative, sample_seed, *(list(i.size) for i in images)]).encode())
+        for one in images:
+            digest.update(np.asarray(one, dtype=np.uint8).tobytes())
     # img2img / inpainting: the init images and masks (absent for text2img, whose digest is unchanged)
     for arrays in task_arrays:
         for array in arrays:
@@ -131,13 +137,26 @@ def _dataset_digest(rows: list[tuple[str, str | None, int, Any]], *task_arrays: 
 
 
 def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
+    """The condition at the generation size, uint8 ``[H, W, 3]`` (``[k, H, W, 3]`` for k ControlNets)."""
     from PIL import Image
+
+    if isinstance(image, list):
+        return np.stack([_condition_array(one, height, width) for one in image])
 
     if image.size != (width, height):
         # Nearest keeps label colours intact (a resampled segmentation map would blend classes). The
         # pipeline receives this same array, so the stored conditions reproduce the references exactly.
         image = image.resize((width, height), Image.NEAREST)
     return np.asarray(image, dtype=np.uint8)
+
+
+def condition_input(array: np.ndarray) -> Any:
+    """What the pipeline takes: a PIL image, or a list of them for several ControlNets (``[k, H, W, 3]``)."""
+    from PIL import Image
+
+    if array.ndim == 4:
+        return [Image.fromarray(one) for one in array]
+    return Image.fromarray(array)
 
 
 def _task(pipe: Any) -> str:
@@ -279,6 +298,7 @@ def profile_pipeline(
         (4,)
     """
     import torch
+    from PIL import Image
     from tqdm.auto import tqdm
 
     import hgc_tune
@@ -328,7 +348,6 @@ def profile_pipeline(
     per_sample: list[dict[tuple[str, str], np.ndarray]] = []
     latents_out: list[np.ndarray] = []
     images_out: list[np.ndarray] = []
-    from PIL import Image
 
     from hgc_tune.models._tasks import generation_inputs
 
@@ -355,7 +374,7 @@ def profile_pipeline(
 
             inputs = generation_inputs(
                 pipe,
-                Image.fromarray(_condition_array(image, height, width)),
+                condition_input(_condition_array(image, height, width)),
                 init_image=Image.fromarray(init_arrays[index]) if init_arrays else None,
                 mask_image=Image.fromarray(mask_arrays[index]) if mask_arrays else None,
                 strength=strength,
@@ -427,6 +446,8 @@ def profile_pipeline(
         "task": task,
         "pipeline_class": type(pipe).__name__,
         "strength": used_strength,
+        # Several ControlNets: how many condition images each sample has (absent: one).
+        **({"conditions_per_sample": len(rows[0][3])} if isinstance(rows[0][3], list) else {}),
         "steps": steps,
         "num_inference_steps": num_steps,
         "scheduler": type(pipe.scheduler).__name__,

@@ -10,6 +10,7 @@ from typing import Any
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import ReportError
+from hgc_tune.models._blocks import is_whole_model_key
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
 from hgc_tune.policy._macs import policy_step_macs
 from hgc_tune.report._html import ReportFigure, render_html
@@ -184,6 +185,27 @@ def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile) -> list[st
     return notes
 
 
+def _side_by_side(conditions: Any) -> Any:
+    """Condition images for the sample grid: several per sample (``[n, k, H, W, 3]``) side by side."""
+    import numpy as np
+
+    return np.concatenate(list(np.moveaxis(conditions, 1, 0)), axis=2) if conditions.ndim == 5 else conditions
+
+
+def _controlnet_figure(index: int, key: str, condition_type: str | None) -> ReportFigure:
+    """The block-similarity figure of one of several ControlNets."""
+    types = str(condition_type or "").split(",")
+    kind = f", {types[index]}" if index < len(types) and types[index] else ""
+    return ReportFigure(
+        f"similarity_controlnet_{index}",
+        f"similarity_controlnet_{index}.png",
+        f"ControlNet {index} block similarity ({key}{kind})",
+        f"Which blocks of ControlNet {index} (and that ControlNet as a whole) are stable across steps?",
+        "As for the U-Net, for this ControlNet's down blocks, mid block and the whole ControlNet (all its "
+        "residuals); each ControlNet has its own window and block schedule.",
+    )
+
+
 def build_report(
     profile: Any,
     out_dir: str | os.PathLike[str],
@@ -255,13 +277,22 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     figures: dict[str, Path] = {}
+    infos: dict[str, ReportFigure] = dict(FIGURES)
 
     def write(name: str, fig) -> None:
         # Generated images keep full colour: a palette would blur the very differences they show.
-        figures[name] = figs.save_figure(fig, out / FIGURES[name].file, palette=name != "samples")
+        figures[name] = figs.save_figure(fig, out / infos[name].file, palette=name != "samples")
 
     write("similarity_unet", figs.plot_block_similarity(profile, "unet"))
-    write("similarity_controlnet", figs.plot_block_similarity(profile, "controlnet"))
+    several = [k for k in profile.block_keys if is_whole_model_key(k) and k != "controlnet"]
+    if several:
+        # Several ControlNets (MultiControlNetModel): one heatmap per ControlNet.
+        for i, key in enumerate(several):
+            info = _controlnet_figure(i, key, profile.condition_type)
+            infos[info.name] = info
+            write(info.name, figs.plot_block_similarity(profile, key, title=info.title))
+    else:
+        write("similarity_controlnet", figs.plot_block_similarity(profile, "controlnet"))
     write("attention_drift", figs.plot_attention_drift(profile))
     write("controlnet_residuals", figs.plot_controlnet_residuals(profile, policy))
     if policy is not None:
@@ -307,7 +338,7 @@ def build_report(
         write(
             "samples",
             figs.plot_samples(
-                profile.condition_images[indices],
+                _side_by_side(profile.condition_images[indices]),
                 full_images,
                 policy_images,
                 indices=indices,
@@ -329,10 +360,10 @@ def build_report(
         psnr_db=psnr_db,
         profile_source=profile_source,
     )
-    summary["figures"] = {name: FIGURES[name].file for name in figures}
+    summary["figures"] = {name: infos[name].file for name in figures}
     summary["notes"] = notes
     summary_path = atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    page = render_html(summary, [FIGURES[name] for name in figures], notes, version=hgc_tune.__version__)
+    page = render_html(summary, [infos[name] for name in figures], notes, version=hgc_tune.__version__)
     index = atomic_write_text(out / INDEX_FILE, page)
     return ReportResult(
         out_dir=out,

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from hgc_tune._atomic import atomic_write
+from hgc_tune.models._blocks import is_whole_model_key
 from hgc_tune.report._grid import (
     COND_ONLY,
     DROPPED,
@@ -187,21 +188,24 @@ def _superscript(exponent: int) -> str:
     return str(exponent).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
 
 
-def plot_block_similarity(profile, component: str) -> Figure:
-    """Block similarity, module × step, of the U-Net (``component="unet"``) or the ControlNet.
+def plot_block_similarity(profile, component: str, *, title: str | None = None) -> Figure:
+    """Block similarity, module × step, of the U-Net (``component="unet"``), the ControlNet or, with several
+    ControlNets, one of them (``component="controlnet.nets.1"``).
 
     Left (or top): cosine similarity of each block's output with the previous step's; right (or bottom):
     its relative L1 change. A block whose output barely changes between steps is a candidate for reuse.
 
     Args:
         profile: A :class:`hgc_tune.profile.Profile`.
-        component: ``unet`` or ``controlnet`` (whose rows include the whole ControlNet).
+        component: ``unet``, ``controlnet`` (whose rows include the whole ControlNet) or the key of one of
+            several ControlNets (``controlnet.nets.1``: that net whole and its blocks).
+        title: What to call the component (default: ``U-Net``, ``ControlNet`` or the key).
     """
-    keys = natural_order([k for k in profile.block_keys if component_of(k) == component])
+    keys = natural_order([k for k in profile.block_keys if k == component or k.startswith(component + ".")])
     cos = profile.stat_matrix("mean_cos", keys) if keys else np.zeros((0, profile.num_steps))
     rel = profile.stat_matrix("mean_rel_l1", keys) * 100 if keys else np.zeros((0, profile.num_steps))
-    rows = [module_label(k, drop_component=True) for k in keys]
-    name = COMPONENT_TITLES.get(component, component)
+    rows = [_relative_label(k, component) for k in keys]
+    name = title or COMPONENT_TITLES.get(component, component)
     with _style():
         fig = _figure(*_heatmap_size(len(keys), profile.num_steps, max(map(len, rows), default=8)))
         if not keys:
@@ -289,6 +293,15 @@ def plot_attention_drift(profile) -> Figure:
     return fig
 
 
+def _relative_label(key: str, component: str) -> str:
+    """A heatmap row label within ``component`` (``controlnet.nets.1.mid_block`` -> ``mid``)."""
+    if "." not in component:
+        return module_label(key, drop_component=True)
+    if key == component:
+        return "controlnet (whole)"
+    return module_label("controlnet." + key[len(component) + 1 :], drop_component=True)
+
+
 def _component_separator(ax, keys: Sequence[str]) -> None:
     """A line between the U-Net rows and the ControlNet rows of a heatmap."""
     for i in range(1, len(keys)):
@@ -298,8 +311,9 @@ def _component_separator(ax, keys: Sequence[str]) -> None:
 
 
 # -- ControlNet residuals ----------------------------------------------------------------------------------
-def _outside_window(policy) -> tuple[list[int], str] | None:
-    window = getattr(policy, "controlnet", None) if policy is not None else None
+def _outside_window(policy, key: str = "controlnet") -> tuple[list[int], str] | None:
+    windows = policy.controlnet_windows if policy is not None else {}
+    window = windows.get(key)
     if window is None:
         return None
     return [s for s in range(policy.num_steps) if s not in window.steps], window.mode
@@ -310,6 +324,9 @@ def plot_controlnet_residuals(profile, policy=None) -> Figure:
     all its residuals together (mean ± std over samples) and of each ControlNet block; with a policy, the
     steps where its window reuses or drops the ControlNet are shaded."""
     steps = np.arange(profile.num_steps)
+    wholes = [k for k in profile.block_keys if is_whole_model_key(k)]
+    if len(wholes) > 1:
+        return _plot_several_controlnet_residuals(profile, wholes, policy)
     block_keys = natural_order([k for k in profile.block_keys if k.startswith("controlnet.")])
     with _style():
         fig = _figure(12, 4.2)
@@ -359,6 +376,54 @@ def _block_palette(n: int) -> list:
     import seaborn as sns
 
     return list(sns.color_palette("deep", max(n, 1)))
+
+
+def _plot_several_controlnet_residuals(profile, wholes: list[str], policy=None) -> Figure:
+    """One row per ControlNet of several: its residuals' change (mean ± std) and its blocks', with the
+    steps its own window reuses or drops shaded."""
+    steps = np.arange(profile.num_steps)
+    types = str(profile.condition_type or "").split(",")
+    with _style():
+        fig = _figure(12, 3.4 * len(wholes))
+        axes = np.atleast_2d(fig.subplots(len(wholes), 2))
+        for row, whole in enumerate(wholes):
+            kind = f" ({types[row]})" if len(types) == len(wholes) and types[row] else ""
+            block_keys = natural_order([k for k in profile.block_keys if k.startswith(whole + ".")])
+            palette = _block_palette(len(block_keys))
+            for ax, (metric, scale, ylabel) in zip(
+                axes[row], (("rel_l1", 100.0, "relative L1 change (%)"), ("cos", 1.0, "cosine similarity"))
+            ):
+                mean = profile.stat(f"mean_{metric}", whole) * scale
+                std = profile.stat(f"std_{metric}", whole) * scale
+                for colour, key in zip(palette, block_keys):
+                    values = profile.stat(f"mean_{metric}", key) * scale
+                    ax.plot(
+                        steps, values, color=colour, linewidth=1, alpha=0.8, label=_relative_label(key, whole)
+                    )
+                ax.fill_between(steps, mean - std, mean + std, color="black", alpha=0.15, linewidth=0)
+                ax.plot(
+                    steps,
+                    mean,
+                    color="black",
+                    linewidth=2.2,
+                    marker="o",
+                    markersize=3.5,
+                    label="all residuals",
+                )
+                outside = _outside_window(policy, whole)
+                for s in outside[0] if outside else ():
+                    ax.axvspan(s - 0.5, s + 0.5, color="#999999", alpha=0.3, linewidth=0)
+                ax.set_title(f"{whole}{kind}: residuals vs step s−1", fontsize=10)
+                ax.set_xlabel("denoising step s")
+                ax.set_ylabel(ylabel)
+                ax.set_xlim(-0.5, profile.num_steps - 0.5)
+                ax.grid(True, color="#e5e5e5")
+            axes[row][1].legend(fontsize=7, loc="lower left", ncol=2)
+        fig.suptitle(
+            "Each ControlNet's residual change across steps (grey: steps its window reuses or drops it)",
+            fontsize=12,
+        )
+    return fig
 
 
 def _shade_window(ax, policy) -> None:

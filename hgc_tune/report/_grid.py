@@ -9,7 +9,6 @@ import numpy as np
 
 from hgc_tune.errors import ReportError
 from hgc_tune.policy import Policy
-from hgc_tune.report._labels import component_of
 
 __all__ = [
     "COMPUTE",
@@ -102,16 +101,19 @@ def policy_grid(policy: Policy, keys: Iterable[str], *, cfg: bool = True) -> Pol
             f"policy {policy.name!r} caches modules the profile does not have: {unknown[:5]}; profile the "
             "pipeline the policy was made for."
         )
-    window = policy.controlnet
+    windows = policy.controlnet_windows
     states = np.zeros((len(keys), policy.num_steps), dtype=np.int8)
     for row, key in enumerate(keys):
-        in_controlnet = component_of(key) == "controlnet"
+        # The window of the whole ControlNet the key belongs to (one of several: ``controlnet.nets.1``).
+        owners = [w for w in windows if key == w or key.startswith(w + ".")]
+        owner = max(owners, key=len) if owners else None
+        window = windows[owner] if owner is not None else None
         for s in range(policy.num_steps):
-            if in_controlnet and window is not None and s not in window.steps:
+            if window is not None and s not in window.steps:
                 if window.mode == "drop":
                     states[row, s] = DROPPED
                 else:
-                    states[row, s] = REUSE if key == "controlnet" else INSIDE_REUSED
+                    states[row, s] = REUSE if key == owner else INSIDE_REUSED
             elif key in sets and s not in sets[key]:
                 states[row, s] = REUSE
             elif any(a in sets and s not in sets[a] for a in _ancestors(key)):

@@ -119,13 +119,18 @@ def _macs_table(summary: Mapping[str, Any]) -> str:
     return note + '<table class="macs">' + head + "".join(rows) + "</table>"
 
 
-def _policy_table(policy: Mapping[str, Any]) -> str:
-    window = policy["controlnet"]
+def _window_text(window: Mapping[str, Any] | None) -> str:
     if window is None:
-        window_text = "runs at every step"
-    else:
-        elsewhere = "dropped (zero residuals)" if window["mode"] == "drop" else "its residuals reused"
-        window_text = f"runs at steps {window['steps']}; elsewhere {elsewhere}"
+        return "runs at every step"
+    elsewhere = "dropped (zero residuals)" if window["mode"] == "drop" else "its residuals reused"
+    return f"runs at steps {window['steps']}; elsewhere {elsewhere}"
+
+
+def _policy_table(policy: Mapping[str, Any]) -> str:
+    several = policy.get("controlnets") or {}
+    window_text = _window_text(policy["controlnet"])
+    if several:
+        window_text = "; ".join(f"{key}: {_window_text(w)}" for key, w in several.items())
     rows = [
         _row("name", policy["name"]),
         _row("source", policy["source"] or "–"),

@@ -63,6 +63,7 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
     from PIL import Image
 
     from hgc_tune.executor import apply_policy
+    from hgc_tune.profile._profiler import condition_input
 
     if not indices:
         height, width = profile.resolution
@@ -78,7 +79,7 @@ def generate_policy_images(pipe, profile, policy, indices: Sequence[int]) -> np.
     images = []
     try:
         for i in indices:
-            inputs: dict = {"image": Image.fromarray(conditions[i])}
+            inputs: dict = {"image": condition_input(conditions[i])}
             if profile.task != "text2img":  # img2img / inpainting: the profiled init images and masks
                 from hgc_tune.models._tasks import generation_inputs
 

@@ -133,6 +133,9 @@ def report_summary(
             "controlnet": None
             if policy.controlnet is None
             else {"steps": list(policy.controlnet.steps), "mode": policy.controlnet.mode},
+            "controlnets": {
+                key: {"steps": list(w.steps), "mode": w.mode} for key, w in policy.controlnets.items()
+            },
             "cfg_until": None if policy.guidance is None else policy.guidance.cfg_until,
             "cells": dict(grid_counts) if grid_counts is not None else None,
         }

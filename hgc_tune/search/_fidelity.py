@@ -86,7 +86,7 @@ def jobs_from_samples(
     jobs = []
     for i, sample in enumerate(samples):
         own = getattr(sample, "seed", None)
-        condition = sample.condition_image().convert("RGB")
+        condition = _rgb(sample.condition_image())
         init, mask = _sample_task_images(sample, condition, task)
         jobs.append(
             GenerationJob(
@@ -113,6 +113,13 @@ def _sample_task_images(sample: Any, condition: Any, task: str) -> tuple[Any, An
     method = getattr(sample, "mask_image", None)
     mask = method() if task == "inpaint" and callable(method) else None
     return (condition if init is None else init.convert("RGB")), (None if mask is None else mask.convert("L"))
+
+
+def _rgb(image: Any) -> Any:
+    """A condition image as RGB; several (one per ControlNet) as a list of them."""
+    if isinstance(image, list | tuple):
+        return [one.convert("RGB") for one in image]
+    return image.convert("RGB")
 
 
 def generate_output(pipe: Any, job: GenerationJob, settings: GenerationSettings) -> GeneratedOutput:
@@ -407,6 +414,9 @@ class FidelityScorer:
 
 def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
     from PIL import Image
+
+    if isinstance(image, list | tuple):  # several ControlNets: [k, H, W, 3]
+        return np.stack([_condition_array(one, height, width) for one in image])
 
     if image.size != (width, height):
         image = image.resize((width, height), Image.NEAREST)

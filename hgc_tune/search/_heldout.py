@@ -50,10 +50,15 @@ def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSe
         head["strength"] = settings.strength
     digest.update(json.dumps(head, sort_keys=True).encode())
     for job in jobs:
+        # Several ControlNets: one condition image each.
+        conditions = job.condition if isinstance(job.condition, list) else [job.condition]
         digest.update(
-            json.dumps([job.prompt, job.negative_prompt, job.seed, list(job.condition.size)]).encode()
+            json.dumps(
+                [job.prompt, job.negative_prompt, job.seed, *(list(c.size) for c in conditions)]
+            ).encode()
         )
-        digest.update(np.asarray(job.condition, dtype=np.uint8).tobytes())
+        for condition in conditions:
+            digest.update(np.asarray(condition, dtype=np.uint8).tobytes())
         for image in (job.init_image, job.mask_image):
             if image is not None:
                 digest.update(json.dumps(list(image.size)).encode())

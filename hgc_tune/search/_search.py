@@ -124,6 +124,8 @@ def _check_inputs(profile: Any, pipe: Any, config: SearchConfig) -> Any:
 def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
     from PIL import Image
 
+    from hgc_tune.profile._profiler import condition_input
+
     conditions, inits, masks = profile.condition_images, profile.init_images, profile.masks
     n = profile.num_samples if limit is None else min(limit, profile.num_samples)
     return [
@@ -131,7 +133,7 @@ def _calibration_jobs(profile: Any, limit: int | None) -> list[GenerationJob]:
             prompt=profile.prompts[i],
             negative_prompt=profile.negative_prompts[i],
             seed=int(profile.seeds[i]),
-            condition=Image.fromarray(conditions[i]),
+            condition=condition_input(conditions[i]),
             init_image=Image.fromarray(inits[i]) if inits is not None else None,
             mask_image=Image.fromarray(masks[i]) if masks is not None else None,
         )

@@ -31,6 +31,9 @@ Parameters (only the ones that apply are suggested; the rest are conditional):
 ``attention.late``             ``phased``: refresh interval from the switch on
 ``controlnet.steps``           ``k``: the ControlNet computes at steps ``0…k-1`` (``k = S``: always)
 ``controlnet.mode``            after the window: ``reuse`` the last residuals or ``drop`` them
+``controlnet.nets.<i>.steps``  with several ControlNets (``MultiControlNetModel``) each has its own window,
+``controlnet.nets.<i>.mode``   and its deep blocks their own ``blocks.controlnet.nets.<i>.threshold``,
+                               ``….early`` and ``….late`` (in place of the ``blocks.controlnet.…`` ones)
 ``guidance.cfg_until``         full CFG before this step, conditional branch only from it on (``S``: off)
 =============================  ===========================================================================
 
@@ -52,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from hgc_tune.errors import PolicyError, SearchError
-from hgc_tune.models._blocks import deep_block_keys, is_attention_key, max_branch
+from hgc_tune.models._blocks import deep_block_keys, is_attention_key, is_whole_model_key, max_branch
 from hgc_tune.policy import (
     ControlNetWindow,
     GuidanceWindow,
@@ -185,7 +188,9 @@ def policy_key(policy: Policy) -> str:
     """
     every = frozenset(range(policy.num_steps))
     sets = {k: sorted(v) for k, v in sorted(policy.compute_sets().items()) if v != every}
-    mode = policy.controlnet.mode if policy.controlnet is not None and "controlnet" in sets else None
+    modes = {k: w.mode for k, w in policy.controlnet_windows.items() if k in sets}
+    # One ControlNet keeps the key's original form, so stored studies keep their keys.
+    mode: Any = modes.get("controlnet") if set(modes) <= {"controlnet"} else modes
     data = {
         "steps": policy.num_steps,
         "sets": sets,
@@ -275,7 +280,7 @@ class PolicySpace:
             guidance: Search the guidance window too (only when the profile ran with CFG).
             attention_stat: ``map_rel_l1``, ``out_rel_l1`` or ``js`` (the ``mean_`` aggregate is read).
         """
-        block_keys = [k for k in profile.block_keys if k != "controlnet"]
+        block_keys = [k for k in profile.block_keys if not is_whole_model_key(k)]
         attention_keys = list(profile.attention_keys)
         cfg = bool(profile.meta.get("cfg", profile.guidance_scale > 1.0))
         return cls(
@@ -297,7 +302,24 @@ class PolicySpace:
 
     @property
     def has_controlnet(self) -> bool:
-        return "controlnet" in self.module_keys
+        return bool(self.controlnet_keys)
+
+    @property
+    def controlnet_keys(self) -> list[str]:
+        """The keys of the whole ControlNets: ``controlnet``, or ``controlnet.nets.<i>`` for several. Each
+        has its own window parameters, ``<key>.steps`` and ``<key>.mode``."""
+        return [k for k in self.module_keys if is_whole_model_key(k)]
+
+    def block_group(self, key: str) -> str:
+        """The group whose parameters schedule deep block ``key``: ``unet`` or its whole ControlNet's key."""
+        owners = [c for c in self.controlnet_keys if key.startswith(c + ".")]
+        return max(owners, key=len) if owners else key.split(".", 1)[0]
+
+    @property
+    def block_groups(self) -> list[str]:
+        """``unet``, then each ControlNet that has deep blocks."""
+        groups = {self.block_group(k) for k in self.deep_candidates}
+        return ["unet", *(c for c in self.controlnet_keys if c in groups)]
 
     @property
     def attention_keys(self) -> list[str]:
@@ -317,15 +339,12 @@ class PolicySpace:
         """Every block that is deep for some branch."""
         return deep_block_keys(self.module_keys, 0, self.target.component_classes)
 
-    def _has_controlnet_blocks(self) -> bool:
-        return any(k.startswith("controlnet.") for k in self.deep_candidates)
-
     def threshold_bounds(self, group: str) -> tuple[float, float]:
-        """``(low, high)`` of the δ of ``group`` (``unet``, ``controlnet`` or ``attention``)."""
+        """``(low, high)`` of the δ of ``group`` (``unet``, a ControlNet's key or ``attention``)."""
         if group == "attention":
             return _threshold_bounds(self.attention_change[k] for k in self.attention_keys)
         return _threshold_bounds(
-            self.block_change[k] for k in self.deep_candidates if k.startswith(group + ".")
+            self.block_change[k] for k in self.deep_candidates if self.block_group(k) == group
         )
 
     def distributions(self) -> dict[str, Any]:
@@ -337,14 +356,12 @@ class PolicySpace:
             "blocks.schedule": CategoricalDistribution(BLOCK_SCHEDULES),
             "blocks.branch": IntDistribution(0, self.max_branch),
             "blocks.interval": IntDistribution(2, s),
-            "blocks.unet.threshold": FloatDistribution(*self.threshold_bounds("unet"), log=True),
         }
-        if self._has_controlnet_blocks():
-            out["blocks.controlnet.threshold"] = FloatDistribution(
-                *self.threshold_bounds("controlnet"), log=True
-            )
+        groups = self.block_groups
+        for group in groups:
+            out[f"blocks.{group}.threshold"] = FloatDistribution(*self.threshold_bounds(group), log=True)
         out["blocks.switch"] = IntDistribution(1, s - 1)
-        for group in ("unet", "controlnet") if self._has_controlnet_blocks() else ("unet",):
+        for group in groups:
             out[f"blocks.{group}.early"] = IntDistribution(1, s)
             out[f"blocks.{group}.late"] = IntDistribution(1, s)
         if self.attention_keys:
@@ -354,9 +371,9 @@ class PolicySpace:
             out["attention.switch"] = IntDistribution(1, s - 1)
             out["attention.early"] = IntDistribution(1, s)
             out["attention.late"] = IntDistribution(1, s)
-        if self.has_controlnet:
-            out["controlnet.steps"] = IntDistribution(0, s)
-            out["controlnet.mode"] = CategoricalDistribution(CONTROLNET_MODES)
+        for key in self.controlnet_keys:
+            out[f"{key}.steps"] = IntDistribution(0, s)
+            out[f"{key}.mode"] = CategoricalDistribution(CONTROLNET_MODES)
         if self.guidance:
             out["guidance.cfg_until"] = IntDistribution(1, s)
         return out
@@ -386,14 +403,13 @@ class PolicySpace:
             if schedule == "interval":
                 ask("blocks.interval")
             elif schedule == "threshold":
-                ask("blocks.unet.threshold")
-                if "blocks.controlnet.threshold" in dists:
-                    ask("blocks.controlnet.threshold")
+                for group in self.block_groups:
+                    ask(f"blocks.{group}.threshold")
             else:
                 ask("blocks.switch")
-                for name in ("unet.early", "unet.late", "controlnet.early", "controlnet.late"):
-                    if f"blocks.{name}" in dists:
-                        ask(f"blocks.{name}")
+                for group in self.block_groups:
+                    ask(f"blocks.{group}.early")
+                    ask(f"blocks.{group}.late")
         if "attention.schedule" in dists:
             schedule = ask("attention.schedule")
             if schedule == "gate":
@@ -403,8 +419,9 @@ class PolicySpace:
             elif schedule == "phased":
                 for name in ("attention.switch", "attention.early", "attention.late"):
                     ask(name)
-        if "controlnet.steps" in dists and ask("controlnet.steps") < self.num_steps:
-            ask("controlnet.mode")
+        for key in self.controlnet_keys:
+            if ask(f"{key}.steps") < self.num_steps:
+                ask(f"{key}.mode")
         if "guidance.cfg_until" in dists:
             ask("guidance.cfg_until")
         return params
@@ -442,7 +459,7 @@ class PolicySpace:
             elif schedule == "phased":
                 switch = int(params["blocks.switch"])
                 for key in deep:
-                    group = key.split(".", 1)[0]
+                    group = self.block_group(key)
                     steps = phased_compute_steps(
                         s, switch, int(params[f"blocks.{group}.early"]), int(params[f"blocks.{group}.late"])
                     )
@@ -450,7 +467,7 @@ class PolicySpace:
                         blocks[key] = steps
             else:
                 for key in deep:
-                    delta = float(params[f"blocks.{key.split('.', 1)[0]}.threshold"])
+                    delta = float(params[f"blocks.{self.block_group(key)}.threshold"])
                     steps = threshold_compute_steps(self.block_change[key], delta)
                     if len(steps) < s:
                         blocks[key] = steps
@@ -481,13 +498,16 @@ class PolicySpace:
                 )
                 if windows:
                     attention[key] = windows
-        controlnet = None
-        k = int(params.get("controlnet.steps", s))
-        if k < s:
-            mode = params["controlnet.mode"]
-            # A reused ControlNet needs one computed step to reuse; k = 0 means "as early as possible".
-            k = max(k, 1) if mode == "reuse" else k
-            controlnet = ControlNetWindow(tuple(range(k)), mode) if k < s else None
+        windows: dict[str, ControlNetWindow] = {}
+        for key in self.controlnet_keys:
+            k = int(params.get(f"{key}.steps", s))
+            if k < s:
+                mode = params[f"{key}.mode"]
+                # A reused ControlNet needs one computed step to reuse; k = 0 means "as early as possible".
+                k = max(k, 1) if mode == "reuse" else k
+                if k < s:
+                    windows[key] = ControlNetWindow(tuple(range(k)), mode)
+        controlnet = windows.pop("controlnet", None)
         cfg_until = int(params.get("guidance.cfg_until", s))
         guidance = GuidanceWindow(cfg_until) if cfg_until < s else None
         return Policy(
@@ -495,6 +515,7 @@ class PolicySpace:
             blocks=blocks,
             attention=attention,
             controlnet=controlnet,
+            controlnets=windows,
             guidance=guidance,
             name=name,
             provenance=provenance or Provenance(source="search"),
@@ -516,8 +537,8 @@ class PolicySpace:
         params: dict[str, Any] = {"blocks.schedule": "full"}
         if self.attention_keys:
             params["attention.schedule"] = "full"
-        if self.has_controlnet:
-            params["controlnet.steps"] = s
+        for key in self.controlnet_keys:
+            params[f"{key}.steps"] = s
         if self.guidance:
             params["guidance.cfg_until"] = s
         if name == FULL_COMPUTE:
@@ -532,6 +553,22 @@ class PolicySpace:
                 f"peer {name!r} truncates CFG, but this search does not search the guidance window "
                 "(no CFG in the profile, or search_guidance=False)."
             )
-        params.update(peer)
+        params.update(self._per_controlnet(peer))
         self.check_params(params)
         return params
+
+    def _per_controlnet(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameters named for one ControlNet (``controlnet.steps``, ``blocks.controlnet.late``) set for each
+        ControlNet of a several-ControlNet space (``controlnet.nets.0.steps``, …)."""
+        if self.controlnet_keys == ["controlnet"] or not self.controlnet_keys:
+            return dict(params)
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            if name.startswith("controlnet."):
+                out.update({f"{key}.{name[len('controlnet.') :]}": value for key in self.controlnet_keys})
+            elif name.startswith("blocks.controlnet."):
+                rest = name[len("blocks.controlnet.") :]
+                out.update({f"blocks.{key}.{rest}": value for key in self.controlnet_keys})
+            else:
+                out[name] = value
+        return out

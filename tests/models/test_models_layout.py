@@ -192,3 +192,37 @@ def test_the_controlnet_layout_names_its_outputs(tiny_pipe):
         assert len(tensors) == len(expected) and all(torch.equal(a, b) for a, b in zip(tensors, expected))
     with pytest.raises(UnregisteredModelError, match="names no `outputs`"):
         ModuleLayout().output_tensors(as_tuple)
+
+
+def test_multi_controlnet_layout_keys_each_net_under_nets() -> None:
+    from hgc_tune.models import module_layout
+    from hgc_tune.models._blocks import deep_block_keys, is_whole_model_key
+
+    layout = module_layout("MultiControlNetModel")
+    assert layout.nets == "nets"
+    keys = [
+        "unet.down_blocks.0",
+        "unet.down_blocks.1",
+        "unet.mid_block",
+        "unet.up_blocks.0",
+        "unet.up_blocks.1",
+    ]
+    for i in (0, 1):
+        keys += [
+            f"controlnet.nets.{i}",
+            f"controlnet.nets.{i}.down_blocks.0",
+            f"controlnet.nets.{i}.down_blocks.1",
+        ]
+        keys += [f"controlnet.nets.{i}.mid_block"]
+    classes = {"unet": "UNet2DConditionModel", "controlnet": "MultiControlNetModel"}
+    assert deep_block_keys(keys, 0, classes) == [
+        "unet.down_blocks.1",
+        "unet.mid_block",
+        "unet.up_blocks.0",
+        "controlnet.nets.0.down_blocks.1",
+        "controlnet.nets.0.mid_block",
+        "controlnet.nets.1.down_blocks.1",
+        "controlnet.nets.1.mid_block",
+    ]
+    assert is_whole_model_key("controlnet") and is_whole_model_key("controlnet.nets.1")
+    assert not is_whole_model_key("controlnet.nets.1.mid_block") and not is_whole_model_key("unet")

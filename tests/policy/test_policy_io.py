@@ -166,7 +166,7 @@ def test_round_trip_multi_policy_file() -> None:
 def test_json_layout_is_the_documented_one() -> None:
     data = policy_to_json(full_featured_policy())
     assert set(data) == {"schema_version", "policies"}
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     (p,) = data["policies"]
     assert set(p) == {"name", "target", "blocks", "attention", "controlnet", "guidance", "provenance"}
     assert p["blocks"] == {"controlnet.down_blocks.3": [0, 5], "unet.mid_block": [0, 4, 8]}
@@ -318,7 +318,7 @@ def test_unknown_key_is_named_with_its_location(mutate, pattern) -> None:
         ),
         (
             lambda d: d["policies"][0]["provenance"].update(budget="1%"),
-            r"policies\[0\]\.provenance\.budget must be a number, but got '1%' \(str\)",
+            r"policies\[0\]\.provenance\.budget must be a number or null, but got '1%' \(str\)",
         ),
         (
             lambda d: d["policies"][0]["provenance"]["fidelity"].update(full=[1]),
@@ -326,12 +326,12 @@ def test_unknown_key_is_named_with_its_location(mutate, pattern) -> None:
         ),
         (
             lambda d: d["policies"][0]["provenance"].update(trial=1.5),
-            r"policies\[0\]\.provenance\.trial must be an integer, but got 1\.5 \(float\)",
+            r"policies\[0\]\.provenance\.trial must be an integer or null, but got 1\.5 \(float\)",
         ),
         (lambda d: d.update(policies={}), r"policies must be a list, but got \{\} \(dict\)"),
         (
             lambda d: d["policies"][0].update(guidance=3),
-            r"policies\[0\]\.guidance must be an object, but got 3",
+            r"policies\[0\]\.guidance must be an object or null, but got 3 \(int\)",
         ),
         (
             lambda d: d["policies"][0]["target"].update(condition_type=5),
@@ -369,7 +369,7 @@ def test_optional_policy_keys_default() -> None:
 def test_unknown_controlnet_mode() -> None:
     msg = bad(lambda d: d["policies"][0]["controlnet"].update(mode="skip"))
     assert re.search(
-        r"policies\[0\]: controlnet\.mode must be one of \['reuse', 'drop'\], but got 'skip'", msg
+        r"policies\[0\]\.controlnet\.mode must be one of \['reuse', 'drop'\], but got 'skip'", msg
     )
 
 
@@ -382,27 +382,29 @@ def test_bad_module_keys() -> None:
     assert "belong in `attention`" in msg
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", True, None])
+@pytest.mark.parametrize("version", [0, 3, "1", True, None])
 def test_unsupported_schema_version(version) -> None:
     msg = bad(lambda d: d.update(schema_version=version))
-    assert f"unsupported schema_version={version!r}; this hgc-tune reads schema versions [1]" in msg
+    assert f"unsupported schema_version={version!r}; this hgc-tune reads schema versions [1, 2]" in msg
 
 
 def test_unsupported_schema_version_wins_over_unknown_keys() -> None:
     # a newer file is reported as newer, not as a pile of unknown keys
-    msg = bad(lambda d: d.update(schema_version=2, future_field={}))
-    assert "schema_version=2" in msg
+    msg = bad(lambda d: d.update(schema_version=3, future_field={}))
+    assert "schema_version=3" in msg
 
 
 def test_compute_step_out_of_range() -> None:
     msg = bad(lambda d: d["policies"][0]["blocks"].update({"unet.mid_block": [0, 10]}))
     assert "policies[0]: blocks['unet.mid_block']: step 10 is out of range [0, 10)" in msg
     msg = bad(lambda d: d["policies"][0]["controlnet"].update(steps=[0, -1]))
-    assert "controlnet.steps: step -1 is out of range [0, 10)" in msg
+    assert "policies[0].controlnet.steps[1] must be >= 0, but got -1" in msg
+    msg = bad(lambda d: d["policies"][0]["controlnet"].update(steps=[0, 10]))
+    assert "controlnet.steps: step 10 is out of range [0, 10)" in msg
     msg = bad(lambda d: d["policies"][0]["guidance"].update(cfg_until=11))
     assert "guidance.cfg_until must be an integer in [1, 10], but got 11" in msg
     msg = bad(lambda d: d["policies"][0]["target"].update(num_steps=0))
-    assert "policies[0].target: target.num_steps must be a positive integer, but got 0" in msg
+    assert "policies[0].target.num_steps must be >= 1, but got 0" in msg
 
 
 def test_missing_step_zero() -> None:
@@ -454,7 +456,7 @@ def test_top_level_must_be_an_object() -> None:
         lambda d: d["policies"][0]["guidance"].update(scale=7.5),
         lambda d: d["policies"][0]["provenance"].update(seed=0),
         lambda d: d["policies"][0]["controlnet"].update(mode="skip"),
-        lambda d: d.update(schema_version=2),
+        lambda d: d.update(schema_version=3),
         lambda d: d["policies"][0]["blocks"].update({"unet.mid_block": [1, 2]}),
         lambda d: d["policies"][0]["blocks"].update({"vae.decoder": [0]}),
         lambda d: d["policies"][0]["blocks"].update({ATTN: [0]}),
@@ -507,3 +509,135 @@ def test_oversized_policy_file_is_refused_without_reading_it_all(tmp_path: Path)
         f.write('"}')
     with pytest.raises(PolicyFormatError, match=r"huge\.json'.*more than the 16777216 bytes"):
         load_policy(path)
+
+
+# ----------------------------------------------------------------- schema version 2: several ControlNets
+
+
+def multi_policy() -> Policy:
+    import dataclasses
+
+    from hgc_tune.policy._model import ControlNetSpec
+
+    target = dataclasses.replace(
+        make_target(10, "seg,depth"),
+        controlnet_class="MultiControlNetModel",
+        controlnets=(
+            ControlNetSpec("ControlNetModel", "aaaa", "seg"),
+            ControlNetSpec("ControlNetModel", "bbbb", "depth"),
+        ),
+    )
+    return Policy(
+        target=target,
+        blocks={"unet.mid_block": (0, 4, 8), "controlnet.nets.1.down_blocks.3": (0, 5)},
+        controlnets={
+            "controlnet.nets.1": ControlNetWindow((0, 1, 2), "drop"),
+            "controlnet.nets.0": ControlNetWindow((0, 5), "reuse"),
+        },
+        name="multi",
+    )
+
+
+def test_multi_controlnet_policy_round_trips_as_version_2(validator) -> None:
+    p = multi_policy()
+    data = policy_to_json(p)
+    validator.validate(data)
+    assert data["schema_version"] == 2
+    assert data["policies"][0]["target"]["controlnets"] == [
+        {"class": "ControlNetModel", "fingerprint": "aaaa", "condition_type": "seg"},
+        {"class": "ControlNetModel", "fingerprint": "bbbb", "condition_type": "depth"},
+    ]
+    assert data["policies"][0]["controlnets"] == {
+        "controlnet.nets.0": {"steps": [0, 5], "mode": "reuse"},
+        "controlnet.nets.1": {"steps": [0, 1, 2], "mode": "drop"},
+    }
+    back = loads_policy(dumps_policy(p)).select()
+    assert back == p
+    assert back.compute_sets()["controlnet.nets.1"] == frozenset({0, 1, 2})
+    assert list(back.controlnet_windows) == ["controlnet.nets.0", "controlnet.nets.1"]
+
+
+def test_version_1_files_load_unchanged_and_are_written_back_as_version_1() -> None:
+    data = good()
+    data["schema_version"] = 1
+    pf = policy_from_json(data)
+    assert pf.schema_version == 1
+    assert policy_to_json(pf) == data
+
+
+def test_version_1_cannot_hold_several_controlnets(validator) -> None:
+    data = policy_to_json(multi_policy())
+    data["schema_version"] = 1
+    assert not validator.is_valid(data)
+    with pytest.raises(
+        PolicyFormatError, match=r"policies\[0\]\.controlnets is not allowed with schema_version 1"
+    ):
+        policy_from_json(data)
+    with pytest.raises(PolicyFormatError, match="schema_version 1 cannot hold"):
+        PolicyFile((multi_policy(),), schema_version=1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (
+            lambda d: d["policies"][0]["controlnets"].update(
+                {"controlnet.nets.2": {"steps": [0], "mode": "reuse"}}
+            ),
+            r"policies\[0\]: controlnets\['controlnet\.nets\.2'\]: the target's ControlNets are "
+            r"\['controlnet\.nets\.0', 'controlnet\.nets\.1'\]",
+        ),
+        (
+            lambda d: d["policies"][0]["controlnets"].update({"controlnet": {"steps": [0], "mode": "reuse"}}),
+            r"policies\[0\]\.controlnets: key 'controlnet' must match",
+        ),
+        (
+            lambda d: d["policies"][0]["controlnets"]["controlnet.nets.0"].update(mode="skip"),
+            r"policies\[0\]\.controlnets\['controlnet\.nets\.0'\]\.mode must be one of \['reuse', 'drop'\], "
+            r"but got 'skip'",
+        ),
+        (
+            lambda d: d["policies"][0]["controlnets"]["controlnet.nets.0"].update(steps=[5]),
+            r"controlnets\['controlnet\.nets\.0'\]\.steps: compute steps must include step 0",
+        ),
+        (
+            lambda d: d["policies"][0]["target"]["controlnets"][1].pop("fingerprint"),
+            r"policies\[0\]\.target\.controlnets\[1\]: missing required key 'fingerprint'",
+        ),
+        (
+            lambda d: d["policies"][0]["target"]["controlnets"][0].update(condition_type=3),
+            r"policies\[0\]\.target\.controlnets\[0\]\.condition_type must be a string or null, but got 3",
+        ),
+        (
+            lambda d: d["policies"][0]["target"].update(condition_type="depth,seg"),
+            r"target\.condition_type must name the ControlNets' condition types in order, 'seg,depth'",
+        ),
+        (
+            lambda d: d["policies"][0]["blocks"].update({"controlnet.nets.0": [0]}),
+            r"blocks\['controlnet\.nets\.0'\]: a whole ControlNet is set by the `controlnets` windows",
+        ),
+        (
+            lambda d: d["policies"][0].update(controlnet={"steps": [0], "mode": "reuse"}),
+            "either one `controlnet` window or per-ControlNet `controlnets` windows, not both",
+        ),
+    ],
+)
+def test_multi_controlnet_errors_name_field_and_value(mutate, pattern) -> None:
+    data = policy_to_json(multi_policy())
+    mutate(data)
+    with pytest.raises(PolicyFormatError) as e:
+        policy_from_json(data)
+    assert re.search(pattern, str(e.value)), str(e.value)
+
+
+def test_per_controlnet_windows_need_a_target_with_several() -> None:
+    with pytest.raises(
+        PolicyFormatError, match="per-ControlNet windows need a target with several ControlNets"
+    ):
+        Policy(target=make_target(10), controlnets={"controlnet.nets.0": ControlNetWindow((0,))})
+
+
+def test_the_loader_validates_with_the_shipped_schema() -> None:
+    from hgc_tune.policy._io import policy_schema
+
+    assert policy_schema() == json.loads(SCHEMA_PATH.read_text())

@@ -355,3 +355,96 @@ def test_candidates_cheapest_plausible_first_and_the_calibration_winner_always_c
     # without a validation split, only trials within the budget
     _, candidates = _candidates(records, 0.015, 3, validated=False)
     assert [r.number for r in candidates] == [5]
+
+
+# -------------------------------------------------------------- several ControlNets (MultiControlNetModel)
+
+
+def _multi_keys(keys: list[str]) -> list[str]:
+    """The module keys of the same pipeline with two ControlNets in a MultiControlNetModel."""
+    out = []
+    for key in keys:
+        if key == "controlnet" or key.startswith("controlnet."):
+            out += [key.replace("controlnet", f"controlnet.nets.{i}", 1) for i in (0, 1)]
+        else:
+            out.append(key)
+    return out
+
+
+def _multi_space(steps: int):
+    import dataclasses
+
+    from hgc_tune.policy._model import ControlNetSpec
+    from hgc_tune.search import PolicySpace
+
+    base = synthetic_space(_multi_keys(TINY_KEYS), steps)
+    specs = (ControlNetSpec("ControlNetModel", "a", "seg"), ControlNetSpec("ControlNetModel", "a", "depth"))
+    target = dataclasses.replace(
+        base.target, controlnet_class="MultiControlNetModel", condition_type="seg,depth", controlnets=specs
+    )
+    return PolicySpace(
+        target=target,
+        module_keys=base.module_keys,
+        block_change=dict(base.block_change),
+        attention_change=dict(base.attention_change),
+    )
+
+
+def _multi_effect(policy):
+    every = frozenset(range(policy.num_steps))
+    sets = {k: v for k, v in policy.compute_sets().items() if v != every}
+    modes = {k: w.mode for k, w in policy.controlnet_windows.items() if k in sets}
+    return sets, modes, [policy.cfg_branches(s, True) for s in range(policy.num_steps)]
+
+
+def test_each_controlnet_has_its_own_window_and_block_parameters():
+    space = _multi_space(20)
+    dists = space.distributions()
+    for net in ("controlnet.nets.0", "controlnet.nets.1"):
+        for name in (f"{net}.steps", f"{net}.mode", f"blocks.{net}.threshold", f"blocks.{net}.early"):
+            assert name in dists
+    assert "controlnet.steps" not in dists and "blocks.controlnet.threshold" not in dists
+    params = dict(space.peer_params(FULL_COMPUTE))
+    params.update(
+        {
+            "blocks.schedule": "phased",
+            "blocks.branch": 0,
+            "blocks.switch": 8,
+            "blocks.unet.early": 1,
+            "blocks.unet.late": 4,
+            "blocks.controlnet.nets.0.early": 2,
+            "blocks.controlnet.nets.0.late": 6,
+            "blocks.controlnet.nets.1.early": 1,
+            "blocks.controlnet.nets.1.late": 20,
+            "controlnet.nets.0.steps": 10,
+            "controlnet.nets.0.mode": "drop",
+            "controlnet.nets.1.steps": 4,
+            "controlnet.nets.1.mode": "reuse",
+        }
+    )
+    assert space.suggest(optuna.trial.FixedTrial(params)) == params
+    policy = space.build(params)
+    sets = policy.compute_sets()
+    assert sets["controlnet.nets.0.mid_block"] == {0, 2, 4, 6, 8, 14}
+    assert sets["controlnet.nets.1.mid_block"] == set(range(9))
+    assert policy.controlnets["controlnet.nets.0"].steps == tuple(range(10))
+    assert policy.controlnets["controlnet.nets.1"].mode == "reuse"
+    assert policy.controlnet is None
+
+
+@pytest.mark.parametrize("steps", [20, 5])
+@pytest.mark.parametrize("name", PEERS)
+def test_peers_are_points_of_the_several_controlnet_space(steps, name):
+    space = _multi_space(steps)
+    keys = list(space.module_keys)
+    try:
+        expected = peer_policy(name, space.target, keys)
+    except Exception:
+        with pytest.raises(SearchError):
+            space.peer_params(name)
+        return
+    params = space.peer_params(name)
+    built = space.build(params)
+    assert _multi_effect(built) == _multi_effect(expected)
+    assert policy_key(built) == policy_key(expected)
+    assert space.suggest(optuna.trial.FixedTrial(params)) == params
