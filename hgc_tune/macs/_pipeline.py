@@ -136,9 +136,9 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     if controlnet is not None:
         cond = torch.zeros((1, 3, height, width), device=controlnet.device, dtype=controlnet.dtype)
         # An inpainting U-Net takes 9 channels (latents, mask, masked-image latents); its ControlNet takes
-        # the 4 latent channels (diffusers' ControlNet inpainting pipeline).
+        # the 4 latent channels (diffusers' ControlNet inpainting pipeline); several ControlNets share it.
         control_sample = torch.zeros(
-            (1, controlnet.config.in_channels, *latent_shape[2:]),
+            (1, nets[0].config.in_channels, *latent_shape[2:]),
             device=controlnet.device,
             dtype=controlnet.dtype,
         )
