@@ -22,7 +22,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     parser.add_argument(
         "--model",
         default="tiny",
-        help="preset (tiny, sd15, shapes), local diffusers pipeline directory, or hub id (default: tiny)",
+        help="preset (tiny, sd15, shapes, tiny-sdxl, sdxl), local diffusers pipeline directory, or hub id "
+        "(default: tiny)",
     )
     parser.add_argument("--controlnet", default=None, help="ControlNet directory or hub id for a base model")
     if with_condition:
@@ -43,13 +44,20 @@ def hide_loading_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline_from_args(args: argparse.Namespace):
-    """Load the pipeline the model arguments name; warn on stderr when its weights are random."""
+def load_pipeline_from_args(args: argparse.Namespace, *, shape_only: bool = False):
+    """Load the pipeline the model arguments name; warn on stderr when its weights are random.
+
+    ``shape_only``: a random-weight preset on the CPU is built with zero weights that take no memory
+    (``load_pipeline(..., shape_only=True)``): for commands that only need shapes (MAC counting).
+    """
     from hgc_tune.models import PRESETS, load_pipeline
 
     hide_loading_bars()
 
-    if args.model in PRESETS and PRESETS[args.model].random_weights:
+    random_preset = args.model in PRESETS and PRESETS[args.model].random_weights
+    if shape_only and random_preset and args.device == "cpu":
+        return load_pipeline(args.model, scheduler=args.scheduler, dtype=args.dtype, shape_only=True)
+    if random_preset:
         print(
             f"note: preset {args.model!r} has random weights: its images are noise "
             "(fine for MACs and timing).",
