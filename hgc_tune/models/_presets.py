@@ -250,7 +250,7 @@ def _tiny_sdxl_components(seed: int) -> dict[str, Any]:
     # each make the 64 inputs of the text_time embedding (SDXL: 1280 + 6 * 256 = 2816).
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8,
+        sample_size=32,
         in_channels=4,
         out_channels=4,
         block_out_channels=(16, 32, 32),
