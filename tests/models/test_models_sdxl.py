@@ -39,7 +39,7 @@ def test_sdxl_preset_is_sdxl_base(sdxl_meta):
         assert (list(got) if isinstance(got, list | tuple) else got) == (
             list(value) if isinstance(value, tuple) else value
         ), field
-    # SDXL base U-Net: 2,567,463,684 parameters; a ControlNet from_unet of it (diffusers/controlnet-*-sdxl-1.0)
+    # SDXL base U-Net: 2,567,463,684 parameters; a ControlNet.from_unet of it (controlnet-*-sdxl-1.0)
     assert _params(unet) == 2_567_463_684
     assert _params(controlnet) == 1_251_014_160
     check_controlnet_fits(unet.config, controlnet.config)
