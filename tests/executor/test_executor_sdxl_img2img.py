@@ -1,5 +1,6 @@
 """The executor on ``StableDiffusionXLControlNetImg2ImgPipeline``, built from the tiny-sdxl components, at
-``strength=1.0`` (every step runs; step counting for ``strength < 1`` is the img2img pipelines' own matter)."""
+``strength=1.0``: every step runs (with ``strength < 1`` the pipeline runs only the last steps of the
+schedule, a matter of step counting common to all img2img pipelines)."""
 
 from __future__ import annotations
 
