@@ -126,3 +126,87 @@ def test_analytic_policy_macs_equal_counted_macs_on_sdxl(tiny_sdxl_pipe, table, 
             assert counted.total == analytic["policy"], (policy.name, convention)
         reductions.add(round(analytic["reduction"], 6))
     assert len(reductions) == 5
+
+
+# `hgc-tune macs --model sdxl --resolution 1024 --steps 20 --json` (analysis/RESULTS.md): one forward, one
+# image, 1024², in the paper and complete conventions.
+SDXL_1024 = {
+    "unet": {"paper": 2_991_022_407_680, "complete": 3_382_980_116_480},
+    "controlnet": {"paper": 1_337_083_740_160, "complete": 1_511_184_056_320},
+}
+# FlopCounterMode on the meta-device sdxl preset at 1024², in FLOPs (analysis/RESULTS.md).
+SDXL_1024_FLOPS = {"unet": 6_761_236_398_080, "controlnet": 3_020_382_371_840}
+
+
+@pytest.fixture(scope="module")
+def sdxl_denoisers():
+    from hgc_tune.models._presets import build_shape_only_components
+
+    components = build_shape_only_components("sdxl")
+    return SimpleNamespace(unet=components["unet"], controlnet=components["controlnet"], vae_scale_factor=8)
+
+
+@pytest.fixture(scope="module")
+def sdxl_small_counts(sdxl_denoisers):
+    """Per-forward counts of the storage-free sdxl denoisers by pixel count, traced on demand."""
+    counts: dict[int, dict[str, dict[str, int]]] = {}
+
+    def at(size: int) -> dict[str, dict[str, int]]:
+        if size * size not in counts:
+            table = count_pipeline_macs(sdxl_denoisers, height=size, width=size, model_name="sdxl")
+            counts[size * size] = {c: {m: table.macs(c, m) for m in ("paper", "complete")} for c in SDXL_1024}
+        return counts[size * size]
+
+    return at
+
+
+def _through(points: dict[int, int], p: int):
+    """The polynomial through ``points`` (pixel count -> MACs) evaluated at ``p``, exactly (Lagrange)."""
+    from fractions import Fraction
+
+    total = Fraction(0)
+    for xi, yi in points.items():
+        term = Fraction(yi)
+        for xj in points:
+            if xj != xi:
+                term *= Fraction(p - xj, xi - xj)
+        total += term
+    return total
+
+
+def test_sdxl_1024_paper_count_from_two_sizes(sdxl_small_counts):
+    """The 1024² paper figures of the real SDXL architecture without a 1024² trace (15 CPU minutes).
+
+    Per forward, the paper count is ``a + b·p`` in the pixel count ``p`` (convolutions, linear layers, norms
+    and upsampling scale with it; the time embedding and the text keys/values do not): two sizes fix it.
+    """
+    counts = {size * size: sdxl_small_counts(size) for size in (64, 128)}
+    for component, expected in SDXL_1024.items():
+        points = {p: c[component]["paper"] for p, c in counts.items()}
+        assert _through(points, 1024 * 1024) == expected["paper"], component
+
+
+@pytest.mark.slow
+def test_sdxl_1024_complete_count_from_three_sizes(sdxl_small_counts):
+    """The complete count adds the self-attention products, ``c·p²``: three sizes fix it, and the paper
+    count's quadratic term is zero."""
+    counts = {size * size: sdxl_small_counts(size) for size in (64, 128, 192)}
+    for component, expected in SDXL_1024.items():
+        for convention, value in expected.items():
+            points = {p: c[component][convention] for p, c in counts.items()}
+            assert _through(points, 1024 * 1024) == value, (component, convention)
+
+
+@pytest.mark.parametrize("component", ["unet", "controlnet"])
+def test_sdxl_1024_flop_counter_figure(crosscheck, component):
+    """FlopCounterMode on the meta-device sdxl preset at 1024²: 2 FLOPs per MAC of the products fvcore's
+    complete count holds, which also holds its norm and upsampling estimates (0.07 %)."""
+    from hgc_tune.models._presets import build_preset_components
+
+    with torch.device("meta"):
+        components = build_preset_components("sdxl")
+    meta_pipe = SimpleNamespace(**components, vae_scale_factor=8)
+    flops = sum(crosscheck.flop_counter_by_operator(meta_pipe, component, 1024, 1024).values())
+    assert flops == SDXL_1024_FLOPS[component]
+    estimates = SDXL_1024[component]["complete"] - flops // 2
+    assert 0 < estimates < 0.001 * SDXL_1024[component]["complete"]
