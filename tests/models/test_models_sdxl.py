@@ -132,3 +132,15 @@ def test_tiny_sdxl_has_sdxl_structure(tiny_sdxl_pipe):
     blocks = [k for k in cacheable_module_keys(sdxl) if "attn2" not in k]
     assert [k for k in cacheable_module_keys(pipe) if "attn2" not in k] == blocks
     assert model_fingerprint(pipe) != model_fingerprint(sdxl)
+
+
+def test_local_sdxl_checkpoint_loads_as_the_xl_controlnet_pipeline(tiny_sdxl_pipe, tmp_path):
+    from hgc_tune.models import weights_digest
+
+    tiny_sdxl_pipe.save_pretrained(tmp_path / "base")
+    tiny_sdxl_pipe.controlnet.save_pretrained(tmp_path / "cn")
+    for controlnet in (None, str(tmp_path / "cn")):
+        pipe = load_pipeline(str(tmp_path / "base"), controlnet=controlnet)
+        assert type(pipe).__name__ == "StableDiffusionXLControlNetPipeline"
+        assert model_fingerprint(pipe) == model_fingerprint(tiny_sdxl_pipe)
+        assert weights_digest(pipe) == weights_digest(tiny_sdxl_pipe)
