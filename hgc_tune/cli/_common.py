@@ -44,12 +44,14 @@ def hide_loading_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline_from_args(args: argparse.Namespace, *, shape_only: bool = False):
+def load_pipeline_from_args(args: argparse.Namespace):
     """Load the pipeline the model arguments name; warn on stderr when its weights are random.
 
-    ``shape_only``: a random-weight preset on the CPU is built with zero weights that take no memory
-    (``load_pipeline(..., shape_only=True)``): for commands that only need shapes (MAC counting).
+    ``args.shape_only`` (set by commands that only need shapes, such as MAC counting; absent = ``False``): a
+    random-weight preset on the CPU is built with zero weights that take no memory
+    (``load_pipeline(..., shape_only=True)``).
     """
+    shape_only = bool(getattr(args, "shape_only", False))
     from hgc_tune.models import PRESETS, load_pipeline
 
     hide_loading_bars()

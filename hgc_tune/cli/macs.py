@@ -122,13 +122,14 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import CONVENTIONS, count_pipeline_macs
 
-    loading = args
+    # MACs depend on shapes only: a random-weight preset is counted with storage-free weights on the CPU.
+    loading = argparse.Namespace(**{**vars(args), "shape_only": True})
     if args.model == "shapes" and args.condition is None:
         from hgc_tune.models import SHAPES_CONDITIONS
 
         # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
-        loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})
-    pipe = load_pipeline_from_args(loading, shape_only=True)
+        loading.condition = SHAPES_CONDITIONS[0]
+    pipe = load_pipeline_from_args(loading)
     policy = resolve_policy(
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
     )
