@@ -3,12 +3,15 @@
 The targets (fingerprint, class names, scheduler) come from the loaded presets, so the files fit them
 exactly; the schedules come from :func:`hgc_tune.policy.peer_policy`. When ``hgc_tune.macs`` provides
 ``count_pipeline_macs``, each file's ``provenance.macs`` holds the policy MACs in both conventions
-(CFG, batch 1, the preset's resolution: tiny 64², sd15 512²); without it the files are written with empty
-``macs`` and a note on stderr — re-run this script once the MAC counter exists.
+(CFG, batch 1, the preset's resolution: tiny 64², sd15 512², sdxl 1024²); without it the files are written
+with empty ``macs`` and a note on stderr — re-run this script once the MAC counter exists.
 
 Usage:
-    python analysis/make_peer_policies.py                  # tiny, sd15, shapes (sd15: ~1 min, ~5 GB RAM)
-    python analysis/make_peer_policies.py --models tiny
+    python analysis/make_peer_policies.py                  # tiny, sd15, shapes, sdxl
+    python analysis/make_peer_policies.py --models sdxl    # ~10 CPU minutes (the 1024² trace), < 2 GB RAM
+
+The random-weight presets are loaded with storage-free zero weights (``load_pipeline(..., shape_only=True)``):
+the targets and MACs depend on shapes only.
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ def _mac_table(pipe, model: str):
 def make_peer_policies(model: str, *, num_steps: int, peers: tuple[str, ...], out_dir: Path) -> list[Path]:
     """Write one policy file per peer for ``model``; returns the paths written."""
     # The shapes preset's four ControlNets share one architecture: its policies fit every condition type.
-    pipe = load_pipeline(model, condition="seg") if model == "shapes" else load_pipeline(model)
+    if model == "shapes":
+        pipe = load_pipeline(model, condition="seg")
+    else:
+        pipe = load_pipeline(model, shape_only=PRESETS[model].random_weights)
     target = target_for_pipeline(pipe, num_steps=num_steps, model=model)
     keys = list(cacheable_module_keys(pipe))
     table = _mac_table(pipe, model)
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--models", nargs="+", default=["tiny", "sd15", "shapes"], help="presets to write policies for"
+        "--models",
+        nargs="+",
+        default=["tiny", "sd15", "shapes", "sdxl"],
+        help="presets to write policies for",
     )
     parser.add_argument("--steps", type=int, default=20, help="denoising steps the policies are made for")
     parser.add_argument("--peers", nargs="+", default=list(DEFAULT_PEERS), help="peer policy names")

@@ -25,6 +25,15 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_pipe():
+    """The tiny SDXL-shaped pipeline (``StableDiffusionXLControlNetPipeline``, 64 px)."""
+    from hgc_tune.models import load_pipeline
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return load_pipeline("tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def condition_image():
     from PIL import Image
 

@@ -23,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     parser.add_argument(
         "--model",
         default="tiny",
-        help="preset (tiny, sd15, shapes), local diffusers pipeline directory, or hub id (default: tiny)",
+        help="preset (tiny, sd15, shapes, tiny-sdxl, sdxl), local diffusers pipeline directory, or hub id "
+        "(default: tiny)",
     )
     add_controlnet_argument(parser, "ControlNet directory or hub id for a base model")
     if with_condition:
@@ -67,13 +68,30 @@ def controlnet_ref(value: list[str] | str | None) -> list[str] | str | None:
 
 def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
     """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``);
-    warn on stderr when its weights are random."""
+    warn on stderr when its weights are random.
+
+    ``args.shape_only`` (set by commands that only need shapes, such as MAC counting; absent = ``False``): a
+    random-weight preset on the CPU is built with zero weights that take no memory
+    (``load_pipeline(..., shape_only=True)``).
+    """
+    shape_only = bool(getattr(args, "shape_only", False))
     from hgc_tune.models import load_pipeline
     from hgc_tune.models._presets import PRESETS
 
     hide_loading_bars()
 
-    if args.model in PRESETS and PRESETS[args.model].random_weights:
+    random_preset = args.model in PRESETS and PRESETS[args.model].random_weights
+    if shape_only and random_preset and args.device == "cpu":
+        condition = getattr(args, "condition", None)
+        return load_pipeline(
+            args.model,
+            condition=condition,
+            scheduler=args.scheduler,
+            dtype=args.dtype,
+            task=task,
+            shape_only=True,
+        )
+    if random_preset:
         print(
             f"note: preset {args.model!r} has random weights: its images are noise "
             "(fine for MACs and timing).",

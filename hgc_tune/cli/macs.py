@@ -9,6 +9,12 @@ conventions they leave short (``unsupported_ops`` in ``--json``).
 Example (the paper's figure; about a minute or two on CPU):
     hgc-tune macs --model sd15 --resolution 512 --steps 20 --json
 
+SDXL + ControlNet (the denoisers also get SDXL's ``added_cond_kwargs``; both text encoders are counted):
+    hgc-tune macs --model sdxl --resolution 1024 --steps 20 --json
+
+On the CPU the random-weight presets are counted with zero weights that take no memory (MACs depend on
+shapes only), so ``sdxl`` needs no 19 GB of weights.
+
 With ``--policy`` it also prints the MACs of the same generation under a caching policy (computed from the
 per-module table and the policy's compute sets) and the reduction:
     hgc-tune macs --model sd15 --policy policies/sd15-deepcache-n3-b0.json --json
@@ -117,12 +123,13 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.macs._count import CONVENTIONS
 
-    loading = args
+    # MACs depend on shapes only: a random-weight preset is counted with storage-free weights on the CPU.
+    loading = argparse.Namespace(**{**vars(args), "shape_only": True})
     if args.model == "shapes" and args.condition is None:
         from hgc_tune.models._shapes import SHAPES_CONDITIONS
 
         # Every shapes ControlNet has the same architecture, so any one counts the same MACs.
-        loading = argparse.Namespace(**{**vars(args), "condition": SHAPES_CONDITIONS[0]})
+        loading.condition = SHAPES_CONDITIONS[0]
     pipe = load_pipeline_from_args(loading)
     policy = resolve_policy(
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         c: table.generation_macs(steps=args.steps, cfg=args.cfg, convention=c, batch=args.batch)
         for c in CONVENTIONS
     }
-    parts = ("unet", "controlnet", "text_encoder", "vae.decoder")
+    parts = ("unet", "controlnet", "text_encoder", "text_encoder_2", "vae.decoder")
     result = {
         "model": args.model,
         "resolution": resolution,

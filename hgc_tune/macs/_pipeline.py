@@ -1,4 +1,5 @@
-"""Trace the modules of a Stable Diffusion + ControlNet pipeline once each and build its MAC table."""
+"""Trace the modules of a Stable Diffusion (1.5 or XL) + ControlNet pipeline once each and build its MAC
+table."""
 
 from __future__ import annotations
 
@@ -42,32 +43,81 @@ def _check_size(name: str, value: Any, factor: int) -> int:
     return value
 
 
-def _unet_call(unet, sample, timestep, text, *residuals):
-    down = residuals[:-1] if residuals else None
-    mid = residuals[-1] if residuals else None
-    return unet(
-        sample,
-        timestep,
-        encoder_hidden_states=text,
-        down_block_additional_residuals=down,
-        mid_block_additional_residual=mid,
-        return_dict=False,
-    )[0]
+# SDXL's micro-conditioning: original size, crop top-left and target size, two numbers each.
+_SDXL_TIME_IDS = 6
 
 
-def _controlnet_call(controlnet, sample, timestep, text, cond):
-    nets = getattr(controlnet, "nets", None)
-    down, mid = controlnet(
-        sample,
-        timestep,
-        encoder_hidden_states=text,
-        # Several ControlNets (MultiControlNetModel): one condition image and scale each.
-        controlnet_cond=cond if nets is None else [cond] * len(nets),
-        conditioning_scale=1.0 if nets is None else [1.0] * len(nets),
-        guess_mode=False,
-        return_dict=False,
-    )
-    return [*down, mid]
+def _added_cond_shapes(pipe: Any, model: Any) -> tuple[int, int] | None:
+    """``(text_embeds width, number of time ids)`` of a denoiser with SDXL's ``text_time`` addition
+    embedding, or ``None`` for one without it (SD1.5).
+
+    The pooled text embedding is the second text encoder's projection; the time ids fill the rest of the
+    addition embedding's input, ``addition_time_embed_dim`` each (6 for SDXL base).
+    """
+    if getattr(model.config, "addition_embed_type", None) != "text_time":
+        return None
+    inputs = model.add_embedding.linear_1.in_features
+    per_id = model.config.addition_time_embed_dim
+    encoder = getattr(pipe, "text_encoder_2", None)
+    pooled = getattr(getattr(encoder, "config", None), "projection_dim", None)
+    if not isinstance(pooled, int) or (inputs - pooled) % per_id or inputs <= pooled:
+        pooled = inputs - per_id * _SDXL_TIME_IDS
+    return pooled, (inputs - pooled) // per_id
+
+
+def _added_cond(shapes: tuple[int, int] | None, device, dtype) -> list[torch.Tensor]:
+    if shapes is None:
+        return []
+    pooled, time_ids = shapes
+    return [
+        torch.zeros((1, pooled), device=device, dtype=dtype),
+        # Plausible ids (1024 px, no crop): MACs do not depend on them.
+        torch.full((1, time_ids), 1024.0, device=device, dtype=dtype),
+    ]
+
+
+class _UnetCall:
+    """``unet(sample, t, text, [text_embeds, time_ids,] *residuals)`` with the real keyword signature."""
+
+    def __init__(self, added: bool) -> None:
+        self.added = added
+
+    def __call__(self, unet, sample, timestep, text, *rest):
+        added = {"text_embeds": rest[0], "time_ids": rest[1]} if self.added else None
+        residuals = rest[2:] if self.added else rest
+        down = residuals[:-1] if residuals else None
+        mid = residuals[-1] if residuals else None
+        return unet(
+            sample,
+            timestep,
+            encoder_hidden_states=text,
+            added_cond_kwargs=added,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+
+
+class _ControlNetCall:
+    """``controlnet(sample, t, text, cond, [text_embeds, time_ids])`` with the real keyword signature."""
+
+    def __init__(self, added: bool) -> None:
+        self.added = added
+
+    def __call__(self, controlnet, sample, timestep, text, cond, *rest):
+        nets = getattr(controlnet, "nets", None)
+        down, mid = controlnet(
+            sample,
+            timestep,
+            encoder_hidden_states=text,
+            # Several ControlNets (MultiControlNetModel): one condition image and scale each.
+            controlnet_cond=cond if nets is None else [cond] * len(nets),
+            conditioning_scale=1.0 if nets is None else [1.0] * len(nets),
+            guess_mode=False,
+            added_cond_kwargs={"text_embeds": rest[0], "time_ids": rest[1]} if self.added else None,
+            return_dict=False,
+        )
+        return [*down, mid]
 
 
 def _text_encoder_call(text_encoder, input_ids):
@@ -84,19 +134,21 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
     Traces the pipeline's real modules once each at batch 1 under ``torch.no_grad()`` (one forward each, on
     the modules' own device and dtype): the ControlNet and the U-Net at latent size ``height //
     vae_scale_factor`` with 77-token text embeddings and a ``controlnet_cond`` image at pixel size (the U-Net
-    gets the ControlNet's residuals, as in the pipeline), the text encoder on one 77-token prompt, and the
-    VAE decode of one latent. The pipeline must be unmodified (no policy applied): the trace runs whatever
-    the modules' forwards do.
+    gets the ControlNet's residuals, as in the pipeline), each text encoder on one 77-token prompt, and the
+    VAE decode of one latent. A denoiser with SDXL's ``text_time`` addition embedding also gets its
+    ``added_cond_kwargs`` (the pooled text embedding and the time ids), as SDXL's pipelines pass them. The
+    pipeline must be unmodified (no policy applied): the trace runs whatever the modules' forwards do.
 
     Keys of the table: ``unet``, ``controlnet`` and every submodule of each (``unet.down_blocks.1``, ...;
     with several ControlNets ``controlnet.nets.0``, ``controlnet.nets.0.mid_block``, ...),
-    ``text_encoder`` and its submodules, ``vae.decoder`` (one decode, ``post_quant_conv`` included) and the
-    decoder's submodules. Operators fvcore has no handle for are recorded under the same keys in the table's
-    ``unsupported_ops``.
+    ``text_encoder`` (and SDXL's ``text_encoder_2``) and their submodules, ``vae.decoder`` (one decode,
+    ``post_quant_conv`` included) and the decoder's submodules. Operators fvcore has no handle for are
+    recorded under the same keys in the table's ``unsupported_ops``.
 
     Args:
-        pipe: A diffusers ``StableDiffusionControlNetPipeline`` (or any object with ``unet``, ``controlnet``
-            (may be ``None``), ``text_encoder``, ``vae`` and ``vae_scale_factor``).
+        pipe: A diffusers ``StableDiffusionControlNetPipeline`` or ``StableDiffusionXLControlNetPipeline``
+            (or any object with ``unet``, ``controlnet`` (may be ``None``), ``text_encoder``, ``vae`` and
+            ``vae_scale_factor``; ``text_encoder_2`` is counted when present).
         height: Image height in pixels, a multiple of the VAE scale factor.
         width: Image width in pixels, a multiple of the VAE scale factor.
         model_name: What the table names as its model (a preset name or a path).
@@ -142,6 +194,7 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
             device=controlnet.device,
             dtype=controlnet.dtype,
         )
+        shapes = _added_cond_shapes(pipe, nets[0])
         trace = trace_module_macs(
             controlnet,
             (
@@ -149,21 +202,30 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
                 timestep.to(controlnet.device),
                 text.to(controlnet.device, controlnet.dtype),
                 cond,
+                *_added_cond(shapes, controlnet.device, controlnet.dtype),
             ),
             name="controlnet",
-            call=_controlnet_call,
+            call=_ControlNetCall(shapes is not None),
         )
         per_image.update(trace.macs)
         unsupported.update(trace.unsupported)
         residuals = [r.to(device, dtype) for r in trace.outputs]
-    trace = trace_module_macs(unet, (sample, timestep, text, *residuals), name="unet", call=_unet_call)
+    shapes = _added_cond_shapes(pipe, unet)
+    trace = trace_module_macs(
+        unet,
+        (sample, timestep, text, *_added_cond(shapes, device, dtype), *residuals),
+        name="unet",
+        call=_UnetCall(shapes is not None),
+    )
     per_image.update(trace.macs)
     unsupported.update(trace.unsupported)
 
-    text_encoder = getattr(pipe, "text_encoder", None)
-    if text_encoder is not None:
+    for name in ("text_encoder", "text_encoder_2"):
+        text_encoder = getattr(pipe, name, None)
+        if text_encoder is None:
+            continue
         input_ids = torch.zeros((1, tokens), dtype=torch.long, device=text_encoder.device)
-        trace = trace_module_macs(text_encoder, (input_ids,), name="text_encoder", call=_text_encoder_call)
+        trace = trace_module_macs(text_encoder, (input_ids,), name=name, call=_text_encoder_call)
         per_image.update(trace.macs)
         unsupported.update(trace.unsupported)
 

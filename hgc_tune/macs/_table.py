@@ -19,8 +19,12 @@ _TABLE_VERSION = 1
 
 # Components run once per denoising step (per CFG branch, per image), in execution order.
 DENOISERS: tuple[str, ...] = COMPONENTS
-# generation_macs() part name -> MAC table key, for the parts run once per generation.
-_ONCE_PARTS: dict[str, str] = {"text_encoder": "text_encoder", "vae_decoder": "vae.decoder"}
+# generation_macs() part name -> MAC table keys, for the parts run once per generation (SDXL encodes each
+# prompt with two text encoders).
+_ONCE_PARTS: dict[str, tuple[str, ...]] = {
+    "text_encoder": ("text_encoder", "text_encoder_2"),
+    "vae_decoder": ("vae.decoder",),
+}
 GENERATION_PARTS: tuple[str, ...] = (*DENOISERS, *_ONCE_PARTS)
 # The parts whose sum is `total`. Measured on the sd15 preset at 512², 20 steps, CFG, paper convention:
 # U-Net + ControlNet (40 forwards each) give 18.223T, the HGC paper's 18.22T (arXiv 2511.11031); adding the
@@ -178,7 +182,8 @@ class MacTable:
 
         The U-Net and the ControlNet run once per step per CFG branch per image (``steps × (2 if cfg else 1)
         × batch`` forwards each); the text encoder encodes each image's prompt and, with CFG, its negative
-        prompt (``(2 if cfg else 1) × batch`` sequences); the VAE decodes each image once.
+        prompt (``(2 if cfg else 1) × batch`` sequences; SDXL's ``text_encoder_2`` counts in the
+        ``text_encoder`` part); the VAE decodes each image once.
 
         ``total`` is the sum of the parts named in ``includes``: the U-Net and the ControlNet (the HGC
         paper's 18.22T for SD1.5 + ControlNet, 512², 20 steps, CFG counts exactly these — measured, see
@@ -222,7 +227,8 @@ class MacTable:
         }
         parts: dict[str, int] = {}
         for part in GENERATION_PARTS:
-            parts[part] = multiplier[part] * self._value(_ONCE_PARTS.get(part, part), convention)
+            keys = _ONCE_PARTS.get(part, (part,))
+            parts[part] = multiplier[part] * sum(self._value(key, convention) for key in keys)
         blocks: dict[str, int] = {}
         for component in DENOISERS:
             if component not in self.per_image:

@@ -1,5 +1,6 @@
-"""Build a ready ControlNet pipeline (text2img, img2img or inpainting) from a preset, a local directory or a
-hub id."""
+"""Build a ready ControlNet pipeline (text2img, img2img or inpainting) from a preset, a local directory or
+a hub id: a ``StableDiffusionControlNet…Pipeline`` for SD1.5-shaped models, a
+``StableDiffusionXLControlNet…Pipeline`` for SDXL-shaped ones."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from hgc_tune.errors import (
     NotAPipelineError,
     UnknownPresetError,
 )
-from hgc_tune.models._presets import PRESETS, SD15_SCHEDULER_CONFIG, build_preset_components
+from hgc_tune.models._presets import (
+    PIPELINE_CLASSES,
+    PRESETS,
+    SD15_SCHEDULER_CONFIG,
+    build_preset_components,
+    build_shape_only_components,
+)
 
 __all__ = ["SCHEDULERS", "DTYPES", "load_pipeline", "make_scheduler", "check_controlnet_fits"]
 
@@ -127,9 +134,25 @@ def _load_controlnet(ref: str, torch_dtype):
         raise ModelNotFoundError(f"could not load ControlNet {ref!r}: {e}") from e
 
 
-def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dtype, task: str = "text2img"):
-    from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
+def _pipeline_class(name: str):
+    import diffusers
 
+    return getattr(diffusers, name)
+
+
+def _is_sdxl(index: Any, unet_config: Any) -> bool:
+    """Whether a base model is SDXL-shaped: an SDXL pipeline index, or a U-Net with the ``text_time``
+    addition embedding (pooled text embeddings and size/crop time ids)."""
+    if isinstance(index, dict) and str(index.get("_class_name", "")).startswith("StableDiffusionXL"):
+        return True
+    return isinstance(unet_config, dict) and unet_config.get("addition_embed_type") == "text_time"
+
+
+def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dtype, task: str = "text2img"):
+    from diffusers import UNet2DConditionModel
+
+    index: Any = None
+    unet_config: Any = None
     if _is_local(base) or not _HUB_ID.match(base):
         base = str(_resolve_local_dir(base, "base model", "model_index.json"))
         index = load_json_file(
@@ -165,14 +188,23 @@ def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dt
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed `torch_dtype` to `dtype`; the old name keeps older releases working.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = StableDiffusionControlNetPipeline.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
+            if _is_sdxl(index, unet_config):
+                # SDXL pipelines have no safety checker; the invisible watermark would change the images.
+                kwargs = {k: v for k, v in kwargs.items() if k == "controlnet"} | {"add_watermarker": False}
+                cls = _pipeline_class("StableDiffusionXLControlNetPipeline")
+            else:
+                cls = _pipeline_class("StableDiffusionControlNetPipeline")
+            pipe = cls.from_pretrained(base, torch_dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load base model {base!r}: {e}") from e
     if controlnet_ref is not None and not isinstance(controlnet_ref, str):
         # Several ControlNets: the pipeline diffusers builds from a list (a MultiControlNetModel). Loading
         # takes one ControlNet, as the base model's index names a single one.
         components = {**pipe.components, "controlnet": controlnets}
-        pipe = StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+        extra = (
+            {"add_watermarker": False} if _is_sdxl(index, unet_config) else {"requires_safety_checker": False}
+        )
+        pipe = type(pipe)(**components, **extra)
     return pipe
 
 
@@ -186,14 +218,16 @@ def load_pipeline(
     device: str = "cpu",
     seed: int = 0,
     task: str = "text2img",
+    shape_only: bool = False,
 ):
-    """Return a ready ControlNet pipeline: ``StableDiffusionControlNetPipeline``, or for ``task="img2img"`` /
-    ``"inpaint"`` ``StableDiffusionControlNetImg2ImgPipeline`` / ``StableDiffusionControlNetInpaintPipeline``
-    over the same components (see :func:`~hgc_tune.models.pipeline_for_task`).
+    """Return a ready ControlNet pipeline: ``StableDiffusionControlNetPipeline``
+    (``StableDiffusionXLControlNetPipeline`` for the SDXL presets and SDXL checkpoints), or for
+    ``task="img2img"`` / ``"inpaint"`` the img2img / inpainting pipeline of that family over the same
+    components (see :func:`~hgc_tune.models._tasks.pipeline_for_task`).
 
     Args:
-        model: A preset name (``tiny``, ``sd15``, ``shapes``), a local diffusers pipeline directory, or a
-            hub id.
+        model: A preset name (``tiny``, ``sd15``, ``shapes``, ``tiny-sdxl``, ``sdxl``), a local diffusers
+            pipeline directory, or a hub id.
         controlnet: A ControlNet directory or hub id, or a list of them for several ControlNets at once
             (diffusers' ``MultiControlNetModel``, run in the list's order). Required for a base model that
             holds none; for the ``shapes`` preset, ``condition`` picks the shipped ControlNet instead.
@@ -205,30 +239,45 @@ def load_pipeline(
         device: A torch device string.
         seed: Seed of the random-weight presets.
         task: ``text2img`` (default), ``img2img`` or ``inpaint``.
+        shape_only: Random-weight presets only: zero weights that take no memory (stride-0 views, see
+            :func:`~hgc_tune.models._presets.build_shape_only_components`), on the CPU, in ``dtype``. The
+            pipeline runs and counts MACs like the real one, but generates zeros: for MAC counting of
+            models too large to hold (``sdxl`` in fp32 is ~19 GB), not for images or timing.
 
     Example:
         >>> pipe = load_pipeline("tiny")
         >>> type(pipe).__name__
         'StableDiffusionControlNetPipeline'
     """
-    from diffusers import StableDiffusionControlNetPipeline
+    import torch
 
     from hgc_tune.models._tasks import _check_task, pipeline_for_task
 
     _check_task(task)
     torch_dtype = _torch_dtype(dtype)
-    if model in ("tiny", "sd15"):
+    if shape_only and not (model in PRESETS and PRESETS[model].random_weights):
+        raise ModelLoadError(
+            f"shape_only=True builds a random-weight preset without weights, but got model={model!r} "
+            f"(random-weight presets: {sorted(k for k, v in PRESETS.items() if v.random_weights)})."
+        )
+    if model in PRESETS and PRESETS[model].random_weights:
         if controlnet is not None:
             raise ModelLoadError(f"preset {model!r} has its own random ControlNet; do not pass controlnet=.")
         n = len(condition.split(",")) if condition else 1
-        components = build_preset_components(model, seed, controlnets=n)
-        pipe = StableDiffusionControlNetPipeline(
-            **components,
-            scheduler=make_scheduler(scheduler),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+        if shape_only:
+            components = build_shape_only_components(model, torch_dtype, controlnets=n)
+            device = "cpu"
+        else:
+            # Built where it will run: the 2.6 B-parameter SDXL U-Net is initialised on the GPU, not copied.
+            with torch.device(device):
+                components = build_preset_components(model, seed, controlnets=n)
+        name = PIPELINE_CLASSES.get(model, "StableDiffusionControlNetPipeline")
+        extra: dict[str, Any] = (
+            {"add_watermarker": False}
+            if "XL" in name
+            else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         )
+        pipe = _pipeline_class(name)(**components, scheduler=make_scheduler(scheduler), **extra)
     elif model == "shapes":
         from hgc_tune.models._shapes import shapes_checkpoint
 

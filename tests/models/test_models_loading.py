@@ -62,7 +62,9 @@ def test_offline_tokenizer_is_clip_compatible():
 
 
 def test_unknown_preset():
-    with pytest.raises(UnknownPresetError, match=r"preset \(sd15, shapes, tiny\).*model='sd99'"):
+    with pytest.raises(
+        UnknownPresetError, match=r"preset \(sd15, sdxl, shapes, tiny, tiny-sdxl\).*model='sd99'"
+    ):
         load_pipeline("sd99")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from _policy_fixtures import SD15_KEYS, TINY_KEYS
+from _policy_fixtures import SD15_KEYS, SDXL_KEYS, TINY_KEYS
 
 from hgc_tune.policy import Provenance, dumps_policy, load_policy, peer_policy
 from hgc_tune.policy._peers import DEFAULT_PEERS
@@ -18,8 +18,8 @@ SCHEMA = POLICIES / "policy.schema.json"
 # Peer schedules are shipped as <model>-<peer>.json; tuned policies (from `hgc-tune search`) as <model>.json.
 SHIPPED = sorted(p for p in POLICIES.glob("*-*.json") if p != SCHEMA)
 TUNED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA and "-" not in p.stem)
-# The shapes model has SD1.5's block layout, so the same module keys.
-KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS, "shapes": SD15_KEYS}
+# The shapes model has SD1.5's block layout, so the same module keys; sdxl has SDXL base's.
+KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS, "shapes": SD15_KEYS, "sdxl": SDXL_KEYS}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _policy_fixtures import SD15_KEYS, TINY_KEYS
+from _policy_fixtures import SD15_KEYS, SDXL_KEYS, TINY_KEYS
 
 from hgc_tune.policy import PolicyTarget, load_policy, peer_policy, target_for_pipeline
 
@@ -76,3 +76,21 @@ def test_sd15_module_keys_fixture_and_shipped_targets() -> None:
     target = target_for_pipeline(pipe, num_steps=20, model="sd15")
     for path in sorted(POLICIES.glob("sd15-*.json")):
         assert load_policy(path).select().target == target, path.name
+
+
+def test_sdxl_module_keys_fixture_and_shipped_targets() -> None:
+    # storage-free weights: the 2.6 B-parameter U-Net's structure without its memory
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._blocks import cacheable_module_keys
+
+    pipe = load_pipeline("sdxl", shape_only=True)
+    keys = cacheable_module_keys(pipe)
+    assert sorted(keys) == sorted(SDXL_KEYS)
+    target = target_for_pipeline(pipe, num_steps=20, model="sdxl")
+    assert target.pipeline_class == "StableDiffusionXLControlNetPipeline"
+    paths = sorted(POLICIES.glob("sdxl-*.json"))
+    assert paths
+    for path in paths:
+        policy = load_policy(path).select()
+        assert policy.target == target, path.name
+        assert peer_policy(policy.name, target, keys).compute_sets() == policy.compute_sets()
