@@ -135,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
         args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
     )
     if policy is not None:
-        from hgc_tune.models._tasks import TASK_PIPELINES, pipeline_for_task
+        from hgc_tune.models._tasks import pipeline_for_task, task_of_class
 
         # An img2img or inpainting policy: the same components under the pipeline class it names.
-        task = {name: task for task, name in TASK_PIPELINES.items()}.get(policy.target.pipeline_class)
+        task = task_of_class(policy.target.pipeline_class)
         if task is not None:
             pipe = pipeline_for_task(pipe, task)
         # Another model's policy would print a reduction for modules it was never made for.

@@ -20,6 +20,8 @@ from hgc_tune.errors import ModelLoadError
 __all__ = [
     "TASKS",
     "TASK_PIPELINES",
+    "PIPELINE_FAMILIES",
+    "task_of_class",
     "DEFAULT_STRENGTH",
     "default_mask",
     "generation_inputs",
@@ -30,12 +32,41 @@ __all__ = [
 ]
 
 TASKS: tuple[str, ...] = ("text2img", "img2img", "inpaint")
-# The diffusers pipeline class of each task (single ControlNet).
-TASK_PIPELINES: dict[str, str] = {
-    "text2img": "StableDiffusionControlNetPipeline",
-    "img2img": "StableDiffusionControlNetImg2ImgPipeline",
-    "inpaint": "StableDiffusionControlNetInpaintPipeline",
+# The diffusers pipeline class of each task, per pipeline family (SD1.5-shaped, SDXL).
+PIPELINE_FAMILIES: dict[str, dict[str, str]] = {
+    "sd": {
+        "text2img": "StableDiffusionControlNetPipeline",
+        "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionControlNetInpaintPipeline",
+    },
+    "sdxl": {
+        "text2img": "StableDiffusionXLControlNetPipeline",
+        "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
+    },
 }
+TASK_PIPELINES: dict[str, str] = PIPELINE_FAMILIES["sd"]
+
+
+def task_of_class(class_name: str) -> str | None:
+    """The task of a pipeline class name (any family), or ``None`` for a class of none of them."""
+    for classes in PIPELINE_FAMILIES.values():
+        for task, name in classes.items():
+            if name == class_name:
+                return task
+    return None
+
+
+def _family(pipe: Any) -> tuple[str, str]:
+    """``(family, task)`` of ``pipe``, from its class (a subclass of one of them counts as that one)."""
+    import diffusers
+
+    for family, classes in PIPELINE_FAMILIES.items():
+        for task, name in reversed(classes.items()):
+            if isinstance(pipe, getattr(diffusers, name)):
+                return family, task
+    known = sorted(name for classes in PIPELINE_FAMILIES.values() for name in classes.values())
+    raise ModelLoadError(f"`pipe` must be one of {known}, but got a {type(pipe).__name__}.")
 # diffusers' own defaults of the two pipelines' `strength`.
 DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.8, "inpaint": 1.0}
 
@@ -52,14 +83,7 @@ def pipeline_task(pipe: Any) -> str:
     Raises:
         ModelLoadError: ``pipe`` is none of the three pipeline classes (nor a subclass of one).
     """
-    import diffusers
-
-    for task, name in reversed(TASK_PIPELINES.items()):
-        if isinstance(pipe, getattr(diffusers, name)):
-            return task
-    raise ModelLoadError(
-        f"`pipe` must be one of {sorted(TASK_PIPELINES.values())}, but got a {type(pipe).__name__}."
-    )
+    return _family(pipe)[1]
 
 
 def pipeline_for_task(pipe: Any, task: str) -> Any:
@@ -77,7 +101,7 @@ def pipeline_for_task(pipe: Any, task: str) -> Any:
     """
     import diffusers
 
-    cls = getattr(diffusers, TASK_PIPELINES[_check_task(task)])
+    cls = getattr(diffusers, PIPELINE_FAMILIES[_family(pipe)[0]][_check_task(task)])
     if type(pipe) is cls:
         return pipe
     # diffusers' `from_pipe` would cast every component to its `torch_dtype` (float32 by default); the
@@ -86,6 +110,8 @@ def pipeline_for_task(pipe: Any, task: str) -> Any:
     components = {name: value for name, value in pipe.components.items() if name in accepted}
     if "requires_safety_checker" in accepted:
         components["requires_safety_checker"] = bool(pipe.config.get("requires_safety_checker", False))
+    if "add_watermarker" in accepted:  # SDXL: the invisible watermark would change the images
+        components["add_watermarker"] = False
     new = cls(**components)
     new.set_progress_bar_config(disable=True)
     return new
