@@ -14,6 +14,9 @@ Usage:
     python analysis/headline.py --policies runs/demo/shapes-policies.json --samples 64 --out analysis/headline
     python analysis/headline.py --model tiny --conditions seg --metric ssim --steps 5 --samples 4 \\
         --policies none --out /tmp/headline
+
+Condition types can be measured in separate processes (one core each) and their JSON files merged into one
+table: ``python analysis/headline.py --merge A.json B.json --out analysis/headline``.
 """
 
 from __future__ import annotations
@@ -117,14 +120,37 @@ def _write(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def _merge(paths: list[str], out: Path) -> int:
+    """One table from the JSON files of runs over different condition types (in the order given)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    shared = ("model", "budget", "confidence", "steps")
+    for key in shared:
+        values = {json.dumps(run[key]) for run in runs}
+        if len(values) != 1:
+            print(f"headline: cannot merge runs with different {key}: {sorted(values)}", file=sys.stderr)
+            return 2
+    data = {key: runs[0][key] for key in shared}
+    data["policies"] = sorted({run["policies"] for run in runs})
+    data["results"] = [result for run in runs for result in run["results"]]
+    table = markdown(data["results"], budget=data["budget"], confidence=data["confidence"])
+    _write(out.with_suffix(".md"), table)
+    _write(out.with_suffix(".json"), json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="shapes", help="model preset (default: shapes)")
     parser.add_argument("--conditions", default="seg,canny,hed,depth", help="comma-separated condition types")
+    parser.add_argument("--policies", help="policy file with the tuned policies, or `none` (peers only)")
     parser.add_argument(
-        "--policies", required=True, help="policy file with the tuned policies, or `none` (peers only)"
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge the JSON files of earlier runs (same budget, confidence and steps) into one table",
     )
     parser.add_argument("--samples", type=int, default=64, help="test samples per condition (default: 64)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
@@ -144,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hide_loading_bars()
 
+    if args.merge:
+        return _merge(args.merge, Path(args.out))
+    if args.policies is None:
+        print("headline: --policies is required (or --merge).", file=sys.stderr)
+        return 2
     if args.samples < 2:
         print("headline: --samples must be at least 2 (a bound needs two samples).", file=sys.stderr)
         return 2

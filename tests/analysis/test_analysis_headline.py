@@ -57,3 +57,30 @@ def test_headline_refuses_one_sample(headline, tmp_path, capsys):
     argv = ["--model", "tiny", "--samples", "1", "--policies", "none", "--out", str(tmp_path / "h")]
     assert headline.main(argv) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_headline_merges_runs_of_different_conditions(headline, tmp_path, monkeypatch):
+    def run(condition, budget=0.015):
+        row = {"name": "tuned", "samples": 2, "metric": "miou", "loss": 0.01, "loss_upper": 0.02}
+        return {
+            "model": "shapes",
+            "policies": "p.json",
+            "budget": budget,
+            "confidence": 0.95,
+            "steps": 20,
+            "results": [{"condition_type": condition, "split": "test", "samples": 2, "rows": [row]}],
+        }
+
+    paths = []
+    for name, data in (("a", run("seg")), ("b", run("depth")), ("c", run("hed", budget=0.02))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data))
+    monkeypatch.setattr(
+        headline, "markdown", lambda results, **_: "|".join(r["condition_type"] for r in results)
+    )
+    assert headline.main(["--merge", str(paths[0]), str(paths[1]), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert [r["condition_type"] for r in merged["results"]] == ["seg", "depth"]
+    assert merged["policies"] == ["p.json"] and (tmp_path / "m.md").read_text() == "seg|depth"
+    # runs measured under another budget do not make one table
+    assert headline.main(["--merge", str(paths[0]), str(paths[2]), "--out", str(tmp_path / "x")]) == 2
