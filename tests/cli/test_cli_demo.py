@@ -52,3 +52,25 @@ def test_demo_searches_the_task_metric_with_a_95_percent_bound_bounded_by_trials
     child = build_parser().parse_args(_child_argv(args, ["seg", "hed"]))
     assert child.child and child.parallel == 1 and child.conditions == "seg,hed"
     assert _search_argv(child, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json") == argv
+
+
+def test_a_demo_that_ran_to_the_end_exits_0_unless_strict(tmp_path, monkeypatch, capsys):
+    import hgc_tune.cli.demo as demo
+    from hgc_tune.cli import build_parser
+
+    def run_condition(args, condition):  # seg finds a policy, hed none (the search's exit code 1)
+        folder = tmp_path / "runs" / f"shapes-{condition}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if condition == "seg":
+            (folder / "policy.json").write_text("{}")
+        return 0 if condition == "seg" else 1
+
+    monkeypatch.setattr(demo, "_run_condition", run_condition)
+    monkeypatch.setattr(demo, "_combine", lambda outcomes, out: None)
+    monkeypatch.setattr(demo, "_test_line", lambda path: "test split: …")
+    argv = ["demo", "--conditions", "seg,hed", "--parallel", "1"]
+    argv += ["--runs", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports")]
+    assert demo.run(build_parser().parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "no policy within the budget for hed" in out and "seg: policy" in out
+    assert demo.run(build_parser().parse_args([*argv, "--strict"])) == 1
