@@ -123,10 +123,13 @@ PUBLIC: dict[str, set[str]] = {
     "hgc_tune.macs": {"ExecutedMacs", "MacTable", "count_executed_macs", "count_pipeline_macs"},
     "hgc_tune.models": {
         "ModuleLayout",
+        "generation_inputs",
         "load_pipeline",
         "model_fingerprint",
         "module_layout",
+        "pipeline_for_task",
         "register_module_layout",
+        "steps_run",
     },
     "hgc_tune.policy": {
         "ControlNetSpec",
