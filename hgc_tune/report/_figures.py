@@ -238,7 +238,8 @@ def plot_block_similarity(profile, component: str, *, title: str | None = None) 
             fmt=".1f",
         )
         fig.suptitle(
-            f"{name}: how much each block's output changes between steps "
+            # A line break keeps long names (a ControlNet of several, with its key) inside the figure.
+            f"{name}:\nhow much each block's output changes between steps "
             f"(mean over {profile.num_samples} samples; grey: step 0)",
             fontsize=12,
         )

@@ -15,9 +15,12 @@ from hgc_tune.policy._peers import DEFAULT_PEERS
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SCHEMA = POLICIES / "policy.schema.json"
-# Peer schedules are shipped as <model>-<peer>.json; tuned policies (from `hgc-tune search`) as <model>.json.
-SHIPPED = sorted(p for p in POLICIES.glob("*-*.json") if p != SCHEMA)
-TUNED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA and "-" not in p.stem)
+# Peer schedules are shipped as <model>-<peer>.json; tuned policies (from `hgc-tune search`) as <model>.json,
+# or <model>-<conditions>.json for several ControlNets at once (shapes-seg-depth.json: seg and depth).
+SHIPPED = sorted(
+    p for p in POLICIES.glob("*-*.json") if p != SCHEMA and p.stem.split("-", 1)[1] in DEFAULT_PEERS
+)
+TUNED = sorted(p for p in POLICIES.glob("*.json") if p != SCHEMA and p not in SHIPPED)
 # The shapes model has SD1.5's block layout, so the same module keys; sdxl has SDXL base's.
 KEYS = {"tiny": TINY_KEYS, "sd15": SD15_KEYS, "shapes": SD15_KEYS, "sdxl": SDXL_KEYS}
 
@@ -78,7 +81,11 @@ def test_tuned_policy_file(path: Path, validator) -> None:
     assert len(set(pf.condition_types)) == len(pf.policies) >= 1
     for policy in pf.policies:
         prov = policy.provenance
-        assert policy.target.model == path.stem and policy.target.num_steps == 20
+        model, _, conditions = path.stem.partition("-")
+        assert policy.target.model == model and policy.target.num_steps == 20
+        if conditions:  # one ControlNet per condition type, in the file name's order
+            assert policy.target.condition_type == conditions.replace("-", ",")
+            assert [c.condition_type for c in policy.target.controlnets] == conditions.split("-")
         # the search held it within its budget on the validation split, with the stated confidence, and
         # measured it on the test split, which took no part in choosing it; it saves MACs
         assert prov.source and prov.budget is not None and prov.metric and prov.confidence == 0.95
