@@ -67,6 +67,8 @@ def _family(pipe: Any) -> tuple[str, str]:
                 return family, task
     known = sorted(name for classes in PIPELINE_FAMILIES.values() for name in classes.values())
     raise ModelLoadError(f"`pipe` must be one of {known}, but got a {type(pipe).__name__}.")
+
+
 # diffusers' own defaults of the two pipelines' `strength`.
 DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.8, "inpaint": 1.0}
 

@@ -47,7 +47,9 @@ def test_sdxl_img2img_all_compute_is_bit_identical_and_removal_restores(pipe):
 def test_sdxl_img2img_refuses_a_policy_for_the_scheduled_steps(pipe):
     policy = full_compute_policy(target_for_pipeline(pipe, num_steps=STEPS))
     with apply_policy(pipe, policy):
-        with pytest.raises(StepCountMismatchError, match=r"made for 10 denoising steps, but this call runs 7"):
+        with pytest.raises(
+            StepCountMismatchError, match=r"made for 10 denoising steps, but this call runs 7"
+        ):
             _generate(pipe)
 
 
