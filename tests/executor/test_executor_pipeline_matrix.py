@@ -97,7 +97,9 @@ class Cell:
     def generate(self, output_type: str = "np", guidance_scale: float = 7.5, steps: int | None = None):
         return self.pipe(
             "a red square",
-            **generation_inputs(self.pipe, self.condition, init_image=self.init_image, strength=self.strength),
+            **generation_inputs(
+                self.pipe, self.condition, init_image=self.init_image, strength=self.strength
+            ),
             num_inference_steps=self.steps if steps is None else steps,
             guidance_scale=guidance_scale,
             height=64,
@@ -161,7 +163,9 @@ def test_all_compute_is_bit_identical_and_removal_restores(cell):
     plain = cell.generate()
     with apply_policy(cell.pipe, full_compute_policy(cell.target())):
         assert np.array_equal(cell.generate(), plain)
-    handle = apply_policy(cell.pipe, peer_policy("deepcache-n2-b0", cell.target(), cacheable_module_keys(cell.pipe)))
+    handle = apply_policy(
+        cell.pipe, peer_policy("deepcache-n2-b0", cell.target(), cacheable_module_keys(cell.pipe))
+    )
     cached = cell.generate()
     # the deep blocks ran at steps 0, 2, 4 (and 6) of the steps run only
     assert {hook.state.computed for hook in handle.step_hooks.values()} == {(cell.run_steps + 1) // 2}
@@ -191,7 +195,9 @@ def test_analytic_policy_macs_equal_counted_macs(cell):
 def test_a_policy_for_the_scheduled_steps_is_refused_before_any_compute(cell):
     if cell.task == "text2img":
         policy = Policy(cell.target(num_steps=cell.steps + 2), blocks={"unet.mid_block": (0, 3)}, name="p")
-        expected = f"policy 'p' was made for {cell.steps + 2} denoising steps, but this call runs {cell.steps}"
+        expected = (
+            f"policy 'p' was made for {cell.steps + 2} denoising steps, but this call runs {cell.steps}"
+        )
     else:
         policy = Policy(cell.target(num_steps=cell.steps), blocks={"unet.mid_block": (0, 3)}, name="p")
         expected = (
@@ -219,7 +225,9 @@ def test_a_policy_for_the_scheduled_steps_is_refused_before_any_compute(cell):
 
 
 def test_a_policy_for_the_other_number_of_controlnets_is_refused_with_nothing_applied(cell):
-    other = Cell(cell.name, 3 - cell.nets, cell.condition if cell.nets == 1 else cell.condition[0], cell.init_image)
+    other = Cell(
+        cell.name, 3 - cell.nets, cell.condition if cell.nets == 1 else cell.condition[0], cell.init_image
+    )
     policy = full_compute_policy(other.target())
     with pytest.raises(PolicyMismatchError) as raised:
         apply_policy(cell.pipe, policy)
@@ -239,23 +247,32 @@ def test_a_policy_for_another_pipeline_class_is_refused_with_nothing_applied(cel
     assert policy_handle(cell.pipe) is None and not hasattr(cell.pipe, "_hgc_run_context")
 
 
-def test_profile_records_the_steps_run_and_a_policy_round_trips(cell, tmp_path):
+_PROFILES: dict[tuple[str, int], object] = {}
+
+
+def _profile(cell: Cell):
+    """A one-sample profile of the cell (shapes, 4 steps; 5 at strength 0.7 run 3), once per session."""
     from hgc_tune.data import open_dataset
     from hgc_tune.profile import profile_pipeline
 
-    samples = open_dataset("shapes", condition_type=CONDITIONS[cell.nets], split="calibration", limit=1)
-    table = count_pipeline_macs(cell.pipe, height=64, width=64, model_name=cell.model)
-    profile = profile_pipeline(
-        cell.pipe,
-        samples,
-        num_steps=4 if cell.task == "text2img" else 5,
-        height=64,
-        width=64,
-        progress=False,
-        model_name=cell.model,
-        mac_table=table,
-        strength=cell.strength,
-    )
+    if (cell.name, cell.nets) not in _PROFILES:
+        samples = open_dataset("shapes", condition_type=CONDITIONS[cell.nets], split="calibration", limit=1)
+        _PROFILES[cell.name, cell.nets] = profile_pipeline(
+            cell.pipe,
+            samples,
+            num_steps=4 if cell.task == "text2img" else 5,
+            height=64,
+            width=64,
+            progress=False,
+            model_name=cell.model,
+            mac_table=count_pipeline_macs(cell.pipe, height=64, width=64, model_name=cell.model),
+            strength=cell.strength,
+        )
+    return _PROFILES[cell.name, cell.nets]
+
+
+def test_profile_records_the_steps_run_and_a_policy_round_trips(cell, tmp_path):
+    profile = _profile(cell)
     assert profile.num_steps == (4 if cell.task == "text2img" else 3)  # 5 steps at strength 0.7 run 3
     assert profile.condition_type == CONDITIONS[cell.nets]
     for i in range(cell.nets if cell.nets > 1 else 0):
@@ -270,4 +287,34 @@ def test_profile_records_the_steps_run_and_a_policy_round_trips(cell, tmp_path):
         direct = cell.generate()
     with apply_policy(cell.pipe, loaded, condition_type=CONDITIONS[cell.nets]):
         assert np.array_equal(cell.generate(), direct)
+    assert hooked_modules(cell.pipe) == []
+
+
+def test_search_and_report(cell, tmp_path):
+    """A two-trial search on the cell's profile targets the cell's pipeline and the steps run; the report of
+    its policy regenerates the references at all-compute and builds its page."""
+    import json
+
+    from hgc_tune.report import build_report
+    from hgc_tune.report._build import SUMMARY_FILE
+    from hgc_tune.report._samples import generate_policy_images
+    from hgc_tune.search import SearchConfig, search_policy
+
+    profile = _profile(cell)
+    config = SearchConfig(budget=0.5, metric="ssim", n_trials=2, seed=1, confidence=0, calibration_samples=1)
+    result = search_policy(profile, cell.pipe, config, cache_dir=tmp_path)
+    assert result.ok, result.message
+    policy = result.chosen.policy()
+    assert policy.target.pipeline_class == CLASSES[cell.name]
+    assert policy.num_steps == profile.num_steps
+    assert policy.target.condition_type == CONDITIONS[cell.nets]
+    assert len(policy.target.controlnets) == (cell.nets if cell.nets > 1 else 0)
+
+    all_compute = full_compute_policy(target_for_pipeline(cell.pipe, num_steps=profile.num_steps))
+    assert np.array_equal(
+        generate_policy_images(cell.pipe, profile, all_compute, [0]), profile.reference_images
+    )
+    build_report(profile, tmp_path / "report", policy=policy, samples=1, pipe=cell.pipe)
+    summary = json.loads((tmp_path / "report" / SUMMARY_FILE).read_text())
+    assert summary["model"]["steps"] == profile.num_steps
     assert hooked_modules(cell.pipe) == []
