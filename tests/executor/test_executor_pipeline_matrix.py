@@ -347,3 +347,24 @@ def test_search_and_report(cell, tmp_path):
     summary = json.loads((tmp_path / "report" / SUMMARY_FILE).read_text())
     assert summary["model"]["steps"] == profile.num_steps
     assert hooked_modules(cell.pipe) == []
+
+
+def test_task_inputs_and_condition_types_that_do_not_fit_are_refused(cell):
+    from hgc_tune.errors import ModelLoadError
+
+    if cell.task == "text2img":
+        with pytest.raises(ModelLoadError, match=r"takes no init_image, strength"):
+            generation_inputs(cell.pipe, cell.condition, init_image=cell.condition, strength=0.7)
+    else:
+        with pytest.raises(ModelLoadError, match=rf"a {cell.task} pipeline \(.*\) needs an init image"):
+            generation_inputs(cell.pipe, cell.condition)
+    # a policy for the nets' condition types in another order (or another type) names both
+    other = "depth,seg" if cell.nets == 2 else "depth"
+    with pytest.raises(PolicyMismatchError) as raised:
+        apply_policy(cell.pipe, full_compute_policy(cell.target()), condition_type=other)
+    if cell.nets == 2:  # each net named
+        assert "controlnets[0].condition_type: policy has 'seg', pipeline has 'depth'" in str(raised.value)
+    else:
+        assert "'seg'" in str(raised.value) and "'depth'" in str(raised.value), str(raised.value)
+    assert hooked_modules(cell.pipe) == []
+    assert policy_handle(cell.pipe) is None and not hasattr(cell.pipe, "_hgc_run_context")
