@@ -6,7 +6,8 @@ inpainting; img2img and inpainting at strength 0.7 (10 scheduled steps run 7). P
 
 * an all-compute policy is bit-identical to plain generation, and removing a (caching) policy restores it;
 * analytic policy MACs (:func:`hgc_tune.policy.policy_macs`) equal the MACs counted while it runs, for
-  DeepCache- and ControlNet-window peers and a policy with a ControlNet window per net;
+  DeepCache, ControlNet-window and T-GATE (truncated CFG) peers and a policy with a ControlNet window per
+  net;
 * bad inputs (a policy for the scheduled rather than the run steps, for the other number of ControlNets,
   for another pipeline class) are refused with a message saying what differs, and nothing is applied;
 * a one-sample profile records the steps run, and a policy survives ``save_policy``/``load_policy`` and
@@ -138,6 +139,7 @@ class Cell:
             full_compute_policy(target),
             peer_policy("deepcache-n2-b0", target, keys),
             peer_policy("cnwin-k2-drop", target, keys),
+            peer_policy("tgate-g2-cfg", target, keys),  # truncated CFG: the denoisers' batch halves
             self.window_policy(),
         ]
 
@@ -218,7 +220,7 @@ def test_analytic_policy_macs_equal_counted_macs(cell):
             analytic = policy_macs(policy, table, cfg=True, convention=convention)
             assert counted.total == pytest.approx(analytic["policy"], rel=0.005), (policy.name, convention)
         reductions.add(round(analytic["reduction"], 6))
-    assert len(reductions) == 4
+    assert len(reductions) == 5
 
 
 def test_a_policy_for_the_scheduled_steps_is_refused_before_any_compute(cell):
