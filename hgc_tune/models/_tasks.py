@@ -1,5 +1,6 @@
-"""Generation tasks: text2img, img2img and inpainting with one ControlNet, the pipeline class of each, and
-the arguments every caller (profiler, search, report, CLI) passes to it.
+"""Generation tasks: text2img, img2img and inpainting with one ControlNet or several (a
+``MultiControlNetModel``: the condition is then a list of images, one per net), the pipeline class of each
+in the SD1.5 and SDXL families, and the arguments every caller (profiler, search, report, CLI) passes to it.
 
 A task's pipeline is built from the same components as any loaded pipeline (as diffusers' ``from_pipe``
 does), so every preset and checkpoint serves all three. img2img and inpainting take an init image
