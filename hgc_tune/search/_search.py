@@ -343,6 +343,8 @@ def prepare_search(
 
     profile, folder = load_search_profile(profile)
     folder = folder if folder is not None else (Path(cache_dir) if cache_dir is not None else None)
+    if folder is not None:  # the default SQLite storage cannot create its file in a missing folder
+        folder.mkdir(parents=True, exist_ok=True)
     metric = _check_inputs(profile, pipe, config)
     calibration = _calibration_jobs(profile, config.calibration_samples)
     settings = _settings(profile)

@@ -333,7 +333,7 @@ def test_search_and_report(cell, tmp_path):
 
     profile = _profile(cell)
     config = SearchConfig(budget=0.5, metric="ssim", n_trials=2, seed=1, confidence=0, calibration_samples=1)
-    result = search_policy(profile, cell.pipe, config, cache_dir=tmp_path)
+    result = search_policy(profile, cell.pipe, config, cache_dir=tmp_path / "search")  # a folder not made yet
     assert result.ok, result.message
     policy = result.chosen.policy()
     assert policy.target.pipeline_class == CLASSES[cell.name]
