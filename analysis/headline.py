@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +108,9 @@ def markdown(results: list[dict[str, Any]], *, budget: float, confidence: float)
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from hgc_tune._atomic import atomic_write_text
+
+    atomic_write_text(path, text)  # one atomic writer: mode 0644, no partial file on interruption
 
 
 def _merge(paths: list[str], out: Path) -> int:
