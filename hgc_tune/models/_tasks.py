@@ -20,7 +20,6 @@ from hgc_tune.errors import ModelLoadError
 
 __all__ = [
     "TASKS",
-    "TASK_PIPELINES",
     "PIPELINE_FAMILIES",
     "task_of_class",
     "DEFAULT_STRENGTH",
@@ -29,6 +28,7 @@ __all__ = [
     "inference_steps_for",
     "pipeline_for_task",
     "pipeline_task",
+    "sample_task_images",
     "steps_run",
 ]
 
@@ -46,7 +46,6 @@ PIPELINE_FAMILIES: dict[str, dict[str, str]] = {
         "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
     },
 }
-TASK_PIPELINES: dict[str, str] = PIPELINE_FAMILIES["sd"]
 
 
 def task_of_class(class_name: str) -> str | None:
@@ -150,6 +149,40 @@ def inference_steps_for(steps: int, strength: float, limit: int = 1000) -> int |
         if run > steps:
             return None
     return None
+
+
+def sample_task_images(
+    sample: Any, condition: Any, task: str, *, where: str = "", error: type[Exception] = ModelLoadError
+) -> tuple[Any, Any]:
+    """The init image and mask of a dataset ``sample`` for an img2img or inpainting call (PIL or ``None``;
+    ``(None, None)`` for text2img). The rule every caller (profiler, search) follows:
+
+    The init image is the sample's ``init_image()`` if it has one, else its ``ground_truth_image()``, else
+    ``condition`` (its condition image); the mask is the sample's ``mask_image()`` if it has one, else
+    ``None`` (the caller's :func:`default_mask`).
+
+    Raises:
+        error: The init image or the mask is not a PIL image (``where`` prefixes the message, e.g.
+            ``"sample 3: "``).
+    """
+    if task == "text2img":
+        return None, None
+    init = None
+    for name in ("init_image", "ground_truth_image"):
+        method = getattr(sample, name, None)
+        if callable(method):
+            init = method()
+            if init is not None:
+                break
+    if init is None:
+        init = condition
+    if not hasattr(init, "convert"):
+        raise error(f"{where}the init image must be a PIL image, but is {type(init).__name__}.")
+    method = getattr(sample, "mask_image", None)
+    mask = method() if task == "inpaint" and callable(method) else None
+    if mask is not None and not hasattr(mask, "convert"):
+        raise error(f"{where}`mask_image()` must return a PIL image, but returned {mask!r}.")
+    return init.convert("RGB"), None if mask is None else mask.convert("L")
 
 
 def default_mask(width: int, height: int) -> Any:

@@ -169,35 +169,6 @@ def _task(pipe: Any) -> str:
         return "text2img"
 
 
-def _task_images(sample: Any, index: int, condition: Any, task: str) -> tuple[Any, Any]:
-    """The init image and mask of ``sample`` for an img2img or inpainting pipeline (PIL or ``None``).
-
-    The init image is the sample's ``init_image()`` if it has one, else its ``ground_truth_image()``, else
-    its condition image; the mask is the sample's ``mask_image()`` if it has one, else ``None`` (the default
-    mask).
-    """
-    if task == "text2img":
-        return None, None
-    init = None
-    for name in ("init_image", "ground_truth_image"):
-        method = getattr(sample, name, None)
-        if callable(method):
-            init = method()
-            if init is not None:
-                break
-    if init is None:
-        init = condition
-    if not hasattr(init, "convert"):
-        raise ProfileError(
-            f"sample {index}: the init image must be a PIL image, but is {type(init).__name__}."
-        )
-    method = getattr(sample, "mask_image", None)
-    mask = method() if task == "inpaint" and callable(method) else None
-    if mask is not None and not hasattr(mask, "convert"):
-        raise ProfileError(f"sample {index}: `mask_image()` must return a PIL image, but returned {mask!r}.")
-    return init.convert("RGB"), None if mask is None else mask.convert("L")
-
-
 def _init_array(image: Any, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
@@ -304,6 +275,7 @@ def profile_pipeline(
     import hgc_tune
     from hgc_tune.models import model_fingerprint
     from hgc_tune.models._fingerprint import model_structure, weights_digest
+    from hgc_tune.models._tasks import sample_task_images
     from hgc_tune.runtime import attach_run_context, release_run_context
 
     if condition_type is None:
@@ -329,7 +301,9 @@ def profile_pipeline(
     rows, task_images = [], []
     for i, sample in enumerate(samples):
         rows.append(_sample_fields(sample, i, seed))
-        task_images.append(_task_images(sample, i, rows[-1][3], task))
+        task_images.append(
+            sample_task_images(sample, rows[-1][3], task, where=f"sample {i}: ", error=ProfileError)
+        )
     if not rows:
         raise ProfileError("`samples` must hold at least one sample, but it is empty.")
     init_arrays = [_init_array(init, height, width) for init, _ in task_images if init is not None]

@@ -80,14 +80,17 @@ def jobs_from_samples(
     ``.seed``); a sample without a seed gets ``seed + index``, as in the profiler.
 
     For ``task`` ``img2img`` and ``inpaint`` a job also gets the sample's init image and mask, by the
-    profiler's rule: ``init_image()``, else ``ground_truth_image()``, else the condition image; the mask is
-    ``mask_image()`` or, if the sample has none, the default (the middle half repainted).
+    profiler's rule (:func:`hgc_tune.models._tasks.sample_task_images`): ``init_image()``, else
+    ``ground_truth_image()``, else the condition image; the mask is ``mask_image()`` or, if the sample has
+    none, the default (the middle half repainted).
     """
+    from hgc_tune.models._tasks import sample_task_images
+
     jobs = []
     for i, sample in enumerate(samples):
         own = getattr(sample, "seed", None)
         condition = _rgb(sample.condition_image())
-        init, mask = _sample_task_images(sample, condition, task)
+        init, mask = sample_task_images(sample, condition, task)
         jobs.append(
             GenerationJob(
                 prompt=sample.prompt,
@@ -99,20 +102,6 @@ def jobs_from_samples(
             )
         )
     return jobs
-
-
-def _sample_task_images(sample: Any, condition: Any, task: str) -> tuple[Any, Any]:
-    if task == "text2img":
-        return None, None
-    init = None
-    for name in ("init_image", "ground_truth_image"):
-        method = getattr(sample, name, None)
-        init = method() if callable(method) else None
-        if init is not None:
-            break
-    method = getattr(sample, "mask_image", None)
-    mask = method() if task == "inpaint" and callable(method) else None
-    return (condition if init is None else init.convert("RGB")), (None if mask is None else mask.convert("L"))
 
 
 def _rgb(image: Any) -> Any:
