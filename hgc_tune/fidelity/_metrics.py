@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from hgc_tune.errors import FidelityError
 
@@ -207,8 +209,6 @@ def edge_f1(pred: Any, target: Any, *, tolerance: float = 1.0) -> float:
         return 1.0
     if n_p == 0 or n_t == 0:
         return 0.0
-    from scipy.ndimage import distance_transform_edt
-
     near_t = distance_transform_edt(~t) <= tolerance
     near_p = distance_transform_edt(~p) <= tolerance
     precision = float((p & near_t).sum()) / n_p
@@ -231,8 +231,6 @@ def ssim(image: Any, reference: Any) -> float:
     Raises:
         FidelityError: shapes differ, values leave ``[0, 1]``, or the image is smaller than the 7×7 window.
     """
-    from skimage.metrics import structural_similarity
-
     a = as_float_image(image, name="image")
     b = as_float_image(reference, name="reference")
     _check_same_shape(a, b, ("image", "reference"))
@@ -257,8 +255,6 @@ def psnr(image: Any, reference: Any, *, cap: float = PSNR_CAP_DB) -> float:
     Raises:
         FidelityError: shapes differ, values leave ``[0, 1]``, or ``cap`` is not a positive finite number.
     """
-    from skimage.metrics import peak_signal_noise_ratio
-
     if not np.isfinite(cap) or cap <= 0:
         raise FidelityError(f"`cap` must be a positive finite number of dB, but got cap={cap}.")
     a = as_float_image(image, name="image")

@@ -233,10 +233,10 @@ class MacTable:
         for component in DENOISERS:
             if component not in self.per_image:
                 continue
-            keys = self.block_keys(component)
-            for key in keys:
+            block_keys = self.block_keys(component)
+            for key in block_keys:
                 blocks[key] = per_step * self.per_image[key][convention]
-            inside = sum(self.per_image[key][convention] for key in keys)
+            inside = sum(self.per_image[key][convention] for key in block_keys)
             blocks[f"{component}.other"] = per_step * (self.per_image[component][convention] - inside)
         return {
             "convention": convention,
