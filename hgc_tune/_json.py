@@ -24,7 +24,7 @@ MAX_JSON_BYTES = 64 * 2**20
 MAX_JSON_DEPTH = 64
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def _depth_exceeds(value: object, limit: int) -> bool:
     """Whether ``value`` nests containers deeper than ``limit`` (iterative: no recursion of its own)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:

@@ -1,5 +1,8 @@
 """Types the package annotates with and the type checker reads; nothing here runs at import time.
 
+:data:`ArrayInput` is what the metric functions take: anything ``np.asarray`` accepts, a PIL image or a torch
+tensor on any device.
+
 :class:`ControlNetPipeline` is what hgc-tune needs of a diffusers pipeline. It is a ``Protocol`` rather than
 diffusers' ``DiffusionPipeline``, so that a signature says which parts are used, and a pipeline built another
 way (a test's stand-in) fits as long as it has them. diffusers' own pipelines fit it: the type checker
@@ -12,7 +15,7 @@ imports neither torch nor diffusers, and it imports nothing from the package (no
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     # diffusers' defining modules, not `from diffusers import …`: the type checker resolves the package's
@@ -23,7 +26,12 @@ if TYPE_CHECKING:
     from diffusers.models.controlnets.controlnet import ControlNetModel
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from numpy.typing import ArrayLike
+    from PIL.Image import Image
     from typing_extensions import Self
+
+    # For the type checker only (no runtime name): import it under TYPE_CHECKING.
+    ArrayInput: TypeAlias = ArrayLike | Image | torch.Tensor
 
 __all__ = ["ControlNetPipeline"]
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, overload
+from typing import IO, Any, overload
 
 from PIL import Image
 
@@ -162,12 +162,12 @@ def _open_rgb(path: Path) -> Image.Image:
 
 
 class _BadRow(Exception):
-    def __init__(self, reason: str, field: str | None, value: Any, message: str) -> None:
+    def __init__(self, reason: str, field: str | None, value: object, message: str) -> None:
         super().__init__(message)
         self.reason, self.field, self.value, self.message = reason, field, value, message
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -295,7 +295,7 @@ def _parse_row(line: bytes) -> dict[str, Any]:
     return row
 
 
-def _lines(file: Any) -> Iterator[bytes]:
+def _lines(file: IO[bytes]) -> Iterator[bytes]:
     """The lines of a binary file; a line longer than a row may be comes back cut to one byte more than
     that (and is refused), without the rest of it ever being held in memory."""
     while line := file.readline(_MAX_ROW_BYTES + 1):

@@ -114,7 +114,7 @@ class _Traced(torch.nn.Module):
         return tuple(_flatten(self.hgc_outputs))
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
+def _flatten(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, list | tuple):

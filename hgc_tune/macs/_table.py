@@ -37,7 +37,7 @@ def _forward_rank(order: tuple[str, ...], child: str) -> tuple[int, str]:
     return (order.index(child), "") if child in order else (len(order), child)
 
 
-def _count(value: Any, where: str) -> int:
+def _count(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise HgcTuneError(f"{where} must be a non-negative integer, but got {value!r}.")
     return value
