@@ -37,7 +37,7 @@ def _vae_scale_factor(pipe: ControlNetPipeline) -> int:
     return 2 ** (len(pipe.vae.config["block_out_channels"]) - 1)
 
 
-def _check_size(name: str, value: Any, factor: int) -> int:
+def _check_size(name: str, value: object, factor: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
         raise HgcTuneError(
             f"`{name}` must be a positive multiple of the VAE scale factor {factor}, "
