@@ -219,7 +219,7 @@ def default_metric(condition_type: str | None) -> Metric:
     ``depth_rmse`` (ControlNet++'s controllability protocol); any other type, or ``None``, → the
     reference ``ssim`` against the full-compute output.
     """
-    return METRICS[_DEFAULTS.get(condition_type, _FALLBACK)]
+    return METRICS[_FALLBACK if condition_type is None else _DEFAULTS.get(condition_type, _FALLBACK)]
 
 
 def check_metric_fits(metric: str | Metric, condition_type: str | None) -> Metric:
