@@ -136,6 +136,12 @@ def _print_savings(split: dict) -> None:
         print(f"  {label:<{width}}  {_fmt(macs):>11}  {100 * share:5.1f}% of full")
 
 
+def savings_line(split: dict) -> str:
+    """One line of a ``savings_by_mechanism`` entry: each mechanism's points of the reduction, and the sum."""
+    parts = " + ".join(f"{_MECHANISM_LABELS[m]} {100 * split['reduction'][m]:.1f}%" for m in split["order"])
+    return f"{parts} = {100 * split['reduction']['total']:.1f}%"
+
+
 def _print_unsupported(skipped: dict) -> None:
     if not skipped:
         print("fvcore counted every operator it met (or knows it holds no MACs).")
