@@ -95,3 +95,17 @@ def test_macs_prints_where_the_savings_come_from(capsys):
     assert lines["guidance window"].endswith("25.0% of full")
     assert lines["U-Net blocks"].endswith(" 0.0% of full")
     assert "cross-attention reuse" in lines and "total" in lines
+
+
+def test_macs_split_the_controlnet_window_per_controlnet(capsys):
+    path = POLICIES / "shapes-seg-depth.json"
+    argv = ["macs", "--model", "shapes", "--condition", "seg,depth", "--policy", str(path)]
+    assert main([*argv, "--json"]) == 0
+    split = json.loads(capsys.readouterr().out)["policy"]["savings_by_mechanism"]["paper"]
+    windows = split["controlnet_windows"]
+    assert set(windows) == {"controlnet.nets.0", "controlnet.nets.1"} and all(windows.values())
+    assert sum(windows.values()) == split["macs"]["controlnet_window"]
+    assert sum(split["macs"].values()) == split["saved"] == split["full"] - split["policy"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\n    controlnet.nets.0 " in out and "\n    controlnet.nets.1 " in out
