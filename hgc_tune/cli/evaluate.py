@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.cli._checks import (
     add_resolution_argument,
@@ -30,6 +31,11 @@ from hgc_tune.cli._checks import (
     strength,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.macs import MacTable
+    from hgc_tune.policy import Policy
 
 HELP = "fidelity of a policy on a dataset: metric at full compute and with the policy, loss, MAC reduction"
 
@@ -92,6 +98,26 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _savings_by_mechanism(
+    policy: Policy | None,
+    pipe: ControlNetPipeline,
+    table: MacTable,
+    steps: int,
+    condition: str | None,
+    guidance_scale: float,
+) -> dict[str, dict[str, Any]]:
+    """The MAC saving split by mechanism in both conventions (all zero without a policy)."""
+    from hgc_tune.policy import full_compute_policy, target_for_pipeline
+    from hgc_tune.policy._macs import MAC_CONVENTIONS, mac_savings_by_mechanism
+
+    if policy is None:
+        policy = full_compute_policy(target_for_pipeline(pipe, num_steps=steps, condition_type=condition))
+    cfg = guidance_scale > 1.0
+    return {
+        c: mac_savings_by_mechanism(policy, table, cfg=cfg, convention=c).to_json() for c in MAC_CONVENTIONS
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
@@ -148,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         strength=strength_,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
+    result["savings_by_mechanism"] = _savings_by_mechanism(
+        policy, pipe, table, run_steps, condition, result.get("guidance_scale", args.guidance_scale)
+    )
     if args.json:
         print_json(result)
         return 0
@@ -176,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
             f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "
             f"(reduction {_pct(m['reduction'])})"
         )
+    if policy is not None:
+        from hgc_tune.cli.macs import savings_line
+
+        split = savings_line(result["savings_by_mechanism"]["paper"])
+        print(f"  where from (paper, each skipped MAC once): {split}")
     if policy is None and args.controlnet_scale == 0:
         print(
             "note: --controlnet-scale 0 still computes the ControlNet (MACs unchanged); peer:cnwin-k0-drop "
