@@ -14,6 +14,8 @@ from hgc_tune.search._pareto import ParetoData, ParetoPoint
 
 # Notes wrap at this many characters.
 _NOTE_WIDTH = 70
+# The title wraps at this many characters: at 12 pt, well inside the figure's 10 inches from the axes' left.
+_TITLE_WIDTH = 80
 
 
 class _TradeoffGroup(NamedTuple):
@@ -97,6 +99,13 @@ class _TradeoffInfo(NamedTuple):
     metric: str | None
     study: str | None
     notes: list[str]
+
+    @property
+    def title(self) -> str:
+        """What the figure shows and of which study, wrapped at 80 characters (a long study name must not
+        run off the figure)."""
+        study = f" — study {self.study}" if self.study else ""
+        return "\n".join(textwrap.wrap(f"Cost vs fidelity of every schedule tried{study}", _TITLE_WIDTH))
 
     @property
     def note_text(self) -> str:

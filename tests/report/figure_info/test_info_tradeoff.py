@@ -115,3 +115,12 @@ def test_no_chosen_policy_says_why():
         info.note_text
         == "▲ on the top edge = loss beyond the axis; no policy chosen: nothing\nmet the budget"
     )
+
+
+def test_the_title_names_the_study_and_wraps_at_80_characters():
+    assert _get_tradeoff_info(pareto()).title == "Cost vs fidelity of every schedule tried"
+    short = _get_tradeoff_info(pareto(study="s1")).title
+    assert short == "Cost vs fidelity of every schedule tried — study s1"
+    lines = _get_tradeoff_info(pareto(study="x" * 90)).title.split("\n")
+    # the name does not fit after the heading's 49 characters: cut at 80, the rest on the next line
+    assert lines == ["Cost vs fidelity of every schedule tried — study " + "x" * 31, "x" * 59]
