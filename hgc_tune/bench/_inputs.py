@@ -14,6 +14,8 @@ from hgc_tune.models._tasks import generation_inputs, pipeline_task
 if TYPE_CHECKING:
     from PIL import Image
 
+    from hgc_tune._typing import ControlNetPipeline
+
 __all__ = ["BENCH_PROMPT", "bench_call", "bench_inputs"]
 
 BENCH_PROMPT = "a photo of a red circle"
@@ -25,7 +27,9 @@ def _random_image(size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
 
 
-def bench_inputs(pipe: Any, *, size: int, strength: float | None = None, seed: int = 0) -> dict[str, Any]:
+def bench_inputs(
+    pipe: ControlNetPipeline, *, size: int, strength: float | None = None, seed: int = 0
+) -> dict[str, Any]:
     """The image arguments of a timed call of ``pipe``: the same random images for the same ``seed``.
 
     One ``size`` × ``size`` condition image per ControlNet (a list for several, in their order); for an
@@ -54,7 +58,7 @@ def bench_inputs(pipe: Any, *, size: int, strength: float | None = None, seed: i
 
 
 def bench_call(
-    pipe: Any,
+    pipe: ControlNetPipeline,
     *,
     size: int,
     num_inference_steps: int,

@@ -109,6 +109,6 @@ def _get_controlnet_residuals_info(
 def _outside_window(policy: Policy | None, key: str) -> tuple[list[int], str | None]:
     """The steps outside the window of ControlNet ``key`` (where it is reused or dropped), and its mode."""
     window = policy.controlnet_windows.get(key) if policy is not None else None
-    if window is None:
+    if policy is None or window is None:
         return [], None
     return [s for s in range(policy.num_steps) if s not in window.steps], window.mode

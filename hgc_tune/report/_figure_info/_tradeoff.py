@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 from typing import NamedTuple
 
+from hgc_tune.errors import ReportError
 from hgc_tune.search._pareto import ParetoData, ParetoPoint
 
 # Notes wrap at this many characters.
@@ -32,7 +33,8 @@ class _TradeoffGroup(NamedTuple):
     clipped: list[tuple[float, float]]
 
     @property
-    def count(self) -> int:
+    def size(self) -> int:
+        """How many trials the group holds."""
         return len(self.inside) + len(self.clipped)
 
 
@@ -132,12 +134,12 @@ def _get_tradeoff_info(pareto: ParetoData, *, convention: str = "paper") -> _Tra
     anchor = next((p for p in scored if p.is_full_compute), None)
     peers = [p for p in scored if p.peers and p is not anchor]
     searched = [p for p in scored if not p.peers]
-    front = sorted((p for p in scored if p.on_front), key=lambda p: (x(p), p.loss))
-    heldout = [p for p in with_reduction if p.heldout_loss is not None]
+    front = sorted((p for p in scored if p.on_front), key=lambda p: (x(p), _loss(p)))
+    heldout = [(p, p.heldout_loss) for p in with_reduction if p.heldout_loss is not None]
     budget = pareto.budget * 100
 
-    losses = [p.loss * 100 for p in scored + rejected] + [p.heldout_loss * 100 for p in heldout]
-    feasible = [p.loss * 100 for p in scored if p.feasible] + [p.heldout_loss * 100 for p in heldout]
+    losses = [_loss(p) * 100 for p in scored + rejected] + [h * 100 for _, h in heldout]
+    feasible = [_loss(p) * 100 for p in scored if p.feasible] + [h * 100 for _, h in heldout]
     top = max([budget * 4, *(v * 1.15 for v in feasible), 0.5])
     if losses and max(losses) <= top:
         top = max(max(losses) * 1.1, budget * 1.5, 0.5)
@@ -147,8 +149,8 @@ def _get_tradeoff_info(pareto: ParetoData, *, convention: str = "paper") -> _Tra
         return min(value * 100, top)
 
     def group(kind: str, members: list[ParetoPoint]) -> _TradeoffGroup:
-        inside = [(x(p), y(p.loss)) for p in members if p.loss * 100 <= top]
-        clipped = [(x(p), y(p.loss)) for p in members if p.loss * 100 > top]
+        inside = [(x(p), y(_loss(p))) for p in members if _loss(p) * 100 <= top]
+        clipped = [(x(p), y(_loss(p))) for p in members if _loss(p) * 100 > top]
         return _TradeoffGroup(kind, inside, clipped)
 
     groups = [
@@ -162,14 +164,11 @@ def _get_tradeoff_info(pareto: ParetoData, *, convention: str = "paper") -> _Tra
         mark = _ChosenMark(chosen.number, x(chosen), y(chosen.loss), chosen.loss)
     xs = [x(p) for p in with_reduction] + [0.0]
     return _TradeoffInfo(
-        groups=[g for g in groups if g.count],
-        front=[(x(p), y(p.loss)) for p in front],
-        anchor=(x(anchor), y(anchor.loss)) if anchor else (0.0, 0.0),
-        peers=[
-            _PeerMark(p.peer, p.peers[0].split("-", 1)[0], x(p), y(p.loss), p.loss, p.loss * 100 > top)
-            for p in peers
-        ],
-        heldout=[(x(p), y(p.loss), y(p.heldout_loss)) for p in heldout],
+        groups=[g for g in groups if g.size],
+        front=[(x(p), y(_loss(p))) for p in front],
+        anchor=(x(anchor), y(_loss(anchor))) if anchor else (0.0, 0.0),
+        peers=[_peer_mark(p, x(p), y(_loss(p)), top) for p in peers],
+        heldout=[(x(p), y(_loss(p)), y(h)) for p, h in heldout],
         chosen=mark,
         budget=budget,
         top=top,
@@ -178,8 +177,22 @@ def _get_tradeoff_info(pareto: ParetoData, *, convention: str = "paper") -> _Tra
         convention=convention,
         metric=pareto.metric,
         study=pareto.study,
-        notes=_notes(pareto, clipped=any(p.loss * 100 > top for p in searched + rejected)),
+        notes=_notes(pareto, clipped=any(_loss(p) * 100 > top for p in searched + rejected)),
     )
+
+
+def _loss(p: ParetoPoint) -> float:
+    """The calibration loss of a trial drawn at its loss (scored, rejected early, or validated)."""
+    if p.loss is None:
+        raise ReportError(
+            f"trial {p.number} of the Pareto file has no calibration loss, but is drawn at one."
+        )
+    return p.loss
+
+
+def _peer_mark(p: ParetoPoint, x: float, y: float, top: float) -> _PeerMark:
+    loss = _loss(p)
+    return _PeerMark("/".join(p.peers), p.peers[0].split("-", 1)[0], x, y, loss, loss * 100 > top)
 
 
 def _notes(pareto: ParetoData, *, clipped: bool) -> list[str]:

@@ -82,7 +82,7 @@ def _draw_trials(ax: Axes, info: _TradeoffInfo) -> None:
                     marker=shape,
                     clip_on=False,
                     # one legend entry per group, on its first series drawn
-                    label=f"{label} ({group.count})" if members is group.inside or not group.inside else None,
+                    label=f"{label} ({group.size})" if members is group.inside or not group.inside else None,
                 )
     if info.front:
         ax.plot(

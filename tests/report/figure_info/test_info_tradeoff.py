@@ -65,7 +65,7 @@ def test_losses_far_beyond_the_budget_are_clipped_to_the_top_edge():
     # four budgets (4 %), or 1.15 × the largest feasible loss (1.15 %): 4 %
     assert info.top == pytest.approx(4.0)
     over = next(g for g in info.groups if g.kind == "over_budget")
-    assert over.inside == [] and same(over.clipped, [(70.0, 4.0)]) and over.count == 1
+    assert over.inside == [] and same(over.clipped, [(70.0, 4.0)]) and over.size == 1
     [peer] = info.peers
     assert peer.clipped and peer.y == pytest.approx(4.0) and peer.loss == pytest.approx(0.90)
     assert info.notes == ["▲ on the top edge = loss beyond the axis", "no policy chosen"]
