@@ -17,10 +17,15 @@ Example (SDXL inpainting with two ControlNets):
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 HELP = "time full vs. policy generation; print ms/image, speedup, MAC ratio"
 
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     # compiled regions of the hooked model can differ from the plain one's).
     policy_pipe = load_pipeline_from_args(args, task=args.task)
 
-    def generate(pipe):
+    def generate(pipe: ControlNetPipeline) -> Callable[[], object]:
         return bench_call(
             pipe,
             size=size,

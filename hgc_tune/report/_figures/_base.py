@@ -7,11 +7,15 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from hgc_tune._atomic import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 DPI = 100
 # Heatmap cell size in inches: wide enough for a "0.998" annotation at 7 pt, tall enough for a label.
@@ -89,7 +93,7 @@ def _annotations(values: np.ndarray, fmt: str) -> np.ndarray | None:
 
 
 def heatmap(
-    ax,
+    ax: Axes,
     values: np.ndarray,
     *,
     rows: Sequence[str],
@@ -144,7 +148,7 @@ def heatmap_size(n_rows: int, num_steps: int, label_chars: int) -> tuple[float, 
     return panel_w, 2 * panel_h + 0.5
 
 
-def draw_separators(ax, separators: Sequence[int]) -> None:
+def draw_separators(ax: Axes, separators: Sequence[int]) -> None:
     """A line between the U-Net rows and the ControlNet rows of a heatmap, at each row index given."""
     for i in separators:
         ax.axhline(i, color="white", linewidth=3)
