@@ -28,9 +28,9 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     confidence,
-    strength,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
@@ -60,19 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: the policy's, or 20; img2img/inpaint: the number that runs the "
         "policy's steps at --strength)",
     )
-    parser.add_argument(
-        "--task",
-        default="text2img",
-        choices=["text2img", "img2img", "inpaint"],
-        help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init image "
-        "(its condition image where it has none); inpaint repaints the middle half",
-    )
-    parser.add_argument(
-        "--strength",
-        type=strength("--strength"),
-        default=None,
-        metavar="S",
-        help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
+    add_task_arguments(
+        parser,
+        task_help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init "
+        "image (its condition image where it has none); inpaint repaints the middle half",
     )
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
     add_resolution_argument(parser, help="image side in pixels (default: native)")
@@ -132,15 +123,9 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(args.metric, condition)
         except FidelityError as e:
             raise HgcTuneError(str(e)) from e
-    if args.strength is not None and args.task == "text2img":
-        raise HgcTuneError(
-            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
-            f"--strength={args.strength:g} with --task text2img."
-        )
+    strength_ = task_strength(args)
     from hgc_tune.cli._common import resolve_task_policy
-    from hgc_tune.models._tasks import DEFAULT_STRENGTH
 
-    strength_ = None if args.task == "text2img" else args.strength or DEFAULT_STRENGTH[args.task]
     pipe = load_pipeline_from_args(args, task=args.task)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
