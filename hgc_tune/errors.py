@@ -1,7 +1,8 @@
 """The exceptions hgc-tune raises.
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
-traceback (unless ``--debug``) and exits with status 2.
+traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
+failed: a full disk, an unreachable server).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ __all__ = [
     "SearchError",
     "FidelityError",
     "ReportError",
+    "ResourceError",
+    "DiskFullError",
+    "StorageError",
+    "StorageUnreachableError",
 ]
 
 
@@ -103,3 +108,19 @@ class FidelityError(HgcTuneError):
 
 class ReportError(HgcTuneError):
     """Bad report input: a Pareto file that violates its format, or a policy that does not fit the profile."""
+
+
+class ResourceError(HgcTuneError):
+    """The environment failed, not the input (a full disk, an unreachable server): the CLI exits with 1."""
+
+
+class DiskFullError(ResourceError):
+    """A file could not be written: no space left on its device, or the disk quota is exceeded."""
+
+
+class StorageError(SearchError):
+    """A search storage that cannot be opened: a missing or read-only folder, a file that is no database."""
+
+
+class StorageUnreachableError(StorageError, ResourceError):
+    """A search storage's server that refuses the connection or does not answer within the timeout."""
