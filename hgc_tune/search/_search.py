@@ -29,7 +29,7 @@ from hgc_tune.search._heldout import heldout_key, heldout_references
 from hgc_tune.search._objective import PolicyObjective, SurplusTrial
 from hgc_tune.search._pareto import pareto_to_json, write_pareto
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
-from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage
+from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage, storage_error
 from hgc_tune.search._trials import TrialRecord, counted_trials, finished_count, trial_records
 
 __all__ = [
@@ -244,6 +244,7 @@ def _open_study(
             heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period,
             max_retry=config.max_retry,
+            timeout=config.storage_timeout,
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -265,9 +266,7 @@ def _open_study(
         except HgcTuneError:
             raise
         except Exception as e:  # sqlalchemy/journal errors: unreachable database, bad schema version
-            raise SearchError(
-                f"cannot open study {study_name!r} in {redact_storage(storage_url)!r}: {e}"
-            ) from e
+            raise storage_error(e, storage_url, timeout=config.storage_timeout, study=study_name) from e
     expected = {
         "hgc.format": _STUDY_FORMAT,
         "hgc.budget": config.budget,
