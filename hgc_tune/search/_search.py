@@ -30,7 +30,16 @@ from hgc_tune.search._objective import PolicyObjective, SurplusTrial
 from hgc_tune.search._pareto import pareto_to_json, write_pareto
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
 from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage, storage_error
-from hgc_tune.search._trials import TrialRecord, counted_trials, finished_count, trial_records
+from hgc_tune.search._trials import (
+    TrialRecord,
+    close_leftover_waiting,
+    close_waiting,
+    counted_trials,
+    duplicate_waiting_peers,
+    finished_count,
+    present_peers,
+    trial_records,
+)
 
 __all__ = [
     "SearchResult",
@@ -289,7 +298,9 @@ def _open_study(
     return study
 
 
-def _enqueue_peers(study: Any, space: PolicySpace, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _enqueue_peers(
+    study: Any, space: PolicySpace, names: Sequence[str], n_trials: int
+) -> dict[str, dict[str, Any]]:
     """Enqueue each distinct peer once (peers with identical policies share one trial, as aliases)."""
     planned: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
     params_of: dict[str, dict[str, Any]] = {}
@@ -303,17 +314,20 @@ def _enqueue_peers(study: Any, space: PolicySpace, names: Sequence[str]) -> dict
             planned[key][2].append(name)
         else:
             planned[key] = (name, params, [])
-    # A resumed study already holds its peers: enqueue only names it has not seen.
-    enqueued = set(study.user_attrs.get("hgc.peers", []))
+    # A resumed study already holds its peers: enqueue only names no trial stands for, while it has room.
+    trials = study.get_trials(deepcopy=False)
+    enqueued = present_peers(trials) if len(counted_trials(trials)) < n_trials else set(params_of)
     for name, params, aliases in planned.values():
         if {name, *aliases} <= enqueued:
             continue
         user_attrs: dict[str, Any] = {"peer": name}
         if aliases:
             user_attrs["peer_aliases"] = aliases
-        study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
-    if not set(params_of) <= enqueued:
-        study.set_user_attr("hgc.peers", sorted(enqueued | set(params_of)))
+        study.enqueue_trial(params, user_attrs=user_attrs)
+    close_waiting(study, duplicate_waiting_peers(study.get_trials(deepcopy=False)))  # a race of two starts
+    recorded = set(study.user_attrs.get("hgc.peers", []))
+    if not set(params_of) <= recorded:
+        study.set_user_attr("hgc.peers", sorted(recorded | set(params_of)))
     return params_of
 
 
@@ -385,7 +399,7 @@ def prepare_search(
             )
     signature = _profile_signature(profile, len(calibration))
     study = _open_study(storage_url, study_name, metric.name, config, signature)
-    peers = _enqueue_peers(study, space, peer_names)
+    peers = _enqueue_peers(study, space, peer_names, config.n_trials)
 
     def outputs(policy):
         return iter_outputs(pipe, policy, calibration, settings)
@@ -494,6 +508,7 @@ def _run_trials(session: SearchSession, on_trial: Callable[[Any], None] | None =
             optuna.storages.fail_stale_trials(study)
             if on_trial is not None:
                 on_trial(study.get_trials(deepcopy=False))
+    close_leftover_waiting(study, config.n_trials)
     return ran
 
 

@@ -314,6 +314,27 @@ def _within(timeout: float, url: str, open_: Callable[[], Any]) -> Any:
     return outcome["storage"]
 
 
+def _serialise_transactions(engine: Any) -> None:
+    """Make each transaction on a SQLite file take its write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 starts a transaction only at the first write, so Optuna's read-then-write steps (pop a
+    waiting trial: read WAITING, write RUNNING; number a new trial) interleave between processes: two
+    searches on one file both ran the same waiting trial, and the second could not record it. With the lock
+    taken at ``BEGIN``, each step is atomic; the other process waits for the lock (the ``timeout`` above).
+    """
+    from sqlalchemy import event
+
+    def no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below is then the only one
+
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", no_implicit_transactions)
+    event.listen(engine, "begin", begin_immediate)
+    engine.dispose()  # connections opened before the listeners would not have them
+
+
 def _journal_storage_class():
     # Optuna's heartbeat is public for RDBStorage only; a journal storage joins it by implementing the
     # private `BaseHeartbeat` (as `RDBStorage` does), which `Study.optimize` and `fail_stale_trials` look
@@ -435,7 +456,11 @@ def open_storage(
 
         for attempt in range(3):
             try:
-                return open_rdb() if sqlite else _within(timeout, url, open_rdb)
+                if not sqlite:
+                    return _within(timeout, url, open_rdb)
+                storage = open_rdb()
+                _serialise_transactions(storage.engine)
+                return storage
             except StorageError:
                 raise
             except Exception as e:  # sqlalchemy raises its own types for bad URLs, missing drivers, auth
