@@ -438,9 +438,9 @@ def open_storage(
         if sqlite:
             # Several worker processes share one SQLite file: wait for its lock instead of failing.
             connect_args: dict[str, Any] = {"timeout": 120}
-            path = _sqlite_file(parsed.database)
-            if path is not None:
-                _check_writable(path, url)
+            file = _sqlite_file(parsed.database)
+            if file is not None:
+                _check_writable(file, url)
         else:
             name = _CONNECT_TIMEOUT_ARGS.get(parsed.get_driver_name())
             connect_args = {} if name is None else {name: max(1, round(timeout))}
