@@ -12,6 +12,7 @@ from hgc_tune.policy._io import policy_to_json
 from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._fidelity import FidelityEstimate, FidelityScorer, GeneratedOutput
 from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
+from hgc_tune.search._storage import record_first_heartbeat
 from hgc_tune.search._trials import ATTR, is_surplus
 
 __all__ = ["CONSTRAINT_NAME", "PolicyObjective", "SurplusTrial"]
@@ -133,6 +134,7 @@ class PolicyObjective:
         return min(values) if values else None
 
     def __call__(self, trial: Any) -> float:
+        record_first_heartbeat(trial)  # from here on, a killed worker's trial goes stale and is retried
         try:
             return self._run(trial)
         except SurplusTrial:

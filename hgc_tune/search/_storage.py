@@ -41,6 +41,7 @@ __all__ = [
     "check_storage_url",
     "default_storage_url",
     "open_storage",
+    "record_first_heartbeat",
     "redact_storage",
     "storage_error",
 ]
@@ -333,6 +334,21 @@ def _serialise_transactions(engine: Any) -> None:
     event.listen(engine, "connect", no_implicit_transactions)
     event.listen(engine, "begin", begin_immediate)
     engine.dispose()  # connections opened before the listeners would not have them
+
+
+def record_first_heartbeat(trial: Any) -> None:
+    """Record a running trial's first heartbeat now, in the caller's thread, before any work.
+
+    Optuna's heartbeat thread records it concurrently, and a worker killed before that thread got the
+    storage's lock leaves a RUNNING trial with no heartbeat at all, which never goes stale: every later
+    search would wait for it forever. Recorded here, a trial that does work always goes stale once its
+    worker dies. A storage without heartbeats (in memory) records nothing.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = trial.study._storage  # Optuna's Trial has no public handle on its storage (pinned Optuna)
+    if is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial._trial_id)
 
 
 def _journal_storage_class():

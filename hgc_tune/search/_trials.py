@@ -158,8 +158,10 @@ def close_waiting(study: Any, trials: Sequence[Any]) -> int:
                 continue
         except UpdateFinishedTrialError:
             continue
-        storage.set_trial_user_attr(trial_id, ATTR.SURPLUS, True)
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(trial_id, ATTR.SURPLUS, True)
+        finally:  # a claimed trial never stays RUNNING: it has no heartbeat that would let it go stale
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         closed += 1
     return closed
 

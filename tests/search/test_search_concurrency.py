@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hgc_tune.search._objective import PolicyObjective
-from hgc_tune.search._storage import open_storage
+from hgc_tune.search._storage import open_storage, record_first_heartbeat
 from hgc_tune.search._trials import (
     ATTR,
     close_leftover_waiting,
@@ -32,7 +32,7 @@ X = optuna.distributions.FloatDistribution(0, 1)
 
 _POP = """
 import sys, optuna
-from hgc_tune.search._storage import open_storage
+from hgc_tune.search._storage import open_storage, record_first_heartbeat
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="s", storage=open_storage(sys.argv[1], heartbeat_interval=60))
 popped = []
@@ -137,3 +137,14 @@ def test_duplicate_peers_and_leftovers_are_closed_and_resumes_enqueue_closed_pee
     trials = study.get_trials(deepcopy=False)
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
     assert present_peers(trials) == {"full-compute", "dc3"}  # a resume with more trials enqueues `tg` again
+
+
+def test_a_trial_killed_before_its_heartbeat_thread_wrote_still_goes_stale(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    silent = study.ask({"x": X})  # started, then killed before any heartbeat: Optuna never fails it
+    beaten = study.ask({"x": X})
+    record_first_heartbeat(beaten)  # what the objective does first, in its own thread
+    time.sleep(2.2)
+    stale = storage._get_stale_trial_ids(study._study_id)
+    assert beaten._trial_id in stale and silent._trial_id not in stale
