@@ -90,6 +90,10 @@ PUBLIC: dict[str, set[str]] = {
         "UnknownConditionError",
         "UnknownPresetError",
         "UnregisteredModelError",
+        "ResourceError",
+        "DiskFullError",
+        "StorageError",
+        "StorageUnreachableError",
     },
     "hgc_tune.executor": {
         "ControlNetWindowConfig",

@@ -230,7 +230,7 @@ def _check_writable(path: Path, url: str) -> None:
 
 def _reason(error: BaseException, url: str) -> str:
     """The driver's own words for ``error`` on one line: no SQL, no SQLAlchemy links, no password."""
-    cause = getattr(error, "orig", None) or error
+    cause = getattr(_database_error(error), "orig", None) or error
     lines = [line.strip() for line in str(cause).splitlines()]
     text = next((line for line in lines if line and not line.startswith(("(Background", "[SQL"))), "")
     text = text or type(cause).__name__
@@ -238,6 +238,16 @@ def _reason(error: BaseException, url: str) -> str:
     if password:
         text = text.replace(password, "***")
     return text.rstrip(".")
+
+
+def _database_error(error: BaseException) -> BaseException:
+    """The SQLAlchemy error behind ``error`` (Optuna wraps some in its own), else ``error``."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if hasattr(cause, "orig"):
+            return cause
+        cause = cause.__cause__
+    return error
 
 
 def _password(url: str) -> str | None:
@@ -288,7 +298,9 @@ def _unreachable(error: BaseException, lowered: str) -> bool:
         return False
     import sqlalchemy.exc
 
-    return isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | TimeoutError)
+    return isinstance(
+        _database_error(error), sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | TimeoutError
+    )
 
 
 def _within(timeout: float, url: str, open_: Callable[[], Any]) -> Any:

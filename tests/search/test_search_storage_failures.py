@@ -214,3 +214,25 @@ def test_the_cli_fails_before_loading_the_pipeline_with_exit_1_or_2(
         assert len(err.splitlines()) == 1 and words in err and PASSWORD not in err, err
         assert "Background on this error" not in err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_the_message_comes_from_the_driver_through_optunas_wrapping():
+    import optuna
+    import sqlalchemy.exc
+
+    url = f"postgresql+psycopg2://me:{PASSWORD}@db.example:5432/hgc"
+
+    def wrapped(driver_message: str) -> BaseException:
+        inner = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(driver_message))
+        try:
+            raise optuna.exceptions.StorageInternalError("An exception during the commit.") from inner
+        except optuna.exceptions.StorageInternalError as e:
+            return e
+
+    down = storage_module.storage_error(wrapped("could not connect: Connection timed out\n\tIs it up?"), url)
+    assert isinstance(down, StorageUnreachableError) and "Connection timed out" in _one_line(down)
+    refused = storage_module.storage_error(
+        wrapped(f'FATAL:  password authentication failed for user "me" ({PASSWORD})'), url, study="s"
+    )
+    text = _one_line(refused)
+    assert type(refused) is StorageError and "authentication failed" in text and "study 's'" in text
