@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from hgc_tune.fidelity._metrics import as_uint8_image
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel, CLIPProcessor, CLIPTextConfig
 
     from hgc_tune._typing import ArrayInput
 
@@ -140,12 +140,14 @@ class ClipScorer:
                 f"ClipScorer needs a CLIPModel and its CLIPProcessor, but got {type(model).__name__} and "
                 f"{type(processor).__name__} without {', '.join(missing)}."
             )
-        self.model = model.to(device).eval()
+        # the casts only help the type checker, which misreads transformers' wrapped `to`
+        cast("torch.nn.Module", model).to(device).eval()
+        self.model = model
         self.processor = processor
         self.device = device
         self.batch_size = batch_size
         self.source = source
-        self._max_tokens = int(model.config.text_config.max_position_embeddings)
+        self._max_tokens = int(cast("CLIPTextConfig", model.config.text_config).max_position_embeddings)
 
     def embed_images(self, images: Sequence[ArrayInput]) -> np.ndarray:
         """The projected CLIP embeddings of ``images`` (``H×W×3`` uint8 or ``[0, 1]`` float, PIL images),
@@ -319,7 +321,8 @@ def load_clip_scorer(
         )
     try:
         # cast after loading: the keyword for a load dtype changed name between transformers 4 and 5
-        model = CLIPModel.from_pretrained(source, local_files_only=offline).to(torch_dtype)
+        model = CLIPModel.from_pretrained(source, local_files_only=offline)
+        cast("torch.nn.Module", model).to(torch_dtype)
     except (OSError, ValueError) as e:
         found = f" (found: {_listing(path)})" if local else ""
         raise ModelLoadError(f"cannot load the CLIP weights of {source!r}{found}: {e}") from e
