@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["RECOMMENDED_CLIP", "ClipScorer", "clip_score", "clip_scores", "load_clip_scorer"]
 
 RECOMMENDED_CLIP = "openai/clip-vit-large-patch14"
-"""The CLIP checkpoint to score prompt adherence with (CLIP ViT-L/14, the text encoder of SD1.5)."""
+"""The CLIP checkpoint to score prompt adherence with (CLIP ViT-L/14, whose text encoder SD1.5 uses).
+
+ControlNet++'s released evaluation script loads ``openai/clip-vit-base-patch16``: pass that one to compare
+with its tables.
+"""
 
 _DTYPES = ("fp32", "fp16", "bf16")
 _EPS = 1e-12  # torch.nn.functional.normalize's default: a zero embedding scores 0 instead of NaN
