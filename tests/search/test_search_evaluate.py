@@ -14,9 +14,9 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
+from hgc_tune.fidelity import evaluate_policy
 from hgc_tune.policy import full_compute_policy, peer_policy, target_for_pipeline
 from hgc_tune.profile import Profile
-from hgc_tune.search import evaluate_policy
 
 
 @pytest.fixture(scope="module")
