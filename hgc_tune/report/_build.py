@@ -275,10 +275,7 @@ def build_report(
         _check_policy_fits_profile(policy, profile)
         grid = policy_grid(policy, [*profile.block_keys, *profile.attention_keys], cfg=cfg)
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _report_folder(out_dir)
     notes: list[str] = []
     figures: dict[str, Path] = {}
     infos: dict[str, ReportFigure] = dict(FIGURES)
@@ -407,3 +404,16 @@ def _write_sample_figure(
         ),
     )
     return psnr_db
+
+
+def _report_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """The report folder, created if needed.
+
+    Raises:
+        ReportError: ``out_dir`` is a file.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -18,11 +18,11 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
+from hgc_tune.fidelity import FidelityEstimate
 from hgc_tune.generation import jobs_from_samples
 from hgc_tune.models._blocks import cacheable_module_keys
 from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
 from hgc_tune.search import (
-    FidelityEstimate,
     SearchConfig,
     load_pareto,
     prepare_search,
