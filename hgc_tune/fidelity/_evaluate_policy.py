@@ -35,7 +35,9 @@ def _confidence(confidence: float) -> float:
         raise SearchError(str(e)) from e
 
 
-def _jobs(pipe: DiffusionPipeline, samples: Iterable[Any], seed: int, strength: float | None, what: str):
+def _jobs(
+    pipe: DiffusionPipeline, samples: Iterable[Any], seed: int, strength: float | None, what: str
+) -> tuple[str, float | None, list[GenerationJob]]:
     """The pipeline's task, the strength its calls take and the samples' jobs."""
     from hgc_tune.models._tasks import task_and_strength
 

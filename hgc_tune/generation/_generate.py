@@ -110,7 +110,7 @@ def iter_outputs(
     handle = apply_policy(pipe, policy) if policy is not None else None
     try:
         for job in jobs:
-            yield generate_output(pipe, job, settings, on_step=None)
+            yield generate_output(pipe, job, settings)
     finally:
         if handle is not None:
             handle.remove()

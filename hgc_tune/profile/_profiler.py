@@ -146,10 +146,11 @@ class _ProfiledInputs:
     masks: list[np.ndarray]
 
     @classmethod
-    def of(cls, samples: list[GenerationJob], task: str, height: int, width: int) -> _ProfiledInputs:
-        conditions = [condition_array(job.condition, height, width) for job in samples]
-        inits = [init_array(job.init_image, height, width) for job in samples if job.init_image is not None]
-        masks = [mask_array(job.mask_image, height, width) for job in samples] if task == "inpaint" else []
+    def of(cls, sampled: list[GenerationJob], task: str, height: int, width: int) -> _ProfiledInputs:
+        """The inputs of the jobs made from the dataset samples (``sampled``), at ``height`` × ``width``."""
+        conditions = [condition_array(job.condition, height, width) for job in sampled]
+        inits = [init_array(job.init_image, height, width) for job in sampled if job.init_image is not None]
+        masks = [mask_array(job.mask_image, height, width) for job in sampled] if task == "inpaint" else []
         jobs = [
             job_from_arrays(
                 job.prompt,
@@ -159,7 +160,7 @@ class _ProfiledInputs:
                 inits[i] if inits else None,
                 masks[i] if masks else None,
             )
-            for i, job in enumerate(samples)
+            for i, job in enumerate(sampled)
         ]
         return cls(jobs, conditions, inits, masks)
 
