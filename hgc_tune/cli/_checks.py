@@ -85,13 +85,13 @@ def strength(flag: str) -> Callable[[str], float]:
     """An argparse ``type=`` for a denoising strength in (0, 1] (img2img, inpainting)."""
 
     def parse(text: str) -> float:
+        from hgc_tune.models._tasks import check_strength
+
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not 0.0 < value <= 1.0:  # NaN fails both comparisons
-            raise argparse.ArgumentTypeError(f"`{flag}` must be in (0, 1], but got {flag}={text}.")
-        return value
+        return check_strength(value, error=argparse.ArgumentTypeError, flag=flag, given=text)
 
     parse.__name__ = flag.lstrip("-")
     return parse

@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
     from hgc_tune.errors import FidelityError, HgcTuneError
+    from hgc_tune.fidelity import evaluate_policy
     from hgc_tune.fidelity._registry import check_metric_fits
     from hgc_tune.macs import count_pipeline_macs
-    from hgc_tune.search import evaluate_policy
 
     condition = args.condition
     if args.metric is not None:
@@ -125,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
             raise HgcTuneError(str(e)) from e
     strength_ = task_strength(args)
     from hgc_tune.cli._common import resolve_task_policy
+    from hgc_tune.models._tasks import native_size
 
     pipe = load_pipeline_from_args(args, task=args.task)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
-    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    native = native_size(pipe)
     resolution = args.resolution or native
     samples = open_dataset(
         args.dataset,

@@ -67,12 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _resolution(args: argparse.Namespace, pipe) -> int:
     from hgc_tune.models._presets import PRESETS
+    from hgc_tune.models._tasks import native_size
 
     if args.resolution is not None:
         return args.resolution
     if args.model in PRESETS:
         return PRESETS[args.model].resolution
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return native_size(pipe)
 
 
 def _fmt(macs: int) -> str:

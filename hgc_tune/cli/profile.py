@@ -84,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.data import open_dataset
     from hgc_tune.data._open import SHAPES_REF
     from hgc_tune.errors import ProfileError
+    from hgc_tune.models._tasks import native_size
     from hgc_tune.profile import profile_pipeline
     from hgc_tune.profile._artifact import META_FILE
 
     pipe = load_pipeline_from_args(args, task=args.task)
-    resolution = args.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    resolution = args.resolution or native_size(pipe)
     dataset = open_dataset(
         args.dataset,
         condition_type=args.condition,

@@ -9,7 +9,8 @@ full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. *Prom
 (:data:`PROMPT_METRICS`) compare each output with its prompt: the CLIP score of a :class:`ClipScorer`
 (:func:`load_clip_scorer`), a proxy for prompt adherence. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
-bound; a policy is within a budget when that bound is.
+bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
+(every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures.
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -23,20 +24,24 @@ from __future__ import annotations
 from hgc_tune.fidelity._clip import ClipScorer, load_clip_scorer
 from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
+from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
 from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
+from hgc_tune.fidelity._scorer import FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
 
 __all__ = [
     "METRICS",
     "PROMPT_METRICS",
     "ClipScorer",
+    "FidelityEstimate",
     "FidelityResult",
     "LossBound",
     "Metric",
     "TaskEvaluator",
     "edge_f1",
     "evaluate_pairs",
+    "evaluate_policy",
     "latent_rel_error",
     "load_clip_scorer",
     "load_segmenter",
