@@ -15,7 +15,7 @@ from hgc_tune.policy._model import (
     ReuseWindow,
 )
 from hgc_tune.policy._peers import controlnet_window_policy, deepcache_policy, peer_policy, tgate_policy
-from hgc_tune.policy._target import target_for_pipeline
+from hgc_tune.policy._target import loaded_condition_type, target_for_pipeline
 
 __all__ = [
     "ControlNetSpec",
@@ -31,6 +31,7 @@ __all__ = [
     "dumps_policy",
     "full_compute_policy",
     "load_policy",
+    "loaded_condition_type",
     "loads_policy",
     "peer_policy",
     "policy_macs",

@@ -146,6 +146,15 @@ class PolicyTarget:
             if getattr(self, name) != getattr(found, name)
         ]
         per_net = bool(self.controlnets and found.controlnets) and not diffs
+        made_types = [c.condition_type for c in self.controlnets]
+        found_types = [c.condition_type for c in found.controlnets]
+        if per_net and None not in made_types + found_types and made_types != found_types:
+            if sorted(made_types) == sorted(found_types):
+                # The same ControlNets in another order: say the order first, then each net's mismatch.
+                diffs.append(
+                    f"condition_type: policy is for the ControlNets in the order {','.join(made_types)!r}, "
+                    f"pipeline runs them as {','.join(found_types)!r}"
+                )
         if per_net:
             for i, (mine, theirs) in enumerate(zip(self.controlnets, found.controlnets)):
                 if mine.class_name != theirs.class_name:
