@@ -24,6 +24,7 @@ from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, Step
 from hgc_tune.models._blocks import cacheable_module_keys, is_whole_model_key
 from hgc_tune.models._tasks import inference_steps_for
 from hgc_tune.policy import Policy, PolicyFile
+from hgc_tune.policy._lora import check_policy_lora
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
 from hgc_tune.runtime._context import PerThread, calling_pipeline, scheduler_calls
 from hgc_tune.runtime._registry import foreign_hooks, register_hook, remove_hook, repair_hook
@@ -82,7 +83,7 @@ def _condition_type(pipe: Any, asked: str | None, *, check: bool = True) -> str 
     """The condition type to check a policy against: ``asked``, else the one ``load_pipeline`` built the
     pipeline for. With ``check``, raise :class:`PolicyMismatchError` if the two differ (several ControlNets
     in another order included)."""
-    from hgc_tune.policy import loaded_condition_type
+    from hgc_tune.policy._target import loaded_condition_type
 
     loaded = loaded_condition_type(pipe)
     if check and asked is not None and loaded is not None and asked != loaded:
@@ -386,6 +387,10 @@ def apply_policy(
             file, and a policy made for another condition type is refused.
         check_fingerprint: Refuse a policy made for another U-Net/ControlNet configuration.
 
+    A policy tuned with other LoRA adapters than ``pipe`` carries, or with none while it carries one, is
+    applied with a :class:`~hgc_tune.policy.LoraMismatchWarning` (once per pipeline, policy and adapters): the
+    fidelity its provenance records may not hold.
+
     Returns:
         A :class:`PolicyHandle`; call ``remove()`` (or use it as a context manager) to detach.
 
@@ -427,6 +432,7 @@ def apply_policy(
     _check_first_order(pipe, policy)
     if policy.guidance is not None:
         check_other_hooks(pipe, policy)
+    check_policy_lora(pipe, policy)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)

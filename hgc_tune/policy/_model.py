@@ -34,6 +34,7 @@ __all__ = [
     "ReuseWindow",
     "ControlNetWindow",
     "GuidanceWindow",
+    "LoraSpec",
     "Provenance",
     "Policy",
     "PolicyFile",
@@ -219,11 +220,25 @@ class GuidanceWindow:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA adapter active on a pipeline: its adapter name, a 16-hex-digit digest of its weights (the
+    adapter's own low-rank matrices, whatever it is named) and its scale."""
+
+    name: str
+    digest: str
+    scale: float
+
+    def describe(self) -> str:
+        return f"LoRA {self.name!r} (digest {self.digest}, scale {self.scale:g})"
+
+
+@dataclass(frozen=True)
 class Provenance:
     """Where a policy came from and what it was measured to do. All fields optional.
 
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
+    ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
     """
 
     source: str | None = None
@@ -236,6 +251,10 @@ class Provenance:
     trial: int | None = None
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
+    lora: tuple[LoraSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", tuple(self.lora))
 
 
 @dataclass(frozen=True)
