@@ -12,7 +12,7 @@ __all__ = [
     "add_model_arguments",
     "add_policy_argument",
     "hide_loading_bars",
-    "load_loras_from_args",
+    "loras_from_args",
     "load_pipeline_from_args",
     "print_json",
     "resolve_policy",
@@ -78,13 +78,14 @@ def parse_lora(value: str) -> tuple[str, float]:
     return path, scale
 
 
-def load_loras_from_args(pipe, args: argparse.Namespace):
-    """Load every ``--lora PATH[:SCALE]`` into ``pipe`` (in the order given); return ``pipe``."""
-    from hgc_tune.models._loading import load_lora
+def loras_from_args(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """``(path, scale)`` of every ``--lora``, each checked to exist (before any model is loaded)."""
+    from hgc_tune.models._loading import check_lora_source
 
-    for value in getattr(args, "lora", None) or ():
-        load_lora(pipe, *parse_lora(value))
-    return pipe
+    loras = [parse_lora(value) for value in getattr(args, "lora", None) or ()]
+    for path, _ in loras:
+        check_lora_source(path)
+    return loras
 
 
 def hide_loading_bars() -> None:
@@ -120,7 +121,13 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
 
     See :func:`_load_base_pipeline_from_args` for ``args.shape_only``.
     """
-    return load_loras_from_args(_load_base_pipeline_from_args(args, task=task), args)
+    from hgc_tune.models._loading import load_lora
+
+    loras = loras_from_args(args)
+    pipe = _load_base_pipeline_from_args(args, task=task)
+    for path, scale in loras:
+        load_lora(pipe, path, scale)
+    return pipe
 
 
 def _load_base_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):

@@ -106,7 +106,7 @@ def _pareto_name(out: str) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Any):
-    from hgc_tune.cli._common import hide_loading_bars, parse_lora
+    from hgc_tune.cli._common import hide_loading_bars, loras_from_args
     from hgc_tune.errors import SearchError
     from hgc_tune.profile import load_profiled_pipeline
 
@@ -118,7 +118,7 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
         dtype=args.dtype,
         device=args.device,
         error=SearchError,
-        lora=[parse_lora(value) for value in args.lora or ()],
+        lora=loras_from_args(args),
     )
 
 

@@ -317,6 +317,19 @@ def _record_condition(pipe: Any, condition: str | None) -> None:
         setattr(pipe, LOADED_CONDITION_ATTR, condition)
 
 
+def check_lora_source(path: str) -> Path:
+    """Raise unless ``path`` is an existing LoRA file or folder (or a hub id); return it as a path.
+
+    Checked before anything is loaded, so a typo costs no model load.
+    """
+    local = Path(path).expanduser()
+    if not local.exists() and (_is_local(path) or not _HUB_ID.match(path)):
+        raise ModelNotFoundError(f"LoRA {path!r} does not exist: give a .safetensors file or its folder.")
+    if local.exists() and not (local.is_file() or local.is_dir()):
+        raise ModelLoadError(f"LoRA {path!r} is not a regular file or folder.")
+    return local
+
+
 def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
     """Load a LoRA into ``pipe`` as an unfused adapter at ``scale`` (diffusers' ``load_lora_weights``, then
     ``set_adapters`` with every adapter the pipeline carries); return the adapter's name.
@@ -339,11 +352,7 @@ def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
 
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise ModelLoadError(f"a LoRA's scale must be a finite number, but got scale={scale!r} for {path!r}.")
-    local = Path(path).expanduser()
-    if not local.exists() and (_is_local(path) or not _HUB_ID.match(path)):
-        raise ModelNotFoundError(f"LoRA {path!r} does not exist: give a .safetensors file or its folder.")
-    if local.exists() and not (local.is_file() or local.is_dir()):
-        raise ModelLoadError(f"LoRA {path!r} is not a regular file or folder.")
+    local = check_lora_source(path)
     if not callable(getattr(pipe, "load_lora_weights", None)):
         raise ModelLoadError(f"a {type(pipe).__name__} takes no LoRA (it has no load_lora_weights).")
     try:
