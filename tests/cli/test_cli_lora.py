@@ -127,3 +127,13 @@ def test_profile_search_record_the_lora_and_another_pipeline_warns(
             == 0
         )
     assert not [w for w in caught if issubclass(w.category, LoraMismatchWarning)]
+
+
+def test_search_workers_load_the_same_loras():
+    from hgc_tune.cli._search_options import config_from_args
+    from hgc_tune.cli.search import _worker_argv
+
+    argv = ["search", "--profile", "p", "--out", "p.json", "--budget", "0.1", "--workers", "2"]
+    args = build_parser().parse_args([*argv, "--lora", "a.safetensors:0.5", "--lora", "b"])
+    worker = build_parser().parse_args(_worker_argv(args, config_from_args(args), 1))
+    assert worker.lora == ["a.safetensors:0.5", "b"] and worker.worker_only
