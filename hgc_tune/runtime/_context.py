@@ -51,7 +51,7 @@ class PerThread(Generic[T]):
 
     What one pipeline call keeps (its step index, the outputs a hook reuses) lives here, so two threads that
     call one pipeline at once do not step or reuse each other's state. A copy (``copy.deepcopy``, ``pickle``)
-    starts empty: every call sets its state up again when it begins.
+    holds a copy of the copying thread's value, as the thread that makes it sees it, and no other thread's.
     """
 
     def __init__(self, factory: Callable[[], T]) -> None:
@@ -71,7 +71,11 @@ class PerThread(Generic[T]):
         self._local.value = value
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self.factory,))
+        value = getattr(self._local, "value", None)
+        return (type(self), (self.factory,), None if value is None else {"value": value})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._local.value = state["value"]
 
 
 @dataclass

@@ -35,11 +35,18 @@ def test_each_thread_has_its_own_call_state():
 
 
 @pytest.mark.parametrize("copier", [copy.deepcopy, lambda x: pickle.loads(pickle.dumps(x))])
-def test_a_copied_per_thread_value_starts_empty(copier):
+def test_a_copy_holds_the_copying_threads_value_only(copier):
     values = PerThread(list)
     values.get().append(1)
     twin = copier(values)
-    assert twin.get() == [] and values.get() == [1]
+    twin.get().append(2)
+    assert twin.get() == [1, 2] and values.get() == [1]
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(copier(values).get()))
+    thread.start()
+    thread.join()
+    assert seen == [[]]  # another thread's copy: that thread had no value
+    assert copier(PerThread(list)).get() == []
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
