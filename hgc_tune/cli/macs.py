@@ -18,6 +18,9 @@ shapes only), so ``sdxl`` needs no 19 GB of weights.
 With ``--policy`` it also prints the MACs of the same generation under a caching policy (computed from the
 per-module table and the policy's compute sets) and the reduction:
     hgc-tune macs --model sd15 --policy policies/sd15-deepcache-n3-b0.json --json
+
+With ``--lora PATH[:SCALE]`` the adapter is loaded unfused, its low-rank products are traced with the layers
+it adapts and are in every count; the output lists each adapter and says so (``lora`` in ``--json``).
 """
 
 from __future__ import annotations
