@@ -80,7 +80,7 @@ def parse_lora(value: str) -> tuple[str, float]:
 
 def loras_from_args(args: argparse.Namespace) -> list[tuple[str, float]]:
     """``(path, scale)`` of every ``--lora``, each checked to exist (before any model is loaded)."""
-    from hgc_tune.models._loading import check_lora_source
+    from hgc_tune.models._lora import check_lora_source
 
     loras = [parse_lora(value) for value in getattr(args, "lora", None) or ()]
     for path, _ in loras:
@@ -121,7 +121,7 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
 
     See :func:`_load_base_pipeline_from_args` for ``args.shape_only``.
     """
-    from hgc_tune.models._loading import load_lora
+    from hgc_tune.models._lora import load_lora
 
     loras = loras_from_args(args)
     pipe = _load_base_pipeline_from_args(args, task=task)

@@ -123,9 +123,10 @@ def _print_unsupported(skipped: dict) -> None:
 def _lora_entries(pipe) -> list[dict]:
     """Each ``--lora`` adapter, and whether its MACs are in the counts: an unfused adapter's low-rank
     products run beside the layers it adapts and are traced with them; a fused one adds none."""
-    from hgc_tune.policy._lora import fused_loras, pipeline_loras
+    from hgc_tune.models._lora import fused_adapters
+    from hgc_tune.policy import pipeline_loras
 
-    fused = fused_loras(pipe)
+    fused = fused_adapters(pipe)
     return [
         {
             "name": a.name,

@@ -308,83 +308,12 @@ def load_pipeline(
     return pipe if torch_dtype == pipe.unet.dtype else pipe.to(dtype=torch_dtype)
 
 
+# The attribute ``load_pipeline`` notes the condition type(s) on (``hgc_tune.policy._target`` reads it).
+LOADED_CONDITION_ATTR = "_hgc_condition_type"
+
+
 def _record_condition(pipe: Any, condition: str | None) -> None:
     """Note on ``pipe`` the condition type(s) its ControlNets were built for, in their order: ``apply_policy``
     refuses a policy made for another (``seg,depth`` on a ``depth,seg`` pipeline)."""
-    from hgc_tune.policy._target import LOADED_CONDITION_ATTR
-
     if condition:
         setattr(pipe, LOADED_CONDITION_ATTR, condition)
-
-
-def check_lora_source(path: str) -> Path:
-    """Raise unless ``path`` is an existing LoRA file or folder (or a hub id); return it as a path.
-
-    Checked before anything is loaded, so a typo costs no model load.
-    """
-    local = Path(path).expanduser()
-    if not local.exists() and (_is_local(path) or not _HUB_ID.match(path)):
-        raise ModelNotFoundError(f"LoRA {path!r} does not exist: give a .safetensors file or its folder.")
-    if local.exists() and not (local.is_file() or local.is_dir()):
-        raise ModelLoadError(f"LoRA {path!r} is not a regular file or folder.")
-    return local
-
-
-def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
-    """Load a LoRA into ``pipe`` as an unfused adapter at ``scale`` (diffusers' ``load_lora_weights``, then
-    ``set_adapters`` with every adapter the pipeline carries); return the adapter's name.
-
-    The adapter is named after the file (``style.safetensors`` -> ``style``; a second one of that name gets
-    ``style_2``), and the adapters loaded before keep their scales. Needs ``peft``.
-
-    Args:
-        pipe: The pipeline (a diffusers pipeline with ``load_lora_weights``).
-        path: A LoRA file (``.safetensors``), a folder holding ``pytorch_lora_weights.safetensors``, or a hub
-            id.
-        scale: The adapter's weight, a finite number (1.0: as trained; 0: off).
-
-    Raises:
-        ModelNotFoundError: ``path`` does not exist (and is no hub id).
-        ModelLoadError: peft is missing, the pipeline takes no LoRA, ``scale`` is not finite, or the file is
-            not a LoRA of this pipeline's model.
-    """
-    import math
-
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
-        raise ModelLoadError(f"a LoRA's scale must be a finite number, but got scale={scale!r} for {path!r}.")
-    local = check_lora_source(path)
-    if not callable(getattr(pipe, "load_lora_weights", None)):
-        raise ModelLoadError(f"a {type(pipe).__name__} takes no LoRA (it has no load_lora_weights).")
-    try:
-        import peft  # noqa: F401
-    except ImportError as e:
-        raise ModelLoadError(f"loading LoRA {path!r} needs peft: pip install peft.") from e
-    import diffusers
-
-    from hgc_tune.policy._lora import pipeline_loras
-
-    taken = set(pipe.get_list_adapters().get("unet", [])) if hasattr(pipe, "get_list_adapters") else set()
-    stem = (local.stem if local.is_file() else local.name or "lora").replace(".", "_") or "lora"
-    name, n = stem, 1
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}"
-    # The adapters active now keep their scales; set_adapters below would reset them otherwise.
-    scales = {a.name: a.scale for a in pipeline_loras(pipe)}
-    level = diffusers.utils.logging.get_verbosity()
-    # diffusers logs a warning for each component the LoRA leaves alone (most touch the U-Net only).
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            # peft's note that a model now holds several adapters: that is what a second --lora asks for.
-            warnings.filterwarnings("ignore", message=".*Already found a `peft_config`", category=UserWarning)
-            pipe.load_lora_weights(str(local) if local.exists() else path, adapter_name=name)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ModelLoadError(
-            f"could not load LoRA {path!r} into the {type(pipe).__name__}: {str(e).splitlines()[0]}"
-        ) from e
-    finally:
-        diffusers.utils.logging.set_verbosity(level)
-    scales[name] = float(scale)
-    pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
-    return name

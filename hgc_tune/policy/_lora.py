@@ -9,8 +9,6 @@ loaded by hand (``pipe.load_lora_weights``) counts as much as one loaded with ``
 
 from __future__ import annotations
 
-import hashlib
-import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -19,39 +17,13 @@ from hgc_tune.policy._model import LoraSpec
 if TYPE_CHECKING:
     from hgc_tune.policy._model import Policy
 
-__all__ = ["LoraMismatchWarning", "check_policy_lora", "describe_loras", "fused_loras", "pipeline_loras"]
+__all__ = ["LoraMismatchWarning", "check_policy_lora", "describe_loras", "pipeline_loras"]
 
-# The components whose LoRA layers change a pipeline's outputs (diffusers loads LoRAs into these).
-_COMPONENTS: tuple[str, ...] = ("unet", "controlnet", "text_encoder", "text_encoder_2")
 _WARNED_ATTR = "_hgc_lora_warned"
 
 
 class LoraMismatchWarning(UserWarning):
     """A policy applied to a pipeline whose LoRA adapters differ from those it was tuned with."""
-
-
-def _tuner_layers(pipe: Any):
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # without peft, diffusers loads no LoRA adapters
-        return
-    for component in _COMPONENTS:
-        model = getattr(pipe, component, None)
-        if model is None or not hasattr(model, "named_modules"):
-            continue
-        for name, module in model.named_modules():
-            if isinstance(module, BaseTunerLayer):
-                yield f"{component}.{name}", module
-
-
-def _scale(module: Any, adapter: str) -> float:
-    """The scale the adapter was set to (``set_adapters``' weight): peft keeps ``alpha / r`` times it."""
-    scaling = getattr(module, "scaling", {}).get(adapter)
-    alpha, rank = getattr(module, "lora_alpha", {}).get(adapter), getattr(module, "r", {}).get(adapter)
-    if scaling is None or not alpha or not rank:
-        return 1.0
-    base = alpha / math.sqrt(rank) if getattr(module, "use_rslora", {}).get(adapter) else alpha / rank
-    return round(float(scaling) / base, 6)
 
 
 def pipeline_loras(pipe: Any) -> tuple[LoraSpec, ...]:
@@ -65,28 +37,9 @@ def pipeline_loras(pipe: Any) -> tuple[LoraSpec, ...]:
         >>> pipeline_loras(load_pipeline("tiny"))
         ()
     """
-    import torch
+    from hgc_tune.models._lora import lora_adapters
 
-    digests: dict[str, Any] = {}
-    scales: dict[str, float] = {}
-    for key, module in _tuner_layers(pipe):
-        for adapter in getattr(module, "active_adapters", ()):
-            digest = digests.setdefault(adapter, hashlib.sha256())
-            scales.setdefault(adapter, _scale(module, adapter))
-            for pname, param in module.named_parameters():
-                parts = pname.split(".")
-                if parts[0] == "base_layer" or adapter not in parts:
-                    continue
-                generic = ".".join("*" if p == adapter else p for p in parts)
-                digest.update(f"{key}.{generic}:{tuple(param.shape)};".encode())
-                digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return tuple(LoraSpec(name, digests[name].hexdigest()[:16], scales[name]) for name in sorted(digests))
-
-
-def fused_loras(pipe: Any) -> set[str]:
-    """The adapters of ``pipe`` merged into its weights (``fuse_lora``): they add no computation of their
-    own, where an unfused adapter runs its low-rank products beside each layer it adapts."""
-    return {a for _, module in _tuner_layers(pipe) for a in getattr(module, "merged_adapters", ())}
+    return tuple(LoraSpec(name, digest, scale) for name, digest, scale in lora_adapters(pipe))
 
 
 def describe_loras(loras: tuple[LoraSpec, ...]) -> str:

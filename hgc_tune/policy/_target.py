@@ -8,7 +8,6 @@ from typing import Any
 from hgc_tune.policy._model import ControlNetSpec, Policy, PolicyTarget
 
 __all__ = [
-    "LOADED_CONDITION_ATTR",
     "loaded_condition_type",
     "policy_profile_mismatches",
     "target_for_pipeline",
@@ -60,13 +59,11 @@ def target_for_pipeline(
     )
 
 
-# Set by ``hgc_tune.models.load_pipeline`` on the pipelines it builds.
-LOADED_CONDITION_ATTR = "_hgc_condition_type"
-
-
 def loaded_condition_type(pipe) -> str | None:
     """The condition type ``load_pipeline`` built ``pipe`` for (``seg``; ``seg,depth`` for several
     ControlNets, in their order), or ``None`` if it did not record one (another loader, ``from_pipe``)."""
+    from hgc_tune.models._loading import LOADED_CONDITION_ATTR
+
     value = getattr(pipe, LOADED_CONDITION_ATTR, None)
     return value if isinstance(value, str) and value else None
 

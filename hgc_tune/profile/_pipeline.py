@@ -42,7 +42,7 @@ def load_profiled_pipeline(
         dtype: ``fp32``, ``fp16`` or ``bf16`` instead of the profiled dtype.
         device: A torch device string.
         error: The exception class to raise (the caller's own, e.g. ``ReportError``).
-        lora: ``(path, scale)`` of each LoRA the profile was made with (see ``models._loading.load_lora``),
+        lora: ``(path, scale)`` of each LoRA the profile was made with (see ``models._lora.load_lora``),
             loaded before the weights digest is compared.
 
     Returns:
@@ -85,7 +85,7 @@ def load_profiled_pipeline(
         # The exact scheduler the references were generated with, not merely the same family.
         pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
     if lora:
-        from hgc_tune.models._loading import load_lora
+        from hgc_tune.models._lora import load_lora
 
         for path, scale in lora:
             load_lora(pipe, path, scale)
