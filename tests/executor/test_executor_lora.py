@@ -9,7 +9,7 @@ import pytest
 from hgc_tune.executor import apply_policy
 from hgc_tune.models import load_pipeline
 from hgc_tune.models._blocks import cacheable_module_keys
-from hgc_tune.models._loading import load_lora
+from hgc_tune.models._lora import load_lora
 from hgc_tune.policy import Policy, ReuseWindow, peer_policy, target_for_pipeline
 
 STEPS = 5
