@@ -8,9 +8,11 @@ import sys
 from typing import Any
 
 __all__ = [
+    "add_lora_argument",
     "add_model_arguments",
     "add_policy_argument",
     "hide_loading_bars",
+    "loras_from_args",
     "load_pipeline_from_args",
     "print_json",
     "resolve_policy",
@@ -37,6 +39,53 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     parser.add_argument("--scheduler", default="unipc", help="unipc (default), ddim, euler, dpm, pndm")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_lora_argument(parser)
+
+
+def add_lora_argument(parser: argparse.ArgumentParser) -> None:
+    """``--lora PATH[:SCALE]``, repeatable: LoRA adapters loaded into the pipeline (diffusers'
+    ``load_lora_weights``, unfused), each at its scale (default 1)."""
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="LoRA file (.safetensors) or folder to load into the pipeline, at SCALE (default 1); repeat it "
+        "for several. A policy's provenance records it; needs peft",
+    )
+
+
+def parse_lora(value: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` -> ``(path, scale)``; a suffix after the last ``:`` that is no number belongs to the
+    path."""
+    import math
+
+    from hgc_tune.errors import ModelLoadError
+
+    path, sep, tail = value.rpartition(":")
+    if not sep or not path or not tail or "/" in tail or "\\" in tail:
+        path, tail = value, ""
+    scale = 1.0
+    if tail:
+        try:
+            scale = float(tail)
+        except ValueError:
+            path, scale = value, 1.0
+    if not path:
+        raise ModelLoadError(f"--lora must be PATH[:SCALE], but got {value!r}.")
+    if not math.isfinite(scale):
+        raise ModelLoadError(f"--lora {value!r}: SCALE must be a finite number, but got {tail!r}.")
+    return path, scale
+
+
+def loras_from_args(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """``(path, scale)`` of every ``--lora``, each checked to exist (before any model is loaded)."""
+    from hgc_tune.models._lora import check_lora_source
+
+    loras = [parse_lora(value) for value in getattr(args, "lora", None) or ()]
+    for path, _ in loras:
+        check_lora_source(path)
+    return loras
 
 
 def hide_loading_bars() -> None:
@@ -67,8 +116,22 @@ def controlnet_ref(value: list[str] | str | None) -> list[str] | str | None:
 
 
 def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
-    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``);
-    warn on stderr when its weights are random.
+    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``),
+    with its ``--lora`` adapters; warn on stderr when its weights are random.
+
+    See :func:`_load_base_pipeline_from_args` for ``args.shape_only``.
+    """
+    from hgc_tune.models._lora import load_lora
+
+    loras = loras_from_args(args)
+    pipe = _load_base_pipeline_from_args(args, task=task)
+    for path, scale in loras:
+        load_lora(pipe, path, scale)
+    return pipe
+
+
+def _load_base_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
+    """The pipeline of the model arguments, without its LoRA adapters.
 
     ``args.shape_only`` (set by commands that only need shapes, such as MAC counting; absent = ``False``): a
     random-weight preset on the CPU is built with zero weights that take no memory

@@ -302,6 +302,18 @@ def load_pipeline(
     if task != "text2img":
         pipe = pipeline_for_task(pipe, task)
     pipe.set_progress_bar_config(disable=True)
+    _record_condition(pipe, condition)
     pipe = pipe.to(device)
     # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.
     return pipe if torch_dtype == pipe.unet.dtype else pipe.to(dtype=torch_dtype)
+
+
+# The attribute ``load_pipeline`` notes the condition type(s) on (``hgc_tune.policy._target`` reads it).
+LOADED_CONDITION_ATTR = "_hgc_condition_type"
+
+
+def _record_condition(pipe: Any, condition: str | None) -> None:
+    """Note on ``pipe`` the condition type(s) its ControlNets were built for, in their order: ``apply_policy``
+    refuses a policy made for another (``seg,depth`` on a ``depth,seg`` pipeline)."""
+    if condition:
+        setattr(pipe, LOADED_CONDITION_ATTR, condition)

@@ -221,7 +221,7 @@ def _final_policy(
     import diffusers
 
     import hgc_tune
-    from hgc_tune.policy import Provenance
+    from hgc_tune.policy import Provenance, pipeline_loras
     from hgc_tune.policy._macs import macs_provenance
 
     policy = record.policy()
@@ -248,6 +248,7 @@ def _final_policy(
         trial=record.number,
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
+        lora=pipeline_loras(session.pipe),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"
