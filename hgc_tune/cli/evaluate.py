@@ -27,9 +27,10 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     confidence,
+    finite,
     strength,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._common import add_model_arguments, print_json, read_policy_argument, task_strength
 
 HELP = "fidelity of a policy on a dataset: metric at full compute and with the policy, loss, MAC reduction"
 
@@ -68,12 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
+    )
     add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
     parser.add_argument(
         "--controlnet-scale",
-        type=float,
+        type=finite("--controlnet-scale"),
         default=1.0,
         help="ControlNet conditioning scale on the policy side (full compute always uses 1)",
     )
@@ -112,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
             f"--strength={args.strength:g} with --task text2img."
         )
     from hgc_tune.cli._common import resolve_task_policy
-    from hgc_tune.models._tasks import DEFAULT_STRENGTH
 
-    strength_ = None if args.task == "text2img" else args.strength or DEFAULT_STRENGTH[args.task]
+    strength_ = task_strength(args, args.task)
+    args.policy_file = read_policy_argument(args.policy)
     pipe = load_pipeline_from_args(args, task=args.task)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -26,9 +26,10 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
+    finite,
     strength,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._common import add_model_arguments, print_json, task_strength
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
 
@@ -68,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
+    )
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
     parser.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "`--strength` needs `--task img2img` or `--task inpaint`, but got "
             f"--strength={args.strength:g} with --task text2img."
         )
+    task_strength(args, args.task)  # a --strength at which --steps runs no step is refused here
 
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
