@@ -112,12 +112,6 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
             task=task,
             shape_only=True,
         )
-    if random_preset:
-        print(
-            f"note: preset {args.model!r} has random weights: its images are noise "
-            "(fine for MACs and timing).",
-            file=sys.stderr,
-        )
     refs, condition = controlnet_ref(args.controlnet), getattr(args, "condition", None)
     if isinstance(refs, list) and condition and len(condition.split(",")) != len(refs):
         from hgc_tune.errors import ModelLoadError
@@ -126,7 +120,7 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
             f"--condition {condition!r} names {len(condition.split(','))} condition type(s) for "
             f"{len(refs)} --controlnet: name one per ControlNet, in the same order (e.g. seg,depth)."
         )
-    return load_pipeline(
+    pipe = load_pipeline(
         args.model,
         controlnet=refs,
         condition=getattr(args, "condition", None),
@@ -135,6 +129,13 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
         device=args.device,
         task=task,
     )
+    if random_preset:  # after loading: a refused argument stays one line
+        print(
+            f"note: preset {args.model!r} has random weights: its images are noise "
+            "(fine for MACs and timing).",
+            file=sys.stderr,
+        )
+    return pipe
 
 
 def condition_input(pipe, images: list) -> Any:

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     # compiled regions of the hooked model can differ from the plain one's).
     policy_pipe = load_pipeline_from_args(args)
     condition = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    # Several ControlNets (--condition seg,depth): diffusers takes one condition image each, as a list.
+    nets = getattr(baseline_pipe.controlnet, "nets", None)
+    condition = [condition] * len(nets) if nets is not None else condition
 
     def generate(pipe):
         return lambda: pipe(

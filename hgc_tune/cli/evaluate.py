@@ -96,9 +96,19 @@ def _pct(value: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hgc_tune.cli._common import load_pipeline_from_args
-    from hgc_tune.data import open_dataset
     from hgc_tune.errors import FidelityError, HgcTuneError
+
+    if args.strength is not None and args.task == "text2img":
+        raise HgcTuneError(
+            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
+            f"--strength={args.strength:g} with --task text2img."
+        )
+    # Checked before torch and the model load: a bad value is refused in a moment.
+    strength_ = task_strength(args, args.task)
+    args.policy_file = read_policy_argument(args.policy)
+
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
+    from hgc_tune.data import open_dataset
     from hgc_tune.fidelity._registry import check_metric_fits
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.search import evaluate_policy
@@ -109,15 +119,6 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(args.metric, condition)
         except FidelityError as e:
             raise HgcTuneError(str(e)) from e
-    if args.strength is not None and args.task == "text2img":
-        raise HgcTuneError(
-            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
-            f"--strength={args.strength:g} with --task text2img."
-        )
-    from hgc_tune.cli._common import resolve_task_policy
-
-    strength_ = task_strength(args, args.task)
-    args.policy_file = read_policy_argument(args.policy)
     pipe = load_pipeline_from_args(args, task=args.task)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -119,13 +119,14 @@ def _print_unsupported(skipped: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A policy file is read and checked before torch and the model load: a bad one is refused in a moment.
+    policy_file = read_policy_argument(args.policy)
+
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.macs._count import CONVENTIONS
 
-    # A policy file is read and checked before the model loads: a bad one is refused in a moment.
-    policy_file = read_policy_argument(args.policy)
     # MACs depend on shapes only: a random-weight preset is counted with storage-free weights on the CPU.
     loading = argparse.Namespace(**{**vars(args), "shape_only": True})
     if args.model == "shapes" and args.condition is None:

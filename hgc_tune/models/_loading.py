@@ -220,7 +220,12 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(
             f"`device` must be a torch device (cpu, cuda, cuda:1, mps), but got device={device!r}."
         ) from None
-    backend = getattr(torch, parsed.type, None) if parsed.type not in ("cpu", "meta") else None
+    if parsed.type == "meta":
+        raise ModelLoadError(
+            f"`device` must hold data (cpu, cuda, mps), but got device={device!r}: the meta device holds "
+            "shapes only (for MACs without weights, use shape_only=True)."
+        )
+    backend = getattr(torch, parsed.type, None) if parsed.type != "cpu" else None
     if parsed.type == "mps":
         backend = torch.backends.mps
     if backend is None or not hasattr(backend, "is_available"):
