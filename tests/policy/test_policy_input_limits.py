@@ -1,11 +1,12 @@
-"""Sizes and file kinds of a policy input: a policy that declares 10**9 or 1e400 steps is refused by the format
-(schema and PolicyTarget) before anything is sized by it, by `macs` and `generate` within 5 s and 1 GiB; a
-FIFO, a device file or a folder given as the policy file is refused at once."""
+"""Sizes and file kinds of a policy input: a policy that declares 10**9 or 1e400 steps is refused by the
+format (schema and PolicyTarget) before anything is sized by it, by `macs` and `generate` within 5 s and
+1 GiB; a FIFO, a device file or a folder given as the policy file is refused at once."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -38,9 +39,7 @@ def _with_steps(tmp_path, steps_text: str) -> Path:
 def test_a_policy_file_that_declares_too_many_steps_is_refused_at_once(tmp_path, steps, words):
     path = _with_steps(tmp_path, steps)
     start = time.perf_counter()
-    with pytest.raises(
-        PolicyFormatError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
-    ):
+    with pytest.raises(PolicyFormatError, match=re.escape(words)):
         load_policy(path)
     assert time.perf_counter() - start < 1
 
