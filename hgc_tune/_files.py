@@ -48,10 +48,10 @@ def open_input_file(
             file the process may not read.
 
     Example:
-        >>> open_input_file("/dev/null", what="example")
+        >>> open_input_file("/dev/null", what="x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        hgc_tune.errors.InputFileError: example '/dev/null' must be a regular file, but it is a device file.
+        hgc_tune.errors.InputFileError: cannot read x '/dev/null': it must be a regular file, but it is...
     """
     name = str(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -60,13 +60,13 @@ def open_input_file(
     except FileNotFoundError as e:
         raise error(f"{what} {name!r} does not exist.") from e
     except IsADirectoryError:
-        raise error(f"{what} {name!r} must be a regular file, but it is a folder.") from None
+        raise error(f"cannot read {what} {name!r}: it must be a regular file, but it is a folder.") from None
     except OSError as e:
         raise error(f"cannot read {what} {name!r}: {e.strerror or e}.") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise error(f"{what} {name!r} must be a regular file, but it is {_kind(mode)}.")
+            raise error(f"cannot read {what} {name!r}: it must be a regular file, but it is {_kind(mode)}.")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

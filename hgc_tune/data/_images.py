@@ -121,10 +121,10 @@ def read_image(
             bomb (more than ``max_pixels`` pixels), or a truncated or corrupt file; the message names which.
 
     Example:
-        >>> read_image("/dev/zero", what="--mask")
+        >>> read_image("/dev/zero", what="-m")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        hgc_tune.errors.ImageFileError: --mask '/dev/zero' must be a regular file, but it is a device file.
+        hgc_tune.errors.ImageFileError: cannot read -m '/dev/zero': it must be a regular file, but it is...
     """
     check_image(path, what=what, error=error, max_pixels=max_pixels)
     where = f"{what} {str(path)!r}"

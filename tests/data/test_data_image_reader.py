@@ -61,7 +61,7 @@ def files(tmp_path_factory):
 def test_reader_refuses_by_name(files, name, words):
     with pytest.raises(ImageFileError, match=words) as caught:
         read_image(files / name, what="--init-image")
-    assert str(caught.value).startswith(f"--init-image '{files / name}'")
+    assert f"--init-image '{files / name}'" in str(caught.value)
     assert "\n" not in str(caught.value)
     with pytest.raises(ImageFileError, match=words):
         check_image(files / name, what="--init-image")
@@ -123,7 +123,8 @@ def test_generate_refuses_hostile_images_in_one_line_within_limits(
             args += [image_flag, str(path)]
     code, lines, seconds = limited_cli(*args, memory=2**30)
     assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith(f"hgc-tune generate: error: {flag} '{files / name}'")
+    assert len(lines) == 1 and lines[0].startswith("hgc-tune generate: error: ")
+    assert f"{flag} '{files / name}'" in lines[0]
     assert words in lines[0]
     assert seconds < 5, f"refused after {seconds:.1f} s"
     assert not (tmp_path / "o.png").exists()

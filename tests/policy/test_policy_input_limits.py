@@ -89,7 +89,9 @@ def test_a_policy_path_that_is_not_a_regular_file_is_refused_at_once(not_files, 
     start = time.perf_counter()
     with pytest.raises(PolicyFormatError) as caught:
         load_policy(path)
-    assert str(caught.value) == f"policy file '{path}' must be a regular file, but it is {kind}."
+    assert (
+        str(caught.value) == f"cannot read policy file '{path}': it must be a regular file, but it is {kind}."
+    )
     assert time.perf_counter() - start < 1
 
 
@@ -98,6 +100,7 @@ def test_macs_refuses_a_fifo_policy_at_once(not_files, limited_cli):
     code, lines, seconds = limited_cli("macs", "--model", "tiny", "--policy", str(fifo), timeout=30)
     assert code == 2
     assert lines == [
-        f"hgc-tune macs: error: policy file '{fifo}' must be a regular file, but it is a FIFO (named pipe)."
+        f"hgc-tune macs: error: cannot read policy file '{fifo}': it must be a regular file, but it is a "
+        "FIFO (named pipe)."
     ]
     assert seconds < 5
