@@ -82,6 +82,8 @@ def check_image(
         error: As :func:`read_image`, except for damage only decoding finds.
     """
     where = f"{what} {str(path)!r}"
+    if not os.path.lexists(path):
+        raise error(f"cannot read {where}: it does not exist.")
     with open_input_file(path, what=what, error=error) as file:
         image = _header(file, where, error, max_pixels)
         size = image.size

@@ -312,6 +312,10 @@ class Profile:
         folder = given.parent if given.name == META_FILE else given
         meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
         for file in (meta_path, tensor_path):
+            if file.exists() and not file.is_file():  # a folder, FIFO or device: never opened
+                raise ProfileError(
+                    f"cannot read profile file {str(file)!r}: it must be a regular file; profile again."
+                )
             if not file.is_file():
                 raise ProfileError(
                     f"no profile at {str(folder)!r}: {file.name} is missing; run `hgc-tune profile --out "

@@ -5,6 +5,7 @@ the field, its value and what it must be, before the tensor file is read; `repor
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +102,13 @@ def test_report_refuses_it_in_one_line(saved, tmp_path, capsys, field, value, wo
 
 def test_the_unchanged_profile_still_loads(saved):
     assert Profile.load(saved).num_samples == N
+
+
+@pytest.mark.parametrize("name", [META_FILE, TENSOR_FILE])
+def test_a_fifo_in_place_of_a_profile_file_is_refused_at_once(saved, name):
+    (saved / name).unlink()
+    os.mkfifo(saved / name)
+    with pytest.raises(
+        ProfileError, match=f"cannot read profile file '{saved / name}': it must be a regular"
+    ):
+        Profile.load(saved)
