@@ -20,12 +20,14 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# The type checker's settings are in pyproject.toml ([tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hgc_tune tests analysis
 	$(VENV)/bin/ruff format --check hgc_tune tests analysis
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/hgc-tune demo
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

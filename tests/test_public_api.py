@@ -109,6 +109,9 @@ PUBLIC: dict[str, set[str]] = {
     },
     "hgc_tune.fidelity": {
         "METRICS",
+        "PROMPT_METRICS",
+        "ClipScorer",
+        "load_clip_scorer",
         "FidelityResult",
         "LossBound",
         "Metric",

@@ -67,7 +67,8 @@ def time_alternating(
     for _ in range(warmup):
         baseline()
         policy()
-    base_runs, policy_runs = [], []
+    base_runs: list[float] = []
+    policy_runs: list[float] = []
     for i in range(repeats):
         # alternate which side goes first so neither always follows the other
         order = ((base_runs, baseline), (policy_runs, policy))

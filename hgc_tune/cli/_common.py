@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hgc_tune.cli._checks import check_strength_runs_steps, condition_types, device
+from hgc_tune.cli._checks import condition_types, device
 
 if TYPE_CHECKING:
     from hgc_tune.policy import PolicyFile
@@ -17,7 +17,7 @@ __all__ = [
     "controlnet_count",
     "condition_input",
     "read_policy_argument",
-    "task_strength",
+    "is_builtin_policy",
     "add_policy_argument",
     "hide_loading_bars",
     "load_pipeline_from_args",
@@ -173,29 +173,15 @@ def add_policy_argument(parser: argparse.ArgumentParser, *, required: bool = Fal
     )
 
 
-def _is_builtin_policy(ref: str | None) -> bool:
+def is_builtin_policy(ref: str | None) -> bool:
     return ref is None or ref.lower() in ("none", "full", "full-hooked") or ref.startswith("peer:")
-
-
-def task_strength(args: argparse.Namespace, task: str) -> float | None:
-    """The denoising strength of a call of ``task`` (``--strength``, or the task's default; ``None`` for
-    text2img), refused where ``--steps`` (default 20) at it would run no step at all. A policy file fixes the
-    steps run itself, so with one and no ``--steps`` there is nothing to check here."""
-    if task == "text2img":
-        return None
-    from hgc_tune.models._tasks import DEFAULT_STRENGTH
-
-    value = args.strength or DEFAULT_STRENGTH[task]
-    if args.steps is not None or _is_builtin_policy(getattr(args, "policy", None)):
-        check_strength_runs_steps(args.steps or 20, value)
-    return value
 
 
 def read_policy_argument(ref: str | None) -> PolicyFile | None:
     """Read and check a ``--policy`` file before anything heavy is loaded (``None`` for a built-in policy):
     a file that is no policy, or declares more steps than any run, is refused in a moment, not after the
     model has loaded."""
-    if _is_builtin_policy(ref):
+    if is_builtin_policy(ref):
         return None
     from hgc_tune.policy import load_policy
 
@@ -275,7 +261,7 @@ def resolve_task_policy(args: argparse.Namespace, pipe, task: str, strength: flo
     ref = args.policy
     if task == "text2img":
         num_steps = args.steps
-    elif _is_builtin_policy(ref):
+    elif is_builtin_policy(ref):
         num_steps = steps_run(args.steps or 20, strength)
     else:
         num_steps = None  # checked against --steps and --strength below

@@ -24,8 +24,8 @@ from hgc_tune.cli._checks import (
 
 __all__ = ["FLAGS", "add_search_options", "config_argv", "config_from_args"]
 
-# SearchConfig field -> its flag (argparse's dest: the flag's name in snake case; --no-early-rejection stores
-# False in `early_rejection`).
+# SearchConfig field -> its flag (argparse's dest: the flag's name in snake case; a --no-… flag stores False
+# in its field, see _NEGATED).
 FLAGS: dict[str, str] = {
     "budget": "--budget",
     "metric": "--metric",
@@ -40,13 +40,16 @@ FLAGS: dict[str, str] = {
     "heartbeat_interval": "--heartbeat",
     "max_validation_tries": "--validation-tries",
     "early_rejection": "--no-early-rejection",
+    "search_guidance": "--no-guidance-window",
     "worker_index": "--worker-index",
 }
+# The boolean fields whose flag turns them off (default True).
+_NEGATED: tuple[str, ...] = ("early_rejection", "search_guidance")
 _NO_PEERS = "none"
 
 
 def _dest(field: str) -> str:
-    return field if field == "early_rejection" else FLAGS[field][2:].replace("-", "_")
+    return field if field in _NEGATED else FLAGS[field][2:].replace("-", "_")
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +99,14 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         "(default: 3)",
     )
     parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")
+    parser.add_argument(
+        "--no-guidance-window",
+        dest="search_guidance",
+        action="store_false",
+        help="keep classifier-free guidance at every step: take the guidance window out of the search space, "
+        "so the MACs saved come from caching only (the default peers then leave out T-GATE with truncated "
+        "CFG; naming such a peer in --peers is refused)",
+    )
     # Internal: the index of a worker started by --workers (offsets the sampler's seed).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -135,7 +146,7 @@ def config_argv(config: Any) -> list[str]:
     argv: list[str] = []
     for field, flag in FLAGS.items():
         value = getattr(config, field)
-        if field == "early_rejection":
+        if field in _NEGATED:
             argv += [] if value else [flag]
         elif field == "worker_index":
             argv += [flag, str(value)] if value else []

@@ -1,26 +1,51 @@
 """Time full and policy generation alternately in one run and compare the speedup with the MAC ratio.
 
+Every task (--task text2img, img2img, inpaint at --strength), both pipeline families (SD1.5-shaped presets
+and checkpoints, SDXL: --model tiny-sdxl, sdxl) and several ControlNets at once (--condition seg,depth with
+a preset, or --controlnet repeated) are timed on the same fixed random images. img2img and inpainting at
+strength S run fewer steps than --steps; the MAC ratio counts the steps run.
+
 Example (GPU):
     hgc-tune bench --model sd15 --policy peer:deepcache-n3-b0 --device cuda --dtype fp16 --compile --json
 Example (executor overhead on CPU):
     hgc-tune bench --model tiny --policy full-hooked --steps 20 --repeats 7
+Example (SDXL inpainting with two ControlNets):
+    hgc-tune bench --model tiny-sdxl --condition seg,depth --task inpaint --strength 0.7 \\
+        --policy peer:deepcache-n2-b0 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
 from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.cli._tasks import add_task_arguments, task_strength
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 HELP = "time full vs. policy generation; print ms/image, speedup, MAC ratio"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_model_arguments(parser)
     add_policy_argument(parser, required=True)
-    add_steps_argument(parser, default=None, help="denoising steps (default: the policy's, or 20)")
-    add_resolution_argument(parser, help="image size (default: the preset's)")
+    add_steps_argument(
+        parser,
+        default=None,
+        help="num_inference_steps (default: the policy's, or 20; img2img/inpaint: the number that runs the "
+        "policy's steps at --strength)",
+    )
+    add_task_arguments(
+        parser,
+        task_help="text2img (default), img2img or inpaint: the pipeline of that task starts from a random "
+        "init image (inpaint repaints the middle half)",
+    )
+    add_resolution_argument(parser, help="image size (default: the preset's, or the model's native size)")
     parser.add_argument(
         "--batch",
         type=int_in("--batch", 1, 1024),
@@ -47,41 +72,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    strength = task_strength(args)
 
     from hgc_tune.bench import time_alternating
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
+    from hgc_tune.bench._inputs import bench_call
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.models._presets import PRESETS
     from hgc_tune.policy import policy_macs
     from hgc_tune.runtime import compile_regions
 
-    baseline_pipe = load_pipeline_from_args(args)
-    policy = resolve_policy(
-        args.policy, baseline_pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
-    )
-    steps = policy.num_steps if policy else (args.steps or 20)
-    size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else 512)
+    baseline_pipe = load_pipeline_from_args(args, task=args.task)
+    policy, num_inference_steps, steps = resolve_task_policy(args, baseline_pipe, args.task, strength)
+    native = int(baseline_pipe.unet.config.sample_size) * int(baseline_pipe.vae_scale_factor)
+    size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else native)
     # Two pipelines with identical weights, so the policy is attached once, outside the timed runs (and the
     # compiled regions of the hooked model can differ from the plain one's).
-    policy_pipe = load_pipeline_from_args(args)
-    condition = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    # Several ControlNets (--condition seg,depth): diffusers takes one condition image each, as a list.
-    nets = getattr(baseline_pipe.controlnet, "nets", None)
-    condition = [condition] * len(nets) if nets is not None else condition
+    policy_pipe = load_pipeline_from_args(args, task=args.task)
 
-    def generate(pipe):
-        return lambda: pipe(
-            "a photo of a red circle",
-            image=condition,
-            num_inference_steps=steps,
+    def generate(pipe: ControlNetPipeline) -> Callable[[], object]:
+        return bench_call(
+            pipe,
+            size=size,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
             guidance_scale=args.guidance_scale,
-            num_images_per_prompt=args.batch,
-            height=size,
-            width=size,
-            output_type="latent",
-            generator=torch.Generator(args.device).manual_seed(0),
+            batch=args.batch,
+            device=args.device,
         )
 
     handle = apply_policy(policy_pipe, policy) if policy is not None else None
@@ -111,8 +129,13 @@ def run(args: argparse.Namespace) -> int:
             for c in ("paper", "complete")
         }
     mac_ratio = macs["paper"]["ratio"] if macs else 1.0
+    nets = getattr(baseline_pipe.controlnet, "nets", None)
     out = {
         "model": args.model,
+        "pipeline": type(baseline_pipe).__name__,
+        "task": args.task,
+        "condition": args.condition,
+        "controlnets": len(nets) if nets is not None else 1,
         "policy": args.policy,
         "device": args.device,
         "dtype": args.dtype,
@@ -125,10 +148,15 @@ def run(args: argparse.Namespace) -> int:
         "speedup_over_mac_ratio": result.speedup / mac_ratio,
         "macs": macs,
     }
+    if args.task != "text2img":
+        out.update(num_inference_steps=num_inference_steps, strength=strength)
     if args.json:
         print_json(out)
     else:
         print(f"machine: {result.machine}")
+        print(
+            f"pipeline: {out['pipeline']}, {steps} steps" + (f" at strength {strength:g}" if strength else "")
+        )
         print(f"full   : {result.baseline_ms:9.1f} ms/image")
         print(f"policy : {result.policy_ms:9.1f} ms/image  ({args.policy})")
         print(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.cli._checks import (
     add_resolution_argument,
@@ -28,9 +29,14 @@ from hgc_tune.cli._checks import (
     add_steps_argument,
     confidence,
     finite,
-    strength,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json, read_policy_argument, task_strength
+from hgc_tune.cli._common import add_model_arguments, print_json, read_policy_argument
+from hgc_tune.cli._tasks import add_task_arguments, task_strength
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.macs import MacTable
+    from hgc_tune.policy import Policy
 
 HELP = "fidelity of a policy on a dataset: metric at full compute and with the policy, loss, MAC reduction"
 
@@ -55,19 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: the policy's, or 20; img2img/inpaint: the number that runs the "
         "policy's steps at --strength)",
     )
-    parser.add_argument(
-        "--task",
-        default="text2img",
-        choices=["text2img", "img2img", "inpaint"],
-        help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init image "
-        "(its condition image where it has none); inpaint repaints the middle half",
-    )
-    parser.add_argument(
-        "--strength",
-        type=strength("--strength"),
-        default=None,
-        metavar="S",
-        help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
+    add_task_arguments(
+        parser,
+        task_help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init "
+        "image (its condition image where it has none); inpaint repaints the middle half",
     )
     parser.add_argument(
         "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
@@ -95,16 +92,31 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def _savings_by_mechanism(
+    policy: Policy | None,
+    pipe: ControlNetPipeline,
+    table: MacTable,
+    steps: int,
+    condition: str | None,
+    guidance_scale: float,
+) -> dict[str, dict[str, Any]]:
+    """The MAC saving split by mechanism in both conventions (all zero without a policy)."""
+    from hgc_tune.policy import full_compute_policy, target_for_pipeline
+    from hgc_tune.policy._macs import MAC_CONVENTIONS, mac_savings_by_mechanism
+
+    if policy is None:
+        policy = full_compute_policy(target_for_pipeline(pipe, num_steps=steps, condition_type=condition))
+    cfg = guidance_scale > 1.0
+    return {
+        c: mac_savings_by_mechanism(policy, table, cfg=cfg, convention=c).to_json() for c in MAC_CONVENTIONS
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from hgc_tune.errors import FidelityError, HgcTuneError
 
-    if args.strength is not None and args.task == "text2img":
-        raise HgcTuneError(
-            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
-            f"--strength={args.strength:g} with --task text2img."
-        )
     # Checked before torch and the model load: a bad value is refused in a moment.
-    strength_ = task_strength(args, args.task)
+    strength_ = task_strength(args)
     args.policy_file = read_policy_argument(args.policy)
 
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
@@ -152,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         strength=strength_,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
+    result["savings_by_mechanism"] = _savings_by_mechanism(
+        policy, pipe, table, run_steps, condition, result.get("guidance_scale", args.guidance_scale)
+    )
     if args.json:
         print_json(result)
         return 0
@@ -180,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
             f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "
             f"(reduction {_pct(m['reduction'])})"
         )
+    if policy is not None:
+        from hgc_tune.cli.macs import savings_line
+
+        split = savings_line(result["savings_by_mechanism"]["paper"])
+        print(f"  where from (paper, each skipped MAC once): {split}")
     if policy is None and args.controlnet_scale == 0:
         print(
             "note: --controlnet-scale 0 still computes the ControlNet (MACs unchanged); peer:cnwin-k0-drop "

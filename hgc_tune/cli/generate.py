@@ -29,8 +29,8 @@ from hgc_tune.cli._common import (
     controlnet_count,
     print_json,
     read_policy_argument,
-    task_strength,
 )
+from hgc_tune.cli._tasks import task_strength
 from hgc_tune.errors import HgcTuneError
 
 HELP = "generate an image with (or without) a caching policy"

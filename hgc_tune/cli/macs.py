@@ -16,7 +16,9 @@ On the CPU the random-weight presets are counted with zero weights that take no 
 shapes only), so ``sdxl`` needs no 19 GB of weights.
 
 With ``--policy`` it also prints the MACs of the same generation under a caching policy (computed from the
-per-module table and the policy's compute sets) and the reduction:
+per-module table and the policy's compute sets), the reduction, and where it comes from: the saving split
+among the guidance window, the ControlNet window, ControlNet blocks, U-Net blocks and cross-attention reuse,
+each skipped MAC counted once, for the first of these that skips it (``savings_by_mechanism`` in ``--json``):
     hgc-tune macs --model sd15 --policy policies/sd15-deepcache-n3-b0.json --json
 """
 
@@ -106,6 +108,41 @@ def _print_table(result: dict, convention: str) -> None:
     _print_unsupported(result["unsupported_ops"])
 
 
+# Mechanism -> its name in the human table, in the order skipped MACs are attributed.
+_MECHANISM_LABELS = {
+    "guidance_window": "guidance window",
+    "controlnet_window": "ControlNet window",
+    "controlnet_blocks": "ControlNet blocks",
+    "unet_blocks": "U-Net blocks",
+    "cross_attention": "cross-attention reuse",
+}
+
+
+def _print_savings(split: dict) -> None:
+    print()
+    print(
+        f"where the savings come from ({split['convention']}): each skipped MAC counts once, for the first "
+        "mechanism below that skips it"
+    )
+    rows = [(_MECHANISM_LABELS[m], split["macs"][m], split["reduction"][m]) for m in split["order"]]
+    if len(split["controlnet_windows"]) > 1:
+        at = split["order"].index("controlnet_window") + 1
+        rows[at:at] = [
+            (f"  {key}", macs, macs / split["full"] if split["full"] else 0.0)
+            for key, macs in split["controlnet_windows"].items()
+        ]
+    rows.append(("total", split["saved"], split["reduction"]["total"]))
+    width = max(len(row[0]) for row in rows)
+    for label, macs, share in rows:
+        print(f"  {label:<{width}}  {_fmt(macs):>11}  {100 * share:5.1f}% of full")
+
+
+def savings_line(split: dict) -> str:
+    """One line of a ``savings_by_mechanism`` entry: each mechanism's points of the reduction, and the sum."""
+    parts = " + ".join(f"{_MECHANISM_LABELS[m]} {100 * split['reduction'][m]:.1f}%" for m in split["order"])
+    return f"{parts} = {100 * split['reduction']['total']:.1f}%"
+
+
 def _print_unsupported(skipped: dict) -> None:
     if not skipped:
         print("fvcore counted every operator it met (or knows it holds no MACs).")
@@ -181,12 +218,19 @@ def run(args: argparse.Namespace) -> int:
     }
     if policy is not None:
         from hgc_tune.policy import policy_macs
+        from hgc_tune.policy._macs import mac_savings_by_mechanism
 
         result["policy"] = {
             "name": policy.name,
             "path": args.policy,
             **{
                 c: policy_macs(policy, table, cfg=args.cfg, batch=args.batch, convention=c)
+                for c in CONVENTIONS
+            },
+            "savings_by_mechanism": {
+                c: mac_savings_by_mechanism(
+                    policy, table, cfg=args.cfg, batch=args.batch, convention=c
+                ).to_json()
                 for c in CONVENTIONS
             },
         }
@@ -201,5 +245,6 @@ def run(args: argparse.Namespace) -> int:
                     f"policy {policy.name!r} ({c}): {_fmt(m['policy'])} of {_fmt(m['full'])} full, "
                     f"reduction {100 * m['reduction']:.1f}% ({m['ratio']:.2f}x fewer MACs)"
                 )
+            _print_savings(result["policy"]["savings_by_mechanism"][args.convention])
     print(f"counted in {seconds:.1f} s", file=sys.stderr)
     return 0

@@ -27,9 +27,9 @@ from hgc_tune.cli._checks import (
     add_steps_argument,
     check_output,
     finite,
-    strength,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json, task_strength
+from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
 
@@ -53,21 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: 20; img2img/inpainting at --strength < 1 run fewer, and the "
         "profile counts the steps run)",
     )
-    parser.add_argument(
-        "--task",
-        default="text2img",
-        choices=["text2img", "img2img", "inpaint"],
-        help="text2img (default); img2img or inpaint profile StableDiffusionControlNetImg2ImgPipeline / "
+    add_task_arguments(
+        parser,
+        task_help="text2img (default); img2img or inpaint profile StableDiffusionControlNetImg2ImgPipeline / "
         "StableDiffusionControlNetInpaintPipeline with each sample's ground-truth image as the init image "
         "(the condition image where a sample has none) and, for inpaint, the middle half of the image "
         "repainted",
-    )
-    parser.add_argument(
-        "--strength",
-        type=strength("--strength"),
-        default=None,
-        metavar="S",
-        help="img2img/inpaint denoising strength in (0, 1] (default 0.8 img2img, 1.0 inpaint)",
     )
     parser.add_argument(
         "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
@@ -90,14 +81,8 @@ def run(args: argparse.Namespace) -> int:
         replaces=("profile.json", "profile.safetensors"),
         what="a profile",
     )
-    if args.strength is not None and args.task == "text2img":
-        from hgc_tune.errors import HgcTuneError
-
-        raise HgcTuneError(
-            "`--strength` needs `--task img2img` or `--task inpaint`, but got "
-            f"--strength={args.strength:g} with --task text2img."
-        )
-    task_strength(args, args.task)  # a --strength at which --steps runs no step is refused here
+    # refuses --strength with --task text2img, and a --strength at which --steps runs no step
+    task_strength(args)
 
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset

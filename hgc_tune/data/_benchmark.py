@@ -30,6 +30,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
 from hgc_tune.data._dataset import METADATA_FILE
 from hgc_tune.data._shapes import CONDITION_TYPES, SHAPE_CLASSES, render_scene
 from hgc_tune.errors import DatasetError
@@ -127,9 +131,7 @@ def _check_conditions(conditions: Iterable[str]) -> tuple[str, ...]:
     return chosen
 
 
-def _save_png(array, path: Path) -> None:
-    from PIL import Image
-
+def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG")
 
 
@@ -174,8 +176,6 @@ def write_shapes_dataset(
         >>> info.rows  # doctest: +SKIP
         32
     """
-    from tqdm import tqdm
-
     seeds = split_seeds(split, n, seed)
     chosen = _check_conditions(conditions)
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 256:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, overload
+from typing import IO, Any, overload
+
+from PIL import Image
 
 from hgc_tune._json import load_json_text
 from hgc_tune.data._images import check_image, read_image
@@ -153,17 +155,17 @@ class MultiSample:
         return self.samples[0].ground_truth_image()
 
 
-def _open_rgb(path: Path):
+def _open_rgb(path: Path) -> Image.Image:
     return read_image(path, what="dataset image", error=DatasetError)
 
 
 class _BadRow(Exception):
-    def __init__(self, reason: str, field: str | None, value: Any, message: str) -> None:
+    def __init__(self, reason: str, field: str | None, value: object, message: str) -> None:
         super().__init__(message)
         self.reason, self.field, self.value, self.message = reason, field, value, message
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -290,7 +292,7 @@ def _parse_row(line: bytes) -> dict[str, Any]:
     return row
 
 
-def _lines(file: Any) -> Iterator[bytes]:
+def _lines(file: IO[bytes]) -> Iterator[bytes]:
     """The lines of a binary file; a line longer than a row may be comes back cut to one byte more than
     that (and is refused), without the rest of it ever being held in memory."""
     while line := file.readline(_MAX_ROW_BYTES + 1):
@@ -317,7 +319,7 @@ class Dataset:
     def __init__(
         self,
         root: Path,
-        samples: tuple[Sample, ...],
+        samples: Sequence[Sample | MultiSample],
         skipped: Mapping[str, int] | None = None,
         *,
         condition_type: str | None = None,
@@ -342,11 +344,11 @@ class Dataset:
         def scene(sample: Sample) -> tuple:
             return (sample.prompt, sample.seed, sample.negative_prompt, sample.image_path)
 
-        others = [{scene(s): s for s in part} for part in parts[1:]]
+        others = [{scene(s): s for s in part._rows()} for part in parts[1:]]
         samples: list[MultiSample] = []
-        for first in parts[0]:
-            rest = [found.get(scene(first)) for found in others]
-            if all(r is not None for r in rest):
+        for first in parts[0]._rows():
+            rest = [found[scene(first)] for found in others if scene(first) in found]
+            if len(rest) == len(others):
                 samples.append(MultiSample(len(samples), (first, *rest)))
             if limit is not None and len(samples) == limit:
                 break
@@ -390,7 +392,7 @@ class Dataset:
             raise DatasetError(f"`limit` must be a positive integer or None, but got limit={limit!r}.")
         if condition_type is not None and (not isinstance(condition_type, str) or not condition_type):
             raise DatasetError(f"`condition_type` must be a non-empty string, but got {condition_type!r}.")
-        if "," in (condition_type or ""):
+        if condition_type is not None and "," in condition_type:
             return cls._open_several(root, condition_type, limit=limit, strict=strict)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {str(root)!r} does not exist (or is not a folder).")
@@ -451,16 +453,16 @@ class Dataset:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def __iter__(self) -> Iterator[Sample]:
+    def __iter__(self) -> Iterator[Sample | MultiSample]:
         return iter(self._samples)
 
     @overload
-    def __getitem__(self, key: int) -> Sample: ...
+    def __getitem__(self, key: int) -> Sample | MultiSample: ...
 
     @overload
     def __getitem__(self, key: slice) -> Dataset: ...
 
-    def __getitem__(self, key: int | slice) -> Sample | Dataset:
+    def __getitem__(self, key: int | slice) -> Sample | MultiSample | Dataset:
         if isinstance(key, slice):
             chosen = self._samples[key]
             return Dataset(
@@ -507,9 +509,7 @@ class Dataset:
             The hex digest.
         """
         digest = hashlib.sha256()
-        # A MultiSample (several condition types) enters as its rows, one per condition type.
-        rows = [row for sample in self._samples for row in getattr(sample, "samples", (sample,))]
-        for sample in rows:
+        for sample in self._rows():
             row = {
                 "condition": self._relative(sample.condition_path),
                 "condition_type": sample.condition_type,
@@ -524,10 +524,15 @@ class Dataset:
                     continue
                 file_digest = hashlib.sha256()
                 with path.open("rb") as f:
-                    for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    while chunk := f.read(1 << 20):
                         file_digest.update(chunk)
                 digest.update(file_digest.digest())
         return digest.hexdigest()
+
+    def _rows(self) -> list[Sample]:
+        """The kept rows in order; a :class:`MultiSample` (several condition types) gives its rows, one per
+        condition type."""
+        return [row for s in self._samples for row in (s.samples if isinstance(s, MultiSample) else (s,))]
 
     def _relative(self, path: Path) -> str:
         try:

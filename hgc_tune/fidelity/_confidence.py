@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from hgc_tune.errors import FidelityError
 from hgc_tune.fidelity._registry import Metric, get_metric
@@ -134,7 +135,5 @@ def paired_loss_bound(
         return LossBound(loss, loss, loss, confidence, n, se)
     if n < 2:
         return LossBound(loss, math.inf, -math.inf, confidence, n, se)
-    from scipy.stats import t
-
-    half = 0.0 if se == 0.0 else float(t.ppf(confidence, n - 1)) * se
+    half = 0.0 if se == 0.0 else float(stats.t.ppf(confidence, n - 1)) * se
     return LossBound(loss, loss + half, loss - half, confidence, n, se)

@@ -8,11 +8,16 @@ accepts, including PIL images and CPU torch tensors) and returns a Python ``floa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from hgc_tune.errors import FidelityError
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ArrayInput
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -36,7 +41,7 @@ difference while keeping means and relative losses finite.
 """
 
 
-def as_array(x: Any) -> np.ndarray:
+def as_array(x: ArrayInput) -> np.ndarray:
     """Convert an array-like (numpy array, PIL image, torch tensor on any device) to a numpy array."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         # torch tensors: bf16/fp16 have no (or a lossy) numpy counterpart, so widen before converting
@@ -47,7 +52,7 @@ def as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def as_uint8_image(image: Any, *, name: str = "image") -> np.ndarray:
+def as_uint8_image(image: ArrayInput, *, name: str = "image") -> np.ndarray:
     """An ``H×W×3`` uint8 RGB image from a uint8 or ``[0, 1]`` float image (``H×W``, ``H×W×1/3/4``).
 
     Gray images are repeated to three channels and an alpha channel is dropped. Float images are scaled
@@ -79,7 +84,7 @@ def as_uint8_image(image: Any, *, name: str = "image") -> np.ndarray:
     raise FidelityError(f"`{name}` must be uint8 or float in [0, 1], but got dtype {a.dtype}.")
 
 
-def as_float_image(image: Any, *, name: str = "image") -> np.ndarray:
+def as_float_image(image: ArrayInput, *, name: str = "image") -> np.ndarray:
     """A float64 image in ``[0, 1]``: uint8 is divided by 255, bool becomes 0/1, float is checked.
 
     The shape is kept (``H×W`` or ``H×W×C``).
@@ -113,7 +118,7 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> N
         raise FidelityError(f"`{names[0]}` and `{names[1]}` are empty (shape {tuple(a.shape)}).")
 
 
-def _as_label_map(x: Any, name: str) -> np.ndarray:
+def _as_label_map(x: ArrayInput, name: str) -> np.ndarray:
     a = as_array(x)
     if a.ndim != 2:
         raise FidelityError(f"`{name}` must be an H×W class map, but got shape {tuple(a.shape)}.")
@@ -122,7 +127,7 @@ def _as_label_map(x: Any, name: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _as_edge_map(x: Any, name: str) -> np.ndarray:
+def _as_edge_map(x: ArrayInput, name: str) -> np.ndarray:
     a = as_array(x)
     if a.ndim != 2:
         raise FidelityError(f"`{name}` must be an H×W edge map, but got shape {tuple(a.shape)}.")
@@ -134,7 +139,7 @@ def _as_edge_map(x: Any, name: str) -> np.ndarray:
     return a != 0
 
 
-def miou(pred: Any, target: Any, *, ignore_index: int | None = None) -> float:
+def miou(pred: ArrayInput, target: ArrayInput, *, ignore_index: int | None = None) -> float:
     """Mean intersection-over-union of two class maps.
 
     Convention: the mean runs over the classes present in the prediction or the target (after removing
@@ -178,7 +183,7 @@ def miou(pred: Any, target: Any, *, ignore_index: int | None = None) -> float:
     return float(np.mean(inter / union))
 
 
-def edge_f1(pred: Any, target: Any, *, tolerance: float = 1.0) -> float:
+def edge_f1(pred: ArrayInput, target: ArrayInput, *, tolerance: float = 1.0) -> float:
     """F1 score of two binary edge maps, with a pixel tolerance.
 
     A predicted edge pixel is a true positive for precision if a target edge pixel lies within
@@ -207,8 +212,6 @@ def edge_f1(pred: Any, target: Any, *, tolerance: float = 1.0) -> float:
         return 1.0
     if n_p == 0 or n_t == 0:
         return 0.0
-    from scipy.ndimage import distance_transform_edt
-
     near_t = distance_transform_edt(~t) <= tolerance
     near_p = distance_transform_edt(~p) <= tolerance
     precision = float((p & near_t).sum()) / n_p
@@ -218,7 +221,7 @@ def edge_f1(pred: Any, target: Any, *, tolerance: float = 1.0) -> float:
     return 2.0 * precision * recall / (precision + recall)
 
 
-def ssim(image: Any, reference: Any) -> float:
+def ssim(image: ArrayInput, reference: ArrayInput) -> float:
     """Structural similarity of two images (scikit-image's ``structural_similarity``).
 
     Both inputs are brought to float ``[0, 1]`` (uint8 / 255) and compared with ``data_range=1`` and
@@ -231,8 +234,6 @@ def ssim(image: Any, reference: Any) -> float:
     Raises:
         FidelityError: shapes differ, values leave ``[0, 1]``, or the image is smaller than the 7×7 window.
     """
-    from skimage.metrics import structural_similarity
-
     a = as_float_image(image, name="image")
     b = as_float_image(reference, name="reference")
     _check_same_shape(a, b, ("image", "reference"))
@@ -244,7 +245,7 @@ def ssim(image: Any, reference: Any) -> float:
     return float(structural_similarity(a, b, data_range=1.0, channel_axis=channel_axis))
 
 
-def psnr(image: Any, reference: Any, *, cap: float = PSNR_CAP_DB) -> float:
+def psnr(image: ArrayInput, reference: ArrayInput, *, cap: float = PSNR_CAP_DB) -> float:
     """Peak signal-to-noise ratio in dB (scikit-image's ``peak_signal_noise_ratio``), capped at ``cap``.
 
     Inputs are brought to float ``[0, 1]`` (uint8 / 255) and compared with ``data_range=1``, so a uint8
@@ -257,8 +258,6 @@ def psnr(image: Any, reference: Any, *, cap: float = PSNR_CAP_DB) -> float:
     Raises:
         FidelityError: shapes differ, values leave ``[0, 1]``, or ``cap`` is not a positive finite number.
     """
-    from skimage.metrics import peak_signal_noise_ratio
-
     if not np.isfinite(cap) or cap <= 0:
         raise FidelityError(f"`cap` must be a positive finite number of dB, but got cap={cap}.")
     a = as_float_image(image, name="image")
@@ -269,7 +268,7 @@ def psnr(image: Any, reference: Any, *, cap: float = PSNR_CAP_DB) -> float:
     return float(min(peak_signal_noise_ratio(b, a, data_range=1.0), cap))
 
 
-def rmse(pred: Any, target: Any) -> float:
+def rmse(pred: ArrayInput, target: ArrayInput) -> float:
     """Root mean squared error ``sqrt(mean((pred - target)²))`` of two arrays of one shape.
 
     Used on depth maps (``depth_rmse``) in the units the caller gives; the task evaluator compares
@@ -286,7 +285,7 @@ def rmse(pred: Any, target: Any) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def latent_rel_error(latent: Any, reference: Any) -> float:
+def latent_rel_error(latent: ArrayInput, reference: ArrayInput) -> float:
     """Relative L2 error ``||latent − reference|| / ||reference||`` (Frobenius norm over all elements).
 
     Raises:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from fvcore.nn import FlopCountAnalysis
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._sdpa import COMPLETE_ONLY_OPS, baddbmm_flop_jit, sdpa_flop_jit
@@ -113,7 +114,7 @@ class _Traced(torch.nn.Module):
         return tuple(_flatten(self.hgc_outputs))
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
+def _flatten(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, list | tuple):
@@ -134,8 +135,6 @@ def trace_module_macs(
 ) -> _Trace:
     """Like :func:`count_module_macs`, and also return the operators fvcore skipped, per module key (only
     modules that ran any), and what ``call`` returned during the trace."""
-    from fvcore.nn import FlopCountAnalysis
-
     if not isinstance(name, str) or not name.isidentifier():
         raise HgcTuneError(f"`name` must be a Python identifier (no dots), but got name={name!r}.")
     wrapper = _Traced(name, module, call or _default_call)

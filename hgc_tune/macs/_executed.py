@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from hgc_tune.macs._table import DENOISERS, MacTable
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["ExecutedMacs", "count_executed_macs"]
 
@@ -39,7 +42,9 @@ def _batch(args: tuple, kwargs: dict) -> int:
 
 
 @contextlib.contextmanager
-def count_executed_macs(pipe: Any, table: MacTable, convention: str = "paper") -> Iterator[ExecutedMacs]:
+def count_executed_macs(
+    pipe: ControlNetPipeline, table: MacTable, convention: str = "paper"
+) -> Iterator[ExecutedMacs]:
     """Count the U-Net and ControlNet MACs executed inside the ``with`` block.
 
     Args:

@@ -3,13 +3,16 @@ table."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hgc_tune.errors import HgcTuneError
 from hgc_tune.macs._count import trace_module_macs
 from hgc_tune.macs._table import MacTable
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["count_pipeline_macs"]
 
@@ -19,7 +22,7 @@ _DEFAULT_TEXT_TOKENS = 77
 _TIMESTEP = 500
 
 
-def _text_tokens(pipe: Any) -> int:
+def _text_tokens(pipe: ControlNetPipeline) -> int:
     tokens = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None)
     # Tokenizers without a set limit report a huge sentinel (int(1e30)); fall back to SD's 77.
     if isinstance(tokens, int) and 0 < tokens <= 4096:
@@ -27,14 +30,14 @@ def _text_tokens(pipe: Any) -> int:
     return _DEFAULT_TEXT_TOKENS
 
 
-def _vae_scale_factor(pipe: Any) -> int:
+def _vae_scale_factor(pipe: ControlNetPipeline) -> int:
     factor = getattr(pipe, "vae_scale_factor", None)
     if isinstance(factor, int) and factor > 0:
         return factor
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return 2 ** (len(pipe.vae.config["block_out_channels"]) - 1)
 
 
-def _check_size(name: str, value: Any, factor: int) -> int:
+def _check_size(name: str, value: object, factor: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
         raise HgcTuneError(
             f"`{name}` must be a positive multiple of the VAE scale factor {factor}, "
@@ -47,7 +50,7 @@ def _check_size(name: str, value: Any, factor: int) -> int:
 _SDXL_TIME_IDS = 6
 
 
-def _added_cond_shapes(pipe: Any, model: Any) -> tuple[int, int] | None:
+def _added_cond_shapes(pipe: ControlNetPipeline, model: Any) -> tuple[int, int] | None:
     """``(text_embeds width, number of time ids)`` of a denoiser with SDXL's ``text_time`` addition
     embedding, or ``None`` for one without it (SD1.5).
 
@@ -128,7 +131,9 @@ def _vae_decode_call(vae, latents):
     return vae.decode(latents, return_dict=False)[0]
 
 
-def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str = "") -> MacTable:
+def count_pipeline_macs(
+    pipe: ControlNetPipeline, *, height: int, width: int, model_name: str = ""
+) -> MacTable:
     """Count the MACs of every module a generation runs, for one image, in both conventions.
 
     Traces the pipeline's real modules once each at batch 1 under ``torch.no_grad()`` (one forward each, on
@@ -176,11 +181,11 @@ def count_pipeline_macs(pipe: Any, *, height: int, width: int, model_name: str =
         )
     device, dtype = unet.device, unet.dtype
     tokens = _text_tokens(pipe)
-    latent_shape = (1, unet.config.in_channels, height // factor, width // factor)
+    latent_shape = (1, unet.config["in_channels"], height // factor, width // factor)
     # Fixed values keep the trace deterministic; MACs depend on shapes only.
     sample = torch.zeros(latent_shape, device=device, dtype=dtype)
     timestep = torch.tensor(_TIMESTEP, device=device)
-    text = torch.zeros((1, tokens, unet.config.cross_attention_dim), device=device, dtype=dtype)
+    text = torch.zeros((1, tokens, unet.config["cross_attention_dim"]), device=device, dtype=dtype)
 
     per_image: dict[str, dict[str, int]] = {}
     unsupported: dict[str, dict[str, int]] = {}

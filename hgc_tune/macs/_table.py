@@ -37,7 +37,7 @@ def _forward_rank(order: tuple[str, ...], child: str) -> tuple[int, str]:
     return (order.index(child), "") if child in order else (len(order), child)
 
 
-def _count(value: Any, where: str) -> int:
+def _count(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise HgcTuneError(f"{where} must be a non-negative integer, but got {value!r}.")
     return value
@@ -233,10 +233,10 @@ class MacTable:
         for component in DENOISERS:
             if component not in self.per_image:
                 continue
-            keys = self.block_keys(component)
-            for key in keys:
+            block_keys = self.block_keys(component)
+            for key in block_keys:
                 blocks[key] = per_step * self.per_image[key][convention]
-            inside = sum(self.per_image[key][convention] for key in keys)
+            inside = sum(self.per_image[key][convention] for key in block_keys)
             blocks[f"{component}.other"] = per_step * (self.per_image[component][convention] - inside)
         return {
             "convention": convention,

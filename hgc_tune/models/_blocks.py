@@ -31,6 +31,8 @@ from hgc_tune.errors import PolicyError, UnregisteredModelError
 if TYPE_CHECKING:
     import torch
 
+    from hgc_tune._typing import ControlNetPipeline
+
 __all__ = [
     "COMPONENTS",
     "MODULE_KEY_PATTERN",
@@ -89,6 +91,8 @@ class ModuleLayout:
     net_class: str | None = None
 
     def _nets(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        if self.nets is None:
+            return []
         return [(f"{self.nets}.{i}", net) for i, net in enumerate(getattr(model, self.nets))]
 
     def net_prefixes(self, paths: Iterable[str]) -> list[str]:
@@ -269,7 +273,7 @@ register_module_layout(
 register_module_layout("MultiControlNetModel", ModuleLayout(nets="nets", net_class="ControlNetModel"))
 
 
-def module_layout(model_or_class: Any) -> ModuleLayout:
+def module_layout(model_or_class: object) -> ModuleLayout:
     """The registered layout of a model, a model class or a class name (exact class, no subclasses)."""
     if isinstance(model_or_class, str):
         name = model_or_class
@@ -374,7 +378,7 @@ def _key(component: str, path: str) -> str:
     return f"{component}.{path}" if path else component
 
 
-def module_groups(pipe: Any) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
+def module_groups(pipe: ControlNetPipeline) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module]]:
     """The pipeline's cacheable blocks and cross-attention modules, by module key, in execution order.
 
     Returns:
@@ -395,7 +399,7 @@ def module_groups(pipe: Any) -> tuple[dict[str, torch.nn.Module], dict[str, torc
     return blocks, attentions
 
 
-def cacheable_module_keys(pipe: Any) -> dict[str, torch.nn.Module]:
+def cacheable_module_keys(pipe: ControlNetPipeline) -> dict[str, torch.nn.Module]:
     """Every cacheable module of a pipeline by module key (``component.dotted.path``).
 
     Blocks of the U-Net and the ControlNet and every cross-attention module; ``controlnet`` is the whole
@@ -428,9 +432,10 @@ def deep_block_keys(module_keys: Iterable[str], branch: int, classes: Mapping[st
     deep: list[str] = []
     for component in ("unet", "controlnet"):
         paths = _component_paths(keys, component)
-        if not paths or classes.get(component) is None:
+        class_name = classes.get(component)
+        if not paths or class_name is None:
             continue
-        deep += [_key(component, p) for p in module_layout(classes[component]).deep_paths(paths, branch)]
+        deep += [_key(component, p) for p in module_layout(class_name).deep_paths(paths, branch)]
     return deep
 
 

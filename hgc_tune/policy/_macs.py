@@ -8,11 +8,17 @@ whether its residuals are reused or dropped. The text encoder and VAE decoder co
 ``table.generation_macs`` says, under any policy: caching does not touch them. Totals are
 ``generation_macs``' totals less what the policy saves, so full compute reproduces them exactly.
 
+:func:`mac_savings_by_mechanism` splits what a policy saves among its mechanisms, from the same walk, so
+its parts add up to ``full - policy`` exactly.
+
 The table is anything with the :class:`MacTableLike` interface (``hgc_tune.macs.MacTable``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from hgc_tune.errors import PolicyError
@@ -20,7 +26,10 @@ from hgc_tune.policy._model import Policy, PolicyTarget, Provenance
 
 __all__ = [
     "MAC_CONVENTIONS",
+    "MECHANISMS",
+    "MacSavings",
     "MacTableLike",
+    "mac_savings_by_mechanism",
     "policy_macs",
     "policy_step_macs",
     "macs_provenance",
@@ -33,6 +42,15 @@ MAC_CONVENTIONS: tuple[str, ...] = ("paper", "complete")
 _DENOISERS: tuple[str, ...] = ("controlnet", "unet")
 # generation_macs() parts run once per generation, whatever the policy.
 _ONCE_PARTS: tuple[str, ...] = ("text_encoder", "vae_decoder")
+# The mechanisms a policy saves MACs with, in the order skipped MACs are attributed to them (see
+# :func:`mac_savings_by_mechanism`).
+MECHANISMS: tuple[str, ...] = (
+    "guidance_window",
+    "controlnet_window",
+    "controlnet_blocks",
+    "unet_blocks",
+    "cross_attention",
+)
 
 
 class MacTableLike(Protocol):
@@ -68,6 +86,23 @@ def _component(key: str) -> str:
     return key.split(".", 1)[0]
 
 
+def _included(gen: Mapping[str, Any]) -> list[str]:
+    """The denoisers whose MACs ``generation_macs``' total counts (both when it does not say)."""
+    return [d for d in gen.get("includes", _DENOISERS) if d in _DENOISERS]
+
+
+def _skipped(policy: Policy, table: MacTableLike, convention: str) -> tuple[dict[str, int], list[list[str]]]:
+    """The walk both MAC functions share: the per-image cost of each denoiser and cached module, and per step
+    the modules skipped there, outermost of each nest only (what is skipped inside them is not counted again).
+    """
+    sets = policy.compute_sets()
+    cost = {key: table.macs(key, convention) for key in (*_DENOISERS, *sets)}
+    skipped = [
+        _outermost(sorted(k for k, steps in sets.items() if s not in steps)) for s in range(policy.num_steps)
+    ]
+    return cost, skipped
+
+
 def policy_step_macs(
     policy: Policy, table: MacTableLike, *, cfg: bool = True, batch: int = 1, convention: str = "paper"
 ) -> list[dict[str, int]]:
@@ -84,12 +119,11 @@ def policy_step_macs(
         One ``{"unet": …, "controlnet": …}`` per step.
     """
     _check_args(cfg, batch, convention)
-    sets = policy.compute_sets()
-    cost = {key: table.macs(key, convention) for key in (*_DENOISERS, *sets)}
+    cost, skipped = _skipped(policy, table, convention)
     out = []
-    for s in range(policy.num_steps):
+    for s, keys in enumerate(skipped):
         per_image = {d: cost[d] for d in _DENOISERS}
-        for key in _outermost(sorted(k for k, steps in sets.items() if s not in steps)):
+        for key in keys:
             per_image[_component(key)] -= cost[key]
         n = policy.cfg_branches(s, cfg) * batch
         out.append({d: n * v for d, v in per_image.items()})
@@ -146,7 +180,7 @@ def policy_macs(
                 f"steps (cfg={cfg}, batch={batch}), but {per_step} forwards of {table.macs(d, convention)} "
                 f"MACs make {full_parts[d]}."
             )
-    includes = [d for d in gen.get("includes", _DENOISERS) if d in _DENOISERS]
+    includes = _included(gen)
     saved_in_total = sum(full_parts[d] - policy_parts[d] for d in includes)
     saved = sum(full_parts[d] - policy_parts[d] for d in _DENOISERS)
     full = gen["total"]
@@ -167,6 +201,128 @@ def policy_macs(
         out["full_with_all"] = gen["total_with_all"]
         out["policy_with_all"] = gen["total_with_all"] - saved
     return out
+
+
+@dataclass(frozen=True)
+class MacSavings:
+    """What a policy saves against full compute, split among its mechanisms (see
+    :func:`mac_savings_by_mechanism`). ``sum(parts.values()) == full - policy``, exactly.
+
+    Attributes:
+        convention: ``paper`` or ``complete``.
+        full: MACs of the generation at full compute (:func:`policy_macs`' ``full``).
+        policy: MACs under the policy (:func:`policy_macs`' ``policy``).
+        parts: Mechanism -> MACs it saves, for every name of :data:`MECHANISMS`, in that order.
+        controlnet_windows: Whole ControlNet's key (``controlnet``, ``controlnet.nets.1``) -> MACs its window
+            saves; they add up to ``parts["controlnet_window"]``. Only the ControlNets the policy windows.
+    """
+
+    convention: str
+    full: int
+    policy: int
+    parts: Mapping[str, int]
+    controlnet_windows: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", MappingProxyType({m: self.parts[m] for m in MECHANISMS}))
+        object.__setattr__(self, "controlnet_windows", MappingProxyType(dict(self.controlnet_windows)))
+
+    @property
+    def saved(self) -> int:
+        """MACs the policy saves in all: ``full - policy``."""
+        return self.full - self.policy
+
+    def reduction(self) -> dict[str, float]:
+        """Mechanism -> its share of the full MACs (points of the reduction), and ``total``: the reduction."""
+        share = {m: v / self.full if self.full else 0.0 for m, v in self.parts.items()}
+        return {**share, "total": self.saved / self.full if self.full else 0.0}
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``convention``, ``order`` (:data:`MECHANISMS`), ``full``, ``policy``, ``saved``,
+        ``macs`` (mechanism -> MACs), ``reduction`` (mechanism -> share of ``full``, and ``total``) and
+        ``controlnet_windows``."""
+        return {
+            "convention": self.convention,
+            "order": list(MECHANISMS),
+            "full": self.full,
+            "policy": self.policy,
+            "saved": self.saved,
+            "macs": dict(self.parts),
+            "reduction": self.reduction(),
+            "controlnet_windows": dict(self.controlnet_windows),
+        }
+
+
+def mac_savings_by_mechanism(
+    policy: Policy, table: MacTableLike, *, cfg: bool = True, batch: int = 1, convention: str = "paper"
+) -> MacSavings:
+    """Split what ``policy`` saves among its mechanisms, each skipped MAC attributed to exactly one.
+
+    The MACs are those of :func:`policy_macs` (the denoisers its total includes), from the same walk over the
+    compute sets. A MAC that several mechanisms would skip goes to the first of them in this order
+    (:data:`MECHANISMS`):
+
+    1. ``guidance_window``: at a step past ``guidance.cfg_until`` the unconditional half computes nothing;
+       all it would have computed at full compute counts here, including what the other mechanisms would
+       also skip at that step.
+    2. ``controlnet_window``: a whole ControlNet outside its window (reused or dropped), per ControlNet in
+       ``controlnet_windows``, its blocks and cross-attention included.
+    3. ``controlnet_blocks``: cached ControlNet blocks, their cross-attention included.
+    4. ``unet_blocks``: cached U-Net blocks, their cross-attention included.
+    5. ``cross_attention``: reused ``attn2`` modules (U-Net and ControlNet) whose block computes.
+
+    Blocks inside blocks count once, for the outermost skipped one. Each part is what the policy saves
+    beyond the policy made of the mechanisms before it, so the parts add up to ``full - policy`` and a
+    policy with one mechanism has it all in that part. Separate runs (each mechanism alone against full
+    compute) count the steps two mechanisms share twice, so they do not add up.
+
+    Args:
+        policy: The policy.
+        table: The per-module MAC table of the pipeline the policy targets (``hgc_tune.macs.MacTable``).
+        cfg: Whether the generation uses classifier-free guidance (without, the guidance window saves 0).
+        batch: Images per generation.
+        convention: ``paper`` or ``complete``.
+
+    Returns:
+        A :class:`MacSavings`.
+
+    Raises:
+        PolicyError: As :func:`policy_macs`.
+
+    Example:
+        >>> from hgc_tune.macs import count_pipeline_macs
+        >>> from hgc_tune.models import load_pipeline
+        >>> from hgc_tune.policy import load_policy
+        >>> table = count_pipeline_macs(load_pipeline("tiny"), height=64, width=64, model_name="tiny")
+        >>> policy = load_policy("policies/tiny-tgate-g10-cfg.json").select()
+        >>> split = mac_savings_by_mechanism(policy, table).reduction()
+        >>> f"{split['guidance_window']:.1%} + {split['cross_attention']:.1%} = {split['total']:.1%}"
+        '25.0% + 1.2% = 26.2%'
+    """
+    totals = policy_macs(policy, table, cfg=cfg, batch=batch, convention=convention)
+    cost, skipped = _skipped(policy, table, convention)
+    includes = _included(table.generation_macs(policy.num_steps, cfg=cfg, convention=convention, batch=batch))
+    mechanism = {key: f"{_component(key)}_blocks" for key in policy.blocks}
+    mechanism.update(dict.fromkeys(policy.attention, "cross_attention"))
+    mechanism.update(dict.fromkeys(policy.controlnet_windows, "controlnet_window"))
+    parts = dict.fromkeys(MECHANISMS, 0)
+    windows = dict.fromkeys(policy.controlnet_windows, 0)
+    every_branch = (2 if cfg else 1) * batch
+    for s, keys in enumerate(skipped):
+        n = policy.cfg_branches(s, cfg) * batch
+        parts["guidance_window"] += (every_branch - n) * sum(cost[d] for d in includes)
+        for key in keys:
+            if _component(key) in includes:
+                parts[mechanism[key]] += n * cost[key]
+                if key in windows:
+                    windows[key] += n * cost[key]
+    return MacSavings(
+        convention=convention,
+        full=int(totals["full"]),
+        policy=int(totals["policy"]),
+        parts=parts,
+        controlnet_windows=windows,
+    )
 
 
 def macs_provenance(

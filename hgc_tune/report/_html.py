@@ -51,16 +51,16 @@ class ReportFigure:
     caption: str
 
 
-def _e(value: Any) -> str:
+def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _row(label: str, *cells: Any, numeric: bool = False) -> str:
+def _row(label: str, *cells: object, numeric: bool = False) -> str:
     cls = ' class="num"' if numeric else ""
     return f"<tr><th>{_e(label)}</th>" + "".join(f"<td{cls}>{_e(c)}</td>" for c in cells) + "</tr>"
 
 
-def _number(value: Any) -> str:
+def _number(value: object) -> str:
     if isinstance(value, bool) or value is None:
         return "–" if value is None else str(value)
     if isinstance(value, float):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.policy import Policy, policy_macs
 from hgc_tune.policy._macs import MAC_CONVENTIONS
 from hgc_tune.search._pareto import ParetoData, ParetoPoint
+
+if TYPE_CHECKING:
+    from hgc_tune.profile import Profile
 
 __all__ = ["FIDELITY_SPLITS", "fidelity_by_split", "profile_cfg", "report_summary"]
 
@@ -16,7 +19,7 @@ FIDELITY_SPLITS: tuple[str, ...] = ("calibration", "heldout", "held_out", "held-
 _SEPARATORS = ("/", ".", ":", "_", "-")
 
 
-def profile_cfg(profile) -> bool:
+def profile_cfg(profile: Profile) -> bool:
     """Whether the profile's generations used classifier-free guidance."""
     meta = profile.meta
     return bool(meta.get("cfg", profile.guidance_scale > 1.0))
@@ -50,7 +53,7 @@ def fidelity_by_split(fidelity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _macs(profile, policy: Policy | None) -> dict[str, dict[str, float]]:
+def _macs(profile: Profile, policy: Policy | None) -> dict[str, dict[str, float]]:
     table, cfg = profile.mac_table, profile_cfg(profile)
     out: dict[str, dict[str, float]] = {}
     for convention in MAC_CONVENTIONS:
@@ -64,7 +67,7 @@ def _macs(profile, policy: Policy | None) -> dict[str, dict[str, float]]:
 
 
 def report_summary(
-    profile,
+    profile: Profile,
     *,
     policy: Policy | None = None,
     pareto: ParetoData | None = None,

@@ -55,7 +55,9 @@ class SearchConfig:
         worker_index: Index of this worker process among several on one storage (offsets the seed).
         peers: Peer schedule names to enqueue as the first trials (``deepcache-n3-b0``, ``tgate-g10``, …);
             ``None``: :func:`~hgc_tune.search._space.default_peer_names` for the profile's step count.
-        search_guidance: Include the guidance window (``guidance.cfg_until``) in the search space.
+        search_guidance: Include the guidance window (``guidance.cfg_until``) in the search space. ``False``:
+            every policy runs full CFG at every step, so its MAC saving is caching only; the default peers
+            then leave out those that truncate CFG, and naming one in ``peers`` is refused.
         attention_stat: Profile statistic behind the cross-attention thresholds (``map_rel_l1``,
             ``out_rel_l1`` or ``js``; the ``mean_`` aggregate is used).
         calibration_samples: Use only the first ``k`` profiled samples; ``None``: all.

@@ -36,3 +36,60 @@ def test_a_policy_is_required(capsys):
     assert main(["bench", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err == "hgc-tune bench: error: the following arguments are required: --policy\n"
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "strength", "pipeline", "steps_run"),
+    [
+        # --steps 4 at strength 0.5 runs int(4 × 0.5) = 2 steps; inpainting's default strength 1.0 runs all 4
+        ("tiny", "img2img", "0.5", "StableDiffusionControlNetImg2ImgPipeline", 2),
+        ("tiny", "inpaint", None, "StableDiffusionControlNetInpaintPipeline", 4),
+        ("tiny-sdxl", "text2img", None, "StableDiffusionXLControlNetPipeline", 4),
+        ("tiny-sdxl", "inpaint", "0.75", "StableDiffusionXLControlNetInpaintPipeline", 3),
+    ],
+)
+def test_every_task_and_sdxl(capsys, model, task, strength, pipeline, steps_run):
+    argv = ["bench", "--model", model, "--task", task, "--steps", "4", "--repeats", "1", "--warmup", "0"]
+    argv += ["--policy", "peer:deepcache-n2-b0", "--json"] + (["--strength", strength] if strength else [])
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["model"], out["task"], out["pipeline"], out["controlnets"]) == (model, task, pipeline, 1)
+    # the policy is made for the steps run, and the MAC ratio counts them
+    assert out["steps"] == steps_run
+    if task == "text2img":
+        assert "strength" not in out and "num_inference_steps" not in out
+    else:
+        assert out["num_inference_steps"] == 4 and out["strength"] == float(strength or 1.0)
+    paper = out["macs"]["paper"]
+    assert out["mac_ratio"] == pytest.approx(paper["full"] / paper["policy"]) and out["mac_ratio"] > 1
+    assert out["speedup"] == pytest.approx(out["baseline_ms"] / out["policy_ms"])
+
+
+def test_several_controlnets(capsys):
+    argv = [
+        *ARGS,
+        "--condition",
+        "seg,depth",
+        "--task",
+        "img2img",
+        "--policy",
+        "peer:cnwin-k1-drop",
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["controlnets"], out["condition"]) == (2, "seg,depth")
+    # img2img at the default strength 0.8 runs int(4 × 0.8) = 3 steps; both ControlNets dropped after step 0
+    assert out["steps"] == 3 and out["strength"] == 0.8
+    paper = out["macs"]["paper"]
+    assert paper["policy.controlnet"] == pytest.approx(paper["full.controlnet"] / 3)
+    assert out["mac_ratio"] > 1
+
+
+def test_strength_needs_an_image_task(capsys):
+    assert main([*ARGS, "--policy", "full", "--strength", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "`--strength` needs `--task img2img` or `--task inpaint`, but got --strength=0.5 with --task text2img"
+        in err
+    )

@@ -54,3 +54,58 @@ def test_shapes_macs_need_no_condition(capsys):
     counted = json.loads(capsys.readouterr().out)
     assert main(["macs", "--model", "shapes", "--condition", "depth", "--steps", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["conventions"] == counted["conventions"]
+
+
+@pytest.mark.parametrize("condition", ["seg", "canny", "hed", "depth"])
+def test_macs_split_the_tuned_shapes_policys_saving_by_mechanism(capsys, condition):
+    from hgc_tune.policy import load_policy
+
+    path = POLICIES / "shapes.json"
+    assert main(["macs", "--model", "shapes", "--policy", str(path), "--condition", condition, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["policy"]
+    policy = load_policy(path).select(condition)
+    for convention in ("paper", "complete"):
+        split = out["savings_by_mechanism"][convention]
+        assert split["order"] == [
+            "guidance_window",
+            "controlnet_window",
+            "controlnet_blocks",
+            "unet_blocks",
+            "cross_attention",
+        ]
+        # the parts add up, to the MAC, to what the policy saves on the real shapes table
+        assert split["full"] == out[convention]["full"] and split["policy"] == out[convention]["policy"]
+        assert sum(split["macs"].values()) == split["saved"] == split["full"] - split["policy"]
+        assert split["reduction"]["total"] == pytest.approx(out[convention]["reduction"])
+        # guidance first: the unconditional half of every step from cfg_until on, in full
+        conditional_only = policy.num_steps - policy.guidance.cfg_until
+        assert split["reduction"]["guidance_window"] == pytest.approx(
+            conditional_only / (2 * policy.num_steps)
+        )
+        assert split["controlnet_windows"] == {"controlnet": split["macs"]["controlnet_window"]}
+
+
+def test_macs_prints_where_the_savings_come_from(capsys):
+    path = POLICIES / "tiny-tgate-g10-cfg.json"
+    assert main(["macs", "--model", "tiny", "--policy", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "where the savings come from (paper)" in out
+    lines = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    # T-GATE with truncated CFG: CFG off from step 10 (a quarter of the denoiser forwards), attn2 reused
+    assert lines["guidance window"].endswith("25.0% of full")
+    assert lines["U-Net blocks"].endswith(" 0.0% of full")
+    assert "cross-attention reuse" in lines and "total" in lines
+
+
+def test_macs_split_the_controlnet_window_per_controlnet(capsys):
+    path = POLICIES / "shapes-seg-depth.json"
+    argv = ["macs", "--model", "shapes", "--condition", "seg,depth", "--policy", str(path)]
+    assert main([*argv, "--json"]) == 0
+    split = json.loads(capsys.readouterr().out)["policy"]["savings_by_mechanism"]["paper"]
+    windows = split["controlnet_windows"]
+    assert set(windows) == {"controlnet.nets.0", "controlnet.nets.1"} and all(windows.values())
+    assert sum(windows.values()) == split["macs"]["controlnet_window"]
+    assert sum(split["macs"].values()) == split["saved"] == split["full"] - split["policy"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "\n    controlnet.nets.0 " in out and "\n    controlnet.nets.1 " in out

@@ -24,6 +24,7 @@ EVERY_FLAG_SET = SearchConfig(
     worker_index=2,
     peers=("deepcache-n3-b0", "tgate-g10"),
     early_rejection=False,
+    search_guidance=False,
     heartbeat_interval=5,
     num_steps=4,
     max_validation_tries=2,
@@ -48,7 +49,6 @@ def test_every_flag_is_a_config_field_and_every_field_a_flag_or_left_to_python()
     assert set(FLAGS) <= names
     # set in Python only (search_policy); a worker process cannot be given them
     assert names - set(FLAGS) == {
-        "search_guidance",
         "attention_stat",
         "calibration_samples",
         "early_rejection_min_samples",
@@ -76,3 +76,10 @@ def test_workers_run_the_parent_config_with_their_own_index():
     assert worker.worker_only and worker.validation_samples == 0 and worker.test_samples == 0
     assert worker.model == "tiny" and worker.device == "cpu" and worker.workers == 1
     assert config_from_args(worker) == replace(config, worker_index=2)
+
+
+def test_no_guidance_window_takes_the_guidance_window_out_of_the_search():
+    assert config_from_args(_parse("--budget", "0.015")).search_guidance is True
+    assert config_from_args(_parse("--budget", "0.015", "--no-guidance-window")).search_guidance is False
+    assert "--no-guidance-window" in config_argv(SearchConfig(budget=0.015, search_guidance=False))
+    assert "--no-guidance-window" not in config_argv(SearchConfig(budget=0.015))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _policy_fixtures import make_target
 
 from hgc_tune.errors import PolicyError
 from hgc_tune.policy import (
+    ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
     Policy,
@@ -16,10 +19,18 @@ from hgc_tune.policy import (
     deepcache_policy,
     dumps_policy,
     full_compute_policy,
+    load_policy,
     loads_policy,
     policy_macs,
 )
-from hgc_tune.policy._macs import macs_provenance, policy_step_macs
+from hgc_tune.policy._macs import (
+    MECHANISMS,
+    mac_savings_by_mechanism,
+    macs_provenance,
+    policy_step_macs,
+)
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 A = "attentions.0.transformer_blocks.0.attn2"
 PAPER = {
@@ -278,3 +289,189 @@ def test_real_mac_table_gives_the_same_numbers() -> None:
             )
         full = policy_macs(full_compute_policy(make_target(S)), real, convention=conv)
         assert full["policy"] == real.generation_macs(S, cfg=True, convention=conv)["total"]
+
+
+# -- savings by mechanism ------------------------------------------------------------------------------------
+
+CN_A = f"controlnet.down_blocks.0.{A}"
+
+
+def _split(p: Policy, table=TABLE, **kwargs) -> dict[str, int]:
+    return dict(mac_savings_by_mechanism(p, table, **kwargs).parts)
+
+
+def _only(**parts: int) -> dict[str, int]:
+    return {m: parts.get(m, 0) for m in MECHANISMS}
+
+
+def _keep(p: Policy, mechanisms) -> Policy:
+    """``p`` with only the mechanisms named (the rest computes in full)."""
+    blocks = {k: v for k, v in p.blocks.items() if f"{k.split('.')[0]}_blocks" in mechanisms}
+    window = "controlnet_window" in mechanisms
+    return Policy(
+        target=p.target,
+        blocks=blocks,
+        attention=p.attention if "cross_attention" in mechanisms else {},
+        controlnet=p.controlnet if window else None,
+        controlnets=p.controlnets if window else {},
+        guidance=p.guidance if "guidance_window" in mechanisms else None,
+    )
+
+
+def _saved(p: Policy, table, **kwargs) -> int:
+    m = policy_macs(p, table, **kwargs)
+    return m["full"] - m["policy"]
+
+
+def check_split(p: Policy, table, **kwargs) -> None:
+    """The split adds up to policy_macs' saving, and each part is what its mechanism saves beyond the policy
+    made of the mechanisms before it in the stated order."""
+    split = mac_savings_by_mechanism(p, table, **kwargs)
+    totals = policy_macs(p, table, **kwargs)
+    assert (split.full, split.policy) == (totals["full"], totals["policy"])
+    assert sum(split.parts.values()) == split.saved == totals["full"] - totals["policy"]
+    assert all(v >= 0 for v in split.parts.values())
+    assert sum(split.controlnet_windows.values()) == split.parts["controlnet_window"]
+    assert split.reduction()["total"] == pytest.approx(totals["reduction"])
+    for i, mechanism in enumerate(MECHANISMS):
+        before = _saved(_keep(p, MECHANISMS[:i]), table, **kwargs)
+        assert split.parts[mechanism] == _saved(_keep(p, MECHANISMS[: i + 1]), table, **kwargs) - before
+        # with this mechanism alone, its part is all the policy saves
+        alone = _keep(p, (mechanism,))
+        assert _split(alone, table, **kwargs) == _only(**{mechanism: _saved(alone, table, **kwargs)})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # steps 2, 3 conditional only: 2 x (1000 + 500)
+        ({"guidance": GuidanceWindow(2)}, _only(guidance_window=3000)),
+        # no ControlNet at steps 2, 3: 2 steps x 2 branches x 500
+        ({"controlnet": ControlNetWindow((0, 1), "drop")}, _only(controlnet_window=2000)),
+        ({"blocks": {"controlnet.down_blocks.0": (0, 2)}}, _only(controlnet_blocks=2 * 2 * 80)),
+        ({"blocks": {"unet.down_blocks.1": (0, 2)}}, _only(unet_blocks=2 * 2 * 200)),
+        # reused at steps 1, 2
+        ({"attention": {f"unet.up_blocks.0.{A}": (ReuseWindow(0, 3),)}}, _only(cross_attention=2 * 2 * 30)),
+        ({"attention": {CN_A: (ReuseWindow(0, 4),)}}, _only(cross_attention=3 * 2 * 8)),
+    ],
+    ids=["guidance", "controlnet-window", "controlnet-blocks", "unet-blocks", "attention", "cn-attention"],
+)
+def test_each_mechanism_alone(kwargs, expected) -> None:
+    p = policy(**kwargs)
+    assert _split(p) == expected
+    # one mechanism: its part is the difference between full compute and the policy
+    assert sum(expected.values()) == FULL - policy_macs(p, TABLE)["policy"]
+    check_split(p, TABLE)
+
+
+COMBINED = dict(
+    guidance=GuidanceWindow(3),  # step 3 conditional only
+    controlnet=ControlNetWindow((0, 1), "drop"),  # no ControlNet at steps 2, 3
+    blocks={"controlnet.down_blocks.0": (0,), "unet.down_blocks.1": (0, 2)},  # skipped at 1-3 and 1, 3
+    attention={
+        f"unet.down_blocks.1.{A}": (ReuseWindow(0, 4),),  # reused at 1-3
+        f"unet.up_blocks.0.{A}": (ReuseWindow(1, 3),),  # reused at 2
+        CN_A: (ReuseWindow(0, 4),),  # reused at 1-3, always inside a skipped block or ControlNet
+    },
+)
+
+
+def test_mechanisms_combined_hand_computed() -> None:
+    p = policy(**COMBINED)
+    split = mac_savings_by_mechanism(p, TABLE)
+    assert split.parts == _only(
+        # the unconditional half of step 3, with everything the others skip there
+        guidance_window=1500,
+        # steps 2 (two branches) and 3 (one): its block and attn2 with it
+        controlnet_window=2 * 500 + 500,
+        # step 1 only: at 2 and 3 the ControlNet window came first
+        controlnet_blocks=2 * 80,
+        # steps 1 (two branches) and 3 (one)
+        unet_blocks=2 * 200 + 200,
+        # down_blocks.1's attn2 only at step 2 (its block is skipped at 1 and 3); up_blocks.0's at step 2
+        cross_attention=2 * 20 + 2 * 30,
+    )
+    assert split.controlnet_windows == {"controlnet": 1500}
+    # U-Net 2 x 1000 + 2 x 800 + 2 x 950 + 800, ControlNet 2 x 500 + 2 x 420
+    assert split.policy == policy_macs(p, TABLE)["policy"] == 6300 + 1840
+    assert split.full == FULL and split.saved == 3860
+    reduction = split.reduction()
+    assert reduction["guidance_window"] == pytest.approx(1500 / FULL)
+    assert reduction["total"] == pytest.approx(3860 / FULL)
+    out = split.to_json()
+    assert out["order"] == list(MECHANISMS) and out["order"][0] == "guidance_window"
+    assert out["macs"] == dict(split.parts) and out["saved"] == 3860 and out["convention"] == "paper"
+    # separate runs (each mechanism alone against full compute) do not add up: steps overlap
+    alone = sum(_saved(_keep(p, (m,)), TABLE) for m in MECHANISMS)
+    assert alone > split.saved
+
+
+@pytest.mark.parametrize("convention", ["paper", "complete"])
+@pytest.mark.parametrize(("cfg", "batch"), [(True, 1), (True, 3), (False, 2)])
+def test_split_adds_up_in_every_setting(convention: str, cfg: bool, batch: int) -> None:
+    p = policy(**COMBINED)
+    check_split(p, TABLE, cfg=cfg, batch=batch, convention=convention)
+    split = mac_savings_by_mechanism(p, TABLE, cfg=cfg, batch=batch, convention=convention)
+    if not cfg:
+        assert split.parts["guidance_window"] == 0
+    if convention == "complete":  # the two attn2 reused at step 2 cost 5 more each, per branch and image
+        paper = mac_savings_by_mechanism(p, TABLE, cfg=cfg, batch=batch)
+        branches = 2 if cfg else 1
+        assert split.parts["cross_attention"] - paper.parts["cross_attention"] == batch * branches * 2 * 5
+
+
+def test_several_controlnets_are_split_per_controlnet() -> None:
+    spec = ControlNetSpec("ControlNetModel", "f")
+    target = PolicyTarget(
+        "P", "UNet2DConditionModel", "MultiControlNetModel", "f", S, "S", controlnets=(spec, spec)
+    )
+    table = FakeMacTable()
+    table.tables = {
+        c: {**t, "controlnet.nets.0": 300, "controlnet.nets.1": 200} for c, t in table.tables.items()
+    }
+    p = Policy(
+        target=target,
+        controlnets={
+            "controlnet.nets.0": ControlNetWindow((0, 1), "drop"),  # off at 2, 3
+            "controlnet.nets.1": ControlNetWindow((0,), "reuse"),  # off at 1-3
+        },
+        guidance=GuidanceWindow(3),
+    )
+    split = mac_savings_by_mechanism(p, table)
+    # net 0: step 2 (two branches) and 3 (one); net 1: steps 1, 2 (two) and 3 (one)
+    assert split.controlnet_windows == {"controlnet.nets.0": 3 * 300, "controlnet.nets.1": 5 * 200}
+    assert split.parts == _only(guidance_window=1500, controlnet_window=1900)
+    check_split(p, table)
+
+
+def _nested_table(p: Policy) -> FakeMacTable:
+    """A table over the policy's modules whose numbers nest: each key costs its own MACs (distinct per key)
+    plus those of the keys inside it; the complete convention adds 3 per attn2, carried up."""
+    keys = sorted({"unet", "controlnet", *p.compute_sets()})
+    own = {k: 1000 + 37 * i for i, k in enumerate(keys)}
+    extra = {k: 3 if k.endswith(".attn2") else 0 for k in keys}
+    table = FakeMacTable()
+    table.tables = {
+        conv: {
+            **{"text_encoder": 7, "vae.decoder": 300},
+            **{
+                k: sum(
+                    own[j] + (conv == "complete") * extra[j] for j in keys if j == k or j.startswith(k + ".")
+                )
+                for k in keys
+            },
+        }
+        for conv in ("paper", "complete")
+    }
+    return table
+
+
+SHIPPED_POLICIES = sorted(p for p in POLICIES.glob("*.json") if p.name != "policy.schema.json")
+
+
+@pytest.mark.parametrize("path", SHIPPED_POLICIES, ids=[p.stem for p in SHIPPED_POLICIES])
+def test_split_of_every_shipped_policy_adds_up(path) -> None:
+    for p in load_policy(path).policies:
+        table = _nested_table(p)
+        for convention in ("paper", "complete"):
+            check_split(p, table, convention=convention)
