@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hgc_tune.cli._checks import condition_types, device
 
 if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.policy import PolicyFile
 
 __all__ = [
@@ -138,7 +139,7 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
     return pipe
 
 
-def condition_input(pipe, images: list) -> Any:
+def condition_input(pipe: ControlNetPipeline, images: list) -> Any:
     """The ``image`` argument of a pipeline call: the one condition image, or the list of them (one per
     ControlNet, in order) that diffusers takes for a ``MultiControlNetModel``.
 
