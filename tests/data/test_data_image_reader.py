@@ -117,7 +117,9 @@ def test_generate_refuses_hostile_images_in_one_line_within_limits(
 ):
     images = {"--condition-image": files / "good.png", "--init-image": None}
     images[flag] = files / name
-    args = ["generate", "--model", "tiny", "--prompt", "x", "--out", str(tmp_path / "o.png"), "--steps", "2"]
+    out = tmp_path / "o.png"
+    out.write_bytes(b"the image that was there before")
+    args = ["generate", "--model", "tiny", "--prompt", "x", "--out", str(out), "--overwrite", "--steps", "2"]
     for image_flag, path in images.items():
         if path is not None:
             args += [image_flag, str(path)]
@@ -127,4 +129,5 @@ def test_generate_refuses_hostile_images_in_one_line_within_limits(
     assert f"{flag} '{files / name}'" in lines[0]
     assert words in lines[0]
     assert seconds < 5, f"refused after {seconds:.1f} s"
-    assert not (tmp_path / "o.png").exists()
+    assert out.read_bytes() == b"the image that was there before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png"]
