@@ -145,3 +145,39 @@ def tiny_lora(tmp_path_factory):
         return made[name, seed]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def limited_cli():
+    """Run ``hgc-tune ARGS`` in a fresh process under the reliability limits: an address space of ``memory``
+    bytes (``resource.RLIMIT_AS``, default 1 GiB). Returns ``(exit status, stderr lines, seconds)``."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def run(*args: str, memory: int = 2**30, timeout: float = 120.0) -> tuple[int, list[str], float]:
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "hgc_tune.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit,
+            env=env,
+        )
+        return done.returncode, done.stderr.strip().splitlines(), time.perf_counter() - start
+
+    return run

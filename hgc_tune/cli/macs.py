@@ -31,8 +31,8 @@ import argparse
 import sys
 import time
 
-from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, int_in
-from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, condition_types, int_in
+from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json, read_policy_argument
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, with_condition=False)
     parser.add_argument(
         "--condition",
+        type=condition_types("--condition"),
         default=None,
         help="condition type: picks the policy of a multi-condition policy file (MACs do not depend on it; "
         "for the shapes preset without --condition, the seg ControlNet is counted, which has the same "
@@ -181,6 +182,9 @@ def _lora_entries(pipe) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A policy file is read and checked before torch and the model load: a bad one is refused in a moment.
+    policy_file = read_policy_argument(args.policy)
+
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import count_pipeline_macs
@@ -195,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
         loading.condition = SHAPES_CONDITIONS[0]
     pipe = load_pipeline_from_args(loading)
     policy = resolve_policy(
-        args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
+        args.policy,
+        pipe,
+        num_steps=args.steps,
+        condition_type=args.condition,
+        model=args.model,
+        policy_file=policy_file,
     )
     if policy is not None:
         from hgc_tune.models._tasks import pipeline_for_task, task_of_class

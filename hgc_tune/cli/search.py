@@ -41,6 +41,7 @@ from hgc_tune.cli._checks import (
     MAX_COUNT,
     add_overwrite_argument,
     check_output,
+    device,
     int_in,
 )
 from hgc_tune.cli._common import add_controlnet_argument, add_lora_argument, controlnet_ref, print_json
@@ -91,7 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: the profile's"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
+    )
     add_lora_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hgc_tune._atomic import atomic_write_text
+from hgc_tune._files import open_input_file
 from hgc_tune._json import load_json_text
 from hgc_tune.errors import PolicyFormatError
 from hgc_tune.models._blocks import MODULE_KEY_PATTERN
@@ -371,6 +372,8 @@ def _schema_message(error: Any, data: Any) -> str:
         return f"{where} must hold at least {expected} item(s), but got {value!r}."
     if rule == "minimum":
         return f"{where} must be >= {expected}, but got {value!r}."
+    if rule == "maximum":
+        return f"{where} must be <= {expected}, but got {value!r}."
     if rule == "exclusiveMaximum":
         return f"{where} must be < {expected}, but got {value!r}."
     return f"{where}: {error.message}."
@@ -558,12 +561,11 @@ def load_policy(path: str | os.PathLike[str]) -> PolicyFile:
         'deepcache-n3-b0'
     """
     path = Path(path)
-    try:
-        with path.open("rb") as f:
+    # A FIFO or a device is refused at once, a folder by name; nothing blocks.
+    with open_input_file(path, what="policy file", error=PolicyFormatError) as f:
+        try:
             # A policy is a few kB; a larger file is not read into memory at all.
             text = f.read(MAX_POLICY_BYTES + 1)
-    except FileNotFoundError as e:
-        raise PolicyFormatError(f"policy file {str(path)!r} does not exist.") from e
-    except OSError as e:
-        raise PolicyFormatError(f"policy file {str(path)!r} cannot be read: {e}.") from e
+        except OSError as e:
+            raise PolicyFormatError(f"policy file {str(path)!r} cannot be read: {e}.") from e
     return loads_policy(text, source=f"policy file {str(path)!r}")

@@ -28,6 +28,7 @@ from hgc_tune.models._blocks import is_attention_key, is_whole_model_key
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MAX_NUM_STEPS",
     "CONTROLNET_MODES",
     "ControlNetSpec",
     "PolicyTarget",
@@ -43,6 +44,10 @@ __all__ = [
 # 2: several ControlNets (``target.controlnets``, per-ControlNet ``controlnets`` windows). Version-1 files
 # still load, and a file keeps its version when written back.
 SCHEMA_VERSION = 2
+# The most denoising steps a policy may declare: diffusers' schedulers refuse more inference steps than their
+# 1000 training timesteps, and the bound keeps a file that declares 10**9 steps from allocating a compute set
+# of that size (the schema states the same maximum).
+MAX_NUM_STEPS = 1000
 CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
 
 
@@ -97,9 +102,10 @@ class PolicyTarget:
     controlnets: tuple[ControlNetSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+        n = self.num_steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NUM_STEPS:
             raise PolicyFormatError(
-                f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
+                f"target.num_steps must be an integer in [1, {MAX_NUM_STEPS}], but got {self.num_steps!r}."
             )
         object.__setattr__(self, "controlnets", tuple(self.controlnets))
         types = [c.condition_type for c in self.controlnets]
