@@ -46,13 +46,14 @@ def measure_condition(
     from tqdm.auto import tqdm
 
     from hgc_tune.data import open_dataset
+    from hgc_tune.fidelity._evaluate_policy import compare_policies
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.models._blocks import cacheable_module_keys
+    from hgc_tune.models._tasks import native_size
     from hgc_tune.policy import peer_policy, target_for_pipeline
-    from hgc_tune.search._fidelity import compare_policies
     from hgc_tune.search._space import default_peer_names
 
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = native_size(pipe)
     target = target_for_pipeline(pipe, num_steps=steps, condition_type=condition, model=model)
     keys = cacheable_module_keys(pipe)
     policies = {"tuned": tuned} if tuned is not None else {}

@@ -2,7 +2,7 @@
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
 traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
-failed: a full disk, an unreachable server).
+failed: a full disk, not enough memory, an unreachable server).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ __all__ = [
     "SearchError",
     "FidelityError",
     "ReportError",
+    "InputFileError",
+    "ImageFileError",
     "ResourceError",
+    "OutOfMemoryError",
     "DiskFullError",
     "StorageError",
     "StorageUnreachableError",
@@ -110,8 +113,18 @@ class ReportError(HgcTuneError):
     """Bad report input: a Pareto file that violates its format, or a policy that does not fit the profile."""
 
 
+class InputFileError(HgcTuneError):
+    """A path given as an input file that is not a regular file (a folder, a FIFO, a device) or cannot be
+    read."""
+
+
+class ImageFileError(InputFileError):
+    """An image input (condition, init, mask or dataset image) that is not a readable image: truncated,
+    corrupt, or a decompression bomb (more pixels than hgc-tune decodes)."""
+
+
 class ResourceError(HgcTuneError):
-    """The environment failed, not the input (a full disk, an unreachable server): the CLI exits with 1."""
+    """The environment failed, not the input (a full disk, no memory, an unreachable server): exit 1."""
 
 
 class DiskFullError(ResourceError):
@@ -124,3 +137,7 @@ class StorageError(SearchError):
 
 class StorageUnreachableError(StorageError, ResourceError):
     """A search storage's server that refuses the connection or does not answer within the timeout."""
+
+
+class OutOfMemoryError(ResourceError):
+    """A model or input that does not fit in the memory this process can get."""

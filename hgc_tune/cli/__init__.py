@@ -95,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hgc-tune {args.command}: error: {full}", file=sys.stderr)
         return 1
+    except MemoryError as e:
+        # Out of memory outside the places that say what needed it (model loading does): still one line.
+        if args.debug:
+            raise
+        detail = f" ({e})" if str(e) else ""
+        print(f"hgc-tune {args.command}: error: out of memory{detail}.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hgc-tune {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,9 +5,12 @@ compute (``(m_full − m_policy) / m_full`` for higher-is-better metrics, ``(m_p
 lower-is-better ones). *Task* metrics compare outputs with the input condition, following ControlNet++'s
 controllability protocol (arXiv 2404.07987): ``seg`` → :func:`miou`, ``canny`` → :func:`edge_f1`,
 ``hed``/``lineart`` → SSIM of soft edges, ``depth`` → :func:`rmse`. *Reference* metrics compare with the
-full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. Samples are paired (same seed at
+full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. *Prompt* metrics
+(:data:`PROMPT_METRICS`) compare each output with its prompt: the CLIP score of a :class:`ClipScorer`
+(:func:`load_clip_scorer`), a proxy for prompt adherence. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
-bound; a policy is within a budget when that bound is.
+bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
+(every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures.
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -18,21 +21,29 @@ Example:
 
 from __future__ import annotations
 
+from hgc_tune.fidelity._clip import ClipScorer, load_clip_scorer
 from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
+from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
-from hgc_tune.fidelity._registry import METRICS, Metric, relative_loss
+from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
+from hgc_tune.fidelity._scorer import FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
 
 __all__ = [
     "METRICS",
+    "PROMPT_METRICS",
+    "ClipScorer",
+    "FidelityEstimate",
     "FidelityResult",
     "LossBound",
     "Metric",
     "TaskEvaluator",
     "edge_f1",
     "evaluate_pairs",
+    "evaluate_policy",
     "latent_rel_error",
+    "load_clip_scorer",
     "load_segmenter",
     "miou",
     "paired_loss_bound",

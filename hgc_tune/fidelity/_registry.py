@@ -9,11 +9,12 @@ from types import MappingProxyType
 from typing import Literal
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import _metrics
+from hgc_tune.fidelity import _clip, _metrics
 
 __all__ = [
     "CONDITION_TYPES",
     "METRICS",
+    "PROMPT_METRICS",
     "Metric",
     "check_metric_fits",
     "default_metric",
@@ -69,12 +70,14 @@ class Metric:
         fn: the pure metric function ``fn(pred, target) -> float`` on arrays. For task metrics the
             arguments are the maps a task model extracts from the output and from the condition (class
             maps, edge maps, soft-edge maps, depth maps); for reference metrics they are the policy's
-            output and the full-compute output (images or latents).
+            output and the full-compute output (images or latents); for prompt metrics they are what a
+            scorer extracts from the output and from its prompt (CLIP's image and text embeddings).
         higher_is_better: the metric's direction.
-        kind: ``"task"`` (compares against the input condition) or ``"reference"`` (against the
-            full-compute output).
-        condition_types: the condition types a task metric fits; empty for reference metrics, which fit
-            every type.
+        kind: ``"task"`` (compares against the input condition), ``"reference"`` (against the
+            full-compute output) or ``"prompt"`` (against the sample's prompt, scored at full compute and
+            under the policy like a task metric; see :data:`PROMPT_METRICS`).
+        condition_types: the condition types a task metric fits; empty for reference and prompt metrics,
+            which fit every type.
         ideal: a reference metric's value for the full-compute output compared with itself (SSIM 1, PSNR
             its cap, latent error 0); ``None`` for task metrics, whose full-compute value is measured.
         loss_mode: how ``(m_full, m_policy)`` becomes a loss: ``"relative"`` = :func:`relative_loss`;
@@ -86,15 +89,17 @@ class Metric:
     name: str
     fn: Callable[..., float]
     higher_is_better: bool
-    kind: Literal["task", "reference"]
+    kind: Literal["task", "reference", "prompt"]
     condition_types: frozenset[str] = frozenset()
     ideal: float | None = None
     loss_mode: Literal["relative", "absolute"] = "relative"
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("task", "reference"):
-            raise FidelityError(f"`kind` must be 'task' or 'reference', but got kind={self.kind!r}.")
+        if self.kind not in ("task", "reference", "prompt"):
+            raise FidelityError(
+                f"`kind` must be 'task', 'reference' or 'prompt', but got kind={self.kind!r}."
+            )
         if self.loss_mode not in ("relative", "absolute"):
             raise FidelityError(
                 f"`loss_mode` must be 'relative' or 'absolute', but got loss_mode={self.loss_mode!r}."
@@ -105,10 +110,15 @@ class Metric:
             )
         if self.kind == "task" and not self.condition_types:
             raise FidelityError(f"the task metric {self.name!r} needs the `condition_types` it fits.")
+        if self.kind == "prompt" and self.condition_types:
+            raise FidelityError(
+                f"the prompt metric {self.name!r} fits every condition type, so it takes no "
+                f"`condition_types`, but got condition_types={sorted(self.condition_types)}."
+            )
 
     def fits(self, condition_type: str | None) -> bool:
         """Whether this metric can score outputs generated under ``condition_type``."""
-        return self.kind == "reference" or condition_type in self.condition_types
+        return self.kind != "task" or condition_type in self.condition_types
 
     def loss(self, m_full: float, m_policy: float) -> float:
         """The fidelity loss of a policy whose (mean) metric is ``m_policy`` against ``m_full``.
@@ -188,7 +198,30 @@ def _build_registry() -> dict[str, Metric]:
 
 
 METRICS: Mapping[str, Metric] = MappingProxyType(_build_registry())
-"""Every metric by name (read-only)."""
+"""Every task and reference metric by name (read-only)."""
+
+PROMPT_METRICS: Mapping[str, Metric] = MappingProxyType(
+    {
+        "clip": Metric(
+            name="clip",
+            fn=_clip.clip_score,
+            higher_is_better=True,
+            kind="prompt",
+            description="CLIP score 100·max(cos(image, prompt), 0) of the output with its prompt "
+            "(ControlNet++'s protocol; a proxy for prompt adherence)",
+        ),
+    }
+)
+"""Prompt-adherence metrics by name (read-only): each scores an output against the prompt it was generated
+from, so it guards what the condition does not carry. They are per sample and reference-free: each sample is
+scored at full compute and under the policy, and the loss and its bound follow as for a task metric
+(``paired_loss_bound(full, policy, PROMPT_METRICS["clip"])``: the relative drop of the mean score).
+
+``clip`` needs a CLIP model, so its scores come from a :class:`~hgc_tune.fidelity.ClipScorer`
+(``scorer(images, prompts)``, one score per pair) rather than from ``fn`` on images; ``fn`` is the formula
+on the two embeddings. They are kept apart from :data:`METRICS` because :func:`get_metric` and the task
+evaluator take one output and its condition or reference, not its prompt.
+"""
 
 _DEFAULTS: Mapping[str, str] = MappingProxyType(
     {"seg": "miou", "canny": "edge_f1", "hed": "edge_ssim", "lineart": "edge_ssim", "depth": "depth_rmse"}

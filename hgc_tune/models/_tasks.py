@@ -14,6 +14,7 @@ image) and :func:`default_mask`.
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any
 
 from hgc_tune.errors import ModelLoadError
@@ -23,13 +24,16 @@ __all__ = [
     "PIPELINE_FAMILIES",
     "task_of_class",
     "DEFAULT_STRENGTH",
+    "check_strength",
     "default_mask",
     "generation_inputs",
     "inference_steps_for",
+    "native_size",
     "pipeline_for_task",
     "pipeline_task",
     "sample_task_images",
     "steps_run",
+    "task_and_strength",
 ]
 
 TASKS: tuple[str, ...] = ("text2img", "img2img", "inpaint")
@@ -71,6 +75,60 @@ def _family(pipe: Any) -> tuple[str, str]:
 
 # diffusers' own defaults of the two pipelines' `strength`.
 DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.8, "inpaint": 1.0}
+
+
+def check_strength(
+    strength: Any,
+    *,
+    error: type[Exception] = ModelLoadError,
+    flag: str = "strength",
+    given: str | None = None,
+) -> float:
+    """``strength`` as a float, if it is a number in (0, 1] (the rule of img2img and inpainting calls).
+
+    Args:
+        strength: The value to check.
+        error: The exception class to raise.
+        flag: The name the message gives the value (``--strength`` for a command-line flag).
+        given: How the message shows the value (default: its ``repr``; a flag's text as typed).
+
+    Raises:
+        error: ``strength`` is not a number in (0, 1] (a bool is not a number here).
+    """
+    valid = isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0 < strength <= 1
+    if not valid:  # NaN fails the comparison
+        shown = repr(strength) if given is None else given
+        raise error(f"`{flag}` must be in (0, 1], but got {flag}={shown}.")
+    return float(strength)
+
+
+def task_and_strength(
+    pipe: Any, strength: float | None, *, error: type[Exception] = ModelLoadError
+) -> tuple[str, float | None]:
+    """The task of ``pipe`` and the strength its calls take: ``None`` for text2img, else ``strength`` checked
+    (default: diffusers' default of the task). A pipeline of none of the task classes is called the text2img
+    way.
+
+    Raises:
+        error: A strength given for a text2img pipeline, or outside (0, 1].
+    """
+    try:
+        task = pipeline_task(pipe)
+    except ModelLoadError:
+        task = "text2img"
+    if task == "text2img":
+        if strength is not None:
+            raise error(
+                f"`strength` is for img2img and inpainting pipelines, but got strength={strength!r} for a "
+                f"{type(pipe).__name__}; load the pipeline with task='img2img' or task='inpaint'."
+            )
+        return task, None
+    return task, check_strength(DEFAULT_STRENGTH[task] if strength is None else strength, error=error)
+
+
+def native_size(pipe: Any) -> int:
+    """The pipeline's native image size in pixels: the U-Net's sample size times the VAE scale factor."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
 def _check_task(task: str) -> str:
@@ -234,11 +292,8 @@ def generation_inputs(
         return {"image": condition}
     if init_image is None:
         raise ModelLoadError(f"a {task} pipeline ({type(pipe).__name__}) needs an init image (init_image=).")
-    if strength is None:
-        strength = DEFAULT_STRENGTH[task]
-    if not 0 < float(strength) <= 1:
-        raise ModelLoadError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
-    inputs = {"image": init_image, "control_image": condition, "strength": float(strength)}
+    strength = check_strength(DEFAULT_STRENGTH[task] if strength is None else strength)
+    inputs = {"image": init_image, "control_image": condition, "strength": strength}
     if task == "inpaint":
         if mask_image is None:
             mask_image = default_mask(*init_image.size)

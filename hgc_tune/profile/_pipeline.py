@@ -8,6 +8,7 @@ references it did not make.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hgc_tune.errors import HgcTuneError, ProfileError
@@ -26,6 +27,7 @@ def load_profiled_pipeline(
     dtype: str | None = None,
     device: str = "cpu",
     error: type[HgcTuneError] = ProfileError,
+    lora: Sequence[tuple[str, float]] = (),
 ) -> Any:
     """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
 
@@ -40,6 +42,8 @@ def load_profiled_pipeline(
         dtype: ``fp32``, ``fp16`` or ``bf16`` instead of the profiled dtype.
         device: A torch device string.
         error: The exception class to raise (the caller's own, e.g. ``ReportError``).
+        lora: ``(path, scale)`` of each LoRA the profile was made with (see ``models._lora.load_lora``),
+            loaded before the weights digest is compared.
 
     Returns:
         The ready pipeline, of the profiled class.
@@ -80,6 +84,11 @@ def load_profiled_pipeline(
     if isinstance(meta.get("scheduler_config"), dict) and scheduler_class is not None:
         # The exact scheduler the references were generated with, not merely the same family.
         pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
+    if lora:
+        from hgc_tune.models._lora import load_lora
+
+        for path, scale in lora:
+            load_lora(pipe, path, scale)
     check_profiled_pipeline(profile, pipe, name=name, error=error)
     return pipe
 

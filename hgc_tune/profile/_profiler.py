@@ -6,11 +6,21 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hgc_tune.errors import ProfileError
+from hgc_tune.generation import GenerationJob, GenerationSettings, generate_output, jobs_from_samples
+from hgc_tune.generation._inputs import (
+    condition_array,
+    generation_size,
+    init_array,
+    job_from_arrays,
+    mask_array,
+)
+from hgc_tune.models._tasks import task_and_strength
 from hgc_tune.profile._artifact import (
     AGGREGATES,
     FORMAT,
@@ -25,7 +35,12 @@ from hgc_tune.profile._artifact import (
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
 
-__all__ = ["profile_pipeline", "condition_input"]
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from hgc_tune.macs import MacTable
+
+__all__ = ["profile_pipeline"]
 
 # What the statistics mean, recorded in every profile.json so a reader need not find this source.
 _STATISTICS_NOTE: dict[str, str] = {
@@ -61,7 +76,7 @@ _STATISTICS_NOTE: dict[str, str] = {
 }
 
 
-def _check_full_compute(pipe: Any) -> None:
+def _check_full_compute(pipe: DiffusionPipeline) -> None:
     # A compute-skipping policy applied to the pipeline would make the profile observe cached outputs and
     # record them as the full-compute reference.
     for component in ("unet", "controlnet"):
@@ -96,37 +111,13 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def _sample_fields(sample: Any, index: int, seed: int) -> tuple[str, str | None, int, Any]:
-    for field in ("prompt", "condition_image"):
-        if not hasattr(sample, field):
-            raise ProfileError(
-                f"sample {index} must have `.prompt` and `.condition_image()`, but it has no `{field}` "
-                f"({type(sample).__name__})."
-            )
-    prompt = sample.prompt
-    if not isinstance(prompt, str):
-        raise ProfileError(f"sample {index}: `prompt` must be a string, but got prompt={prompt!r}.")
-    negative = getattr(sample, "negative_prompt", None)
-    own_seed = getattr(sample, "seed", None)
-    sample_seed = int(own_seed) if own_seed is not None else seed + index
-    image = sample.condition_image()
-    # Several ControlNets (MultiControlNetModel): one condition image each, in their order.
-    images = image if isinstance(image, list | tuple) else [image]
-    for one in images:
-        if not hasattr(one, "convert") or not hasattr(one, "size"):
-            raise ProfileError(
-                f"sample {index}: `condition_image()` must return a PIL image (or a list of them, one per "
-                f"ControlNet), but returned {type(one).__name__}."
-            )
-    converted = [one.convert("RGB") for one in images]
-    return prompt, negative, sample_seed, converted if isinstance(image, list | tuple) else converted[0]
-
-
-def _dataset_digest(rows: list[tuple[str, str | None, int, Any]], *task_arrays: list[np.ndarray]) -> str:
+def _dataset_digest(jobs: list[GenerationJob], *task_arrays: list[np.ndarray]) -> str:
     digest = hashlib.sha256()
-    for prompt, negative, sample_seed, image in rows:
-        images = image if isinstance(image, list) else [image]
-        digest.update(json.dumps([prompt, negative, sample_seed, *(list(i.size) for i in images)]).encode())
+    for job in jobs:
+        images = job.condition if isinstance(job.condition, list) else [job.condition]
+        digest.update(
+            json.dumps([job.prompt, job.negative_prompt, job.seed, *(list(i.size) for i in images)]).encode()
+        )
         for one in images:
             digest.update(np.asarray(one, dtype=np.uint8).tobytes())
     # img2img / inpainting: the init images and masks (absent for text2img, whose digest is unchanged)
@@ -136,59 +127,7 @@ def _dataset_digest(rows: list[tuple[str, str | None, int, Any]], *task_arrays: 
     return digest.hexdigest()
 
 
-def _condition_array(image: Any, height: int, width: int) -> np.ndarray:
-    """The condition at the generation size, uint8 ``[H, W, 3]`` (``[k, H, W, 3]`` for k ControlNets)."""
-    from PIL import Image
-
-    if isinstance(image, list):
-        return np.stack([_condition_array(one, height, width) for one in image])
-
-    if image.size != (width, height):
-        # Nearest keeps label colours intact (a resampled segmentation map would blend classes). The
-        # pipeline receives this same array, so the stored conditions reproduce the references exactly.
-        image = image.resize((width, height), Image.NEAREST)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def condition_input(array: np.ndarray) -> Any:
-    """What the pipeline takes: a PIL image, or a list of them for several ControlNets (``[k, H, W, 3]``)."""
-    from PIL import Image
-
-    if array.ndim == 4:
-        return [Image.fromarray(one) for one in array]
-    return Image.fromarray(array)
-
-
-def _task(pipe: Any) -> str:
-    from hgc_tune.errors import ModelLoadError
-    from hgc_tune.models._tasks import pipeline_task
-
-    try:
-        return pipeline_task(pipe)
-    except ModelLoadError:  # another ControlNet pipeline class: called the text2img way
-        return "text2img"
-
-
-def _init_array(image: Any, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.BICUBIC)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _mask_array(mask: Any, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    from hgc_tune.models._tasks import default_mask
-
-    mask = default_mask(width, height) if mask is None else mask.convert("L")
-    if mask.size != (width, height):
-        mask = mask.resize((width, height), Image.NEAREST)
-    return np.asarray(mask, dtype=np.uint8)
-
-
-def _count_macs(pipe: Any, height: int, width: int, model_name: str) -> Any:
+def _count_macs(pipe: DiffusionPipeline, height: int, width: int, model_name: str) -> Any:
     from hgc_tune.macs import count_pipeline_macs
 
     table = count_pipeline_macs(pipe, height=height, width=width, model_name=model_name)
@@ -196,8 +135,103 @@ def _count_macs(pipe: Any, height: int, width: int, model_name: str) -> Any:
     return json.loads(data) if isinstance(data, str) else _jsonable(data)
 
 
+@dataclass(frozen=True)
+class _ProfiledInputs:
+    """The samples' inputs at the generation size, as the profile stores them, and the jobs made of exactly
+    those arrays (so a profile's saved inputs regenerate its references)."""
+
+    jobs: list[GenerationJob]
+    conditions: list[np.ndarray]
+    inits: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    @classmethod
+    def of(cls, sampled: list[GenerationJob], task: str, height: int, width: int) -> _ProfiledInputs:
+        """The inputs of the jobs made from the dataset samples (``sampled``), at ``height`` × ``width``."""
+        conditions = [condition_array(job.condition, height, width) for job in sampled]
+        inits = [init_array(job.init_image, height, width) for job in sampled if job.init_image is not None]
+        masks = [mask_array(job.mask_image, height, width) for job in sampled] if task == "inpaint" else []
+        jobs = [
+            job_from_arrays(
+                job.prompt,
+                job.negative_prompt,
+                job.seed,
+                conditions[i],
+                inits[i] if inits else None,
+                masks[i] if masks else None,
+            )
+            for i, job in enumerate(sampled)
+        ]
+        return cls(jobs, conditions, inits, masks)
+
+
+@dataclass
+class _ObservedRun:
+    """What the observed full-compute generation of every sample recorded."""
+
+    series_keys: list[tuple[str, str]]
+    blocks: list[str]
+    attentions: list[str]
+    per_sample: list[dict[tuple[str, str], np.ndarray]] = field(default_factory=list)
+    latents: list[np.ndarray] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    steps: set[int] = field(default_factory=set)
+    cfg: set[bool] = field(default_factory=set)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The aggregated statistics and the reference outputs."""
+        tensors: dict[str, np.ndarray] = {}
+        for metric, key in self.series_keys:
+            values = np.stack([series[(metric, key)] for series in self.per_sample]).astype(np.float64)
+            # Plain mean/std (not nan-): step 0 stays NaN, and so does any step a module did not run.
+            aggregated = {"mean": values.mean(axis=0), "std": values.std(axis=0)}
+            for aggregate in AGGREGATES:
+                tensors[f"{stat_name(aggregate, metric)}/{key}"] = aggregated[aggregate].astype(np.float32)
+        tensors[REFERENCE_LATENTS] = np.stack(self.latents).astype(np.float32)
+        tensors[REFERENCE_IMAGES] = np.stack(self.images)
+        return tensors
+
+
+def _observe(
+    pipe: DiffusionPipeline, jobs: list[GenerationJob], settings: GenerationSettings, progress: bool
+) -> _ObservedRun:
+    """Generate every job at full compute with the observation hooks attached."""
+    from tqdm.auto import tqdm
+
+    from hgc_tune.runtime import attach_run_context, release_run_context
+
+    context = attach_run_context(pipe)
+    observer = ProfileObserver(pipe, context)
+    run = _ObservedRun(observer.series_keys, list(observer.blocks), list(observer.attentions))
+    total = len(jobs) * settings.num_steps
+    bar = tqdm(total=total, unit="step", desc="profile", disable=not progress)
+
+    def on_step(step: int) -> None:
+        if bar.total != len(jobs) * context.num_steps:
+            bar.total = len(jobs) * context.num_steps
+        bar.update(1)
+
+    try:
+        observer.attach()
+        for index, job in enumerate(jobs):
+            bar.set_postfix_str(f"sample {index + 1}/{len(jobs)}", refresh=False)
+            output = generate_output(pipe, job, settings, on_step=on_step)
+            run.steps.add(context.num_steps)
+            run.cfg.add(context.cfg)
+            run.per_sample.append(observer.collect())
+            run.latents.append(output.latent)
+            run.images.append(output.image)
+    finally:
+        bar.close()
+        observer.remove()
+        release_run_context(pipe)
+    if len(run.steps) != 1:
+        raise ProfileError(f"the samples ran with different numbers of denoising steps {sorted(run.steps)}.")
+    return run
+
+
 def profile_pipeline(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     samples: Iterable[Any],
     *,
     num_steps: int = 20,
@@ -209,7 +243,7 @@ def profile_pipeline(
     model_name: str = "",
     condition_type: str | None = None,
     dataset: str | None = None,
-    mac_table: Any = None,
+    mac_table: MacTable | None = None,
     strength: float | None = None,
 ) -> Profile:
     """Profile a pipeline: run every sample at full compute and record per-step statistics.
@@ -268,46 +302,19 @@ def profile_pipeline(
         >>> profile.stat("mean_rel_l1", "unet.mid_block").shape
         (4,)
     """
-    import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    import hgc_tune
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import model_structure, weights_digest
-    from hgc_tune.models._tasks import sample_task_images
-    from hgc_tune.runtime import attach_run_context, release_run_context
-
     if condition_type is None:
         condition_type = str(getattr(samples, "condition_type", "") or "")
     if dataset is None:
         dataset = str(getattr(samples, "name", "") or "")
     # A hgc_tune.data.Dataset hashes its own rows and files; a search can reopen it and compare.
     content_hash = samples.content_hash() if callable(getattr(samples, "content_hash", None)) else None
-    default_size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    height = default_size if height is None else height
-    width = height if width is None else width
+    height, width = generation_size(pipe, height, width)
     _check_arguments(num_steps, guidance_scale, height, width)
-    task = _task(pipe)
-    if task == "text2img" and strength is not None:
-        raise ProfileError(
-            f"`strength` is for img2img and inpainting pipelines, but got strength={strength!r} for a "
-            f"{type(pipe).__name__}; load the pipeline with task='img2img' or task='inpaint'."
-        )
-    if strength is not None and (
-        not isinstance(strength, int | float) or isinstance(strength, bool) or not 0 < strength <= 1
-    ):
-        raise ProfileError(f"`strength` must be in (0, 1], but got strength={strength!r}.")
-    rows, task_images = [], []
-    for i, sample in enumerate(samples):
-        rows.append(_sample_fields(sample, i, seed))
-        task_images.append(
-            sample_task_images(sample, rows[-1][3], task, where=f"sample {i}: ", error=ProfileError)
-        )
-    if not rows:
+    task, strength = task_and_strength(pipe, strength, error=ProfileError)
+    jobs = jobs_from_samples(samples, seed=seed, task=task, error=ProfileError)
+    if not jobs:
         raise ProfileError("`samples` must hold at least one sample, but it is empty.")
-    init_arrays = [_init_array(init, height, width) for init, _ in task_images if init is not None]
-    mask_arrays = [_mask_array(mask, height, width) for _, mask in task_images] if task == "inpaint" else []
+    inputs = _ProfiledInputs.of(jobs, task, height, width)
     _check_full_compute(pipe)
     if mac_table is None:
         mac_json = _count_macs(pipe, height, width, model_name)
@@ -318,128 +325,79 @@ def profile_pipeline(
         )
     else:
         mac_json = _jsonable(mac_table.to_json())
+    settings = GenerationSettings(num_steps, guidance_scale, height, width, strength=strength)
+    run = _observe(pipe, inputs.jobs, settings, progress)
+    tensors = run.tensors()
+    tensors[REFERENCE_CONDITIONS] = np.stack(inputs.conditions)
+    if inputs.inits:
+        tensors[REFERENCE_INIT_IMAGES] = np.stack(inputs.inits)
+    if inputs.masks:
+        tensors[REFERENCE_MASKS] = np.stack(inputs.masks)
+    dataset_meta = {
+        "name": dataset,
+        "sha256": _dataset_digest(jobs, inputs.inits, inputs.masks),
+        "content_hash": content_hash,
+        "num_samples": len(jobs),
+    }
+    recorded = {"model_name": model_name, "condition_type": condition_type, "task": task}
+    return Profile(_meta(pipe, jobs, settings, run, recorded, dataset_meta, mac_json), tensors)
 
-    per_sample: list[dict[tuple[str, str], np.ndarray]] = []
-    latents_out: list[np.ndarray] = []
-    images_out: list[np.ndarray] = []
 
-    from hgc_tune.models._tasks import generation_inputs
-
-    steps_seen: set[int] = set()
-    cfg_seen: set[bool] = set()
-    used_strength: float | None = None
-    context = attach_run_context(pipe)
-    observer = ProfileObserver(pipe, context)
-    bar = tqdm(total=len(rows) * num_steps, unit="step", desc="profile", disable=not progress)
-    try:
-        observer.attach()
-        for index, (prompt, negative, sample_seed, image) in enumerate(rows):
-            bar.set_postfix_str(f"sample {index + 1}/{len(rows)}", refresh=False)
-            final: dict[str, Any] = {}
-
-            def on_step_end(pipeline, i, t, tensors, final=final):
-                # Called after the scheduler step: `latents` is the state after step i; the last one is
-                # exactly what the pipeline decodes.
-                final["latents"] = tensors["latents"]
-                if bar.total != len(rows) * context.num_steps:
-                    bar.total = len(rows) * context.num_steps
-                bar.update(1)
-                return {}
-
-            inputs = generation_inputs(
-                pipe,
-                condition_input(_condition_array(image, height, width)),
-                init_image=Image.fromarray(init_arrays[index]) if init_arrays else None,
-                mask_image=Image.fromarray(mask_arrays[index]) if mask_arrays else None,
-                strength=strength,
-            )
-            used_strength = inputs.get("strength")
-            output = pipe(
-                prompt=prompt,
-                negative_prompt=negative,
-                **inputs,
-                height=height,
-                width=width,
-                num_inference_steps=num_steps,
-                guidance_scale=guidance_scale,
-                generator=torch.Generator().manual_seed(sample_seed),
-                output_type="np",
-                callback_on_step_end=on_step_end,
-            )
-            steps_seen.add(context.num_steps)
-            cfg_seen.add(context.cfg)
-            per_sample.append(observer.collect())
-            latents_out.append(final["latents"][0].detach().float().cpu().numpy())
-            # diffusers' own float -> uint8 conversion (numpy_to_pil): x * 255, rounded.
-            images_out.append((np.asarray(output.images[0]) * 255).round().astype(np.uint8))
-    finally:
-        bar.close()
-        observer.remove()
-        release_run_context(pipe)
-
-    if len(steps_seen) != 1:
-        raise ProfileError(f"the samples ran with different numbers of denoising steps {sorted(steps_seen)}.")
-    steps = steps_seen.pop()
-    tensors: dict[str, np.ndarray] = {}
-    for metric, key in observer.series_keys:
-        values = np.stack([series[(metric, key)] for series in per_sample]).astype(np.float64)
-        # Plain mean/std (not nan-): step 0 stays NaN, and so does any step a module did not run.
-        aggregated = {"mean": values.mean(axis=0), "std": values.std(axis=0)}
-        for aggregate in AGGREGATES:
-            tensors[f"{stat_name(aggregate, metric)}/{key}"] = aggregated[aggregate].astype(np.float32)
-    tensors[REFERENCE_LATENTS] = np.stack(latents_out).astype(np.float32)
-    tensors[REFERENCE_IMAGES] = np.stack(images_out)
-    tensors[REFERENCE_CONDITIONS] = np.stack([_condition_array(row[3], height, width) for row in rows])
-    if init_arrays:
-        tensors[REFERENCE_INIT_IMAGES] = np.stack(init_arrays)
-    if mask_arrays:
-        tensors[REFERENCE_MASKS] = np.stack(mask_arrays)
-
+def _meta(
+    pipe: DiffusionPipeline,
+    jobs: list[GenerationJob],
+    settings: GenerationSettings,
+    run: _ObservedRun,
+    recorded: dict[str, str],
+    dataset: dict[str, Any],
+    mac_json: Any,
+) -> dict[str, Any]:
+    """``profile.json``'s content but the statistics' and references' tensors."""
     import diffusers
+    import torch
 
-    meta: dict[str, Any] = {
+    import hgc_tune
+    from hgc_tune.models import model_fingerprint
+    from hgc_tune.models._fingerprint import model_structure, weights_digest
+
+    first = jobs[0].condition
+    return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "hgc_tune_version": hgc_tune.__version__,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "model": {
-            "name": model_name,
+            "name": recorded["model_name"],
             "fingerprint": model_fingerprint(pipe),
             "weights_digest": weights_digest(pipe),
             "structure": _jsonable(model_structure(pipe)),
             "dtype": str(pipe.unet.dtype).removeprefix("torch."),
             "device": str(pipe.device),
         },
-        "dataset": {
-            "name": dataset,
-            "sha256": _dataset_digest(rows, init_arrays, mask_arrays),
-            "content_hash": content_hash,
-            "num_samples": len(rows),
-        },
-        "condition_type": condition_type,
-        "task": task,
+        "dataset": dataset,
+        "condition_type": recorded["condition_type"],
+        "task": recorded["task"],
         "pipeline_class": type(pipe).__name__,
-        "strength": used_strength,
+        "strength": settings.strength,
         # Several ControlNets: how many condition images each sample has (absent: one).
-        **({"conditions_per_sample": len(rows[0][3])} if isinstance(rows[0][3], list) else {}),
-        "steps": steps,
-        "num_inference_steps": num_steps,
+        **({"conditions_per_sample": len(first)} if isinstance(first, list) else {}),
+        "steps": next(iter(run.steps)),
+        "num_inference_steps": settings.num_steps,
         "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": _jsonable(dict(pipe.scheduler.config)),
-        "resolution": {"height": height, "width": width},
-        "guidance_scale": float(guidance_scale),
-        "cfg": cfg_seen.pop(),
-        "seeds": [row[2] for row in rows],
-        "prompts": [row[0] for row in rows],
-        "negative_prompts": [row[1] for row in rows],
+        "resolution": {"height": settings.height, "width": settings.width},
+        "guidance_scale": float(settings.guidance_scale),
+        "cfg": next(iter(run.cfg)),
+        "seeds": [job.seed for job in jobs],
+        "prompts": [job.prompt for job in jobs],
+        "negative_prompts": [job.negative_prompt for job in jobs],
         "statistics": {
             "block": list(BLOCK_METRICS),
             "attention": list(ATTENTION_METRICS),
             "aggregates": list(AGGREGATES),
             "notes": _STATISTICS_NOTE,
         },
-        "block_keys": list(observer.blocks),
-        "attention_keys": list(observer.attentions),
+        "block_keys": run.blocks,
+        "attention_keys": run.attentions,
         "mac_table": mac_json,
     }
-    return Profile(meta, tensors)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import ReportError
 from hgc_tune.models._blocks import is_whole_model_key
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
 from hgc_tune.policy._macs import policy_step_macs
+from hgc_tune.policy._target import policy_profile_mismatches
 from hgc_tune.report._html import ReportFigure, render_html
 from hgc_tune.report._summary import profile_cfg, report_summary
 from hgc_tune.search._pareto import ParetoData, load_pareto
+
+if TYPE_CHECKING:
+    from hgc_tune.profile import Profile
 
 __all__ = ["FIGURES", "INDEX_FILE", "SUMMARY_FILE", "ReportResult", "build_report"]
 
@@ -165,6 +170,12 @@ def _check_policy_fits_profile(policy: Policy, profile) -> None:
             f"policy {policy.name!r} was made for model fingerprint {policy.target.fingerprint!r}, but the "
             f"profile is of {profile.fingerprint!r}: report the policy with a profile of its own model."
         )
+    diffs = policy_profile_mismatches(policy, profile.meta)
+    if diffs:
+        raise ReportError(
+            f"policy {policy.name!r} does not fit the profile: {'; '.join(diffs)}; report the policy with a "
+            "profile made with its scheduler and condition."
+        )
 
 
 def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile) -> list[str]:
@@ -258,7 +269,7 @@ def build_report(
     import hgc_tune
     from hgc_tune.report import _figures as figs
     from hgc_tune.report._grid import policy_grid
-    from hgc_tune.report._samples import generate_policy_images, pipeline_for_profile, sample_indices
+    from hgc_tune.report._samples import pipeline_for_profile, sample_indices
 
     profile, profile_source = _resolve_profile(profile)
     policy = _resolve_policy(policy, profile)
@@ -271,10 +282,7 @@ def build_report(
         _check_policy_fits_profile(policy, profile)
         grid = policy_grid(policy, [*profile.block_keys, *profile.attention_keys], cfg=cfg)
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _report_folder(out_dir)
     notes: list[str] = []
     figures: dict[str, Path] = {}
     infos: dict[str, ReportFigure] = dict(FIGURES)
@@ -283,34 +291,9 @@ def build_report(
         # Generated images keep full colour: a palette would blur the very differences they show.
         figures[name] = figs.save_figure(fig, out / infos[name].file, palette=name != "samples")
 
-    write("similarity_unet", figs.plot_block_similarity(profile, "unet"))
-    several = [k for k in profile.block_keys if is_whole_model_key(k) and k != "controlnet"]
-    if several:
-        # Several ControlNets (MultiControlNetModel): one heatmap per ControlNet.
-        for i, key in enumerate(several):
-            info = _controlnet_figure(i, key, profile.condition_type)
-            infos[info.name] = info
-            write(info.name, figs.plot_block_similarity(profile, key, title=info.title))
-    else:
-        write("similarity_controlnet", figs.plot_block_similarity(profile, "controlnet"))
-    write("attention_drift", figs.plot_attention_drift(profile))
-    write("controlnet_residuals", figs.plot_controlnet_residuals(profile, policy))
+    _write_profile_figures(write, infos, profile, policy)
     if policy is not None:
-        cfg_until = policy.guidance.cfg_until if policy.guidance is not None and cfg else None
-        write(
-            "policy_grid", figs.plot_policy_grid(profile, grid, policy_name=policy.name, cfg_until=cfg_until)
-        )
-        table = profile.mac_table
-        full = full_compute_policy(policy.target)
-        write(
-            "step_macs",
-            figs.plot_step_macs(
-                policy_step_macs(policy, table, cfg=cfg),
-                policy_step_macs(full, table, cfg=cfg),
-                convention="paper",
-                policy_name=policy.name,
-            ),
-        )
+        _write_policy_figures(write, profile, policy, grid, cfg)
     else:
         notes.append(
             "No policy given (--policy): the policy grid, MACs per step and policy images are skipped."
@@ -323,31 +306,9 @@ def build_report(
 
     psnr_db = None
     if indices:
-        policy_images = None
-        full_images = profile.reference_images[indices]
-        if policy is not None:
-            from hgc_tune.fidelity import psnr
-
-            pipe = (
-                pipe
-                if pipe is not None
-                else pipeline_for_profile(profile, model=model, controlnet=controlnet, device=device)
-            )
-            policy_images = generate_policy_images(pipe, profile, policy, indices)
-            psnr_db = [psnr(p, f) for p, f in zip(policy_images, full_images)]
-        write(
-            "samples",
-            figs.plot_samples(
-                _side_by_side(profile.condition_images[indices]),
-                full_images,
-                policy_images,
-                indices=indices,
-                seeds=[profile.seeds[i] for i in indices],
-                prompts=[profile.prompts[i] for i in indices],
-                psnr_db=psnr_db,
-                policy_name=policy.name if policy is not None else "policy",
-            ),
-        )
+        if policy is not None and pipe is None:
+            pipe = pipeline_for_profile(profile, model=model, controlnet=controlnet, device=device)
+        psnr_db = _write_sample_figure(write, profile, policy, indices, pipe)
     else:
         notes.append("No samples requested (--samples 0): the sample grid is skipped.")
 
@@ -373,3 +334,93 @@ def build_report(
         summary=summary,
         notes=notes,
     )
+
+
+def _write_profile_figures(
+    write: Callable[[str, Any], None], infos: dict[str, ReportFigure], profile: Profile, policy: Policy | None
+) -> None:
+    """The profile's figures: block similarity (one per ControlNet), attention drift, ControlNet residuals."""
+    from hgc_tune.report import _figures as figs
+
+    write("similarity_unet", figs.plot_block_similarity(profile, "unet"))
+    several = [k for k in profile.block_keys if is_whole_model_key(k) and k != "controlnet"]
+    if several:
+        # Several ControlNets (MultiControlNetModel): one heatmap per ControlNet.
+        for i, key in enumerate(several):
+            info = _controlnet_figure(i, key, profile.condition_type)
+            infos[info.name] = info
+            write(info.name, figs.plot_block_similarity(profile, key, title=info.title))
+    else:
+        write("similarity_controlnet", figs.plot_block_similarity(profile, "controlnet"))
+    write("attention_drift", figs.plot_attention_drift(profile))
+    write("controlnet_residuals", figs.plot_controlnet_residuals(profile, policy))
+
+
+def _write_policy_figures(
+    write: Callable[[str, Any], None], profile: Profile, policy: Policy, grid: Any, cfg: bool
+) -> None:
+    """The policy's grid over the similarity heatmap and its MACs per step."""
+    from hgc_tune.report import _figures as figs
+
+    cfg_until = policy.guidance.cfg_until if policy.guidance is not None and cfg else None
+    write("policy_grid", figs.plot_policy_grid(profile, grid, policy_name=policy.name, cfg_until=cfg_until))
+    table = profile.mac_table
+    full = full_compute_policy(policy.target)
+    write(
+        "step_macs",
+        figs.plot_step_macs(
+            policy_step_macs(policy, table, cfg=cfg),
+            policy_step_macs(full, table, cfg=cfg),
+            convention="paper",
+            policy_name=policy.name,
+        ),
+    )
+
+
+def _write_sample_figure(
+    write: Callable[[str, Any], None],
+    profile: Profile,
+    policy: Policy | None,
+    indices: list[int],
+    pipe: Any,
+) -> list[float] | None:
+    """The sample grid (with a policy: its images generated on ``pipe``); returns their PSNR in dB against
+    full compute (``None`` without a policy)."""
+    from hgc_tune.report import _figures as figs
+    from hgc_tune.report._samples import generate_policy_images
+
+    policy_images = None
+    psnr_db = None
+    full_images = profile.reference_images[indices]
+    if policy is not None:
+        from hgc_tune.fidelity import psnr
+
+        policy_images = generate_policy_images(pipe, profile, policy, indices)
+        psnr_db = [psnr(p, f) for p, f in zip(policy_images, full_images)]
+    write(
+        "samples",
+        figs.plot_samples(
+            _side_by_side(profile.condition_images[indices]),
+            full_images,
+            policy_images,
+            indices=indices,
+            seeds=[profile.seeds[i] for i in indices],
+            prompts=[profile.prompts[i] for i in indices],
+            psnr_db=psnr_db,
+            policy_name=policy.name if policy is not None else "policy",
+        ),
+    )
+    return psnr_db
+
+
+def _report_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """The report folder, created if needed.
+
+    Raises:
+        ReportError: ``out_dir`` is a file.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -10,36 +10,30 @@
   (:meth:`PolicySpace.peer_params`); :class:`PolicyObjective`: the callable Optuna objective.
 - :class:`ParetoData` / :func:`load_pareto`: the ``<name>.pareto.json`` file the search writes beside the
   policy (every trial, the front, the peers, the chosen trial).
-- :func:`evaluate_policy`: fidelity (a :class:`FidelityEstimate`) and MACs of a policy on a dataset.
+
+A search is a pipeline: ``_session`` (inputs, study) -> ``_objective`` (one trial, scored by
+:class:`hgc_tune.fidelity.FidelityScorer` on outputs from :mod:`hgc_tune.generation`) -> ``_selection``
+(validation, test) -> ``_result`` (:class:`SearchResult` and its files); ``_search`` runs the stages.
+Evaluating a policy on a dataset outside a search is :func:`hgc_tune.fidelity.evaluate_policy`.
 """
 
 from __future__ import annotations
 
 from hgc_tune.search._config import SearchConfig
-from hgc_tune.search._fidelity import FidelityEstimate, evaluate_policy
 from hgc_tune.search._objective import PolicyObjective
 from hgc_tune.search._pareto import ParetoData, load_pareto
-from hgc_tune.search._search import (
-    SearchResult,
-    SearchSession,
-    load_search_profile,
-    prepare_search,
-    run_search,
-    run_search_worker,
-    search_policy,
-    write_search_outputs,
-)
+from hgc_tune.search._result import SearchResult, write_search_outputs
+from hgc_tune.search._search import run_search, run_search_worker, search_policy
+from hgc_tune.search._session import SearchSession, load_search_profile, prepare_search
 from hgc_tune.search._space import PolicySpace
 
 __all__ = [
-    "FidelityEstimate",
     "ParetoData",
     "PolicyObjective",
     "PolicySpace",
     "SearchConfig",
     "SearchResult",
     "SearchSession",
-    "evaluate_policy",
     "load_pareto",
     "load_search_profile",
     "prepare_search",

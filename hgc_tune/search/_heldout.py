@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hgc_tune._atomic import atomic_write
-from hgc_tune.search._fidelity import GeneratedOutput, GenerationJob, GenerationSettings, iter_outputs
+from hgc_tune.generation import GeneratedOutput, GenerationJob, GenerationSettings, iter_outputs
 
 __all__ = ["HELDOUT_DIR", "heldout_key", "heldout_references"]
 

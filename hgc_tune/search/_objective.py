@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.generation import GeneratedOutput
 from hgc_tune.policy import Policy, Provenance
 from hgc_tune.policy._io import policy_to_json
 from hgc_tune.policy._macs import macs_provenance
-from hgc_tune.search._fidelity import FidelityEstimate, FidelityScorer, GeneratedOutput
 from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
 from hgc_tune.search._storage import record_first_heartbeat
 from hgc_tune.search._trials import ATTR, is_surplus
@@ -50,7 +52,7 @@ class PolicyObjective:
         n_trials: The study's total number of trials (a trial started beyond it is a surplus trial).
         cfg: Whether generation uses classifier-free guidance (for the MACs).
         early_rejection: Stop evaluating once the verdict is clear (see
-            :meth:`~hgc_tune.search._fidelity.FidelityScorer.score`); ``False``: every sample, every trial.
+            :meth:`~hgc_tune.fidelity._scorer.FidelityScorer.score`); ``False``: every sample, every trial.
         margin: With ``confidence == 0``: reject once the running loss exceeds ``budget + margin``.
         min_samples: Samples evaluated before a trial may stop (and the size of a screen).
         confidence: One-sided confidence level of the loss bound; ``0``: the point estimate.

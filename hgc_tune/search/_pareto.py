@@ -1,7 +1,8 @@
 """The Pareto file ``<policy>.pareto.json``: every trial of a search with its MACs, loss and verdict, the
-front, the peers and the chosen trial. This module owns the format: :func:`pareto_to_json` and
-:func:`write_pareto` write it (``hgc-tune search``), :func:`load_pareto` reads it back as :class:`ParetoData`
-(the report's trade-off figure and summary).
+front, the peers and the chosen trial. This module owns the format: its name and versions, the layout below,
+and :func:`load_pareto`, which reads it back as :class:`ParetoData` (the report's trade-off figure and
+summary). A search writes it from its result (:func:`hgc_tune.search._result.write_pareto`, ``hgc-tune
+search``), which imports the format from here; nothing here imports the search.
 
 The layout (the fields a reader relies on; the writer adds the study's details, which a reader keeps in
 :attr:`ParetoData.raw`)::
@@ -23,21 +24,16 @@ trials with peer names; the full-compute anchor is the peer named ``full-compute
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import HgcTuneError, SearchError
 from hgc_tune.search._space import FULL_COMPUTE
-
-if TYPE_CHECKING:
-    from hgc_tune.search._search import SearchResult
 
 __all__ = [
     "PARETO_FORMAT",
@@ -46,67 +42,12 @@ __all__ = [
     "ParetoPoint",
     "load_pareto",
     "pareto_data_from_json",
-    "pareto_to_json",
-    "write_pareto",
 ]
 
 PARETO_FORMAT = "hgc-tune-pareto"
 # The version this module writes, and the versions it reads.
 SCHEMA_VERSION = 1
 SCHEMA_VERSIONS = (1,)
-_OBJECTIVE = "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget"
-
-
-def pareto_to_json(result: SearchResult) -> dict[str, Any]:
-    """The Pareto file of a search: every trial with feasibility, front, peers and the chosen one marked."""
-    front = set(result.front)
-    peers_of: dict[int, list[str]] = {}
-    for name, number in result.peers.items():
-        peers_of.setdefault(number, []).append(name)
-    heldout = {v["trial"]: v for v in result.validation}
-    chosen = None if result.chosen is None else result.chosen.number
-    trials = []
-    for r in result.trials:
-        d = r.to_json()
-        d.update(
-            on_front=r.number in front,
-            chosen=r.number == chosen,
-            peers=peers_of.get(r.number, []),
-            heldout=heldout.get(r.number),
-        )
-        trials.append(d)
-    return {
-        "format": PARETO_FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "study": result.study_name,
-        "storage": result.storage,
-        "model": result.model,
-        "condition_type": result.condition_type,
-        "metric": result.metric,
-        "budget": result.budget,
-        "confidence": result.confidence,
-        "num_steps": result.num_steps,
-        "objective": _OBJECTIVE,
-        "macs_full": dict(result.macs_full),
-        "trials": trials,
-        "front": list(result.front),
-        "peers": dict(result.peers),
-        "chosen": chosen,
-        "best_calibration": None if result.best is None else result.best.number,
-        "validated": result.validated,
-        "validation": [dict(v) for v in result.validation],
-        "test": None if result.test is None else dict(result.test),
-        "message": result.message,
-    }
-
-
-def write_pareto(result: SearchResult, path: str | os.PathLike[str]) -> Path:
-    """Write the Pareto file of ``result`` to ``path`` atomically (sorted keys, trailing newline)."""
-    file = Path(path)
-    atomic_write_text(
-        file, json.dumps(pareto_to_json(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    )
-    return file
 
 
 @dataclass(frozen=True)
@@ -351,7 +292,7 @@ def pareto_data_from_json(
 
 
 def load_pareto(path: str | os.PathLike[str], *, error: type[HgcTuneError] = SearchError) -> ParetoData:
-    """Read a ``<policy>.pareto.json`` file written by :func:`write_pareto` (``hgc-tune search``).
+    """Read a ``<policy>.pareto.json`` file (written by ``hgc-tune search``).
 
     Raises:
         SearchError: (or ``error``) If the file is missing, not JSON, or violates the layout.

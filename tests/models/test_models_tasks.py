@@ -3,17 +3,22 @@ and the steps a call runs at a strength."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from hgc_tune.errors import IncompatibleControlNetError, ModelLoadError
+from hgc_tune.errors import IncompatibleControlNetError, ModelLoadError, ProfileError
 from hgc_tune.models import load_pipeline
 from hgc_tune.models._loading import check_controlnet_fits
 from hgc_tune.models._tasks import (
+    check_strength,
     generation_inputs,
     inference_steps_for,
+    native_size,
     pipeline_for_task,
     pipeline_task,
     steps_run,
+    task_and_strength,
 )
 
 
@@ -58,3 +63,29 @@ def test_a_9_channel_inpainting_unet_fits_a_4_channel_controlnet_for_inpainting_
     check_controlnet_fits(unet, tiny_pipe.controlnet.config, task="inpaint")
     with pytest.raises(IncompatibleControlNetError, match="an inpainting U-Net: load it with task='inpaint'"):
         check_controlnet_fits(unet, tiny_pipe.controlnet.config)
+
+
+def test_one_strength_rule():
+    assert check_strength(0.5) == 0.5 and check_strength(1) == 1.0 and isinstance(check_strength(1), float)
+    for bad in (0, 1.5, -0.1, math.nan, math.inf, True, "0.5", None):
+        with pytest.raises(ModelLoadError, match=r"`strength` must be in \(0, 1\], but got strength="):
+            check_strength(bad)
+    # a command-line flag shows the text as typed
+    with pytest.raises(ProfileError, match=r"^`--strength` must be in \(0, 1\], but got --strength=abc\.$"):
+        check_strength(math.nan, error=ProfileError, flag="--strength", given="abc")
+
+
+def test_task_and_strength(tiny_pipe):
+    assert task_and_strength(tiny_pipe, None) == ("text2img", None)
+    with pytest.raises(ProfileError, match="`strength` is for img2img and inpainting pipelines"):
+        task_and_strength(tiny_pipe, 0.5, error=ProfileError)
+    # diffusers' default of each task, or the strength given
+    assert task_and_strength(pipeline_for_task(tiny_pipe, "img2img"), None) == ("img2img", 0.8)
+    assert task_and_strength(pipeline_for_task(tiny_pipe, "inpaint"), None) == ("inpaint", 1.0)
+    assert task_and_strength(pipeline_for_task(tiny_pipe, "inpaint"), 0.5) == ("inpaint", 0.5)
+    with pytest.raises(ModelLoadError, match=r"but got strength=2"):
+        task_and_strength(pipeline_for_task(tiny_pipe, "img2img"), 2)
+
+
+def test_native_size(tiny_pipe):
+    assert native_size(tiny_pipe) == tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor

@@ -64,7 +64,7 @@ def test_two_controlnets_from_profile_to_report(multi_pipe, profile, tmp_path) -
     assert "controlnet.nets.0: runs at steps [0, 1]; elsewhere dropped" in page
     # the report's policy images are the executor's: compare one with a direct run
     from hgc_tune.executor import apply_policy
-    from hgc_tune.profile._profiler import condition_input
+    from hgc_tune.generation._inputs import condition_input
 
     with apply_policy(multi_pipe, loaded, condition_type=CONDITIONS):
         out = multi_pipe(

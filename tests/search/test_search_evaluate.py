@@ -14,9 +14,9 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
+from hgc_tune.fidelity import evaluate_policy
 from hgc_tune.policy import full_compute_policy, peer_policy, target_for_pipeline
 from hgc_tune.profile import Profile
-from hgc_tune.search import evaluate_policy
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,26 @@ def test_cli_refuses_a_metric_that_does_not_fit(capsys):
     argv = ["evaluate", "--model", "tiny", "--condition", "seg", "--policy", "none", "--metric", "edge_f1"]
     assert main(argv) == 2
     assert "edge_f1" in capsys.readouterr().err
+
+
+def test_compare_policies_takes_the_task_and_strength(tiny_pipe, samples):
+    from hgc_tune.errors import SearchError
+    from hgc_tune.fidelity._evaluate_policy import compare_policies
+    from hgc_tune.models import pipeline_for_task, steps_run
+
+    pipe = pipeline_for_task(tiny_pipe, "img2img")
+    run = steps_run(STEPS, 0.75)
+    everything = full_compute_policy(target_for_pipeline(pipe, num_steps=run, condition_type="seg"))
+    rows = compare_policies(
+        pipe,
+        {"all": everything},
+        samples,
+        num_steps=STEPS,
+        metric="ssim",
+        condition_type="seg",
+        strength=0.75,
+    )
+    # each sample's init image and the strength reach the img2img calls: full compute scores no loss
+    assert [(r["name"], r["loss"], r["task"], r["strength"]) for r in rows] == [("all", 0.0, "img2img", 0.75)]
+    with pytest.raises(SearchError, match="`strength` is for img2img and inpainting pipelines"):
+        compare_policies(tiny_pipe, {}, samples, num_steps=STEPS, metric="ssim", strength=0.5)

@@ -98,8 +98,8 @@ def test_profile_of_another_model_or_other_weights(tiny_pipe, profile_dir, tmp_p
 
 def test_held_out_references_are_keyed_by_the_weights(tiny_pipe, tmp_path):
     from hgc_tune.data import open_dataset
+    from hgc_tune.generation import GenerationJob, GenerationSettings
     from hgc_tune.models import load_pipeline
-    from hgc_tune.search._fidelity import GenerationJob, GenerationSettings
     from hgc_tune.search._heldout import heldout_key
 
     sample = next(iter(open_dataset("shapes", condition_type="seg", split="heldout", limit=1)))

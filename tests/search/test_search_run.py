@@ -18,10 +18,11 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
+from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.generation import jobs_from_samples
 from hgc_tune.models._blocks import cacheable_module_keys
 from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
 from hgc_tune.search import (
-    FidelityEstimate,
     SearchConfig,
     load_pareto,
     prepare_search,
@@ -29,7 +30,6 @@ from hgc_tune.search import (
     search_policy,
     write_search_outputs,
 )
-from hgc_tune.search._fidelity import jobs_from_samples
 from hgc_tune.search._heldout import heldout_key
 from hgc_tune.search._space import FULL_COMPUTE, default_peer_names, policy_key
 

@@ -11,10 +11,11 @@ from _search_fixtures import SD15_KEYS, TINY_KEYS, make_target, synthetic_space
 
 from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import TaskEvaluator
+from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.generation import GeneratedOutput
 from hgc_tune.models._blocks import deep_block_keys
 from hgc_tune.policy import ReuseWindow, peer_policy
 from hgc_tune.policy._peers import DEFAULT_PEERS, peer_params
-from hgc_tune.search._fidelity import FidelityScorer, GeneratedOutput
 from hgc_tune.search._space import (
     FULL_COMPUTE,
     default_peer_names,
@@ -336,7 +337,7 @@ def _record(number, macs, loss, upper, lower, *, rejected=False):
 
 
 def test_candidates_cheapest_plausible_first_and_the_calibration_winner_always_checked():
-    from hgc_tune.search._search import _candidates
+    from hgc_tune.search._selection import _candidates
 
     records = [
         _record(0, 100.0, 0.0, 0.0, 0.0),  # full compute: feasible, never a candidate

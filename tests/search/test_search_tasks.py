@@ -10,11 +10,11 @@ from _search_fixtures import METRIC, one_torch_thread  # noqa: F401 (an autouse 
 
 from hgc_tune.data import open_dataset
 from hgc_tune.executor import apply_policy
+from hgc_tune.generation import generate_output, jobs_from_samples
+from hgc_tune.generation._inputs import profile_jobs, profile_settings
 from hgc_tune.models._tasks import pipeline_task
 from hgc_tune.profile import Profile, load_profiled_pipeline, profile_pipeline
 from hgc_tune.search import SearchConfig, search_policy
-from hgc_tune.search._fidelity import generate_output, jobs_from_samples
-from hgc_tune.search._search import _calibration_jobs, _settings
 
 INFERENCE_STEPS, STRENGTH, RUN = 8, 0.5, 4
 
@@ -33,9 +33,9 @@ def test_search_on_a_task_profile(task, task_pipe, tmp_path):
     assert pipeline_task(load_profiled_pipeline(profile)) == task
 
     # the calibration jobs repeat the references exactly
-    job = _calibration_jobs(profile, 1)[0]
+    job = profile_jobs(profile, [0])[0]
     assert job.init_image is not None and (job.mask_image is not None) == (task == "inpaint")
-    regenerated = generate_output(pipe, job, _settings(profile))
+    regenerated = generate_output(pipe, job, profile_settings(profile))
     assert np.array_equal(regenerated.image, profile.reference_images[0])
 
     heldout = open_dataset("shapes", condition_type="seg", split="validation", limit=1)
@@ -47,4 +47,4 @@ def test_search_on_a_task_profile(task, task_pipe, tmp_path):
     assert policy.target.pipeline_class == type(pipe).__name__
     assert policy.num_steps == RUN
     with apply_policy(pipe, policy):
-        generate_output(pipe, job, _settings(profile))
+        generate_output(pipe, job, profile_settings(profile))

@@ -1,0 +1,281 @@
+"""Fidelity evaluation of policies on a dataset: every sample generated at full compute and under each policy
+(by :mod:`hgc_tune.generation`, as the profiler generates), scored by :class:`FidelityScorer`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from hgc_tune.errors import FidelityError, SearchError
+from hgc_tune.fidelity._confidence import check_confidence
+from hgc_tune.fidelity._evaluate import TaskEvaluator
+from hgc_tune.fidelity._scorer import FidelityEstimate, FidelityScorer
+from hgc_tune.generation._inputs import (
+    GenerationJob,
+    GenerationSettings,
+    condition_array,
+    generation_size,
+    jobs_from_samples,
+)
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from hgc_tune.macs import MacTable
+    from hgc_tune.policy import Policy
+
+__all__ = ["compare_policies", "evaluate_policy"]
+
+
+def _confidence(confidence: float) -> float:
+    try:
+        return check_confidence(confidence)
+    except FidelityError as e:
+        raise SearchError(str(e)) from e
+
+
+def _jobs(
+    pipe: DiffusionPipeline, samples: Iterable[Any], seed: int, strength: float | None, what: str
+) -> tuple[str, float | None, list[GenerationJob]]:
+    """The pipeline's task, the strength its calls take and the samples' jobs."""
+    from hgc_tune.models._tasks import task_and_strength
+
+    task, strength = task_and_strength(pipe, strength, error=SearchError)
+    jobs = jobs_from_samples(samples, seed=seed, task=task)
+    if not jobs:
+        raise SearchError(f"`samples` is empty: there is nothing to {what}.")
+    return task, strength, jobs
+
+
+def _full_compute_scorer(
+    pipe: DiffusionPipeline,
+    evaluator: TaskEvaluator,
+    jobs: list[GenerationJob],
+    settings: GenerationSettings,
+    on_output: Callable[[], None],
+) -> FidelityScorer:
+    """Generate the full-compute references of ``jobs`` and score against them."""
+    from hgc_tune.generation import iter_outputs
+
+    references = []
+    for output in iter_outputs(pipe, None, jobs, settings):
+        references.append(output)
+        on_output()
+    conditions = [condition_array(job.condition, settings.height, settings.width) for job in jobs]
+    return FidelityScorer(evaluator, references, conditions)
+
+
+def _task_fields(task: str, strength: float | None) -> dict[str, Any]:
+    return {"task": task, "strength": strength} if task != "text2img" else {}
+
+
+def evaluate_policy(
+    pipe: DiffusionPipeline,
+    policy: Policy | None,
+    samples: Iterable[Any],
+    *,
+    num_steps: int,
+    metric: str | None = None,
+    condition_type: str | None = None,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+    controlnet_scale: float = 1.0,
+    mac_table: MacTable | None = None,
+    confidence: float = 0.95,
+    progress: bool = False,
+    strength: float | None = None,
+) -> dict[str, Any]:
+    """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
+
+    Every sample is generated twice with its seed: at full compute (ControlNet scale 1) and with ``policy``
+    applied (``None``: no policy) and ControlNet scale ``controlnet_scale``. ``policy=None`` with
+    ``controlnet_scale=0`` measures diffusers' "ControlNet multiplied by 0"; the policy
+    ``peer_policy("cnwin-k0-drop", …)`` measures the same dropped control without computing the ControlNet.
+
+    Args:
+        pipe: The pipeline.
+        policy: A :class:`hgc_tune.policy.Policy` or ``None``.
+        samples: Dataset samples (``hgc_tune.data.open_dataset``).
+        num_steps: ``num_inference_steps`` (text2img: the policy's steps, when there is one; img2img and
+            inpainting run fewer when ``strength < 1``, and the policy counts the steps run).
+        metric: Metric name; ``None``: the condition type's default.
+        condition_type: The samples' condition type.
+        guidance_scale: Classifier-free guidance scale.
+        height: Image height; default the pipeline's native size.
+        width: Image width; default ``height``.
+        seed: Seed of samples without their own (``seed + index``).
+        controlnet_scale: ControlNet conditioning scale on the policy side.
+        mac_table: A :class:`hgc_tune.macs.MacTable` for the policy's MACs; ``None``: MACs not reported.
+        confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)`` (``0``: the loss itself).
+        progress: Show a tqdm bar on stderr.
+        strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
+            the task); each sample's init image and mask are taken as the profiler takes them.
+
+    Returns:
+        ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
+        of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
+        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale`` and
+        ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
+
+    Example:
+        >>> from hgc_tune.models import load_pipeline  # doctest: +SKIP
+        >>> from hgc_tune.data import open_dataset  # doctest: +SKIP
+        >>> from hgc_tune.policy import load_policy  # doctest: +SKIP
+        >>> pipe = load_pipeline("shapes", condition="seg")  # doctest: +SKIP
+        >>> samples = open_dataset("shapes", condition_type="seg", split="test", limit=8)  # doctest: +SKIP
+        >>> policy = load_policy("policies/shapes-seg.json").select("seg")  # doctest: +SKIP
+        >>> evaluate_policy(pipe, policy, samples, num_steps=policy.num_steps, condition_type="seg")["loss"]
+        ... # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from hgc_tune.generation import iter_outputs
+
+    confidence = _confidence(confidence)
+    evaluator = TaskEvaluator(condition_type, metric)
+    height, width = generation_size(pipe, height, width)
+    task, strength, jobs = _jobs(pipe, samples, seed, strength, "evaluate")
+    full = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
+    settings = GenerationSettings(
+        num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
+    )
+    bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
+    try:
+        scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
+        estimate = scorer.score(
+            iter_outputs(pipe, policy, jobs, settings),
+            confidence=confidence,
+            on_sample=lambda i, v: bar.update(1),
+        )
+    finally:
+        bar.close()
+    return {
+        "metric": evaluator.metric.name,
+        "kind": evaluator.metric.kind,
+        "higher_is_better": evaluator.metric.higher_is_better,
+        "condition_type": condition_type,
+        "samples": estimate.samples,
+        "num_steps": num_steps,
+        "full": estimate.full,
+        "policy": estimate.policy,
+        "loss": estimate.loss,
+        "loss_upper": estimate.upper if estimate.confidence > 0 else estimate.loss,
+        "confidence": estimate.confidence,
+        "per_sample_full": list(estimate.per_sample_full),
+        "per_sample_policy": list(estimate.per_sample_policy),
+        "policy_name": None if policy is None else policy.name,
+        "controlnet_scale": float(controlnet_scale),
+        "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
+        **_task_fields(task, strength),
+    }
+
+
+def _evaluated_macs(
+    pipe: DiffusionPipeline,
+    policy: Policy | None,
+    mac_table: MacTable | None,
+    num_steps: int,
+    strength: float | None,
+    guidance_scale: float,
+    condition_type: str | None,
+) -> dict[str, Any] | None:
+    """The MACs of ``policy`` (``None``: full compute of the steps run), or ``None`` without a table."""
+    from hgc_tune.models._tasks import steps_run
+    from hgc_tune.policy import full_compute_policy, target_for_pipeline
+    from hgc_tune.policy._macs import macs_provenance
+
+    if mac_table is None:
+        return None
+    counted = policy
+    if counted is None:
+        run = steps_run(num_steps, strength)
+        counted = full_compute_policy(target_for_pipeline(pipe, num_steps=run, condition_type=condition_type))
+    return macs_provenance(counted, mac_table, cfg=guidance_scale > 1.0)
+
+
+def compare_policies(
+    pipe: DiffusionPipeline,
+    policies: Mapping[str, Policy],
+    samples: Iterable[Any],
+    *,
+    num_steps: int,
+    metric: str | None = None,
+    condition_type: str | None = None,
+    guidance_scale: float = 7.5,
+    budget: float | None = None,
+    confidence: float = 0.95,
+    mac_table: MacTable | None = None,
+    on_output: Callable[[str], None] | None = None,
+    strength: float | None = None,
+) -> list[dict[str, Any]]:
+    """Fidelity and MACs of several policies on the same samples, against one full-compute run of them.
+
+    The full-compute outputs are generated once and every policy is scored on every sample (no early stop),
+    paired by seed, so the rows compare like with like. Samples are generated as :func:`evaluate_policy`
+    generates them (at the pipeline's native size; img2img and inpainting with each sample's init image and
+    mask, at ``strength``).
+
+    Args:
+        pipe: The pipeline (at its native resolution).
+        policies: Row name -> :class:`hgc_tune.policy.Policy` (made for ``num_steps``).
+        samples: Dataset samples (``hgc_tune.data.open_dataset``).
+        num_steps: Denoising steps (``num_inference_steps``).
+        metric: Metric name; ``None``: the condition type's default (its task metric).
+        condition_type: The samples' condition type.
+        guidance_scale: Classifier-free guidance scale.
+        budget: The loss budget; with it each row says whether its upper bound is ``within`` it.
+        confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)``.
+        mac_table: A :class:`hgc_tune.macs.MacTable`; ``None``: MACs not reported.
+        on_output: Called with the row name (``full compute`` for the references) after each generation.
+        strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
+            the task).
+
+    Returns:
+        One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
+        ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
+        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions) and, for
+        img2img and inpainting, ``task`` and ``strength``.
+    """
+    from hgc_tune.generation import iter_outputs
+
+    confidence = _confidence(confidence)
+    evaluator = TaskEvaluator(condition_type, metric)
+    height, width = generation_size(pipe)
+    task, strength, jobs = _jobs(pipe, samples, 0, strength, "compare on")
+    settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
+    report = (lambda name: None) if on_output is None else on_output
+    scorer = _full_compute_scorer(pipe, evaluator, jobs, settings, lambda: report("full compute"))
+    rows = []
+    for name, policy in policies.items():
+        estimate = scorer.score(
+            iter_outputs(pipe, policy, jobs, settings),
+            confidence=confidence,
+            on_sample=None if on_output is None else (lambda i, v, name=name: on_output(name)),
+        )
+        row = _comparison_row(name, policy, estimate, confidence, budget)
+        row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
+        rows.append({**row, **_task_fields(task, strength)})
+    return rows
+
+
+def _comparison_row(
+    name: str, policy: Policy, estimate: FidelityEstimate, confidence: float, budget: float | None
+) -> dict[str, Any]:
+    upper = estimate.loss_upper
+    return {
+        "name": name,
+        "policy_name": policy.name,
+        "metric": estimate.metric,
+        "samples": estimate.samples,
+        "full": estimate.full,
+        "policy": estimate.policy,
+        "loss": estimate.loss,
+        "loss_upper": upper if math.isfinite(upper) else None,
+        "confidence": confidence,
+        "within": None if budget is None else bool(upper <= budget),
+        "per_sample_full": list(estimate.per_sample_full),
+        "per_sample_policy": list(estimate.per_sample_policy),
+    }

@@ -1,0 +1,320 @@
+"""What a search found (:class:`SearchResult`), built from the session, its trials and the selection, and
+written as the policy file and the Pareto file ``<policy>.pareto.json`` (whose layout and reader
+:mod:`hgc_tune.search._pareto` owns)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hgc_tune._atomic import atomic_write_text
+from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.policy._io import pareto_path
+from hgc_tune.search._pareto import PARETO_FORMAT, SCHEMA_VERSION
+from hgc_tune.search._selection import Selection
+from hgc_tune.search._session import SearchSession
+from hgc_tune.search._storage import redact_storage
+from hgc_tune.search._trials import TrialRecord
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hgc_tune.policy import Policy
+
+__all__ = [
+    "SearchResult",
+    "pareto_front",
+    "pareto_to_json",
+    "search_result",
+    "write_pareto",
+    "write_search_outputs",
+]
+
+_OBJECTIVE = "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget"
+
+
+def pareto_front(records: Sequence[TrialRecord]) -> list[int]:
+    """Numbers of the trials on the Pareto front of MAC reduction (higher) vs fidelity loss (lower).
+
+    Only completed trials take part, not clear failures (their loss is partial); of several
+    trials with the same policy, the first stands for all.
+    """
+    points = [
+        r
+        for r in records
+        if r.complete and not r.rejected_early and r.duplicate_of is None and r.reduction is not None
+    ]
+    seen: set[str | None] = set()
+    unique = []
+    for r in points:
+        if r.policy_key in seen:
+            continue
+        seen.add(r.policy_key)
+        unique.append(r)
+    front = []
+    for r in unique:
+        dominated = any(
+            o.reduction >= r.reduction and o.loss <= r.loss and (o.reduction > r.reduction or o.loss < r.loss)
+            for o in unique
+        )
+        if not dominated:
+            front.append(r)
+    return [r.number for r in sorted(front, key=lambda r: (r.reduction, r.number))]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        study_name: The Optuna study.
+        storage: The storage (password redacted; ``None``: in memory).
+        model: The profiled model's name.
+        condition_type: The condition type.
+        metric: The fidelity metric.
+        budget: The loss budget.
+        confidence: The one-sided confidence level of the loss bounds (``0``: point estimates).
+        num_steps: Denoising steps.
+        macs_full: Full-compute MACs of one generation per convention.
+        trials: Every trial (surplus trials left out).
+        peers: Peer name -> trial number (aliases share a number).
+        front: Numbers of the trials on the Pareto front.
+        best: The cheapest trial within the budget on the calibration split (``None``: none is).
+        validation: The checks on the validation split, cheapest candidate first: ``trial``, ``loss``,
+            ``loss_upper``, ``full``, ``policy``, ``samples``, ``rejected_early``, ``accepted_early``,
+            ``holds``, ``cached``.
+        validated: Whether a validation split was used.
+        chosen: The trial whose policy is the result (``None``: none holds).
+        test: The chosen policy on the test split, which took no part in choosing it (``None``: no test
+            split): ``loss``, ``loss_upper``, ``full``, ``policy``, ``samples``, ``holds``, ``cached``.
+        policy: The chosen policy, with provenance (fidelity per split, MACs, study, trial).
+        message: Why there is no policy, when there is none.
+    """
+
+    study_name: str
+    storage: str | None
+    model: str
+    condition_type: str | None
+    metric: str
+    budget: float
+    num_steps: int
+    macs_full: Mapping[str, float]
+    trials: tuple[TrialRecord, ...]
+    peers: Mapping[str, int]
+    front: tuple[int, ...]
+    best: TrialRecord | None
+    validation: tuple[Mapping[str, Any], ...]
+    validated: bool
+    chosen: TrialRecord | None
+    policy: Any
+    message: str | None = None
+    confidence: float = 0.0
+    test: Mapping[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether a policy was found (and, with a validation split, holds on it)."""
+        return self.policy is not None
+
+    def record(self, number: int) -> TrialRecord:
+        for r in self.trials:
+            if r.number == number:
+                return r
+        raise KeyError(number)
+
+    def pareto_json(self) -> dict[str, Any]:
+        """The Pareto file's content (:func:`pareto_to_json`)."""
+        return pareto_to_json(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary (for ``--json``): the Pareto report plus the chosen policy."""
+        from hgc_tune.policy._io import policy_to_json
+
+        data = self.pareto_json()
+        data["policy"] = None if self.policy is None else policy_to_json(self.policy)
+        return data
+
+
+def search_result(
+    session: SearchSession,
+    trials: Sequence[optuna.trial.FrozenTrial],
+    records: Sequence[TrialRecord],
+    selection: Selection,
+) -> SearchResult:
+    """The result of a search: its trials (``trials``: the study's; ``records``: theirs that count), peers,
+    front and the selected policy with its provenance."""
+    from hgc_tune.policy import full_compute_policy
+    from hgc_tune.policy._macs import macs_provenance
+
+    config = session.config
+    chosen = selection.chosen
+    policy = (
+        None
+        if chosen is None
+        else _final_policy(session, chosen, selection.validation_estimate, selection.test_estimate)
+    )
+    full = macs_provenance(full_compute_policy(session.space.target), session.mac_table, cfg=session.cfg)
+    return SearchResult(
+        study_name=session.study_name,
+        storage=redact_storage(session.storage_url),
+        model=session.profile.model_name,
+        condition_type=session.condition_type,
+        metric=session.metric.name,
+        budget=config.budget,
+        num_steps=session.profile.num_steps,
+        macs_full={c: float(v["full"]) for c, v in full.items()},
+        trials=tuple(records),
+        peers=_peer_trials(trials, records),
+        front=tuple(pareto_front(records)),
+        best=selection.best,
+        validation=selection.validation,
+        validated=selection.validated,
+        chosen=chosen,
+        policy=policy,
+        message=selection.message,
+        confidence=config.confidence,
+        test=selection.test,
+    )
+
+
+def _peer_trials(
+    trials: Sequence[optuna.trial.FrozenTrial], records: Sequence[TrialRecord]
+) -> dict[str, int]:
+    """Peer name -> the number of the trial that stands for it."""
+    by_number = {r.number: r for r in records}
+    peers: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.number not in by_number:
+            continue
+        # A retried peer appears twice (the stale trial and its retry): the completed one stands for it.
+        for name in [t.user_attrs.get("peer"), *t.user_attrs.get("peer_aliases", [])]:
+            if name and (name not in peers or by_number[peers[name]].state != "COMPLETE"):
+                peers[name] = t.number
+    return peers
+
+
+def _split_fidelity(split: str, estimate: FidelityEstimate) -> dict[str, float]:
+    out = {
+        f"{split}_full": float(estimate.full),
+        f"{split}_policy": float(estimate.policy),
+        f"{split}_loss": float(estimate.loss),
+        f"{split}_samples": int(estimate.samples),
+    }
+    if math.isfinite(estimate.loss_upper):
+        out[f"{split}_loss_upper"] = float(estimate.loss_upper)
+    return out
+
+
+def _final_policy(
+    session: SearchSession,
+    record: TrialRecord,
+    validation: FidelityEstimate | None,
+    test: FidelityEstimate | None,
+) -> Policy:
+    import dataclasses
+
+    import diffusers
+
+    import hgc_tune
+    from hgc_tune.policy import Provenance, pipeline_loras
+    from hgc_tune.policy._macs import macs_provenance
+
+    policy = record.policy()
+    fidelity = {
+        "calibration_full": float(record.metric_full),
+        "calibration_policy": float(record.metric_policy),
+        "calibration_loss": float(record.loss),
+        "calibration_samples": int(record.samples),
+    }
+    if record.loss_upper is not None:
+        fidelity["calibration_loss_upper"] = float(record.loss_upper)
+    if validation is not None:
+        fidelity.update(_split_fidelity("validation", validation))
+    if test is not None:
+        fidelity.update(_split_fidelity("test", test))
+    provenance = Provenance(
+        source="search",
+        budget=session.config.budget,
+        metric=session.metric.name,
+        confidence=session.config.confidence,
+        fidelity=fidelity,
+        macs=macs_provenance(policy, session.mac_table, cfg=session.cfg),
+        study=session.study_name,
+        trial=record.number,
+        hgc_tune_version=hgc_tune.__version__,
+        diffusers_version=diffusers.__version__,
+        lora=pipeline_loras(session.pipe),
+    )
+    model = session.profile.model_name or "model"
+    name = f"{model}-{session.condition_type or 'any'}-hgc"
+    return dataclasses.replace(policy, name=name, provenance=provenance)
+
+
+def pareto_to_json(result: SearchResult) -> dict[str, Any]:
+    """The Pareto file of a search: every trial with feasibility, front, peers and the chosen one marked."""
+    front = set(result.front)
+    peers_of: dict[int, list[str]] = {}
+    for name, number in result.peers.items():
+        peers_of.setdefault(number, []).append(name)
+    heldout = {v["trial"]: v for v in result.validation}
+    chosen = None if result.chosen is None else result.chosen.number
+    trials = []
+    for r in result.trials:
+        d = r.to_json()
+        d.update(
+            on_front=r.number in front,
+            chosen=r.number == chosen,
+            peers=peers_of.get(r.number, []),
+            heldout=heldout.get(r.number),
+        )
+        trials.append(d)
+    return {
+        "format": PARETO_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "study": result.study_name,
+        "storage": result.storage,
+        "model": result.model,
+        "condition_type": result.condition_type,
+        "metric": result.metric,
+        "budget": result.budget,
+        "confidence": result.confidence,
+        "num_steps": result.num_steps,
+        "objective": _OBJECTIVE,
+        "macs_full": dict(result.macs_full),
+        "trials": trials,
+        "front": list(result.front),
+        "peers": dict(result.peers),
+        "chosen": chosen,
+        "best_calibration": None if result.best is None else result.best.number,
+        "validated": result.validated,
+        "validation": [dict(v) for v in result.validation],
+        "test": None if result.test is None else dict(result.test),
+        "message": result.message,
+    }
+
+
+def write_pareto(result: SearchResult, path: str | os.PathLike[str]) -> Path:
+    """Write the Pareto file of ``result`` to ``path`` atomically (sorted keys, trailing newline)."""
+    file = Path(path)
+    atomic_write_text(
+        file, json.dumps(pareto_to_json(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
+    return file
+
+
+def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> dict[str, Path | None]:
+    """Write the chosen policy to ``out`` (when there is one) and the Pareto JSON beside it (always).
+
+    Returns:
+        ``{"policy": path or None, "pareto": path}``.
+    """
+    from hgc_tune.policy import save_policy
+
+    pareto = write_pareto(result, pareto_path(out))
+    policy_path = save_policy(result.policy, out) if result.policy is not None else None
+    return {"policy": policy_path, "pareto": pareto}

@@ -1,0 +1,241 @@
+"""Choosing the policy: the candidates among the trials, checked on the validation split cheapest first, and
+the chosen one measured on the test split (which takes no part in the choice)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hgc_tune.errors import SearchError
+from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.generation import GenerationJob, iter_outputs
+from hgc_tune.generation._inputs import condition_array, jobs_from_samples
+from hgc_tune.search._heldout import heldout_key, heldout_references
+from hgc_tune.search._session import SearchSession
+from hgc_tune.search._trials import TrialRecord
+
+__all__ = ["Selection", "select_policy"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the selection found.
+
+    Attributes:
+        best: The cheapest trial within the budget on the calibration split (``None``: none is).
+        chosen: The trial whose policy is the result (``None``: none holds).
+        validated: Whether a validation split was used.
+        validation: The checks on the validation split, cheapest candidate first (see
+            :attr:`hgc_tune.search.SearchResult.validation`).
+        validation_estimate: The chosen trial's estimate on the validation split (``None``: not validated).
+        test: The chosen trial's check on the test split (``None``: no test split or no choice).
+        test_estimate: Its estimate there.
+        message: Why there is no policy, when there is none.
+    """
+
+    best: TrialRecord | None
+    chosen: TrialRecord | None
+    validated: bool = False
+    validation: tuple[dict[str, Any], ...] = ()
+    validation_estimate: FidelityEstimate | None = None
+    test: dict[str, Any] | None = None
+    test_estimate: FidelityEstimate | None = None
+    message: str | None = None
+
+
+def select_policy(
+    session: SearchSession,
+    records: Sequence[TrialRecord],
+    heldout: Sequence[Any] | None,
+    test: Sequence[Any] | None,
+    note: Callable[[str], None],
+) -> Selection:
+    """Choose the trial whose policy the search returns, and measure it on ``test``.
+
+    Without a validation split (``heldout``) the cheapest trial within the budget on calibration is chosen;
+    with one, the candidates are checked sequentially on it, cheapest first, and the first whose bound holds
+    the budget is chosen (see :func:`_candidates`). ``note`` receives progress lines.
+    """
+    config = session.config
+    best, candidates = _candidates(records, config.budget, config.max_validation_tries, heldout is not None)
+    validation: tuple = ()
+    chosen = None
+    estimate = None
+    message = None
+    bound = "upper bound" if config.confidence > 0 else "point estimate"
+    if not candidates:
+        message = (
+            "no policy cheaper than full compute may meet the budget on the calibration split "
+            f"(budget={config.budget:g}, metric={session.metric.name}, {bound} of the loss, "
+            f"{len(records)} trials); raise the budget, profile more calibration samples, or run more trials."
+        )
+    elif heldout is not None:
+        chosen, estimate, tries = _validate(session, candidates, heldout, note)
+        validation = tuple(tries)
+        if chosen is None:
+            message = (
+                f"none of the {len(tries)} cheapest plausible policies holds the budget {config.budget:g} "
+                f"on the validation split ({bound} of the loss: "
+                + ", ".join(
+                    f"trial {t['trial']}: {_fmt(t['loss_upper'] if config.confidence > 0 else t['loss'])}"
+                    for t in tries
+                )
+                + "); raise the budget, use more validation samples, or run more trials."
+            )
+    else:
+        chosen = candidates[0]
+    test_row = None
+    test_estimate = None
+    if chosen is not None and test is not None:
+        test_estimate, test_row = _test(session, chosen, test, note)
+    return Selection(
+        best=best,
+        chosen=chosen,
+        validated=heldout is not None,
+        validation=validation,
+        validation_estimate=estimate,
+        test=test_row,
+        test_estimate=test_estimate,
+        message=message,
+    )
+
+
+def _split_scorer(
+    session: SearchSession, samples: Sequence[Any], what: str, progress: Callable[[str], None]
+) -> tuple[FidelityScorer, list[GenerationJob], str]:
+    """A scorer of ``samples`` against their full-compute outputs (cached beside the profile) and its key."""
+    from hgc_tune.fidelity import TaskEvaluator
+
+    jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000, task=session.profile.task)
+    if not jobs:
+        raise SearchError(f"the {what} split is empty; pass {what} samples or skip it.")
+    settings = session.settings
+    key = heldout_key(session.pipe, jobs, settings)
+    references, _ = heldout_references(
+        session.pipe,
+        jobs,
+        settings,
+        cache_dir=session.folder,
+        on_output=lambda i: progress(f"{what} reference"),
+    )
+    height, width = settings.height, settings.width
+    conditions = [condition_array(job.condition, height, width) for job in jobs]
+    scorer = FidelityScorer(TaskEvaluator(session.condition_type, session.metric), references, conditions)
+    return scorer, jobs, key
+
+
+def _stored_estimate(session: SearchSession, attr: str, key: str) -> FidelityEstimate | None:
+    stored = session.study.user_attrs.get(attr)
+    if isinstance(stored, dict) and stored.get("key") == key:
+        return FidelityEstimate(**{k: v for k, v in stored.items() if k != "key"})
+    return None
+
+
+def _check_row(number: int, estimate: FidelityEstimate, budget: float, cached: bool) -> dict[str, Any]:
+    return {
+        "trial": number,
+        "loss": estimate.loss,
+        "loss_upper": estimate.to_dict()["upper"] if estimate.confidence > 0 else estimate.loss,
+        "confidence": estimate.confidence,
+        "full": estimate.full,
+        "policy": estimate.policy,
+        "samples": estimate.samples,
+        "rejected_early": estimate.rejected_early,
+        "accepted_early": estimate.accepted_early,
+        "holds": estimate.within(budget),
+        "cached": cached,
+    }
+
+
+def _validate(
+    session: SearchSession,
+    candidates: list[TrialRecord],
+    samples: Sequence[Any],
+    progress: Callable[[str], None],
+) -> tuple[TrialRecord | None, FidelityEstimate | None, list[dict[str, Any]]]:
+    """Test candidates sequentially on the validation split, cheapest first; the first whose upper bound
+    holds the budget is chosen. Returns (chosen, estimate, tries)."""
+    config = session.config
+    scorer, jobs, key = _split_scorer(session, samples, "validation", progress)
+    tries = []
+    for record in candidates[: config.max_validation_tries]:
+        attr = f"hgc.heldout.{record.number}"
+        estimate = _stored_estimate(session, attr, key)
+        cached = estimate is not None
+        if estimate is None:
+            progress(f"validate trial {record.number}")
+            estimate = scorer.score(
+                iter_outputs(session.pipe, record.policy(), jobs, session.settings),
+                budget=config.budget if config.early_rejection else None,
+                margin=config.margin,
+                min_samples=config.early_rejection_min_samples,
+                confidence=config.confidence,
+                # A pass must hold on every validation sample: stopping at the first look whose bound is
+                # within the budget would let noise pass a policy (optional stopping). Failures stop early.
+                accept_early=False,
+            )
+            session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
+        row = _check_row(record.number, estimate, config.budget, cached)
+        tries.append(row)
+        if row["holds"]:
+            return record, estimate, tries
+    return None, None, tries
+
+
+def _test(
+    session: SearchSession, record: TrialRecord, samples: Sequence[Any], progress: Callable[[str], None]
+) -> tuple[FidelityEstimate, dict[str, Any]]:
+    """The chosen policy on every test sample (no early stop: this is the reported figure)."""
+    config = session.config
+    scorer, jobs, key = _split_scorer(session, samples, "test", progress)
+    attr = f"hgc.test.{record.number}"
+    estimate = _stored_estimate(session, attr, key)
+    cached = estimate is not None
+    if estimate is None:
+        progress(f"test trial {record.number}")
+        estimate = scorer.score(
+            iter_outputs(session.pipe, record.policy(), jobs, session.settings),
+            confidence=config.confidence,
+        )
+        session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
+    return estimate, _check_row(record.number, estimate, config.budget, cached)
+
+
+def _candidates(
+    records: Sequence[TrialRecord], budget: float, tries: int, validated: bool
+) -> tuple[TrialRecord | None, list[TrialRecord]]:
+    """The calibration winner and the candidates for the policy, in the order they are checked.
+
+    Without a validation split the calibration verdict decides: the trials within the budget, cheapest
+    first. With one, every plausible trial (not a failure on calibration) is a candidate, cheapest first,
+    so the cheapest get the validation samples; but the calibration winner is never left unchecked: it
+    takes the last of the ``tries`` when cheaper undecided trials would use them all. One trial per policy,
+    and only policies cheaper than full compute.
+    """
+
+    def order(r: TrialRecord) -> tuple:
+        upper = r.loss_upper if r.loss_upper is not None else math.inf
+        return (r.macs["paper"]["policy"], upper, r.loss, r.number)
+
+    unique = [r for r in records if r.duplicate_of is None]
+    feasible = sorted((r for r in unique if r.feasible), key=order)
+    best = feasible[0] if feasible else None
+    pool = sorted((r for r in unique if r.plausible(budget)), key=order) if validated else feasible
+    seen: set[str | None] = set()
+    candidates = []
+    for r in pool:
+        if r.policy_key in seen or r.macs["paper"]["reduction"] <= 0:
+            continue
+        seen.add(r.policy_key)
+        candidates.append(r)
+    if validated and best is not None and best in candidates[tries:]:
+        candidates.remove(best)
+        candidates.insert(tries - 1, best)
+    return best, candidates
+
+
+def _fmt(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:.4g}"
