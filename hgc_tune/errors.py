@@ -2,7 +2,7 @@
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
 traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
-failed: not enough memory).
+failed: a full disk, not enough memory, an unreachable server).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ __all__ = [
     "ImageFileError",
     "ResourceError",
     "OutOfMemoryError",
+    "DiskFullError",
+    "StorageError",
+    "StorageUnreachableError",
 ]
 
 
@@ -121,7 +124,19 @@ class ImageFileError(InputFileError):
 
 
 class ResourceError(HgcTuneError):
-    """The environment failed, not the input (a full disk, an unreachable server): the CLI exits with 1."""
+    """The environment failed, not the input (a full disk, no memory, an unreachable server): exit 1."""
+
+
+class DiskFullError(ResourceError):
+    """A file could not be written: no space left on its device, or the disk quota is exceeded."""
+
+
+class StorageError(SearchError):
+    """A search storage that cannot be opened: a missing or read-only folder, a file that is no database."""
+
+
+class StorageUnreachableError(StorageError, ResourceError):
+    """A search storage's server that refuses the connection or does not answer within the timeout."""
 
 
 class OutOfMemoryError(ResourceError):

@@ -181,3 +181,24 @@ def limited_cli():
         return done.returncode, done.stderr.strip().splitlines(), time.perf_counter() - start
 
     return run
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs mounted in a fresh folder (unmounted after); skipped where mounting is not permitted."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the injected-ENOSPC tests cover this without it")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

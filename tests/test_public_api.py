@@ -94,6 +94,9 @@ PUBLIC: dict[str, set[str]] = {
         "UnknownConditionError",
         "UnknownPresetError",
         "UnregisteredModelError",
+        "DiskFullError",
+        "StorageError",
+        "StorageUnreachableError",
     },
     "hgc_tune.executor": {
         "ControlNetWindowConfig",

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 user error, 1 a failure of the environment)."""
+    from hgc_tune._atomic import disk_full_error
     from hgc_tune.errors import HgcTuneError, ResourceError
 
     # Library chatter (e.g. transformers' note that torchvision is absent) would bury the CLI's own output;
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hgc-tune {args.command}: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, ResourceError) else 2
+    except OSError as e:
+        # A full disk met outside hgc_tune._atomic's writers (a library's own file): still one line.
+        full = disk_full_error(e, getattr(e, "filename", None) or "a file")
+        if full is None or args.debug:
+            raise
+        print(f"hgc-tune {args.command}: error: {full}", file=sys.stderr)
+        return 1
     except MemoryError as e:
         # Out of memory outside the places that say what needed it (model loading does): still one line.
         if args.debug:

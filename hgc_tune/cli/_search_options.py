@@ -33,6 +33,7 @@ FLAGS: dict[str, str] = {
     "n_trials": "--trials",
     "timeout": "--timeout",
     "storage": "--storage",
+    "storage_timeout": "--storage-timeout",
     "study_name": "--study-name",
     "seed": "--seed",
     "peers": "--peers",
@@ -74,6 +75,12 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         "machine's speed)",
     )
     parser.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (see above)")
+    parser.add_argument(
+        "--storage-timeout",
+        type=seconds("--storage-timeout"),
+        default=10.0,
+        help="seconds to wait for the storage's database server to connect and answer (default: 10)",
+    )
     parser.add_argument(
         "--study-name", default=None, help="study name (default: model-condition-metric-budget)"
     )

@@ -292,6 +292,10 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(config.metric, profile.condition_type or None)
         except FidelityError as e:
             raise SearchError(str(e)) from e
+    from hgc_tune.search._storage import default_storage_url, open_storage
+
+    # Before the pipeline loads: a server that is down, or a read-only folder, fails at once.
+    open_storage(config.storage or default_storage_url(folder), timeout=config.storage_timeout)
     heldout = test = None
     if not args.worker_only:
         heldout = _split_samples(args, profile, "validation", args.validation_samples)

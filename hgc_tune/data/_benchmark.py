@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from hgc_tune._atomic import atomic_folder
 from hgc_tune.data._dataset import METADATA_FILE
 from hgc_tune.data._shapes import CONDITION_TYPES, SHAPE_CLASSES, render_scene
 from hgc_tune.errors import DatasetError
@@ -182,11 +181,11 @@ def write_shapes_dataset(
         raise DatasetError(f"`size` must be an integer in [32, 256], but got size={size!r}.")
     out = Path(out)
     _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 mode would stick to the renamed dataset folder; mkdir follows the umask.
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    # Filled beside `out` and renamed into place; the temporary folders of killed runs (this version's, and
+    # the `.NAME.tmp-PID-…` ones of older versions) are removed first.
+    with atomic_folder(
+        out, before_replace=lambda target: _check_target(target, overwrite), legacy_marks=(".tmp-",)
+    ) as tmp:
         for folder in ("image", *chosen):
             (tmp / folder).mkdir()
         class_counts = dict.fromkeys(SHAPE_CLASSES[1:], 0)
@@ -221,10 +220,6 @@ def write_shapes_dataset(
         )
         stored = {k: v for k, v in info.to_dict().items() if k != "path"}  # the folder may move
         (tmp / INFO_FILE).write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
@@ -243,22 +238,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise DatasetError(
             f"`out` {str(out)!r} is not a dataset folder (no {METADATA_FILE}); refusing to replace it."
         )
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    if _is_empty_dir(out):
-        out.rmdir()
-    if not out.exists():
-        try:
-            os.rename(tmp, out)
-        except OSError as e:  # another writer got there first
-            raise DatasetError(f"could not move the new dataset into {str(out)!r}: {e}") from e
-        return
-    _check_target(out, overwrite)
-    old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def shapes_cache_dir() -> Path:

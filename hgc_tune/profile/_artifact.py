@@ -321,6 +321,8 @@ class Profile:
                     f"no profile at {str(folder)!r}: {file.name} is missing; run `hgc-tune profile --out "
                     f"{folder}` first."
                 )
+        # What a killed save left is removed by any later look at the folder, not only by the next save.
+        remove_stale_temporaries(folder, legacy_prefixes=(_LEGACY_TMP_PREFIX,))
         meta = load_json_file(meta_path, what="profile metadata", error=ProfileError)
         if not isinstance(meta, dict):
             raise ProfileError(

@@ -79,6 +79,8 @@ class SearchConfig:
         check_reference: Before searching, regenerate the first calibration sample at full compute and refuse
             a pipeline that does not reproduce the profile's reference output (other weights, other settings).
         catch: Exception types recorded as a failed trial (the search goes on); others abort the search.
+        storage_timeout: Seconds to wait for the storage's database server to connect and answer; a server
+            that refuses or stays silent fails the search in one line (``StorageUnreachableError``).
     """
 
     budget: float
@@ -106,6 +108,7 @@ class SearchConfig:
     num_steps: int | None = None
     check_reference: bool = True
     catch: tuple[type[Exception], ...] = DEFAULT_CATCH
+    storage_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         budget = self.budget
@@ -121,6 +124,11 @@ class SearchConfig:
         _int(self.n_trials, "n_trials", 1)
         if self.timeout is not None and _number(self.timeout, "timeout") <= 0:
             raise SearchError(f"`timeout` must be positive or None, but got timeout={self.timeout!r}.")
+        if _number(self.storage_timeout, "storage_timeout") <= 0:
+            raise SearchError(
+                f"`storage_timeout` must be a positive number of seconds, but got "
+                f"storage_timeout={self.storage_timeout!r}."
+            )
         _int(self.seed, "seed", 0)
         _int(self.worker_index, "worker_index", 0)
         _int(self.calibration_samples, "calibration_samples", 1, optional=True)

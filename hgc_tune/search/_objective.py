@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +14,7 @@ from hgc_tune.policy import Policy, Provenance
 from hgc_tune.policy._io import policy_to_json
 from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
+from hgc_tune.search._storage import record_first_heartbeat
 from hgc_tune.search._trials import ATTR, is_surplus
 
 __all__ = ["CONSTRAINT_NAME", "PolicyObjective", "SurplusTrial"]
@@ -38,7 +40,8 @@ class PolicyObjective:
     constraint ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
     ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too) and kept as user
     attribute ``constraint``. A policy already evaluated in this study (same compute sets) reuses that
-    result; the full-compute policy is scored from the references.
+    result, and one that another process is evaluating is waited for, so each policy is evaluated once;
+    the full-compute policy is scored from the references.
 
     Args:
         space: The search space.
@@ -90,15 +93,36 @@ class PolicyObjective:
         self.screen = screen
         self.name = name
         self.worker = worker
+        # How often a trial looks again at another process's evaluation of the same policy.
+        self.wait_seconds = 1.0
 
     def _duplicate(self, trial: Any, key: str) -> Any:
+        """The trial whose evaluation of this policy (``key``) this trial reuses; ``None``: evaluate it here.
+
+        The earliest completed evaluation is reused. While a lower-numbered trial of another process (two
+        searches on one study, a peer enqueued twice in a race, a retry) still evaluates the same policy,
+        this trial waits for it rather than evaluating the policy a second time; if that trial's worker was
+        killed, its trial goes stale, is failed, and this one takes over.
+        """
+        import optuna
         from optuna.trial import TrialState
 
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            a = other.user_attrs
-            if a.get(ATTR.POLICY_KEY) == key and ATTR.LOSS in a and a.get(ATTR.DUPLICATE_OF) is None:
-                return other
-        return None
+        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        while True:
+            pending = False
+            for other in trial.study.get_trials(deepcopy=False, states=states):
+                a = other.user_attrs
+                if other.number == trial.number or a.get(ATTR.POLICY_KEY) != key:
+                    continue
+                if other.state == TrialState.COMPLETE:
+                    if ATTR.LOSS in a and a.get(ATTR.DUPLICATE_OF) is None:
+                        return other
+                elif other.number < trial.number:
+                    pending = True
+            if not pending:
+                return None
+            time.sleep(self.wait_seconds)
+            optuna.storages.fail_stale_trials(trial.study)
 
     def _incumbent(self, trial: Any) -> float | None:
         """The MACs of the cheapest completed trial within the budget so far (``None``: none yet)."""
@@ -112,6 +136,7 @@ class PolicyObjective:
         return min(values) if values else None
 
     def __call__(self, trial: Any) -> float:
+        record_first_heartbeat(trial)  # from here on, a killed worker's trial goes stale and is retried
         try:
             return self._run(trial)
         except SurplusTrial:

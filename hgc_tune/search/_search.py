@@ -22,7 +22,7 @@ from hgc_tune.search._objective import SurplusTrial
 from hgc_tune.search._result import SearchResult, search_result
 from hgc_tune.search._selection import select_policy
 from hgc_tune.search._session import SearchSession, prepare_search
-from hgc_tune.search._trials import counted_trials, finished_count, trial_records
+from hgc_tune.search._trials import close_leftover_waiting, counted_trials, finished_count, trial_records
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -94,6 +94,7 @@ def _run_trials(session: SearchSession, on_trial: Callable[[Any], None] | None =
             optuna.storages.fail_stale_trials(study)
             if on_trial is not None:
                 on_trial(study.get_trials(deepcopy=False))
+    close_leftover_waiting(study, config.n_trials)
     return ran
 
 

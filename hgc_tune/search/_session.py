@@ -26,7 +26,8 @@ from hgc_tune.generation._inputs import profile_jobs, profile_settings
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._objective import PolicyObjective
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
-from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage
+from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage, storage_error
+from hgc_tune.search._trials import close_waiting, counted_trials, duplicate_waiting_peers, present_peers
 
 if TYPE_CHECKING:
     import optuna
@@ -198,6 +199,7 @@ def _open_study(
             heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period,
             max_retry=config.max_retry,
+            timeout=config.storage_timeout,
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -219,9 +221,8 @@ def _open_study(
         except HgcTuneError:
             raise
         except Exception as e:  # sqlalchemy/journal errors: unreachable database, bad schema version
-            raise SearchError(
-                f"cannot open study {study_name!r} in {redact_storage(storage_url)!r}: {e}"
-            ) from e
+            url = storage_url or "in memory"
+            raise storage_error(e, url, timeout=config.storage_timeout, study=study_name) from e
     expected = {
         "hgc.format": _STUDY_FORMAT,
         "hgc.budget": config.budget,
@@ -245,7 +246,7 @@ def _open_study(
 
 
 def _enqueue_peers(
-    study: optuna.Study, space: PolicySpace, names: Sequence[str]
+    study: optuna.Study, space: PolicySpace, names: Sequence[str], n_trials: int
 ) -> dict[str, dict[str, Any]]:
     """Enqueue each distinct peer once (peers with identical policies share one trial, as aliases)."""
     planned: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
@@ -260,17 +261,20 @@ def _enqueue_peers(
             planned[key][2].append(name)
         else:
             planned[key] = (name, params, [])
-    # A resumed study already holds its peers: enqueue only names it has not seen.
-    enqueued = set(study.user_attrs.get("hgc.peers", []))
+    # A resumed study already holds its peers: enqueue only names no trial stands for, while it has room.
+    trials = study.get_trials(deepcopy=False)
+    enqueued = present_peers(trials) if len(counted_trials(trials)) < n_trials else set(params_of)
     for name, params, aliases in planned.values():
         if {name, *aliases} <= enqueued:
             continue
         user_attrs: dict[str, Any] = {"peer": name}
         if aliases:
             user_attrs["peer_aliases"] = aliases
-        study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=True)
-    if not set(params_of) <= enqueued:
-        study.set_user_attr("hgc.peers", sorted(enqueued | set(params_of)))
+        study.enqueue_trial(params, user_attrs=user_attrs)
+    close_waiting(study, duplicate_waiting_peers(study.get_trials(deepcopy=False)))  # a race of two starts
+    recorded = set(study.user_attrs.get("hgc.peers", []))
+    if not set(params_of) <= recorded:
+        study.set_user_attr("hgc.peers", sorted(recorded | set(params_of)))
     return params_of
 
 
@@ -312,7 +316,7 @@ def prepare_search(
     calibration, settings, scorer = _calibration(profile, pipe, config, metric)
     signature = _profile_signature(profile, len(calibration))
     study = _open_study(storage_url, study_name, metric.name, config, signature)
-    peers = _enqueue_peers(study, space, peer_names)
+    peers = _enqueue_peers(study, space, peer_names, config.n_trials)
 
     def outputs(policy: Policy | None) -> Iterator[GeneratedOutput]:
         return iter_outputs(pipe, policy, calibration, settings)

@@ -16,9 +16,13 @@ from typing import Any
 __all__ = [
     "ATTR",
     "TrialRecord",
+    "close_leftover_waiting",
+    "close_waiting",
     "counted_trials",
+    "duplicate_waiting_peers",
     "finished_count",
     "is_surplus",
+    "present_peers",
     "replaced_numbers",
     "trial_records",
 ]
@@ -91,6 +95,87 @@ def is_surplus(trials: Sequence[Any], number: int, start: datetime | None, n_tri
     mine = (start or far, number)
     earlier = [t for t in counted_trials(trials) if t.number != number and order(t) < mine]
     return len(earlier) >= n_trials
+
+
+def _stands(trial: Any, replaced: set[int]) -> bool:
+    """Whether ``trial`` stands for its point: not surplus, and not a stale trial replaced by its retry."""
+    from optuna.trial import TrialState
+
+    return not trial.user_attrs.get(ATTR.SURPLUS) and not (
+        trial.state == TrialState.FAIL and trial.number in replaced
+    )
+
+
+def present_peers(trials: Sequence[Any]) -> set[str]:
+    """The peer names (aliases included) that a waiting, running or finished trial stands for."""
+    replaced = replaced_numbers(trials)
+    names: set[str] = set()
+    for t in trials:
+        if _stands(t, replaced):
+            names.update(
+                n for n in [t.user_attrs.get(ATTR.PEER), *t.user_attrs.get(ATTR.PEER_ALIASES, [])] if n
+            )
+    return names
+
+
+def duplicate_waiting_peers(trials: Sequence[Any]) -> list[Any]:
+    """Waiting peer trials whose peer an earlier trial already stands for (two processes enqueued the peers
+    of a new study at once)."""
+    from optuna.trial import TrialState
+
+    replaced = replaced_numbers(trials)
+    first: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        peer = t.user_attrs.get(ATTR.PEER)
+        if peer and _stands(t, replaced):
+            first.setdefault(peer, t.number)
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.WAITING
+        and t.user_attrs.get(ATTR.PEER)
+        and first[t.user_attrs[ATTR.PEER]] < t.number
+    ]
+
+
+def close_waiting(study: Any, trials: Sequence[Any]) -> int:
+    """Fail the waiting ``trials`` as surplus: they will not run and do not count. Each is claimed the way
+    Optuna pops a waiting trial (WAITING -> RUNNING succeeds in one process only), so a trial another
+    process has just started is left to it. Returns how many this process closed.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    # Optuna has no public call that fails a chosen waiting trial; its storage API does (pinned Optuna).
+    storage, study_id = study._storage, study._study_id
+    closed = 0
+    for t in trials:
+        if t.state != TrialState.WAITING:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        try:
+            storage.set_trial_user_attr(trial_id, ATTR.SURPLUS, True)
+        finally:  # a claimed trial never stays RUNNING: it has no heartbeat that would let it go stale
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        closed += 1
+    return closed
+
+
+def close_leftover_waiting(study: Any, n_trials: int) -> int:
+    """Once the study holds ``n_trials`` counted trials and none runs, close the trials still waiting (peers
+    beyond ``n_trials``, a stale trial's retry that came too late) so none waits forever; a resumed search
+    with more trials enqueues the peers again. Returns how many this process closed."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if len(counted_trials(trials)) < n_trials or any(t.state == TrialState.RUNNING for t in trials):
+        return 0
+    return close_waiting(study, [t for t in trials if t.state == TrialState.WAITING])
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,12 @@ def test_deeply_nested_metadata_is_a_profile_error(saved, text):
     (saved / META_FILE).write_text(text)
     with pytest.raises(ProfileError, match=r"profile.json'.*JSON nested deeper than 64 levels"):
         Profile.load(saved)
+
+
+def test_a_killed_saves_leftovers_are_removed_by_the_next_load_too(saved):
+    (saved / ".profile-tmp-k3j4h5").mkdir()
+    (saved / f".{TENSOR_FILE}.hgc-tmp-{_dead_pid()}-abc.tmp").write_bytes(b"half")
+    live = saved / f".{META_FILE}.hgc-tmp-{os.getpid()}-def.tmp"
+    live.write_text("{")
+    Profile.load(saved)
+    assert sorted(p.name for p in saved.iterdir()) == sorted([META_FILE, TENSOR_FILE, live.name])

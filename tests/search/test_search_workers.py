@@ -99,6 +99,81 @@ def test_killed_search_resumes_and_keeps_completed_trials(tiny_pipe, tmp_path_fa
     assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]
 
 
+def _evaluated_once(trials) -> None:
+    """Each policy was evaluated by one completed trial; every other trial of it reused that result."""
+    evaluated = [
+        t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get(ATTR.DUPLICATE_OF) is None
+    ]
+    keys = [t.user_attrs[ATTR.POLICY_KEY] for t in evaluated]
+    assert len(keys) == len(set(keys)), sorted(keys)
+    by_key = {t.user_attrs[ATTR.POLICY_KEY]: t.number for t in evaluated}
+    for t in trials:
+        if t.state.name == "COMPLETE" and t.user_attrs.get(ATTR.DUPLICATE_OF) is not None:
+            assert t.user_attrs[ATTR.DUPLICATE_OF] == by_key[t.user_attrs[ATTR.POLICY_KEY]]
+
+
+def test_two_searches_started_at_once_on_one_sqlite_file_both_finish(tiny_pipe, tmp_path_factory, tmp_path):
+    profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
+    storage_url = f"sqlite:///{tmp_path / 'study.db'}"
+    n = 6
+    processes = [
+        subprocess.Popen(
+            cli_command(*_search_args(profile, storage_url, tmp_path / f"p{i}.json", n, "--heartbeat", "2")),
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode in (0, 1), err[-3000:]  # 1: no policy within the budget, said in one line
+        assert "Traceback" not in err and len(json.loads(out)["trials"]) == n
+    trials = _trials(storage_url)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == n and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    counted = [t for t in trials if not t.user_attrs.get(ATTR.SURPLUS)]
+    assert len(counted) == n  # surplus trials (a race, a duplicate peer) did no work and are not counted
+    # each peer ran once; both processes sample the same points (one seed): those reuse, not re-evaluate
+    peers = [t.user_attrs[ATTR.PEER] for t in complete if t.user_attrs.get(ATTR.PEER)]
+    assert sorted(peers) == ["deepcache-n3-b0", "full-compute"]
+    _evaluated_once(trials)
+
+
+def test_a_search_killed_in_a_peer_resumes_without_evaluating_a_point_twice(
+    tiny_pipe, tmp_path_factory, tmp_path
+):
+    profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), tmp_path / "profile")
+    storage_url = f"sqlite:///{tmp_path / 'study.db'}"
+    n = 5
+    peers = "deepcache-n3-b0,deepcache-n5-b0"
+    args = (*_search_args(profile, storage_url, tmp_path / "p.json", n, "--heartbeat", "1"), "--peers", peers)
+    process = subprocess.Popen(
+        cli_command(*args), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for(
+            lambda t: killable_mid_trial(t, completed=2), lambda: _trials(storage_url), time.monotonic() + 240
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    killed = [t for t in _trials(storage_url) if t.state.name == "RUNNING"]
+    assert [t.user_attrs.get(ATTR.PEER) for t in killed] == ["deepcache-n5-b0"]  # killed in the peer
+    done = run_cli(*args, timeout=600)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    after = _trials(storage_url)
+    assert not [t for t in after if t.state.name in ("RUNNING", "WAITING")]
+    complete = [t for t in after if t.state.name == "COMPLETE"]
+    assert len(complete) == n
+    assert [t.user_attrs.get(ATTR.PEER) for t in complete].count("deepcache-n5-b0") == 1
+    _evaluated_once(after)
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_stale_trial_is_failed_and_enqueued_again(tmp_path, kind):
     url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
