@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from hgc_tune.models import model_fingerprint
+from hgc_tune.models._fingerprint import controlnet_fingerprints
 from hgc_tune.policy._model import ControlNetSpec, PolicyTarget
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["target_for_pipeline"]
 
 
 def target_for_pipeline(
-    pipe, *, num_steps: int, condition_type: str | None = None, model: str | None = None
+    pipe: ControlNetPipeline, *, num_steps: int, condition_type: str | None = None, model: str | None = None
 ) -> PolicyTarget:
     """Describe ``pipe`` as a policy target: class names, structural fingerprint, scheduler, steps.
 
@@ -24,10 +31,6 @@ def target_for_pipeline(
         >>> target_for_pipeline(load_pipeline("tiny"), num_steps=20, model="tiny").scheduler
         'UniPCMultistepScheduler'
     """
-    # Imported here: hgc_tune.models pulls in torch, and reading policy files must not.
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import controlnet_fingerprints
-
     controlnet = getattr(pipe, "controlnet", None)
     # Each ControlNet is listed for several (a MultiControlNetModel); one is described by the class and
     # fingerprint fields alone, as in version-1 files.
@@ -37,7 +40,7 @@ def target_for_pipeline(
     if condition_type is not None and len(condition_type.split(",")) == len(nets):
         # Condition types that do not count the ControlNets stay on the target alone, and the comparison
         # with a policy's target says what differs.
-        types = condition_type.split(",")
+        types = [*condition_type.split(",")]
     return PolicyTarget(
         pipeline_class=type(pipe).__name__,
         unet_class=type(pipe.unet).__name__,

@@ -8,9 +8,18 @@ references it did not make.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+import diffusers
 
 from hgc_tune.errors import HgcTuneError, ProfileError
+from hgc_tune.models import load_pipeline, model_fingerprint
+from hgc_tune.models._fingerprint import weights_digest
+from hgc_tune.models._loading import SCHEDULERS
+from hgc_tune.profile._artifact import Profile
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["load_profiled_pipeline", "check_profiled_pipeline"]
 
@@ -19,14 +28,14 @@ _DTYPES: dict[str, str] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf
 
 
 def load_profiled_pipeline(
-    profile: Any,
+    profile: Profile,
     *,
     model: str | None = None,
     controlnet: str | None = None,
     dtype: str | None = None,
     device: str = "cpu",
     error: type[HgcTuneError] = ProfileError,
-) -> Any:
+) -> ControlNetPipeline:
     """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
 
     The model is the profile's ``model.name`` (a preset, a local directory or a hub id), with its condition
@@ -51,11 +60,6 @@ def load_profiled_pipeline(
     Example:
         >>> pipe = load_profiled_pipeline(Profile.load("runs/tiny-seg"))  # doctest: +SKIP
     """
-    import diffusers
-
-    from hgc_tune.models import load_pipeline
-    from hgc_tune.models._loading import SCHEDULERS
-
     meta = profile.meta
     name = model or profile.model_name
     if not name:
@@ -85,7 +89,11 @@ def load_profiled_pipeline(
 
 
 def check_profiled_pipeline(
-    profile: Any, pipe: Any, *, name: str | None = None, error: type[HgcTuneError] = ProfileError
+    profile: Profile,
+    pipe: ControlNetPipeline,
+    *,
+    name: str | None = None,
+    error: type[HgcTuneError] = ProfileError,
 ) -> None:
     """Raise ``error`` unless ``pipe`` is the pipeline ``profile`` was made with: the same pipeline class
     (text2img, img2img or inpainting), structural fingerprint and, when the profile records one, weights
@@ -97,9 +105,6 @@ def check_profiled_pipeline(
         name: The model ``pipe`` was loaded from, for the message (default: the profile's model).
         error: The exception class to raise (the caller's own, e.g. ``SearchError``).
     """
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import weights_digest
-
     label = f"model {name or profile.model_name!r}"
     profiled_class = profile.meta.get("pipeline_class")
     if profiled_class is not None and profiled_class != type(pipe).__name__:
