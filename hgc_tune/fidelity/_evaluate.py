@@ -259,7 +259,7 @@ def evaluate_pairs(
         full = [evaluator.score(f, c) for f, c in zip(full_images, conditions, strict=True)]
         policy = [evaluator.score(p, c) for p, c in zip(policy_images, conditions, strict=True)]
     else:
-        if metric.ideal is None:  # a task metric (handled above) or a prompt metric, which needs prompts
+        if metric.ideal is None:  # a prompt metric: it scores against prompts, not the full output
             raise FidelityError(
                 f"metric {metric.name!r} ({metric.kind}) has no `ideal` (its value against itself), but got "
                 "ideal=None; pass a task or reference metric."
