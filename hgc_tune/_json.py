@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from hgc_tune._files import open_input_file
 from hgc_tune.errors import HgcTuneError
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "load_json_file", "load_json_text"]
@@ -119,14 +120,15 @@ def load_json_file(
     """
     file = Path(path)
     where = f"{what} {str(file)!r}"
-    try:
-        with file.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise error(f"{where}: {size} bytes, more than the {max_bytes} bytes a JSON input may have.")
+    if missing is not None and not file.exists() and not file.is_symlink():
+        raise missing(file)
+    # A FIFO or a device is refused at once (open() on a FIFO blocks until a writer comes).
+    with open_input_file(file, what=what, error=error) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise error(f"{where}: {size} bytes, more than the {max_bytes} bytes a JSON input may have.")
+        try:
             blob = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise (missing(file) if missing else error(f"{where} does not exist.")) from None
-    except OSError as e:
-        raise error(f"cannot read {where}: {e.strerror or e}.") from None
+        except OSError as e:
+            raise error(f"cannot read {where}: {e.strerror or e}.") from None
     return load_json_text(blob, what=where, error=error, max_bytes=max_bytes, **kwargs)

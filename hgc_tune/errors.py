@@ -1,7 +1,8 @@
 """The exceptions hgc-tune raises.
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
-traceback (unless ``--debug``) and exits with status 2.
+traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
+failed: not enough memory).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ __all__ = [
     "SearchError",
     "FidelityError",
     "ReportError",
+    "InputFileError",
+    "ImageFileError",
+    "ResourceError",
+    "OutOfMemoryError",
 ]
 
 
@@ -103,3 +108,21 @@ class FidelityError(HgcTuneError):
 
 class ReportError(HgcTuneError):
     """Bad report input: a Pareto file that violates its format, or a policy that does not fit the profile."""
+
+
+class InputFileError(HgcTuneError):
+    """A path given as an input file that is not a regular file (a folder, a FIFO, a device) or cannot be
+    read."""
+
+
+class ImageFileError(InputFileError):
+    """An image input (condition, init, mask or dataset image) that is not a readable image: truncated,
+    corrupt, or a decompression bomb (more pixels than hgc-tune decodes)."""
+
+
+class ResourceError(HgcTuneError):
+    """The environment failed, not the input (a full disk, an unreachable server): the CLI exits with 1."""
+
+
+class OutOfMemoryError(ResourceError):
+    """A model or input that does not fit in the memory this process can get."""

@@ -108,3 +108,76 @@ def init_image():
     array[8:40, 24:56] = (40, 60, 200)
     array += rng.randint(0, 30, size=array.shape).astype(np.uint8)
     return Image.fromarray(array)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory):
+    """``tiny_lora(name="style", seed=0)``: the path of a LoRA for the tiny U-Net (rank 4 on the attention
+    projections, non-zero weights), built here with peft and saved the way diffusers saves one. Skips
+    without peft (a test extra)."""
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from hgc_tune.models import load_pipeline
+
+    made = {}
+
+    def make(name: str = "style", seed: int = 0):
+        if (name, seed) not in made:
+            unet = load_pipeline("tiny").unet
+            unet.add_adapter(
+                LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+            )
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                # peft starts lora_B at zero (an adapter that changes nothing): give it weights.
+                for key, param in unet.named_parameters():
+                    if "lora_" in key:
+                        param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+            folder = tmp_path_factory.mktemp(f"lora-{name}-{seed}")
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+            StableDiffusionControlNetPipeline.save_lora_weights(
+                folder, unet_lora_layers=layers, weight_name=f"{name}.safetensors"
+            )
+            made[name, seed] = folder / f"{name}.safetensors"
+        return made[name, seed]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def limited_cli():
+    """Run ``hgc-tune ARGS`` in a fresh process under the reliability limits: an address space of ``memory``
+    bytes (``resource.RLIMIT_AS``, default 1 GiB). Returns ``(exit status, stderr lines, seconds)``."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def run(*args: str, memory: int = 2**30, timeout: float = 120.0) -> tuple[int, list[str], float]:
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "hgc_tune.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit,
+            env=env,
+        )
+        return done.returncode, done.stderr.strip().splitlines(), time.perf_counter() - start
+
+    return run

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 2 user error, 1 unexpected failure)."""
-    from hgc_tune.errors import HgcTuneError
+    """Run the CLI; returns the process exit code (0 ok, 2 user error, 1 a failure of the environment)."""
+    from hgc_tune.errors import HgcTuneError, ResourceError
 
     # Library chatter (e.g. transformers' note that torchvision is absent) would bury the CLI's own output;
     # a user who wants it sets these variables.
@@ -86,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"hgc-tune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, ResourceError) else 2
+    except MemoryError as e:
+        # Out of memory outside the places that say what needed it (model loading does): still one line.
+        if args.debug:
+            raise
+        detail = f" ({e})" if str(e) else ""
+        print(f"hgc-tune {args.command}: error: out of memory{detail}.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hgc-tune {args.command}: interrupted", file=sys.stderr)
         return 130

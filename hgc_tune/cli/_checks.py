@@ -25,6 +25,10 @@ __all__ = [
     "int_in",
     "fraction",
     "strength",
+    "finite",
+    "condition_types",
+    "device",
+    "check_strength_runs_steps",
     "seconds",
     "add_steps_argument",
     "add_seed_argument",
@@ -95,6 +99,67 @@ def strength(flag: str) -> Callable[[str], float]:
 
     parse.__name__ = flag.lstrip("-")
     return parse
+
+
+def finite(flag: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for a finite number (NaN and infinity would run and draw noise)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"`{flag}` must be a finite number, but got {flag}={text}.")
+        return value
+
+    parse.__name__ = flag.lstrip("-")
+    return parse
+
+
+def condition_types(flag: str) -> Callable[[str], str]:
+    """An argparse ``type=`` for one condition type, or several distinct ones joined by commas (seg,depth)."""
+
+    def parse(text: str) -> str:
+        names = text.split(",")
+        if any(not n.strip() for n in names) or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(
+                f"`{flag}` must name condition types joined by commas, each once and none empty (e.g. "
+                f"seg,depth), but got {flag}={text!r}."
+            )
+        return ",".join(n.strip() for n in names)
+
+    parse.__name__ = flag.lstrip("-")
+    return parse
+
+
+def device(flag: str) -> Callable[[str], str]:
+    """An argparse ``type=`` for a torch device name; that it exists is checked where the model loads."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(
+                f"`{flag}` must name a torch device (cpu, cuda, cuda:1, mps), but got {flag}={text!r}."
+            )
+        return text.strip()
+
+    parse.__name__ = flag.lstrip("-")
+    return parse
+
+
+def check_strength_runs_steps(steps: int, strength: float | None) -> None:
+    """Refuse an img2img/inpainting ``--strength`` at which ``--steps`` runs no denoising step at all.
+
+    Raises:
+        HgcTuneError: ``int(steps * strength)`` is 0 (diffusers would run an empty loop and fail deep inside).
+    """
+    from hgc_tune.models._tasks import steps_run
+
+    if strength is not None and steps_run(steps, strength) < 1:
+        raise HgcTuneError(
+            f"`--strength` must leave at least one denoising step, but --strength {strength:g} at --steps "
+            f"{steps} runs {steps_run(steps, strength)}; give --strength >= {1 / steps:.3g} or more --steps."
+        )
 
 
 def confidence(flag: str) -> Callable[[str], float]:

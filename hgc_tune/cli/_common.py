@@ -5,12 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hgc_tune.cli._checks import condition_types, device
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.policy import PolicyFile
 
 __all__ = [
+    "add_lora_argument",
     "add_model_arguments",
+    "controlnet_count",
+    "condition_input",
+    "read_policy_argument",
+    "is_builtin_policy",
     "add_policy_argument",
     "hide_loading_bars",
+    "loras_from_args",
     "load_pipeline_from_args",
     "print_json",
     "resolve_policy",
@@ -30,13 +42,72 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     if with_condition:
         parser.add_argument(
             "--condition",
+            type=condition_types("--condition"),
             default=None,
             help="condition type (shapes preset: seg, canny, hed, depth); several ControlNets at once: "
             "comma-separated in their order (seg,depth)",
         )
     parser.add_argument("--scheduler", default="unipc", help="unipc (default), ddim, euler, dpm, pndm")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
+    )
+    add_lora_argument(parser)
+
+
+def add_lora_argument(parser: argparse.ArgumentParser) -> None:
+    """``--lora PATH[:SCALE]``, repeatable: LoRA adapters loaded into the pipeline (diffusers'
+    ``load_lora_weights``, unfused), each at its scale (default 1)."""
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="LoRA file (.safetensors) or folder to load into the pipeline, at SCALE (default 1); repeat it "
+        "for several. A policy's provenance records it; needs peft",
+    )
+
+
+def parse_lora(value: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` -> ``(path, scale)``; a suffix after the last ``:`` that is no number belongs to the
+    path."""
+    import math
+
+    from hgc_tune.errors import ModelLoadError
+
+    path, sep, tail = value.rpartition(":")
+    if not sep or not path or not tail or "/" in tail or "\\" in tail:
+        path, tail = value, ""
+    scale = 1.0
+    if tail:
+        try:
+            scale = float(tail)
+        except ValueError:
+            path, scale = value, 1.0
+    if not path:
+        raise ModelLoadError(f"--lora must be PATH[:SCALE], but got {value!r}.")
+    if not math.isfinite(scale):
+        raise ModelLoadError(f"--lora {value!r}: SCALE must be a finite number, but got {tail!r}.")
+    return path, scale
+
+
+def loras_from_args(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """``(path, scale)`` of every ``--lora``, each checked to exist (before any model is loaded)."""
+    from hgc_tune.models._lora import check_lora_source
+
+    loras = [parse_lora(value) for value in getattr(args, "lora", None) or ()]
+    for path, _ in loras:
+        check_lora_source(path)
+    return loras
+
+
+def controlnet_count(args: argparse.Namespace) -> int:
+    """How many ControlNets the model arguments ask for: one per ``--condition`` type, else one per
+    ``--controlnet``, else one."""
+    condition = getattr(args, "condition", None)
+    if condition:
+        return len(condition.split(","))
+    return len(args.controlnet) if getattr(args, "controlnet", None) else 1
 
 
 def hide_loading_bars() -> None:
@@ -67,8 +138,22 @@ def controlnet_ref(value: list[str] | str | None) -> list[str] | str | None:
 
 
 def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
-    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``);
-    warn on stderr when its weights are random.
+    """Load the pipeline the model arguments name (of ``task``: ``text2img``, ``img2img`` or ``inpaint``),
+    with its ``--lora`` adapters; warn on stderr when its weights are random.
+
+    See :func:`_load_base_pipeline_from_args` for ``args.shape_only``.
+    """
+    from hgc_tune.models._lora import load_lora
+
+    loras = loras_from_args(args)
+    pipe = _load_base_pipeline_from_args(args, task=task)
+    for path, scale in loras:
+        load_lora(pipe, path, scale)
+    return pipe
+
+
+def _load_base_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img"):
+    """The pipeline of the model arguments, without its LoRA adapters.
 
     ``args.shape_only`` (set by commands that only need shapes, such as MAC counting; absent = ``False``): a
     random-weight preset on the CPU is built with zero weights that take no memory
@@ -91,12 +176,6 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
             task=task,
             shape_only=True,
         )
-    if random_preset:
-        print(
-            f"note: preset {args.model!r} has random weights: its images are noise "
-            "(fine for MACs and timing).",
-            file=sys.stderr,
-        )
     refs, condition = controlnet_ref(args.controlnet), getattr(args, "condition", None)
     if isinstance(refs, list) and condition and len(condition.split(",")) != len(refs):
         from hgc_tune.errors import ModelLoadError
@@ -105,7 +184,7 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
             f"--condition {condition!r} names {len(condition.split(','))} condition type(s) for "
             f"{len(refs)} --controlnet: name one per ControlNet, in the same order (e.g. seg,depth)."
         )
-    return load_pipeline(
+    pipe = load_pipeline(
         args.model,
         controlnet=refs,
         condition=getattr(args, "condition", None),
@@ -114,6 +193,32 @@ def load_pipeline_from_args(args: argparse.Namespace, *, task: str = "text2img")
         device=args.device,
         task=task,
     )
+    if random_preset:  # after loading: a refused argument stays one line
+        print(
+            f"note: preset {args.model!r} has random weights: its images are noise "
+            "(fine for MACs and timing).",
+            file=sys.stderr,
+        )
+    return pipe
+
+
+def condition_input(pipe: ControlNetPipeline, images: list) -> Any:
+    """The ``image`` argument of a pipeline call: the one condition image, or the list of them (one per
+    ControlNet, in order) that diffusers takes for a ``MultiControlNetModel``.
+
+    Raises:
+        HgcTuneError: A number of images other than the pipeline's number of ControlNets.
+    """
+    nets = getattr(pipe.controlnet, "nets", None)
+    expected = len(nets) if nets is not None else 1
+    if len(images) != expected:
+        from hgc_tune.errors import HgcTuneError
+
+        raise HgcTuneError(
+            f"`--condition-image` must be given once per ControlNet ({expected}, in their order), but got "
+            f"{len(images)}."
+        )
+    return list(images) if nets is not None else images[0]
 
 
 def print_json(data: Any) -> None:
@@ -132,10 +237,34 @@ def add_policy_argument(parser: argparse.ArgumentParser, *, required: bool = Fal
     )
 
 
-def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_type: str | None, model: str):
+def is_builtin_policy(ref: str | None) -> bool:
+    return ref is None or ref.lower() in ("none", "full", "full-hooked") or ref.startswith("peer:")
+
+
+def read_policy_argument(ref: str | None) -> PolicyFile | None:
+    """Read and check a ``--policy`` file before anything heavy is loaded (``None`` for a built-in policy):
+    a file that is no policy, or declares more steps than any run, is refused in a moment, not after the
+    model has loaded."""
+    if is_builtin_policy(ref):
+        return None
+    from hgc_tune.policy import load_policy
+
+    return load_policy(ref)
+
+
+def resolve_policy(
+    ref: str | None,
+    pipe,
+    *,
+    num_steps: int | None,
+    condition_type: str | None,
+    model: str,
+    policy_file: PolicyFile | None = None,
+):
     """Turn a ``--policy`` value into a :class:`~hgc_tune.policy.Policy` (or ``None`` for no policy).
 
     A file's policy fixes the number of steps; peers and ``full`` are built for ``num_steps`` (default 20).
+    ``policy_file``: the file ``ref`` names, already read by :func:`read_policy_argument`.
     """
     from hgc_tune.models._blocks import cacheable_module_keys
     from hgc_tune.policy import full_compute_policy, load_policy, peer_policy, target_for_pipeline
@@ -151,7 +280,7 @@ def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_ty
         if ref == "full-hooked":
             return _every_module_hooked(target, cacheable_module_keys(pipe))
         return peer_policy(ref.removeprefix("peer:"), target, cacheable_module_keys(pipe))
-    policy = load_policy(ref).select(condition_type)
+    policy = (policy_file or load_policy(ref)).select(condition_type)
     if num_steps is not None and num_steps != policy.num_steps:
         from hgc_tune.errors import StepCountMismatchError
 
@@ -163,18 +292,23 @@ def resolve_policy(ref: str | None, pipe, *, num_steps: int | None, condition_ty
 
 def _every_module_hooked(target, module_keys):
     """An all-compute policy whose entries hook every cacheable module (each computes at every step)."""
-    from hgc_tune.models._blocks import is_attention_key
+    from hgc_tune.models._blocks import is_attention_key, is_whole_model_key
     from hgc_tune.policy import ControlNetWindow, Policy, ReuseWindow
 
     every = tuple(range(target.num_steps))
     classes = target.component_classes
-    blocks = {k: every for k in module_keys if k != "controlnet" and not is_attention_key(k, classes)}
+    blocks = {k: every for k in module_keys if not is_whole_model_key(k) and not is_attention_key(k, classes)}
     # one-step windows [s, s + 1) reuse nothing: the module computes at every step
     attention = {
         k: tuple(ReuseWindow(s, s + 1) for s in every) for k in module_keys if is_attention_key(k, classes)
     }
+    # Each whole ControlNet runs at every step: one `controlnet` window, or one per net of several.
+    nets = target.controlnet_keys()
+    single = nets == ["controlnet"]
+    windows = {"controlnets": {k: ControlNetWindow(every) for k in nets}} if nets and not single else {}
+    controlnet = ControlNetWindow(every) if single else None
     return Policy(
-        target, blocks=blocks, attention=attention, controlnet=ControlNetWindow(every), name="full-hooked"
+        target, blocks=blocks, attention=attention, controlnet=controlnet, name="full-hooked", **windows
     )
 
 
@@ -191,12 +325,19 @@ def resolve_task_policy(args: argparse.Namespace, pipe, task: str, strength: flo
     ref = args.policy
     if task == "text2img":
         num_steps = args.steps
-    elif ref is None or ref.lower() in ("none", "full", "full-hooked") or ref.startswith("peer:"):
+    elif is_builtin_policy(ref):
         num_steps = steps_run(args.steps or 20, strength)
     else:
         num_steps = None  # checked against --steps and --strength below
     spec = "none" if ref is not None and ref.lower() == "none" else ref
-    policy = resolve_policy(spec, pipe, num_steps=num_steps, condition_type=args.condition, model=args.model)
+    policy = resolve_policy(
+        spec,
+        pipe,
+        num_steps=num_steps,
+        condition_type=args.condition,
+        model=args.model,
+        policy_file=getattr(args, "policy_file", None),
+    )
     return (policy, *_inference_steps(args, policy, task, strength))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from hgc_tune.cli._checks import strength
+from hgc_tune.cli._checks import check_strength_runs_steps, strength
+from hgc_tune.cli._common import is_builtin_policy
 from hgc_tune.errors import HgcTuneError
 
 __all__ = ["TASK_CHOICES", "add_task_arguments", "task_strength"]
@@ -25,13 +26,19 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, task_help: str) -> No
     )
 
 
-def task_strength(args: argparse.Namespace) -> float | None:
-    """The strength of ``args.task``: ``None`` for text2img, else ``--strength`` or the task's default.
+def task_strength(args: argparse.Namespace, task: str | None = None) -> float | None:
+    """The strength of ``task`` (default ``args.task``): ``None`` for text2img, else ``--strength`` or the
+    task's default.
+
+    Where ``--steps`` (default 20) fixes the steps, a strength at which they run no denoising step at all is
+    refused here, before anything loads; a policy file fixes the steps run itself, so with one and no
+    ``--steps`` there is nothing to check.
 
     Raises:
-        HgcTuneError: ``--strength`` given with ``--task text2img``.
+        HgcTuneError: ``--strength`` given with ``--task text2img``, or a strength that runs no step.
     """
-    if args.task == "text2img":
+    task = args.task if task is None else task
+    if task == "text2img":
         if args.strength is not None:
             raise HgcTuneError(
                 "`--strength` needs `--task img2img` or `--task inpaint`, but got "
@@ -40,4 +47,7 @@ def task_strength(args: argparse.Namespace) -> float | None:
         return None
     from hgc_tune.models._tasks import DEFAULT_STRENGTH
 
-    return args.strength or DEFAULT_STRENGTH[args.task]
+    value = args.strength or DEFAULT_STRENGTH[task]
+    if getattr(args, "steps", None) is not None or is_builtin_policy(getattr(args, "policy", None)):
+        check_strength_runs_steps(getattr(args, "steps", None) or 20, value)
+    return value

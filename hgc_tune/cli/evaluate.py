@@ -28,8 +28,9 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     confidence,
+    finite,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._common import add_model_arguments, print_json, read_policy_argument
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 if TYPE_CHECKING:
@@ -65,12 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         task_help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init "
         "image (its condition image where it has none); inpaint repaints the middle half",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
+    )
     add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
     parser.add_argument(
         "--controlnet-scale",
-        type=float,
+        type=finite("--controlnet-scale"),
         default=1.0,
         help="ControlNet conditioning scale on the policy side (full compute always uses 1)",
     )
@@ -110,9 +113,14 @@ def _savings_by_mechanism(
 
 
 def run(args: argparse.Namespace) -> int:
-    from hgc_tune.cli._common import load_pipeline_from_args
-    from hgc_tune.data import open_dataset
     from hgc_tune.errors import FidelityError, HgcTuneError
+
+    # Checked before torch and the model load: a bad value is refused in a moment.
+    strength_ = task_strength(args)
+    args.policy_file = read_policy_argument(args.policy)
+
+    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
+    from hgc_tune.data import open_dataset
     from hgc_tune.fidelity import evaluate_policy
     from hgc_tune.fidelity._registry import check_metric_fits
     from hgc_tune.macs import count_pipeline_macs
@@ -123,8 +131,6 @@ def run(args: argparse.Namespace) -> int:
             check_metric_fits(args.metric, condition)
         except FidelityError as e:
             raise HgcTuneError(str(e)) from e
-    strength_ = task_strength(args)
-    from hgc_tune.cli._common import resolve_task_policy
     from hgc_tune.models._tasks import native_size
 
     pipe = load_pipeline_from_args(args, task=args.task)

@@ -20,9 +20,17 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
+    finite,
     strength,
 )
-from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.cli._common import (
+    add_model_arguments,
+    add_policy_argument,
+    controlnet_count,
+    print_json,
+    read_policy_argument,
+)
+from hgc_tune.cli._tasks import task_strength
 from hgc_tune.errors import HgcTuneError
 
 HELP = "generate an image with (or without) a caching policy"
@@ -33,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_argument(parser)
     parser.add_argument("--prompt", required=True, help="text prompt")
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--condition-image", required=True, help="path of the condition image (PNG/JPEG)")
+    parser.add_argument(
+        "--condition-image",
+        required=True,
+        action="append",
+        help="path of the condition image (PNG/JPEG); several ControlNets (--condition seg,depth): give it "
+        "once per ControlNet, in their order",
+    )
     parser.add_argument(
         "--init-image",
         default=None,
@@ -62,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: the policy's steps, or 20; img2img/inpainting: the number "
         "that runs the policy's steps at --strength)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance-scale", type=finite("--guidance-scale"), default=7.5)
     add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print MACs and time as JSON")
 
@@ -80,36 +94,47 @@ def _task(args: argparse.Namespace) -> str:
     return "inpaint" if args.mask is not None else "img2img" if args.init_image is not None else "text2img"
 
 
-def _open_image(path: str, flag: str, mode: str):
-    from PIL import Image, UnidentifiedImageError
+def _read_inputs(args: argparse.Namespace) -> tuple[list, object, object]:
+    """The condition images (one per ControlNet), the init image and the mask, read through the one image
+    reader before anything heavy is imported: a FIFO, a truncated file or a decompression bomb is refused at
+    once."""
+    from hgc_tune.data._images import read_image
 
-    try:
-        return Image.open(path).convert(mode)
-    except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError) as e:
-        raise HgcTuneError(f"cannot read {flag} {path!r}: {e}") from e
+    expected = controlnet_count(args)
+    if len(args.condition_image) != expected:
+        names = f"--condition {args.condition!r} names" if args.condition else "the model has"
+        raise HgcTuneError(
+            f"`--condition-image` must be given once per ControlNet, but {names} {expected} and got "
+            f"{len(args.condition_image)}: {args.condition_image}."
+        )
+    conditions = [read_image(p, what="--condition-image") for p in args.condition_image]
+    init = read_image(args.init_image, what="--init-image") if args.init_image is not None else None
+    mask = read_image(args.mask, mode="L", what="--mask") if args.mask is not None else None
+    return conditions, init, mask
 
 
 def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, overwrite=args.overwrite, what="an image")
     task = _task(args)
+    strength_ = task_strength(args, task)
+    conditions, init, mask = _read_inputs(args)
+    args.policy_file = read_policy_argument(args.policy)
 
     import torch
     from PIL import Image
 
     from hgc_tune._atomic import atomic_write
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
+    from hgc_tune.cli._common import condition_input, load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.models._presets import PRESETS
-    from hgc_tune.models._tasks import DEFAULT_STRENGTH, generation_inputs
+    from hgc_tune.models._tasks import generation_inputs
 
-    condition = _open_image(args.condition_image, "--condition-image", "RGB")
-    init = _open_image(args.init_image, "--init-image", "RGB") if args.init_image is not None else None
-    mask = _open_image(args.mask, "--mask", "L") if args.mask is not None else None
-    strength_ = None if task == "text2img" else args.strength or DEFAULT_STRENGTH[task]
     pipe = load_pipeline_from_args(args, task=task)
     policy, steps, run_steps = resolve_task_policy(args, pipe, task, strength_)
-    size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else condition.height)
-    condition = condition.resize((size, size))
+    size = args.resolution or (
+        PRESETS[args.model].resolution if args.model in PRESETS else conditions[0].height
+    )
+    condition = condition_input(pipe, [c.resize((size, size)) for c in conditions])
     if init is not None:
         init = init.resize((size, size), Image.BICUBIC)
     if mask is not None:

@@ -20,6 +20,9 @@ per-module table and the policy's compute sets), the reduction, and where it com
 among the guidance window, the ControlNet window, ControlNet blocks, U-Net blocks and cross-attention reuse,
 each skipped MAC counted once, for the first of these that skips it (``savings_by_mechanism`` in ``--json``):
     hgc-tune macs --model sd15 --policy policies/sd15-deepcache-n3-b0.json --json
+
+With ``--lora PATH[:SCALE]`` the adapter is loaded unfused, its low-rank products are traced with the layers
+it adapts and are in every count; the output lists each adapter and says so (``lora`` in ``--json``).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import argparse
 import sys
 import time
 
-from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, int_in
-from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, condition_types, int_in
+from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json, read_policy_argument
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
@@ -39,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, with_condition=False)
     parser.add_argument(
         "--condition",
+        type=condition_types("--condition"),
         default=None,
         help="condition type: picks the policy of a multi-condition policy file (MACs do not depend on it; "
         "for the shapes preset without --condition, the seg ControlNet is counted, which has the same "
@@ -155,7 +159,32 @@ def _print_unsupported(skipped: dict) -> None:
         )
 
 
+def _lora_entries(pipe) -> list[dict]:
+    """Each ``--lora`` adapter, and whether its MACs are in the counts: an unfused adapter's low-rank
+    products run beside the layers it adapts and are traced with them; a fused one adds none."""
+    from hgc_tune.models._lora import fused_adapters
+    from hgc_tune.policy import pipeline_loras
+
+    fused = fused_adapters(pipe)
+    return [
+        {
+            "name": a.name,
+            "digest": a.digest,
+            "scale": a.scale,
+            "counted": a.name not in fused,
+            "macs": "fused into the weights: adds no MACs"
+            if a.name in fused
+            else "unfused: its low-rank products are counted in the blocks that hold its layers (and the "
+            "total)",
+        }
+        for a in pipeline_loras(pipe)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
+    # A policy file is read and checked before torch and the model load: a bad one is refused in a moment.
+    policy_file = read_policy_argument(args.policy)
+
     from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import count_pipeline_macs
@@ -170,7 +199,12 @@ def run(args: argparse.Namespace) -> int:
         loading.condition = SHAPES_CONDITIONS[0]
     pipe = load_pipeline_from_args(loading)
     policy = resolve_policy(
-        args.policy, pipe, num_steps=args.steps, condition_type=args.condition, model=args.model
+        args.policy,
+        pipe,
+        num_steps=args.steps,
+        condition_type=args.condition,
+        model=args.model,
+        policy_file=policy_file,
     )
     if policy is not None:
         from hgc_tune.models._tasks import pipeline_for_task, task_of_class
@@ -208,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
         "unsupported_ops": table.skipped_ops(),
         "unsupported_ops_by_module": {k: dict(v) for k, v in table.unsupported_ops.items()},
     }
+    loras = _lora_entries(pipe)
+    if loras:
+        result["lora"] = loras
     if policy is not None:
         from hgc_tune.policy import policy_macs
         from hgc_tune.policy._macs import mac_savings_by_mechanism
@@ -230,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         _print_table(result, args.convention)
+        for entry in loras:
+            print(f"LoRA {entry['name']!r} (scale {entry['scale']:g}): {entry['macs']}")
         if policy is not None:
             for c in CONVENTIONS:
                 m = result["policy"][c]

@@ -26,6 +26,7 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
+    finite,
 )
 from hgc_tune.cli._common import add_model_arguments, print_json
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
@@ -59,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the condition image where a sample has none) and, for inpaint, the middle half of the image "
         "repainted",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
+    )
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
     parser.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         replaces=("profile.json", "profile.safetensors"),
         what="a profile",
     )
-    task_strength(args)  # refuses --strength with --task text2img
+    # refuses --strength with --task text2img, and a --strength at which --steps runs no step
+    task_strength(args)
 
     from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset

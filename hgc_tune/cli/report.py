@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output
+from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output, device
 from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
 
 HELP = "write figures (similarity, attention drift, policy grid, trade-off, samples) and an index.html"
@@ -41,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model to generate the policy's images with (default: the profile's model)",
     )
     add_controlnet_argument(parser, "ControlNet for a base model that holds none")
-    parser.add_argument("--device", default="cpu", help="torch device for the policy's images (default: cpu)")
+    parser.add_argument(
+        "--device",
+        type=device("--device"),
+        default="cpu",
+        help="torch device for the policy's images (default: cpu)",
+    )
     parser.add_argument("--json", action="store_true", help="print the files and the summary as JSON")
 
 

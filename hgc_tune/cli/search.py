@@ -41,15 +41,16 @@ from hgc_tune.cli._checks import (
     MAX_COUNT,
     add_overwrite_argument,
     check_output,
+    device,
     int_in,
 )
-from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
+from hgc_tune.cli._common import add_controlnet_argument, add_lora_argument, controlnet_ref, print_json
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
 # The flags that say which pipeline to load; a worker gets them as given.
-_PIPELINE_FLAGS = ("--model", "--controlnet", "--dtype", "--device")
+_PIPELINE_FLAGS = ("--model", "--controlnet", "--dtype", "--device", "--lora")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: the profile's"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
+    )
+    add_lora_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # Internal: a worker started by --workers runs trials only.
@@ -105,7 +109,7 @@ def _pareto_name(out: str) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Any):
-    from hgc_tune.cli._common import hide_loading_bars
+    from hgc_tune.cli._common import hide_loading_bars, loras_from_args
     from hgc_tune.errors import SearchError
     from hgc_tune.profile import load_profiled_pipeline
 
@@ -117,6 +121,7 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
         dtype=args.dtype,
         device=args.device,
         error=SearchError,
+        lora=loras_from_args(args),
     )
 
 

@@ -31,7 +31,8 @@ from typing import IO, Any, overload
 from PIL import Image
 
 from hgc_tune._json import load_json_text
-from hgc_tune.errors import DatasetError
+from hgc_tune.data._images import check_image, read_image
+from hgc_tune.errors import DatasetError, ImageFileError
 
 __all__ = [
     "METADATA_FILE",
@@ -63,7 +64,8 @@ SKIP_REASONS: Mapping[str, str] = MappingProxyType(
         "bad_path": "a path that is absolute or leaves the dataset folder",
         "outside_dataset": "a condition or ground-truth path that a link leads outside the dataset folder",
         "missing_file": "a condition or ground-truth file that does not exist",
-        "unreadable_file": "a condition or ground-truth file that is not a readable image",
+        "unreadable_file": "a condition or ground-truth file that is not a readable image (not a regular "
+        "file, truncated, corrupt, or a decompression bomb)",
     }
 )
 
@@ -154,11 +156,7 @@ class MultiSample:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read image {str(path)!r}: {e}") from e
+    return read_image(path, what="dataset image", error=DatasetError)
 
 
 class _BadRow(Exception):
@@ -173,12 +171,11 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def _check_image_file(path: Path, field: str, relative: str) -> None:
-    if not path.is_file():
+    if not path.exists():
         raise _BadRow("missing_file", field, relative, f"`{field}` file does not exist: {field}={relative!r}")
     try:
-        with Image.open(path) as image:
-            image.verify()  # reads and checks the whole file without decoding pixels
-    except Exception as e:  # PIL raises many exception types for a corrupt file
+        check_image(path, what=f"`{field}`")  # reads and checks the whole file without decoding pixels
+    except ImageFileError as e:
         raise _BadRow(
             "unreadable_file",
             field,

@@ -24,8 +24,9 @@ from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, Step
 from hgc_tune.models._blocks import cacheable_module_keys, is_whole_model_key
 from hgc_tune.models._tasks import inference_steps_for
 from hgc_tune.policy import Policy, PolicyFile
+from hgc_tune.policy._lora import check_policy_lora
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
-from hgc_tune.runtime._context import calling_pipeline
+from hgc_tune.runtime._context import PerThread, calling_pipeline, scheduler_calls
 from hgc_tune.runtime._registry import foreign_hooks, register_hook, remove_hook, repair_hook
 
 __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits", "policy_handle"]
@@ -41,9 +42,10 @@ def check_policy_fits(
 
     The one comparison of a policy with a pipeline (the executor and ``hgc-tune macs`` use it): pipeline,
     U-Net and ControlNet classes, the number of ControlNets and each one's class and fingerprint, scheduler,
-    structural fingerprint, the condition type (when ``condition_type`` is given; ``seg,depth`` for two
-    ControlNets), and then every module key the policy names. The error names each field that differs with
-    both values.
+    structural fingerprint, the condition type (``condition_type``, else the one ``load_pipeline`` built the
+    pipeline for; ``seg,depth`` for two ControlNets, in their order; a ``condition_type`` that contradicts
+    the loaded one is refused), and then every module key the policy names. The error names each field that
+    differs with both values.
 
     Args:
         pipe: The pipeline.
@@ -53,12 +55,15 @@ def check_policy_fits(
     """
     from hgc_tune.policy import target_for_pipeline
 
-    found = target_for_pipeline(pipe, num_steps=policy.num_steps, condition_type=condition_type)
+    found = target_for_pipeline(
+        pipe, num_steps=policy.num_steps, condition_type=_condition_type(pipe, condition_type, check=False)
+    )
     diffs = policy.target.mismatches(found, check_fingerprint=check_fingerprint)
     if diffs:
         raise PolicyMismatchError(
             f"policy {policy.name!r} does not fit this pipeline: " + "; ".join(diffs) + "."
         )
+    _condition_type(pipe, condition_type)
     modules = cacheable_module_keys(pipe)
     for kind, keys in (
         ("blocks", policy.blocks),
@@ -72,6 +77,41 @@ def check_policy_fits(
                     f"(cacheable blocks are e.g. {list(modules)[:6]})."
                 )
     return modules
+
+
+def _condition_type(pipe: Any, asked: str | None, *, check: bool = True) -> str | None:
+    """The condition type to check a policy against: ``asked``, else the one ``load_pipeline`` built the
+    pipeline for. With ``check``, raise :class:`PolicyMismatchError` if the two differ (several ControlNets
+    in another order included)."""
+    from hgc_tune.policy._target import loaded_condition_type
+
+    loaded = loaded_condition_type(pipe)
+    if check and asked is not None and loaded is not None and asked != loaded:
+        order = " (its ControlNets in that order)" if "," in loaded else ""
+        raise PolicyMismatchError(
+            f"condition_type={asked!r} was given, but load_pipeline built this pipeline for condition "
+            f"{loaded!r}{order}; pass condition_type={loaded!r}, or load the pipeline with "
+            f"condition={asked!r}."
+        )
+    return asked if asked is not None else loaded
+
+
+def _check_first_order(pipe: Any, policy: Policy) -> None:
+    """Refuse a scheduler that calls the denoisers other than once per inference step (Heun, DPM2, PNDM).
+
+    A policy's steps index the denoiser calls of a call; with such a scheduler the calls and the inference
+    steps differ, so a policy made for ``n`` steps matches no call of ``n`` steps, and what it reuses
+    between a step's calls was never profiled.
+    """
+    n = policy.num_steps
+    calls = scheduler_calls(pipe.scheduler, n)
+    if calls is not None and calls != n:
+        raise PolicyMismatchError(
+            f"scheduler {type(pipe.scheduler).__name__} calls the denoisers {calls} times for "
+            f"num_inference_steps={n}, but policy {policy.name!r} indexes one denoiser call per step; "
+            "policies need a scheduler that calls them once per step (UniPC, DDIM, Euler, DPM-Solver "
+            "multistep: --scheduler unipc|ddim|euler|dpm)."
+        )
 
 
 def _whole_controlnets(pipe: Any) -> dict[str, torch.nn.Module]:
@@ -110,6 +150,13 @@ def _check_not_shared(pipe: Any) -> None:
             raise PolicyAlreadyAppliedError(guard.owner._applied_elsewhere("applying a policy here"))
 
 
+class _CallChecks:
+    """What the handle has checked in the calling thread's current call."""
+
+    def __init__(self) -> None:
+        self.steps_checked = False
+
+
 class PolicyHandle:
     """The hooks of one applied policy. ``remove()`` restores the pipeline's exact prior behaviour.
 
@@ -117,6 +164,15 @@ class PolicyHandle:
     to: another pipeline that shares its U-Net and ControlNet (``from_pipe``, a pipeline built from its
     ``components``) is refused when it calls them. A copy of the pipeline (``copy.deepcopy``, ``pickle``)
     carries a copy of the handle, bound to the copy; :func:`policy_handle` finds it.
+
+    The hooks sit on the U-Net and ControlNet the policy was applied to. Assigning another one to the
+    pipeline (``pipe.unet = …``, ``pipe.controlnet = …``, a net of a ``MultiControlNetModel``) detaches the
+    policy: :attr:`active` turns ``False`` and the next call of the pipeline raises
+    :class:`PolicyMismatchError` before the denoisers run. As with a replaced scheduler, call ``remove()``
+    and apply the policy again (the new module may not fit it). Wrapping a module in place, as
+    ``torch.compile`` does (``pipe.unet = torch.compile(pipe.unet)``), keeps the policy.
+
+    Two threads may call the pipeline at once: each call keeps its own step index and cached outputs.
     """
 
     def __init__(self, pipe: Any, policy: Policy, context: RunContext) -> None:
@@ -128,16 +184,28 @@ class PolicyHandle:
         self.controlnet_hooks: dict[str, ControlNetWindowHook] = {}
         self._attached: list[tuple[torch.nn.Module, str]] = []
         self._scheduler = pipe.scheduler
+        self._denoisers = _denoisers(pipe)
         self._removed = False
-        self._steps_checked = False
+        self._checks: PerThread[_CallChecks] = PerThread(_CallChecks)
 
     @property
     def active(self) -> bool:
-        return not self._removed
+        """Whether the policy runs when the pipeline is called: not removed, and its U-Net and ControlNets
+        are still the pipeline's."""
+        return not self._removed and self._replaced() is None
+
+    def _replaced(self) -> str | None:
+        """The first denoiser the pipeline no longer holds since the policy was applied (``pipe.unet``,
+        ``pipe.controlnet``, ``pipe.controlnet.nets[1]``), or ``None``."""
+        now = _denoisers(self.pipe)
+        for name, module in self._denoisers.items():
+            if now.get(name) is not module:
+                return name
+        return None
 
     def _begin_call(self, context: RunContext) -> None:
         self.check_call()
-        self._steps_checked = False
+        self._checks.get().steps_checked = False
         if context.strength is not None:
             # img2img / inpainting: the steps this call runs are known now (the pipeline's get_timesteps),
             # before the init image is encoded.
@@ -170,6 +238,13 @@ class PolicyHandle:
                 f"the pipeline's scheduler was replaced after policy {self.policy.name!r} was applied; "
                 "remove the policy and apply it again after changing the scheduler."
             )
+        replaced = self._replaced()
+        if replaced is not None:
+            raise PolicyMismatchError(
+                f"{replaced} was replaced after policy {self.policy.name!r} was applied, and the policy's "
+                "hooks stay on the module it replaced; call remove() on the policy's handle and apply the "
+                "policy again after changing it."
+            )
 
     def check_steps(self) -> None:
         """Raise :class:`StepCountMismatchError` unless the current call runs the policy's number of steps.
@@ -180,12 +255,13 @@ class PolicyHandle:
         policy's guard checks it again at the first denoiser call, before anything is computed (once per
         call).
         """
-        if self._steps_checked:
+        checks = self._checks.get()
+        if checks.steps_checked:
             return
         context = self.context
         if context.num_steps != self.policy.num_steps:
             raise StepCountMismatchError(_step_count_message(self.policy, context, self.pipe.scheduler))
-        self._steps_checked = True
+        checks.steps_checked = True
 
     def _applied_elsewhere(self, before: str) -> str:
         """The message for another pipeline that shares this policy's U-Net and ControlNet."""
@@ -235,7 +311,18 @@ class PolicyHandle:
         self.remove()
 
     def __repr__(self) -> str:
-        return f"PolicyHandle(policy={self.policy.name!r}, active={self.active})"
+        replaced = None if self._removed else self._replaced()
+        detached = f", detached: {replaced} replaced" if replaced else ""
+        return f"PolicyHandle(policy={self.policy.name!r}, active={self.active}{detached})"
+
+
+def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The pipeline's U-Net and ControlNets by the attribute that holds them; a module wrapped in place
+    (``torch.compile``'s ``OptimizedModule``) counts as the module it wraps."""
+    out = {"pipe.unet": pipe.unet, "pipe.controlnet": pipe.controlnet}
+    for i, net in enumerate(getattr(pipe.controlnet, "nets", None) or ()):
+        out[f"pipe.controlnet.nets[{i}]"] = net
+    return {name: getattr(module, "_orig_mod", module) for name, module in out.items()}
 
 
 def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> str:
@@ -259,7 +346,8 @@ def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> 
 
 
 def policy_handle(pipe: Any) -> PolicyHandle | None:
-    """The handle of the policy applied to ``pipe``, or ``None`` if none is.
+    """The handle of the policy applied to ``pipe``, or ``None`` if none is (a policy detached by replacing
+    the pipeline's U-Net or ControlNet is returned until it is removed: ``handle.active`` is then ``False``).
 
     The way to the handle of a copied pipeline: ``copy.deepcopy(pipe)`` and ``pickle`` copy the policy with
     the pipeline, and ``policy_handle(copy).remove()`` removes it from the copy only.
@@ -268,7 +356,7 @@ def policy_handle(pipe: Any) -> PolicyHandle | None:
         pipe: The pipeline.
     """
     handle = getattr(pipe, _HANDLE_ATTR, None)
-    return handle if handle is not None and handle.active else None
+    return handle if handle is not None and not handle._removed else None
 
 
 def apply_policy(
@@ -299,14 +387,21 @@ def apply_policy(
             file, and a policy made for another condition type is refused.
         check_fingerprint: Refuse a policy made for another U-Net/ControlNet configuration.
 
+    A policy tuned with other LoRA adapters than ``pipe`` carries, or with none while it carries one, is
+    applied with a :class:`~hgc_tune.policy.LoraMismatchWarning` (once per pipeline, policy and adapters): the
+    fidelity its provenance records may not hold.
+
     Returns:
         A :class:`PolicyHandle`; call ``remove()`` (or use it as a context manager) to detach.
 
     Raises:
         PolicyAlreadyAppliedError: The pipeline, or another that shares its U-Net and ControlNet, already
             has a policy applied.
-        PolicyMismatchError: The policy's target or module keys do not fit the pipeline, or it truncates
-            CFG on denoisers that carry one of diffusers' caches.
+        PolicyMismatchError: The policy's target or module keys do not fit the pipeline (its condition type
+            included: ``condition_type``, else the one ``load_pipeline`` built the pipeline for, ControlNets
+            in order), it truncates CFG on denoisers that carry one of diffusers' caches, or the scheduler
+            calls the denoisers more than once per step (Heun, DPM2, PNDM). At call time, before the
+            denoisers run, if ``pipe.unet`` or a ControlNet was replaced since.
         StepCountMismatchError: At call time, before the denoisers run, if the call runs a different number
             of steps (only the steps run count: img2img and inpainting with ``strength < 1`` run fewer).
 
@@ -325,17 +420,19 @@ def apply_policy(
         >>> handle.remove()
     """
     if isinstance(policy, PolicyFile):
-        policy = policy.select(condition_type)
-    existing = getattr(pipe, _HANDLE_ATTR, None)
-    if existing is not None and existing.active:
+        policy = policy.select(_condition_type(pipe, condition_type, check=False))
+    existing = policy_handle(pipe)
+    if existing is not None:
         raise PolicyAlreadyAppliedError(
             f"a policy ({existing.policy.name!r}) is already applied to this pipeline; call .remove() on its "
             "handle before applying another."
         )
     _check_not_shared(pipe)
     modules = check_policy_fits(pipe, policy, condition_type, check_fingerprint=check_fingerprint)
+    _check_first_order(pipe, policy)
     if policy.guidance is not None:
         check_other_hooks(pipe, policy)
+    check_policy_lora(pipe, policy)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)

@@ -15,6 +15,7 @@ import torch
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext
+from hgc_tune.runtime._context import PerThread
 from hgc_tune.runtime._registry import register_hook
 
 __all__ = [
@@ -102,26 +103,32 @@ class ControlNetWindowHook(PolicyHook):
         super().__init__()
         self.config = config
         self.context = context
-        self.state = ControlNetWindowState()
+        self._states: PerThread[ControlNetWindowState] = PerThread(ControlNetWindowState)
+
+    @property
+    def state(self) -> ControlNetWindowState:
+        """The state of the calling thread's pipeline call (each thread reuses its own residuals)."""
+        return self._states.get()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         sample = args[0] if args else kwargs["sample"]
         return_dict = kwargs.get("return_dict", True)
+        state = self.state
         in_window = self.config.steps is None or self.context.step in self.config.steps
         if _is_zero_scale(kwargs.get("conditioning_scale", 1.0)) or (
             not in_window and self.config.mode == "drop"
         ):
-            self.state.dropped += 1
+            state.dropped += 1
             return zero_controlnet_residuals(module, sample, return_dict=return_dict)
-        if not in_window and self.state.residuals is not None:
-            reused = fit_batch(self.state.residuals, leading_batch(args, kwargs))
+        if not in_window and state.residuals is not None:
+            reused = fit_batch(state.residuals, leading_batch(args, kwargs))
             if reused is not None:
-                self.state.reused += 1
+                state.reused += 1
                 return copy_tensors(reused) if self.config.private_outputs else reused
         output = self.fn_ref.original_forward(*args, **kwargs)
         copy = self.context.copy_cached_outputs or self.config.private_outputs
-        self.state.residuals = copy_tensors(output) if copy else output
-        self.state.computed += 1
+        state.residuals = copy_tensors(output) if copy else output
+        state.computed += 1
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import torch
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext
+from hgc_tune.runtime._context import PerThread
 from hgc_tune.runtime._registry import register_hook
 
 __all__ = ["STEP_CACHE_HOOK", "StepCacheConfig", "StepCacheState", "StepCacheHook", "apply_step_cache"]
@@ -43,7 +44,11 @@ class StepCacheState:
 
 
 class StepCacheHook(PolicyHook):
-    """Runs the module at compute steps, returns the stored output at the others."""
+    """Runs the module at compute steps, returns the stored output at the others.
+
+    The stored output is the calling thread's (:attr:`state`): two threads calling one pipeline reuse only
+    what their own call computed.
+    """
 
     # Stateful the diffusers way: HookRegistry.reset_stateful_hooks reaches it and frees what it keeps.
     _is_stateful = True
@@ -52,18 +57,24 @@ class StepCacheHook(PolicyHook):
         super().__init__()
         self.config = config
         self.context = context
-        self.state = StepCacheState()
+        self._states: PerThread[StepCacheState] = PerThread(StepCacheState)
+
+    @property
+    def state(self) -> StepCacheState:
+        """The state of the calling thread's pipeline call."""
+        return self._states.get()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
-        self.state.calls += 1
-        if self.context.step not in self.config.compute_steps and self.state.output is not None:
-            reused = fit_batch(self.state.output, leading_batch(args, kwargs))
+        state = self.state
+        state.calls += 1
+        if self.context.step not in self.config.compute_steps and state.output is not None:
+            reused = fit_batch(state.output, leading_batch(args, kwargs))
             if reused is not None:
                 return reused
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.state.output = copy_tensors(output) if self.context.copy_cached_outputs else output
-        self.state.computed_at = self.context.step
-        self.state.computed += 1
+        state.output = copy_tensors(output) if self.context.copy_cached_outputs else output
+        state.computed_at = self.context.step
+        state.computed += 1
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

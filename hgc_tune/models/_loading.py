@@ -4,10 +4,11 @@ a hub id: a ``StableDiffusionControlNet…Pipeline`` for SD1.5-shaped models, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hgc_tune.errors import (
     ModelLoadError,
     ModelNotFoundError,
     NotAPipelineError,
+    OutOfMemoryError,
     UnknownPresetError,
 )
 from hgc_tune.models._presets import (
@@ -208,6 +210,104 @@ def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dt
     return pipe
 
 
+def _check_device(device: str) -> None:
+    """Refuse a device string torch does not parse, or a device this machine does not have."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(
+            f"`device` must be a torch device (cpu, cuda, cuda:1, mps), but got device={device!r}."
+        ) from None
+    if parsed.type == "meta":
+        raise ModelLoadError(
+            f"`device` must hold data (cpu, cuda, mps), but got device={device!r}: the meta device holds "
+            "shapes only (for MACs without weights, use shape_only=True)."
+        )
+    backend = getattr(torch, parsed.type, None) if parsed.type != "cpu" else None
+    if parsed.type == "mps":
+        backend = torch.backends.mps
+    if backend is None or not hasattr(backend, "is_available"):
+        return
+    if not backend.is_available():
+        why = (
+            f"this torch build ({torch.__version__}) has no CUDA"
+            if parsed.type == "cuda" and torch.version.cuda is None
+            else f"no {parsed.type} device is available"
+        )
+        raise ModelLoadError(f"`device` {device!r} cannot be used: {why}; pass --device cpu.")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise ModelLoadError(
+            f"`device` {device!r} does not exist: this machine has {count()} {parsed.type} device(s)."
+        )
+
+
+def _check_condition(condition: str | None) -> None:
+    if condition is None:
+        return
+    names = condition.split(",") if isinstance(condition, str) else None
+    if not names or any(not n.strip() for n in names) or len(set(names)) != len(names):
+        raise ModelLoadError(
+            "`condition` must name condition types joined by commas, each once and none empty (e.g. "
+            f"'seg,depth'), but got condition={condition!r}."
+        )
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Loading prints nothing: diffusers' and transformers' loading bars and notices (e.g. that torchvision
+    is absent, which changes nothing here) are held back while the pipeline is built, then restored."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    bars = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator's failure: Python's, torch's CPU allocator's, or a GPU's."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    )
+
+
+def _weights_bytes(model: str, condition: str | None, torch_dtype) -> int | None:
+    """About how many bytes the weights of ``model`` take in ``torch_dtype``: counted on the meta device for
+    a random-weight preset (nothing allocated), the weight files' sizes for a local folder, else ``None``."""
+    import torch
+
+    if model in PRESETS and PRESETS[model].random_weights:
+        nets = len(condition.split(",")) if condition else 1
+        with torch.device("meta"):
+            components = build_preset_components(model, controlnets=nets)
+        size = torch.empty((), dtype=torch_dtype, device="meta").element_size()
+        modules = [m for c in components.values() for m in (c if isinstance(c, list) else [c])]
+        return size * sum(
+            p.numel() for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters()
+        )
+    if _is_local(model) and Path(model).is_dir():
+        return sum(f.stat().st_size for f in Path(model).rglob("*") if f.suffix in (".safetensors", ".bin"))
+    return None
+
+
 def load_pipeline(
     model: str,
     *,
@@ -244,17 +344,55 @@ def load_pipeline(
             pipeline runs and counts MACs like the real one, but generates zeros: for MAC counting of
             models too large to hold (``sdxl`` in fp32 is ~19 GB), not for images or timing.
 
+    Raises:
+        ModelLoadError: A bad argument (the subclasses name which: an unknown preset, a missing folder, a
+            ControlNet that does not fit), a device torch does not know or this machine lacks, or a
+            ``condition`` list with an empty or repeated entry.
+        OutOfMemoryError: The pipeline does not fit in the memory this process can get (the message says
+            about how much its weights need).
+
     Example:
         >>> pipe = load_pipeline("tiny")
         >>> type(pipe).__name__
         'StableDiffusionControlNetPipeline'
     """
-    import torch
-
-    from hgc_tune.models._tasks import _check_task, pipeline_for_task
+    from hgc_tune.models._tasks import _check_task
 
     _check_task(task)
     torch_dtype = _torch_dtype(dtype)
+    _check_device(device)
+    _check_condition(condition)
+    try:
+        with _quiet_loading():
+            return _load(model, controlnet, condition, scheduler, torch_dtype, device, seed, task, shape_only)
+    except (MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise
+    # Outside the handler: the failed attempt's frames (and what they hold) are gone before counting.
+    needed = _weights_bytes(model, condition, torch_dtype)
+    about = f"its {dtype} weights alone need about {needed / 2**30:.1f} GiB" if needed else "it needs more"
+    raise OutOfMemoryError(
+        f"not enough memory to load model {model!r} on {device!r}: {about}; free memory, load it in fp16 or "
+        "bf16 (dtype, --dtype), or use a machine with more memory."
+    )
+
+
+def _load(
+    model: str,
+    controlnet: str | Sequence[str] | None,
+    condition: str | None,
+    scheduler: str,
+    torch_dtype: Any,
+    device: str,
+    seed: int,
+    task: str,
+    shape_only: bool,
+):
+    """:func:`load_pipeline` after its arguments are checked."""
+    import torch
+
+    from hgc_tune.models._tasks import pipeline_for_task
+
     if shape_only and not (model in PRESETS and PRESETS[model].random_weights):
         raise ModelLoadError(
             f"shape_only=True builds a random-weight preset without weights, but got model={model!r} "
@@ -302,6 +440,18 @@ def load_pipeline(
     if task != "text2img":
         pipe = pipeline_for_task(pipe, task)
     pipe.set_progress_bar_config(disable=True)
+    _record_condition(pipe, condition)
     pipe = pipe.to(device)
     # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.
     return pipe if torch_dtype == pipe.unet.dtype else pipe.to(dtype=torch_dtype)
+
+
+# The attribute ``load_pipeline`` notes the condition type(s) on (``hgc_tune.policy._target`` reads it).
+LOADED_CONDITION_ATTR = "_hgc_condition_type"
+
+
+def _record_condition(pipe: Any, condition: str | None) -> None:
+    """Note on ``pipe`` the condition type(s) its ControlNets were built for, in their order: ``apply_policy``
+    refuses a policy made for another (``seg,depth`` on a ``depth,seg`` pipeline)."""
+    if condition:
+        setattr(pipe, LOADED_CONDITION_ATTR, condition)

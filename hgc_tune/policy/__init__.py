@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from hgc_tune.policy._io import dumps_policy, load_policy, loads_policy, save_policy
+from hgc_tune.policy._lora import LoraMismatchWarning, pipeline_loras
 from hgc_tune.policy._macs import full_compute_policy, policy_macs
 from hgc_tune.policy._model import (
     ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
+    LoraSpec,
     Policy,
     PolicyFile,
     PolicyTarget,
@@ -21,6 +23,8 @@ __all__ = [
     "ControlNetSpec",
     "ControlNetWindow",
     "GuidanceWindow",
+    "LoraMismatchWarning",
+    "LoraSpec",
     "Policy",
     "PolicyFile",
     "PolicyTarget",
@@ -33,6 +37,7 @@ __all__ = [
     "load_policy",
     "loads_policy",
     "peer_policy",
+    "pipeline_loras",
     "policy_macs",
     "save_policy",
     "target_for_pipeline",

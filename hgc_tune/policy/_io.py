@@ -14,11 +14,14 @@ validates against it)::
                    ["controlnets": {"controlnet.nets.0": {"steps": [...], "mode": ...}, ...}],
                    "guidance": {"cfg_until": k} | null,
                    "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
-                                  "trial", "hgc_tune_version", "diffusers_version"}}]}
+                                  "trial", "hgc_tune_version", "diffusers_version",
+                                  ["lora": [{"name", "digest", "scale"}, ...]]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
-(no such keys) load as before and are written back as version 1, byte for byte.
+(no such keys) load as before and are written back as version 1, byte for byte. ``provenance.lora`` (the LoRA
+adapters the policy was tuned with) may appear in either version; it is written only when the policy was
+tuned with a LoRA, so files without one keep their exact bytes.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hgc_tune._atomic import atomic_write_text
+from hgc_tune._files import open_input_file
 from hgc_tune._json import load_json_text
 from hgc_tune.errors import PolicyFormatError
 from hgc_tune.models._blocks import MODULE_KEY_PATTERN
@@ -53,6 +57,7 @@ from hgc_tune.policy._model import (
     ControlNetSpec,
     ControlNetWindow,
     GuidanceWindow,
+    LoraSpec,
     Policy,
     PolicyFile,
     PolicyTarget,
@@ -162,6 +167,11 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
     # Written only when set, so files made before the field existed keep their exact bytes.
     if p.confidence is not None:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    if p.lora:
+        out["lora"] = [
+            {"name": a.name, "digest": a.digest, "scale": _json_number(a.scale, f"{where}.lora[{i}].scale")}
+            for i, a in enumerate(p.lora)
+        ]
     return out
 
 
@@ -362,6 +372,8 @@ def _schema_message(error: Any, data: Any) -> str:
         return f"{where} must hold at least {expected} item(s), but got {value!r}."
     if rule == "minimum":
         return f"{where} must be >= {expected}, but got {value!r}."
+    if rule == "maximum":
+        return f"{where} must be <= {expected}, but got {value!r}."
     if rule == "exclusiveMaximum":
         return f"{where} must be < {expected}, but got {value!r}."
     return f"{where}: {error.message}."
@@ -413,6 +425,7 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         trial=d.get("trial"),
         hgc_tune_version=d.get("hgc_tune_version"),
         diffusers_version=d.get("diffusers_version"),
+        lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
     )
 
 
@@ -548,12 +561,11 @@ def load_policy(path: str | os.PathLike[str]) -> PolicyFile:
         'deepcache-n3-b0'
     """
     path = Path(path)
-    try:
-        with path.open("rb") as f:
+    # A FIFO or a device is refused at once, a folder by name; nothing blocks.
+    with open_input_file(path, what="policy file", error=PolicyFormatError) as f:
+        try:
             # A policy is a few kB; a larger file is not read into memory at all.
             text = f.read(MAX_POLICY_BYTES + 1)
-    except FileNotFoundError as e:
-        raise PolicyFormatError(f"policy file {str(path)!r} does not exist.") from e
-    except OSError as e:
-        raise PolicyFormatError(f"policy file {str(path)!r} cannot be read: {e}.") from e
+        except OSError as e:
+            raise PolicyFormatError(f"policy file {str(path)!r} cannot be read: {e}.") from e
     return loads_policy(text, source=f"policy file {str(path)!r}")

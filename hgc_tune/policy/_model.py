@@ -28,12 +28,14 @@ from hgc_tune.models._blocks import is_attention_key, is_whole_model_key
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MAX_NUM_STEPS",
     "CONTROLNET_MODES",
     "ControlNetSpec",
     "PolicyTarget",
     "ReuseWindow",
     "ControlNetWindow",
     "GuidanceWindow",
+    "LoraSpec",
     "Provenance",
     "Policy",
     "PolicyFile",
@@ -42,6 +44,10 @@ __all__ = [
 # 2: several ControlNets (``target.controlnets``, per-ControlNet ``controlnets`` windows). Version-1 files
 # still load, and a file keeps its version when written back.
 SCHEMA_VERSION = 2
+# The most denoising steps a policy may declare: diffusers' schedulers refuse more inference steps than their
+# 1000 training timesteps, and the bound keeps a file that declares 10**9 steps from allocating a compute set
+# of that size (the schema states the same maximum).
+MAX_NUM_STEPS = 1000
 CONTROLNET_MODES: tuple[str, ...] = ("reuse", "drop")
 
 
@@ -96,9 +102,10 @@ class PolicyTarget:
     controlnets: tuple[ControlNetSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+        n = self.num_steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NUM_STEPS:
             raise PolicyFormatError(
-                f"target.num_steps must be a positive integer, but got {self.num_steps!r}."
+                f"target.num_steps must be an integer in [1, {MAX_NUM_STEPS}], but got {self.num_steps!r}."
             )
         object.__setattr__(self, "controlnets", tuple(self.controlnets))
         types = [c.condition_type for c in self.controlnets]
@@ -146,6 +153,15 @@ class PolicyTarget:
             if getattr(self, name) != getattr(found, name)
         ]
         per_net = bool(self.controlnets and found.controlnets) and not diffs
+        made_types = [c.condition_type for c in self.controlnets]
+        found_types = [c.condition_type for c in found.controlnets]
+        if per_net and None not in made_types + found_types and made_types != found_types:
+            if sorted(made_types) == sorted(found_types):
+                # The same ControlNets in another order: say the order first, then each net's mismatch.
+                diffs.append(
+                    f"condition_type: policy is for the ControlNets in the order {','.join(made_types)!r}, "
+                    f"pipeline runs them as {','.join(found_types)!r}"
+                )
         if per_net:
             for i, (mine, theirs) in enumerate(zip(self.controlnets, found.controlnets)):
                 if mine.class_name != theirs.class_name:
@@ -210,11 +226,25 @@ class GuidanceWindow:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA adapter active on a pipeline: its adapter name, a 16-hex-digit digest of its weights (the
+    adapter's own low-rank matrices, whatever it is named) and its scale."""
+
+    name: str
+    digest: str
+    scale: float
+
+    def describe(self) -> str:
+        return f"LoRA {self.name!r} (digest {self.digest}, scale {self.scale:g})"
+
+
+@dataclass(frozen=True)
 class Provenance:
     """Where a policy came from and what it was measured to do. All fields optional.
 
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
+    ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
     """
 
     source: str | None = None
@@ -227,6 +257,10 @@ class Provenance:
     trial: int | None = None
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
+    lora: tuple[LoraSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", tuple(self.lora))
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.models import model_fingerprint
 from hgc_tune.models._fingerprint import controlnet_fingerprints
-from hgc_tune.policy._model import ControlNetSpec, PolicyTarget
+from hgc_tune.models._loading import LOADED_CONDITION_ATTR
+from hgc_tune.policy._model import ControlNetSpec, Policy, PolicyTarget
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
 
-__all__ = ["target_for_pipeline"]
+__all__ = [
+    "loaded_condition_type",
+    "policy_profile_mismatches",
+    "target_for_pipeline",
+]
 
 
 def target_for_pipeline(
@@ -53,3 +59,27 @@ def target_for_pipeline(
         model=model,
         controlnets=tuple(ControlNetSpec(c, f, t) for (c, f), t in zip(nets, types)),
     )
+
+
+def loaded_condition_type(pipe: ControlNetPipeline) -> str | None:
+    """The condition type ``load_pipeline`` built ``pipe`` for (``seg``; ``seg,depth`` for several
+    ControlNets, in their order), or ``None`` if it did not record one (another loader, ``from_pipe``)."""
+    value = getattr(pipe, LOADED_CONDITION_ATTR, None)
+    return value if isinstance(value, str) and value else None
+
+
+def policy_profile_mismatches(policy: Policy, meta: Mapping[str, Any]) -> list[str]:
+    """What differs between a policy's target and a profile's metadata (``Profile.meta``): the scheduler and,
+    when both name one, the condition type; each as ``"field: policy has …, profile has …"``.
+
+    A policy drawn over a profile of another scheduler would show reuse against similarities its steps never
+    had (another scheduler visits other timesteps at the same step index).
+    """
+    diffs = []
+    scheduler = meta.get("scheduler")
+    if scheduler and scheduler != policy.target.scheduler:
+        diffs.append(f"scheduler: policy has {policy.target.scheduler!r}, profile has {scheduler!r}")
+    made_for, profiled = policy.target.condition_type, meta.get("condition_type") or None
+    if made_for is not None and profiled is not None and made_for != profiled:
+        diffs.append(f"condition_type: policy has {made_for!r}, profile has {profiled!r}")
+    return diffs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ TENSOR_FILE = "profile.safetensors"
 # Earlier versions wrote both files into a temporary folder of this prefix (carrying no process id).
 _LEGACY_TMP_PREFIX = ".profile-tmp-"
 AGGREGATES: tuple[str, ...] = ("mean", "std")
+_TASKS: tuple[str, ...] = ("text2img", "img2img", "inpaint")
 
 REFERENCE_LATENTS = "reference/latents"
 REFERENCE_IMAGES = "reference/images"
@@ -307,6 +309,10 @@ class Profile:
         folder = given.parent if given.name == META_FILE else given
         meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
         for file in (meta_path, tensor_path):
+            if file.exists() and not file.is_file():  # a folder, FIFO or device: never opened
+                raise ProfileError(
+                    f"cannot read profile file {str(file)!r}: it must be a regular file; profile again."
+                )
             if not file.is_file():
                 raise ProfileError(
                     f"no profile at {str(folder)!r}: {file.name} is missing; run `hgc-tune profile --out "
@@ -318,6 +324,11 @@ class Profile:
                 f"{str(meta_path)!r} must hold a JSON object, but holds a {type(meta).__name__}."
             )
         _check_header(meta, str(meta_path))
+        missing = [field for field in _REQUIRED_META if field not in meta]
+        if missing:
+            raise ProfileError(f"{str(meta_path)!r}: metadata misses the fields {missing}; profile again.")
+        # Before the tensor file is read: nothing is sized by a field of the wrong type.
+        _check_field_types(meta, str(meta_path))
         recorded = meta.get("tensor_file", {})
         if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
             raise ProfileError(f"{str(meta_path)!r} must record `tensor_file.sha256`; profile it again.")
@@ -344,6 +355,104 @@ class Profile:
             f"steps={self.num_steps}, samples={self.num_samples}, blocks={len(self.block_keys)}, "
             f"attentions={len(self.attention_keys)})"
         )
+
+
+# The most denoising steps a profile may declare (as a policy: diffusers' 1000 training timesteps).
+MAX_STEPS = 1000
+# The largest image side a profile may declare (its reference images are [N, H, W, 3]).
+MAX_SIDE = 8192
+# The most ControlNets (condition images per sample) a profile may declare.
+MAX_CONDITIONS = 16
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_list_of(value: Any, *kinds: type) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, kinds) and not isinstance(v, bool) or (v is None and type(None) in kinds) for v in value
+    )
+
+
+def _check_field_types(meta: dict[str, Any], where: str) -> None:
+    """Refuse a metadata field of the wrong type or size, before anything is sized by it: one line naming
+    the field, its value and what it must be."""
+    model = meta["model"]
+    rules: list[tuple[str, Any, bool, str]] = [
+        ("steps", meta["steps"], _is_int(meta["steps"], 1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
+        ("seeds", meta["seeds"], _is_list_of(meta["seeds"], int), "a list of integers"),
+        ("prompts", meta["prompts"], _is_list_of(meta["prompts"], str), "a list of strings"),
+        (
+            "negative_prompts",
+            meta["negative_prompts"],
+            _is_list_of(meta["negative_prompts"], str, type(None)),
+            "a list of strings or nulls",
+        ),
+        ("block_keys", meta["block_keys"], _is_list_of(meta["block_keys"], str), "a list of module keys"),
+        (
+            "attention_keys",
+            meta["attention_keys"],
+            _is_list_of(meta["attention_keys"], str),
+            "a list of module keys",
+        ),
+        (
+            "model",
+            model,
+            isinstance(model, dict)
+            and isinstance(model.get("name"), str)
+            and isinstance(model.get("fingerprint"), str),
+            "an object with the string fields `name` and `fingerprint`",
+        ),
+        ("dataset", meta["dataset"], isinstance(meta["dataset"], dict), "an object"),
+        ("condition_type", meta["condition_type"], isinstance(meta["condition_type"], str), "a string"),
+        ("scheduler", meta["scheduler"], isinstance(meta["scheduler"], str), "a string"),
+        ("guidance_scale", meta["guidance_scale"], _is_number(meta["guidance_scale"]), "a finite number"),
+        ("statistics", meta["statistics"], isinstance(meta["statistics"], dict), "an object"),
+        ("mac_table", meta["mac_table"], isinstance(meta["mac_table"], dict), "an object"),
+    ]
+    resolution = meta["resolution"]
+    rules.append(
+        (
+            "resolution",
+            resolution,
+            isinstance(resolution, dict)
+            and all(_is_int(resolution.get(side), 1, MAX_SIDE) for side in ("height", "width")),
+            f"an object with integer `height` and `width` in [1, {MAX_SIDE}]",
+        )
+    )
+    if "task" in meta:
+        rules.append(("task", meta["task"], meta["task"] in _TASKS, f"one of {list(_TASKS)}"))
+    if "conditions_per_sample" in meta:
+        value = meta["conditions_per_sample"]
+        rules.append(
+            (
+                "conditions_per_sample",
+                value,
+                _is_int(value, 1, MAX_CONDITIONS),
+                f"an integer in [1, {MAX_CONDITIONS}]",
+            )
+        )
+    if meta.get("strength") is not None:
+        value = meta["strength"]
+        rules.append(("strength", value, _is_number(value) and 0 < value <= 1, "null or a number in (0, 1]"))
+    if "num_inference_steps" in meta:
+        value = meta["num_inference_steps"]
+        rules.append(
+            ("num_inference_steps", value, _is_int(value, 1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]")
+        )
+    for field, value, fits, expected in rules:
+        if not fits:
+            raise ProfileError(f"{where}: `{field}` must be {expected}, but got {field}={_short(value)}.")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_header(meta: dict[str, Any], where: str) -> None:
@@ -384,14 +493,7 @@ def _validate(meta: dict[str, Any], tensors: dict[str, np.ndarray], *, where: st
     missing = [field for field in _REQUIRED_META if field not in meta]
     if missing:
         raise ProfileError(f"{where}: metadata misses the fields {missing}; profile again.")
-    steps = meta["steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ProfileError(f"{where}: `steps` must be a positive integer, but got steps={steps!r}.")
-    task = meta.get("task", "text2img")
-    if task not in ("text2img", "img2img", "inpaint"):
-        raise ProfileError(
-            f"{where}: `task` must be one of ['text2img', 'img2img', 'inpaint'], but got task={task!r}."
-        )
+    _check_field_types(meta, where)
     n = len(meta["seeds"])
     for field in ("prompts", "negative_prompts"):
         if len(meta[field]) != n:

@@ -8,6 +8,7 @@ references it did not make.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import diffusers
@@ -16,6 +17,7 @@ from hgc_tune.errors import HgcTuneError, ProfileError
 from hgc_tune.models import load_pipeline, model_fingerprint
 from hgc_tune.models._fingerprint import weights_digest
 from hgc_tune.models._loading import SCHEDULERS
+from hgc_tune.models._lora import load_lora
 from hgc_tune.profile._artifact import Profile
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ def load_profiled_pipeline(
     dtype: str | None = None,
     device: str = "cpu",
     error: type[HgcTuneError] = ProfileError,
+    lora: Sequence[tuple[str, float]] = (),
 ) -> ControlNetPipeline:
     """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
 
@@ -49,6 +52,8 @@ def load_profiled_pipeline(
         dtype: ``fp32``, ``fp16`` or ``bf16`` instead of the profiled dtype.
         device: A torch device string.
         error: The exception class to raise (the caller's own, e.g. ``ReportError``).
+        lora: ``(path, scale)`` of each LoRA the profile was made with (see ``models._lora.load_lora``),
+            loaded before the weights digest is compared.
 
     Returns:
         The ready pipeline, of the profiled class.
@@ -84,6 +89,9 @@ def load_profiled_pipeline(
     if isinstance(meta.get("scheduler_config"), dict) and scheduler_class is not None:
         # The exact scheduler the references were generated with, not merely the same family.
         pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
+    if lora:
+        for path, scale in lora:
+            load_lora(pipe, path, scale)
     check_profiled_pipeline(profile, pipe, name=name, error=error)
     return pipe
 

@@ -18,6 +18,7 @@ from hgc_tune.fidelity import psnr
 from hgc_tune.models._blocks import is_whole_model_key
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
 from hgc_tune.policy._macs import policy_step_macs
+from hgc_tune.policy._target import policy_profile_mismatches
 from hgc_tune.profile import Profile
 from hgc_tune.report._grid import PolicyGrid, policy_grid
 from hgc_tune.report._html import ReportFigure, render_html
@@ -175,6 +176,12 @@ def _check_policy_fits_profile(policy: Policy, profile: Profile) -> None:
         raise ReportError(
             f"policy {policy.name!r} was made for model fingerprint {policy.target.fingerprint!r}, but the "
             f"profile is of {profile.fingerprint!r}: report the policy with a profile of its own model."
+        )
+    diffs = policy_profile_mismatches(policy, profile.meta)
+    if diffs:
+        raise ReportError(
+            f"policy {policy.name!r} does not fit the profile: {'; '.join(diffs)}; report the policy with a "
+            "profile made with its scheduler and condition."
         )
 
 

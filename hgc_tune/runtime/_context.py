@@ -12,28 +12,70 @@ from the timestep value. Whether the denoisers run with CFG is read from the pip
 
 Several users (the executor, the profiler) share one context per pipeline; it is attached on first use and
 detached when the last user releases it, restoring the scheduler's (and the pipeline's) own methods.
+
+The call state is per thread (:class:`PerThread`): two threads that call one pipeline at once each run their
+own call, with their own step index, as do the hooks' states. (The pipeline's scheduler is diffusers' and is
+shared: only a scheduler whose ``step`` keeps no history across steps, such as DDIM or Euler, gives each
+thread the images a call of its own would.)
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "PerThread",
     "RunContext",
     "StepListener",
     "attach_run_context",
     "calling_pipeline",
     "release_run_context",
     "run_context",
+    "scheduler_calls",
 ]
 
 StepListener = Callable[["RunContext"], None]
 
 _ATTR = "_hgc_run_context"
+
+T = TypeVar("T")
+
+
+class PerThread(Generic[T]):
+    """One value per thread, made by ``factory()`` at its first use in that thread.
+
+    What one pipeline call keeps (its step index, the outputs a hook reuses) lives here, so two threads that
+    call one pipeline at once do not step or reuse each other's state. A copy (``copy.deepcopy``, ``pickle``)
+    holds a copy of the copying thread's value, as the thread that makes it sees it, and no other thread's.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self.factory = factory
+        self._local = threading.local()
+
+    def get(self) -> T:
+        """This thread's value."""
+        try:
+            return self._local.value
+        except AttributeError:
+            value = self._local.value = self.factory()
+            return value
+
+    def set(self, value: T) -> None:
+        """Replace this thread's value."""
+        self._local.value = value
+
+    def __reduce__(self) -> tuple:
+        value = getattr(self._local, "value", None)
+        return (type(self), (self.factory,), None if value is None else {"value": value})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._local.value = state["value"]
 
 
 @dataclass
@@ -48,7 +90,7 @@ class _CallState:
 
 
 class RunContext:
-    """Step state of the current pipeline call.
+    """Step state of the current pipeline call (of the calling thread: each thread runs its own calls).
 
     Attributes:
         step: Index ``s`` of the current denoising step, in ``[0, num_steps)``.
@@ -61,7 +103,7 @@ class RunContext:
         cfg: Whether the denoisers are now called with classifier-free guidance (batch = [uncond, cond]).
             Read from the pipeline at every access, since a callback may switch guidance off within a call
             (diffusers' dynamic CFG); for a context driven by hand, the value given to :meth:`begin`.
-        calls: Number of pipeline calls begun since attachment.
+        calls: Number of pipeline calls begun since attachment (in the calling thread).
         copy_cached_outputs: Whether hooks that keep a module's output for later steps must keep a copy.
             Set by :func:`~hgc_tune.runtime.compile_regions` when the compiled regions replay CUDA graphs:
             a replay overwrites the memory of the previous replay's outputs, so an output kept across
@@ -69,10 +111,14 @@ class RunContext:
     """
 
     def __init__(self, cfg_source: Callable[[], bool] | None = None) -> None:
-        self._state = _CallState()
+        self._states: PerThread[_CallState] = PerThread(_CallState)
         self._cfg_source = cfg_source
         self._begin_listeners: list[StepListener] = []
         self.copy_cached_outputs = False
+
+    @property
+    def _state(self) -> _CallState:
+        return self._states.get()
 
     @property
     def step(self) -> int:
@@ -107,12 +153,14 @@ class RunContext:
     def begin(self, num_steps: int, cfg: bool) -> None:
         """Start a new call: step 0 of ``num_steps``. Called by the scheduler hook, or by hand when the
         denoiser is driven outside a pipeline."""
-        self._state = _CallState(
-            step=0,
-            num_steps=int(num_steps),
-            cfg=bool(cfg),
-            calls=self._state.calls + 1,
-            scheduled_steps=int(num_steps),
+        self._states.set(
+            _CallState(
+                step=0,
+                num_steps=int(num_steps),
+                cfg=bool(cfg),
+                calls=self._state.calls + 1,
+                scheduled_steps=int(num_steps),
+            )
         )
         for listener in list(self._begin_listeners):
             listener(self)
@@ -309,3 +357,20 @@ def release_run_context(pipe: Any) -> None:
     if binding.users <= 0:
         binding.unbind()
         delattr(pipe, _ATTR)
+
+
+def scheduler_calls(scheduler: Any, num_inference_steps: int) -> int | None:
+    """How many times a pipeline calls its denoisers for ``num_inference_steps`` with ``scheduler``: the
+    timesteps a fresh scheduler of its class and config sets (``None`` if that cannot be told).
+
+    A first-order scheduler (UniPC, DDIM, Euler, DPM-Solver) sets one timestep per inference step. Heun and
+    DPM2 evaluate the denoiser twice per step (``2 n - 1`` timesteps); PNDM's warm-up adds calls (Runge-Kutta
+    steps, or one repeated timestep with ``skip_prk_steps``). A fresh scheduler is asked, so the pipeline's
+    own is left as it is.
+    """
+    try:
+        fresh = type(scheduler).from_config(scheduler.config)
+        fresh.set_timesteps(int(num_inference_steps), device="cpu")
+        return len(fresh.timesteps)
+    except Exception:  # noqa: BLE001 - a scheduler that cannot be asked is checked per call instead
+        return None

@@ -17,7 +17,7 @@ import hgc_tune
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import FidelityEstimate
-from hgc_tune.policy import Provenance, full_compute_policy, save_policy
+from hgc_tune.policy import Provenance, full_compute_policy, pipeline_loras, save_policy
 from hgc_tune.policy._io import pareto_path, policy_to_json
 from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._pareto import PARETO_FORMAT, SCHEMA_VERSION
@@ -254,6 +254,7 @@ def _final_policy(
         trial=record.number,
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
+        lora=pipeline_loras(session.pipe),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"

@@ -4,6 +4,7 @@ restores the exact prior behaviour, and combinations that cannot work are refuse
 from __future__ import annotations
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -132,5 +133,27 @@ def test_copying_a_policy_with_a_diffusers_hook_is_refused(tiny_pipe, tiny_targe
         with apply_policy(tiny_pipe, _cache_policy(tiny_target)):
             with pytest.raises(PolicyError, match=r"only without other diffusers hooks.* 'pyramid_attention"):
                 copy.deepcopy(tiny_pipe)
+    finally:
+        _remove_pab(tiny_pipe)
+
+
+def _timestep() -> int:
+    return 500
+
+
+def test_pickling_fails_on_diffusers_closures_with_or_without_a_policy(tiny_pipe, tiny_target):
+    """pickle cannot write diffusers' hooks (their forwards are closures): it fails on them before it reaches
+    the policy, exactly as it does for the same pipeline without a policy. A picklable callback is used,
+    so the closure is what fails."""
+    config = PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, current_timestep_callback=_timestep
+    )
+    apply_pyramid_attention_broadcast(tiny_pipe.unet, config)
+    try:
+        with pytest.raises(AttributeError, match=r"Can't (pickle|get) local object .*new_forward"):
+            pickle.dumps(tiny_pipe)
+        with apply_policy(tiny_pipe, _cache_policy(tiny_target)):
+            with pytest.raises(AttributeError, match=r"Can't (pickle|get) local object .*new_forward"):
+                pickle.dumps(tiny_pipe)
     finally:
         _remove_pab(tiny_pipe)
