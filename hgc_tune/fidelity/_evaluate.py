@@ -259,7 +259,12 @@ def evaluate_pairs(
         full = [evaluator.score(f, c) for f, c in zip(full_images, conditions, strict=True)]
         policy = [evaluator.score(p, c) for p, c in zip(policy_images, conditions, strict=True)]
     else:
-        full = [float(metric.ideal)] * n  # Metric guarantees a reference metric has an ideal
+        if metric.ideal is None:  # a prompt metric: it scores against prompts, not the full output
+            raise FidelityError(
+                f"metric {metric.name!r} ({metric.kind}) has no `ideal` (its value against itself), but got "
+                "ideal=None; pass a task or reference metric."
+            )
+        full = [float(metric.ideal)] * n
         policy = [evaluator.score(p, reference=f) for p, f in zip(policy_images, full_images, strict=True)]
     for side, values in (("full", full), ("policy", policy)):
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]

@@ -7,10 +7,13 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
 from hgc_tune.fidelity._scorer import FidelityEstimate, FidelityScorer
+from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
     GenerationJob,
     GenerationSettings,
@@ -18,10 +21,12 @@ from hgc_tune.generation._inputs import (
     generation_size,
     jobs_from_samples,
 )
+from hgc_tune.models._tasks import steps_run, task_and_strength
+from hgc_tune.policy import full_compute_policy, target_for_pipeline
+from hgc_tune.policy._macs import macs_provenance
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
 
@@ -36,11 +41,9 @@ def _confidence(confidence: float) -> float:
 
 
 def _jobs(
-    pipe: DiffusionPipeline, samples: Iterable[Any], seed: int, strength: float | None, what: str
+    pipe: ControlNetPipeline, samples: Iterable[Any], seed: int, strength: float | None, what: str
 ) -> tuple[str, float | None, list[GenerationJob]]:
     """The pipeline's task, the strength its calls take and the samples' jobs."""
-    from hgc_tune.models._tasks import task_and_strength
-
     task, strength = task_and_strength(pipe, strength, error=SearchError)
     jobs = jobs_from_samples(samples, seed=seed, task=task)
     if not jobs:
@@ -49,15 +52,13 @@ def _jobs(
 
 
 def _full_compute_scorer(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     evaluator: TaskEvaluator,
     jobs: list[GenerationJob],
     settings: GenerationSettings,
     on_output: Callable[[], None],
 ) -> FidelityScorer:
     """Generate the full-compute references of ``jobs`` and score against them."""
-    from hgc_tune.generation import iter_outputs
-
     references = []
     for output in iter_outputs(pipe, None, jobs, settings):
         references.append(output)
@@ -71,7 +72,7 @@ def _task_fields(task: str, strength: float | None) -> dict[str, Any]:
 
 
 def evaluate_policy(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     policy: Policy | None,
     samples: Iterable[Any],
     *,
@@ -130,10 +131,6 @@ def evaluate_policy(
         >>> evaluate_policy(pipe, policy, samples, num_steps=policy.num_steps, condition_type="seg")["loss"]
         ... # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
-    from hgc_tune.generation import iter_outputs
-
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
     height, width = generation_size(pipe, height, width)
@@ -174,7 +171,7 @@ def evaluate_policy(
 
 
 def _evaluated_macs(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     policy: Policy | None,
     mac_table: MacTable | None,
     num_steps: int,
@@ -183,10 +180,6 @@ def _evaluated_macs(
     condition_type: str | None,
 ) -> dict[str, Any] | None:
     """The MACs of ``policy`` (``None``: full compute of the steps run), or ``None`` without a table."""
-    from hgc_tune.models._tasks import steps_run
-    from hgc_tune.policy import full_compute_policy, target_for_pipeline
-    from hgc_tune.policy._macs import macs_provenance
-
     if mac_table is None:
         return None
     counted = policy
@@ -197,7 +190,7 @@ def _evaluated_macs(
 
 
 def compare_policies(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     policies: Mapping[str, Policy],
     samples: Iterable[Any],
     *,
@@ -239,8 +232,6 @@ def compare_policies(
         without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions) and, for
         img2img and inpainting, ``task`` and ``strength``.
     """
-    from hgc_tune.generation import iter_outputs
-
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
     height, width = generation_size(pipe)
@@ -253,12 +244,21 @@ def compare_policies(
         estimate = scorer.score(
             iter_outputs(pipe, policy, jobs, settings),
             confidence=confidence,
-            on_sample=None if on_output is None else (lambda i, v, name=name: on_output(name)),
+            on_sample=None if on_output is None else _sample_reporter(on_output, name),
         )
         row = _comparison_row(name, policy, estimate, confidence, budget)
         row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
         rows.append({**row, **_task_fields(task, strength)})
     return rows
+
+
+def _sample_reporter(on_output: Callable[[str], None], name: str) -> Callable[[int, float], None]:
+    """An ``on_sample`` callback that calls ``on_output(name)`` after each sample."""
+
+    def on_sample(index: int, value: float) -> None:
+        on_output(name)
+
+    return on_sample
 
 
 def _comparison_row(

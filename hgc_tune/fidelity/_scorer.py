@@ -129,7 +129,13 @@ class FidelityScorer:
                     "relative loss is undefined; pick a reference metric (ssim, psnr, latent_rel_error)."
                 )
         else:
-            self.full_scores = [float(self.metric.ideal)] * len(self.references)
+            ideal = self.metric.ideal
+            if ideal is None:
+                raise FidelityError(
+                    f"metric {self.metric.name!r} ({self.metric.kind}) has no `ideal` (its value against "
+                    "itself), but got ideal=None; a scorer needs a task or reference metric."
+                )
+            self.full_scores = [float(ideal)] * len(self.references)
 
     def __len__(self) -> int:
         return len(self.references)
@@ -215,7 +221,12 @@ class FidelityScorer:
         limit = n_total if max_samples is None else max(1, min(int(max_samples), n_total))
         policy: list[float] = []
         rejected = accepted = False
-        with contextlib.closing(iter(outputs)) as it:
+        it = iter(outputs)
+        with contextlib.ExitStack() as stack:
+            # A generator (iter_outputs) is closed when scoring stops, which removes the policy it applied.
+            close = getattr(it, "close", None)
+            if close is not None:
+                stack.callback(close)
             for index, output in enumerate(it):
                 if index >= n_total:
                     raise SearchError(f"got more outputs than the {n_total} samples.")

@@ -12,8 +12,7 @@ from hgc_tune.generation._inputs import GenerationJob, GenerationSettings
 from hgc_tune.models._tasks import generation_inputs
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.policy import Policy
 
 __all__ = ["GeneratedOutput", "call_arguments", "generate_output", "iter_outputs"]
@@ -28,9 +27,11 @@ class GeneratedOutput:
 
 
 def call_arguments(
-    pipe: DiffusionPipeline, job: GenerationJob, settings: GenerationSettings
+    pipe: ControlNetPipeline, job: GenerationJob, settings: GenerationSettings
 ) -> dict[str, Any]:
     """The keyword arguments of the pipeline call that generates ``job`` (all but the step callback)."""
+    # torch (and the executor below) here, not at the top: `hgc_tune.search` imports this package, and the
+    # search command's argument checks (`hgc_tune.search.SearchConfig`) must run without torch.
     import torch
 
     kwargs: dict[str, Any] = {}
@@ -62,7 +63,7 @@ def call_arguments(
 
 
 def generate_output(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     job: GenerationJob,
     settings: GenerationSettings,
     *,
@@ -95,7 +96,7 @@ def generate_output(
 
 
 def iter_outputs(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     policy: Policy | None,
     jobs: Sequence[GenerationJob],
     settings: GenerationSettings,
@@ -105,7 +106,7 @@ def iter_outputs(
     The policy is applied when the first output is requested and removed when the generator finishes or is
     closed, so a consumer that stops early leaves the pipeline as it was.
     """
-    from hgc_tune.executor import apply_policy
+    from hgc_tune.executor import apply_policy  # imports torch: see call_arguments
 
     handle = apply_policy(pipe, policy) if policy is not None else None
     try:

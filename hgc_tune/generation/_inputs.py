@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from hgc_tune.errors import DatasetError, HgcTuneError
 from hgc_tune.models._tasks import default_mask, native_size, sample_task_images
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = [
     "GenerationJob",
@@ -96,7 +97,7 @@ class ProfiledSamples(Protocol):
 
 
 def generation_size(
-    pipe: DiffusionPipeline, height: int | None = None, width: int | None = None
+    pipe: ControlNetPipeline, height: int | None = None, width: int | None = None
 ) -> tuple[int, int]:
     """``(height, width)`` of a run: ``height`` defaults to the pipeline's native size, ``width`` to
     ``height``."""
@@ -107,41 +108,33 @@ def generation_size(
 def condition_array(image: Any, height: int, width: int) -> np.ndarray:
     """A condition image at the generation size, uint8 ``[H, W, 3]`` (``[k, H, W, 3]`` for a list of k, one
     per ControlNet)."""
-    from PIL import Image
-
     if isinstance(image, list | tuple):
         return np.stack([condition_array(one, height, width) for one in image])
     if image.size != (width, height):
         # Nearest keeps label colours intact (a resampled segmentation map would blend classes).
-        image = image.resize((width, height), Image.NEAREST)
+        image = image.resize((width, height), Image.Resampling.NEAREST)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def init_array(image: Any, height: int, width: int) -> np.ndarray:
     """An init image at the generation size (bicubic resize), uint8 ``[H, W, 3]``."""
-    from PIL import Image
-
     if image.size != (width, height):
-        image = image.resize((width, height), Image.BICUBIC)
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def mask_array(mask: Any, height: int, width: int) -> np.ndarray:
     """An inpainting mask at the generation size (nearest resize; ``None``: the default mask), uint8
     ``[H, W]``, 255 repainted."""
-    from PIL import Image
-
     mask = default_mask(width, height) if mask is None else mask.convert("L")
     if mask.size != (width, height):
-        mask = mask.resize((width, height), Image.NEAREST)
+        mask = mask.resize((width, height), Image.Resampling.NEAREST)
     return np.asarray(mask, dtype=np.uint8)
 
 
 def condition_input(array: np.ndarray) -> Any:
     """What the pipeline takes for a condition array: a PIL image, or a list of them for several ControlNets
     (``[k, H, W, 3]``)."""
-    from PIL import Image
-
     if array.ndim == 4:
         return [Image.fromarray(one) for one in array]
     return Image.fromarray(array)
@@ -156,8 +149,6 @@ def job_from_arrays(
     mask: np.ndarray | None = None,
 ) -> GenerationJob:
     """A job from inputs stored as arrays at the generation size (as a profile holds them)."""
-    from PIL import Image
-
     return GenerationJob(
         prompt=prompt,
         negative_prompt=negative_prompt,

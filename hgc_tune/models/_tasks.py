@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw
 
 from hgc_tune.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = [
     "TASKS",
@@ -61,8 +66,9 @@ def task_of_class(class_name: str) -> str | None:
     return None
 
 
-def _family(pipe: Any) -> tuple[str, str]:
+def _family(pipe: ControlNetPipeline) -> tuple[str, str]:
     """``(family, task)`` of ``pipe``, from its class (a subclass of one of them counts as that one)."""
+    # Here, not at the top: `import hgc_tune.policy` imports this package and must not import torch.
     import diffusers
 
     for family, classes in PIPELINE_FAMILIES.items():
@@ -95,7 +101,7 @@ def check_strength(
     Raises:
         error: ``strength`` is not a number in (0, 1] (a bool is not a number here).
     """
-    valid = isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0 < strength <= 1
+    valid = isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0 < float(strength) <= 1
     if not valid:  # NaN fails the comparison
         shown = repr(strength) if given is None else given
         raise error(f"`{flag}` must be in (0, 1], but got {flag}={shown}.")
@@ -103,7 +109,7 @@ def check_strength(
 
 
 def task_and_strength(
-    pipe: Any, strength: float | None, *, error: type[Exception] = ModelLoadError
+    pipe: ControlNetPipeline, strength: float | None, *, error: type[Exception] = ModelLoadError
 ) -> tuple[str, float | None]:
     """The task of ``pipe`` and the strength its calls take: ``None`` for text2img, else ``strength`` checked
     (default: diffusers' default of the task). A pipeline of none of the task classes is called the text2img
@@ -126,9 +132,9 @@ def task_and_strength(
     return task, check_strength(DEFAULT_STRENGTH[task] if strength is None else strength, error=error)
 
 
-def native_size(pipe: Any) -> int:
+def native_size(pipe: ControlNetPipeline) -> int:
     """The pipeline's native image size in pixels: the U-Net's sample size times the VAE scale factor."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return int(pipe.unet.config["sample_size"]) * int(pipe.vae_scale_factor)
 
 
 def _check_task(task: str) -> str:
@@ -137,7 +143,7 @@ def _check_task(task: str) -> str:
     return task
 
 
-def pipeline_task(pipe: Any) -> str:
+def pipeline_task(pipe: ControlNetPipeline) -> str:
     """The task of ``pipe`` (``text2img``, ``img2img`` or ``inpaint``), from its class.
 
     Raises:
@@ -146,7 +152,7 @@ def pipeline_task(pipe: Any) -> str:
     return _family(pipe)[1]
 
 
-def pipeline_for_task(pipe: Any, task: str) -> Any:
+def pipeline_for_task(pipe: ControlNetPipeline, task: str) -> ControlNetPipeline:
     """A pipeline of ``task``'s class over the same components as ``pipe`` (as diffusers' ``from_pipe``, but
     without casting them): the same U-Net, ControlNet, VAE, text encoder and scheduler objects, no copy;
     ``pipe`` itself if it already is of that class.
@@ -159,7 +165,7 @@ def pipeline_for_task(pipe: Any, task: str) -> Any:
         >>> type(pipeline_for_task(load_pipeline("tiny"), "img2img")).__name__
         'StableDiffusionControlNetImg2ImgPipeline'
     """
-    import diffusers
+    import diffusers  # not at the top: see _family
 
     cls = getattr(diffusers, PIPELINE_FAMILIES[_family(pipe)[0]][_check_task(task)])
     if type(pipe) is cls:
@@ -243,11 +249,9 @@ def sample_task_images(
     return init.convert("RGB"), None if mask is None else mask.convert("L")
 
 
-def default_mask(width: int, height: int) -> Any:
+def default_mask(width: int, height: int) -> Image.Image:
     """The default inpainting mask: a white (repainted) rectangle over the middle half of the image in both
     directions, black (kept) around it; a PIL ``L`` image."""
-    from PIL import Image, ImageDraw
-
     mask = Image.new("L", (width, height), 0)
     ImageDraw.Draw(mask).rectangle(
         (width // 4, height // 4, width - width // 4 - 1, height - height // 4 - 1), fill=255
@@ -256,7 +260,7 @@ def default_mask(width: int, height: int) -> Any:
 
 
 def generation_inputs(
-    pipe: Any,
+    pipe: ControlNetPipeline,
     condition: Any,
     *,
     init_image: Any = None,

@@ -10,6 +10,10 @@ checkpoint loaded from a directory or hub id uses its own tokenizer.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 __all__ = ["STAND_IN_WORDS", "build_offline_tokenizer"]
 
@@ -152,7 +156,7 @@ def _vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[tupl
     return vocab, merges
 
 
-def build_offline_tokenizer(model_max_length: int = 77):
+def build_offline_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """Build the stand-in CLIP tokenizer (no download).
 
     Args:
@@ -161,7 +165,15 @@ def build_offline_tokenizer(model_max_length: int = 77):
     Returns:
         A ``transformers.CLIPTokenizer`` whose vocabulary size is ``len(tokenizer)``.
     """
+    # Here, not at the top: `import hgc_tune.policy` imports this package, and must not import transformers
+    # (nor the torch it brings).
     from transformers import CLIPTokenizer
 
     vocab, merges = _vocab_and_merges(STAND_IN_WORDS)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    # The merges go to `tokenizers`' BPE, which takes (left, right) pairs; CLIPTokenizer's annotation
+    # (`str | list[str]`) does not list that form.
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=model_max_length,
+    )

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hgc_tune.models import model_fingerprint
+from hgc_tune.models._fingerprint import controlnet_fingerprints
+from hgc_tune.models._loading import LOADED_CONDITION_ATTR
 from hgc_tune.policy._model import ControlNetSpec, Policy, PolicyTarget
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = [
     "loaded_condition_type",
@@ -15,7 +21,7 @@ __all__ = [
 
 
 def target_for_pipeline(
-    pipe, *, num_steps: int, condition_type: str | None = None, model: str | None = None
+    pipe: ControlNetPipeline, *, num_steps: int, condition_type: str | None = None, model: str | None = None
 ) -> PolicyTarget:
     """Describe ``pipe`` as a policy target: class names, structural fingerprint, scheduler, steps.
 
@@ -31,10 +37,6 @@ def target_for_pipeline(
         >>> target_for_pipeline(load_pipeline("tiny"), num_steps=20, model="tiny").scheduler
         'UniPCMultistepScheduler'
     """
-    # Imported here: hgc_tune.models pulls in torch, and reading policy files must not.
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import controlnet_fingerprints
-
     controlnet = getattr(pipe, "controlnet", None)
     # Each ControlNet is listed for several (a MultiControlNetModel); one is described by the class and
     # fingerprint fields alone, as in version-1 files.
@@ -44,7 +46,7 @@ def target_for_pipeline(
     if condition_type is not None and len(condition_type.split(",")) == len(nets):
         # Condition types that do not count the ControlNets stay on the target alone, and the comparison
         # with a policy's target says what differs.
-        types = condition_type.split(",")
+        types = [*condition_type.split(",")]
     return PolicyTarget(
         pipeline_class=type(pipe).__name__,
         unet_class=type(pipe.unet).__name__,
@@ -59,11 +61,9 @@ def target_for_pipeline(
     )
 
 
-def loaded_condition_type(pipe) -> str | None:
+def loaded_condition_type(pipe: ControlNetPipeline) -> str | None:
     """The condition type ``load_pipeline`` built ``pipe`` for (``seg``; ``seg,depth`` for several
     ControlNets, in their order), or ``None`` if it did not record one (another loader, ``from_pipe``)."""
-    from hgc_tune.models._loading import LOADED_CONDITION_ATTR
-
     value = getattr(pipe, LOADED_CONDITION_ATTR, None)
     return value if isinstance(value, str) and value else None
 

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
 
 from hgc_tune._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import ProfileError
+from hgc_tune.macs import MacTable
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS
 
 __all__ = [
@@ -190,10 +193,8 @@ class Profile:
         return list(self._meta["attention_keys"])
 
     @property
-    def mac_table(self):
+    def mac_table(self) -> MacTable:
         """The per-module MAC table (:class:`hgc_tune.macs.MacTable`)."""
-        from hgc_tune.macs import MacTable
-
         return MacTable.from_json(self._meta["mac_table"])
 
     # -- tensors ----------------------------------------------------------------------------------------
@@ -278,14 +279,12 @@ class Profile:
         Returns:
             The folder.
         """
-        from safetensors.numpy import save
-
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise ProfileError(f"`path` must be a folder, but got path={str(folder)!r}, which is a file.")
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder, legacy_prefixes=(_LEGACY_TMP_PREFIX,))
-        blob = save(
+        blob = save_tensors(
             {name: np.ascontiguousarray(array) for name, array in self._tensors.items()},
             metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)},
         )
@@ -306,8 +305,6 @@ class Profile:
                 schema version, the tensor file's sha256 differs from the recorded one (truncated or
                 modified), the tensor file does not parse, or a tensor is missing or has the wrong shape.
         """
-        from safetensors.numpy import load
-
         given = Path(path)
         folder = given.parent if given.name == META_FILE else given
         meta_path, tensor_path = folder / META_FILE, folder / TENSOR_FILE
@@ -346,7 +343,7 @@ class Profile:
                 f"{recorded.get('bytes')}): it was truncated or modified. Profile again."
             )
         try:
-            tensors = load(blob)
+            tensors = load_tensors(blob)
         except Exception as e:  # safetensors raises its own error types and plain ones for bad headers
             raise ProfileError(f"{str(tensor_path)!r} is not a valid safetensors file: {e}") from e
         profile = cls.__new__(cls)

@@ -9,11 +9,12 @@ device as 0-d tensors until the call ends, so hooks add no host synchronisation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from hgc_tune.errors import ProfileError
 from hgc_tune.models._blocks import is_whole_model_key, module_groups, module_layout
 from hgc_tune.profile._metrics import (
     TINY,
@@ -24,6 +25,10 @@ from hgc_tune.profile._metrics import (
     l1_norm,
     l2_norm,
 )
+from hgc_tune.runtime import RunContext
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["BLOCK_METRICS", "ATTENTION_METRICS", "ProfileObserver"]
 
@@ -78,6 +83,14 @@ class _ModuleState:
         return self.output is not None and self.step == step - 1
 
 
+def _kept(value: torch.Tensor | None, what: str) -> torch.Tensor:
+    """What a module state kept of the previous step, once ``has_previous`` said there is one (the output
+    and its norms and attention map are kept together)."""
+    if value is None:
+        raise ProfileError(f"the observer kept the previous step's output but no {what} with it.")
+    return value
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return numerator / np.maximum(denominator, TINY)
 
@@ -93,7 +106,7 @@ class ProfileObserver:
         context: That run context.
     """
 
-    def __init__(self, pipe: Any, context: Any) -> None:
+    def __init__(self, pipe: ControlNetPipeline, context: RunContext) -> None:
         self.pipe = pipe
         self.context = context
         self.blocks, self.attentions = module_groups(pipe)
@@ -138,7 +151,7 @@ class ProfileObserver:
         self._attached = False
         self._states.clear()
 
-    def _begin(self, context: Any) -> None:
+    def _begin(self, context: RunContext) -> None:
         self._num_steps = context.num_steps
         self._states = {key: _ModuleState() for key in [*self.blocks, *self.attentions]}
         self._raw = {key: [None] * self._num_steps for key in [*self.blocks, *self.attentions]}
@@ -156,7 +169,9 @@ class ProfileObserver:
             for step, v in enumerate(series)
             if v is not None
         ]
-        host = torch.cat([v for _, _, v in entries]).cpu().numpy().astype(np.float64) if entries else None
+        host = np.empty(0)
+        if entries:
+            host = torch.cat([v for _, _, v in entries]).cpu().numpy().astype(np.float64)
         out = {pair: np.full(self._num_steps, np.nan) for pair in self.series_keys} if self._raw else {}
         offset = 0
         for key, step, vector in entries:
@@ -193,13 +208,13 @@ class ProfileObserver:
                 l1, l2 = l1_norm(current), l2_norm(current)
                 state = self._states[key]
                 if state.has_previous(step):
-                    previous = state.output
+                    previous = _kept(state.output, "output")
                     raw = [
                         flat_dot(current, previous),
                         l2,
-                        state.l2,
+                        _kept(state.l2, "L2 norm"),
                         l1_distance(current, previous),
-                        state.l1,
+                        _kept(state.l1, "L1 norm"),
                     ]
                     self._raw[key][step] = torch.stack(raw)
                 state.step, state.output, state.l1, state.l2 = step, current, l1, l2
@@ -220,12 +235,12 @@ class ProfileObserver:
                 l1 = l1_norm(current)
                 state = self._states[key]
                 if state.has_previous(step):
-                    previous_map = state.attention_map
+                    previous_map = _kept(state.attention_map, "attention map")
                     raw = [
                         js_row_sum(attention_map, previous_map),
                         l1_distance(attention_map, previous_map),
-                        l1_distance(current, state.output),
-                        state.l1,
+                        l1_distance(current, _kept(state.output, "output")),
+                        _kept(state.l1, "L1 norm"),
                     ]
                     self._raw[key][step] = torch.stack(raw)
                     self._rows[key] = attention_map.numel() // attention_map.shape[-1]

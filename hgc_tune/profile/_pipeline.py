@@ -9,9 +9,19 @@ references it did not make.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+import diffusers
 
 from hgc_tune.errors import HgcTuneError, ProfileError
+from hgc_tune.models import load_pipeline, model_fingerprint
+from hgc_tune.models._fingerprint import weights_digest
+from hgc_tune.models._loading import SCHEDULERS
+from hgc_tune.models._lora import load_lora
+from hgc_tune.profile._artifact import Profile
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["load_profiled_pipeline", "check_profiled_pipeline"]
 
@@ -20,7 +30,7 @@ _DTYPES: dict[str, str] = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf
 
 
 def load_profiled_pipeline(
-    profile: Any,
+    profile: Profile,
     *,
     model: str | None = None,
     controlnet: str | None = None,
@@ -28,7 +38,7 @@ def load_profiled_pipeline(
     device: str = "cpu",
     error: type[HgcTuneError] = ProfileError,
     lora: Sequence[tuple[str, float]] = (),
-) -> Any:
+) -> ControlNetPipeline:
     """Load the pipeline ``profile`` was made with, and check that it is that pipeline.
 
     The model is the profile's ``model.name`` (a preset, a local directory or a hub id), with its condition
@@ -55,11 +65,6 @@ def load_profiled_pipeline(
     Example:
         >>> pipe = load_profiled_pipeline(Profile.load("runs/tiny-seg"))  # doctest: +SKIP
     """
-    import diffusers
-
-    from hgc_tune.models import load_pipeline
-    from hgc_tune.models._loading import SCHEDULERS
-
     meta = profile.meta
     name = model or profile.model_name
     if not name:
@@ -85,8 +90,6 @@ def load_profiled_pipeline(
         # The exact scheduler the references were generated with, not merely the same family.
         pipe.scheduler = scheduler_class.from_config(meta["scheduler_config"])
     if lora:
-        from hgc_tune.models._lora import load_lora
-
         for path, scale in lora:
             load_lora(pipe, path, scale)
     check_profiled_pipeline(profile, pipe, name=name, error=error)
@@ -94,7 +97,11 @@ def load_profiled_pipeline(
 
 
 def check_profiled_pipeline(
-    profile: Any, pipe: Any, *, name: str | None = None, error: type[HgcTuneError] = ProfileError
+    profile: Profile,
+    pipe: ControlNetPipeline,
+    *,
+    name: str | None = None,
+    error: type[HgcTuneError] = ProfileError,
 ) -> None:
     """Raise ``error`` unless ``pipe`` is the pipeline ``profile`` was made with: the same pipeline class
     (text2img, img2img or inpainting), structural fingerprint and, when the profile records one, weights
@@ -106,9 +113,6 @@ def check_profiled_pipeline(
         name: The model ``pipe`` was loaded from, for the message (default: the profile's model).
         error: The exception class to raise (the caller's own, e.g. ``SearchError``).
     """
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import weights_digest
-
     label = f"model {name or profile.model_name!r}"
     profiled_class = profile.meta.get("pipeline_class")
     if profiled_class is not None and profiled_class != type(pipe).__name__:

@@ -9,8 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import diffusers
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+import hgc_tune
 from hgc_tune.errors import ProfileError
 from hgc_tune.generation import GenerationJob, GenerationSettings, generate_output, jobs_from_samples
 from hgc_tune.generation._inputs import (
@@ -20,6 +24,9 @@ from hgc_tune.generation._inputs import (
     job_from_arrays,
     mask_array,
 )
+from hgc_tune.macs import count_pipeline_macs
+from hgc_tune.models import model_fingerprint
+from hgc_tune.models._fingerprint import model_structure, weights_digest
 from hgc_tune.models._tasks import task_and_strength
 from hgc_tune.profile._artifact import (
     AGGREGATES,
@@ -34,10 +41,10 @@ from hgc_tune.profile._artifact import (
     stat_name,
 )
 from hgc_tune.profile._observer import ATTENTION_METRICS, BLOCK_METRICS, ProfileObserver
+from hgc_tune.runtime import attach_run_context, release_run_context
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.macs import MacTable
 
 __all__ = ["profile_pipeline"]
@@ -76,7 +83,7 @@ _STATISTICS_NOTE: dict[str, str] = {
 }
 
 
-def _check_full_compute(pipe: DiffusionPipeline) -> None:
+def _check_full_compute(pipe: ControlNetPipeline) -> None:
     # A compute-skipping policy applied to the pipeline would make the profile observe cached outputs and
     # record them as the full-compute reference.
     for component in ("unet", "controlnet"):
@@ -127,9 +134,7 @@ def _dataset_digest(jobs: list[GenerationJob], *task_arrays: list[np.ndarray]) -
     return digest.hexdigest()
 
 
-def _count_macs(pipe: DiffusionPipeline, height: int, width: int, model_name: str) -> Any:
-    from hgc_tune.macs import count_pipeline_macs
-
+def _count_macs(pipe: ControlNetPipeline, height: int, width: int, model_name: str) -> Any:
     table = count_pipeline_macs(pipe, height=height, width=width, model_name=model_name)
     data = table.to_json()
     return json.loads(data) if isinstance(data, str) else _jsonable(data)
@@ -193,13 +198,9 @@ class _ObservedRun:
 
 
 def _observe(
-    pipe: DiffusionPipeline, jobs: list[GenerationJob], settings: GenerationSettings, progress: bool
+    pipe: ControlNetPipeline, jobs: list[GenerationJob], settings: GenerationSettings, progress: bool
 ) -> _ObservedRun:
     """Generate every job at full compute with the observation hooks attached."""
-    from tqdm.auto import tqdm
-
-    from hgc_tune.runtime import attach_run_context, release_run_context
-
     context = attach_run_context(pipe)
     observer = ProfileObserver(pipe, context)
     run = _ObservedRun(observer.series_keys, list(observer.blocks), list(observer.attentions))
@@ -231,7 +232,7 @@ def _observe(
 
 
 def profile_pipeline(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     samples: Iterable[Any],
     *,
     num_steps: int = 20,
@@ -307,7 +308,8 @@ def profile_pipeline(
     if dataset is None:
         dataset = str(getattr(samples, "name", "") or "")
     # A hgc_tune.data.Dataset hashes its own rows and files; a search can reopen it and compare.
-    content_hash = samples.content_hash() if callable(getattr(samples, "content_hash", None)) else None
+    hash_of = getattr(samples, "content_hash", None)
+    content_hash = hash_of() if callable(hash_of) else None
     height, width = generation_size(pipe, height, width)
     _check_arguments(num_steps, guidance_scale, height, width)
     task, strength = task_and_strength(pipe, strength, error=ProfileError)
@@ -344,7 +346,7 @@ def profile_pipeline(
 
 
 def _meta(
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     jobs: list[GenerationJob],
     settings: GenerationSettings,
     run: _ObservedRun,
@@ -353,13 +355,6 @@ def _meta(
     mac_json: Any,
 ) -> dict[str, Any]:
     """``profile.json``'s content but the statistics' and references' tensors."""
-    import diffusers
-    import torch
-
-    import hgc_tune
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import model_structure, weights_digest
-
     first = jobs[0].condition
     return {
         "format": FORMAT,

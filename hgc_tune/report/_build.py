@@ -9,18 +9,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+import hgc_tune
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune.errors import ReportError
+from hgc_tune.fidelity import psnr
 from hgc_tune.models._blocks import is_whole_model_key
 from hgc_tune.policy import Policy, PolicyFile, full_compute_policy, load_policy
 from hgc_tune.policy._macs import policy_step_macs
 from hgc_tune.policy._target import policy_profile_mismatches
+from hgc_tune.profile import Profile
+from hgc_tune.report._grid import PolicyGrid, policy_grid
 from hgc_tune.report._html import ReportFigure, render_html
+from hgc_tune.report._samples import generate_policy_images, pipeline_for_profile, sample_indices
 from hgc_tune.report._summary import profile_cfg, report_summary
 from hgc_tune.search._pareto import ParetoData, load_pareto
 
 if TYPE_CHECKING:
-    from hgc_tune.profile import Profile
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["FIGURES", "INDEX_FILE", "SUMMARY_FILE", "ReportResult", "build_report"]
 
@@ -137,9 +144,7 @@ class ReportResult:
         }
 
 
-def _resolve_profile(profile: Any) -> tuple[Any, str | None]:
-    from hgc_tune.profile import Profile
-
+def _resolve_profile(profile: Profile | str | os.PathLike[str]) -> tuple[Profile, str | None]:
     if isinstance(profile, Profile):
         return profile, None
     if isinstance(profile, str | os.PathLike):
@@ -147,7 +152,9 @@ def _resolve_profile(profile: Any) -> tuple[Any, str | None]:
     raise ReportError(f"`profile` must be a Profile or a profile folder, but got {type(profile).__name__}.")
 
 
-def _resolve_policy(policy: Any, profile) -> Policy | None:
+def _resolve_policy(
+    policy: Policy | PolicyFile | str | os.PathLike[str] | None, profile: Profile
+) -> Policy | None:
     if policy is None or isinstance(policy, Policy):
         return policy
     if isinstance(policy, str | os.PathLike):
@@ -159,7 +166,7 @@ def _resolve_policy(policy: Any, profile) -> Policy | None:
     )
 
 
-def _check_policy_fits_profile(policy: Policy, profile) -> None:
+def _check_policy_fits_profile(policy: Policy, profile: Profile) -> None:
     if policy.num_steps != profile.num_steps:
         raise ReportError(
             f"policy {policy.name!r} was made for {policy.num_steps} steps, but the profile has "
@@ -178,7 +185,7 @@ def _check_policy_fits_profile(policy: Policy, profile) -> None:
         )
 
 
-def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile) -> list[str]:
+def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile: Profile) -> list[str]:
     notes = []
     if pareto.num_steps is not None and pareto.num_steps != profile.num_steps:
         notes.append(
@@ -196,10 +203,8 @@ def _pareto_notes(pareto: ParetoData, policy: Policy | None, profile) -> list[st
     return notes
 
 
-def _side_by_side(conditions: Any) -> Any:
+def _side_by_side(conditions: np.ndarray) -> np.ndarray:
     """Condition images for the sample grid: several per sample (``[n, k, H, W, 3]``) side by side."""
-    import numpy as np
-
     return np.concatenate(list(np.moveaxis(conditions, 1, 0)), axis=2) if conditions.ndim == 5 else conditions
 
 
@@ -218,13 +223,13 @@ def _controlnet_figure(index: int, key: str, condition_type: str | None) -> Repo
 
 
 def build_report(
-    profile: Any,
+    profile: Profile | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
     policy: Policy | PolicyFile | str | os.PathLike[str] | None = None,
     pareto: ParetoData | str | os.PathLike[str] | None = None,
     samples: int = 4,
-    pipe: Any = None,
+    pipe: ControlNetPipeline | None = None,
     model: str | None = None,
     controlnet: str | None = None,
     device: str = "cpu",
@@ -266,16 +271,34 @@ def build_report(
         >>> result.index  # doctest: +SKIP
         PosixPath('reports/tiny-seg/index.html')
     """
-    import hgc_tune
-    from hgc_tune.report import _figures as figs
-    from hgc_tune.report._grid import policy_grid
-    from hgc_tune.report._samples import pipeline_for_profile, sample_indices
+    loaded, profile_source = _resolve_profile(profile)
+    chosen = _resolve_policy(policy, loaded)
+    trade_off = load_pareto(pareto, error=ReportError) if isinstance(pareto, str | os.PathLike) else pareto
+    indices = sample_indices(loaded, samples)
 
-    profile, profile_source = _resolve_profile(profile)
-    policy = _resolve_policy(policy, profile)
-    if isinstance(pareto, str | os.PathLike):
-        pareto = load_pareto(pareto, error=ReportError)
-    indices = sample_indices(profile, samples)
+    def pipeline() -> ControlNetPipeline:
+        if pipe is not None:
+            return pipe
+        return pipeline_for_profile(loaded, model=model, controlnet=controlnet, device=device)
+
+    return _write_report(out_dir, loaded, profile_source, chosen, trade_off, indices, pipeline)
+
+
+def _write_report(
+    out_dir: str | os.PathLike[str],
+    profile: Profile,
+    profile_source: str | None,
+    policy: Policy | None,
+    pareto: ParetoData | None,
+    indices: list[int],
+    pipeline: Callable[[], ControlNetPipeline],
+) -> ReportResult:
+    """:func:`build_report` with its inputs resolved; ``pipeline()`` is called (the pipeline loaded) only when
+    a policy's samples are shown, after the other figures are written."""
+    # matplotlib here, not at the top: importing hgc_tune.report (the figures' data modules included) must
+    # not import it.
+    from hgc_tune.report import _figures as figs
+
     cfg = profile_cfg(profile)
     grid = None
     if policy is not None:
@@ -292,7 +315,7 @@ def build_report(
         figures[name] = figs.save_figure(fig, out / infos[name].file, palette=name != "samples")
 
     _write_profile_figures(write, infos, profile, policy)
-    if policy is not None:
+    if policy is not None and grid is not None:  # a policy has its grid
         _write_policy_figures(write, profile, policy, grid, cfg)
     else:
         notes.append(
@@ -306,8 +329,7 @@ def build_report(
 
     psnr_db = None
     if indices:
-        if policy is not None and pipe is None:
-            pipe = pipeline_for_profile(profile, model=model, controlnet=controlnet, device=device)
+        pipe = pipeline() if policy is not None else None
         psnr_db = _write_sample_figure(write, profile, policy, indices, pipe)
     else:
         notes.append("No samples requested (--samples 0): the sample grid is skipped.")
@@ -340,7 +362,7 @@ def _write_profile_figures(
     write: Callable[[str, Any], None], infos: dict[str, ReportFigure], profile: Profile, policy: Policy | None
 ) -> None:
     """The profile's figures: block similarity (one per ControlNet), attention drift, ControlNet residuals."""
-    from hgc_tune.report import _figures as figs
+    from hgc_tune.report import _figures as figs  # matplotlib: see _write_report
 
     write("similarity_unet", figs.plot_block_similarity(profile, "unet"))
     several = [k for k in profile.block_keys if is_whole_model_key(k) and k != "controlnet"]
@@ -357,10 +379,10 @@ def _write_profile_figures(
 
 
 def _write_policy_figures(
-    write: Callable[[str, Any], None], profile: Profile, policy: Policy, grid: Any, cfg: bool
+    write: Callable[[str, Any], None], profile: Profile, policy: Policy, grid: PolicyGrid, cfg: bool
 ) -> None:
     """The policy's grid over the similarity heatmap and its MACs per step."""
-    from hgc_tune.report import _figures as figs
+    from hgc_tune.report import _figures as figs  # matplotlib: see _write_report
 
     cfg_until = policy.guidance.cfg_until if policy.guidance is not None and cfg else None
     write("policy_grid", figs.plot_policy_grid(profile, grid, policy_name=policy.name, cfg_until=cfg_until))
@@ -382,19 +404,20 @@ def _write_sample_figure(
     profile: Profile,
     policy: Policy | None,
     indices: list[int],
-    pipe: Any,
+    pipe: ControlNetPipeline | None,
 ) -> list[float] | None:
     """The sample grid (with a policy: its images generated on ``pipe``); returns their PSNR in dB against
     full compute (``None`` without a policy)."""
-    from hgc_tune.report import _figures as figs
-    from hgc_tune.report._samples import generate_policy_images
+    from hgc_tune.report import _figures as figs  # matplotlib: see _write_report
 
     policy_images = None
     psnr_db = None
     full_images = profile.reference_images[indices]
     if policy is not None:
-        from hgc_tune.fidelity import psnr
-
+        if pipe is None:
+            raise ReportError(
+                f"the samples of policy {policy.name!r} are generated on a pipeline, but got pipe=None."
+            )
         policy_images = generate_policy_images(pipe, profile, policy, indices)
         psnr_db = [psnr(p, f) for p, f in zip(policy_images, full_images)]
     write(

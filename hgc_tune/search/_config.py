@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from hgc_tune.errors import HgcTuneError, SearchError
+from hgc_tune.fidelity._confidence import check_confidence
 
 __all__ = ["SearchConfig", "DEFAULT_CATCH"]
 
@@ -115,8 +116,6 @@ class SearchConfig:
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
             raise SearchError(f"`budget` must be in (0, 1), but got budget={budget!r}.")
         object.__setattr__(self, "budget", float(budget))
-        from hgc_tune.fidelity._confidence import check_confidence
-
         try:
             object.__setattr__(self, "confidence", check_confidence(self.confidence))
         except HgcTuneError as e:

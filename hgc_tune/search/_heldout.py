@@ -13,12 +13,19 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from hgc_tune._atomic import atomic_write
 from hgc_tune.generation import GeneratedOutput, GenerationJob, GenerationSettings, iter_outputs
+from hgc_tune.models import model_fingerprint
+from hgc_tune.models._fingerprint import weights_digest
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["HELDOUT_DIR", "heldout_key", "heldout_references"]
 
@@ -26,13 +33,10 @@ HELDOUT_DIR = "heldout"
 _FORMAT = "hgc-tune-heldout-references"
 
 
-def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> str:
+def heldout_key(pipe: ControlNetPipeline, jobs: Sequence[GenerationJob], settings: GenerationSettings) -> str:
     """The digest that identifies the full-compute outputs of ``jobs`` under ``settings`` on ``pipe``."""
-    from hgc_tune.models import model_fingerprint
-    from hgc_tune.models._fingerprint import weights_digest
-
     digest = hashlib.sha256()
-    head = {
+    head: dict[str, Any] = {
         "format": _FORMAT,
         "fingerprint": model_fingerprint(pipe),
         "weights": weights_digest(pipe),
@@ -67,9 +71,6 @@ def heldout_key(pipe: Any, jobs: Sequence[GenerationJob], settings: GenerationSe
 
 
 def _load(path: Path, key: str, n: int) -> list[GeneratedOutput] | None:
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
@@ -85,7 +86,7 @@ def _load(path: Path, key: str, n: int) -> list[GeneratedOutput] | None:
 
 
 def heldout_references(
-    pipe: Any,
+    pipe: ControlNetPipeline,
     jobs: Sequence[GenerationJob],
     settings: GenerationSettings,
     *,
@@ -104,10 +105,8 @@ def heldout_references(
     Returns:
         ``(outputs, from_cache)``.
     """
-    from safetensors.numpy import save_file
-
     key = heldout_key(pipe, jobs, settings)
-    path = None
+    path: Path | None = None
     if cache_dir is not None:
         path = Path(cache_dir) / HELDOUT_DIR / f"{key[:24]}.safetensors"
         if path.is_file() and (cached := _load(path, key, len(jobs))) is not None:

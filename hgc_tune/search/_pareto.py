@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import HgcTuneError, SearchError
@@ -154,19 +154,25 @@ class ParetoData:
         return [p for p in self.points if p.peers and not p.is_full_compute]
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
-def _checker(error: type[HgcTuneError]) -> Callable[[bool, str], None]:
-    def check(condition: bool, message: str) -> None:
+class _Checker:
+    """Raises ``error`` with a message when a condition fails."""
+
+    def __init__(self, error: type[HgcTuneError]) -> None:
+        self.error = error
+
+    def __call__(self, condition: bool, message: str) -> None:
         if not condition:
-            raise error(message)
+            self.fail(message)
 
-    return check
+    def fail(self, message: str) -> NoReturn:
+        raise self.error(message)
 
 
-def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: Callable) -> ParetoPoint:
+def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: _Checker) -> ParetoPoint:
     _check(isinstance(entry, Mapping), f"{where} must be a JSON object, but got {type(entry).__name__}.")
     number = entry.get("number")
     _check(
@@ -180,10 +186,8 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: 
     reductions = {}
     for convention, values in macs.items():
         value = values.get("reduction") if isinstance(values, Mapping) else None
-        _check(
-            _is_number(value),
-            f"{where}.macs.{convention}.reduction must be a finite number, but got {value!r}.",
-        )
+        if not _is_number(value):
+            _check.fail(f"{where}.macs.{convention}.reduction must be a finite number, but got {value!r}.")
         reductions[convention] = float(value)
     loss = entry.get("loss")
     _check(
@@ -217,7 +221,7 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: 
     )
 
 
-def _optional_str(data: Mapping[str, Any], name: str, where: str, _check: Callable) -> str | None:
+def _optional_str(data: Mapping[str, Any], name: str, where: str, _check: _Checker) -> str | None:
     value = data.get(name)
     _check(
         value is None or isinstance(value, str),
@@ -240,7 +244,7 @@ def pareto_data_from_json(
         SearchError: (or ``error``) If it is not a ``hgc-tune-pareto`` file of a supported schema version, or
             a field a reader needs is missing or has the wrong type.
     """
-    _check = _checker(error)
+    _check = _Checker(error)
     where = source or "pareto"
     _check(isinstance(data, Mapping), f"{where} must hold a JSON object, but holds a {type(data).__name__}.")
     _check(

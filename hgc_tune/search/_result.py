@@ -4,6 +4,7 @@ written as the policy file and the Pareto file ``<policy>.pareto.json`` (whose l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import hgc_tune
 from hgc_tune._atomic import atomic_write_text
+from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import FidelityEstimate
-from hgc_tune.policy._io import pareto_path
+from hgc_tune.policy import Provenance, full_compute_policy, pipeline_loras, save_policy
+from hgc_tune.policy._io import pareto_path, policy_to_json
+from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._pareto import PARETO_FORMAT, SCHEMA_VERSION
 from hgc_tune.search._selection import Selection
 from hgc_tune.search._session import SearchSession
@@ -44,27 +49,30 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[int]:
     Only completed trials take part, not clear failures (their loss is partial); of several
     trials with the same policy, the first stands for all.
     """
-    points = [
-        r
-        for r in records
-        if r.complete and not r.rejected_early and r.duplicate_of is None and r.reduction is not None
-    ]
+    # (reduction, loss, record) of each point (`complete` means the loss is there).
+    points: list[tuple[float, float, TrialRecord]] = []
+    for r in records:
+        reduction, loss = r.reduction, r.loss
+        if not r.complete or r.rejected_early or r.duplicate_of is not None:
+            continue
+        if reduction is not None and loss is not None:
+            points.append((reduction, loss, r))
     seen: set[str | None] = set()
     unique = []
-    for r in points:
-        if r.policy_key in seen:
+    for point in points:
+        if point[2].policy_key in seen:
             continue
-        seen.add(r.policy_key)
-        unique.append(r)
-    front = []
-    for r in unique:
-        dominated = any(
-            o.reduction >= r.reduction and o.loss <= r.loss and (o.reduction > r.reduction or o.loss < r.loss)
-            for o in unique
+        seen.add(point[2].policy_key)
+        unique.append(point)
+    front = [
+        (reduction, r.number)
+        for reduction, loss, r in unique
+        if not any(
+            o_reduction >= reduction and o_loss <= loss and (o_reduction > reduction or o_loss < loss)
+            for o_reduction, o_loss, _ in unique
         )
-        if not dominated:
-            front.append(r)
-    return [r.number for r in sorted(front, key=lambda r: (r.reduction, r.number))]
+    ]
+    return [number for _, number in sorted(front)]
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ class SearchResult:
     validation: tuple[Mapping[str, Any], ...]
     validated: bool
     chosen: TrialRecord | None
-    policy: Any
+    policy: Policy | None
     message: str | None = None
     confidence: float = 0.0
     test: Mapping[str, Any] | None = None
@@ -133,8 +141,6 @@ class SearchResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary (for ``--json``): the Pareto report plus the chosen policy."""
-        from hgc_tune.policy._io import policy_to_json
-
         data = self.pareto_json()
         data["policy"] = None if self.policy is None else policy_to_json(self.policy)
         return data
@@ -148,9 +154,6 @@ def search_result(
 ) -> SearchResult:
     """The result of a search: its trials (``trials``: the study's; ``records``: theirs that count), peers,
     front and the selected policy with its provenance."""
-    from hgc_tune.policy import full_compute_policy
-    from hgc_tune.policy._macs import macs_provenance
-
     config = session.config
     chosen = selection.chosen
     policy = (
@@ -216,20 +219,23 @@ def _final_policy(
     validation: FidelityEstimate | None,
     test: FidelityEstimate | None,
 ) -> Policy:
-    import dataclasses
-
+    # Here, not at the top: `hgc_tune.search` (its SearchConfig) must import without torch, for the search
+    # command's argument checks.
     import diffusers
 
-    import hgc_tune
-    from hgc_tune.policy import Provenance, pipeline_loras
-    from hgc_tune.policy._macs import macs_provenance
-
     policy = record.policy()
+    full, with_policy, loss, samples = record.metric_full, record.metric_policy, record.loss, record.samples
+    if policy is None or full is None or with_policy is None or loss is None or samples is None:
+        raise SearchError(
+            f"the chosen trial {record.number} must have a policy and its calibration fidelity, but got "
+            f"policy={'none' if policy is None else policy.name!r}, metric_full={full!r}, "
+            f"metric_policy={with_policy!r}, loss={loss!r}, samples={samples!r}."
+        )
     fidelity = {
-        "calibration_full": float(record.metric_full),
-        "calibration_policy": float(record.metric_policy),
-        "calibration_loss": float(record.loss),
-        "calibration_samples": int(record.samples),
+        "calibration_full": float(full),
+        "calibration_policy": float(with_policy),
+        "calibration_loss": float(loss),
+        "calibration_samples": int(samples),
     }
     if record.loss_upper is not None:
         fidelity["calibration_loss_upper"] = float(record.loss_upper)
@@ -313,8 +319,6 @@ def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> d
     Returns:
         ``{"policy": path or None, "pareto": path}``.
     """
-    from hgc_tune.policy import save_policy
-
     pareto = write_pareto(result, pareto_path(out))
     policy_path = save_policy(result.policy, out) if result.policy is not None else None
     return {"policy": policy_path, "pareto": pareto}

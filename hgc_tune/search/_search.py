@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._objective import SurplusTrial
 from hgc_tune.search._result import SearchResult, search_result
@@ -25,8 +27,10 @@ from hgc_tune.search._session import SearchSession, prepare_search
 from hgc_tune.search._trials import close_leftover_waiting, counted_trials, finished_count, trial_records
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    import optuna
+    from optuna.trial import FrozenTrial
 
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.profile import Profile
 
 __all__ = ["run_search", "run_search_worker", "search_policy"]
@@ -35,7 +39,7 @@ __all__ = ["run_search", "run_search_worker", "search_policy"]
 _POLL_SECONDS = 1.0
 
 
-def _best_feasible_value(trials: Sequence[Any]) -> float | None:
+def _best_feasible_value(trials: Sequence[FrozenTrial]) -> float | None:
     values = [
         t.value
         for t in trials
@@ -44,13 +48,15 @@ def _best_feasible_value(trials: Sequence[Any]) -> float | None:
     return min(values) if values else None
 
 
-def _run_trials(session: SearchSession, on_trial: Callable[[Any], None] | None = None) -> int:
+def _run_trials(session: SearchSession, on_trial: Callable[[list[FrozenTrial]], None] | None = None) -> int:
     """Run trials until the study counts ``n_trials`` (all workers), the timeout passes, or it is stopped.
 
     When the study is full but other workers' trials still run, wait for them: a trial whose worker died
     goes stale after the grace period, is failed, enqueued again and run here, so it is neither lost nor
     blocks the study. Returns the number of trials this process ran.
     """
+    # optuna here, not at the top: the search command's argument checks import hgc_tune.search (its
+    # SearchConfig) and must stay fast.
     import optuna
     from optuna.trial import TrialState
 
@@ -61,7 +67,7 @@ def _run_trials(session: SearchSession, on_trial: Callable[[Any], None] | None =
     def remaining() -> float | None:
         return None if config.timeout is None else config.timeout - (time.monotonic() - start)
 
-    def callback(study: Any, trial: Any) -> None:
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
         trials = study.get_trials(deepcopy=False)
@@ -100,7 +106,7 @@ def _run_trials(session: SearchSession, on_trial: Callable[[Any], None] | None =
 
 def run_search_worker(
     profile: str | os.PathLike[str] | Profile,
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -116,7 +122,7 @@ def run_search_worker(
 
 def search_policy(
     profile: str | os.PathLike[str] | Profile,
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     config: SearchConfig,
     *,
     heldout: Sequence[Any] | None = None,
@@ -187,8 +193,6 @@ def run_search(
     :func:`search_policy` is :func:`prepare_search` followed by this; call them separately to start other
     workers between the two (the study exists and holds the peers once :func:`prepare_search` returns).
     """
-    from tqdm.auto import tqdm
-
     config = session.config
     bar = tqdm(
         total=config.n_trials,
@@ -198,7 +202,7 @@ def run_search(
         disable=not progress,
     )
 
-    def on_trial(trials: Sequence[Any]) -> None:
+    def on_trial(trials: Sequence[FrozenTrial]) -> None:
         bar.n = min(config.n_trials, finished_count(trials))
         best = _best_feasible_value(trials)
         if best is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hgc_tune.errors import SearchError
-from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.fidelity import FidelityEstimate, TaskEvaluator
 from hgc_tune.fidelity._scorer import FidelityScorer
 from hgc_tune.generation import GenerationJob, iter_outputs
 from hgc_tune.generation._inputs import condition_array, jobs_from_samples
@@ -107,8 +107,6 @@ def _split_scorer(
     session: SearchSession, samples: Sequence[Any], what: str, progress: Callable[[str], None]
 ) -> tuple[FidelityScorer, list[GenerationJob], str]:
     """A scorer of ``samples`` against their full-compute outputs (cached beside the profile) and its key."""
-    from hgc_tune.fidelity import TaskEvaluator
-
     jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000, task=session.profile.task)
     if not jobs:
         raise SearchError(f"the {what} split is empty; pass {what} samples or skip it.")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hgc_tune.errors import FidelityError, HgcTuneError, ProfileError, SearchError
+from hgc_tune.fidelity import TaskEvaluator
+from hgc_tune.fidelity._registry import check_metric_fits, default_metric
 from hgc_tune.fidelity._scorer import FidelityScorer
 from hgc_tune.generation import (
     GeneratedOutput,
@@ -23,6 +25,7 @@ from hgc_tune.generation import (
     iter_outputs,
 )
 from hgc_tune.generation._inputs import profile_jobs, profile_settings
+from hgc_tune.policy import target_for_pipeline
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._objective import PolicyObjective
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
@@ -31,8 +34,8 @@ from hgc_tune.search._trials import close_waiting, counted_trials, duplicate_wai
 
 if TYPE_CHECKING:
     import optuna
-    from diffusers import DiffusionPipeline
 
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.fidelity import Metric
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
@@ -55,6 +58,8 @@ def load_search_profile(profile: str | os.PathLike[str] | Profile) -> tuple[Prof
     Raises:
         SearchError: No profile there ("run `hgc-tune profile` first"), or a damaged one.
     """
+    # hgc_tune.profile (which imports torch) here and below, not at the top: the search command's argument
+    # checks import hgc_tune.search (its SearchConfig) and must run without torch (and optuna, to be quick).
     from hgc_tune.profile import Profile
     from hgc_tune.profile._artifact import META_FILE
 
@@ -75,10 +80,9 @@ def _condition_type(profile: Profile) -> str | None:
     return profile.condition_type or None
 
 
-def _check_inputs(profile: Profile, pipe: DiffusionPipeline, config: SearchConfig) -> Metric:
+def _check_inputs(profile: Profile, pipe: ControlNetPipeline, config: SearchConfig) -> Metric:
     """Every bad-input check, before any work; returns the metric."""
-    from hgc_tune.fidelity._registry import check_metric_fits, default_metric
-    from hgc_tune.profile._pipeline import check_profiled_pipeline
+    from hgc_tune.profile._pipeline import check_profiled_pipeline  # torch: see load_search_profile
 
     condition = _condition_type(profile)
     try:
@@ -153,7 +157,7 @@ class SearchSession:
 
     profile: Profile
     folder: Path | None
-    pipe: DiffusionPipeline
+    pipe: ControlNetPipeline
     config: SearchConfig
     metric: Metric
     space: PolicySpace
@@ -188,9 +192,9 @@ def _open_study(
     metric_name: str,
     config: SearchConfig,
     signature: dict[str, Any],
-):
+) -> optuna.Study:
     """Create or load the study; a loaded one must have been made with the same budget, metric, profile."""
-    import optuna
+    import optuna  # not at the top: see load_search_profile
 
     storage = None
     if storage_url is not None:
@@ -280,7 +284,7 @@ def _enqueue_peers(
 
 def prepare_search(
     profile: str | os.PathLike[str] | Profile,
-    pipe: DiffusionPipeline,
+    pipe: ControlNetPipeline,
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -362,11 +366,9 @@ def _reference(profile: Profile, index: int) -> GeneratedOutput:
 
 
 def _space_and_peers(
-    profile: Profile, pipe: DiffusionPipeline, config: SearchConfig
+    profile: Profile, pipe: ControlNetPipeline, config: SearchConfig
 ) -> tuple[PolicySpace, Sequence[str]]:
     """The search space of the profiled pipeline and the peers to enqueue (each checked to fit it)."""
-    from hgc_tune.policy import target_for_pipeline
-
     target = target_for_pipeline(
         pipe,
         num_steps=profile.num_steps,
@@ -387,13 +389,11 @@ def _space_and_peers(
 
 
 def _calibration(
-    profile: Profile, pipe: DiffusionPipeline, config: SearchConfig, metric: Metric
+    profile: Profile, pipe: ControlNetPipeline, config: SearchConfig, metric: Metric
 ) -> tuple[list[GenerationJob], GenerationSettings, FidelityScorer]:
     """The calibration jobs (the profile's samples), their settings and a scorer against the profile's
     references; with ``config.check_reference``, the first one regenerated to check the pipeline reproduces
     its reference."""
-    from hgc_tune.fidelity import TaskEvaluator
-
     count = profile.num_samples
     if config.calibration_samples is not None:
         count = min(config.calibration_samples, count)

@@ -50,7 +50,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,6 +66,17 @@ from hgc_tune.policy import (
     peer_policy,
 )
 from hgc_tune.policy._peers import peer_params
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import Trial
+
+    from hgc_tune.profile import Profile
+
+    # The distributions a space's parameters have.
+    Distribution: TypeAlias = CategoricalDistribution | IntDistribution | FloatDistribution
 
 __all__ = [
     "ATTENTION_SCHEDULES",
@@ -266,7 +277,7 @@ class PolicySpace:
     @classmethod
     def from_profile(
         cls,
-        profile: Any,
+        profile: Profile,
         target: PolicyTarget,
         *,
         guidance: bool = True,
@@ -347,12 +358,14 @@ class PolicySpace:
             self.block_change[k] for k in self.deep_candidates if self.block_group(k) == group
         )
 
-    def distributions(self) -> dict[str, Any]:
+    def distributions(self) -> dict[str, Distribution]:
         """Every parameter this space may suggest, with its Optuna distribution."""
+        # optuna here and below, not at the top: the search command's argument checks import
+        # hgc_tune.search (its SearchConfig) and must stay fast.
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         s = self.num_steps
-        out: dict[str, Any] = {
+        out: dict[str, Distribution] = {
             "blocks.schedule": CategoricalDistribution(BLOCK_SCHEDULES),
             "blocks.branch": IntDistribution(0, self.max_branch),
             "blocks.interval": IntDistribution(2, s),
@@ -379,7 +392,7 @@ class PolicySpace:
         return out
 
     # -- parameters -> policy ------------------------------------------------------------------------------
-    def suggest(self, trial: Any) -> dict[str, Any]:
+    def suggest(self, trial: Trial) -> dict[str, Any]:
         """Ask ``trial`` (an ``optuna.Trial``) for the parameters that apply and return them."""
         from optuna.distributions import CategoricalDistribution, IntDistribution
 
@@ -498,7 +511,7 @@ class PolicySpace:
                 )
                 if windows:
                     attention[key] = windows
-        windows: dict[str, ControlNetWindow] = {}
+        controlnet_windows: dict[str, ControlNetWindow] = {}
         for key in self.controlnet_keys:
             k = int(params.get(f"{key}.steps", s))
             if k < s:
@@ -506,8 +519,8 @@ class PolicySpace:
                 # A reused ControlNet needs one computed step to reuse; k = 0 means "as early as possible".
                 k = max(k, 1) if mode == "reuse" else k
                 if k < s:
-                    windows[key] = ControlNetWindow(tuple(range(k)), mode)
-        controlnet = windows.pop("controlnet", None)
+                    controlnet_windows[key] = ControlNetWindow(tuple(range(k)), mode)
+        controlnet = controlnet_windows.pop("controlnet", None)
         cfg_until = int(params.get("guidance.cfg_until", s))
         guidance = GuidanceWindow(cfg_until) if cfg_until < s else None
         return Policy(
@@ -515,7 +528,7 @@ class PolicySpace:
             blocks=blocks,
             attention=attention,
             controlnet=controlnet,
-            controlnets=windows,
+            controlnets=controlnet_windows,
             guidance=guidance,
             name=name,
             provenance=provenance or Provenance(source="search"),

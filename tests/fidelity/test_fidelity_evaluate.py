@@ -12,6 +12,9 @@ import hgc_tune.fidelity._evaluate as evaluate_module
 from hgc_tune.errors import FidelityError
 from hgc_tune.fidelity import FidelityResult, TaskEvaluator, evaluate_pairs, psnr
 from hgc_tune.fidelity._metrics import PSNR_CAP_DB
+from hgc_tune.fidelity._registry import PROMPT_METRICS
+from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.generation import GeneratedOutput
 
 
 def _red_mask(image: np.ndarray) -> np.ndarray:
@@ -171,3 +174,21 @@ def test_task_metric_needs_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
         evaluate_pairs([img], [img], None, ev)
     with pytest.raises(FidelityError, match="condition_image"):
         ev.score(img)
+
+
+class _PromptMetricEvaluator:
+    """An evaluator of a prompt metric: it has no ideal (value against itself) to stand for full compute."""
+
+    metric = PROMPT_METRICS["clip"]
+
+    def score(self, *args: object, **kwargs: object) -> float:
+        raise AssertionError("a prompt metric must be refused before any scoring")
+
+
+def test_a_metric_without_an_ideal_is_refused_by_the_pairs_and_the_scorer() -> None:
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(FidelityError, match=r"metric 'clip' \(prompt\) has no `ideal`.*ideal=None"):
+        evaluate_pairs([img], [img], None, _PromptMetricEvaluator())
+    reference = GeneratedOutput(image=img, latent=np.zeros((4, 2, 2), np.float32))
+    with pytest.raises(FidelityError, match=r"metric 'clip' \(prompt\) has no `ideal`.*ideal=None"):
+        FidelityScorer(_PromptMetricEvaluator(), [reference], [img])
