@@ -5,8 +5,9 @@ file mode (0644, or the bits of the file it replaces) and moved over the target 
 a reader sees the old file or the new one, never half of one; a failed write removes its temporary file.
 Temporary files carry the writer's process id, so the next write of the same file (or
 :func:`remove_stale_temporaries`, for a whole folder) deletes those a killed process left behind (SIGKILL
-runs no cleanup) without touching a live writer's. A folder written as a whole (a dataset) goes through
-:func:`atomic_folder` in the same way.
+runs no cleanup) without touching a live writer's. A folder written as a whole (a dataset, a report) goes
+through :func:`atomic_folder` in the same way, and files that belong together (a policy and its Pareto file)
+through :func:`atomic_write_files`.
 
 A full disk (``ENOSPC``) or an exceeded quota (``EDQUOT``) while writing raises
 :class:`~hgc_tune.errors.DiskFullError`, one line naming the target: nothing of the new content is left, and
@@ -23,7 +24,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from hgc_tune.errors import DiskFullError
@@ -33,8 +34,11 @@ __all__ = [
     "atomic_folder",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_files",
     "atomic_write_text",
+    "created_folder",
     "disk_full_error",
+    "is_temporary",
     "remove_stale_temporaries",
 ]
 
@@ -77,31 +81,83 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     """
     target = Path(path)
     with _disk_full_as_error(target, target.parent):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A writer of this file killed in its write window left its temporary file: this write replaces it.
-        _remove_stale_of(target)
-        mode = target.stat().st_mode & 0o777 if target.is_file() else FILE_MODE
-        fd, name = tempfile.mkstemp(
-            prefix=f".{target.name}{_TMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent
-        )
-        os.close(fd)
-        tmp = Path(name)
+        tmp = _write_temporary(target, write)
         try:
-            try:
-                write(tmp)
-            except Exception as e:
-                # Judged while the partial file still takes its space (a writer that hides the errno).
-                if not isinstance(e, OSError) and _nearly_full(target.parent):
-                    raise DiskFullError(_message(target, errno.ENOSPC)) from e
-                raise
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
     return target
+
+
+def atomic_write_files(writes: Mapping[str | os.PathLike[str], Callable[[Path], object]]) -> list[Path]:
+    """Write several files as one: every target keeps its old content unless all get their new one.
+
+    Each content is written to a temporary file beside its target and flushed first (as in
+    :func:`atomic_write`); only then do the temporaries replace their targets, in the order given. When a
+    replace fails, the targets already replaced get their old file back (kept aside as a hard link) or, new
+    ones, are removed. A writer killed among the replaces (SIGKILL) can leave some targets new.
+
+    Args:
+        writes: Target path -> the function that writes its content to the path it is given.
+
+    Returns:
+        The target paths, in order.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> [p.name for p in atomic_write_files({root / "a.txt": lambda p: p.write_text("a"),
+        ...                                     root / "b.txt": lambda p: p.write_text("b")})]
+        ['a.txt', 'b.txt']
+    """
+    targets = [Path(path) for path in writes]
+    temporaries: dict[Path, Path] = {}
+    try:
+        for target, write in zip(targets, writes.values()):
+            with _disk_full_as_error(target, target.parent):
+                temporaries[target] = _write_temporary(target, write)
+        _replace_all(temporaries)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+    return targets
+
+
+@contextlib.contextmanager
+def created_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the folder ``path`` (and its missing parents) for the block; when the block raises, remove
+    the folders it created, if they are empty. A folder that existed before is never removed, and neither is
+    one that holds anything (another writer's file).
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a" / "b"
+        >>> try:
+        ...     with created_folder(target):
+        ...         raise ValueError("failed")
+        ... except ValueError:
+        ...     pass
+        >>> target.parent.exists()
+        False
+    """
+    target = Path(path)
+    missing = [folder for folder in (target, *target.parents) if not folder.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        yield target
+    except BaseException:
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or gone: leave it
+                break
+        raise
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of the temporary files or folders these writers put beside their targets."""
+    return name.startswith(".") and (_TMP_MARK in name or _OLD_MARK in name)
 
 
 @contextlib.contextmanager
@@ -142,7 +198,11 @@ def atomic_folder(
         tmp = target.parent / f".{target.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            yield tmp
+            try:
+                yield tmp
+            except DiskFullError as e:
+                # A file of the block: name the path it would have had, not the temporary folder's.
+                raise DiskFullError(str(e).replace(str(tmp), str(target))) from e
             if before_replace is not None:
                 before_replace(target)
             if not target.is_dir() or target.is_symlink():
@@ -181,6 +241,87 @@ def disk_full_error(error: BaseException, path: str | os.PathLike[str]) -> DiskF
                 return DiskFullError(_message(path, code))
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def _write_temporary(target: Path, write: Callable[[Path], object]) -> Path:
+    """A flushed temporary file beside ``target``, filled by ``write`` and given ``target``'s mode."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A writer of this file killed in its write window left its temporary file: this write replaces it.
+    _remove_stale_of(target)
+    mode = target.stat().st_mode & 0o777 if target.is_file() else FILE_MODE
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name}{_TMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        try:
+            write(tmp)
+        except Exception as e:
+            # Judged while the partial file still takes its space (a writer that hides the errno).
+            if not isinstance(e, OSError) and _nearly_full(target.parent):
+                raise DiskFullError(_message(target, errno.ENOSPC)) from e
+            raise
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _replace_all(temporaries: dict[Path, Path]) -> None:
+    """Move each temporary over its target; when one fails, undo those done (old file back, new removed)."""
+    done: list[tuple[Path, Path | None]] = []  # target, its old file kept aside
+    try:
+        for target, tmp in temporaries.items():
+            with _disk_full_as_error(target, target.parent):
+                old = _keep_aside(target)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    if old is not None:
+                        with contextlib.suppress(OSError):
+                            _put_back(old, target)
+                    raise
+                done.append((target, old))
+    except BaseException:
+        for target, old in reversed(done):
+            with contextlib.suppress(OSError):  # one that cannot be put back keeps its old file aside
+                if old is not None:
+                    _put_back(old, target)
+                else:
+                    target.unlink(missing_ok=True)
+        raise
+    for _, old in done:
+        if old is not None:
+            old.unlink(missing_ok=True)
+
+
+def _keep_aside(target: Path) -> Path | None:
+    """A hard link to the file at ``target`` (``None`` when there is none), to put it back from."""
+    if not (target.is_file() or target.is_symlink()):
+        return None
+    old = target.parent / f".{target.name}{_OLD_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.link(target, old, follow_symlinks=False)
+    except OSError as e:
+        if disk_full_error(e, target) is not None:
+            raise
+        os.rename(target, old)  # a file system without hard links: the target is missing until replaced
+    return old
+
+
+def _put_back(old: Path, target: Path) -> None:
+    """Put the file kept aside as ``old`` back at ``target``."""
+    try:
+        same = os.path.samestat(os.lstat(old), os.lstat(target))
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.replace(old, target)
+    old.unlink(missing_ok=True)
 
 
 def _message(path: str | os.PathLike[str], code: int) -> str:

@@ -11,7 +11,14 @@ import sys
 import pytest
 
 from hgc_tune import _atomic as atomic
-from hgc_tune._atomic import atomic_folder, atomic_write, atomic_write_text, remove_stale_temporaries
+from hgc_tune._atomic import (
+    atomic_folder,
+    atomic_write,
+    atomic_write_files,
+    atomic_write_text,
+    created_folder,
+    remove_stale_temporaries,
+)
 from hgc_tune.errors import DiskFullError, ResourceError
 
 
@@ -116,6 +123,78 @@ def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
         (tmp / "b.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["b.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_a_full_disk_in_a_folder_names_the_file_where_it_would_have_been(tmp_path):
+    target = tmp_path / "report"
+    with pytest.raises(DiskFullError) as caught:
+        with atomic_folder(target) as tmp:
+            atomic_write(tmp / "a.png", lambda p: _raise(OSError(errno.ENOSPC, "No space left on device")))
+    assert str(target / "a.png") in str(caught.value) and ".hgc-tmp-" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _raise(error: BaseException):
+    raise error
+
+
+def _write(text: str):
+    return lambda p: p.write_text(text)
+
+
+def test_files_written_as_one_all_change_or_none(tmp_path, monkeypatch):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    atomic_write_files({a: _write("a0"), b: _write("b0")})
+    b.chmod(0o600)
+    # The second content cannot be flushed: nothing was replaced yet.
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DiskFullError, match=r"b\.json.*ENOSPC"):
+        atomic_write_files({a: _write("a1"), b: _write("b1"), c: _write("c1")})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert (a.read_text(), b.read_text()) == ("a0", "b0")
+    # The third move fails after two moved: those two get their old files back, a new one is removed.
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst) == str(b):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DiskFullError, match=r"b\.json.*EDQUOT"):
+        atomic_write_files({a: _write("a1"), c: _write("c1"), b: _write("b1")})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert (a.read_text(), b.read_text()) == ("a0", "b0")
+    written = atomic_write_files({a: _write("a1"), b: _write("b1"), c: _write("c1")})
+    assert [p.read_text() for p in written] == ["a1", "b1", "c1"]
+    assert oct(b.stat().st_mode & 0o777) == "0o600" and oct(c.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
+
+
+def test_a_created_folder_is_removed_on_failure_but_never_one_that_was_there_or_holds_a_file(tmp_path):
+    with pytest.raises(ValueError):
+        with created_folder(tmp_path / "x" / "y" / "z"):
+            raise ValueError("failed")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError):
+        with created_folder(tmp_path / "x" / "y" / "z") as folder:
+            (folder.parent / "other.txt").write_text("another writer's")
+            raise ValueError("failed")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["x", "x/y", "x/y/other.txt"]
+    with created_folder(tmp_path / "x" / "new") as folder:
+        pass
+    assert folder.is_dir()
 
 
 def test_a_killed_folder_writer_leaves_nothing_the_next_write_does_not_clean(tmp_path):

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_samples_argument(
         parser, low=0, default=4, help="profiled samples to show in the sample grid (default 4; 0: none)"
     )
-    parser.add_argument("--out", required=True, help="report folder (created; index.html is written last)")
+    parser.add_argument(
+        "--out", required=True, help="report folder: a new one, or a report's, which is replaced as a whole"
+    )
     add_overwrite_argument(parser, what="a report")
     parser.add_argument(
         "--model",

@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from hgc_tune._atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from hgc_tune._atomic import atomic_write_files, created_folder, remove_stale_temporaries
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import ProfileError
 from hgc_tune.macs import MacTable
@@ -271,10 +271,12 @@ class Profile:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``profile.json`` and ``profile.safetensors`` into the folder ``path`` (created if needed).
 
-        Each file is written atomically (:func:`hgc_tune._atomic.atomic_write`), the tensors before the
-        metadata: a reader sees the old profile, the new one, or (after a crash between the two) a sha256
-        mismatch, never a silent mix. Temporary files a killed earlier save left in ``path`` are removed
-        first. Other files in ``path`` are left alone; an existing profile is replaced.
+        Both files are written, flushed, and only then replace the old ones, the tensors before the metadata
+        (:func:`hgc_tune._atomic.atomic_write_files`): a failed save (a full disk) leaves the old profile as
+        it was, and no folder it created; a reader sees the old profile, the new one, or (after a crash
+        between the two replaces) a sha256 mismatch, never a silent mix. Temporary files a killed earlier
+        save left in ``path`` are removed first. Other files in ``path`` are left alone; an existing profile
+        is replaced.
 
         Returns:
             The folder.
@@ -282,17 +284,22 @@ class Profile:
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise ProfileError(f"`path` must be a folder, but got path={str(folder)!r}, which is a file.")
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder, legacy_prefixes=(_LEGACY_TMP_PREFIX,))
         blob = save_tensors(
             {name: np.ascontiguousarray(array) for name, array in self._tensors.items()},
             metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)},
         )
         recorded = {"name": TENSOR_FILE, "sha256": _sha256(blob), "bytes": len(blob)}
         meta = {**self._meta, "tensor_file": recorded}
-        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        atomic_write_bytes(folder / TENSOR_FILE, blob)
-        atomic_write_text(folder / META_FILE, text)
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
+        # A folder this save creates is removed again when the save fails.
+        with created_folder(folder):
+            remove_stale_temporaries(folder, legacy_prefixes=(_LEGACY_TMP_PREFIX,))
+            atomic_write_files(
+                {
+                    folder / TENSOR_FILE: lambda p: p.write_bytes(blob),
+                    folder / META_FILE: lambda p: p.write_bytes(text),
+                }
+            )
         self._meta = meta
         return folder
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import hgc_tune
-from hgc_tune._atomic import atomic_write_text
+from hgc_tune._atomic import atomic_folder, atomic_write_text, is_temporary
 from hgc_tune.errors import ReportError
 from hgc_tune.fidelity import psnr
 from hgc_tune.models._blocks import is_whole_model_key
@@ -242,12 +242,13 @@ def build_report(
     difference; without a policy, condition | full compute). The policy's images are generated here with the
     profile's seeds, prompts and condition images, on ``pipe`` or on the pipeline the profile names.
 
-    Files are written into ``out_dir`` one by one through temporary files; ``index.html`` comes last, so a
-    reader never finds a page that references a missing figure.
+    The files are written into a temporary folder beside ``out_dir``, which then replaces ``out_dir`` as a
+    whole (:func:`hgc_tune._atomic.atomic_folder`): a reader finds the old report or the new one, and a
+    failed build (a full disk) leaves nothing and the old report unchanged.
 
     Args:
         profile: A :class:`~hgc_tune.profile.Profile` or its folder.
-        out_dir: The report folder (created if needed).
+        out_dir: The report folder: a new one, or one that holds a report (replaced).
         policy: A policy, a policy file, or its path (a file's policy is picked by the profile's condition
             type); ``None`` for a profile-only report.
         pareto: The search's trade-off (:class:`ParetoData` or a ``.pareto.json`` path), or ``None``.
@@ -305,51 +306,56 @@ def _write_report(
         _check_policy_fits_profile(policy, profile)
         grid = policy_grid(policy, [*profile.block_keys, *profile.attention_keys], cfg=cfg)
 
-    out = _report_folder(out_dir)
-    notes: list[str] = []
-    figures: dict[str, Path] = {}
-    infos: dict[str, ReportFigure] = dict(FIGURES)
+    target = _report_folder(out_dir)
+    # Built in a temporary folder that replaces the old report as a whole: a failed build (a full disk)
+    # leaves no partial report, and the one that was there unchanged.
+    with atomic_folder(os.path.abspath(target)) as out:
+        notes: list[str] = []
+        figures: dict[str, Path] = {}
+        infos: dict[str, ReportFigure] = dict(FIGURES)
 
-    def write(name: str, fig) -> None:
-        # Generated images keep full colour: a palette would blur the very differences they show.
-        figures[name] = figs.save_figure(fig, out / infos[name].file, palette=name != "samples")
+        def write(name: str, fig) -> None:
+            # Generated images keep full colour: a palette would blur the very differences they show.
+            figures[name] = figs.save_figure(fig, out / infos[name].file, palette=name != "samples")
 
-    _write_profile_figures(write, infos, profile, policy)
-    if policy is not None and grid is not None:  # a policy has its grid
-        _write_policy_figures(write, profile, policy, grid, cfg)
-    else:
-        notes.append(
-            "No policy given (--policy): the policy grid, MACs per step and policy images are skipped."
+        _write_profile_figures(write, infos, profile, policy)
+        if policy is not None and grid is not None:  # a policy has its grid
+            _write_policy_figures(write, profile, policy, grid, cfg)
+        else:
+            notes.append(
+                "No policy given (--policy): the policy grid, MACs per step and policy images are skipped."
+            )
+        if pareto is not None:
+            notes += _pareto_notes(pareto, policy, profile)
+            write("tradeoff", figs.plot_tradeoff(pareto))
+        else:
+            notes.append("No Pareto file given (--pareto): the trade-off figure is skipped.")
+
+        psnr_db = None
+        if indices:
+            pipe = pipeline() if policy is not None else None
+            psnr_db = _write_sample_figure(write, profile, policy, indices, pipe)
+        else:
+            notes.append("No samples requested (--samples 0): the sample grid is skipped.")
+
+        summary = report_summary(
+            profile,
+            policy=policy,
+            pareto=pareto,
+            grid_counts=grid.counts() if grid is not None else None,
+            sample_indices=indices,
+            psnr_db=psnr_db,
+            profile_source=profile_source,
         )
-    if pareto is not None:
-        notes += _pareto_notes(pareto, policy, profile)
-        write("tradeoff", figs.plot_tradeoff(pareto))
-    else:
-        notes.append("No Pareto file given (--pareto): the trade-off figure is skipped.")
-
-    psnr_db = None
-    if indices:
-        pipe = pipeline() if policy is not None else None
-        psnr_db = _write_sample_figure(write, profile, policy, indices, pipe)
-    else:
-        notes.append("No samples requested (--samples 0): the sample grid is skipped.")
-
-    summary = report_summary(
-        profile,
-        policy=policy,
-        pareto=pareto,
-        grid_counts=grid.counts() if grid is not None else None,
-        sample_indices=indices,
-        psnr_db=psnr_db,
-        profile_source=profile_source,
-    )
-    summary["figures"] = {name: infos[name].file for name in figures}
-    summary["notes"] = notes
-    summary_path = atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    page = render_html(summary, [infos[name] for name in figures], notes, version=hgc_tune.__version__)
-    index = atomic_write_text(out / INDEX_FILE, page)
+        summary["figures"] = {name: infos[name].file for name in figures}
+        summary["notes"] = notes
+        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        page = render_html(summary, [infos[name] for name in figures], notes, version=hgc_tune.__version__)
+        atomic_write_text(out / INDEX_FILE, page)
+    figures = {name: target / path.name for name, path in figures.items()}
+    summary_path, index = target / SUMMARY_FILE, target / INDEX_FILE
     return ReportResult(
-        out_dir=out,
+        out_dir=target,
         index=index,
         figures=figures,
         files=[*figures.values(), summary_path, index],
@@ -437,13 +443,27 @@ def _write_sample_figure(
 
 
 def _report_folder(out_dir: str | os.PathLike[str]) -> Path:
-    """The report folder, created if needed.
+    """The report folder: a new folder, or one that holds a report (its page or summary, and figures), which
+    the new report replaces as a whole.
 
     Raises:
-        ReportError: ``out_dir`` is a file.
+        ReportError: ``out_dir`` is a file, or a folder that holds anything else.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ReportError(f"`out_dir` must be a folder, but got out_dir={str(out)!r}, which is a file.")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        entries = [entry for entry in out.iterdir() if not is_temporary(entry.name)]
+        names = {entry.name for entry in entries}
+        foreign = sorted(
+            entry.name
+            for entry in entries
+            if not (entry.is_file() and (entry.name in (INDEX_FILE, SUMMARY_FILE) or entry.suffix == ".png"))
+        )
+        if foreign or (entries and not names & {INDEX_FILE, SUMMARY_FILE}):
+            held = repr(foreign[0]) if foreign else "figures of no report"
+            raise ReportError(
+                f"`out_dir` must be a new folder or hold a report (a report replaces its folder as a whole), "
+                f"but {str(out)!r} holds {held}; choose another folder."
+            )
     return out

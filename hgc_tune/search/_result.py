@@ -8,17 +8,17 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hgc_tune
-from hgc_tune._atomic import atomic_write_text
+from hgc_tune._atomic import atomic_write_files, atomic_write_text
 from hgc_tune.errors import SearchError
 from hgc_tune.fidelity import FidelityEstimate
-from hgc_tune.policy import Provenance, full_compute_policy, pipeline_loras, save_policy
-from hgc_tune.policy._io import pareto_path, policy_to_json
+from hgc_tune.policy import Provenance, full_compute_policy, pipeline_loras
+from hgc_tune.policy._io import dumps_policy, pareto_path, policy_to_json
 from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._pareto import PARETO_FORMAT, SCHEMA_VERSION
 from hgc_tune.search._selection import Selection
@@ -307,18 +307,33 @@ def pareto_to_json(result: SearchResult) -> dict[str, Any]:
 def write_pareto(result: SearchResult, path: str | os.PathLike[str]) -> Path:
     """Write the Pareto file of ``result`` to ``path`` atomically (sorted keys, trailing newline)."""
     file = Path(path)
-    atomic_write_text(
-        file, json.dumps(pareto_to_json(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    )
+    atomic_write_text(file, _pareto_text(result))
     return file
 
 
 def write_search_outputs(result: SearchResult, out: str | os.PathLike[str]) -> dict[str, Path | None]:
     """Write the chosen policy to ``out`` (when there is one) and the Pareto JSON beside it (always).
 
+    The two are written as one (:func:`hgc_tune._atomic.atomic_write_files`): on a failure (a full disk)
+    neither file changes, so a new Pareto file never lies beside the old policy.
+
     Returns:
         ``{"policy": path or None, "pareto": path}``.
     """
-    pareto = write_pareto(result, pareto_path(out))
-    policy_path = save_policy(result.policy, out) if result.policy is not None else None
-    return {"policy": policy_path, "pareto": pareto}
+    pareto = pareto_path(out)
+    writes: dict[str | os.PathLike[str], Callable[[Path], object]] = {
+        pareto: _text_writer(_pareto_text(result))
+    }
+    if result.policy is not None:
+        writes[out] = _text_writer(dumps_policy(result.policy))
+    atomic_write_files(writes)
+    return {"policy": Path(out) if result.policy is not None else None, "pareto": pareto}
+
+
+def _pareto_text(result: SearchResult) -> str:
+    return json.dumps(pareto_to_json(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _text_writer(text: str) -> Callable[[Path], object]:
+    data = text.encode("utf-8")
+    return lambda path: path.write_bytes(data)

@@ -160,8 +160,9 @@ def test_inconsistent_profiles_cannot_be_built():
         Profile(_meta(), tensors)
 
 
-def test_crash_between_the_two_moves_is_detected(saved, monkeypatch):
-    """A save interrupted after the tensors moved leaves a profile that fails loudly, never a silent mix."""
+def test_a_failed_move_of_the_metadata_puts_the_old_tensors_back(saved, monkeypatch):
+    """The tensors moved, then the metadata's move fails: the old profile is whole again, nothing is left."""
+    before = {name: (saved / name).read_bytes() for name in (META_FILE, TENSOR_FILE)}
     newer = _tensors()
     newer["mean_cos/controlnet"] = np.full(STEPS, 0.5, dtype=np.float32)
     real_replace = os.replace
@@ -176,8 +177,32 @@ def test_crash_between_the_two_moves_is_detected(saved, monkeypatch):
         Profile(_meta(), newer).save(saved)
     monkeypatch.undo()
     assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temporary files removed
+    assert {name: (saved / name).read_bytes() for name in (META_FILE, TENSOR_FILE)} == before
+    Profile.load(saved)
+
+
+def test_crash_between_the_two_moves_is_detected(saved):
+    """A save killed after the tensors moved leaves a profile that fails loudly, never a silent mix."""
+    newer = _tensors()
+    newer["mean_cos/controlnet"] = np.full(STEPS, 0.5, dtype=np.float32)
+    pid = os.fork()
+    if pid == 0:  # the writer, killed (no cleanup runs) as it is about to move the metadata
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if str(dst).endswith(META_FILE):
+                os._exit(9)
+            real_replace(src, dst)
+
+        os.replace = replace
+        try:
+            Profile(_meta(), newer).save(saved)
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] >> 8 == 9
     with pytest.raises(ProfileError, match="recorded sha256"):
         Profile.load(saved)
+    assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temporary files removed
 
 
 def test_save_into_a_file_path_is_refused(tmp_path):
