@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import (
     MAX_COUNT,
@@ -46,6 +47,14 @@ from hgc_tune.cli._checks import (
 )
 from hgc_tune.cli._common import add_controlnet_argument, add_lora_argument, controlnet_ref, print_json
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.profile import Profile
+    from hgc_tune.search import SearchConfig, SearchResult
+    from hgc_tune.search._trials import TrialRecord
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
@@ -108,7 +117,7 @@ def _pareto_name(out: str) -> str:
     return pareto_path(out).name
 
 
-def _load_pipeline(args: argparse.Namespace, profile: Any):
+def _load_pipeline(args: argparse.Namespace, profile: Profile) -> ControlNetPipeline:
     from hgc_tune.cli._common import hide_loading_bars, loras_from_args
     from hgc_tune.errors import SearchError
     from hgc_tune.profile import load_profiled_pipeline
@@ -125,10 +134,8 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
     )
 
 
-def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
+def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: int):
     """``n`` samples of ``split`` (``validation`` or ``test``): shapes benchmark or a dataset folder."""
-    from pathlib import Path
-
     from hgc_tune.data import open_dataset
     from hgc_tune.errors import SearchError
 
@@ -167,7 +174,7 @@ def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
     return samples
 
 
-def _worker_argv(args: argparse.Namespace, config: Any, index: int) -> list[str]:
+def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> list[str]:
     """The command line of worker ``index``: the same study and pipeline, trials only."""
     from dataclasses import replace
 
@@ -187,7 +194,7 @@ def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _spawn_workers(args: argparse.Namespace, config: Any) -> list:
+def _spawn_workers(args: argparse.Namespace, config: SearchConfig) -> list[subprocess.Popen[bytes]]:
     import os
     import subprocess
 
@@ -206,7 +213,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _verdict(r: Any) -> str:
+def _verdict(r: TrialRecord) -> str:
     if r.state != "COMPLETE":
         return r.state.lower()
     if r.feasible:
@@ -216,7 +223,7 @@ def _verdict(r: Any) -> str:
     return "screen" if r.screen else "no"
 
 
-def _print_summary(result: Any, paths: dict[str, Any]) -> None:
+def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
     peers_of: dict[int, list[str]] = {}
     for name, number in result.peers.items():
         peers_of.setdefault(number, []).append(name)
