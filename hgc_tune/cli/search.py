@@ -45,7 +45,14 @@ from hgc_tune.cli._checks import (
     device,
     int_in,
 )
-from hgc_tune.cli._common import add_controlnet_argument, add_lora_argument, controlnet_ref, print_json
+from hgc_tune.cli._common import (
+    add_controlnet_argument,
+    add_lora_argument,
+    controlnet_ref,
+    hide_loading_bars,
+    loras_from_args,
+    print_json,
+)
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
 
 if TYPE_CHECKING:
@@ -118,7 +125,6 @@ def _pareto_name(out: str) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Profile) -> ControlNetPipeline:
-    from hgc_tune.cli._common import hide_loading_bars, loras_from_args
     from hgc_tune.errors import SearchError
     from hgc_tune.profile import load_profiled_pipeline
 
