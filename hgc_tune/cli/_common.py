@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hgc_tune.cli._checks import condition_types, device
+from hgc_tune.cli._checks import MAX_STEPS, condition_types, device
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
@@ -343,7 +343,6 @@ def resolve_task_policy(args: argparse.Namespace, pipe, task: str, strength: flo
 
 def _inference_steps(args: argparse.Namespace, policy, task: str, strength: float | None) -> tuple[int, int]:
     """``(num_inference_steps, steps run)`` of the call, checked against the policy's steps."""
-    from hgc_tune.cli._checks import MAX_STEPS
     from hgc_tune.errors import HgcTuneError, StepCountMismatchError
     from hgc_tune.models._tasks import inference_steps_for, steps_run
 

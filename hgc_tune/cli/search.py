@@ -34,7 +34,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,10 +57,9 @@ from hgc_tune.cli._common import (
     print_json,
 )
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
+from hgc_tune.errors import FidelityError, SearchError
 
 if TYPE_CHECKING:
-    import subprocess
-
     from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.profile import Profile
     from hgc_tune.search import SearchConfig, SearchResult
@@ -125,7 +127,6 @@ def _pareto_name(out: str) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, profile: Profile) -> ControlNetPipeline:
-    from hgc_tune.errors import SearchError
     from hgc_tune.profile import load_profiled_pipeline
 
     hide_loading_bars()
@@ -143,7 +144,6 @@ def _load_pipeline(args: argparse.Namespace, profile: Profile) -> ControlNetPipe
 def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: int):
     """``n`` samples of ``split`` (``validation`` or ``test``): shapes benchmark or a dataset folder."""
     from hgc_tune.data import open_dataset
-    from hgc_tune.errors import SearchError
 
     flag = f"--{split}-samples"
     if n < 0:
@@ -182,8 +182,6 @@ def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: in
 
 def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> list[str]:
     """The command line of worker ``index``: the same study and pipeline, trials only."""
-    from dataclasses import replace
-
     argv = ["search", "--profile", args.profile, "--out", args.out]
     argv += config_argv(replace(config, worker_index=index))
     for flag in _PIPELINE_FLAGS:
@@ -195,15 +193,10 @@ def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> 
 
 
 def _threads_per_worker(workers: int) -> int:
-    import os
-
     return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _spawn_workers(args: argparse.Namespace, config: SearchConfig) -> list[subprocess.Popen[bytes]]:
-    import os
-    import subprocess
-
     code = "import sys; from hgc_tune.cli import main; sys.exit(main(sys.argv[1:]))"
     # The workers share this machine's cores: oversubscribed OpenMP threads slow every process down.
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_worker(args.workers))}
@@ -286,7 +279,6 @@ def run(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from hgc_tune.errors import SearchError
     from hgc_tune.search import (
         load_search_profile,
         prepare_search,
@@ -298,7 +290,6 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile, folder = load_search_profile(args.profile)
     if config.metric is not None:
-        from hgc_tune.errors import FidelityError
         from hgc_tune.fidelity._registry import check_metric_fits
 
         try:
