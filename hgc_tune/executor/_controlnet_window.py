@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from diffusers.models.controlnets.controlnet import ControlNetOutput
 
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
@@ -75,6 +74,9 @@ def zero_controlnet_residuals(controlnet: ControlNetModel, sample: torch.Tensor,
     Shapes follow ``ControlNetModel``: one residual for ``conv_in``, one per resnet layer of each down block,
     one per downsampler (which halves the resolution, rounding up), and one for the mid block.
     """
+    # Here, not at the top: the ControlNet module adds ~300 modules to importing the executor.
+    from diffusers.models.controlnets.controlnet import ControlNetOutput
+
     batch, _, height, width = sample.shape
     sizes = [(height, width)]
     # Annotated for the type checker: a ModuleList's items are plain Modules to it.
