@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hgc_tune.cli._checks import condition_types, device
+from hgc_tune.cli._checks import MAX_STEPS, condition_types, device
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
@@ -245,7 +245,7 @@ def read_policy_argument(ref: str | None) -> PolicyFile | None:
     """Read and check a ``--policy`` file before anything heavy is loaded (``None`` for a built-in policy):
     a file that is no policy, or declares more steps than any run, is refused in a moment, not after the
     model has loaded."""
-    if is_builtin_policy(ref):
+    if ref is None or is_builtin_policy(ref):
         return None
     from hgc_tune.policy import load_policy
 
@@ -343,13 +343,14 @@ def resolve_task_policy(args: argparse.Namespace, pipe, task: str, strength: flo
 
 def _inference_steps(args: argparse.Namespace, policy, task: str, strength: float | None) -> tuple[int, int]:
     """``(num_inference_steps, steps run)`` of the call, checked against the policy's steps."""
-    from hgc_tune.cli._checks import MAX_STEPS
-    from hgc_tune.errors import StepCountMismatchError
+    from hgc_tune.errors import HgcTuneError, StepCountMismatchError
     from hgc_tune.models._tasks import inference_steps_for, steps_run
 
     if task == "text2img":
         steps = policy.num_steps if policy is not None and args.steps is None else (args.steps or 20)
         return steps, steps
+    if strength is None:
+        raise HgcTuneError(f"task {task!r} runs at a strength in (0, 1], but got strength=None.")
     if args.steps is not None:
         run = steps_run(args.steps, strength)
         if policy is not None and run != policy.num_steps:

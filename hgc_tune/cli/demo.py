@@ -304,8 +304,9 @@ def _test_line(path: Path) -> str:
         return "no test-split figure recorded"
     upper = f.get("test_loss_upper")
     level = f"{100 * p.confidence:g}% upper bound" if p.confidence else "upper bound"
+    macs = "no MAC figure" if reduction is None else f"{100 * reduction:.1f}% fewer MACs (paper)"
     return (
-        f"test split: {100 * reduction:.1f}% fewer MACs (paper), {p.metric} loss "
+        f"test split: {macs}, {p.metric} loss "
         f"{100 * f['test_loss']:.2f}%, {level} {'-' if upper is None else f'{100 * upper:.2f}%'} on "
         f"{int(f['test_samples'])} samples"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import (
     add_overwrite_argument,
@@ -26,12 +27,18 @@ from hgc_tune.cli._checks import (
 from hgc_tune.cli._common import (
     add_model_arguments,
     add_policy_argument,
+    condition_input,
     controlnet_count,
+    load_pipeline_from_args,
     print_json,
     read_policy_argument,
+    resolve_task_policy,
 )
 from hgc_tune.cli._tasks import task_strength
 from hgc_tune.errors import HgcTuneError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 HELP = "generate an image with (or without) a caching policy"
 
@@ -94,7 +101,9 @@ def _task(args: argparse.Namespace) -> str:
     return "inpaint" if args.mask is not None else "img2img" if args.init_image is not None else "text2img"
 
 
-def _read_inputs(args: argparse.Namespace) -> tuple[list, object, object]:
+def _read_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[PIL.Image.Image], PIL.Image.Image | None, PIL.Image.Image | None]:
     """The condition images (one per ControlNet), the init image and the mask, read through the one image
     reader before anything heavy is imported: a FIFO, a truncated file or a decompression bomb is refused at
     once."""
@@ -124,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from hgc_tune._atomic import atomic_write
-    from hgc_tune.cli._common import condition_input, load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.models._presets import PRESETS
     from hgc_tune.models._tasks import generation_inputs
@@ -136,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
     )
     condition = condition_input(pipe, [c.resize((size, size)) for c in conditions])
     if init is not None:
-        init = init.resize((size, size), Image.BICUBIC)
+        init = init.resize((size, size), Image.Resampling.BICUBIC)
     if mask is not None:
-        mask = mask.resize((size, size), Image.NEAREST)
+        mask = mask.resize((size, size), Image.Resampling.NEAREST)
     inputs = generation_inputs(pipe, condition, init_image=init, mask_image=mask, strength=strength_)
     handle = apply_policy(pipe, policy) if policy is not None else None
     try:

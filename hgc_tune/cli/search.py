@@ -34,8 +34,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import (
     MAX_COUNT,
@@ -44,8 +48,22 @@ from hgc_tune.cli._checks import (
     device,
     int_in,
 )
-from hgc_tune.cli._common import add_controlnet_argument, add_lora_argument, controlnet_ref, print_json
+from hgc_tune.cli._common import (
+    add_controlnet_argument,
+    add_lora_argument,
+    controlnet_ref,
+    hide_loading_bars,
+    loras_from_args,
+    print_json,
+)
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
+from hgc_tune.errors import FidelityError, SearchError
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.profile import Profile
+    from hgc_tune.search import SearchConfig, SearchResult
+    from hgc_tune.search._trials import TrialRecord
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
@@ -108,9 +126,7 @@ def _pareto_name(out: str) -> str:
     return pareto_path(out).name
 
 
-def _load_pipeline(args: argparse.Namespace, profile: Any):
-    from hgc_tune.cli._common import hide_loading_bars, loras_from_args
-    from hgc_tune.errors import SearchError
+def _load_pipeline(args: argparse.Namespace, profile: Profile) -> ControlNetPipeline:
     from hgc_tune.profile import load_profiled_pipeline
 
     hide_loading_bars()
@@ -125,12 +141,9 @@ def _load_pipeline(args: argparse.Namespace, profile: Any):
     )
 
 
-def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
+def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: int):
     """``n`` samples of ``split`` (``validation`` or ``test``): shapes benchmark or a dataset folder."""
-    from pathlib import Path
-
     from hgc_tune.data import open_dataset
-    from hgc_tune.errors import SearchError
 
     flag = f"--{split}-samples"
     if n < 0:
@@ -167,10 +180,8 @@ def _split_samples(args: argparse.Namespace, profile: Any, split: str, n: int):
     return samples
 
 
-def _worker_argv(args: argparse.Namespace, config: Any, index: int) -> list[str]:
+def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> list[str]:
     """The command line of worker ``index``: the same study and pipeline, trials only."""
-    from dataclasses import replace
-
     argv = ["search", "--profile", args.profile, "--out", args.out]
     argv += config_argv(replace(config, worker_index=index))
     for flag in _PIPELINE_FLAGS:
@@ -182,15 +193,10 @@ def _worker_argv(args: argparse.Namespace, config: Any, index: int) -> list[str]
 
 
 def _threads_per_worker(workers: int) -> int:
-    import os
-
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _spawn_workers(args: argparse.Namespace, config: Any) -> list:
-    import os
-    import subprocess
-
+def _spawn_workers(args: argparse.Namespace, config: SearchConfig) -> list[subprocess.Popen[bytes]]:
     code = "import sys; from hgc_tune.cli import main; sys.exit(main(sys.argv[1:]))"
     # The workers share this machine's cores: oversubscribed OpenMP threads slow every process down.
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_worker(args.workers))}
@@ -206,7 +212,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _verdict(r: Any) -> str:
+def _verdict(r: TrialRecord) -> str:
     if r.state != "COMPLETE":
         return r.state.lower()
     if r.feasible:
@@ -216,7 +222,7 @@ def _verdict(r: Any) -> str:
     return "screen" if r.screen else "no"
 
 
-def _print_summary(result: Any, paths: dict[str, Any]) -> None:
+def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
     peers_of: dict[int, list[str]] = {}
     for name, number in result.peers.items():
         peers_of.setdefault(number, []).append(name)
@@ -273,7 +279,6 @@ def run(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from hgc_tune.errors import SearchError
     from hgc_tune.search import (
         load_search_profile,
         prepare_search,
@@ -285,7 +290,6 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile, folder = load_search_profile(args.profile)
     if config.metric is not None:
-        from hgc_tune.errors import FidelityError
         from hgc_tune.fidelity._registry import check_metric_fits
 
         try:

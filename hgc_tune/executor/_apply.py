@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import torch
 
@@ -23,11 +23,15 @@ from hgc_tune.executor._guidance import GUIDANCE_HOOK, GuidanceTruncationConfig,
 from hgc_tune.executor._step_cache import STEP_CACHE_HOOK, StepCacheConfig, StepCacheHook, apply_step_cache
 from hgc_tune.models._blocks import cacheable_module_keys, is_whole_model_key
 from hgc_tune.models._tasks import inference_steps_for
-from hgc_tune.policy import Policy, PolicyFile
+from hgc_tune.policy import Policy, PolicyFile, target_for_pipeline
 from hgc_tune.policy._lora import check_policy_lora
+from hgc_tune.policy._target import loaded_condition_type
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
 from hgc_tune.runtime._context import PerThread, calling_pipeline, scheduler_calls
 from hgc_tune.runtime._registry import foreign_hooks, register_hook, remove_hook, repair_hook
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["PolicyHandle", "apply_policy", "check_policy_fits", "policy_handle"]
 
@@ -35,7 +39,11 @@ _HANDLE_ATTR = "_hgc_policy_handle"
 
 
 def check_policy_fits(
-    pipe: Any, policy: Policy, condition_type: str | None = None, *, check_fingerprint: bool = True
+    pipe: ControlNetPipeline,
+    policy: Policy,
+    condition_type: str | None = None,
+    *,
+    check_fingerprint: bool = True,
 ) -> dict[str, torch.nn.Module]:
     """Raise :class:`PolicyMismatchError` if ``policy`` does not fit ``pipe``; return its cacheable modules
     by key.
@@ -53,8 +61,6 @@ def check_policy_fits(
         condition_type: The condition the pipeline generates for (``None``: not checked).
         check_fingerprint: Also compare the structural fingerprint.
     """
-    from hgc_tune.policy import target_for_pipeline
-
     found = target_for_pipeline(
         pipe, num_steps=policy.num_steps, condition_type=_condition_type(pipe, condition_type, check=False)
     )
@@ -79,12 +85,10 @@ def check_policy_fits(
     return modules
 
 
-def _condition_type(pipe: Any, asked: str | None, *, check: bool = True) -> str | None:
+def _condition_type(pipe: ControlNetPipeline, asked: str | None, *, check: bool = True) -> str | None:
     """The condition type to check a policy against: ``asked``, else the one ``load_pipeline`` built the
     pipeline for. With ``check``, raise :class:`PolicyMismatchError` if the two differ (several ControlNets
     in another order included)."""
-    from hgc_tune.policy._target import loaded_condition_type
-
     loaded = loaded_condition_type(pipe)
     if check and asked is not None and loaded is not None and asked != loaded:
         order = " (its ControlNets in that order)" if "," in loaded else ""
@@ -96,7 +100,7 @@ def _condition_type(pipe: Any, asked: str | None, *, check: bool = True) -> str 
     return asked if asked is not None else loaded
 
 
-def _check_first_order(pipe: Any, policy: Policy) -> None:
+def _check_first_order(pipe: ControlNetPipeline, policy: Policy) -> None:
     """Refuse a scheduler that calls the denoisers other than once per inference step (Heun, DPM2, PNDM).
 
     A policy's steps index the denoiser calls of a call; with such a scheduler the calls and the inference
@@ -114,7 +118,7 @@ def _check_first_order(pipe: Any, policy: Policy) -> None:
         )
 
 
-def _whole_controlnets(pipe: Any) -> dict[str, torch.nn.Module]:
+def _whole_controlnets(pipe: ControlNetPipeline) -> dict[str, torch.nn.Module]:
     """Each whole ControlNet of the pipeline by key: ``controlnet``, or ``controlnet.nets.<i>`` for the nets
     of a ``MultiControlNetModel``."""
     controlnet = pipe.controlnet
@@ -124,25 +128,28 @@ def _whole_controlnets(pipe: Any) -> dict[str, torch.nn.Module]:
     return {f"controlnet.nets.{i}": net for i, net in enumerate(nets)}
 
 
-def check_other_hooks(pipe: Any, policy: Policy) -> None:
+def check_other_hooks(pipe: ControlNetPipeline, policy: Policy) -> None:
     """Refuse a CFG-truncating ``policy`` on a pipeline whose denoisers carry another stateful hook.
 
     diffusers' caches (Pyramid Attention Broadcast, FasterCache, …) keep module outputs across steps at the
     batch size they saw; once the policy truncates CFG the batch halves and they would return outputs of
-    the wrong size.
+    the wrong size. A policy without a guidance window passes.
     """
+    guidance = policy.guidance
+    if guidance is None:
+        return
     for component in ("unet", "controlnet"):
         for key, name, hook in foreign_hooks(getattr(pipe, component), component):
             if getattr(hook, "_is_stateful", False):
                 raise PolicyMismatchError(
-                    f"policy {policy.name!r} truncates CFG from step {policy.guidance.cfg_until} (the "
+                    f"policy {policy.name!r} truncates CFG from step {guidance.cfg_until} (the "
                     f"denoisers then run half the batch), but diffusers hook {name!r} on {key} keeps outputs "
                     "across steps at the full batch and would return them at the wrong size. Remove that "
                     "hook, or use a policy without a guidance window."
                 )
 
 
-def _check_not_shared(pipe: Any) -> None:
+def _check_not_shared(pipe: ControlNetPipeline) -> None:
     for component in ("unet", "controlnet"):
         registry = getattr(getattr(pipe, component), "_diffusers_hook", None)
         guard = registry.get_hook(POLICY_GUARD_HOOK) if registry is not None else None
@@ -175,7 +182,7 @@ class PolicyHandle:
     Two threads may call the pipeline at once: each call keeps its own step index and cached outputs.
     """
 
-    def __init__(self, pipe: Any, policy: Policy, context: RunContext) -> None:
+    def __init__(self, pipe: ControlNetPipeline, policy: Policy, context: RunContext) -> None:
         self.pipe = pipe
         self.policy = policy
         self.context = context
@@ -215,10 +222,10 @@ class PolicyHandle:
             check_other_hooks(self.pipe, self.policy)
         for module, name in self._attached:
             repair_hook(module, name)
-        for hook in self.step_hooks.values():
-            hook.state.reset()
-        for hook in self.controlnet_hooks.values():
-            hook.state.reset()
+        for step_hook in self.step_hooks.values():
+            step_hook.state.reset()
+        for window_hook in self.controlnet_hooks.values():
+            window_hook.state.reset()
 
     @property
     def controlnet_hook(self) -> ControlNetWindowHook | None:
@@ -291,7 +298,7 @@ class PolicyHandle:
         if getattr(self.pipe, _HANDLE_ATTR, None) is self:
             delattr(self.pipe, _HANDLE_ATTR)
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         # diffusers' HookRegistry installs each hook's forward as a closure, which deepcopy shares with the
         # original (the copy would run the original's modules) and pickle refuses; ours are objects.
         for component in ("unet", "controlnet"):
@@ -316,7 +323,7 @@ class PolicyHandle:
         return f"PolicyHandle(policy={self.policy.name!r}, active={self.active}{detached})"
 
 
-def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
+def _denoisers(pipe: ControlNetPipeline) -> dict[str, torch.nn.Module]:
     """The pipeline's U-Net and ControlNets by the attribute that holds them; a module wrapped in place
     (``torch.compile``'s ``OptimizedModule``) counts as the module it wraps."""
     out = {"pipe.unet": pipe.unet, "pipe.controlnet": pipe.controlnet}
@@ -325,7 +332,7 @@ def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
     return {name: getattr(module, "_orig_mod", module) for name, module in out.items()}
 
 
-def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> str:
+def _step_count_message(policy: Policy, context: RunContext, scheduler: object) -> str:
     made_for, runs = policy.num_steps, context.num_steps
     requested = getattr(scheduler, "num_inference_steps", None) or context.scheduled_steps
     message = f"policy {policy.name!r} was made for {made_for} denoising steps, but this call runs {runs}"
@@ -345,7 +352,7 @@ def _step_count_message(policy: Policy, context: RunContext, scheduler: Any) -> 
     return f"{message}; choose num_inference_steps and strength that run {made_for} steps."
 
 
-def policy_handle(pipe: Any) -> PolicyHandle | None:
+def policy_handle(pipe: ControlNetPipeline) -> PolicyHandle | None:
     """The handle of the policy applied to ``pipe``, or ``None`` if none is (a policy detached by replacing
     the pipeline's U-Net or ControlNet is returned until it is removed: ``handle.active`` is then ``False``).
 
@@ -360,7 +367,7 @@ def policy_handle(pipe: Any) -> PolicyHandle | None:
 
 
 def apply_policy(
-    pipe: Any,
+    pipe: ControlNetPipeline,
     policy: Policy | PolicyFile,
     condition_type: str | None = None,
     *,

@@ -7,8 +7,9 @@ Independently of any window, a call with ``conditioning_scale == 0`` (what diffu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -17,6 +18,9 @@ from hgc_tune.executor._tensors import copy_tensors, fit_batch, leading_batch
 from hgc_tune.runtime import RunContext
 from hgc_tune.runtime._context import PerThread
 from hgc_tune.runtime._registry import register_hook
+
+if TYPE_CHECKING:
+    from diffusers.models.controlnets.controlnet import ControlNetModel
 
 __all__ = [
     "CONTROLNET_WINDOW_HOOK",
@@ -64,22 +68,25 @@ def _is_zero_scale(scale: Any) -> bool:
     return False
 
 
-def zero_controlnet_residuals(controlnet: torch.nn.Module, sample: torch.Tensor, return_dict: bool = False):
+def zero_controlnet_residuals(controlnet: ControlNetModel, sample: torch.Tensor, return_dict: bool = False):
     """Zero residuals of the shapes ``controlnet`` would return for ``sample``, computing nothing.
 
     Shapes follow ``ControlNetModel``: one residual for ``conv_in``, one per resnet layer of each down block,
     one per downsampler (which halves the resolution, rounding up), and one for the mid block.
     """
+    # Here, not at the top: the ControlNet module adds ~300 modules to importing the executor.
     from diffusers.models.controlnets.controlnet import ControlNetOutput
 
     batch, _, height, width = sample.shape
     sizes = [(height, width)]
-    for block in controlnet.down_blocks:
+    # Annotated for the type checker: a ModuleList's items are plain Modules to it.
+    blocks: Iterable[Any] = controlnet.down_blocks
+    for block in blocks:
         sizes += [(height, width)] * len(block.resnets)
         if getattr(block, "downsamplers", None):
             height, width = (height + 1) // 2, (width + 1) // 2
             sizes.append((height, width))
-    convs = list(controlnet.controlnet_down_blocks)
+    convs: list[Any] = list(controlnet.controlnet_down_blocks)
     if len(convs) != len(sizes):
         raise RuntimeError(f"ControlNet layout: {len(convs)} residual convs for {len(sizes)} residual sizes")
 
@@ -89,7 +96,8 @@ def zero_controlnet_residuals(controlnet: torch.nn.Module, sample: torch.Tensor,
     down = tuple(zeros(conv.out_channels, hw) for conv, hw in zip(convs, sizes))
     mid = zeros(controlnet.controlnet_mid_block.out_channels, (height, width))
     if return_dict:
-        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+        # diffusers annotates the residuals tuple[Tensor] (one element); it holds one per residual conv.
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)  # type: ignore[arg-type]
     return down, mid
 
 
@@ -119,7 +127,8 @@ class ControlNetWindowHook(PolicyHook):
             not in_window and self.config.mode == "drop"
         ):
             state.dropped += 1
-            return zero_controlnet_residuals(module, sample, return_dict=return_dict)
+            # The hook sits on a whole ControlNet (apply_controlnet_window).
+            return zero_controlnet_residuals(cast("ControlNetModel", module), sample, return_dict=return_dict)
         if not in_window and state.residuals is not None:
             reused = fit_batch(state.residuals, leading_batch(args, kwargs))
             if reused is not None:

@@ -10,10 +10,13 @@ own policy, bound to its own modules and scheduler.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import ModelHook
+
+if TYPE_CHECKING:
+    from hgc_tune.runtime._registry import ForwardLink
 
 __all__ = ["POLICY_GUARD_HOOK", "PolicyGuardHook", "PolicyHook"]
 
@@ -23,6 +26,10 @@ POLICY_GUARD_HOOK = "hgc_policy_guard"
 class PolicyHook(ModelHook):
     """Base of the executor's hooks. Their references (config, state, run context, owner) are attributes,
     never closures, so copying a pipeline copies its policy with it."""
+
+    # An annotation only (no class attribute): diffusers types the link's callables None until it registers
+    # the hook, and the hooks call them only once registered.
+    fn_ref: ForwardLink  # type: ignore[assignment]
 
 
 class PolicyGuardHook(PolicyHook):

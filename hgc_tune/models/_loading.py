@@ -10,7 +10,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune._json import load_json_file
 from hgc_tune.errors import (
@@ -28,6 +28,11 @@ from hgc_tune.models._presets import (
     build_preset_components,
     build_shape_only_components,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["SCHEDULERS", "DTYPES", "load_pipeline", "make_scheduler", "check_controlnet_fits"]
 
@@ -150,7 +155,9 @@ def _is_sdxl(index: Any, unet_config: Any) -> bool:
     return isinstance(unet_config, dict) and unet_config.get("addition_embed_type") == "text_time"
 
 
-def _from_pretrained(base: str, controlnet_ref: str | list[str] | None, torch_dtype, task: str = "text2img"):
+def _from_pretrained(
+    base: str, controlnet_ref: str | Sequence[str] | None, torch_dtype: torch.dtype, task: str = "text2img"
+):
     from diffusers import UNet2DConditionModel
 
     index: Any = None
@@ -382,7 +389,7 @@ def _load(
     controlnet: str | Sequence[str] | None,
     condition: str | None,
     scheduler: str,
-    torch_dtype: Any,
+    torch_dtype: torch.dtype,
     device: str,
     seed: int,
     task: str,
@@ -450,7 +457,7 @@ def _load(
 LOADED_CONDITION_ATTR = "_hgc_condition_type"
 
 
-def _record_condition(pipe: Any, condition: str | None) -> None:
+def _record_condition(pipe: ControlNetPipeline, condition: str | None) -> None:
     """Note on ``pipe`` the condition type(s) its ControlNets were built for, in their order: ``apply_policy``
     refuses a policy made for another (``seg,depth`` on a ``depth,seg`` pipeline)."""
     if condition:

@@ -7,11 +7,17 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.errors import ModelLoadError, ModelNotFoundError
 from hgc_tune.models._loading import _HUB_ID, _is_local
+
+if TYPE_CHECKING:
+    import torch
+
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["adapter_scales", "check_lora_source", "fused_adapters", "load_lora", "lora_adapters"]
 
@@ -32,7 +38,7 @@ def check_lora_source(path: str) -> Path:
     return local
 
 
-def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
+def load_lora(pipe: ControlNetPipeline, path: str, scale: float = 1.0) -> str:
     """Load a LoRA into ``pipe`` as an unfused adapter at ``scale`` (diffusers' ``load_lora_weights``, then
     ``set_adapters`` with every adapter the pipeline carries); return the adapter's name.
 
@@ -53,7 +59,9 @@ def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise ModelLoadError(f"a LoRA's scale must be a finite number, but got scale={scale!r} for {path!r}.")
     local = check_lora_source(path)
-    if not callable(getattr(pipe, "load_lora_weights", None)):
+    # diffusers' LoRA loader methods are no ControlNetPipeline members: read from a pipeline that has them.
+    loader: Any = pipe
+    if not callable(getattr(loader, "load_lora_weights", None)):
         raise ModelLoadError(f"a {type(pipe).__name__} takes no LoRA (it has no load_lora_weights).")
     try:
         import peft  # noqa: F401
@@ -61,7 +69,7 @@ def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
         raise ModelLoadError(f"loading LoRA {path!r} needs peft: pip install peft.") from e
     import diffusers
 
-    taken = set(pipe.get_list_adapters().get("unet", [])) if hasattr(pipe, "get_list_adapters") else set()
+    taken = set(loader.get_list_adapters().get("unet", [])) if hasattr(loader, "get_list_adapters") else set()
     stem = (local.stem if local.is_file() else local.name or "lora").replace(".", "_") or "lora"
     name, n = stem, 1
     while name in taken:
@@ -76,7 +84,7 @@ def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
         with warnings.catch_warnings():
             # peft's note that a model now holds several adapters: that is what a second --lora asks for.
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config`", category=UserWarning)
-            pipe.load_lora_weights(str(local) if local.exists() else path, adapter_name=name)
+            loader.load_lora_weights(str(local) if local.exists() else path, adapter_name=name)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ModelLoadError(
             f"could not load LoRA {path!r} into the {type(pipe).__name__}: {str(e).splitlines()[0]}"
@@ -84,11 +92,13 @@ def load_lora(pipe: Any, path: str, scale: float = 1.0) -> str:
     finally:
         diffusers.utils.logging.set_verbosity(level)
     scales[name] = float(scale)
-    pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
+    loader.set_adapters(list(scales), adapter_weights=list(scales.values()))
     return name
 
 
-def _tuner_layers(pipe: Any):
+def _tuner_layers(pipe: ControlNetPipeline) -> Iterator[tuple[str, Any]]:
+    """peft's tuner layers of the pipeline's adapted components by key (each an ``nn.Module`` and a peft
+    ``BaseTunerLayer``)."""
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:  # without peft, diffusers loads no LoRA adapters
@@ -102,7 +112,7 @@ def _tuner_layers(pipe: Any):
                 yield f"{component}.{name}", module
 
 
-def _scale(module: Any, adapter: str) -> float:
+def _scale(module: torch.nn.Module, adapter: str) -> float:
     """The scale the adapter was set to (``set_adapters``' weight): peft keeps ``alpha / r`` times it."""
     scaling = getattr(module, "scaling", {}).get(adapter)
     alpha, rank = getattr(module, "lora_alpha", {}).get(adapter), getattr(module, "r", {}).get(adapter)
@@ -112,7 +122,7 @@ def _scale(module: Any, adapter: str) -> float:
     return round(float(scaling) / base, 6)
 
 
-def adapter_scales(pipe: Any) -> dict[str, float]:
+def adapter_scales(pipe: ControlNetPipeline) -> dict[str, float]:
     """The scale of each LoRA adapter active on ``pipe``, by name."""
     scales: dict[str, float] = {}
     for _, module in _tuner_layers(pipe):
@@ -121,7 +131,7 @@ def adapter_scales(pipe: Any) -> dict[str, float]:
     return dict(sorted(scales.items()))
 
 
-def lora_adapters(pipe: Any) -> list[tuple[str, str, float]]:
+def lora_adapters(pipe: ControlNetPipeline) -> list[tuple[str, str, float]]:
     """``(name, digest, scale)`` of each LoRA adapter active on ``pipe`` (U-Net, ControlNet, text encoders),
     sorted by name; empty without peft or adapters.
 
@@ -130,7 +140,7 @@ def lora_adapters(pipe: Any) -> list[tuple[str, str, float]]:
     """
     import torch
 
-    digests: dict[str, Any] = {}
+    digests: dict[str, hashlib._Hash] = {}
     for key, module in _tuner_layers(pipe):
         for adapter in getattr(module, "active_adapters", ()):
             digest = digests.setdefault(adapter, hashlib.sha256())
@@ -145,7 +155,7 @@ def lora_adapters(pipe: Any) -> list[tuple[str, str, float]]:
     return [(name, digests[name].hexdigest()[:16], scales[name]) for name in sorted(digests)]
 
 
-def fused_adapters(pipe: Any) -> set[str]:
+def fused_adapters(pipe: ControlNetPipeline) -> set[str]:
     """The adapters of ``pipe`` merged into its weights (``fuse_lora``): they add no computation of their
     own, where an unfused adapter runs its low-rank products beside each layer it adapts."""
     return {a for _, module in _tuner_layers(pipe) for a in getattr(module, "merged_adapters", ())}

@@ -45,7 +45,7 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._files import open_input_file
@@ -116,6 +116,14 @@ def _finite(value: Any, where: str) -> Any:
     return value
 
 
+@overload
+def _json_number(value: Any, where: str, *, nullable: Literal[False] = False) -> int | float: ...
+
+
+@overload
+def _json_number(value: Any, where: str, *, nullable: bool) -> int | float | None: ...
+
+
 def _json_number(value: Any, where: str, *, nullable: bool = False) -> int | float | None:
     """A provenance number as a plain int/float (search code may hand over numpy scalars)."""
     if value is None and nullable:
@@ -150,7 +158,7 @@ def _target_to_json(t: PolicyTarget) -> dict[str, Any]:
 
 
 def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "source": p.source,
         "budget": _json_number(p.budget, f"{where}.budget", nullable=True),
         "metric": p.metric,
@@ -404,7 +412,7 @@ def _target_from_json(d: dict[str, Any], where: str) -> PolicyTarget:
         ControlNetSpec(c["class"], c["fingerprint"], c.get("condition_type"))
         for c in d.get("controlnets", ())
     )
-    fields = {k: d.get(k) for k in _TARGET_KEYS}
+    fields: dict[str, Any] = {k: d.get(k) for k in _TARGET_KEYS}
     try:
         return PolicyTarget(**fields, controlnets=specs)
     except PolicyFormatError as e:
@@ -427,6 +435,14 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         diffusers_version=d.get("diffusers_version"),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
     )
+
+
+@overload
+def _window(d: dict[str, Any]) -> ControlNetWindow: ...
+
+
+@overload
+def _window(d: None) -> None: ...
 
 
 def _window(d: dict[str, Any] | None) -> ControlNetWindow | None:

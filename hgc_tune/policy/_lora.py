@@ -10,11 +10,13 @@ loaded by hand (``pipe.load_lora_weights``) counts as much as one loaded with ``
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hgc_tune.models._lora import lora_adapters
 from hgc_tune.policy._model import LoraSpec
 
 if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.policy._model import Policy
 
 __all__ = ["LoraMismatchWarning", "check_policy_lora", "describe_loras", "pipeline_loras"]
@@ -26,7 +28,7 @@ class LoraMismatchWarning(UserWarning):
     """A policy applied to a pipeline whose LoRA adapters differ from those it was tuned with."""
 
 
-def pipeline_loras(pipe: Any) -> tuple[LoraSpec, ...]:
+def pipeline_loras(pipe: ControlNetPipeline) -> tuple[LoraSpec, ...]:
     """The LoRA adapters active on ``pipe`` (U-Net, ControlNet, text encoders), by adapter name.
 
     Each gets a digest of its own low-rank weights (with the adapter's name left out, so the same file loaded
@@ -37,8 +39,6 @@ def pipeline_loras(pipe: Any) -> tuple[LoraSpec, ...]:
         >>> pipeline_loras(load_pipeline("tiny"))
         ()
     """
-    from hgc_tune.models._lora import lora_adapters
-
     return tuple(LoraSpec(name, digest, scale) for name, digest, scale in lora_adapters(pipe))
 
 
@@ -53,7 +53,7 @@ def _same(a: tuple[LoraSpec, ...], b: tuple[LoraSpec, ...]) -> bool:
     return key(a) == key(b)
 
 
-def check_policy_lora(pipe: Any, policy: Policy) -> str | None:
+def check_policy_lora(pipe: ControlNetPipeline, policy: Policy) -> str | None:
     """Warn (:class:`LoraMismatchWarning`, once per pipeline, policy and adapters) if ``policy`` was tuned
     with other LoRA adapters than ``pipe`` carries, or with none while ``pipe`` carries one; return the
     message, or ``None`` if they agree.

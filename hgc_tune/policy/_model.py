@@ -108,8 +108,8 @@ class PolicyTarget:
                 f"target.num_steps must be an integer in [1, {MAX_NUM_STEPS}], but got {self.num_steps!r}."
             )
         object.__setattr__(self, "controlnets", tuple(self.controlnets))
-        types = [c.condition_type for c in self.controlnets]
-        if len(types) > 1 and None not in types and self.condition_type is not None:
+        types = _condition_types(self.controlnets)
+        if types is not None and len(types) > 1 and self.condition_type is not None:
             joined = ",".join(types)
             if self.condition_type != joined:
                 raise PolicyFormatError(
@@ -153,9 +153,9 @@ class PolicyTarget:
             if getattr(self, name) != getattr(found, name)
         ]
         per_net = bool(self.controlnets and found.controlnets) and not diffs
-        made_types = [c.condition_type for c in self.controlnets]
-        found_types = [c.condition_type for c in found.controlnets]
-        if per_net and None not in made_types + found_types and made_types != found_types:
+        made_types = _condition_types(self.controlnets)
+        found_types = _condition_types(found.controlnets)
+        if per_net and made_types is not None and found_types is not None and made_types != found_types:
             if sorted(made_types) == sorted(found_types):
                 # The same ControlNets in another order: say the order first, then each net's mismatch.
                 diffs.append(
@@ -188,6 +188,12 @@ class PolicyTarget:
         if not per_net and made_for is not None and asked is not None and made_for != asked:
             diffs.append(f"condition_type: policy has {made_for!r}, pipeline has {asked!r}")
         return diffs
+
+
+def _condition_types(controlnets: tuple[ControlNetSpec, ...]) -> list[str] | None:
+    """The ControlNets' condition types in order, or ``None`` if one of them names none."""
+    types = [c.condition_type for c in controlnets]
+    return [t for t in types if t is not None] if None not in types else None
 
 
 def _count_nets(target: PolicyTarget) -> str:

@@ -33,7 +33,7 @@ def load_profiled_pipeline(
     profile: Profile,
     *,
     model: str | None = None,
-    controlnet: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
     dtype: str | None = None,
     device: str = "cpu",
     error: type[HgcTuneError] = ProfileError,
@@ -48,7 +48,8 @@ def load_profiled_pipeline(
     Args:
         profile: The :class:`~hgc_tune.profile.Profile`.
         model: Load this model instead of the profile's ``model.name`` (e.g. after moving a checkpoint).
-        controlnet: A ControlNet directory or hub id, for a base model that holds none.
+        controlnet: A ControlNet directory or hub id (a list of them for several), for a base model that
+            holds none.
         dtype: ``fp32``, ``fp16`` or ``bf16`` instead of the profiled dtype.
         device: A torch device string.
         error: The exception class to raise (the caller's own, e.g. ``ReportError``).

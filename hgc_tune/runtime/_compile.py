@@ -9,11 +9,14 @@ submodules of the U-Net and ControlNet that contain no hooked module are compile
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hgc_tune.runtime._context import _ATTR, run_context
+
+if TYPE_CHECKING:
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = ["compile_regions"]
 
@@ -41,7 +44,7 @@ def _compile_unhooked(
         _compile_unhooked(child, f"{prefix}.{name}" if prefix else name, compiled, kwargs)
 
 
-def compile_regions(pipe: Any, **compile_kwargs: Any) -> list[str]:
+def compile_regions(pipe: ControlNetPipeline, **compile_kwargs: Any) -> list[str]:
     """Compile (in place) the largest hook-free submodules of ``pipe.unet`` and ``pipe.controlnet``.
 
     Use it instead of ``torch.compile(pipe.unet)``, which would trace the policy's hooks, guard on the step

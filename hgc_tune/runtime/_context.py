@@ -26,7 +26,12 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from hgc_tune._typing import ControlNetPipeline
 
 __all__ = [
     "PerThread",
@@ -205,7 +210,7 @@ def calling_pipeline() -> Any | None:
     any pipeline, gives ``None``.
     """
     pipeline_class = _pipeline_class()
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "__call__":
             owner = frame.f_locals.get("self")
@@ -223,7 +228,7 @@ def _pipeline_class() -> type:
     return DiffusionPipeline
 
 
-def _pipeline_cfg(pipe: Any) -> bool:
+def _pipeline_cfg(pipe: ControlNetPipeline) -> bool:
     # diffusers' pipelines expose their guidance state as `do_classifier_free_guidance` (unset before a call).
     return bool(getattr(pipe, "do_classifier_free_guidance", False))
 
@@ -231,7 +236,7 @@ def _pipeline_cfg(pipe: Any) -> bool:
 class _PipelineCfg:
     """``cfg_source`` of a pipeline's context: an object, not a closure, so it is copied with the pipeline."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: ControlNetPipeline) -> None:
         self.pipe = pipe
 
     def __call__(self) -> bool:
@@ -278,14 +283,17 @@ class _GetTimesteps:
     def __init__(self, binding: _SchedulerBinding, saved: Callable[..., Any] | None) -> None:
         self.binding = binding
         self.saved = saved
-        functools.update_wrapper(self, saved if saved is not None else type(binding.pipe).get_timesteps)
+        # Any: get_timesteps is no member of ControlNetPipeline (img2img and inpainting pipelines have it).
+        pipe_class: Any = type(binding.pipe)
+        functools.update_wrapper(self, saved if saved is not None else pipe_class.get_timesteps)
 
     def __call__(self, *args, **kwargs) -> Any:
         binding = self.binding
         if self.saved is not None:
             out = self.saved(*args, **kwargs)
         else:
-            out = type(binding.pipe).get_timesteps(binding.pipe, *args, **kwargs)
+            pipe_class: Any = type(binding.pipe)
+            out = pipe_class.get_timesteps(binding.pipe, *args, **kwargs)
         strength = kwargs["strength"] if "strength" in kwargs else args[1] if len(args) > 1 else None
         context = binding.context
         context.skip(context.scheduled_steps - len(out[0]), strength)
@@ -296,7 +304,7 @@ class _SchedulerBinding:
     """Wraps one scheduler instance's ``set_timesteps`` and ``step`` and, for an img2img or inpainting
     pipeline, the pipeline's ``get_timesteps`` (instance attributes, not the class)."""
 
-    def __init__(self, pipe: Any, context: RunContext) -> None:
+    def __init__(self, pipe: ControlNetPipeline, context: RunContext) -> None:
         self.pipe = pipe
         self.scheduler = pipe.scheduler
         self.context = context
@@ -308,7 +316,9 @@ class _SchedulerBinding:
         self._pipe_saved: dict[str, Any] = {}
         if callable(getattr(type(pipe), "get_timesteps", None)):
             self._pipe_saved = {name: vars(pipe)[name] for name in ("get_timesteps",) if name in vars(pipe)}
-            pipe.get_timesteps = _GetTimesteps(self, self._pipe_saved.get("get_timesteps"))
+            # By name: not a member of ControlNetPipeline (text2img pipelines have none).
+            wrapper = _GetTimesteps(self, self._pipe_saved.get("get_timesteps"))
+            setattr(pipe, "get_timesteps", wrapper)  # noqa: B010
 
     def unbind(self) -> None:
         for name in ("set_timesteps", "step"):
@@ -318,12 +328,12 @@ class _SchedulerBinding:
                 vars(self.scheduler).pop(name, None)
         if isinstance(vars(self.pipe).get("get_timesteps"), _GetTimesteps):
             if "get_timesteps" in self._pipe_saved:
-                self.pipe.get_timesteps = self._pipe_saved["get_timesteps"]
+                setattr(self.pipe, "get_timesteps", self._pipe_saved["get_timesteps"])  # noqa: B010
             else:
                 vars(self.pipe).pop("get_timesteps", None)
 
 
-def run_context(pipe: Any) -> RunContext:
+def run_context(pipe: ControlNetPipeline) -> RunContext:
     """The run context attached to ``pipe``; raises ``RuntimeError`` if none is attached."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:
@@ -338,7 +348,7 @@ def run_context(pipe: Any) -> RunContext:
     return binding.context
 
 
-def attach_run_context(pipe: Any) -> RunContext:
+def attach_run_context(pipe: ControlNetPipeline) -> RunContext:
     """Attach (or share) the run context of ``pipe``; pair every call with :func:`release_run_context`."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:
@@ -348,7 +358,7 @@ def attach_run_context(pipe: Any) -> RunContext:
     return binding.context
 
 
-def release_run_context(pipe: Any) -> None:
+def release_run_context(pipe: ControlNetPipeline) -> None:
     """Release one use of the run context; the last release restores the scheduler's methods."""
     binding = getattr(pipe, _ATTR, None)
     if binding is None:

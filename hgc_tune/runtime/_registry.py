@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -30,6 +30,20 @@ if TYPE_CHECKING:
     from diffusers.hooks.hooks import HookFunctionReference
 
 __all__ = ["register_hook", "remove_hook", "repair_hook", "has_hook", "foreign_hooks"]
+
+
+class ForwardLink(Protocol):
+    """diffusers' ``HookFunctionReference`` once ``HookRegistry.register_hook`` has filled it in.
+
+    diffusers declares each of its callables ``None`` (their value before registration); for the type
+    checker only, the hooks and chain links here read them through this type. ``original_forward`` is set
+    for a hook with a ``new_forward`` (``None`` otherwise, and then not read).
+    """
+
+    pre_forward: Callable[..., Any]
+    post_forward: Callable[..., Any]
+    forward: Callable[..., Any]
+    original_forward: Callable[..., Any]
 
 
 class _ChainedForward:
@@ -41,7 +55,7 @@ class _ChainedForward:
     """
 
     def __init__(self, fn_ref: HookFunctionReference) -> None:
-        self.fn_ref = fn_ref
+        self.fn_ref = cast(ForwardLink, fn_ref)
 
     def __call__(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         args, kwargs = self.fn_ref.pre_forward(module, *args, **kwargs)
@@ -92,7 +106,9 @@ def repair_hook(module: torch.nn.Module, name: str) -> None:
     belongs in ``original_forward``.
     """
     registry = getattr(module, "_diffusers_hook", None)
-    hook = registry.get_hook(name) if registry is not None else None
+    if registry is None:
+        return
+    hook = registry.get_hook(name)
     if hook is None or not hasattr(hook, "new_forward") or _runs_its_own_forward(hook):
         return
     hook.fn_ref.original_forward = hook.fn_ref.forward

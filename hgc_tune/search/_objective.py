@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hgc_tune.fidelity import FidelityEstimate
 from hgc_tune.fidelity._scorer import FidelityScorer
@@ -16,6 +16,11 @@ from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
 from hgc_tune.search._storage import record_first_heartbeat
 from hgc_tune.search._trials import ATTR, is_surplus
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial, Trial
+
+    from hgc_tune.macs import MacTable
 
 __all__ = ["CONSTRAINT_NAME", "PolicyObjective", "SurplusTrial"]
 
@@ -66,7 +71,7 @@ class PolicyObjective:
         space: PolicySpace,
         scorer: FidelityScorer,
         outputs: Callable[[Policy], Iterable[GeneratedOutput]],
-        mac_table: Any,
+        mac_table: MacTable,
         *,
         budget: float,
         n_trials: int,
@@ -96,7 +101,7 @@ class PolicyObjective:
         # How often a trial looks again at another process's evaluation of the same policy.
         self.wait_seconds = 1.0
 
-    def _duplicate(self, trial: Any, key: str) -> Any:
+    def _duplicate(self, trial: Trial, key: str) -> FrozenTrial | None:
         """The trial whose evaluation of this policy (``key``) this trial reuses; ``None``: evaluate it here.
 
         The earliest completed evaluation is reused. While a lower-numbered trial of another process (two
@@ -124,7 +129,7 @@ class PolicyObjective:
             time.sleep(self.wait_seconds)
             optuna.storages.fail_stale_trials(trial.study)
 
-    def _incumbent(self, trial: Any) -> float | None:
+    def _incumbent(self, trial: Trial) -> float | None:
         """The MACs of the cheapest completed trial within the budget so far (``None``: none yet)."""
         from optuna.trial import TrialState
 
@@ -135,7 +140,7 @@ class PolicyObjective:
         ]
         return min(values) if values else None
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Trial) -> float:
         record_first_heartbeat(trial)  # from here on, a killed worker's trial goes stale and is retried
         try:
             return self._run(trial)
@@ -146,7 +151,7 @@ class PolicyObjective:
             _release_memory()
             raise
 
-    def _run(self, trial: Any) -> float:
+    def _run(self, trial: Trial) -> float:
         if is_surplus(
             trial.study.get_trials(deepcopy=False), trial.number, trial.datetime_start, self.n_trials
         ):
@@ -205,7 +210,7 @@ class PolicyObjective:
         self._record(trial, estimate)
         return value
 
-    def _record(self, trial: Any, estimate: FidelityEstimate) -> None:
+    def _record(self, trial: Trial, estimate: FidelityEstimate) -> None:
         upper = estimate.loss_upper
         # An unbounded loss (one sample) is as infeasible as a loss of 1 (the sampler needs a finite number).
         constraint = (upper if math.isfinite(upper) else max(1.0, float(estimate.loss))) - self.budget

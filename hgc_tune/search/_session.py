@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -47,6 +47,14 @@ _STUDY_FORMAT = 2
 # Relative latent error above which the pipeline is taken not to be the profiled one.
 _REFERENCE_TOLERANCE = 1e-2
 # How often a worker whose share is done looks at the other workers' running trials.
+
+
+@overload
+def load_search_profile(profile: str | os.PathLike[str]) -> tuple[Profile, Path]: ...
+
+
+@overload
+def load_search_profile(profile: Profile) -> tuple[Profile, None]: ...
 
 
 def load_search_profile(profile: str | os.PathLike[str] | Profile) -> tuple[Profile, Path | None]:

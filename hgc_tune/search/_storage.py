@@ -31,9 +31,12 @@ import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hgc_tune.errors import SearchError, StorageError, StorageUnreachableError
+
+if TYPE_CHECKING:
+    from optuna.trial import Trial
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -348,7 +351,7 @@ def _serialise_transactions(engine: Any) -> None:
     engine.dispose()  # connections opened before the listeners would not have them
 
 
-def record_first_heartbeat(trial: Any) -> None:
+def record_first_heartbeat(trial: Trial) -> None:
     """Record a running trial's first heartbeat now, in the caller's thread, before any work.
 
     Optuna's heartbeat thread records it concurrently, and a worker killed before that thread got the
@@ -356,11 +359,12 @@ def record_first_heartbeat(trial: Any) -> None:
     search would wait for it forever. Recorded here, a trial that does work always goes stale once its
     worker dies. A storage without heartbeats (in memory) records nothing.
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
     storage = trial.study._storage  # Optuna's Trial has no public handle on its storage (pinned Optuna)
     if is_heartbeat_enabled(storage):
-        storage.record_heartbeat(trial._trial_id)
+        # is_heartbeat_enabled holds for a BaseHeartbeat only.
+        cast(BaseHeartbeat, storage).record_heartbeat(trial._trial_id)
 
 
 def _journal_storage_class():

@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "ATTR",
@@ -57,14 +61,14 @@ class ATTR:
     WORKER = "worker"
 
 
-def replaced_numbers(trials: Sequence[Any]) -> set[int]:
+def replaced_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     """Numbers of stale trials that were enqueued again (their retries replace them)."""
     return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs} | {
         n for t in trials for n in t.system_attrs.get("retry_history", [])
     }
 
 
-def _counts(trial: Any, replaced: set[int]) -> bool:
+def _counts(trial: FrozenTrial, replaced: set[int]) -> bool:
     from optuna.trial import TrialState
 
     if trial.state == TrialState.WAITING:
@@ -74,22 +78,22 @@ def _counts(trial: Any, replaced: set[int]) -> bool:
     return True
 
 
-def counted_trials(trials: Sequence[Any]) -> list[Any]:
+def counted_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that count toward ``n_trials`` (running or finished, not surplus, not replaced)."""
     replaced = replaced_numbers(trials)
     return [t for t in trials if _counts(t, replaced)]
 
 
-def finished_count(trials: Sequence[Any]) -> int:
+def finished_count(trials: Sequence[FrozenTrial]) -> int:
     """How many counted trials are finished."""
     return sum(1 for t in counted_trials(trials) if t.state.is_finished())
 
 
-def is_surplus(trials: Sequence[Any], number: int, start: datetime | None, n_trials: int) -> bool:
+def is_surplus(trials: Sequence[FrozenTrial], number: int, start: datetime | None, n_trials: int) -> bool:
     """Whether trial ``number`` (started at ``start``) came after ``n_trials`` counted trials had started."""
     far = datetime.max
 
-    def order(t: Any) -> tuple[datetime, int]:
+    def order(t: FrozenTrial) -> tuple[datetime, int]:
         return (t.datetime_start or far, t.number)
 
     mine = (start or far, number)
@@ -97,7 +101,7 @@ def is_surplus(trials: Sequence[Any], number: int, start: datetime | None, n_tri
     return len(earlier) >= n_trials
 
 
-def _stands(trial: Any, replaced: set[int]) -> bool:
+def _stands(trial: FrozenTrial, replaced: set[int]) -> bool:
     """Whether ``trial`` stands for its point: not surplus, and not a stale trial replaced by its retry."""
     from optuna.trial import TrialState
 
@@ -106,7 +110,7 @@ def _stands(trial: Any, replaced: set[int]) -> bool:
     )
 
 
-def present_peers(trials: Sequence[Any]) -> set[str]:
+def present_peers(trials: Sequence[FrozenTrial]) -> set[str]:
     """The peer names (aliases included) that a waiting, running or finished trial stands for."""
     replaced = replaced_numbers(trials)
     names: set[str] = set()
@@ -118,7 +122,7 @@ def present_peers(trials: Sequence[Any]) -> set[str]:
     return names
 
 
-def duplicate_waiting_peers(trials: Sequence[Any]) -> list[Any]:
+def duplicate_waiting_peers(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Waiting peer trials whose peer an earlier trial already stands for (two processes enqueued the peers
     of a new study at once)."""
     from optuna.trial import TrialState
@@ -138,7 +142,7 @@ def duplicate_waiting_peers(trials: Sequence[Any]) -> list[Any]:
     ]
 
 
-def close_waiting(study: Any, trials: Sequence[Any]) -> int:
+def close_waiting(study: Study, trials: Sequence[FrozenTrial]) -> int:
     """Fail the waiting ``trials`` as surplus: they will not run and do not count. Each is claimed the way
     Optuna pops a waiting trial (WAITING -> RUNNING succeeds in one process only), so a trial another
     process has just started is left to it. Returns how many this process closed.
@@ -166,7 +170,7 @@ def close_waiting(study: Any, trials: Sequence[Any]) -> int:
     return closed
 
 
-def close_leftover_waiting(study: Any, n_trials: int) -> int:
+def close_leftover_waiting(study: Study, n_trials: int) -> int:
     """Once the study holds ``n_trials`` counted trials and none runs, close the trials still waiting (peers
     beyond ``n_trials``, a stale trial's retry that came too late) so none waits forever; a resumed search
     with more trials enqueues the peers again. Returns how many this process closed."""
@@ -278,7 +282,7 @@ class TrialRecord:
         }
 
 
-def trial_records(trials: Sequence[Any]) -> list[TrialRecord]:
+def trial_records(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
     """Records of every trial except surplus ones, in trial-number order."""
     replaced = replaced_numbers(trials)
     out = []

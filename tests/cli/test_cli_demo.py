@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
-from hgc_tune.cli.demo import _reusable_profile
+from hgc_tune.cli.demo import _reusable_profile, _test_line
+from hgc_tune.policy import load_policy, save_policy
 from hgc_tune.profile import Profile
 
 
@@ -74,3 +76,13 @@ def test_a_demo_that_ran_to_the_end_exits_0_unless_strict(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "no policy within the budget for hed" in out and "seg: policy" in out
     assert demo.run(build_parser().parse_args([*argv, "--strict"])) == 1
+
+
+def test_test_line_without_a_mac_reduction_says_so(tmp_path):
+    policy = load_policy("policies/tiny-deepcache-n3-b0.json").select()
+    fidelity = {"test_loss": 0.01, "test_loss_upper": 0.02, "test_samples": 4}
+    provenance = dataclasses.replace(policy.provenance, macs={}, fidelity=fidelity, metric="lpips")
+    path = save_policy(dataclasses.replace(policy, provenance=provenance), tmp_path / "p.json")
+    line = _test_line(path)
+    assert line.startswith("test split: no MAC figure, lpips loss 1.00%,")
+    assert line.endswith("on 4 samples")

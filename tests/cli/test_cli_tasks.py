@@ -4,6 +4,7 @@ img2img policy."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from PIL import Image
 
 from hgc_tune.cli import main
+from hgc_tune.cli._common import _inference_steps
+from hgc_tune.errors import HgcTuneError
 from hgc_tune.models import load_pipeline
 from hgc_tune.policy import Policy, save_policy, target_for_pipeline
 
@@ -119,3 +122,12 @@ def test_evaluate_on_img2img(capsys):
     assert result["macs"]["paper"]["reduction"] == 0
     assert main([*argv, "--task", "text2img"]) == 2  # the last --task counts
     assert "`--strength` needs `--task img2img` or `--task inpaint`" in capsys.readouterr().err
+
+
+def test_a_task_with_no_strength_is_refused_in_one_line():
+    args = argparse.Namespace(steps=None, policy=None)
+    with pytest.raises(
+        HgcTuneError, match=r"task 'img2img' runs at a strength in \(0, 1\], but got strength=None"
+    ):
+        _inference_steps(args, None, "img2img", None)
+    assert _inference_steps(args, None, "img2img", 0.5) == (20, 10)
