@@ -178,7 +178,6 @@ PUBLIC: dict[str, set[str]] = {
         "search_policy",
         "write_search_outputs",
     },
-    "hgc_tune.zoo": {"WEIGHTS_DIR", "shapes_checkpoint"},
 }
 
 HOW_TO_UPDATE = (

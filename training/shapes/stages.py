@@ -13,10 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from diffusers import DDPMScheduler
+
 from hgc_tune._atomic import atomic_write
 from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
-from hgc_tune.zoo._pool import ScenePool
-from hgc_tune.zoo._resume import Checkpointer, Ema, StopRequested, stop_requested
+from training.shapes.pool import ScenePool
+from training.shapes.resume import Checkpointer, Ema, StopRequested, stop_requested
 
 __all__ = [
     "Conditioning",
@@ -137,10 +142,8 @@ class LossLog:
 
     def plot(self, path) -> None:
         """Save one log-scale panel per stage as a PNG (matplotlib, Agg backend)."""
-        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         stages = [s for s, points in self.curves.items() if points]
         if not stages:
@@ -205,9 +208,6 @@ class DiffusionSchedule:
     """SD1.5's DDPM noise schedule (scaled linear betas 0.00085–0.012, 1000 steps) on one device."""
 
     def __init__(self, device: str) -> None:
-        import torch
-        from diffusers import DDPMScheduler
-
         scheduler = DDPMScheduler.from_config(dict(SD15_SCHEDULER_CONFIG))
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -225,7 +225,6 @@ class DiffusionSchedule:
     def sample_timesteps(self, n: int, generator, device: str, high_noise_bias: float = 0.0):
         """Uniform timesteps; a fraction ``high_noise_bias`` drawn with T2I-Adapter's cubic schedule instead,
         which favours the noisy early steps where the layout (what a ControlNet controls) is decided."""
-        import torch
 
         t = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
         if high_noise_bias > 0:
@@ -260,15 +259,12 @@ class _Rollback:
 
 
 def _optimizer(params, lr: float, weight_decay: float = 1e-2):
-    import torch
-
     # Fused AdamW (CUDA and, since torch 2.4, CPU): one kernel per step instead of one per parameter.
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def _autocast(device: str, enabled: bool):
     """bf16 autocast (the caller enables it on CUDA; CPUs without bf16 units run it slower than fp32)."""
-    import torch
 
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
@@ -298,7 +294,6 @@ def _run_loop(
     :class:`StageInterrupted` (after a save) when a fixed iteration count meets the deadline first. At the
     end of a completed stage with ``ema``, the modules hold the averages.
     """
-    import torch
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     rollback = _Rollback(modules, optimizer)
@@ -414,7 +409,6 @@ def train_vae(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``vae`` to reconstruct the pool's pictures (L1 + L1 of pixel differences + a small KL)."""
-    import torch
 
     vae.train().requires_grad_(True)
     optimizer = _optimizer(vae.parameters(), lr)
@@ -449,7 +443,6 @@ def train_vae(
 
 def encode_pool_latents(vae, pool: ScenePool, *, device: str, amp: bool = False, batch_size: int = 512):
     """Posterior means and standard deviations of every pool picture (``[N, 4, h, w]`` fp32 each)."""
-    import torch
 
     means, stds = [], []
     with torch.no_grad():
@@ -468,7 +461,6 @@ def latent_scaling_factor(means, stds, generator, max_samples: int = 8192) -> fl
     The RMS equals the standard deviation for zero-mean latents; SD pipelines apply no shift, so the mean
     is part of the signal the noise schedule sees, and the second moment is what has to be 1.
     """
-    import torch
 
     n = min(len(means), max_samples)
     noise = torch.randn(means[:n].shape, device=means.device, generator=generator)
@@ -482,7 +474,6 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: s
     Padding to ``model_max_length``, no attention mask, last hidden state: ``encode_prompt`` of
     ``StableDiffusionControlNetPipeline`` without ``clip_skip``.
     """
-    import torch
 
     out = []
     with torch.no_grad():
@@ -511,7 +502,6 @@ class Conditioning:
 
     def batch(self, pool: ScenePool, index, generator, dropout: float | None = None):
         """Scaled sampled latents and text embeddings (with prompt dropout) of ``index``."""
-        import torch
 
         means, stds = self.latent_means[index], self.latent_stds[index]
         noise = torch.randn(means.shape, device=means.device, generator=generator)
@@ -544,7 +534,6 @@ def train_unet(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``unet`` for text-conditioned epsilon prediction (min-SNR-5 weighted MSE, prompt dropout)."""
-    import torch
 
     unet.train().requires_grad_(True)
     optimizer = _optimizer(unet.parameters(), lr)
@@ -593,7 +582,6 @@ def _controlled_step(
     one U-Net call takes them all (one call instead of five: the models are small, so the per-call overhead
     is what costs). Gradients reach whichever models require them.
     """
-    import torch
 
     n = len(pool)
 
@@ -737,7 +725,6 @@ def train_decoder(
     was, so a better decoder raises the reconstruction ceiling without retraining the denoisers. The
     latents come from the pool's precomputed posteriors (``conditioning``): no encoder pass per step.
     """
-    import torch
 
     vae.eval().requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]

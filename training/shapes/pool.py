@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from hgc_tune.models._shapes import SHAPES_CONDITIONS
 
@@ -79,7 +81,6 @@ def render_pool(
         device: Where the tensors go.
         log: Progress lines.
     """
-    import torch
 
     results: list[tuple[int, list[np.ndarray], str]] = []
     started = time.monotonic()
@@ -98,8 +99,6 @@ def render_pool(
 
     jobs = [(render, int(s)) for s in seeds]
     if workers > 1:
-        import multiprocessing
-
         # fork: the renderer need not be importable by name in a fresh interpreter; rendering happens before
         # any CUDA context exists in this process.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

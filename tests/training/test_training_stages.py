@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgc_tune.zoo import _stages as st
-from hgc_tune.zoo._pool import render_pool
+from training.shapes import stages as st
+from training.shapes.pool import render_pool
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -139,8 +139,8 @@ def test_prompt_embeddings_match_the_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from hgc_tune.models._tokenizer import build_offline_tokenizer
-    from hgc_tune.zoo import _architecture as arch
-    from hgc_tune.zoo._run import _round_weights, _save_base
+    from training.shapes import architecture as arch
+    from training.shapes.run import _round_weights, _save_base
 
     torch.manual_seed(0)
     tokenizer = build_offline_tokenizer()

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hgc_tune._atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer", "Ema", "StopRequested", "stop_on_signals", "stop_requested"]
@@ -47,7 +49,6 @@ class Ema:
 
     def update(self) -> None:
         """Move every average toward the current weights."""
-        import torch
 
         self.updates += 1
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
@@ -59,7 +60,6 @@ class Ema:
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Within the block the modules hold the averages; the trained weights come back after it."""
-        import torch
 
         saved = [{k: v.detach().clone() for k, v in _floats(m)} for m in self.modules]
         try:
@@ -73,7 +73,6 @@ class Ema:
 
     def copy_to_modules(self) -> None:
         """Overwrite the modules' weights with the averages (the end of a stage: the averages ship)."""
-        import torch
 
         with torch.no_grad():
             for module, shadow in zip(self.modules, self.shadows, strict=True):
@@ -122,7 +121,6 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically (the package's one atomic writer: temporary file, fsync, rename)."""
-        import torch
 
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         self.last = time.monotonic()
@@ -130,7 +128,6 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or ``None`` when there is none."""
-        import torch
 
         if not self.path.is_file():
             return None
