@@ -26,6 +26,7 @@ __all__ = [
     "SearchError",
     "FidelityError",
     "ReportError",
+    "TrainingCheckpointError",
 ]
 
 
@@ -103,3 +104,8 @@ class FidelityError(HgcTuneError):
 
 class ReportError(HgcTuneError):
     """Bad report input: a Pareto file that violates its format, or a policy that does not fit the profile."""
+
+
+class TrainingCheckpointError(HgcTuneError):
+    """A training checkpoint that cannot be resumed: unreadable, not written by the shapes trainer, without
+    its run settings, or holding the weights of another model."""

@@ -84,6 +84,7 @@ PUBLIC: dict[str, set[str]] = {
         "PolicyMismatchError",
         "ProfileError",
         "ReportError",
+        "TrainingCheckpointError",
         "SearchError",
         "ShapesWeightsMissingError",
         "StepCountMismatchError",

@@ -81,7 +81,6 @@ def render_pool(
         device: Where the tensors go.
         log: Progress lines.
     """
-
     results: list[tuple[int, list[np.ndarray], str]] = []
     started = time.monotonic()
     step = max(1, len(seeds) // 10)

@@ -20,7 +20,7 @@ from transformers import CLIPTextModel
 
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
-from hgc_tune.errors import HgcTuneError
+from hgc_tune.errors import HgcTuneError, TrainingCheckpointError
 from hgc_tune.models._loading import make_scheduler
 from hgc_tune.models._shapes import SHAPES_CONDITIONS, controlnet_dir
 from hgc_tune.models._tokenizer import build_offline_tokenizer
@@ -216,7 +216,6 @@ class TrainConfig:
 
 def _round_weights(model, dtype: str):
     """Round ``model``'s weights through ``dtype`` in place, so that later stages see what ships."""
-
     if dtype == "fp16":
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
@@ -253,7 +252,6 @@ def _save_model(model, path: Path, dtype: str) -> None:
 
 def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) -> None:
     """Save a ``StableDiffusionPipeline`` folder without safety checker; ControlNet pipelines load it."""
-
     pipe = StableDiffusionPipeline(
         vae=_cpu_copy(vae, dtype),
         text_encoder=_cpu_copy(text_encoder, dtype),
@@ -305,27 +303,89 @@ def _seed_from(init_from: Path, out: Path) -> None:
         shutil.copyfile(summary, out / "training.json")
 
 
+# The weights' former home (the trainer lived in the package then): settings saved before the move name it.
+_MOVED_WEIGHTS = {"hgc_tune/zoo/weights": "hgc_tune/models/weights/shapes"}
+
+
 def load_resume_state(out: Path) -> dict[str, Any]:
     """The checkpoint a run in ``out`` left, to continue it (see :func:`run_training`).
 
+    The checkpoint is read with ``torch.load(weights_only=True)`` only, then checked before any work: its
+    run settings (``config``) must rebuild a :class:`TrainConfig`, and a stage's loop state must hold one
+    weights dict per model that stage trains. Whether those weights fit the models is checked when the
+    stage restores them (:class:`~hgc_tune.errors.TrainingCheckpointError` there too). A checkpoint saved
+    before the trainer left the package names the shipped weights by their old folder; that name is mapped
+    to the new one.
+
     Raises:
         TrainError: There is no checkpoint, or its run already finished.
+        TrainingCheckpointError: The checkpoint is unreadable, not the shapes trainer's, or lacks its
+            settings or its loop state.
     """
-    state = Checkpointer(Path(out) / CHECKPOINT_DIR, 0).load()
+    checkpointer = Checkpointer(Path(out) / CHECKPOINT_DIR, 0)
+    state = checkpointer.load()
     if state is None:
         raise TrainError(
             f"nothing to resume: {Path(out) / CHECKPOINT_DIR} holds no checkpoint; start the run without "
             "--resume."
         )
-    config = TrainConfig.from_json(state["config"])
+    fix = f"delete {checkpointer.folder} and start the run again without --resume"
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} holds no run settings (`config`), so it is not a checkpoint of this "
+            f"trainer; {fix}."
+        )
+    try:
+        config = TrainConfig.from_json(saved)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} holds run settings this trainer cannot read ({type(e).__name__}: {e}); "
+            f"{fix}."
+        ) from e
+    missing = [key for key in ("summary", "curves", "pool_scenes", "completed", "loop") if key not in state]
+    if missing:
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} lacks {', '.join(missing)}, so it is not a checkpoint of this trainer; "
+            f"{fix}."
+        )
+    _check_loop(state["loop"], config, checkpointer.path, fix)
     if all(stage in state["completed"] for stage in config.stages):
         raise TrainError(f"the run in {out} finished every stage; there is nothing to resume.")
+    init_from = saved.get("init_from")
+    if init_from in _MOVED_WEIGHTS and not Path(init_from).exists():
+        state["config"] = {**saved, "init_from": _MOVED_WEIGHTS[init_from]}
     return state
+
+
+def _check_loop(loop: Any, config: TrainConfig, path: Path, fix: str) -> None:
+    """A stage's loop state holds one weights dict per model the stage trains (or there is none)."""
+    if loop is None:
+        return
+    stage = loop.get("stage") if isinstance(loop, dict) else None
+    if stage not in config.stages:
+        raise TrainingCheckpointError(
+            f"{path} holds the loop state of stage {stage!r}, which its run (stages "
+            f"{', '.join(config.stages)}) does not train; {fix}."
+        )
+    count = {"vae": 1, "decoder": 2, "unet": 1, "controlnet": len(config.conditions)}.get(
+        stage, 1 + len(config.conditions)
+    )
+    modules = loop.get("modules")
+    if (
+        not isinstance(modules, list)
+        or len(modules) != count
+        or not all(isinstance(m, dict) for m in modules)
+    ):
+        got = len(modules) if isinstance(modules, list) else type(modules).__name__
+        raise TrainingCheckpointError(
+            f"{path} holds {got} weights dicts for stage {stage!r}, but that stage trains {count} models "
+            f"(conditions {', '.join(config.conditions)}); {fix}."
+        )
 
 
 def _load_model(path: Path, class_name: str):
     """A saved diffusers model, in fp32 for training whatever it was saved in."""
-
     return getattr(diffusers, class_name).from_pretrained(str(path), torch_dtype=torch.float32).float()
 
 
@@ -456,7 +516,6 @@ class _Run:
 
     def resume_for(self, stage: str, generator):
         """The loop's :class:`~training.shapes.stages.LoopResume`, with its saved state when resuming it."""
-
         loop = None if self.restored is None else self.restored.get("loop")
         restored = loop if loop is not None and loop["stage"] == stage else None
         return LoopResume(self.checkpointer, generator, self.run_state, restored)
@@ -536,7 +595,6 @@ class _Run:
 
     def vae(self, pool):
         """Train (or load) the VAE; returns it with the pool's latent means/stds and the scaling factor."""
-
         config = self.config
         if not self.to_do("vae"):
             vae = _load(self.out, "vae").to(self.device).eval()
@@ -621,7 +679,6 @@ class _Run:
     def starting_controlnets(self, unet, *, load_saved: bool) -> dict[str, Any]:
         """The ControlNets a stage trains: those saved in ``out`` (when ``load_saved`` and they are there),
         else fresh copies of ``unet``'s encoder."""
-
         controlnets = {}
         for i, condition in enumerate(self.config.conditions):
             if load_saved and (self.controlnet_dirs[condition] / "config.json").is_file():
@@ -678,7 +735,6 @@ class _Run:
 
     def decoder(self, pool, vae, conditioning) -> None:
         """Train the VAE's decoder on (encoder frozen, so the latents stay) and save the VAE."""
-
         config = self.config
         generator = self.generator("decoder")
         result = st.train_decoder(
@@ -704,7 +760,6 @@ class _Run:
     def joint(self, pool, conditioning, schedule, unet, *, vae, text_encoder, tokenizer) -> None:
         """Train the U-Net and the ControlNets together; ControlNets not saved in ``out`` start as copies of
         the U-Net's encoder."""
-
         config = self.config
         controlnets = self.starting_controlnets(unet, load_saved=True)
         generator = self.generator("joint")
@@ -819,7 +874,6 @@ def run_training(
     Raises:
         TrainError: An invalid configuration, or a stage left out whose saved output is not in ``out``.
     """
-
     config.check()
     if config.init_from is not None and resume_state is None:
         _seed_from(config.init_from, Path(config.out))

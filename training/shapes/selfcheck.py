@@ -114,7 +114,6 @@ def self_check(
         "per_sample_with_control", "per_sample_dropped"}}}, "bars": {cond: text}, "recommended_guidance",
         "all_pass"}``.
     """
-
     prompts = [str(s.prompt) for s in scenes]
     shown = range(min(grid_rows, len(scenes)))
     results: dict[str, Any] = {}

@@ -37,7 +37,6 @@ class SceneSource:
 
 def shapes_source() -> SceneSource:
     """The shapes benchmark at 64 px: its ``train`` split for training, ``heldout`` for the self-check."""
-
     return SceneSource(
         render=functools.partial(render_scene, size=64),
         train_seeds=functools.partial(split_seeds, "train"),

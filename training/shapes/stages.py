@@ -19,9 +19,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from hgc_tune._atomic import atomic_write
+from hgc_tune.errors import TrainingCheckpointError
 from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
 from training.shapes.pool import ScenePool
-from training.shapes.resume import Checkpointer, Ema, StopRequested, stop_requested
+from training.shapes.resume import Checkpointer, Ema, StopRequested, first_line, stop_requested
 
 __all__ = [
     "Conditioning",
@@ -142,7 +143,6 @@ class LossLog:
 
     def plot(self, path) -> None:
         """Save one log-scale panel per stage as a PNG (matplotlib, Agg backend)."""
-
         matplotlib.use("Agg")
 
         stages = [s for s, points in self.curves.items() if points]
@@ -225,7 +225,6 @@ class DiffusionSchedule:
     def sample_timesteps(self, n: int, generator, device: str, high_noise_bias: float = 0.0):
         """Uniform timesteps; a fraction ``high_noise_bias`` drawn with T2I-Adapter's cubic schedule instead,
         which favours the noisy early steps where the layout (what a ControlNet controls) is decided."""
-
         t = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
         if high_noise_bias > 0:
             u = torch.rand(n, device=device, generator=generator)
@@ -265,7 +264,6 @@ def _optimizer(params, lr: float, weight_decay: float = 1e-2):
 
 def _autocast(device: str, enabled: bool):
     """bf16 autocast (the caller enables it on CUDA; CPUs without bf16 units run it slower than fp32)."""
-
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -294,7 +292,6 @@ def _run_loop(
     :class:`StageInterrupted` (after a save) when a fixed iteration count meets the deadline first. At the
     end of a completed stage with ``ema``, the modules hold the averages.
     """
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
     rollback = _Rollback(modules, optimizer)
     accumulated = None
@@ -379,8 +376,15 @@ def _restore_loop(state, name, modules, optimizer, ema, rollback, budget) -> tup
     """Load a saved loop state into the stage's objects; returns (iterations done, seconds spent)."""
     if state["stage"] != name:
         raise ValueError(f"the checkpoint is of stage {state['stage']!r}, not {name!r}.")
-    for module, saved in zip(modules, state["modules"], strict=True):
-        module.load_state_dict(saved)
+    for index, (module, saved) in enumerate(zip(modules, state["modules"], strict=True)):
+        try:
+            module.load_state_dict(saved)
+        except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+            raise TrainingCheckpointError(
+                f"the checkpoint holds another model's weights for model {index} of stage {name!r} "
+                f"({type(module).__name__} does not load them: {first_line(e)}); delete the run's checkpoint "
+                "folder and start the run again without --resume."
+            ) from e
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
@@ -409,7 +413,6 @@ def train_vae(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``vae`` to reconstruct the pool's pictures (L1 + L1 of pixel differences + a small KL)."""
-
     vae.train().requires_grad_(True)
     optimizer = _optimizer(vae.parameters(), lr)
     n = len(pool)
@@ -443,7 +446,6 @@ def train_vae(
 
 def encode_pool_latents(vae, pool: ScenePool, *, device: str, amp: bool = False, batch_size: int = 512):
     """Posterior means and standard deviations of every pool picture (``[N, 4, h, w]`` fp32 each)."""
-
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, len(pool), batch_size):
@@ -461,7 +463,6 @@ def latent_scaling_factor(means, stds, generator, max_samples: int = 8192) -> fl
     The RMS equals the standard deviation for zero-mean latents; SD pipelines apply no shift, so the mean
     is part of the signal the noise schedule sees, and the second moment is what has to be 1.
     """
-
     n = min(len(means), max_samples)
     noise = torch.randn(means[:n].shape, device=means.device, generator=generator)
     z = means[:n] + stds[:n] * noise
@@ -474,7 +475,6 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: s
     Padding to ``model_max_length``, no attention mask, last hidden state: ``encode_prompt`` of
     ``StableDiffusionControlNetPipeline`` without ``clip_skip``.
     """
-
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
@@ -502,7 +502,6 @@ class Conditioning:
 
     def batch(self, pool: ScenePool, index, generator, dropout: float | None = None):
         """Scaled sampled latents and text embeddings (with prompt dropout) of ``index``."""
-
         means, stds = self.latent_means[index], self.latent_stds[index]
         noise = torch.randn(means.shape, device=means.device, generator=generator)
         latents = (means + stds * noise) * self.scaling_factor
@@ -534,7 +533,6 @@ def train_unet(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``unet`` for text-conditioned epsilon prediction (min-SNR-5 weighted MSE, prompt dropout)."""
-
     unet.train().requires_grad_(True)
     optimizer = _optimizer(unet.parameters(), lr)
     n = len(pool)
@@ -582,7 +580,6 @@ def _controlled_step(
     one U-Net call takes them all (one call instead of five: the models are small, so the per-call overhead
     is what costs). Gradients reach whichever models require them.
     """
-
     n = len(pool)
 
     def noisy_batch(size: int, bias: float):
@@ -725,7 +722,6 @@ def train_decoder(
     was, so a better decoder raises the reconstruction ceiling without retraining the denoisers. The
     latents come from the pool's precomputed posteriors (``conditioning``): no encoder pass per step.
     """
-
     vae.eval().requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
     for module in trained:

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--log-every", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--debug", action="store_true", help="print the traceback of an invalid-settings error too"
+    )
     return p
 
 
@@ -213,7 +216,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Settings an invocation that resumes may choose anew: they change where and how long, not what is trained.
-_RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes"}
+_RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes", "debug"}
 
 
 def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
@@ -250,7 +253,6 @@ def preflight(device: str) -> None:
     Raises:
         TrainError: A missing module, or a CUDA device asked for where none is available.
     """
-
     missing = []
     for module in ("numpy", "scipy", "skimage", "PIL", "safetensors", "torch", "diffusers", "transformers"):
         try:
@@ -266,7 +268,6 @@ def preflight(device: str) -> None:
 
 def _quiet_libraries() -> None:
     """Keep the log to our lines: no per-load progress bars or cast warnings from diffusers/transformers."""
-
     # diffusers' `torch_dtype` -> `dtype` rename warns on every load; the run's log is for the lead.
     warnings.filterwarnings("ignore", category=FutureWarning)
     diffusers.utils.logging.set_verbosity_error()
@@ -284,11 +285,11 @@ def main(argv: list[str] | None = None, source=None) -> int:
 
     Returns:
         0 on success (self-check ran; its bars are reported, not enforced), 1 if training or the self-check
-        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings, 3 when the run
-        stopped at a checkpoint (its budget ran out before a fixed iteration count, or a signal): continue
-        it with ``--resume``.
+        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings or a checkpoint
+        that cannot be resumed (one line; ``--debug`` adds the traceback), 3 when the run stopped at a
+        checkpoint (its budget ran out before a fixed iteration count, or a signal): continue it with
+        ``--resume``.
     """
-
     start = time.monotonic()
     log = functools.partial(print, flush=True)
     args = build_parser().parse_args(argv)
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None, source=None) -> int:
         log(f"training.shapes.train: {'resuming ' if state else ''}{config}")
         summary = run_training(config, source=source, log=log, start=start, resume_state=state)
     except HgcTuneError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except Exception:
