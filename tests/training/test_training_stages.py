@@ -199,3 +199,27 @@ def test_a_non_finite_loss_rolls_back_and_halves_the_learning_rate():
     lrs = [p["lr"] for p in losses.curves["toy"]]
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-2 * halfway, 1e-2 * three_quarters])
     assert any("rolled back" in line for line in lines)
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_rendering_workers_die_on_sigterm_under_the_trainers_handler(pool):
+    """Workers forked while the trainer's SIGTERM handler (which only sets a flag) is installed must not
+    inherit it: `Pool.terminate()` would wait for them for ever."""
+    import multiprocessing
+    import signal
+
+    from hgc_tune.data._shapes import render_scene
+    from training.shapes.pool import _default_signals
+    from training.shapes.resume import stop_on_signals
+
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with multiprocessing.get_context("fork").Pool(2, initializer=_default_signals) as workers:
+            assert all(workers.map(_sigterm_is_default, range(4)))
+        forked = render_pool(render_scene, pool.seeds, workers=2)
+    assert forked.seeds == pool.seeds
