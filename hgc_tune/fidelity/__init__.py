@@ -7,7 +7,9 @@ controllability protocol (arXiv 2404.07987): ``seg`` → :func:`miou`, ``canny``
 ``hed``/``lineart`` → SSIM of soft edges, ``depth`` → :func:`rmse`. *Reference* metrics compare with the
 full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
-bound; a policy is within a budget when that bound is.
+bound; a policy is within a budget when that bound is. On the shapes benchmark,
+:func:`background_adherence` reads the background a prompt names back from a picture (a proxy of prompt
+adherence, which no condition map carries).
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -18,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from hgc_tune.fidelity._background import background_adherence, named_background, read_background
 from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
@@ -30,13 +33,16 @@ __all__ = [
     "LossBound",
     "Metric",
     "TaskEvaluator",
+    "background_adherence",
     "edge_f1",
     "evaluate_pairs",
     "latent_rel_error",
     "load_segmenter",
     "miou",
+    "named_background",
     "paired_loss_bound",
     "psnr",
+    "read_background",
     "relative_loss",
     "rmse",
     "ssim",
