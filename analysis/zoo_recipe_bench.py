@@ -90,24 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     def runner(name: str):
         unet, controlnets = models()
         common = dict(device="cpu", generator=generator, losses=log, log=lambda _: None, log_every=10**9)
+
+        def runtime(budget):
+            return st.StageRuntime(
+                device="cpu", budget=budget, generator=generator, losses=log, log=lambda _: None
+            )
+
         if name == "unet":
             return lambda budget: st.train_unet(
                 unet, pool, conditioning, schedule, budget=budget, batch_size=args.batch, lr=1e-4, **common
             )
         if name == "controlnet":
+            settings = st.ControlledSettings(batch_size=args.per_condition, lr=1e-4, log_every=10**9)
             return lambda budget: st.train_controlnets(
-                controlnets, unet, pool, conditioning, schedule, budget=budget,
-                batch_size=args.per_condition, lr=1e-4, **common,
-            )  # fmt: skip
+                controlnets, unet, pool, conditioning, schedule, settings, runtime(budget)
+            )
         if name == "joint+compile":
             unet.compile()
             for controlnet in controlnets.values():
                 controlnet.compile()
         ema = 0.998 if name == "joint+ema" else 0.0
+        settings = st.ControlledSettings(
+            batch_size=args.per_condition, lr=1e-4, log_every=10**9, ema_decay=ema
+        )
         return lambda budget: st.train_joint(
-            unet, controlnets, pool, conditioning, schedule, budget=budget, batch_size=args.per_condition,
-            lr=1e-4, ema_decay=ema, **common,
-        )  # fmt: skip
+            unet, controlnets, pool, conditioning, schedule, settings, runtime(budget)
+        )
 
     names = ["unet", "controlnet", "joint", "joint+ema"] + (["joint+compile"] if args.compile else [])
     runners = {}

@@ -549,6 +549,19 @@ class _Run:
         sync = torch.cuda.synchronize if self.is_cuda else (lambda: None)
         return StageBudget(seconds=seconds, iterations=fixed, sync=sync)
 
+    def runtime(self, stage: str, generator) -> st.StageRuntime:
+        """The :class:`~training.shapes.stages.StageRuntime` of ``stage``: its budget, generator, loss log,
+        log and checkpoints."""
+        return st.StageRuntime(
+            device=self.device,
+            budget=self.budget(stage),
+            generator=generator,
+            losses=self.losses,
+            log=self.log,
+            amp=self.amp,
+            resume=self.resume_for(stage, generator),
+        )
+
     def record(self, stage: str, result, **extra: Any) -> None:
         self.summary["stages"][stage] = {**asdict(result), **extra}
         self.log(f"stage {stage} done: {result.iterations} iterations in {result.seconds:.1f} s")
@@ -706,24 +719,15 @@ class _Run:
         # _check_saved made sure that the ControlNets to continue are saved
         controlnets = self.starting_controlnets(unet, load_saved=config.continue_controlnets)
         generator = self.generator("controlnet")
-        result = st.train_controlnets(
-            controlnets,
-            unet,
-            pool,
-            conditioning,
-            schedule,
-            device=self.device,
-            amp=self.amp,
-            budget=self.budget("controlnet"),
+        settings = st.ControlledSettings(
             batch_size=config.controlnet_batch_size,
             lr=config.lr_controlnet,
-            generator=generator,
-            losses=self.losses,
-            log=self.log,
             prompt_dropout=config.controlnet_prompt_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
-            resume=self.resume_for("controlnet", generator),
+        )
+        result = st.train_controlnets(
+            controlnets, unet, pool, conditioning, schedule, settings, self.runtime("controlnet", generator)
         )
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
@@ -763,25 +767,16 @@ class _Run:
         config = self.config
         controlnets = self.starting_controlnets(unet, load_saved=True)
         generator = self.generator("joint")
-        result = st.train_joint(
-            unet,
-            controlnets,
-            pool,
-            conditioning,
-            schedule,
-            device=self.device,
-            amp=self.amp,
-            budget=self.budget("joint"),
+        settings = st.ControlledSettings(
             batch_size=config.joint_batch_size,
             lr=config.lr_joint,
-            generator=generator,
-            losses=self.losses,
-            log=self.log,
             prompt_dropout=config.prompt_dropout,
             control_dropout=config.control_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
-            resume=self.resume_for("joint", generator),
+        )
+        result = st.train_joint(
+            unet, controlnets, pool, conditioning, schedule, settings, self.runtime("joint", generator)
         )
         self.ship_unet(unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         for condition, controlnet in controlnets.items():

@@ -36,6 +36,8 @@ __all__ = [
     "encode_prompts",
     "latent_scaling_factor",
     "lr_factor",
+    "ControlledSettings",
+    "StageRuntime",
     "train_controlnets",
     "joint_batch_sizes",
     "train_decoder",
@@ -633,65 +635,99 @@ def _controlled_step(
     return step
 
 
+@dataclass(frozen=True)
+class ControlledSettings:
+    """How a stage that trains ControlNets (alone or with the U-Net) learns.
+
+    Attributes:
+        batch_size: Scenes per condition type and iteration.
+        lr: Peak learning rate (warm-up, then cosine to 10 %).
+        prompt_dropout: Share of scenes trained with the empty prompt (classifier-free guidance).
+        control_dropout: Joint stage only: share of each batch trained with no control at all.
+        high_noise_bias: Share of timesteps drawn from T2I-Adapter's cubic schedule.
+        log_every: Iterations between two log lines (and loss-curve points).
+        warmup: Warm-up iterations.
+        ema_decay: EMA of the trained weights, which ship (0: off).
+    """
+
+    batch_size: int
+    lr: float
+    prompt_dropout: float = 0.1
+    control_dropout: float = 0.2
+    high_noise_bias: float = 0.5
+    log_every: int = 50
+    warmup: int = 100
+    ema_decay: float = 0.0
+
+
+@dataclass
+class StageRuntime:
+    """Where and for how long a stage runs, and where its progress goes.
+
+    Attributes:
+        device: Torch device.
+        budget: The stage's time and iteration budget.
+        generator: The stage's data and noise generator.
+        losses: Receives the loss-curve points.
+        log: Receives progress lines.
+        amp: bf16 autocast.
+        resume: What makes the loop resumable (``None``: no checkpoints, for benchmarks).
+    """
+
+    device: str
+    budget: StageBudget
+    generator: Any
+    losses: LossLog
+    log: Log
+    amp: bool = False
+    resume: LoopResume | None = None
+
+
 def train_controlnets(
     controlnets: dict[str, Any],
     unet,
     pool: ScenePool,
     conditioning: Conditioning,
     schedule: DiffusionSchedule,
-    *,
-    device: str,
-    amp: bool = False,
-    budget: StageBudget,
-    batch_size: int,
-    lr: float,
-    generator,
-    losses: LossLog,
-    log: Log,
-    prompt_dropout: float = 0.1,
-    high_noise_bias: float = 0.5,
-    log_every: int = 50,
-    warmup: int = 100,
-    ema_decay: float = 0.0,
-    resume: LoopResume | None = None,
+    settings: ControlledSettings,
+    runtime: StageRuntime,
 ) -> StageResult:
     """Train one ControlNet per condition type against the frozen ``unet``, all in one loop
-    (``batch_size`` scenes per condition type and iteration)."""
+    (``settings.batch_size`` scenes per condition type and iteration; ``control_dropout`` does not apply)."""
     names = list(controlnets)
     unet.eval().requires_grad_(False)
     for controlnet in controlnets.values():
         controlnet.train().requires_grad_(True)
-    optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], lr)
+    optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], settings.lr)
     step = _controlled_step(
         unet,
         controlnets,
         pool,
         conditioning,
         schedule,
-        per_condition=batch_size,
+        per_condition=settings.batch_size,
         uncontrolled=0,
-        prompt_dropout=prompt_dropout,
-        high_noise_bias=high_noise_bias,
-        device=device,
-        amp=amp,
-        generator=generator,
+        prompt_dropout=settings.prompt_dropout,
+        high_noise_bias=settings.high_noise_bias,
+        device=runtime.device,
+        amp=runtime.amp,
+        generator=runtime.generator,
     )
-
-    ema = Ema(list(controlnets.values()), ema_decay) if ema_decay > 0 else None
+    ema = Ema(list(controlnets.values()), settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "controlnet",
         step,
         tuple(f"mse_{c}" for c in names),
         list(controlnets.values()),
         optimizer,
-        [lr] * len(names),
-        budget,
-        warmup,
-        log_every,
-        losses,
-        log,
+        [settings.lr] * len(names),
+        runtime.budget,
+        settings.warmup,
+        settings.log_every,
+        runtime.losses,
+        runtime.log,
         ema,
-        resume,
+        runtime.resume,
     )
     for controlnet in controlnets.values():
         controlnet.eval().requires_grad_(False)
@@ -774,37 +810,23 @@ def train_joint(
     pool: ScenePool,
     conditioning: Conditioning,
     schedule: DiffusionSchedule,
-    *,
-    device: str,
-    amp: bool = False,
-    budget: StageBudget,
-    batch_size: int,
-    lr: float,
-    generator,
-    losses: LossLog,
-    log: Log,
-    prompt_dropout: float = 0.1,
-    control_dropout: float = 0.2,
-    high_noise_bias: float = 0.5,
-    log_every: int = 50,
-    warmup: int = 100,
-    ema_decay: float = 0.0,
-    resume: LoopResume | None = None,
+    settings: ControlledSettings,
+    runtime: StageRuntime,
 ) -> StageResult:
     """Train the U-Net and every ControlNet together (control dropout keeps the base usable on its own).
 
-    Every iteration draws ``batch_size`` scenes per condition type, each run through its own ControlNet,
-    and a share ``control_dropout`` of the whole batch with no control at all (see
+    Every iteration draws ``settings.batch_size`` scenes per condition type, each run through its own
+    ControlNet, and a share ``settings.control_dropout`` of the whole batch with no control at all (see
     :func:`_controlled_step`). Unlike freezing the base first, the U-Net learns from every controlled scene
     too, and the layout that the condition gives makes each of them a far easier (so faster learned)
     denoising problem.
     """
     names = list(controlnets)
-    per_condition, uncontrolled = joint_batch_sizes(batch_size, len(names), control_dropout)
+    per_condition, uncontrolled = joint_batch_sizes(settings.batch_size, len(names), settings.control_dropout)
     modules = [unet, *controlnets.values()]
     for module in modules:
         module.train().requires_grad_(True)
-    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], lr)
+    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], settings.lr)
     step = _controlled_step(
         unet,
         controlnets,
@@ -813,27 +835,27 @@ def train_joint(
         schedule,
         per_condition=per_condition,
         uncontrolled=uncontrolled,
-        prompt_dropout=prompt_dropout,
-        high_noise_bias=high_noise_bias,
-        device=device,
-        amp=amp,
-        generator=generator,
+        prompt_dropout=settings.prompt_dropout,
+        high_noise_bias=settings.high_noise_bias,
+        device=runtime.device,
+        amp=runtime.amp,
+        generator=runtime.generator,
     )
-    ema = Ema(modules, ema_decay) if ema_decay > 0 else None
+    ema = Ema(modules, settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "joint",
         step,
         (*(f"mse_{c}" for c in names), *(["mse_uncontrolled"] if uncontrolled else [])),
         modules,
         optimizer,
-        [lr] * len(modules),
-        budget,
-        warmup,
-        log_every,
-        losses,
-        log,
+        [settings.lr] * len(modules),
+        runtime.budget,
+        settings.warmup,
+        settings.log_every,
+        runtime.losses,
+        runtime.log,
         ema,
-        resume,
+        runtime.resume,
     )
     for module in modules:
         module.eval().requires_grad_(False)

@@ -219,11 +219,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 _RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes", "debug"}
 
 
-def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
-    """The saved settings of the run to resume, with this invocation's budget, workers and interval.
+def check_resume_flags(args: argparse.Namespace) -> None:
+    """Refuse, before the checkpoint is read, a setting that ``--resume`` would silently ignore.
 
     Raises:
-        TrainError: Another setting was given (it would silently be ignored) or --out names another folder.
+        TrainError: Another setting was given or --out names another folder.
     """
     parser = build_parser()
     given = sorted(
@@ -239,6 +239,16 @@ def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
             f"--resume continues a run with its saved settings; only --budget-minutes, --threads, --workers "
             f"and --checkpoint-minutes may be given with it, but got {flags}."
         )
+
+
+def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
+    """The saved settings of the run to resume, with this invocation's budget, workers and interval.
+
+    Raises:
+        TrainError: Another setting was given (it would silently be ignored) or --out names another folder.
+    """
+    check_resume_flags(args)
+    parser = build_parser()
     config = TrainConfig.from_json(state["config"])
     changes = {"out": Path(args.resume)}
     for name in ("budget_minutes", "workers", "checkpoint_minutes"):
@@ -296,6 +306,7 @@ def main(argv: list[str] | None = None, source=None) -> int:
     try:
         state = None
         if args.resume is not None:
+            check_resume_flags(args)
             state = load_resume_state(args.resume)
             config = resumed_config(args, state)
         elif args.out is None:
