@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hgc_tune tests analysis
-	$(VENV)/bin/ruff format --check hgc_tune tests analysis
+	$(VENV)/bin/ruff check hgc_tune training tests analysis
+	$(VENV)/bin/ruff format --check hgc_tune training tests analysis
 
 demo: $(STAMP)
 	$(VENV)/bin/hgc-tune demo
