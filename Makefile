@@ -22,8 +22,8 @@ test: $(STAMP)
 
 # The type checker's settings are in pyproject.toml ([tool.mypy]).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hgc_tune tests analysis
-	$(VENV)/bin/ruff format --check hgc_tune tests analysis
+	$(VENV)/bin/ruff check hgc_tune training tests analysis
+	$(VENV)/bin/ruff format --check hgc_tune training tests analysis
 	$(VENV)/bin/mypy
 
 demo: $(STAMP)

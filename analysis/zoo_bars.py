@@ -10,7 +10,7 @@ Every figure comes from the documented commands or the library they call, on the
 - the size of what ships.
 
 Usage:
-    PYTHONPATH=. python analysis/zoo_bars.py [--weights hgc_tune/zoo/weights] [--json-out FILE]
+    PYTHONPATH=. python analysis/zoo_bars.py [--weights hgc_tune/models/weights/shapes] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def markdown(figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=Path("hgc_tune/zoo/weights"))
+    parser.add_argument("--weights", type=Path, default=Path("hgc_tune/models/weights/shapes"))
     parser.add_argument("--control-samples", type=int, default=32)
     parser.add_argument("--stability-samples", type=int, default=64)
     parser.add_argument("--json-out", type=Path, help="also write the figures here")

@@ -1,6 +1,6 @@
 """Throughput of the ``shapes`` model's training steps, measured in one process (one run, ratios comparable).
 
-Each variant runs the real training step of :mod:`hgc_tune.zoo._stages` (AdamW step included) on the
+Each variant runs the real training step of :mod:`training.shapes.stages` (AdamW step included) on the
 shipped weights and the shapes benchmark, at the given thread count, timed in alternation so that a
 machine whose load changes affects every variant alike:
 
@@ -28,13 +28,13 @@ def _setup(per_condition: int, pool_size: int):
     import torch
 
     from hgc_tune.models._tokenizer import build_offline_tokenizer
-    from hgc_tune.zoo import _stages as st
-    from hgc_tune.zoo._architecture import build_text_encoder
-    from hgc_tune.zoo._pool import render_pool
-    from hgc_tune.zoo._run import _load_model
-    from hgc_tune.zoo._source import shapes_source
+    from training.shapes import stages as st
+    from training.shapes.architecture import build_text_encoder
+    from training.shapes.pool import render_pool
+    from training.shapes.run import _load_model
+    from training.shapes.source import shapes_source
 
-    weights = "hgc_tune/zoo/weights"
+    weights = "hgc_tune/models/weights/shapes"
     source = shapes_source()
     pool = render_pool(source.render, source.train_seeds(pool_size))
     vae = _load_model(f"{weights}/base/vae", "AutoencoderKL").eval()
@@ -65,7 +65,7 @@ def _setup(per_condition: int, pool_size: int):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from hgc_tune.zoo import _stages as st
+    from training.shapes import stages as st
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -90,24 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     def runner(name: str):
         unet, controlnets = models()
         common = dict(device="cpu", generator=generator, losses=log, log=lambda _: None, log_every=10**9)
+
+        def runtime(budget):
+            return st.StageRuntime(
+                device="cpu", budget=budget, generator=generator, losses=log, log=lambda _: None
+            )
+
         if name == "unet":
             return lambda budget: st.train_unet(
                 unet, pool, conditioning, schedule, budget=budget, batch_size=args.batch, lr=1e-4, **common
             )
         if name == "controlnet":
+            settings = st.ControlledSettings(batch_size=args.per_condition, lr=1e-4, log_every=10**9)
             return lambda budget: st.train_controlnets(
-                controlnets, unet, pool, conditioning, schedule, budget=budget,
-                batch_size=args.per_condition, lr=1e-4, **common,
-            )  # fmt: skip
+                controlnets, unet, pool, conditioning, schedule, settings, runtime(budget)
+            )
         if name == "joint+compile":
             unet.compile()
             for controlnet in controlnets.values():
                 controlnet.compile()
         ema = 0.998 if name == "joint+ema" else 0.0
+        settings = st.ControlledSettings(
+            batch_size=args.per_condition, lr=1e-4, log_every=10**9, ema_decay=ema
+        )
         return lambda budget: st.train_joint(
-            unet, controlnets, pool, conditioning, schedule, budget=budget, batch_size=args.per_condition,
-            lr=1e-4, ema_decay=ema, **common,
-        )  # fmt: skip
+            unet, controlnets, pool, conditioning, schedule, settings, runtime(budget)
+        )
 
     names = ["unet", "controlnet", "joint", "joint+ema"] + (["joint+compile"] if args.compile else [])
     runners = {}

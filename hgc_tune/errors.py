@@ -34,6 +34,7 @@ __all__ = [
     "DiskFullError",
     "StorageError",
     "StorageUnreachableError",
+    "TrainingCheckpointError",
 ]
 
 
@@ -141,3 +142,8 @@ class StorageUnreachableError(StorageError, ResourceError):
 
 class OutOfMemoryError(ResourceError):
     """A model or input that does not fit in the memory this process can get."""
+
+
+class TrainingCheckpointError(HgcTuneError):
+    """A training checkpoint that cannot be resumed: unreadable, not written by the shapes trainer, without
+    its run settings, or holding the weights of another model."""

@@ -1,4 +1,4 @@
-"""Every docstring example in the package runs, so none can rot.
+"""Every docstring example in the package and in the trainer (``training/``) runs, so none can rot.
 
 Examples that need downloads, trained task models, a profiled run folder or minutes of compute are marked
 ``# doctest: +SKIP`` where they stand; everything else runs here, from the repository root (examples name
@@ -16,18 +16,20 @@ import pytest
 import torch
 
 import hgc_tune
+import training
 
 REPOSITORY = Path(hgc_tune.__file__).resolve().parents[1]
 MODULES = sorted(
     info.name
-    for info in pkgutil.walk_packages(hgc_tune.__path__, prefix="hgc_tune.")
+    for package in (hgc_tune, training)
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")
     # `python -m` entry points run the command line when imported.
     if not info.name.endswith(".__main__")
 )
 
 
 def test_every_module_is_searched():
-    assert {"hgc_tune.executor._apply", "hgc_tune.macs._table", "hgc_tune.zoo._stages"} <= set(MODULES)
+    assert {"hgc_tune.executor._apply", "hgc_tune.macs._table", "training.shapes.stages"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,6 +1,6 @@
-"""The import structure: the library never imports the trainer (``hgc_tune.zoo``), and no two subpackages
-import each other, directly or through others. Imports inside functions count too: a lazy import hides a
-cycle from Python, not from the design."""
+"""The import structure: the library never imports the trainer (``training``, beside the package), and no
+two subpackages import each other, directly or through others. Imports inside functions count too: a lazy
+import hides a cycle from Python, not from the design."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import hgc_tune
 
 PACKAGE = Path(hgc_tune.__file__).resolve().parent
-TRAINER = "zoo"
+TRAINER = "training"
 
 
 def _module_name(path: Path) -> str:
@@ -20,12 +20,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imported(path: Path) -> set[str]:
-    """Every ``hgc_tune…`` module ``path`` imports, at any depth of its code."""
-    return _imports_in(path.read_text(), _module_name(path), is_package=path.name == "__init__.py")
+def _imported(path: Path, top: str = "hgc_tune") -> set[str]:
+    """Every ``hgc_tune…`` (or other ``top``) module ``path`` imports, at any depth of its code."""
+    return _imports_in(path.read_text(), _module_name(path), is_package=path.name == "__init__.py", top=top)
 
 
-def _imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
+def _imports_in(source: str, module: str, is_package: bool = False, top: str = "hgc_tune") -> set[str]:
     here = module.split(".")
     found = set()
     for node in ast.walk(ast.parse(source)):
@@ -38,7 +38,7 @@ def _imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
                 found.add(".".join([*base, node.module] if node.module else base))
             elif node.module:
                 found.add(node.module)
-    return {name for name in found if name == "hgc_tune" or name.startswith("hgc_tune.")}
+    return {name for name in found if name == top or name.startswith(f"{top}.")}
 
 
 def _unit(module: str) -> str:
@@ -60,11 +60,10 @@ def test_the_library_does_not_import_the_trainer():
     back_arrows = sorted(
         f"{_module_name(path)} imports {name}"
         for path in PACKAGE.rglob("*.py")
-        if _unit(_module_name(path)) != TRAINER
-        for name in _imported(path)
-        if _unit(name) == TRAINER
+        for name in _imported(path, TRAINER)
     )
     assert back_arrows == []
+    assert not (PACKAGE / "zoo").exists()  # the trainer's former place inside the package
 
 
 def test_subpackages_import_each_other_without_a_cycle():
@@ -90,6 +89,9 @@ def test_subpackages_import_each_other_without_a_cycle():
 
 
 def test_the_checks_see_lazy_and_relative_imports():
-    source = "def f():\n    from hgc_tune.zoo import shapes_checkpoint\n    from ..zoo import _run\n"
-    assert _imports_in(source, "hgc_tune.models._loading") == {"hgc_tune.zoo"}
+    source = "def f():\n    from hgc_tune.data import shapes\n    from ..data import _shapes\n"
+    assert _imports_in(source, "hgc_tune.models._loading") == {"hgc_tune.data"}
+    assert _imports_in("def f():\n    import training.shapes.run\n", "hgc_tune.x", top=TRAINER) == {
+        "training.shapes.run"
+    }
     assert _imports_in("from . import _shapes", "hgc_tune.models", is_package=True) == {"hgc_tune.models"}

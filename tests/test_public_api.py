@@ -88,6 +88,7 @@ PUBLIC: dict[str, set[str]] = {
         "ProfileError",
         "ReportError",
         "ResourceError",
+        "TrainingCheckpointError",
         "SearchError",
         "ShapesWeightsMissingError",
         "StepCountMismatchError",
@@ -120,14 +121,17 @@ PUBLIC: dict[str, set[str]] = {
         "LossBound",
         "Metric",
         "TaskEvaluator",
+        "background_adherence",
         "edge_f1",
         "evaluate_pairs",
         "evaluate_policy",
         "latent_rel_error",
         "load_segmenter",
         "miou",
+        "named_background",
         "paired_loss_bound",
         "psnr",
+        "read_background",
         "relative_loss",
         "rmse",
         "ssim",
@@ -199,7 +203,6 @@ PUBLIC: dict[str, set[str]] = {
         "search_policy",
         "write_search_outputs",
     },
-    "hgc_tune.zoo": {"WEIGHTS_DIR", "shapes_checkpoint"},
 }
 
 HOW_TO_UPDATE = (

@@ -121,6 +121,7 @@ def _run_shapes(args: argparse.Namespace) -> int:
     )
     print(f"  {info.rows} rows: {', '.join(info.conditions)} ({info.n} each)")
     print("  objects: " + ", ".join(f"{name} {count}" for name, count in info.class_counts.items()))
+    print("  backgrounds: " + ", ".join(f"{name} {count}" for name, count in info.background_counts.items()))
     return 0
 
 

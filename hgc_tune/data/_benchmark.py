@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from hgc_tune._atomic import atomic_folder
 from hgc_tune.data._dataset import METADATA_FILE
-from hgc_tune.data._shapes import CONDITION_TYPES, SHAPE_CLASSES, render_scene
+from hgc_tune.data._shapes import BACKGROUNDS, CONDITION_TYPES, SHAPE_CLASSES, render_scene
 from hgc_tune.errors import DatasetError
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # Bump when a change to rendering changes the pixels of a seed: cached copies are keyed by it.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: seven backgrounds instead of three (hgc_tune.data._shapes.BACKGROUNDS)
 INFO_FILE = "dataset_info.json"
 SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType(
     {
@@ -98,6 +98,7 @@ class ShapesDatasetInfo:
         conditions: Condition types written, one row each per scene.
         rows: Rows in ``metadata.jsonl`` (``n * len(conditions)``).
         class_counts: Objects per class name over all scenes.
+        background_counts: Scenes per background name.
         version: :data:`GENERATOR_VERSION`.
     """
 
@@ -110,6 +111,7 @@ class ShapesDatasetInfo:
     conditions: tuple[str, ...]
     rows: int
     class_counts: dict[str, int]
+    background_counts: dict[str, int] = field(default_factory=dict)
     version: int = GENERATOR_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +191,7 @@ def write_shapes_dataset(
         for folder in ("image", *chosen):
             (tmp / folder).mkdir()
         class_counts = dict.fromkeys(SHAPE_CLASSES[1:], 0)
+        background_counts = dict.fromkeys(BACKGROUNDS, 0)
         with (tmp / METADATA_FILE).open("w", encoding="utf-8") as metadata:
             bar = tqdm(seeds, desc=f"shapes {split}", unit="scene", disable=not progress, file=sys.stderr)
             for i, scene_seed in enumerate(bar):
@@ -207,6 +210,7 @@ def write_shapes_dataset(
                     metadata.write(json.dumps(row, sort_keys=True) + "\n")
                 for obj in scene.objects:
                     class_counts[obj.shape] += 1
+                background_counts[scene.background] += 1
         info = ShapesDatasetInfo(
             path=str(out),
             split=split,
@@ -217,6 +221,7 @@ def write_shapes_dataset(
             conditions=chosen,
             rows=n * len(chosen),
             class_counts=class_counts,
+            background_counts=background_counts,
         )
         stored = {k: v for k, v in info.to_dict().items() if k != "path"}  # the folder may move
         (tmp / INFO_FILE).write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,12 +1,15 @@
 """The shapes benchmark: deterministic synthetic scenes, their condition maps, and decoders.
 
-A scene is 1–4 objects of six classes on a textured, desaturated background. Each class has its own
-saturated colour (hue) and its own texture; objects are drawn far to near, so nearer objects partly occlude
-farther ones. The rendering is designed to be *decodable* from a generated picture, so that task metrics
-(seg mIoU, canny F1, hed SSIM, depth RMSE) can be measured on the output of a model trained on it:
+A scene is 1–4 objects of six classes on one of seven textured, weakly saturated backgrounds. Each class
+has its own saturated colour (hue) and its own texture; objects are drawn far to near, so nearer objects
+partly occlude farther ones. The rendering is designed to be *decodable* from a generated picture, so that
+task metrics (seg mIoU, canny F1, hed SSIM, depth RMSE) can be measured on the output of a model trained on
+it:
 
 - **class** is carried by chromaticity (``rgb / (r + g + b)``): textures and depth shading only scale
-  brightness, which leaves chromaticity unchanged, and every background is near-grey;
+  brightness, which leaves chromaticity unchanged, and every background is weakly saturated;
+- **the background** named in the prompt is carried by the background's colour: seven backgrounds (wood,
+  stone, sand, grass, sky, water, street) that differ in hue, brightness and texture;
 - **depth** is carried by brightness: an object at depth level ``d`` (1 = nearest) is drawn at
   ``0.5 + 0.5 * d`` times its class colour, so its brightness relative to that colour gives ``d`` back;
 - **edges** and **soft edges** come from one fixed-parameter function each, used both to make the
@@ -75,13 +78,23 @@ SEG_PALETTE: np.ndarray = np.array(
 
 CONDITION_TYPES: tuple[str, ...] = ("seg", "canny", "hed", "depth")
 
-# name -> (base colour, texture kind, texture amplitude). Saturation stays <= 0.3 so no background is
-# mistaken for an object colour.
+# name -> (base colour, texture kind, texture amplitude). The backgrounds differ in hue (warm wood and sand,
+# green grass, blue sky and water, neutral stone and street), in brightness (street ~70 to sky ~190) and in
+# texture, so the background word of a prompt names something a picture shows. Saturation stays <= 0.3 so no
+# background is mistaken for an object colour, and every base colour is >= 30 RGB units from every other one
+# (hgc_tune.fidelity reads the background back by its colour). The first three are the benchmark's original
+# backgrounds, kept first (see _draw_background on seeds).
 BACKGROUNDS: dict[str, tuple[tuple[int, int, int], str, float]] = {
     "wood": ((150, 130, 110), "grain", 0.06),
     "stone": ((125, 125, 130), "blotches", 0.14),
     "sand": ((175, 165, 145), "speckle", 0.06),
+    "grass": ((110, 130, 95), "blades", 0.10),
+    "sky": ((170, 190, 220), "gradient", 0.08),
+    "water": ((80, 98, 112), "waves", 0.07),
+    "street": ((72, 72, 74), "speckle", 0.10),
 }
+# Version 1 of the benchmark drew among these; a scene keeps their draw (and their random stream) first.
+_LEGACY_BACKGROUNDS = 3
 
 _TEXTURE_AMPLITUDE = 0.12  # object brightness varies by +-12% around its shade
 _MIN_VISIBLE = 0.5  # every object keeps at least half of its area visible
@@ -264,10 +277,45 @@ def _background(kind: str, size: int, period: float, rng: np.random.Generator) -
     elif kind == "blotches":
         pattern = ndimage.gaussian_filter(rng.standard_normal((size, size)), 1.2 * period, mode="wrap")
         pattern /= 2.5 * pattern.std() + 1e-12
+    elif kind == "blades":
+        # Noise stretched vertically: short upright strokes.
+        noise = rng.standard_normal((size, size))
+        pattern = ndimage.gaussian_filter(noise, (1.5 * period, 0.35 * period), mode="wrap")
+        pattern /= 2.5 * pattern.std() + 1e-12
+    elif kind == "gradient":
+        # Brighter towards the top, no texture: a clear sky.
+        tilt = rng.uniform(-0.2, 0.2)
+        pattern = 1.0 - 2.0 * (ys + tilt * (xs - size / 2)) / size
+    elif kind == "waves":
+        # Horizontal ripples whose phase drifts slowly along x.
+        phase = rng.uniform(0, 2 * np.pi)
+        drift = 0.5 * np.sin(2 * np.pi * xs / (8 * period) + phase)
+        pattern = np.sin(2 * np.pi * (ys / (4.5 * period) + drift))
     else:
         pattern = ndimage.gaussian_filter(rng.standard_normal((size, size)), 0.1 * period, mode="wrap")
         pattern /= 2.5 * pattern.std() + 1e-12
     return np.clip(pattern, -1, 1)
+
+
+def _draw_background(seed: int, size: int, period: float, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """The scene's background name and its picture, uniform over :data:`BACKGROUNDS`.
+
+    The draw among the original three backgrounds and their pattern come from the scene's stream ``rng``,
+    as in version 1 of the benchmark, so that the objects drawn after it are the same as they were; a second
+    stream of the seed then replaces that background by one of the later ones with probability
+    ``(n - 3) / n``. Scenes that keep one of the original three are pixel-identical to version 1.
+    """
+    names = list(BACKGROUNDS)
+    legacy = names[int(rng.integers(_LEGACY_BACKGROUNDS))]
+    pattern = _background(BACKGROUNDS[legacy][1], size, period, rng)
+    extra = np.random.default_rng([int(seed), 1])
+    name = legacy
+    if extra.random() < (len(names) - _LEGACY_BACKGROUNDS) / len(names):
+        name = names[_LEGACY_BACKGROUNDS + int(extra.integers(len(names) - _LEGACY_BACKGROUNDS))]
+        pattern = _background(BACKGROUNDS[name][1], size, period, extra)
+    color, _, amplitude = BACKGROUNDS[name]
+    image = np.asarray(color, dtype=np.float64)[None, None, :] * (1 + amplitude * pattern)[..., None]
+    return name, image
 
 
 # -------------------------------------------------------------------------------------------- rendering
@@ -339,10 +387,7 @@ def render_scene(seed: int, size: int = 64) -> Scene:
     period = max(3.0, 4.0 * scale)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
 
-    background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-    bg_color, bg_kind, bg_amplitude = BACKGROUNDS[background]
-    bg_pattern = _background(bg_kind, size, period, rng)
-    image = np.asarray(bg_color, dtype=np.float64)[None, None, :] * (1 + bg_amplitude * bg_pattern)[..., None]
+    background, image = _draw_background(int(seed), size, period, rng)
 
     count = int(rng.integers(1, 5))
     placed, depths, visible = _layout(rng, size, count, xs, ys)

@@ -10,7 +10,9 @@ full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. *Prom
 (:func:`load_clip_scorer`), a proxy for prompt adherence. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
 bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
-(every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures.
+(every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures. On
+the shapes benchmark, :func:`background_adherence` reads the background a prompt names back from a picture
+(a proxy of prompt adherence, which no condition map carries).
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -21,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from hgc_tune.fidelity._background import background_adherence, named_background, read_background
 from hgc_tune.fidelity._clip import ClipScorer, load_clip_scorer
 from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
@@ -39,6 +42,7 @@ __all__ = [
     "LossBound",
     "Metric",
     "TaskEvaluator",
+    "background_adherence",
     "edge_f1",
     "evaluate_pairs",
     "evaluate_policy",
@@ -46,8 +50,10 @@ __all__ = [
     "load_clip_scorer",
     "load_segmenter",
     "miou",
+    "named_background",
     "paired_loss_bound",
     "psnr",
+    "read_background",
     "relative_loss",
     "rmse",
     "ssim",

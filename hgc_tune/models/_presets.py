@@ -6,8 +6,8 @@
 - ``sd15``: the SD1.5 U-Net, VAE and CLIP-L text encoder configurations with a ControlNet made by
   ``ControlNetModel.from_unet``; random weights (images are noise). For MAC counting and timing, which do
   not depend on weights.
-- ``shapes``: the embedded default, loaded from the weights shipped in ``hgc_tune/zoo/weights``
-  (found by :mod:`hgc_tune.models._shapes`; :mod:`hgc_tune.zoo` trains them).
+- ``shapes``: the embedded default, loaded from the weights shipped in ``hgc_tune/models/weights/shapes``
+  (found by :mod:`hgc_tune.models._shapes`; the repository's ``training/shapes/`` trains them).
 - ``sdxl``: the SDXL base 1.0 U-Net (``stabilityai/stable-diffusion-xl-base-1.0`` ``unet/config.json``),
   its VAE, its two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG with projection) and a ControlNet made by
   ``ControlNetModel.from_unet``, as the public SDXL ControlNets are; random weights, for MACs and timing. The

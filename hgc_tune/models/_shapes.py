@@ -1,7 +1,9 @@
 """Where the ``shapes`` preset's weights live: the library's side of the embedded default model.
 
-The weights ship inside the package at ``hgc_tune/zoo/weights`` (next to the trainer that makes them,
-:mod:`hgc_tune.zoo`); this module names that folder so that loading the preset never imports the trainer.
+The weights ship inside the package at ``hgc_tune/models/weights/shapes`` (data only, no code beside them);
+the trainer that makes them lives outside the package, in the repository's ``training/shapes/`` script
+folder (``python -m training.shapes.train`` from the repository root), and imports the library, never the
+other way round.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ __all__ = [
 
 # The condition types of the shapes benchmark, one shipped ControlNet each.
 SHAPES_CONDITIONS: tuple[str, ...] = ("seg", "canny", "hed", "depth")
-# Named from here, not from the trainer's package, so the library does not depend on the trainer.
-WEIGHTS_DIR: Path = Path(__file__).resolve().parents[1] / "zoo" / "weights"
+WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights" / "shapes"
 
 
 def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -30,7 +31,8 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
 
     Args:
         condition: The condition type, one of :data:`SHAPES_CONDITIONS`.
-        weights_dir: Where the weights are; :data:`WEIGHTS_DIR` (``hgc_tune/zoo/weights``) by default.
+        weights_dir: Where the weights are; :data:`WEIGHTS_DIR` (``hgc_tune/models/weights/shapes``) by
+            default.
 
     Returns:
         ``(base_dir, controlnet_dir)``: a diffusers pipeline folder without ControlNet and a
@@ -57,7 +59,7 @@ def shapes_checkpoint(condition: str | None, weights_dir: str | Path | None = No
         shown = _display(root)
         raise ShapesWeightsMissingError(
             f"the shapes weights are not in {shown} (missing {', '.join(_display(p) for p in missing)}); "
-            f"train them with `python -m hgc_tune.zoo.train --out {shown}`."
+            f"train them from the repository root with `python -m training.shapes.train --out {shown}`."
         )
     return base, controlnet
 
@@ -68,8 +70,8 @@ def controlnet_dir(root: Path, condition: str) -> Path:
 
 
 def _display(path: Path) -> str:
-    """The path relative to the repository (``hgc_tune/zoo/weights``) when it is inside it."""
+    """The path relative to the repository (``hgc_tune/models/weights/shapes``) when it is inside it."""
     try:
-        return str(path.relative_to(WEIGHTS_DIR.parents[2]))
+        return str(path.relative_to(WEIGHTS_DIR.parents[3]))
     except ValueError:
         return str(path)

@@ -26,6 +26,17 @@ def test_cli_shapes_writes_a_folder_that_reads_back(tmp_path: Path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == 20 and summary["first_scene_seed"] == 3 and summary["n"] == 5
     assert summary["conditions"] == ["seg", "canny", "hed", "depth"]
+    backgrounds = summary["background_counts"]
+    assert sum(backgrounds.values()) == 5 and set(backgrounds) == {
+        "wood",
+        "stone",
+        "sand",
+        "grass",
+        "sky",
+        "water",
+        "street",
+    }
+    assert all(backgrounds[render_scene(seed).background] >= 1 for seed in range(3, 8))
     dataset = Dataset.open(out, strict=True)
     assert len(dataset) == 5 * 4 and dict(dataset.skipped) == {}
     assert [s.condition_type for s in dataset][:4] == ["seg", "canny", "hed", "depth"]
@@ -50,6 +61,7 @@ def test_cli_shapes_human_output_and_subset_of_conditions(tmp_path: Path, capsys
     assert code == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "scene seeds 100000..100001" in printed and "4 rows" in printed
+    assert "  backgrounds: wood " in printed and "street" in printed
     dataset = Dataset.open(out)
     assert dataset.condition_types == ("seg", "depth") and len(dataset) == 4
     assert not (out / "canny").exists()

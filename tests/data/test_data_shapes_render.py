@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from hgc_tune.data._benchmark import SPLITS, split_seeds
 from hgc_tune.data._shapes import (
+    BACKGROUNDS,
     NUM_CLASSES,
     OBJECT_COLORS,
     SEG_PALETTE,
@@ -259,3 +264,71 @@ def test_shapes_namespace_exposes_the_task_models():
     assert shapes.decode_class_map is decode_class_map and shapes.estimate_depth is estimate_depth
     assert shapes.edges is edges and shapes.soft_edges is soft_edges
     assert shapes.class_map_from_seg is class_map_from_seg and shapes.NUM_CLASSES == NUM_CLASSES == 7
+
+
+@pytest.fixture(scope="module")
+def many_scenes():
+    return [render_scene(seed) for seed in range(200)]
+
+
+def test_seven_backgrounds_differ_and_every_one_is_drawn(many_scenes):
+    assert list(BACKGROUNDS)[:3] == ["wood", "stone", "sand"]  # version 1's three, first
+    assert len(BACKGROUNDS) >= 6
+    colors = np.array([c for c, _, _ in BACKGROUNDS.values()], dtype=np.float64)
+    distances = np.sqrt(((colors[:, None] - colors[None]) ** 2).sum(-1))
+    assert distances[~np.eye(len(colors), dtype=bool)].min() >= 30
+    saturation = (colors.max(1) - colors.min(1)) / colors.max(1)
+    assert saturation.max() <= 0.3
+    counts = {name: sum(s.background == name for s in many_scenes) for name in BACKGROUNDS}
+    # uniform: 200 / 7 = 28.6 scenes each
+    assert min(counts.values()) >= 12, counts
+    for scene in many_scenes[:40]:
+        assert scene.prompt.endswith(f"on a {scene.background} background")
+
+
+def test_scenes_keep_the_objects_of_version_1_and_the_pixels_of_its_backgrounds():
+    # Recorded from version 1 of the benchmark (three backgrounds): its background, sha256 prefixes of its
+    # picture and of its objects (JSON of the SceneObject fields).
+    version_1 = {
+        0: ("sand", "6086bc81ca0717b9", "76c2c5f2107c277e"),
+        1: ("stone", "c2b2aaad3bda27d7", "0eef3fcee806f5b2"),
+        2: ("sand", "59648b02261194c8", "b1e89535f92c3dad"),
+        3: ("sand", "b4ec050c371a5e50", "653b24c0b615b030"),
+        4: ("sand", "eb6d873d8f8dd3bd", "77514dce293d95b1"),
+        5: ("sand", "99bbc48d5e631d66", "1a9dbc82d49cbf44"),
+        6: ("stone", "6624655204aae3fa", "381023367df4533f"),
+        7: ("sand", "93d42d3cce0ad822", "82fa65b071a4808e"),
+    }
+    kept = replaced = 0
+    for seed, (background, image_hash, objects_hash) in version_1.items():
+        scene = render_scene(seed)
+        objects = json.dumps([dataclasses.asdict(o) for o in scene.objects], sort_keys=True)
+        assert hashlib.sha256(objects.encode()).hexdigest()[:16] == objects_hash
+        same_pixels = hashlib.sha256(scene.image.tobytes()).hexdigest()[:16] == image_hash
+        if scene.background == background:
+            assert same_pixels
+            kept += 1
+        else:
+            assert scene.background in list(BACKGROUNDS)[3:] and not same_pixels
+            replaced += 1
+    assert kept and replaced
+
+
+def test_decoders_are_right_on_ground_truth_renders_of_every_background(many_scenes):
+    """The task decoders read >= 99 % of 200 ground-truth scenes right, whatever their background."""
+    class_right = depth_right = edges_right = 0
+    for scene in many_scenes:
+        # edges: the background's texture makes none of its own (>= 98 % of edge pixels on a boundary)
+        edge = scene.canny > 0
+        near_boundary = ndimage.binary_dilation(_boundary(scene.class_map), iterations=2)
+        edges_right += bool((edge & near_boundary).sum() >= 0.98 * edge.sum())
+        class_right += np.array_equal(decode_class_map(scene.image, smooth=0), scene.class_map)
+        # depth: every object's depth read back (median over its pixels) within 0.06, background 0
+        estimate = estimate_depth(scene.image, smooth=0)
+        objects_right = all(
+            abs(np.median(estimate[scene.class_map == o.label]) - o.depth) <= 0.06 for o in scene.objects
+        )
+        depth_right += objects_right and bool(np.all(estimate[scene.class_map == 0] == 0))
+    assert class_right >= 0.99 * len(many_scenes)
+    assert depth_right >= 0.99 * len(many_scenes)
+    assert edges_right >= 0.99 * len(many_scenes)

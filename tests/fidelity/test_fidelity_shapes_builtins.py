@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
+from hgc_tune.data._benchmark import split_seeds
+from hgc_tune.data.shapes import BACKGROUNDS, render_scene
+from hgc_tune.errors import FidelityError
+from hgc_tune.fidelity import (
+    TaskEvaluator,
+    background_adherence,
+    evaluate_pairs,
+    named_background,
+    read_background,
+)
 from hgc_tune.fidelity._task_models import shapes_task_models
 
 
@@ -57,3 +66,45 @@ def test_blurred_pictures_lose_fidelity(scenes: list, condition_type: str) -> No
     # a float [0, 1] rendering (diffusers' output_type="np") scores the same as uint8
     full_f = [s.image.astype(np.float32) / 255.0 for s in scenes]
     assert evaluate_pairs(full_f, policy, conditions, ev)["full"] == pytest.approx(out["full"])
+
+
+# --------------------------------------------------------------------------- prompt adherence (background)
+
+
+@pytest.fixture(scope="module")
+def background_scenes():
+    return [render_scene(seed) for seed in split_seeds("validation", 200)]
+
+
+def test_background_reader_is_right_on_ground_truth_renders(background_scenes):
+    """>= 99 % of 200 validation scenes, with the background the condition marks and with none given."""
+    with_condition = [background_adherence(s.image, s.prompt, s.class_map == 0) for s in background_scenes]
+    from_picture = [read_background(s.image) == s.background for s in background_scenes]
+    assert sum(with_condition) >= 0.99 * len(background_scenes)
+    assert sum(from_picture) >= 0.99 * len(background_scenes)
+    assert {s.background for s in background_scenes} == set(BACKGROUNDS)
+
+
+def test_background_reader_is_not_trivially_right(background_scenes):
+    """A picture read against another scene's prompt scores about 1/7, not 1."""
+    shuffled = background_scenes[1:] + background_scenes[:1]
+    scores = [
+        background_adherence(a.image, b.prompt, a.class_map == 0) for a, b in zip(background_scenes, shuffled)
+    ]
+    assert sum(scores) / len(scores) < 0.35
+    # a flat picture of one base colour reads as that background, whatever the mask
+    for name, (color, _, _) in BACKGROUNDS.items():
+        flat = np.tile(np.asarray(color, dtype=np.uint8), (64, 64, 1))
+        assert read_background(flat, np.ones((64, 64), dtype=bool)) == name
+
+
+def test_background_reader_errors_name_the_value():
+    assert named_background("A photo of a red striped circle on a Grass background") == "grass"
+    with pytest.raises(FidelityError, match="prompt='a red circle on a moon background'"):
+        named_background("a red circle on a moon background")
+    with pytest.raises(FidelityError, match="marks no pixel"):
+        read_background(np.zeros((8, 8, 3), dtype=np.uint8), np.zeros((8, 8), dtype=bool))
+    with pytest.raises(FidelityError, match=r"mask of the image's size \(8, 8\)"):
+        read_background(np.zeros((8, 8, 3), dtype=np.uint8), np.ones((4, 4), dtype=bool))
+    with pytest.raises(FidelityError, match="uint8"):
+        read_background(np.zeros((8, 8, 3), dtype=np.float32))

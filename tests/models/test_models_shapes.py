@@ -1,5 +1,5 @@
 """`shapes_checkpoint`: where the shipped weights are looked up, and its errors (the library's side of the
-embedded default; the trainer in ``hgc_tune.zoo`` re-exports these names)."""
+embedded default; the trainer is the repository's ``training/shapes/``, outside the package)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hgc_tune.models._shapes import (
     WEIGHTS_DIR,
     ShapesWeightsMissingError,
     UnknownConditionError,
+    _display,
     shapes_checkpoint,
 )
 
@@ -25,7 +26,7 @@ def _fake_weights(root, conditions=SHAPES_CONDITIONS):
 
 def test_conditions_are_the_four_shapes_types():
     assert SHAPES_CONDITIONS == ("seg", "canny", "hed", "depth")
-    assert WEIGHTS_DIR.parts[-3:] == ("hgc_tune", "zoo", "weights")
+    assert WEIGHTS_DIR.parts[-4:] == ("hgc_tune", "models", "weights", "shapes")
 
 
 def test_condition_is_required():
@@ -47,7 +48,7 @@ def test_missing_weights_say_how_to_train_them(tmp_path):
         shapes_checkpoint("seg", weights_dir=tmp_path)
     message = str(info.value)
     assert message.startswith(f"the shapes weights are not in {tmp_path}")
-    assert "python -m hgc_tune.zoo.train --out" in message
+    assert "python -m training.shapes.train --out" in message
     assert isinstance(info.value, ModelNotFoundError)
 
 
@@ -59,9 +60,10 @@ def test_missing_controlnet_only_is_reported(tmp_path):
 
 
 def test_shipped_location_message_is_repository_relative():
+    assert _display(WEIGHTS_DIR / "base") == "hgc_tune/models/weights/shapes/base"
     if (WEIGHTS_DIR / "base" / "model_index.json").is_file():
         pytest.skip("the shapes weights are shipped")
-    with pytest.raises(ShapesWeightsMissingError, match="not in hgc_tune/zoo/weights"):
+    with pytest.raises(ShapesWeightsMissingError, match="not in hgc_tune/models/weights/shapes"):
         shapes_checkpoint("seg")
 
 
@@ -72,8 +74,7 @@ def test_load_pipeline_shapes_requires_a_condition():
         load_pipeline("shapes")
 
 
-def test_the_trainer_re_exports_the_library_names():
-    import hgc_tune.zoo as zoo
-    from hgc_tune.models import _shapes
-
-    assert all(getattr(zoo, name) is getattr(_shapes, name) for name in zoo.__all__)
+def test_the_weights_folder_holds_data_and_no_code():
+    files = [p for p in WEIGHTS_DIR.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files and not [p for p in files if p.suffix in (".py", ".pyc")]
+    assert not (WEIGHTS_DIR.parents[1] / "zoo").exists()  # the trainer's former place inside the package

@@ -13,10 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from diffusers import DDPMScheduler
+
 from hgc_tune._atomic import atomic_write
+from hgc_tune.errors import TrainingCheckpointError
 from hgc_tune.models._presets import SD15_SCHEDULER_CONFIG
-from hgc_tune.zoo._pool import ScenePool
-from hgc_tune.zoo._resume import Checkpointer, Ema, StopRequested, stop_requested
+from training.shapes.pool import ScenePool
+from training.shapes.resume import Checkpointer, Ema, StopRequested, first_line, stop_requested
 
 __all__ = [
     "Conditioning",
@@ -30,6 +36,8 @@ __all__ = [
     "encode_prompts",
     "latent_scaling_factor",
     "lr_factor",
+    "ControlledSettings",
+    "StageRuntime",
     "train_controlnets",
     "joint_batch_sizes",
     "train_decoder",
@@ -137,10 +145,7 @@ class LossLog:
 
     def plot(self, path) -> None:
         """Save one log-scale panel per stage as a PNG (matplotlib, Agg backend)."""
-        import matplotlib
-
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         stages = [s for s, points in self.curves.items() if points]
         if not stages:
@@ -205,9 +210,6 @@ class DiffusionSchedule:
     """SD1.5's DDPM noise schedule (scaled linear betas 0.00085–0.012, 1000 steps) on one device."""
 
     def __init__(self, device: str) -> None:
-        import torch
-        from diffusers import DDPMScheduler
-
         scheduler = DDPMScheduler.from_config(dict(SD15_SCHEDULER_CONFIG))
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
@@ -225,8 +227,6 @@ class DiffusionSchedule:
     def sample_timesteps(self, n: int, generator, device: str, high_noise_bias: float = 0.0):
         """Uniform timesteps; a fraction ``high_noise_bias`` drawn with T2I-Adapter's cubic schedule instead,
         which favours the noisy early steps where the layout (what a ControlNet controls) is decided."""
-        import torch
-
         t = torch.randint(0, self.num_train_timesteps, (n,), device=device, generator=generator)
         if high_noise_bias > 0:
             u = torch.rand(n, device=device, generator=generator)
@@ -260,16 +260,12 @@ class _Rollback:
 
 
 def _optimizer(params, lr: float, weight_decay: float = 1e-2):
-    import torch
-
     # Fused AdamW (CUDA and, since torch 2.4, CPU): one kernel per step instead of one per parameter.
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def _autocast(device: str, enabled: bool):
     """bf16 autocast (the caller enables it on CUDA; CPUs without bf16 units run it slower than fp32)."""
-    import torch
-
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -298,8 +294,6 @@ def _run_loop(
     :class:`StageInterrupted` (after a save) when a fixed iteration count meets the deadline first. At the
     end of a completed stage with ``ema``, the modules hold the averages.
     """
-    import torch
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
     rollback = _Rollback(modules, optimizer)
     accumulated = None
@@ -384,8 +378,15 @@ def _restore_loop(state, name, modules, optimizer, ema, rollback, budget) -> tup
     """Load a saved loop state into the stage's objects; returns (iterations done, seconds spent)."""
     if state["stage"] != name:
         raise ValueError(f"the checkpoint is of stage {state['stage']!r}, not {name!r}.")
-    for module, saved in zip(modules, state["modules"], strict=True):
-        module.load_state_dict(saved)
+    for index, (module, saved) in enumerate(zip(modules, state["modules"], strict=True)):
+        try:
+            module.load_state_dict(saved)
+        except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+            raise TrainingCheckpointError(
+                f"the checkpoint holds another model's weights for model {index} of stage {name!r} "
+                f"({type(module).__name__} does not load them: {first_line(e)}); delete the run's checkpoint "
+                "folder and start the run again without --resume."
+            ) from e
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
@@ -414,8 +415,6 @@ def train_vae(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``vae`` to reconstruct the pool's pictures (L1 + L1 of pixel differences + a small KL)."""
-    import torch
-
     vae.train().requires_grad_(True)
     optimizer = _optimizer(vae.parameters(), lr)
     n = len(pool)
@@ -449,8 +448,6 @@ def train_vae(
 
 def encode_pool_latents(vae, pool: ScenePool, *, device: str, amp: bool = False, batch_size: int = 512):
     """Posterior means and standard deviations of every pool picture (``[N, 4, h, w]`` fp32 each)."""
-    import torch
-
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, len(pool), batch_size):
@@ -468,8 +465,6 @@ def latent_scaling_factor(means, stds, generator, max_samples: int = 8192) -> fl
     The RMS equals the standard deviation for zero-mean latents; SD pipelines apply no shift, so the mean
     is part of the signal the noise schedule sees, and the second moment is what has to be 1.
     """
-    import torch
-
     n = min(len(means), max_samples)
     noise = torch.randn(means[:n].shape, device=means.device, generator=generator)
     z = means[:n] + stds[:n] * noise
@@ -482,8 +477,6 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: s
     Padding to ``model_max_length``, no attention mask, last hidden state: ``encode_prompt`` of
     ``StableDiffusionControlNetPipeline`` without ``clip_skip``.
     """
-    import torch
-
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
@@ -511,8 +504,6 @@ class Conditioning:
 
     def batch(self, pool: ScenePool, index, generator, dropout: float | None = None):
         """Scaled sampled latents and text embeddings (with prompt dropout) of ``index``."""
-        import torch
-
         means, stds = self.latent_means[index], self.latent_stds[index]
         noise = torch.randn(means.shape, device=means.device, generator=generator)
         latents = (means + stds * noise) * self.scaling_factor
@@ -544,8 +535,6 @@ def train_unet(
     resume: LoopResume | None = None,
 ) -> StageResult:
     """Train ``unet`` for text-conditioned epsilon prediction (min-SNR-5 weighted MSE, prompt dropout)."""
-    import torch
-
     unet.train().requires_grad_(True)
     optimizer = _optimizer(unet.parameters(), lr)
     n = len(pool)
@@ -593,8 +582,6 @@ def _controlled_step(
     one U-Net call takes them all (one call instead of five: the models are small, so the per-call overhead
     is what costs). Gradients reach whichever models require them.
     """
-    import torch
-
     n = len(pool)
 
     def noisy_batch(size: int, bias: float):
@@ -648,65 +635,99 @@ def _controlled_step(
     return step
 
 
+@dataclass(frozen=True)
+class ControlledSettings:
+    """How a stage that trains ControlNets (alone or with the U-Net) learns.
+
+    Attributes:
+        batch_size: Scenes per condition type and iteration.
+        lr: Peak learning rate (warm-up, then cosine to 10 %).
+        prompt_dropout: Share of scenes trained with the empty prompt (classifier-free guidance).
+        control_dropout: Joint stage only: share of each batch trained with no control at all.
+        high_noise_bias: Share of timesteps drawn from T2I-Adapter's cubic schedule.
+        log_every: Iterations between two log lines (and loss-curve points).
+        warmup: Warm-up iterations.
+        ema_decay: EMA of the trained weights, which ship (0: off).
+    """
+
+    batch_size: int
+    lr: float
+    prompt_dropout: float = 0.1
+    control_dropout: float = 0.2
+    high_noise_bias: float = 0.5
+    log_every: int = 50
+    warmup: int = 100
+    ema_decay: float = 0.0
+
+
+@dataclass
+class StageRuntime:
+    """Where and for how long a stage runs, and where its progress goes.
+
+    Attributes:
+        device: Torch device.
+        budget: The stage's time and iteration budget.
+        generator: The stage's data and noise generator.
+        losses: Receives the loss-curve points.
+        log: Receives progress lines.
+        amp: bf16 autocast.
+        resume: What makes the loop resumable (``None``: no checkpoints, for benchmarks).
+    """
+
+    device: str
+    budget: StageBudget
+    generator: Any
+    losses: LossLog
+    log: Log
+    amp: bool = False
+    resume: LoopResume | None = None
+
+
 def train_controlnets(
     controlnets: dict[str, Any],
     unet,
     pool: ScenePool,
     conditioning: Conditioning,
     schedule: DiffusionSchedule,
-    *,
-    device: str,
-    amp: bool = False,
-    budget: StageBudget,
-    batch_size: int,
-    lr: float,
-    generator,
-    losses: LossLog,
-    log: Log,
-    prompt_dropout: float = 0.1,
-    high_noise_bias: float = 0.5,
-    log_every: int = 50,
-    warmup: int = 100,
-    ema_decay: float = 0.0,
-    resume: LoopResume | None = None,
+    settings: ControlledSettings,
+    runtime: StageRuntime,
 ) -> StageResult:
     """Train one ControlNet per condition type against the frozen ``unet``, all in one loop
-    (``batch_size`` scenes per condition type and iteration)."""
+    (``settings.batch_size`` scenes per condition type and iteration; ``control_dropout`` does not apply)."""
     names = list(controlnets)
     unet.eval().requires_grad_(False)
     for controlnet in controlnets.values():
         controlnet.train().requires_grad_(True)
-    optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], lr)
+    optimizer = _optimizer([{"params": list(c.parameters())} for c in controlnets.values()], settings.lr)
     step = _controlled_step(
         unet,
         controlnets,
         pool,
         conditioning,
         schedule,
-        per_condition=batch_size,
+        per_condition=settings.batch_size,
         uncontrolled=0,
-        prompt_dropout=prompt_dropout,
-        high_noise_bias=high_noise_bias,
-        device=device,
-        amp=amp,
-        generator=generator,
+        prompt_dropout=settings.prompt_dropout,
+        high_noise_bias=settings.high_noise_bias,
+        device=runtime.device,
+        amp=runtime.amp,
+        generator=runtime.generator,
     )
-
-    ema = Ema(list(controlnets.values()), ema_decay) if ema_decay > 0 else None
+    ema = Ema(list(controlnets.values()), settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "controlnet",
         step,
         tuple(f"mse_{c}" for c in names),
         list(controlnets.values()),
         optimizer,
-        [lr] * len(names),
-        budget,
-        warmup,
-        log_every,
-        losses,
-        log,
+        [settings.lr] * len(names),
+        runtime.budget,
+        settings.warmup,
+        settings.log_every,
+        runtime.losses,
+        runtime.log,
         ema,
-        resume,
+        runtime.resume,
     )
     for controlnet in controlnets.values():
         controlnet.eval().requires_grad_(False)
@@ -737,8 +758,6 @@ def train_decoder(
     was, so a better decoder raises the reconstruction ceiling without retraining the denoisers. The
     latents come from the pool's precomputed posteriors (``conditioning``): no encoder pass per step.
     """
-    import torch
-
     vae.eval().requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
     for module in trained:
@@ -791,37 +810,23 @@ def train_joint(
     pool: ScenePool,
     conditioning: Conditioning,
     schedule: DiffusionSchedule,
-    *,
-    device: str,
-    amp: bool = False,
-    budget: StageBudget,
-    batch_size: int,
-    lr: float,
-    generator,
-    losses: LossLog,
-    log: Log,
-    prompt_dropout: float = 0.1,
-    control_dropout: float = 0.2,
-    high_noise_bias: float = 0.5,
-    log_every: int = 50,
-    warmup: int = 100,
-    ema_decay: float = 0.0,
-    resume: LoopResume | None = None,
+    settings: ControlledSettings,
+    runtime: StageRuntime,
 ) -> StageResult:
     """Train the U-Net and every ControlNet together (control dropout keeps the base usable on its own).
 
-    Every iteration draws ``batch_size`` scenes per condition type, each run through its own ControlNet,
-    and a share ``control_dropout`` of the whole batch with no control at all (see
+    Every iteration draws ``settings.batch_size`` scenes per condition type, each run through its own
+    ControlNet, and a share ``settings.control_dropout`` of the whole batch with no control at all (see
     :func:`_controlled_step`). Unlike freezing the base first, the U-Net learns from every controlled scene
     too, and the layout that the condition gives makes each of them a far easier (so faster learned)
     denoising problem.
     """
     names = list(controlnets)
-    per_condition, uncontrolled = joint_batch_sizes(batch_size, len(names), control_dropout)
+    per_condition, uncontrolled = joint_batch_sizes(settings.batch_size, len(names), settings.control_dropout)
     modules = [unet, *controlnets.values()]
     for module in modules:
         module.train().requires_grad_(True)
-    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], lr)
+    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], settings.lr)
     step = _controlled_step(
         unet,
         controlnets,
@@ -830,27 +835,27 @@ def train_joint(
         schedule,
         per_condition=per_condition,
         uncontrolled=uncontrolled,
-        prompt_dropout=prompt_dropout,
-        high_noise_bias=high_noise_bias,
-        device=device,
-        amp=amp,
-        generator=generator,
+        prompt_dropout=settings.prompt_dropout,
+        high_noise_bias=settings.high_noise_bias,
+        device=runtime.device,
+        amp=runtime.amp,
+        generator=runtime.generator,
     )
-    ema = Ema(modules, ema_decay) if ema_decay > 0 else None
+    ema = Ema(modules, settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "joint",
         step,
         (*(f"mse_{c}" for c in names), *(["mse_uncontrolled"] if uncontrolled else [])),
         modules,
         optimizer,
-        [lr] * len(modules),
-        budget,
-        warmup,
-        log_every,
-        losses,
-        log,
+        [settings.lr] * len(modules),
+        runtime.budget,
+        settings.warmup,
+        settings.log_every,
+        runtime.losses,
+        runtime.log,
         ema,
-        resume,
+        runtime.resume,
     )
     for module in modules:
         module.eval().requires_grad_(False)

@@ -13,12 +13,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPTextModel
+
 from hgc_tune._atomic import atomic_write_text
 from hgc_tune._json import load_json_file
-from hgc_tune.errors import HgcTuneError
+from hgc_tune.errors import HgcTuneError, TrainingCheckpointError
+from hgc_tune.models._loading import make_scheduler
 from hgc_tune.models._shapes import SHAPES_CONDITIONS, controlnet_dir
-from hgc_tune.zoo._resume import Checkpointer, StopRequested, stop_on_signals
-from hgc_tune.zoo._source import SceneSource
+from hgc_tune.models._tokenizer import build_offline_tokenizer
+from training.shapes import stages as st
+from training.shapes.architecture import build_controlnet, build_text_encoder, build_unet, build_vae
+from training.shapes.pool import render_pool
+from training.shapes.resume import Checkpointer, StopRequested, stop_on_signals
+from training.shapes.selfcheck import self_check
+from training.shapes.source import SceneSource, shapes_source
+from training.shapes.stages import LoopResume, LossLog, StageBudget
 
 __all__ = ["CHECKPOINT_DIR", "STAGES", "TrainConfig", "TrainError", "load_resume_state", "run_training"]
 
@@ -63,9 +75,9 @@ class TrainConfig:
         controlnet_prompt_dropout: Same for the ControlNets.
         controlnet_embedding_init_std: Initialisation of the conditioning embedding's output convolution
             (0 = diffusers' zero init; the residual convolutions stay zero either way).
-        init_from: A shapes-model folder (e.g. the shipped ``hgc_tune/zoo/weights``) whose models start the
-            run: its ``base/`` and ``controlnet-*`` are copied into ``out`` where ``out`` has none, and
-            stages left out load them from there (warm start).
+        init_from: A shapes-model folder (e.g. the shipped ``hgc_tune/models/weights/shapes``) whose models
+            start the run: its ``base/`` and ``controlnet-*`` are copied into ``out`` where ``out`` has none,
+            and stages left out load them from there (warm start).
         checkpoint_minutes: Longest time between two checkpoints of a stage's loop (``out/checkpoint``).
         ema_decay: Decay of the exponential moving average of the weights that every stage keeps and
             ships (0: no EMA, the last weights ship).
@@ -204,8 +216,6 @@ class TrainConfig:
 
 def _round_weights(model, dtype: str):
     """Round ``model``'s weights through ``dtype`` in place, so that later stages see what ships."""
-    import torch
-
     if dtype == "fp16":
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
@@ -215,8 +225,6 @@ def _round_weights(model, dtype: str):
 
 
 def _cpu_copy(model, dtype: str):
-    import torch
-
     config = getattr(model, "config", None)
     if isinstance(config, dict) and "_name_or_path" in config:
         # A diffusers model loaded from disk remembers its folder; what ships must not name this machine's
@@ -244,10 +252,6 @@ def _save_model(model, path: Path, dtype: str) -> None:
 
 def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) -> None:
     """Save a ``StableDiffusionPipeline`` folder without safety checker; ControlNet pipelines load it."""
-    from diffusers import StableDiffusionPipeline
-
-    from hgc_tune.models._loading import make_scheduler
-
     pipe = StableDiffusionPipeline(
         vae=_cpu_copy(vae, dtype),
         text_encoder=_cpu_copy(text_encoder, dtype),
@@ -299,29 +303,89 @@ def _seed_from(init_from: Path, out: Path) -> None:
         shutil.copyfile(summary, out / "training.json")
 
 
+# The weights' former home (the trainer lived in the package then): settings saved before the move name it.
+_MOVED_WEIGHTS = {"hgc_tune/zoo/weights": "hgc_tune/models/weights/shapes"}
+
+
 def load_resume_state(out: Path) -> dict[str, Any]:
     """The checkpoint a run in ``out`` left, to continue it (see :func:`run_training`).
 
+    The checkpoint is read with ``torch.load(weights_only=True)`` only, then checked before any work: its
+    run settings (``config``) must rebuild a :class:`TrainConfig`, and a stage's loop state must hold one
+    weights dict per model that stage trains. Whether those weights fit the models is checked when the
+    stage restores them (:class:`~hgc_tune.errors.TrainingCheckpointError` there too). A checkpoint saved
+    before the trainer left the package names the shipped weights by their old folder; that name is mapped
+    to the new one.
+
     Raises:
         TrainError: There is no checkpoint, or its run already finished.
+        TrainingCheckpointError: The checkpoint is unreadable, not the shapes trainer's, or lacks its
+            settings or its loop state.
     """
-    state = Checkpointer(Path(out) / CHECKPOINT_DIR, 0).load()
+    checkpointer = Checkpointer(Path(out) / CHECKPOINT_DIR, 0)
+    state = checkpointer.load()
     if state is None:
         raise TrainError(
             f"nothing to resume: {Path(out) / CHECKPOINT_DIR} holds no checkpoint; start the run without "
             "--resume."
         )
-    config = TrainConfig.from_json(state["config"])
+    fix = f"delete {checkpointer.folder} and start the run again without --resume"
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} holds no run settings (`config`), so it is not a checkpoint of this "
+            f"trainer; {fix}."
+        )
+    try:
+        config = TrainConfig.from_json(saved)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} holds run settings this trainer cannot read ({type(e).__name__}: {e}); "
+            f"{fix}."
+        ) from e
+    missing = [key for key in ("summary", "curves", "pool_scenes", "completed", "loop") if key not in state]
+    if missing:
+        raise TrainingCheckpointError(
+            f"{checkpointer.path} lacks {', '.join(missing)}, so it is not a checkpoint of this trainer; "
+            f"{fix}."
+        )
+    _check_loop(state["loop"], config, checkpointer.path, fix)
     if all(stage in state["completed"] for stage in config.stages):
         raise TrainError(f"the run in {out} finished every stage; there is nothing to resume.")
+    init_from = saved.get("init_from")
+    if init_from in _MOVED_WEIGHTS and not Path(init_from).exists():
+        state["config"] = {**saved, "init_from": _MOVED_WEIGHTS[init_from]}
     return state
+
+
+def _check_loop(loop: Any, config: TrainConfig, path: Path, fix: str) -> None:
+    """A stage's loop state holds one weights dict per model the stage trains (or there is none)."""
+    if loop is None:
+        return
+    stage = loop.get("stage") if isinstance(loop, dict) else None
+    if stage not in config.stages:
+        raise TrainingCheckpointError(
+            f"{path} holds the loop state of stage {stage!r}, which its run (stages "
+            f"{', '.join(config.stages)}) does not train; {fix}."
+        )
+    count = {"vae": 1, "decoder": 2, "unet": 1, "controlnet": len(config.conditions)}.get(
+        stage, 1 + len(config.conditions)
+    )
+    modules = loop.get("modules")
+    if (
+        not isinstance(modules, list)
+        or len(modules) != count
+        or not all(isinstance(m, dict) for m in modules)
+    ):
+        got = len(modules) if isinstance(modules, list) else type(modules).__name__
+        raise TrainingCheckpointError(
+            f"{path} holds {got} weights dicts for stage {stage!r}, but that stage trains {count} models "
+            f"(conditions {', '.join(config.conditions)}); {fix}."
+        )
 
 
 def _load_model(path: Path, class_name: str):
     """A saved diffusers model, in fp32 for training whatever it was saved in."""
-    import diffusers
-    import torch
-
     return getattr(diffusers, class_name).from_pretrained(str(path), torch_dtype=torch.float32).float()
 
 
@@ -368,10 +432,6 @@ class _Run:
         start: float,
         restored: dict[str, Any] | None = None,
     ) -> None:
-        import torch
-
-        from hgc_tune.zoo._stages import LossLog
-
         self.config = config
         self.source = source
         self.log = log
@@ -455,9 +515,7 @@ class _Run:
         self.checkpointer.save(self.run_state())
 
     def resume_for(self, stage: str, generator):
-        """The loop's :class:`~hgc_tune.zoo._stages.LoopResume`, with its saved state when resuming it."""
-        from hgc_tune.zoo._stages import LoopResume
-
+        """The loop's :class:`~training.shapes.stages.LoopResume`, with its saved state when resuming it."""
         loop = None if self.restored is None else self.restored.get("loop")
         restored = loop if loop is not None and loop["stage"] == stage else None
         return LoopResume(self.checkpointer, generator, self.run_state, restored)
@@ -466,8 +524,6 @@ class _Run:
         return self.config.seed * 1000 + _SEEDS[consumer]
 
     def generator(self, consumer: str):
-        import torch
-
         return torch.Generator(self.device).manual_seed(self.seed(consumer))
 
     def write_reports(self) -> None:
@@ -486,16 +542,25 @@ class _Run:
             self.log(f"  (loss plot failed: {type(e).__name__}: {e})")
 
     def budget(self, stage: str):
-        import torch
-
-        from hgc_tune.zoo._stages import StageBudget
-
         remaining = [s for s in STAGES[STAGES.index(stage) :] if self.to_do(s)]
         seconds = self.timeline.stage_seconds(stage, remaining)
         fixed = self.config.iterations.get(stage)
         self.log(f"stage {stage}: up to {seconds:.0f} s" + (f", {fixed} iterations" if fixed else ""))
         sync = torch.cuda.synchronize if self.is_cuda else (lambda: None)
         return StageBudget(seconds=seconds, iterations=fixed, sync=sync)
+
+    def runtime(self, stage: str, generator) -> st.StageRuntime:
+        """The :class:`~training.shapes.stages.StageRuntime` of ``stage``: its budget, generator, loss log,
+        log and checkpoints."""
+        return st.StageRuntime(
+            device=self.device,
+            budget=self.budget(stage),
+            generator=generator,
+            losses=self.losses,
+            log=self.log,
+            amp=self.amp,
+            resume=self.resume_for(stage, generator),
+        )
 
     def record(self, stage: str, result, **extra: Any) -> None:
         self.summary["stages"][stage] = {**asdict(result), **extra}
@@ -507,10 +572,6 @@ class _Run:
     # -- phases -------------------------------------------------------------------------------------------
 
     def render(self):
-        import torch
-
-        from hgc_tune.zoo._pool import render_pool
-
         config = self.config
         # A resumed run renders exactly the scenes of the run it continues (their count is saved).
         size = config.pool_size if self.restored is None else int(self.restored["pool_scenes"])
@@ -537,27 +598,16 @@ class _Run:
         return pool
 
     def text_encoder(self, tokenizer):
-        from hgc_tune.zoo._architecture import build_text_encoder
-
         saved = self.base_dir / "text_encoder" / "config.json"
         if saved.is_file() and not self.to_do("vae"):
-            from transformers import CLIPTextModel
-
             encoder = CLIPTextModel.from_pretrained(str(saved.parent)).float()
         else:
-            import torch
-
             torch.manual_seed(self.seed("text_encoder"))
             encoder = _round_weights(build_text_encoder(tokenizer), self.config.save_dtype)
         return encoder.to(self.device).eval().requires_grad_(False)
 
     def vae(self, pool):
         """Train (or load) the VAE; returns it with the pool's latent means/stds and the scaling factor."""
-        import torch
-
-        from hgc_tune.zoo import _stages as st
-        from hgc_tune.zoo._architecture import build_vae
-
         config = self.config
         if not self.to_do("vae"):
             vae = _load(self.out, "vae").to(self.device).eval()
@@ -602,11 +652,6 @@ class _Run:
         return vae, means, stds, scaling
 
     def unet(self, pool, conditioning, schedule, *, vae, text_encoder, tokenizer):
-        import torch
-
-        from hgc_tune.zoo import _stages as st
-        from hgc_tune.zoo._architecture import build_unet
-
         config = self.config
         if not self.to_do("unet"):
             unet = _load(self.out, "unet")
@@ -647,10 +692,6 @@ class _Run:
     def starting_controlnets(self, unet, *, load_saved: bool) -> dict[str, Any]:
         """The ControlNets a stage trains: those saved in ``out`` (when ``load_saved`` and they are there),
         else fresh copies of ``unet``'s encoder."""
-        import torch
-
-        from hgc_tune.zoo._architecture import build_controlnet
-
         controlnets = {}
         for i, condition in enumerate(self.config.conditions):
             if load_saved and (self.controlnet_dirs[condition] / "config.json").is_file():
@@ -674,30 +715,19 @@ class _Run:
         )
 
     def controlnets(self, pool, conditioning, schedule, unet) -> None:
-        from hgc_tune.zoo import _stages as st
-
         config = self.config
         # _check_saved made sure that the ControlNets to continue are saved
         controlnets = self.starting_controlnets(unet, load_saved=config.continue_controlnets)
         generator = self.generator("controlnet")
-        result = st.train_controlnets(
-            controlnets,
-            unet,
-            pool,
-            conditioning,
-            schedule,
-            device=self.device,
-            amp=self.amp,
-            budget=self.budget("controlnet"),
+        settings = st.ControlledSettings(
             batch_size=config.controlnet_batch_size,
             lr=config.lr_controlnet,
-            generator=generator,
-            losses=self.losses,
-            log=self.log,
             prompt_dropout=config.controlnet_prompt_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
-            resume=self.resume_for("controlnet", generator),
+        )
+        result = st.train_controlnets(
+            controlnets, unet, pool, conditioning, schedule, settings, self.runtime("controlnet", generator)
         )
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
@@ -709,8 +739,6 @@ class _Run:
 
     def decoder(self, pool, vae, conditioning) -> None:
         """Train the VAE's decoder on (encoder frozen, so the latents stay) and save the VAE."""
-        from hgc_tune.zoo import _stages as st
-
         config = self.config
         generator = self.generator("decoder")
         result = st.train_decoder(
@@ -736,30 +764,19 @@ class _Run:
     def joint(self, pool, conditioning, schedule, unet, *, vae, text_encoder, tokenizer) -> None:
         """Train the U-Net and the ControlNets together; ControlNets not saved in ``out`` start as copies of
         the U-Net's encoder."""
-        from hgc_tune.zoo import _stages as st
-
         config = self.config
         controlnets = self.starting_controlnets(unet, load_saved=True)
         generator = self.generator("joint")
-        result = st.train_joint(
-            unet,
-            controlnets,
-            pool,
-            conditioning,
-            schedule,
-            device=self.device,
-            amp=self.amp,
-            budget=self.budget("joint"),
+        settings = st.ControlledSettings(
             batch_size=config.joint_batch_size,
             lr=config.lr_joint,
-            generator=generator,
-            losses=self.losses,
-            log=self.log,
             prompt_dropout=config.prompt_dropout,
             control_dropout=config.control_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
-            resume=self.resume_for("joint", generator),
+        )
+        result = st.train_joint(
+            unet, controlnets, pool, conditioning, schedule, settings, self.runtime("joint", generator)
         )
         self.ship_unet(unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         for condition, controlnet in controlnets.items():
@@ -780,8 +797,6 @@ class _Run:
         self.losses.curves["controlnet"] = [*earlier, *shifted]
 
     def self_check(self) -> None:
-        from hgc_tune.zoo._selfcheck import self_check
-
         config = self.config
         dirs = dict(self.controlnet_dirs)
         if config.continue_controlnets:  # the ControlNets not continued ship too: check them as well
@@ -845,7 +860,7 @@ def run_training(
 
     Args:
         config: The run's settings (on resume: the saved ones, with this invocation's budget).
-        source: Scenes to train on; the shapes benchmark (:func:`~hgc_tune.zoo._source.shapes_source`) by
+        source: Scenes to train on; the shapes benchmark (:func:`~training.shapes.source.shapes_source`) by
             default.
         log: Receives progress lines.
         start: ``time.monotonic()`` at which the budget started (defaults to now).
@@ -854,18 +869,11 @@ def run_training(
     Raises:
         TrainError: An invalid configuration, or a stage left out whose saved output is not in ``out``.
     """
-    import torch
-
-    from hgc_tune.models._tokenizer import build_offline_tokenizer
-    from hgc_tune.zoo import _stages as st
-
     config.check()
     if config.init_from is not None and resume_state is None:
         _seed_from(config.init_from, Path(config.out))
     _check_saved(config)
     if source is None:
-        from hgc_tune.zoo._source import shapes_source
-
         source = shapes_source()
     run = _Run(config, source, log, time.monotonic() if start is None else start, restored=resume_state)
     run.summary.pop("interrupted", None)
@@ -915,10 +923,10 @@ def run_training(
         run.summary["interrupted"] = {
             "reason": str(e),
             "checkpoint": str(run.checkpointer.path),
-            "resume": f"python -m hgc_tune.zoo.train --resume {run.out}",
+            "resume": f"python -m training.shapes.train --resume {run.out}",
         }
         run.write_reports()
-        log(f"{e}; checkpoint saved: continue with `python -m hgc_tune.zoo.train --resume {run.out}`")
+        log(f"{e}; checkpoint saved: continue with `python -m training.shapes.train --resume {run.out}`")
         return run.summary
     except BaseException as e:
         run.summary["error"] = f"{type(e).__name__}: {e}"

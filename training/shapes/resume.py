@@ -6,7 +6,9 @@ done and iterations planned), the divergence guard's state, the data/noise gener
 and the loss curves so far. It is written to a temporary file and renamed into place, so a kill at any
 moment leaves either the previous checkpoint or the new one, never a torn file. Checkpoints are this
 project's own files (``torch.save`` of tensors and plain containers) and are loaded with
-``weights_only=True``.
+``weights_only=True`` and nothing else: a file that this restricted loader cannot read (truncated, garbage, a
+pickle of other objects) is refused with :class:`~hgc_tune.errors.TrainingCheckpointError`, never unpickled
+another way.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hgc_tune._atomic import atomic_write
+import torch
 
-__all__ = ["CHECKPOINT_FILE", "Checkpointer", "Ema", "StopRequested", "stop_on_signals", "stop_requested"]
+from hgc_tune._atomic import atomic_write
+from hgc_tune.errors import TrainingCheckpointError
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "Checkpointer",
+    "Ema",
+    "StopRequested",
+    "first_line",
+    "stop_on_signals",
+    "stop_requested",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -47,8 +60,6 @@ class Ema:
 
     def update(self) -> None:
         """Move every average toward the current weights."""
-        import torch
-
         self.updates += 1
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         with torch.no_grad():
@@ -59,8 +70,6 @@ class Ema:
     @contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Within the block the modules hold the averages; the trained weights come back after it."""
-        import torch
-
         saved = [{k: v.detach().clone() for k, v in _floats(m)} for m in self.modules]
         try:
             self.copy_to_modules()
@@ -73,8 +82,6 @@ class Ema:
 
     def copy_to_modules(self) -> None:
         """Overwrite the modules' weights with the averages (the end of a stage: the averages ship)."""
-        import torch
-
         with torch.no_grad():
             for module, shadow in zip(self.modules, self.shadows, strict=True):
                 for name, value in _floats(module):
@@ -122,23 +129,42 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically (the package's one atomic writer: temporary file, fsync, rename)."""
-        import torch
-
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         self.last = time.monotonic()
         self.saved_at.append(int(state.get("done", -1)))
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or ``None`` when there is none."""
-        import torch
+        """The saved state, or ``None`` when there is none.
 
+        Raises:
+            TrainingCheckpointError: The file is not one ``torch.load(weights_only=True)`` reads as a dict.
+        """
         if not self.path.is_file():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever the restricted loader rejects is not a checkpoint
+            raise TrainingCheckpointError(
+                f"{self.path} is not a readable training checkpoint ({first_line(e)}); delete {self.folder} "
+                "and start the run again without --resume."
+            ) from e
+        if not isinstance(state, dict):
+            raise TrainingCheckpointError(
+                f"{self.path} holds a {type(state).__name__}, not a training checkpoint; delete "
+                f"{self.folder} and start the run again without --resume."
+            )
+        return state
 
     def clear(self) -> None:
         """Remove the checkpoint (its stage finished and saved its models)."""
         self.path.unlink(missing_ok=True)
+
+
+def first_line(error: BaseException, limit: int = 120) -> str:
+    """``Type: message`` on one line, cut at ``limit`` characters (torch's load errors run to paragraphs)."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _StopFlag:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from hgc_tune.data._benchmark import split_seeds
+from hgc_tune.data._shapes import render_scene
 
 __all__ = ["SceneSource", "shapes_source"]
 
@@ -33,11 +37,6 @@ class SceneSource:
 
 def shapes_source() -> SceneSource:
     """The shapes benchmark at 64 px: its ``train`` split for training, ``heldout`` for the self-check."""
-    import functools
-
-    from hgc_tune.data._benchmark import split_seeds
-    from hgc_tune.data._shapes import render_scene
-
     return SceneSource(
         render=functools.partial(render_scene, size=64),
         train_seeds=functools.partial(split_seeds, "train"),

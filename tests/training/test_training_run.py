@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgc_tune.zoo import shapes_checkpoint
-from hgc_tune.zoo.train import main
+from hgc_tune.models._shapes import shapes_checkpoint
+from training.shapes.train import main
 
 _MICRO = [
     "--device", "cpu", "--pool-size", "8", "--workers", "0", "--iterations", "vae=2,unet=2,controlnet=2",
@@ -125,12 +125,12 @@ def test_all_conditions_and_resuming_a_stage(tmp_path, one_thread):
 
 
 def test_a_failing_stage_keeps_the_earlier_ones(tmp_path, one_thread, monkeypatch, capsys):
-    from hgc_tune.zoo import _stages
+    from training.shapes import stages
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of luck")
 
-    monkeypatch.setattr(_stages, "train_controlnets", broken)
+    monkeypatch.setattr(stages, "train_controlnets", broken)
     assert main(["--out", str(tmp_path), "--conditions", "seg", *_MICRO]) == 1
     assert "RuntimeError: out of luck" in capsys.readouterr().err
     summary = json.loads((tmp_path / "training.json").read_text())
@@ -193,7 +193,7 @@ def test_continuing_needs_saved_controlnets(tmp_path, capsys):
 def test_a_saved_copy_names_no_folder_and_keeps_the_random_stream(tmp_path, one_thread):
     from diffusers import ControlNetModel
 
-    from hgc_tune.zoo._run import _save_model
+    from training.shapes.run import _save_model
 
     loaded = ControlNetModel.from_pretrained(str(shapes_checkpoint("seg")[1]))
     assert "_name_or_path" in loaded.config

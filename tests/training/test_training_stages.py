@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgc_tune.zoo import _stages as st
-from hgc_tune.zoo._pool import render_pool
+from training.shapes import stages as st
+from training.shapes.pool import render_pool
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -139,8 +139,8 @@ def test_prompt_embeddings_match_the_pipeline(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from hgc_tune.models._tokenizer import build_offline_tokenizer
-    from hgc_tune.zoo import _architecture as arch
-    from hgc_tune.zoo._run import _round_weights, _save_base
+    from training.shapes import architecture as arch
+    from training.shapes.run import _round_weights, _save_base
 
     torch.manual_seed(0)
     tokenizer = build_offline_tokenizer()
@@ -199,3 +199,27 @@ def test_a_non_finite_loss_rolls_back_and_halves_the_learning_rate():
     lrs = [p["lr"] for p in losses.curves["toy"]]
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-2 * halfway, 1e-2 * three_quarters])
     assert any("rolled back" in line for line in lines)
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_rendering_workers_die_on_sigterm_under_the_trainers_handler(pool):
+    """Workers forked while the trainer's SIGTERM handler (which only sets a flag) is installed must not
+    inherit it: `Pool.terminate()` would wait for them for ever."""
+    import multiprocessing
+    import signal
+
+    from hgc_tune.data._shapes import render_scene
+    from training.shapes.pool import _default_signals
+    from training.shapes.resume import stop_on_signals
+
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with multiprocessing.get_context("fork").Pool(2, initializer=_default_signals) as workers:
+            assert all(workers.map(_sigterm_is_default, range(4)))
+        forked = render_pool(render_scene, pool.seeds, workers=2)
+    assert forked.seeds == pool.seeds

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgc_tune.zoo._resume import Checkpointer, Ema
-from hgc_tune.zoo.train import main
+from training.shapes.resume import Checkpointer, Ema
+from training.shapes.train import main
 
 _MICRO = [
     "--device", "cpu", "--pool-size", "8", "--workers", "0", "--stages", "vae,decoder,unet,joint",
@@ -106,7 +106,7 @@ def test_a_killed_run_resumes_exactly(reference, tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "hgc_tune.zoo.train",
+        "training.shapes.train",
         "--out",
         str(out),
         *_MICRO,
@@ -136,7 +136,7 @@ def test_a_budget_that_ends_mid_stage_stops_at_a_checkpoint_and_resumes(referenc
     argv = list(_MICRO)
     argv[argv.index("--budget-minutes") + 1] = "0.02"  # about a second: the first stage cannot finish
     assert main(["--out", str(out), *argv]) == 3
-    assert "continue with `python -m hgc_tune.zoo.train --resume" in capsys.readouterr().out
+    assert "continue with `python -m training.shapes.train --resume" in capsys.readouterr().out
     summary = json.loads((out / "training.json").read_text())
     state = torch.load(out / "checkpoint" / "checkpoint.pt", weights_only=True)
     stage, done = state["loop"]["stage"], state["loop"]["done"]

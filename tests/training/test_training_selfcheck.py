@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hgc_tune.zoo._selfcheck import ACCEPTANCE, grid_image, pick_guidance
+from training.shapes.selfcheck import ACCEPTANCE, grid_image, pick_guidance
 
 
 @pytest.mark.parametrize(

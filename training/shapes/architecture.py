@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
 __all__ = [
     "CONDITIONING_EMBEDDING_CHANNELS",
     "IMAGE_SIZE",
@@ -70,15 +74,11 @@ CONDITIONING_EMBEDDING_CHANNELS: tuple[int, ...] = (16, 32, 64)
 
 def build_vae():
     """A freshly initialised ``AutoencoderKL`` (seed torch before calling)."""
-    from diffusers import AutoencoderKL
-
     return AutoencoderKL(**VAE_CONFIG)
 
 
 def build_text_encoder(tokenizer):
     """A freshly initialised ``CLIPTextModel`` sized for ``tokenizer`` (seed torch before calling)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -91,8 +91,6 @@ def build_text_encoder(tokenizer):
 
 def build_unet():
     """A freshly initialised ``UNet2DConditionModel`` (seed torch before calling)."""
-    from diffusers import UNet2DConditionModel
-
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
@@ -106,9 +104,6 @@ def build_controlnet(unet, embedding_init_std: float = 0.0):
             zero, so the base model's output is unchanged at initialisation either way; a small non-zero
             value lets the condition reach the encoder from the first step.
     """
-    import torch
-    from diffusers import ControlNetModel
-
     controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=CONDITIONING_EMBEDDING_CHANNELS
     )

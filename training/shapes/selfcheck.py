@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from hgc_tune._atomic import atomic_write
+from hgc_tune.fidelity import TaskEvaluator
+from hgc_tune.models import load_pipeline
 
 __all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "pick_guidance", "self_check"]
 
@@ -72,8 +76,6 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], scale: int = 2, gap: int = 
 
 
 def _generate(pipe, prompts, controls, *, steps, guidance, scale, seed, device) -> np.ndarray:
-    import torch
-
     generators = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
     out = pipe(
         prompt=list(prompts),
@@ -112,11 +114,6 @@ def self_check(
         "per_sample_with_control", "per_sample_dropped"}}}, "bars": {cond: text}, "recommended_guidance",
         "all_pass"}``.
     """
-    from PIL import Image
-
-    from hgc_tune.fidelity import TaskEvaluator
-    from hgc_tune.models import load_pipeline
-
     prompts = [str(s.prompt) for s in scenes]
     shown = range(min(grid_rows, len(scenes)))
     results: dict[str, Any] = {}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from hgc_tune.models._shapes import SHAPES_CONDITIONS
 
@@ -57,6 +60,13 @@ def _render_one(args: tuple[Callable[[int], Any], int]) -> tuple[int, list[np.nd
     return _arrays(*args)
 
 
+def _default_signals() -> None:
+    """A worker dies on SIGTERM: a forked worker inherits the trainer's handler, which only sets a flag, and
+    would then outlive ``Pool.terminate()`` and hang it (seen once on a loaded machine)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def render_pool(
     render: Callable[[int], Any],
     seeds: Sequence[int],
@@ -79,8 +89,6 @@ def render_pool(
         device: Where the tensors go.
         log: Progress lines.
     """
-    import torch
-
     results: list[tuple[int, list[np.ndarray], str]] = []
     started = time.monotonic()
     step = max(1, len(seeds) // 10)
@@ -98,12 +106,10 @@ def render_pool(
 
     jobs = [(render, int(s)) for s in seeds]
     if workers > 1:
-        import multiprocessing
-
         # fork: the renderer need not be importable by name in a fresh interpreter; rendering happens before
         # any CUDA context exists in this process.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers) as pool:
+        with multiprocessing.get_context(method).Pool(workers, initializer=_default_signals) as pool:
             consume(pool.imap(_render_one, jobs, chunksize=32))
             pool.terminate()
     else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hgc_tune.zoo.train import build_parser, config_from_args, main
+from training.shapes.train import build_parser, config_from_args, main
 
 
 def _config(*argv):

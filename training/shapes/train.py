@@ -1,22 +1,22 @@
-"""Train the embedded ``shapes`` model: ``python -m hgc_tune.zoo.train --out DIR --device cuda``.
+"""Train the embedded ``shapes`` model: ``python -m training.shapes.train --out DIR --device cuda``.
 
 Renders a pool of shapes-benchmark training scenes, trains a VAE, a U-Net and one ControlNet per condition
 type (seg, canny, hed, depth) within ``--budget-minutes`` of wall time, saves them in diffusers format
 (``DIR/base``, ``DIR/controlnet-<cond>``, safetensors), and runs a self-check on held-out scenes. Copy
-``DIR`` to ``hgc_tune/zoo/weights`` to ship it, and ``DIR/reports`` to ``reports/``.
+``DIR`` to ``hgc_tune/models/weights/shapes`` to ship it, and ``DIR/reports`` to ``reports/``.
 
 A run checkpoints ``DIR/checkpoint/checkpoint.pt`` between stages and at least every
 ``--checkpoint-minutes`` within one; ``--resume DIR`` continues it exactly where it stopped (a kill, SIGTERM,
 or a stage with fixed ``--iterations`` that met this invocation's ``--budget-minutes``), so a long CPU run
 can be spread over several invocations.
 
-Examples:
-    PYTHONPATH=. python -m hgc_tune.zoo.train --out runs/shapes --device cuda --budget-minutes 7
+Examples (from the repository root, which puts both `training` and `hgc_tune` on the path):
+    python -m training.shapes.train --out runs/shapes --device cuda --budget-minutes 7
     # the CPU recipe: warm start from the shipped weights, decoder then joint U-Net + ControlNet training
-    PYTHONPATH=. python -m hgc_tune.zoo.train --out runs/shapes --device cpu \
-        --init-from hgc_tune/zoo/weights \
+    python -m training.shapes.train --out runs/shapes --device cpu \
+        --init-from hgc_tune/models/weights/shapes \
         --stages decoder,joint --iterations decoder=1500,joint=6000 --budget-minutes 120 --threads 2
-    PYTHONPATH=. python -m hgc_tune.zoo.train --resume runs/shapes --budget-minutes 120 --threads 2
+    python -m training.shapes.train --resume runs/shapes --budget-minutes 120 --threads 2
 """
 
 from __future__ import annotations
@@ -24,12 +24,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
-from hgc_tune.zoo._run import STAGES, TrainConfig, TrainError
+import diffusers
+import torch
+import transformers
+
+from hgc_tune.errors import HgcTuneError
+from training.shapes.run import STAGES, TrainConfig, TrainError, load_resume_state, run_training
 
 __all__ = ["build_parser", "config_from_args", "main", "preflight"]
 
@@ -83,7 +91,7 @@ def _iterations(text: str) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (defaults that depend on ``--device`` are ``None`` here)."""
-    p = argparse.ArgumentParser(prog="python -m hgc_tune.zoo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.shapes.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="output folder (required unless --resume)")
     p.add_argument(
         "--resume",
@@ -96,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         type=Path,
         metavar="DIR",
-        help="start from the models of a shapes-model folder, e.g. hgc_tune/zoo/weights (warm start); stages "
-        "left out load them",
+        help="start from the models of a shapes-model folder, e.g. hgc_tune/models/weights/shapes (warm "
+        "start); stages left out load them",
     )
     p.add_argument(
         "--checkpoint-minutes",
@@ -156,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--log-every", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--debug", action="store_true", help="print the traceback of an invalid-settings error too"
+    )
     return p
 
 
@@ -205,14 +216,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Settings an invocation that resumes may choose anew: they change where and how long, not what is trained.
-_RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes"}
+_RESUMABLE_FLAGS = {"resume", "budget_minutes", "threads", "workers", "checkpoint_minutes", "debug"}
 
 
-def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
-    """The saved settings of the run to resume, with this invocation's budget, workers and interval.
+def check_resume_flags(args: argparse.Namespace) -> None:
+    """Refuse, before the checkpoint is read, a setting that ``--resume`` would silently ignore.
 
     Raises:
-        TrainError: Another setting was given (it would silently be ignored) or --out names another folder.
+        TrainError: Another setting was given or --out names another folder.
     """
     parser = build_parser()
     given = sorted(
@@ -228,6 +239,16 @@ def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
             f"--resume continues a run with its saved settings; only --budget-minutes, --threads, --workers "
             f"and --checkpoint-minutes may be given with it, but got {flags}."
         )
+
+
+def resumed_config(args: argparse.Namespace, state: dict) -> TrainConfig:
+    """The saved settings of the run to resume, with this invocation's budget, workers and interval.
+
+    Raises:
+        TrainError: Another setting was given (it would silently be ignored) or --out names another folder.
+    """
+    check_resume_flags(args)
+    parser = build_parser()
     config = TrainConfig.from_json(state["config"])
     changes = {"out": Path(args.resume)}
     for name in ("budget_minutes", "workers", "checkpoint_minutes"):
@@ -242,8 +263,6 @@ def preflight(device: str) -> None:
     Raises:
         TrainError: A missing module, or a CUDA device asked for where none is available.
     """
-    import importlib
-
     missing = []
     for module in ("numpy", "scipy", "skimage", "PIL", "safetensors", "torch", "diffusers", "transformers"):
         try:
@@ -252,7 +271,6 @@ def preflight(device: str) -> None:
             missing.append(f"{module} ({e})")
     if missing:
         raise TrainError(f"training needs these modules, which cannot be imported: {', '.join(missing)}.")
-    import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainError(f"`--device {device}` asked for, but torch {torch.__version__} sees no CUDA device.")
@@ -260,11 +278,6 @@ def preflight(device: str) -> None:
 
 def _quiet_libraries() -> None:
     """Keep the log to our lines: no per-load progress bars or cast warnings from diffusers/transformers."""
-    import warnings
-
-    import diffusers
-    import transformers
-
     # diffusers' `torch_dtype` -> `dtype` rename warns on every load; the run's log is for the lead.
     warnings.filterwarnings("ignore", category=FutureWarning)
     diffusers.utils.logging.set_verbosity_error()
@@ -278,25 +291,22 @@ def main(argv: list[str] | None = None, source=None) -> int:
 
     Args:
         argv: Command-line arguments (``sys.argv[1:]`` by default).
-        source: A :class:`hgc_tune.zoo._source.SceneSource` replacing the shapes benchmark (tests).
+        source: A :class:`training.shapes.source.SceneSource` replacing the shapes benchmark (tests).
 
     Returns:
         0 on success (self-check ran; its bars are reported, not enforced), 1 if training or the self-check
-        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings, 3 when the run
-        stopped at a checkpoint (its budget ran out before a fixed iteration count, or a signal): continue
-        it with ``--resume``.
+        failed (whatever was saved stays, with ``training.json``), 2 for invalid settings or a checkpoint
+        that cannot be resumed (one line; ``--debug`` adds the traceback), 3 when the run stopped at a
+        checkpoint (its budget ran out before a fixed iteration count, or a signal): continue it with
+        ``--resume``.
     """
-    import traceback
-
-    from hgc_tune.errors import HgcTuneError
-    from hgc_tune.zoo._run import load_resume_state, run_training
-
     start = time.monotonic()
     log = functools.partial(print, flush=True)
     args = build_parser().parse_args(argv)
     try:
         state = None
         if args.resume is not None:
+            check_resume_flags(args)
             state = load_resume_state(args.resume)
             config = resumed_config(args, state)
         elif args.out is None:
@@ -307,12 +317,12 @@ def main(argv: list[str] | None = None, source=None) -> int:
         preflight(config.device)
         _quiet_libraries()
         if args.threads:
-            import torch
-
             torch.set_num_threads(args.threads)
-        log(f"hgc_tune.zoo.train: {'resuming ' if state else ''}{config}")
+        log(f"training.shapes.train: {'resuming ' if state else ''}{config}")
         summary = run_training(config, source=source, log=log, start=start, resume_state=state)
     except HgcTuneError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     except Exception:
@@ -327,8 +337,8 @@ def main(argv: list[str] | None = None, source=None) -> int:
         log(f"recommended guidance {check['recommended_guidance']}; all bars pass: {check['all_pass']}")
     out = config.out
     log(
-        f"to ship: copy {out}/base, {out}/controlnet-* and {out}/training.json to hgc_tune/zoo/weights/, "
-        f"and {out}/reports/* to reports/"
+        f"to ship: copy {out}/base, {out}/controlnet-* and {out}/training.json to "
+        f"hgc_tune/models/weights/shapes/, and {out}/reports/* to reports/"
     )
     return 0
 
