@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,7 +231,7 @@ def build_report(
     samples: int = 4,
     pipe: ControlNetPipeline | None = None,
     model: str | None = None,
-    controlnet: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
     device: str = "cpu",
 ) -> ReportResult:
     """Write a report folder: PNG figures, ``report.json`` and a self-contained ``index.html``.

@@ -33,14 +33,18 @@ def sample_indices(profile: Profile, samples: int) -> list[int]:
 
 
 def pipeline_for_profile(
-    profile: Profile, *, model: str | None = None, controlnet: str | None = None, device: str = "cpu"
+    profile: Profile,
+    *,
+    model: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
+    device: str = "cpu",
 ) -> ControlNetPipeline:
     """Load the pipeline a profile was made with (see :func:`hgc_tune.profile.load_profiled_pipeline`).
 
     Args:
         profile: The :class:`hgc_tune.profile.Profile`.
         model: Load this model instead of the profile's ``model.name`` (e.g. after moving a checkpoint).
-        controlnet: A ControlNet directory or hub id, for a base model that holds none.
+        controlnet: A ControlNet directory or hub id (a list for several), for a base model that holds none.
         device: A torch device string.
 
     Raises:
