@@ -21,7 +21,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
-from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json
+from hgc_tune.cli._common import (
+    add_model_arguments,
+    add_policy_argument,
+    load_pipeline_from_args,
+    print_json,
+    resolve_task_policy,
+)
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 if TYPE_CHECKING:
@@ -76,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
     from hgc_tune.bench import time_alternating
     from hgc_tune.bench._inputs import bench_call
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
     from hgc_tune.executor import apply_policy
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.models._presets import PRESETS

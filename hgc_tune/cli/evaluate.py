@@ -30,7 +30,13 @@ from hgc_tune.cli._checks import (
     confidence,
     finite,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json, read_policy_argument
+from hgc_tune.cli._common import (
+    add_model_arguments,
+    load_pipeline_from_args,
+    print_json,
+    read_policy_argument,
+    resolve_task_policy,
+)
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 if TYPE_CHECKING:
@@ -119,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
     strength_ = task_strength(args)
     args.policy_file = read_policy_argument(args.policy)
 
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_task_policy
     from hgc_tune.data import open_dataset
     from hgc_tune.fidelity import evaluate_policy
     from hgc_tune.fidelity._registry import check_metric_fits

@@ -32,7 +32,14 @@ import sys
 import time
 
 from hgc_tune.cli._checks import add_resolution_argument, add_steps_argument, condition_types, int_in
-from hgc_tune.cli._common import add_model_arguments, add_policy_argument, print_json, read_policy_argument
+from hgc_tune.cli._common import (
+    add_model_arguments,
+    add_policy_argument,
+    load_pipeline_from_args,
+    print_json,
+    read_policy_argument,
+    resolve_policy,
+)
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
@@ -185,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
     # A policy file is read and checked before torch and the model load: a bad one is refused in a moment.
     policy_file = read_policy_argument(args.policy)
 
-    from hgc_tune.cli._common import load_pipeline_from_args, resolve_policy
     from hgc_tune.executor import check_policy_fits
     from hgc_tune.macs import count_pipeline_macs
     from hgc_tune.macs._count import CONVENTIONS

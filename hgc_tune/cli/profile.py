@@ -28,7 +28,7 @@ from hgc_tune.cli._checks import (
     check_output,
     finite,
 )
-from hgc_tune.cli._common import add_model_arguments, print_json
+from hgc_tune.cli._common import add_model_arguments, load_pipeline_from_args, print_json
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     # refuses --strength with --task text2img, and a --strength at which --steps runs no step
     task_strength(args)
 
-    from hgc_tune.cli._common import load_pipeline_from_args
     from hgc_tune.data import open_dataset
     from hgc_tune.data._open import SHAPES_REF
     from hgc_tune.errors import ProfileError

@@ -16,7 +16,13 @@ import argparse
 import sys
 
 from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output, device
-from hgc_tune.cli._common import add_controlnet_argument, controlnet_ref, print_json
+from hgc_tune.cli._common import (
+    add_controlnet_argument,
+    controlnet_ref,
+    hide_loading_bars,
+    print_json,
+    resolve_policy,
+)
 
 HELP = "write figures (similarity, attention drift, policy grid, trade-off, samples) and an index.html"
 
@@ -63,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         what="a report",
     )
 
-    from hgc_tune.cli._common import hide_loading_bars
     from hgc_tune.profile import Profile
     from hgc_tune.report import build_report
     from hgc_tune.report._samples import pipeline_for_profile
@@ -72,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
 
     policy, pipe = args.policy, None
     if policy is not None and (policy.startswith("peer:") or policy in ("full", "none")):
-        from hgc_tune.cli._common import resolve_policy
-
         profile = Profile.load(args.profile)
         # A built-in schedule is made for a pipeline: load the profile's, and reuse it for the images.
         pipe = pipeline_for_profile(

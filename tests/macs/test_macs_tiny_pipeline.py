@@ -176,7 +176,7 @@ def test_cli_json(capsys, table):
 
 def test_cli_table_and_errors(capsys, monkeypatch, pipe, table):
     # The JSON test runs the command end to end; this one reuses the loaded pipeline.
-    monkeypatch.setattr("hgc_tune.cli._common.load_pipeline_from_args", lambda args: pipe)
+    monkeypatch.setattr("hgc_tune.cli.macs.load_pipeline_from_args", lambda args: pipe)
     assert main(["macs", "--steps", "4", "--no-cfg", "--convention", "complete"]) == 0
     out = capsys.readouterr().out
     assert "convention: complete" in out
@@ -214,7 +214,7 @@ def test_an_operator_fvcore_skips_is_recorded_and_shown(capsys, monkeypatch, pip
     )
     assert MacTable.from_json(json.loads(json.dumps(table.to_json()))) == table
 
-    monkeypatch.setattr("hgc_tune.cli._common.load_pipeline_from_args", lambda args: pipe)
+    monkeypatch.setattr("hgc_tune.cli.macs.load_pipeline_from_args", lambda args: pipe)
     assert main(["macs", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     count = skipped["aten::silu"]["count"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import matplotlib as mpl
 import numpy as np
 from matplotlib import patheffects
 from matplotlib.colors import Normalize, to_rgba
@@ -87,7 +88,6 @@ def plot_policy_grid(
 
 
 def _draw_section(ax: Axes, section: _GridSection, num_steps: int, cfg_until: int | None) -> None:
-    import matplotlib as mpl
     import seaborn as sns
 
     cmap = mpl.colormaps["viridis_r"]
