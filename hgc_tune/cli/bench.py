@@ -20,7 +20,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
+from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, finite, int_in
 from hgc_tune.cli._common import (
     add_model_arguments,
     add_policy_argument,
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images per prompt (CFG doubles the denoiser batch)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance-scale", type=finite("--guidance-scale"), default=7.5)
     parser.add_argument(
         "--repeats",
         type=int_in("--repeats", 1, MAX_COUNT),

@@ -54,6 +54,17 @@ def test_generate_refuses_a_bad_value_before_anything_loads(image, tmp_path, lim
     assert seconds < 5 and not (tmp_path / "o.png").exists()
 
 
+def test_bench_refuses_a_nan_guidance_scale(limited_cli):
+    code, lines, seconds = limited_cli(
+        "bench", "--model", "tiny", "--policy", "none", "--guidance-scale", "nan"
+    )
+    assert code == 2
+    assert lines == [
+        "hgc-tune bench: error: `--guidance-scale` must be a finite number, but got --guidance-scale=nan."
+    ]
+    assert seconds < 5
+
+
 def test_evaluate_refuses_a_nan_controlnet_scale(limited_cli):
     code, lines, seconds = limited_cli(
         "evaluate", "--model", "tiny", "--policy", "none", "--controlnet-scale", "nan"
