@@ -8,63 +8,23 @@ import os
 
 import numpy as np
 import pytest
+from _profile_fixtures import ATTENTIONS, STEPS, make_meta, make_tensors
 
 from hgc_tune.errors import ProfileError
 from hgc_tune.profile import Profile
-from hgc_tune.profile._artifact import ATTENTION_STATS, BLOCK_STATS, META_FILE, TENSOR_FILE
-
-STEPS, N = 3, 2
-BLOCKS = ["controlnet", "unet.mid_block"]
-ATTENTIONS = ["unet.mid_block.attentions.0.transformer_blocks.0.attn2"]
-
-
-def _meta() -> dict:
-    return {
-        "format": "hgc-tune-profile",
-        "schema_version": 1,
-        "hgc_tune_version": "0.1.0",
-        "model": {"name": "toy", "fingerprint": "0" * 16, "structure": {}},
-        "dataset": {"name": "toy", "sha256": "1" * 64, "num_samples": N},
-        "condition_type": "seg",
-        "steps": STEPS,
-        "scheduler": "UniPCMultistepScheduler",
-        "resolution": {"height": 16, "width": 8},
-        "guidance_scale": 7.5,
-        "seeds": [0, 1],
-        "prompts": ["a", "b"],
-        "negative_prompts": [None, "c"],
-        "statistics": {},
-        "block_keys": BLOCKS,
-        "attention_keys": ATTENTIONS,
-        "mac_table": {},
-    }
-
-
-def _tensors() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for keys, stats in ((BLOCKS, BLOCK_STATS), (ATTENTIONS, ATTENTION_STATS)):
-        for key in keys:
-            for name in stats:
-                values = rng.random(STEPS).astype(np.float32)
-                values[0] = np.nan
-                tensors[f"{name}/{key}"] = values
-    tensors["reference/latents"] = rng.standard_normal((N, 4, 2, 1)).astype(np.float32)
-    tensors["reference/images"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
-    tensors["reference/conditions"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
-    return tensors
+from hgc_tune.profile._artifact import META_FILE, TENSOR_FILE
 
 
 @pytest.fixture
 def saved(tmp_path):
     folder = tmp_path / "run"
-    Profile(_meta(), _tensors()).save(folder)
+    Profile(make_meta(), make_tensors()).save(folder)
     return folder
 
 
 def test_toy_round_trip(saved):
     loaded = Profile.load(saved)
-    for name, array in _tensors().items():
+    for name, array in make_tensors().items():
         np.testing.assert_array_equal(loaded.tensors()[name], array)
     assert np.isnan(loaded.stat("mean_cos", "controlnet")[0])
     assert loaded.negative_prompts == [None, "c"]
@@ -106,7 +66,7 @@ def test_unparseable_tensor_file_with_matching_sha_is_refused(saved):
 def test_missing_tensor_is_refused(saved):
     from safetensors.numpy import save
 
-    tensors = _tensors()
+    tensors = make_tensors()
     del tensors["std_js/" + ATTENTIONS[0]]
     _rewrite(saved, save(tensors))
     with pytest.raises(ProfileError, match="misses.*std_js"):
@@ -116,7 +76,7 @@ def test_missing_tensor_is_refused(saved):
 def test_wrong_shape_tensor_is_refused(saved):
     from safetensors.numpy import save
 
-    tensors = _tensors()
+    tensors = make_tensors()
     tensors["mean_cos/controlnet"] = np.zeros(STEPS + 1, dtype=np.float32)
     _rewrite(saved, save(tensors))
     with pytest.raises(ProfileError, match=r"'mean_cos/controlnet' must be float32 \[3\]"):
@@ -146,24 +106,24 @@ def test_missing_files_are_refused(saved, tmp_path):
 
 
 def test_inconsistent_profiles_cannot_be_built():
-    meta = _meta()
+    meta = make_meta()
     meta["prompts"] = ["only one"]
     with pytest.raises(ProfileError, match="`prompts` must have one entry per seed"):
-        Profile(meta, _tensors())
-    tensors = _tensors()
+        Profile(meta, make_tensors())
+    tensors = make_tensors()
     tensors["reference/images"] = tensors["reference/images"].astype(np.float32)
     with pytest.raises(ProfileError, match="'reference/images' must be uint8"):
-        Profile(_meta(), tensors)
-    tensors = _tensors()
+        Profile(make_meta(), tensors)
+    tensors = make_tensors()
     tensors["extra/thing"] = np.zeros(1, dtype=np.float32)
     with pytest.raises(ProfileError, match="unexpected tensors"):
-        Profile(_meta(), tensors)
+        Profile(make_meta(), tensors)
 
 
 def test_a_failed_move_of_the_metadata_puts_the_old_tensors_back(saved, monkeypatch):
     """The tensors moved, then the metadata's move fails: the old profile is whole again, nothing is left."""
     before = {name: (saved / name).read_bytes() for name in (META_FILE, TENSOR_FILE)}
-    newer = _tensors()
+    newer = make_tensors()
     newer["mean_cos/controlnet"] = np.full(STEPS, 0.5, dtype=np.float32)
     real_replace = os.replace
 
@@ -174,7 +134,7 @@ def test_a_failed_move_of_the_metadata_puts_the_old_tensors_back(saved, monkeypa
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
-        Profile(_meta(), newer).save(saved)
+        Profile(make_meta(), newer).save(saved)
     monkeypatch.undo()
     assert sorted(p.name for p in saved.iterdir()) == [META_FILE, TENSOR_FILE]  # temporary files removed
     assert {name: (saved / name).read_bytes() for name in (META_FILE, TENSOR_FILE)} == before
@@ -183,7 +143,7 @@ def test_a_failed_move_of_the_metadata_puts_the_old_tensors_back(saved, monkeypa
 
 def test_crash_between_the_two_moves_is_detected(saved):
     """A save killed after the tensors moved leaves a profile that fails loudly, never a silent mix."""
-    newer = _tensors()
+    newer = make_tensors()
     newer["mean_cos/controlnet"] = np.full(STEPS, 0.5, dtype=np.float32)
     pid = os.fork()
     if pid == 0:  # the writer, killed (no cleanup runs) as it is about to move the metadata
@@ -196,7 +156,7 @@ def test_crash_between_the_two_moves_is_detected(saved):
 
         os.replace = replace
         try:
-            Profile(_meta(), newer).save(saved)
+            Profile(make_meta(), newer).save(saved)
         finally:
             os._exit(0)
     assert os.waitpid(pid, 0)[1] >> 8 == 9
@@ -209,7 +169,7 @@ def test_save_into_a_file_path_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(ProfileError, match="must be a folder"):
-        Profile(_meta(), _tensors()).save(target)
+        Profile(make_meta(), make_tensors()).save(target)
 
 
 def _dead_pid() -> int:
@@ -230,7 +190,7 @@ def test_files_are_0644_and_a_killed_saves_leftovers_are_removed_next_time(saved
     (saved / f".{TENSOR_FILE}.hgc-tmp-{_dead_pid()}-abc.tmp").write_bytes(b"half")
     live = saved / f".{META_FILE}.hgc-tmp-{os.getpid()}-def.tmp"
     live.write_text("{")
-    Profile(_meta(), _tensors()).save(saved)
+    Profile(make_meta(), make_tensors()).save(saved)
     assert sorted(p.name for p in saved.iterdir()) == sorted([META_FILE, TENSOR_FILE, live.name])
     Profile.load(saved)
 

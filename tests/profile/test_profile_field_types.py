@@ -7,59 +7,19 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
+from _profile_fixtures import N, make_meta, make_tensors
 
 from hgc_tune.cli import main
 from hgc_tune.errors import ProfileError
 from hgc_tune.profile import Profile
-from hgc_tune.profile._artifact import ATTENTION_STATS, BLOCK_STATS, META_FILE, TENSOR_FILE
-
-STEPS, N = 3, 2
-BLOCKS = ["controlnet", "unet.mid_block"]
-ATTENTIONS = ["unet.mid_block.attentions.0.transformer_blocks.0.attn2"]
-
-
-def _meta() -> dict:
-    return {
-        "format": "hgc-tune-profile",
-        "schema_version": 1,
-        "hgc_tune_version": "0.1.0",
-        "model": {"name": "toy", "fingerprint": "0" * 16, "structure": {}},
-        "dataset": {"name": "toy", "sha256": "1" * 64, "num_samples": N},
-        "condition_type": "seg",
-        "steps": STEPS,
-        "scheduler": "UniPCMultistepScheduler",
-        "resolution": {"height": 16, "width": 8},
-        "guidance_scale": 7.5,
-        "seeds": [0, 1],
-        "prompts": ["a", "b"],
-        "negative_prompts": [None, "c"],
-        "statistics": {},
-        "block_keys": BLOCKS,
-        "attention_keys": ATTENTIONS,
-        "mac_table": {},
-    }
-
-
-def _tensors() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    tensors = {
-        f"{name}/{key}": rng.random(STEPS).astype(np.float32)
-        for keys, stats in ((BLOCKS, BLOCK_STATS), (ATTENTIONS, ATTENTION_STATS))
-        for key in keys
-        for name in stats
-    }
-    tensors["reference/latents"] = rng.standard_normal((N, 4, 2, 1)).astype(np.float32)
-    tensors["reference/images"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
-    tensors["reference/conditions"] = rng.integers(0, 256, (N, 16, 8, 3), dtype=np.uint8)
-    return tensors
+from hgc_tune.profile._artifact import META_FILE, TENSOR_FILE
 
 
 @pytest.fixture
 def saved(tmp_path):
     folder = tmp_path / "run"
-    Profile(_meta(), _tensors()).save(folder)
+    Profile(make_meta(), make_tensors()).save(folder)
     return folder
 
 
