@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -88,6 +89,7 @@ def evaluate_policy(
     confidence: float = 0.95,
     progress: bool = False,
     strength: float | None = None,
+    samples_per_call: int = 1,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -114,6 +116,8 @@ def evaluate_policy(
         progress: Show a tqdm bar on stderr.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task); each sample's init image and mask are taken as the profiler takes them.
+        samples_per_call: How many samples one pipeline call generates, on both sides (a sample's output
+            depends on its batch, so both are batched alike).
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
@@ -135,10 +139,10 @@ def evaluate_policy(
     evaluator = TaskEvaluator(condition_type, metric)
     height, width = generation_size(pipe, height, width)
     task, strength, jobs = _jobs(pipe, samples, seed, strength, "evaluate")
-    full = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
-    settings = GenerationSettings(
-        num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
+    full = GenerationSettings(
+        num_steps, float(guidance_scale), height, width, strength=strength, samples_per_call=samples_per_call
     )
+    settings = replace(full, controlnet_scale=float(controlnet_scale))
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
     try:
         scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
@@ -165,6 +169,7 @@ def evaluate_policy(
         "per_sample_policy": list(estimate.per_sample_policy),
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
+        "samples_per_call": samples_per_call,
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
     }
@@ -203,6 +208,7 @@ def compare_policies(
     mac_table: MacTable | None = None,
     on_output: Callable[[str], None] | None = None,
     strength: float | None = None,
+    samples_per_call: int = 1,
 ) -> list[dict[str, Any]]:
     """Fidelity and MACs of several policies on the same samples, against one full-compute run of them.
 
@@ -225,6 +231,7 @@ def compare_policies(
         on_output: Called with the row name (``full compute`` for the references) after each generation.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task).
+        samples_per_call: How many samples one pipeline call generates (references and policies alike).
 
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
@@ -236,7 +243,9 @@ def compare_policies(
     evaluator = TaskEvaluator(condition_type, metric)
     height, width = generation_size(pipe)
     task, strength, jobs = _jobs(pipe, samples, 0, strength, "compare on")
-    settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
+    settings = GenerationSettings(
+        num_steps, float(guidance_scale), height, width, strength=strength, samples_per_call=samples_per_call
+    )
     report = (lambda name: None) if on_output is None else on_output
     scorer = _full_compute_scorer(pipe, evaluator, jobs, settings, lambda: report("full compute"))
     rows = []

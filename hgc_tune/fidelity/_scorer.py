@@ -190,10 +190,13 @@ class FidelityScorer:
         max_samples: int | None = None,
         accept_early: bool = True,
         on_sample: Callable[[int, float], None] | None = None,
+        look_every: int = 1,
     ) -> FidelityEstimate:
         """Score policy outputs in sample order, stopping as soon as the verdict on the budget is clear.
 
-        After each sample ``n >= min_samples`` (and before the last), with ``budget`` given:
+        After each sample ``n >= min_samples`` that ends a look (``n`` a multiple of ``look_every``; the
+        samples of a batched pipeline call arrive together, so a look after each batch costs no generation
+        that a look after each sample would save) and before the last, with ``budget`` given:
 
         - ``confidence > 0`` (sequential test): the paired bounds of the loss on the ``n`` samples so far are
           computed; a lower bound above ``budget`` stops with ``rejected_early`` (a clear failure), an upper
@@ -212,6 +215,8 @@ class FidelityScorer:
             accept_early: Stop on a clear pass; ``False``: only a clear failure stops early, so a pass is
                 decided on every sample (a check with one look at the end cannot pass by optional stopping).
             on_sample: Called with ``(index, value)`` after each sample.
+            look_every: Look at the bounds only after every ``look_every`` samples (the batch size of the
+                outputs' generation).
         """
         try:
             confidence = check_confidence(confidence)
@@ -241,7 +246,7 @@ class FidelityScorer:
                 n = len(policy)
                 if n >= limit:
                     break
-                if budget is None or n < min_samples:
+                if budget is None or n < min_samples or n % look_every:
                     continue
                 try:
                     if confidence > 0.0:

@@ -14,14 +14,15 @@ validates against it)::
                    ["controlnets": {"controlnet.nets.0": {"steps": [...], "mode": ...}, ...}],
                    "guidance": {"cfg_until": k} | null,
                    "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
-                                  "trial", "hgc_tune_version", "diffusers_version",
+                                  "trial", "hgc_tune_version", "diffusers_version", ["samples_per_call"],
                                   ["lora": [{"name", "digest", "scale"}, ...]]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
 (no such keys) load as before and are written back as version 1, byte for byte. ``provenance.lora`` (the LoRA
 adapters the policy was tuned with) may appear in either version; it is written only when the policy was
-tuned with a LoRA, so files without one keep their exact bytes.
+tuned with a LoRA, so files without one keep their exact bytes; so is ``provenance.samples_per_call`` (the
+batch size the search generated with), written only when it is not 1.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -175,6 +176,8 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
     # Written only when set, so files made before the field existed keep their exact bytes.
     if p.confidence is not None:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    if p.samples_per_call != 1:
+        out["samples_per_call"] = int(_json_number(p.samples_per_call, f"{where}.samples_per_call"))
     if p.lora:
         out["lora"] = [
             {"name": a.name, "digest": a.digest, "scale": _json_number(a.scale, f"{where}.lora[{i}].scale")}
@@ -433,6 +436,7 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         trial=d.get("trial"),
         hgc_tune_version=d.get("hgc_tune_version"),
         diffusers_version=d.get("diffusers_version"),
+        samples_per_call=int(d.get("samples_per_call", 1)),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
     )
 

@@ -251,6 +251,8 @@ class Provenance:
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
     ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
+    ``samples_per_call``: how many samples one pipeline call generated in the search that chose it (its
+    outputs, and so its measured fidelity, depend on the batching).
     """
 
     source: str | None = None
@@ -264,6 +266,7 @@ class Provenance:
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
     lora: tuple[LoraSpec, ...] = ()
+    samples_per_call: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))

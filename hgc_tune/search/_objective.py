@@ -38,10 +38,11 @@ class PolicyObjective:
     For each trial: the parameters are suggested by the :class:`PolicySpace` (names are policy field paths,
     e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
     from the MAC table (no run needed); its fidelity loss comes from generating the calibration samples
-    with the policy, one at a time, against the profile's full-compute references. Evaluation is sequential
-    and multi-fidelity: a trial gets another sample only while the paired confidence bound of its loss
-    straddles the budget (a clear failure or a clear pass stops it), and a trial that costs no less than one
-    already within the budget cannot be the result, so it is only screened on ``min_samples`` samples. The
+    with the policy, ``samples_per_call`` per pipeline call, against the profile's full-compute references.
+    Evaluation is sequential and multi-fidelity: a trial gets another batch only while the paired confidence
+    bound of its loss straddles the budget (a clear failure or a clear pass stops it), and a trial that costs
+    no less than one already within the budget cannot be the result, so it is only screened on
+    ``min_samples`` samples (rounded up to whole batches). The
     constraint ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
     ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too) and kept as user
     attribute ``constraint``. A policy already evaluated in this study (same compute sets) reuses that
@@ -64,6 +65,8 @@ class PolicyObjective:
         screen: Only screen trials that cost no less than a trial already within the budget.
         name: Prefix of the policies' names.
         worker: Index of this worker process (recorded per trial as user attribute ``worker``).
+        samples_per_call: How many samples ``outputs`` generates per pipeline call: the bound is looked at
+            after each such batch, and a screen takes whole batches (``min_samples`` rounded up).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class PolicyObjective:
         screen: bool = True,
         name: str = "policy",
         worker: int = 0,
+        samples_per_call: int = 1,
     ) -> None:
         self.space = space
         self.scorer = scorer
@@ -98,6 +102,7 @@ class PolicyObjective:
         self.screen = screen
         self.name = name
         self.worker = worker
+        self.samples_per_call = samples_per_call
         # How often a trial looks again at another process's evaluation of the same policy.
         self.wait_seconds = 1.0
 
@@ -205,10 +210,17 @@ class PolicyObjective:
                 margin=self.margin,
                 min_samples=self.min_samples,
                 confidence=self.confidence,
-                max_samples=self.min_samples if screened else None,
+                max_samples=self._screen_samples if screened else None,
+                look_every=self.samples_per_call,
             )
         self._record(trial, estimate)
         return value
+
+    @property
+    def _screen_samples(self) -> int:
+        """A screen's samples: ``min_samples`` rounded up to whole batches (the batch is generated anyway)."""
+        size = self.samples_per_call
+        return -(-self.min_samples // size) * size
 
     def _record(self, trial: Trial, estimate: FidelityEstimate) -> None:
         upper = estimate.loss_upper

@@ -255,6 +255,7 @@ def _final_policy(
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
+        samples_per_call=session.settings.samples_per_call,
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"
