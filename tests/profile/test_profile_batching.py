@@ -1,5 +1,5 @@
 """Profiling in batches: the statistics stay per sample (each sample's uncond and cond rows of the
-``[uncond_1..B, cond_1..B]`` batch), so a profile made 4 samples per call matches one made sample by sample."""
+``[uncond_1..B, cond_1..B]`` batch), so a profile made 4 samples per call matches one made one by one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from hgc_tune.data import open_dataset
 from hgc_tune.errors import OutOfMemoryError, ProfileError
-from hgc_tune.generation import GenerationSettings
-from hgc_tune.generation import _memory
+from hgc_tune.generation import GenerationSettings, _memory
 from hgc_tune.profile import Profile, profile_pipeline
 from hgc_tune.profile._artifact import AGGREGATES
 
