@@ -25,10 +25,12 @@ import time
 from pathlib import Path
 
 from hgc_tune.cli._checks import (
+    DEFAULT_SAMPLES_PER_CALL,
     MAX_COUNT,
     add_budget_argument,
     add_samples_argument,
     add_seed_argument,
+    add_samples_per_call_argument,
     add_steps_argument,
     add_trials_argument,
     check_output,
@@ -93,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "limit; a limit makes the policies depend on the machine's speed)",
     )
     add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
+    add_samples_per_call_argument(
+        parser,
+        default=DEFAULT_SAMPLES_PER_CALL,
+        help="samples generated per pipeline call by the profiles, and so by the searches' trials, "
+        f"validation and test (default: {DEFAULT_SAMPLES_PER_CALL})",
+    )
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
     parser.add_argument("--reports", default="reports/demo", help="folder for the reports")
     parser.add_argument(
@@ -116,9 +124,10 @@ def _call(argv: list[str]) -> int:
     return main(argv)
 
 
-def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
-    """Whether ``folder`` holds an intact profile of the current weights of ``model`` (an interrupted demo
-    resumes from it; after the shipped weights change, it is profiled again)."""
+def _reusable_profile(folder: Path, model: str, condition: str, samples_per_call: int) -> bool:
+    """Whether ``folder`` holds an intact profile of the current weights of ``model``, batched
+    ``samples_per_call`` per call (an interrupted demo resumes from it; after the shipped weights or the
+    batching change, it is profiled again)."""
     from hgc_tune.errors import ProfileError
     from hgc_tune.profile import Profile, load_profiled_pipeline
 
@@ -127,6 +136,8 @@ def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
     try:
         profile = Profile.load(folder)
     except ProfileError:
+        return False
+    if profile.samples_per_call != samples_per_call:
         return False
     # the digest is checked against the ControlNet of `condition`, as the profile will be used with it
     if profile.condition_type == condition and profile.weights_digest is not None:
@@ -165,12 +176,13 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     pareto = run_dir / "policy.pareto.json"
     clock, cpu = time.perf_counter(), time.process_time()
     _step(f"{condition}: profile ({args.samples} calibration samples, {args.steps} steps)")
-    if _reusable_profile(run_dir, args.model, condition):
+    if _reusable_profile(run_dir, args.model, condition, args.samples_per_call):
         print(f"reusing the profile in {run_dir}")
     else:
         profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]
         profile_argv += ["--split", "calibration", "--samples", str(args.samples)]
-        profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite"]
+        profile_argv += ["--steps", str(args.steps), "--samples-per-call", str(args.samples_per_call)]
+        profile_argv += ["--out", str(run_dir), "--overwrite"]
         if _call(profile_argv) != 0:
             return None
     profiled = time.perf_counter()
@@ -234,6 +246,7 @@ def _child_argv(args: argparse.Namespace, conditions: list[str]) -> list[str]:
     argv += ["--test-samples", str(args.test_samples), "--trials", str(args.trials)]
     argv += ["--validation-tries", str(args.validation_tries), "--timeout", str(args.timeout)]
     argv += ["--steps", str(args.steps), "--runs", args.runs, "--reports", args.reports, "--parallel", "1"]
+    argv += ["--samples-per-call", str(args.samples_per_call)]
     if args.metric:
         argv += ["--metric", args.metric]
     return argv

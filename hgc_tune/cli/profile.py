@@ -20,9 +20,11 @@ import sys
 import time
 
 from hgc_tune.cli._checks import (
+    DEFAULT_SAMPLES_PER_CALL,
     add_overwrite_argument,
     add_resolution_argument,
     add_samples_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
     check_output,
@@ -65,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
+    add_samples_per_call_argument(
+        parser,
+        default=DEFAULT_SAMPLES_PER_CALL,
+        help="samples generated per pipeline call, in sample order (a sample's reference depends on its "
+        "batch; the profile records this and searches batch their trials alike; statistics stay per "
+        f"sample; default: {DEFAULT_SAMPLES_PER_CALL})",
+    )
     parser.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
     add_overwrite_argument(parser, what="a profile")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -123,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         condition_type=condition_type,
         dataset=label,
         strength=args.strength,
+        samples_per_call=args.samples_per_call,
     )
     seconds = time.perf_counter() - start
     folder = profile.save(out)
@@ -136,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "task": profile.task,
         "num_inference_steps": profile.num_inference_steps,
         "strength": profile.strength,
+        "samples_per_call": profile.samples_per_call,
         "resolution": resolution,
         "blocks": len(profile.block_keys),
         "attentions": len(profile.attention_keys),

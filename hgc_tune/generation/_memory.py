@@ -7,7 +7,7 @@ at a smaller size, because a sample's output depends on the batch it is generate
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.errors import OutOfMemoryError
 
@@ -37,12 +37,14 @@ def sample_activation_bytes(pipe: ControlNetPipeline, settings: GenerationSettin
     element = unet.dtype.itemsize
     scale = getattr(pipe, "vae_scale_factor", 8)
     h, w = settings.height // scale, settings.width // scale
-    channels = int(unet.config.block_out_channels[0])
-    heads = unet.config.attention_head_dim
+    config: Any = unet.config  # a FrozenDict with attribute access
+    channels = int(config.block_out_channels[0])
+    heads = config.attention_head_dim
     heads = int(heads[0] if isinstance(heads, list | tuple) else heads)
     halves = 2 if settings.guidance_scale > 1.0 else 1
     denoiser = _DENOISER_LIVE_MAPS * channels * h * w * element + heads * (h * w) ** 2 * 4
-    decoder_channels = int(pipe.vae.config.block_out_channels[-1])
+    vae_config: Any = pipe.vae.config
+    decoder_channels = int(vae_config.block_out_channels[0])  # the decoder's width at the image size
     decoder = _DECODER_LIVE_MAPS * decoder_channels * settings.height * settings.width * element
     return halves * denoiser + decoder
 
