@@ -14,9 +14,9 @@ from typing import Any
 from hgc_tune.cli._checks import (
     MAX_COUNT,
     add_budget_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
-    add_samples_per_call_argument,
     add_trials_argument,
     confidence,
     int_in,
