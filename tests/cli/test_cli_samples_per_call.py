@@ -1,5 +1,5 @@
-"""`--samples-per-call`: profile records it, search takes the profile's, a bad value is refused before anything
-loads, and the flag is not `bench`'s and `macs`' `--batch`."""
+"""`--samples-per-call`: a bad value is refused before anything loads, `profile` records the batching, and the
+search's config carries it to worker processes."""
 
 from __future__ import annotations
 
