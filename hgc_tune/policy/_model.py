@@ -251,6 +251,9 @@ class Provenance:
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
     ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
+    ``weights_digest`` and ``guidance_scale``: the weights (``hgc_tune.models._fingerprint.weights_digest``,
+    the profile's) and the classifier-free guidance scale the figures were measured at (``None``: not
+    recorded, as in files written before these fields existed).
     """
 
     source: str | None = None
@@ -264,6 +267,8 @@ class Provenance:
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
     lora: tuple[LoraSpec, ...] = ()
+    weights_digest: str | None = None
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))

@@ -80,7 +80,8 @@ def report_summary(
 
     Keys: ``model`` (name, fingerprint, condition type, steps, scheduler, resolution, guidance, samples,
     dataset), ``macs`` (per convention: ``full``, and with a policy ``policy``, ``reduction``, ``ratio``;
-    computed from the profile's MAC table), ``policy`` (name, source, study, trial, budget, metric,
+    computed from the profile's MAC table), ``policy`` (name, source, study, trial, budget, metric, the
+    weights digest and guidance scale its figures were measured on (``None``: not recorded),
     ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as recorded, ``cells`` per grid
     state) or ``None``, ``samples`` (indices, seeds, prompts, negative prompts, and the PSNR of the policy's
     images against full compute, measured here), and
@@ -131,6 +132,8 @@ def report_summary(
             "budget": p.budget,
             "metric": p.metric,
             "confidence": p.confidence,
+            "weights_digest": p.weights_digest,
+            "guidance_scale": p.guidance_scale,
             "fidelity": fidelity_by_split(dict(p.fidelity)),
             "provenance_macs": {c: dict(v) for c, v in p.macs.items()},
             "controlnet": None

@@ -255,6 +255,8 @@ def _final_policy(
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
+        weights_digest=session.profile.weights_digest,
+        guidance_scale=float(session.settings.guidance_scale),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"
