@@ -243,8 +243,8 @@ def compare_policies(
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
         ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
-        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions) and, for
-        img2img and inpainting, ``task`` and ``strength``.
+        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions),
+        ``guidance_scale`` (the scale used) and, for img2img and inpainting, ``task`` and ``strength``.
     """
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
@@ -263,7 +263,7 @@ def compare_policies(
         )
         row = _comparison_row(name, policy, estimate, confidence, budget)
         row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
-        rows.append({**row, **_task_fields(task, strength)})
+        rows.append({**row, "guidance_scale": guidance_scale, **_task_fields(task, strength)})
     return rows
 
 

@@ -66,11 +66,14 @@ def pipeline_default_guidance(pipeline_class: str | type) -> float:
         >>> pipeline_default_guidance("StableDiffusionXLControlNetPipeline")
         5.0
     """
+    cls: type
     if isinstance(pipeline_class, str):
         import diffusers
 
-        pipeline_class = getattr(diffusers, pipeline_class)
-    default = inspect.signature(pipeline_class.__call__).parameters["guidance_scale"].default
+        cls = getattr(diffusers, pipeline_class)
+    else:
+        cls = pipeline_class
+    default = inspect.signature(cls.__call__).parameters["guidance_scale"].default
     return float(default)
 
 
