@@ -48,12 +48,15 @@ def _guards(guards: object) -> tuple[tuple[str, float], ...]:
         name, budget = guard
         if name not in GUARD_NAMES:
             raise SearchError(
-                f"a guard's metric must be one of {list(GUARD_NAMES)}, but got {name!r} (in guards={guards!r})."
+                f"a guard's metric must be one of {list(GUARD_NAMES)}, but got {name!r} "
+                f"(in guards={guards!r})."
             )
         if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
             raise SearchError(f"the budget of guard {name!r} must be in (0, 1), but got {budget!r}.")
         if any(name == seen for seen, _ in out):
-            raise SearchError(f"guard {name!r} is given twice (each metric has one budget): guards={guards!r}.")
+            raise SearchError(
+                f"guard {name!r} is given twice (each metric has one budget): guards={guards!r}."
+            )
         out.append((name, float(budget)))
     return tuple(out)
 
@@ -196,7 +199,9 @@ class SearchConfig:
         if self.guards is not None:
             object.__setattr__(self, "guards", _guards(self.guards))
         if self.clip is not None and (not isinstance(self.clip, str) or not self.clip):
-            raise SearchError(f"`clip` must be a CLIP model's path or hub id, or None, but got clip={self.clip!r}.")
+            raise SearchError(
+                f"`clip` must be a CLIP model's path or hub id, or None, but got clip={self.clip!r}."
+            )
         if self.metric is not None and not isinstance(self.metric, str):
             raise SearchError(f"`metric` must be a metric name or None, but got metric={self.metric!r}.")
         if self.study_name is not None and (not isinstance(self.study_name, str) or not self.study_name):

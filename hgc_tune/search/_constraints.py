@@ -175,9 +175,7 @@ class ConstraintPlan:
         )
 
 
-def plan_constraints(
-    config: SearchConfig, metric: Metric, model_name: str | None
-) -> ConstraintPlan:
+def plan_constraints(config: SearchConfig, metric: Metric, model_name: str | None) -> ConstraintPlan:
     """The constraints of a search: ``metric`` at ``config.budget``, then the guards.
 
     Raises:
@@ -204,8 +202,8 @@ def plan_constraints(
         guarded = lookup_metric(name)
         if guarded.name == metric.name or any(c.metric.name == guarded.name for c in constraints):
             raise SearchError(
-                f"`--guard {name}={budget:g}`: metric {guarded.name!r} is already a constraint of this search "
-                "(each metric has one budget)."
+                f"`--guard {name}={budget:g}`: metric {guarded.name!r} is already a constraint of this "
+                "search (each metric has one budget)."
             )
         if guarded.kind == "prompt":
             guarded_prompt = guarded.name

@@ -1,5 +1,5 @@
-"""The Optuna objective: minimise policy MACs (analytic, ``paper``) under fidelity constraints (the task metric
-and the guards, each with its own budget)."""
+"""The Optuna objective: minimise policy MACs (analytic, ``paper``) under fidelity constraints (the task
+metric and the guards, each with its own budget)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class PolicyObjective:
     e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
     from the MAC table (no run needed); its fidelity comes from generating the calibration samples with the
     policy, one at a time, against the profile's full-compute references, each output scored by every
-    constraint (the task metric and the guards) and by SSIM and PSNR to the full-compute picture. Evaluation is
-    sequential and multi-fidelity: a trial gets another sample only while its verdict is open (one
+    constraint (the task metric and the guards) and by SSIM and PSNR to the full-compute picture. Evaluation
+    is sequential and multi-fidelity: a trial gets another sample only while its verdict is open (one
     constraint's clear failure, or every constraint's clear pass, stops it), and a trial that costs no less
     than one already within budget cannot be the result, so it is only screened on ``min_samples`` samples.
     Each constraint's ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of

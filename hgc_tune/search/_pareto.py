@@ -26,8 +26,9 @@ A trial's MAC reduction is ``1 - policy/full`` per convention; its loss is the c
 the task metric (``metric``, ``budget``; partial when ``rejected_early``), ``constraints`` holds every
 constraint's (the task metric first, then the guards), and ``feasible`` means every constraint's upper bound
 is within its budget. ``picture`` is the mean SSIM and PSNR of the trial's pictures to the full-compute
-ones. Version 1 (one constraint, no ``constraints`` or ``picture``) is read too. Peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
-trials with peer names; the full-compute anchor is the peer named ``full-compute``.
+ones. Version 1 (one constraint, no ``constraints`` or ``picture``) is read too. Peer schedules
+(DeepCache, T-GATE, ControlNet window, full compute) are trials with peer names; the full-compute anchor is
+the peer named ``full-compute``.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 _OBJECTIVE = (
-    "macs.paper.policy (minimise); constraints: each metric's upper confidence bound of its loss <= its budget "
-    "(Bonferroni: each bound at 1 - (1 - confidence)/k)"
+    "macs.paper.policy (minimise); constraints: each metric's upper confidence bound of its loss <= its "
+    "budget (Bonferroni: each bound at 1 - (1 - confidence)/k)"
 )
 
 
@@ -256,7 +256,10 @@ def _constraints_provenance(
     constraints = plan.to_json()
     items = [dict(item) for item in constraints["items"]]
     picture: dict[str, float] = {}
-    rows_of = {"calibration": record.constraints, **{k: (v or {}).get("constraints") for k, v in splits.items()}}
+    rows_of = {
+        "calibration": record.constraints,
+        **{k: (v or {}).get("constraints") for k, v in splits.items()},
+    }
     pictures_of = {"calibration": record.picture, **{k: (v or {}).get("picture") for k, v in splits.items()}}
     for split, rows in rows_of.items():
         if rows:

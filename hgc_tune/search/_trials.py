@@ -293,7 +293,8 @@ class TrialRecord:
         guard's within its own): the budgets may hold."""
         lower = self.loss_lower if self.loss_lower is not None else -float("inf")
         guards = all(
-            row.get("loss_lower") is None or row["loss_lower"] <= row["budget"] for row in self.constraints[1:]
+            row.get("loss_lower") is None or row["loss_lower"] <= row["budget"]
+            for row in self.constraints[1:]
         )
         return self.complete and not self.rejected_early and lower <= budget and guards
 
