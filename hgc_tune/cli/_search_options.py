@@ -23,7 +23,15 @@ from hgc_tune.cli._checks import (
     seconds,
 )
 
-__all__ = ["FLAGS", "add_search_options", "config_argv", "config_from_args"]
+__all__ = [
+    "FLAGS",
+    "add_guard_argument",
+    "add_search_options",
+    "config_argv",
+    "config_from_args",
+    "guard_argv",
+    "guards_from_args",
+]
 
 # SearchConfig field -> its flag (argparse's dest: the flag's name in snake case; a --no-… flag stores False
 # in its field, see _NEGATED).
@@ -79,12 +87,8 @@ def _dest(field: str) -> str:
     return field if field in _NEGATED else FLAGS[field][2:].replace("-", "_")
 
 
-def add_search_options(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :data:`FLAGS` entry (with the command line's defaults and checks) to ``parser``."""
-    add_budget_argument(parser, default=None, help="largest fidelity loss, in (0, 1)")
-    parser.add_argument(
-        "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
-    )
+def add_guard_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the repeatable ``--guard METRIC=BUDGET`` flag (``hgc-tune search`` and ``hgc-tune demo``)."""
     parser.add_argument(
         "--guard",
         dest="guard",
@@ -97,6 +101,35 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         "(fidelity to the full-compute picture), background, clip; `none`: the --metric alone (default: "
         "prompt=0.015 when the model has a prompt metric, else the prompt is unguarded)",
     )
+
+
+def guards_from_args(args: argparse.Namespace) -> tuple[tuple[str, float], ...] | None:
+    """The ``SearchConfig.guards`` of parsed ``--guard`` flags (``None``: none given, the default guards)."""
+    from hgc_tune.errors import SearchError
+
+    guards = args.guard
+    if guards is None:
+        return None
+    if None in guards and len(guards) > 1:
+        raise SearchError(f"--guard {_NO_GUARDS} cannot be combined with other --guard flags.")
+    return tuple(g for g in guards if g is not None)
+
+
+def guard_argv(guards: tuple[tuple[str, float], ...] | None) -> list[str]:
+    """The ``--guard`` flags that :func:`guards_from_args` turns back into ``guards``."""
+    if guards is None:
+        return []
+    flags = [a for name, budget in guards for a in ("--guard", f"{name}={budget!r}")]
+    return flags or ["--guard", _NO_GUARDS]
+
+
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :data:`FLAGS` entry (with the command line's defaults and checks) to ``parser``."""
+    add_budget_argument(parser, default=None, help="largest fidelity loss, in (0, 1)")
+    parser.add_argument(
+        "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
+    )
+    add_guard_argument(parser)
     parser.add_argument(
         "--clip",
         default=None,
@@ -166,15 +199,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~hgc_tune.search.SearchConfig` of parsed arguments (checked on construction)."""
-    from hgc_tune.errors import SearchError
     from hgc_tune.search import SearchConfig
 
     values = {field: getattr(args, _dest(field)) for field in FLAGS}
-    guards = values["guards"]
-    if guards is not None:
-        if None in guards and len(guards) > 1:
-            raise SearchError(f"--guard {_NO_GUARDS} cannot be combined with other --guard flags.")
-        values["guards"] = tuple(g for g in guards if g is not None)
+    values["guards"] = guards_from_args(args)
     peers = values["peers"]
     if peers is not None:
         names = peers.strip()
@@ -209,8 +237,8 @@ def config_argv(config: Any) -> list[str]:
             argv += [] if value else [flag]
         elif field == "worker_index":
             argv += [flag, str(value)] if value else []
-        elif field == "guards" and value is not None:
-            argv += [a for name, budget in value for a in (flag, f"{name}={budget!r}")] or [flag, _NO_GUARDS]
+        elif field == "guards":
+            argv += guard_argv(value)
         elif field == "peers" and value is not None:
             argv += [flag, ",".join(value) if value else _NO_PEERS]
         elif value is not None:

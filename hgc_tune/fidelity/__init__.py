@@ -32,8 +32,8 @@ from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
-from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
 from hgc_tune.fidelity._prompt import PromptEvaluator
+from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
 from hgc_tune.fidelity._scorer import ConstrainedEstimate, ConstraintScorer, FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
 
