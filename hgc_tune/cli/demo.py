@@ -5,11 +5,12 @@ cheapest policy whose task-metric loss (mIoU for seg, edge F1 for canny, edge SS
 depth) stays within --budget and whose prompt adherence (the background read back from the picture, a proxy)
 stays within 1.5 points (--guard; the default), with --confidence (every constraint's one-sided upper
 confidence bound of the paired loss must be within its budget, Bonferroni-shared), check the plausible
-candidates on the validation split, measure the chosen one on the test split (never used to choose: its
-figure is the one stated), and write the report. The search is bounded by --trials with one worker per condition type, so the same --seed gives the same policies on any machine;
---parallel runs that many condition types side by side (one core each). The per-condition policies are then
-gathered into one policy file. Everything goes under --runs (and the reports under --reports); running the
-command again reuses the profiles and resumes the studies, so an interrupted demo loses nothing.
+candidates on the validation split, measure the chosen one on the test split (never used to choose: its figure
+is the one stated), and write the report. The search is bounded by --trials with one worker per condition
+type, so the same --seed gives the same policies on any machine; --parallel runs that many condition types
+side by side (one core each). The per-condition policies are then gathered into one policy file. Everything
+goes under --runs (and the reports under --reports); running the command again reuses the profiles and resumes
+the studies, so an interrupted demo loses nothing.
 
 Example:
     hgc-tune demo                                  # all four condition types (about 12 min on 2 idle cores)
