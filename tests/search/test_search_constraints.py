@@ -128,3 +128,45 @@ def test_the_policy_records_every_constraint_c_and_k(two_constraints):
         assert {"calibration_loss", "validation_loss", "test_loss"} <= set(item)
         assert item["test_loss_upper"] == item["test_loss"]  # confidence 0: the point estimate
     assert {"calibration_psnr", "validation_ssim", "test_psnr"} <= set(policy.provenance.picture_fidelity)
+
+
+def test_the_search_table_shows_every_constraint_and_the_picture(tiny_pipe, tmp_path_factory, capsys):
+    from hgc_tune.cli import main
+
+    root = tmp_path_factory.mktemp("search-table")
+    profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), root / "profile")
+    argv = ["search", "--profile", str(profile), "--out", str(root / "p.json"), "--model", "tiny"]
+    argv += ["--budget", str(BUDGET), "--metric", METRIC, "--guard", "background=0.5", "--confidence", "0"]
+    argv += [
+        "--trials",
+        "3",
+        "--peers",
+        "deepcache-n3-b0",
+        "--validation-samples",
+        "0",
+        "--test-samples",
+        "0",
+    ]
+    assert main([*argv, "--no-progress"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert f"budgets {METRIC} {BUDGET:g}, background 0.5; point estimates" in out
+    header = next(line for line in out.splitlines() if line.startswith("schedule"))
+    assert header.split() == [
+        "schedule",
+        "MAC",
+        "reduction",
+        f"{METRIC}",
+        "loss",
+        f"{METRIC}",
+        "bound",
+        "background",
+        "loss",
+        "background",
+        "bound",
+        "SSIM",
+        "PSNR",
+        "samples",
+        "feasible",
+    ]
+    full = next(line for line in out.splitlines() if line.startswith("full-compute"))
+    assert "1.000" in full and "60.0" in full  # SSIM 1 and PSNR at its cap: the pictures are the references
