@@ -75,8 +75,8 @@ def _guard(text: str) -> tuple[str, float] | None:
         budget = math.nan
     if not sep or name not in GUARD_NAMES or not 0.0 < budget < 1.0:
         raise argparse.ArgumentTypeError(
-            f"`--guard` must be METRIC=BUDGET with METRIC one of {', '.join(GUARD_NAMES)} and BUDGET in (0, 1) "
-            f"(or `{_NO_GUARDS}`), but got --guard {text!r}"
+            f"`--guard` must be METRIC=BUDGET with METRIC one of {', '.join(GUARD_NAMES)} and BUDGET in "
+            f"(0, 1) (or `{_NO_GUARDS}`), but got --guard {text!r}"
         )
     return name, budget
 

@@ -18,7 +18,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -167,9 +167,11 @@ class FidelityScorer:
         """The policy-side metric of sample ``index``."""
         if self.metric.kind in ("task", "prompt"):
             return float(self.evaluator.score(output.image, self.conditions[index]))
+        # a reference metric: only a TaskEvaluator scores one (checked in __init__ through `ideal`)
+        evaluator = cast("TaskEvaluator", self.evaluator)
         if self.metric.name in _LATENT_METRICS:
-            return float(self.evaluator.score(output.latent, reference=self.references[index].latent))
-        return float(self.evaluator.score(output.image, reference=self.references[index].image))
+            return float(evaluator.score(output.latent, reference=self.references[index].latent))
+        return float(evaluator.score(output.image, reference=self.references[index].image))
 
     def _loss(self, n: int, policy_scores: Sequence[float]) -> float:
         return float(

@@ -1,4 +1,5 @@
-"""Several constraints scored on the same outputs: Bonferroni levels, the all-bounds verdict, early stopping."""
+"""Several constraints scored on the same outputs: Bonferroni levels, the all-bounds verdict, early
+stopping."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from hgc_tune.generation import GeneratedOutput
 
 
 class _TableEvaluator:
-    """Scores output ``i`` by looking its value up: the output's image is ``[[i, side]]`` (0: full, 1: policy)."""
+    """Scores output ``i`` by looking its value up: the output's image is ``[[i, side]]`` (0: full, 1:
+    policy)."""
 
     def __init__(self, metric: str, full: list[float], policy: list[float]) -> None:
         self.metric = lookup_metric(metric)

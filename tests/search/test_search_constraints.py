@@ -1,5 +1,5 @@
-"""Searches under several constraints: the plan (defaults, prompt metric, errors), and a real search on the tiny
-pipeline with two constraints whose policy and Pareto files record every budget, bound, c and k."""
+"""Searches under several constraints: the plan (defaults, prompt metric, errors), and a real search on the
+tiny pipeline with two constraints whose policy and Pareto files record every budget, bound, c and k."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def two_constraints(tiny_pipe, tmp_path_factory):
     profile = copy_profile(tiny_pipe, tmp_path_factory.getbasetemp(), root / "profile")
     heldout = open_dataset("shapes", condition_type="seg", split="validation", limit=2)
     test = open_dataset("shapes", condition_type="seg", split="test", limit=2)
-    # the tiny model is random: its task metric is undefined, its pictures and the prompts' backgrounds are not
+    # the tiny model is random: its task metric is undefined, its pictures and the prompts' backgrounds not
     config = SearchConfig(
         budget=BUDGET, metric=METRIC, guards=(("background", 0.5),), n_trials=6, seed=1, confidence=0
     )
