@@ -98,6 +98,7 @@ PUBLIC: dict[str, set[str]] = {
         "DiskFullError",
         "StorageError",
         "StorageUnreachableError",
+        "PromptUnguardedWarning",
     },
     "hgc_tune.executor": {
         "ControlNetWindowConfig",
@@ -116,6 +117,8 @@ PUBLIC: dict[str, set[str]] = {
         "PROMPT_METRICS",
         "ClipScorer",
         "load_clip_scorer",
+        "PromptMetric",
+        "prompt_metric_for",
         "FidelityEstimate",
         "FidelityResult",
         "LossBound",

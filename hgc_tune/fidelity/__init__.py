@@ -12,7 +12,9 @@ full compute and under the policy), and :func:`paired_loss_bound` gives the loss
 bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
 (every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures. On
 the shapes benchmark, :func:`background_adherence` reads the background a prompt names back from a picture
-(a proxy of prompt adherence, which no condition map carries).
+(a proxy of prompt adherence, which no condition map carries). :func:`prompt_metric_for` names the
+metric that guards a model's prompt (the background reader for ``shapes``, a given CLIP model for a
+checkpoint) as a :class:`PromptMetric`, and warns when a checkpoint has none.
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -29,6 +31,7 @@ from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
+from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_metric_for
 from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
 from hgc_tune.fidelity._scorer import FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
@@ -37,6 +40,7 @@ __all__ = [
     "METRICS",
     "PROMPT_METRICS",
     "ClipScorer",
+    "PromptMetric",
     "FidelityEstimate",
     "FidelityResult",
     "LossBound",
@@ -52,6 +56,7 @@ __all__ = [
     "miou",
     "named_background",
     "paired_loss_bound",
+    "prompt_metric_for",
     "psnr",
     "read_background",
     "relative_loss",

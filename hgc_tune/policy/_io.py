@@ -15,13 +15,16 @@ validates against it)::
                    "guidance": {"cfg_until": k} | null,
                    "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
                                   "trial", "hgc_tune_version", "diffusers_version",
-                                  ["lora": [{"name", "digest", "scale"}, ...]]}}]}
+                                  ["lora": [{"name", "digest", "scale"}, ...]],
+                                  ["prompt": {"guarded", "metric", "model", "digest"}]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
 (no such keys) load as before and are written back as version 1, byte for byte. ``provenance.lora`` (the LoRA
 adapters the policy was tuned with) may appear in either version; it is written only when the policy was
-tuned with a LoRA, so files without one keep their exact bytes.
+tuned with a LoRA, so files without one keep their exact bytes. ``provenance.prompt`` (what guarded the
+prompt during the search: the prompt metric and, for a CLIP score, the CLIP model and its weights digest) is
+written when the search recorded it, the same way.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -175,6 +178,8 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
     # Written only when set, so files made before the field existed keep their exact bytes.
     if p.confidence is not None:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    if p.prompt is not None:
+        out["prompt"] = dict(p.prompt)
     if p.lora:
         out["lora"] = [
             {"name": a.name, "digest": a.digest, "scale": _json_number(a.scale, f"{where}.lora[{i}].scale")}
@@ -434,6 +439,7 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         hgc_tune_version=d.get("hgc_tune_version"),
         diffusers_version=d.get("diffusers_version"),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
+        prompt=d.get("prompt"),
     )
 
 

@@ -251,6 +251,9 @@ class Provenance:
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
     ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
+    ``prompt``: what guarded the prompt while the policy was tuned (``guarded``, ``metric``, and for a CLIP
+    score the CLIP ``model`` and its weights ``digest``; :meth:`hgc_tune.fidelity.PromptMetric.to_json`);
+    ``None``: not recorded (files written before it was).
     """
 
     source: str | None = None
@@ -264,9 +267,12 @@ class Provenance:
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
     lora: tuple[LoraSpec, ...] = ()
+    prompt: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))
+        if self.prompt is not None:
+            object.__setattr__(self, "prompt", dict(self.prompt))
 
 
 @dataclass(frozen=True)

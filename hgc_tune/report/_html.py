@@ -181,10 +181,44 @@ def _policy_table(policy: Mapping[str, Any]) -> str:
             else f"conditional half only from step {policy['cfg_until']}",
         ),
     ]
+    if policy.get("prompt") is not None:
+        rows.append(_row("prompt guarded by", _prompt_guard_text(policy["prompt"])))
     if policy.get("cells"):
         cells = ", ".join(f"{name}: {count}" for name, count in policy["cells"].items() if count)
         rows.append(_row("module × step cells", cells))
     return '<table class="policy">' + "".join(rows) + "</table>"
+
+
+def _prompt_guard_text(prompt: Mapping[str, Any]) -> str:
+    """``clip (CLIP model M, weights digest D)``, ``background_adherence``, or that nothing guards it."""
+    if not prompt.get("guarded"):
+        return "nothing: the prompt was unguarded (a checkpoint without --clip)"
+    text = str(prompt.get("metric"))
+    if prompt.get("model"):
+        text += f" (CLIP model {prompt['model']}, weights digest {prompt.get('digest')})"
+    return text
+
+
+def _prompt_table(prompt: Mapping[str, Any]) -> str:
+    """The prompt metric of the shown samples at full compute and with the policy."""
+    note = (
+        "<p>Each shown sample's image scored against its prompt, at full compute and with the policy "
+        f"(<code>{_e(prompt['metric'])}</code>: "
+        + (
+            "the CLIP score 100·max(cos(image, prompt), 0), ControlNet++'s protocol"
+            if prompt["metric"] == "clip"
+            else "the benchmark's background, which only the prompt names, read back"
+        )
+        + "; a proxy for prompt adherence, on these few samples only).</p>"
+    )
+    rows = [
+        _row("model", prompt["model"] or "–"),
+        _row("samples", prompt["samples"]),
+        _row("full compute", f"{prompt['full']:.4g}"),
+        _row("with the policy", f"{prompt['policy']:.4g}"),
+        _row("loss (relative drop of the mean)", format_percent(prompt["loss"], 2)),
+    ]
+    return note + '<table class="prompt">' + "".join(rows) + "</table>"
 
 
 def _fidelity_table(fidelity: Mapping[str, Mapping[str, Any]], confidence: float | None = None) -> str:
@@ -310,6 +344,9 @@ def render_html(
         ]
     if summary["samples"]["indices"]:
         parts += ["<h3>Samples</h3>", _samples_table(summary["samples"])]
+    prompt = summary.get("prompt")
+    if prompt and "full" in prompt:  # scored (not unguarded, not `unscored`)
+        parts += ["<h3>Prompt adherence</h3>", _prompt_table(prompt)]
     if summary.get("pareto"):
         parts += ["<h3>Search</h3>", _pareto_text(summary["pareto"])]
     if notes:

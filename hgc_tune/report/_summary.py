@@ -100,7 +100,8 @@ def report_summary(
     reduction split among guidance window, ControlNet window, ControlNet blocks, U-Net blocks and
     cross-attention reuse, in that order of attribution; else ``None``), ``policy`` (name, source, study,
     trial, budget, metric, ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as
-    recorded, ``cells`` per grid state) or ``None``, ``samples`` (indices, seeds, prompts, negative
+    recorded, ``cells`` per grid state, ``prompt``: what guarded the
+    prompt during the search) or ``None``, ``samples`` (indices, seeds, prompts, negative
     prompts, and the PSNR of the policy's images against full compute, measured here), and ``pareto``
     (trial counts, budget, chosen point) or ``None``.
     """
@@ -159,6 +160,7 @@ def report_summary(
                 key: {"steps": list(w.steps), "mode": w.mode} for key, w in policy.controlnets.items()
             },
             "cfg_until": None if policy.guidance is None else policy.guidance.cfg_until,
+            "prompt": None if p.prompt is None else dict(p.prompt),
             "cells": dict(grid_counts) if grid_counts is not None else None,
         }
     if pareto is not None:

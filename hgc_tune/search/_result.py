@@ -255,6 +255,7 @@ def _final_policy(
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
+        prompt=None if session.prompt_metric is None else session.prompt_metric.to_json(),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hgc_tune._typing import ControlNetPipeline
-    from hgc_tune.fidelity import Metric
+    from hgc_tune.fidelity import Metric, PromptMetric
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
     from hgc_tune.profile import Profile
@@ -161,6 +161,9 @@ class SearchSession:
         storage_url: The storage string (``None``: in memory).
         study_name: The study's name.
         peers: Peer name -> parameters enqueued for it.
+        prompt_metric: The prompt metric of the model (``hgc_tune.fidelity.PromptMetric``: for ``shapes``
+            the background reader, for a checkpoint the ``--clip`` model; unguarded without one), recorded
+            in the chosen policy's provenance; ``None``: not recorded.
     """
 
     profile: Profile
@@ -179,6 +182,9 @@ class SearchSession:
     storage_url: str | None
     study_name: str
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The prompt metric lives here, not on SearchConfig: a config travels to workers as flags, a loaded
+    # CLIP model does not.
+    prompt_metric: PromptMetric | None = None
 
     @property
     def condition_type(self) -> str | None:
@@ -296,6 +302,7 @@ def prepare_search(
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> SearchSession:
     """Check the inputs, build the space, scorer and objective, and open (or resume) the study.
 
@@ -310,6 +317,8 @@ def prepare_search(
         pipe: The profiled pipeline (no policy applied).
         config: The search settings.
         cache_dir: Folder for the default storage and the held-out cache when ``profile`` is an object.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`), kept on
+            the session; a CLIP model other than the profile's (another weights digest) is refused.
 
     Returns:
         A :class:`SearchSession` whose study has the peers enqueued.
@@ -319,6 +328,10 @@ def prepare_search(
     if folder is not None:  # the default SQLite storage cannot create its file in a missing folder
         folder.mkdir(parents=True, exist_ok=True)
     metric = _check_inputs(profile, pipe, config)
+    if prompt_metric is not None:
+        from hgc_tune.profile._prompt import check_prompt_metric_fits  # torch: see load_search_profile
+
+        check_prompt_metric_fits(profile, prompt_metric)
     space, peer_names = _space_and_peers(profile, pipe, config)
     cfg = space.cfg
     storage_url = config.storage
@@ -366,6 +379,7 @@ def prepare_search(
         storage_url=storage_url,
         study_name=study_name,
         peers=peers,
+        prompt_metric=prompt_metric,
     )
 
 
