@@ -155,8 +155,8 @@ def prompt_fidelity(
     if prompt_metric.metric is None:
         raise FidelityError("the prompt is unguarded: there is no prompt metric to measure.")
     try:
-        full = prompt_metric.scores(full_images, prompts)
-        policy = prompt_metric.scores(policy_images, prompts)
+        full = [float(v) for v in prompt_metric.scores(full_images, prompts)]
+        policy = [float(v) for v in prompt_metric.scores(policy_images, prompts)]
         bound = paired_loss_bound(full, policy, prompt_metric.metric, confidence)
     except FidelityError as e:
         return {**prompt_metric.to_json(), "unscored": str(e)}
@@ -168,6 +168,6 @@ def prompt_fidelity(
         "loss_upper": bound.upper if math.isfinite(bound.upper) else None,
         "confidence": bound.confidence,
         "samples": len(full),
-        "per_sample_full": [float(v) for v in full],
-        "per_sample_policy": [float(v) for v in policy],
+        "per_sample_full": full,
+        "per_sample_policy": policy,
     }
