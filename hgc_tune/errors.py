@@ -1,4 +1,4 @@
-"""The exceptions hgc-tune raises.
+"""The exceptions and warnings hgc-tune raises.
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
 traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
@@ -35,6 +35,7 @@ __all__ = [
     "StorageError",
     "StorageUnreachableError",
     "TrainingCheckpointError",
+    "PromptUnguardedWarning",
 ]
 
 
@@ -147,3 +148,8 @@ class OutOfMemoryError(ResourceError):
 class TrainingCheckpointError(HgcTuneError):
     """A training checkpoint that cannot be resumed: unreadable, not written by the shapes trainer, without
     its run settings, or holding the weights of another model."""
+
+
+class PromptUnguardedWarning(UserWarning):
+    """A checkpoint is profiled, searched, evaluated or reported with no prompt-adherence metric (no
+    ``--clip``): a policy's figures then guard the condition, not what only the prompt carries."""

@@ -131,13 +131,6 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     )
     add_guard_argument(parser)
     parser.add_argument(
-        "--clip",
-        default=None,
-        metavar="PATH",
-        help="CLIP model (local folder or hub id, e.g. openai/clip-vit-large-patch14) that scores prompt "
-        "adherence",
-    )
-    parser.add_argument(
         "--confidence",
         type=confidence("--confidence"),
         default=0.95,

@@ -38,6 +38,7 @@ from hgc_tune.cli._checks import (
     int_in,
     seconds,
 )
+from hgc_tune.cli._common import add_clip_argument
 from hgc_tune.cli._search_options import add_guard_argument, guard_argv, guards_from_args
 
 HELP = "run data -> profile -> search -> report on the embedded shapes model"
@@ -106,8 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit with code 1 when a condition type has no policy within the budget (default: a demo that "
         "ran to the end exits 0 and names the condition types without one)",
     )
+    add_clip_argument(parser)  # passed on to profile, search and report
     # Internal: a process started by --parallel runs its condition types and does not combine.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def _clip_argv(args: argparse.Namespace) -> list[str]:
+    """``--clip`` for the commands the demo runs, as given to it."""
+    return ["--clip", args.clip] if args.clip is not None else []
 
 
 def _step(title: str) -> None:
@@ -160,7 +167,7 @@ def _search_argv(args: argparse.Namespace, run_dir: Path, policy: Path) -> list[
     )
     argv = ["search", "--profile", str(run_dir), "--out", str(policy), *config_argv(config)]
     argv += ["--validation-samples", str(args.validation_samples), "--test-samples", str(args.test_samples)]
-    return [*argv, "--workers", "1", "--overwrite"]
+    return [*argv, *_clip_argv(args), "--workers", "1", "--overwrite"]
 
 
 def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
@@ -176,7 +183,7 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     else:
         profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]
         profile_argv += ["--split", "calibration", "--samples", str(args.samples)]
-        profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite"]
+        profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite", *_clip_argv(args)]
         if _call(profile_argv) != 0:
             return None
     profiled = time.perf_counter()
@@ -192,6 +199,7 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     found = code == 0 and policy.exists()
     _step(f"{condition}: report")
     report_argv = ["report", "--profile", str(run_dir), "--out", str(reports / condition), "--overwrite"]
+    report_argv += _clip_argv(args)
     if found:
         report_argv += ["--policy", str(policy)]
     if pareto.exists():
@@ -242,7 +250,7 @@ def _child_argv(args: argparse.Namespace, conditions: list[str]) -> list[str]:
     argv += ["--steps", str(args.steps), "--runs", args.runs, "--reports", args.reports, "--parallel", "1"]
     if args.metric:
         argv += ["--metric", args.metric]
-    return [*argv, *guard_argv(guards_from_args(args))]
+    return [*argv, *guard_argv(guards_from_args(args)), *_clip_argv(args)]
 
 
 def run(args: argparse.Namespace) -> int:

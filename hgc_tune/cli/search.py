@@ -13,6 +13,10 @@ outputs of validation and test samples are cached in runs/NAME/heldout/. Writes 
 Pareto front beside it (policies/NAME.pareto.json). Exit code 1 when no policy holds the budget on the
 validation split.
 
+The model's prompt metric (shapes: the background reader; a checkpoint: the CLIP score of --clip, by
+default the CLIP model the profile was made with) is recorded in the policy's provenance; a checkpoint
+without one is unguarded, and a warning and the provenance say so.
+
 The search is bounded by --trials: with one worker, the same --seed and --trials give the same policy on any
 machine. --timeout adds a wall-clock limit (the result then depends on the machine's speed).
 
@@ -49,18 +53,22 @@ from hgc_tune.cli._checks import (
     int_in,
 )
 from hgc_tune.cli._common import (
+    add_clip_argument,
     add_controlnet_argument,
     add_lora_argument,
     controlnet_ref,
     hide_loading_bars,
+    load_clip_from_args,
     loras_from_args,
     print_json,
+    prompt_metric_from_args,
 )
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
 from hgc_tune.errors import FidelityError, SearchError
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import PromptMetric
     from hgc_tune.profile import Profile
     from hgc_tune.search import SearchConfig, SearchResult
     from hgc_tune.search._trials import TrialRecord
@@ -68,6 +76,7 @@ if TYPE_CHECKING:
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
 # The flags that say which pipeline to load; a worker gets them as given.
+# (--clip travels in the config's flags.)
 _PIPELINE_FLAGS = ("--model", "--controlnet", "--dtype", "--device", "--lora")
 
 
@@ -114,6 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
     )
     add_lora_argument(parser)
+    add_clip_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # Internal: a worker started by --workers runs trials only.
@@ -178,6 +188,22 @@ def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: in
             f"the {split} split of {ref!r} has no samples of condition type {profile.condition_type!r}."
         )
     return samples
+
+
+def _prompt_metric(args: argparse.Namespace, profile: Profile) -> PromptMetric:
+    """The model's prompt metric: ``--clip``, by default the CLIP model the profile was made with (a
+    checkpoint without either is unguarded: one warning line, and the policy's provenance says so)."""
+    from hgc_tune.fidelity import prompt_metric_for
+    from hgc_tune.profile._prompt import recorded_prompt_metric
+
+    recorded = recorded_prompt_metric(profile) or {}
+    if args.clip is None and recorded.get("metric") == "clip":
+        args.clip = recorded.get("model")
+    clip = load_clip_from_args(args)
+    model = args.model or profile.model_name
+    if args.worker_only:  # the process that started the workers has warned
+        return prompt_metric_for(model, clip, warn=False)
+    return prompt_metric_from_args(args, model, clip)
 
 
 def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> list[str]:
@@ -343,12 +369,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.worker_only:
         heldout = _split_samples(args, profile, "validation", args.validation_samples)
         test = _split_samples(args, profile, "test", args.test_samples)
+    prompt_metric = _prompt_metric(args, profile)
     pipe = _load_pipeline(args, profile)
     if args.worker_only:
-        run_search_worker(folder, pipe, config)
+        run_search_worker(folder, pipe, config, prompt_metric=prompt_metric)
         return 0
     # The study is created and the peers enqueued once, before any other worker starts.
-    session = prepare_search(folder, pipe, config)
+    session = prepare_search(folder, pipe, config, prompt_metric=prompt_metric)
     children = []
     if args.workers > 1:
         import torch

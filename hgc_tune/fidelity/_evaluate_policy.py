@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
+from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_fidelity
 from hgc_tune.fidelity._scorer import ConstraintScorer, FidelityEstimate, FidelityScorer
 from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
@@ -27,6 +28,7 @@ from hgc_tune.policy._macs import macs_provenance
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.generation import GeneratedOutput
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
 
@@ -101,6 +103,7 @@ def evaluate_policy(
     confidence: float = 0.95,
     progress: bool = False,
     strength: float | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -127,6 +130,10 @@ def evaluate_policy(
         progress: Show a tqdm bar on stderr.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task); each sample's init image and mask are taken as the profiler takes them.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`): each
+            sample's image is also scored against its prompt, at full compute and with the policy, under
+            ``prompt`` (:func:`~hgc_tune.fidelity._prompt_guard.prompt_fidelity`; an unguarded one is
+            recorded as such); ``None``: no ``prompt`` key.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
@@ -154,10 +161,12 @@ def evaluate_policy(
         num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
     )
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
+    policy_images: list[Any] = []
     try:
         scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
+        outputs = iter_outputs(pipe, policy, jobs, settings)
         scored = _with_picture(scorer, condition_type).score(
-            iter_outputs(pipe, policy, jobs, settings),
+            _keeping_images(outputs, policy_images) if prompt_metric is not None else outputs,
             sequential=False,
             confidence=confidence,
             on_sample=lambda i, v: bar.update(1),
@@ -165,6 +174,19 @@ def evaluate_policy(
     finally:
         bar.close()
     estimate = scored.primary
+    prompt = {}
+    if prompt_metric is not None:
+        prompt["prompt"] = (
+            prompt_fidelity(
+                prompt_metric,
+                [r.image for r in scorer.references[: len(policy_images)]],
+                policy_images,
+                [job.prompt for job in jobs[: len(policy_images)]],
+                confidence=confidence,
+            )
+            if prompt_metric.guarded
+            else prompt_metric.to_json()
+        )
     return {
         "metric": evaluator.metric.name,
         "kind": evaluator.metric.kind,
@@ -184,7 +206,20 @@ def evaluate_policy(
         "picture": {e.metric: float(e.policy) for e in scored.reported},
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
+        **prompt,
     }
+
+
+def _keeping_images(outputs: Iterator[GeneratedOutput], images: list[Any]) -> Iterator[GeneratedOutput]:
+    """``outputs``, each image also appended to ``images`` (for the prompt metric); closing it closes them."""
+    try:
+        for output in outputs:
+            images.append(output.image)
+            yield output
+    finally:
+        close = getattr(outputs, "close", None)
+        if close is not None:
+            close()
 
 
 def _evaluated_macs(

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity._background import background_adherence
 from hgc_tune.fidelity._metrics import as_uint8_image
 from hgc_tune.fidelity._registry import PROMPT_METRICS, Metric
 
@@ -58,7 +57,7 @@ class PromptEvaluator:
             )
         if self.clip is not None and self.metric.name == "clip":
             return [float(v) for v in np.asarray(self.clip(list(images), list(prompts)))]
-        return [float(background_adherence(as_uint8_image(i), p)) for i, p in zip(images, prompts)]
+        return [float(self.metric.fn(as_uint8_image(i), p)) for i, p in zip(images, prompts)]
 
     def score(self, image: ArrayInput, prompt: str) -> float:
         """The metric of one picture with its prompt."""

@@ -213,14 +213,14 @@ PROMPT_METRICS: Mapping[str, Metric] = MappingProxyType(
         ),
         "background": Metric(
             name="background",
-            fn=_background.background_adherence,
+            fn=_background.background_score,
             higher_is_better=True,
             kind="prompt",
-            # A rate of 0/1 readings: its loss is the drop in points (0.015 = 1.5 points of the scenes whose
-            # named background is read back), defined whatever the full-compute rate, even 0.
+            # A score in [0, 1] like a rate: its loss is the drop in points (0.015 = 1.5 points), defined
+            # whatever the full-compute mean, even 0.
             loss_mode="absolute",
-            description="shapes benchmark: 1 when the picture shows the background its prompt names, else 0 "
-            "(a proxy for prompt adherence; the loss is the drop of the rate, in points)",
+            description="shapes benchmark: how surely the picture shows the background its prompt names, in "
+            "[0, 1] (a proxy for prompt adherence; the loss is the drop of the mean, in points)",
         ),
     }
 )
@@ -229,11 +229,13 @@ from, so it guards what the condition does not carry. They are per sample and re
 scored at full compute and under the policy, and the loss and its bound follow as for a task metric
 (``paired_loss_bound(full, policy, PROMPT_METRICS["clip"])``: the relative drop of the mean score).
 
-``background`` is the shapes benchmark's proxy (:func:`~hgc_tune.fidelity.background_adherence`): 1 when the
-background a prompt names is read back from the picture, else 0. Its mean is a rate, so its loss is the
-absolute drop of the rate (``loss_mode="absolute"``: 0.015 = 1.5 points), not a drop relative to the
-full-compute rate, which would make the same lost scenes weigh more on a condition type the model follows
-the prompt less on, and be undefined at a rate of 0.
+``background`` is the shapes benchmark's proxy (:func:`~hgc_tune.fidelity.background_score`): how surely
+the background a prompt names is read back from the picture, in ``[0, 1]`` (the soft form of the 0/1
+:func:`~hgc_tune.fidelity.background_adherence`, so that paired differences have a spread and the bound is
+not understated on rare flips). Its mean is rate-like, so its loss is the absolute drop
+(``loss_mode="absolute"``: 0.015 = 1.5 points), not a drop relative to the full-compute mean, which would
+make the same loss weigh more on a condition type the model follows the prompt less on, and be undefined at
+0.
 
 ``clip`` needs a CLIP model, so its scores come from a :class:`~hgc_tune.fidelity.ClipScorer`
 (``scorer(images, prompts)``, one score per pair) rather than from ``fn`` on images; ``fn`` is the formula

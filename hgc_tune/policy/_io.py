@@ -19,7 +19,8 @@ validates against it)::
                                   ["constraints": {"confidence", "k", "level", "sharing", "prompt",
                                                    "items": [{"metric", "kind", "loss_mode", "budget",
                                                               "<split>_loss", "<split>_loss_upper", ...}]}],
-                                  ["picture_fidelity": {"<split>_ssim", "<split>_psnr", ...}]}}]}
+                                  ["picture_fidelity": {"<split>_ssim", "<split>_psnr", ...}],
+                                  ["prompt": {"guarded", "metric", "model", "digest"}]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
@@ -30,6 +31,9 @@ tuned with a LoRA, so files without one keep their exact bytes. Version 3 adds s
 with which they hold together and the number ``k`` of constraints (each bound at ``1 − (1 − c)/k``), and
 ``provenance.picture_fidelity`` the SSIM and PSNR to the full-compute pictures. Files of versions 1 and 2
 load as before (their ``metric`` at ``budget`` was the only constraint) and keep their version when written.
+``provenance.prompt`` (what guarded the
+prompt during the search: the prompt metric and, for a CLIP score, the CLIP model and its weights digest) is
+written when the search recorded it, the same way.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -189,6 +193,8 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
         out["picture_fidelity"] = {
             str(k): _json_number(v, f"{where}.picture_fidelity[{k!r}]") for k, v in p.picture_fidelity.items()
         }
+    if p.prompt is not None:
+        out["prompt"] = dict(p.prompt)
     if p.lora:
         out["lora"] = [
             {"name": a.name, "digest": a.digest, "scale": _json_number(a.scale, f"{where}.lora[{i}].scale")}
@@ -474,6 +480,7 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
         constraints=_constraints_from_json(d.get("constraints")),
         picture_fidelity=dict(d.get("picture_fidelity", {})),
+        prompt=d.get("prompt"),
     )
 
 

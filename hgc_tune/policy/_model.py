@@ -259,6 +259,9 @@ class Provenance:
     …}, …]}``; ``None``: not recorded (an older file: ``metric`` at ``budget`` was the only one).
     ``picture_fidelity`` (schema version 3): SSIM and PSNR of the policy's pictures to the full-compute ones
     per split (``test_ssim``, ``test_psnr``, …).
+    ``prompt``: what guarded the prompt while the policy was tuned (``guarded``, ``metric``, and for a CLIP
+    score the CLIP ``model`` and its weights ``digest``; :meth:`hgc_tune.fidelity.PromptMetric.to_json`);
+    ``None``: not recorded (files written before it was).
     """
 
     source: str | None = None
@@ -274,9 +277,12 @@ class Provenance:
     lora: tuple[LoraSpec, ...] = ()
     constraints: Mapping[str, Any] | None = None
     picture_fidelity: Mapping[str, float] = field(default_factory=dict)
+    prompt: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))
+        if self.prompt is not None:
+            object.__setattr__(self, "prompt", dict(self.prompt))
 
 
 @dataclass(frozen=True)

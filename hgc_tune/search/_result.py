@@ -317,6 +317,7 @@ def _final_policy(
         lora=pipeline_loras(session.pipe),
         constraints=constraints,
         picture_fidelity=picture,
+        prompt=None if session.prompt_metric is None else session.prompt_metric.to_json(),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import PromptMetric
     from hgc_tune.profile import Profile
 
 __all__ = ["run_search", "run_search_worker", "search_policy"]
@@ -110,13 +111,14 @@ def run_search_worker(
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> int:
     """Run trials of the shared study only (no validation, no output): one of several worker processes.
 
     Returns:
         The number of trials this worker ran.
     """
-    session = prepare_search(profile, pipe, config, cache_dir=cache_dir)
+    session = prepare_search(profile, pipe, config, cache_dir=cache_dir, prompt_metric=prompt_metric)
     return _run_trials(session)
 
 
@@ -129,6 +131,7 @@ def search_policy(
     test: Sequence[Any] | None = None,
     progress: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> SearchResult:
     """Search the cheapest caching policy whose fidelity loss stays within the budget, with confidence.
 
@@ -159,6 +162,8 @@ def search_policy(
         test: Test samples (``split="test"``); ``None``: no test figure.
         progress: Show a tqdm bar (trials, best feasible MACs) on stderr.
         cache_dir: Folder for the default storage and held-out cache when ``profile`` is an object.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`), recorded in
+            the policy's provenance; ``None``: none recorded.
 
     Returns:
         A :class:`SearchResult`; write it with :func:`write_search_outputs`.
@@ -177,7 +182,7 @@ def search_policy(
         >>> result = search_policy("runs/shapes-seg", pipe, config, heldout=val, test=test)  # doctest: +SKIP
         >>> write_search_outputs(result, "policies/shapes-seg.json")  # doctest: +SKIP
     """
-    session = prepare_search(profile, pipe, config, cache_dir=cache_dir)
+    session = prepare_search(profile, pipe, config, cache_dir=cache_dir, prompt_metric=prompt_metric)
     return run_search(session, heldout=heldout, test=test, progress=progress)
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hgc_tune._typing import ControlNetPipeline
-    from hgc_tune.fidelity import ClipScorer, Metric
+    from hgc_tune.fidelity import ClipScorer, Metric, PromptMetric
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
     from hgc_tune.profile import Profile
@@ -167,6 +167,9 @@ class SearchSession:
         storage_url: The storage string (``None``: in memory).
         study_name: The study's name.
         peers: Peer name -> parameters enqueued for it.
+        prompt_metric: The prompt metric of the model (``hgc_tune.fidelity.PromptMetric``: for ``shapes``
+            the background reader, for a checkpoint the ``--clip`` model; unguarded without one), recorded
+            in the chosen policy's provenance; ``None``: not recorded.
     """
 
     profile: Profile
@@ -187,6 +190,9 @@ class SearchSession:
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     constraints: ConstraintPlan | None = None
     clip: ClipScorer | None = None
+    # The prompt metric's record lives here, not on SearchConfig: a config travels to workers as flags (its
+    # `clip` names the model), a loaded CLIP model does not.
+    prompt_metric: PromptMetric | None = None
 
     @property
     def condition_type(self) -> str | None:
@@ -308,6 +314,7 @@ def prepare_search(
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> SearchSession:
     """Check the inputs, build the space, scorer and objective, and open (or resume) the study.
 
@@ -322,6 +329,8 @@ def prepare_search(
         pipe: The profiled pipeline (no policy applied).
         config: The search settings.
         cache_dir: Folder for the default storage and the held-out cache when ``profile`` is an object.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`), kept on
+            the session; a CLIP model other than the profile's (another weights digest) is refused.
 
     Returns:
         A :class:`SearchSession` whose study has the peers enqueued.
@@ -331,13 +340,17 @@ def prepare_search(
     if folder is not None:  # the default SQLite storage cannot create its file in a missing folder
         folder.mkdir(parents=True, exist_ok=True)
     metric, plan = _check_inputs(profile, pipe, config)
+    if prompt_metric is not None:
+        from hgc_tune.profile._prompt import check_prompt_metric_fits  # torch: see load_search_profile
+
+        check_prompt_metric_fits(profile, prompt_metric)
     space, peer_names = _space_and_peers(profile, pipe, config)
     cfg = space.cfg
     storage_url = config.storage
     if storage_url is None and folder is not None:
         storage_url = default_storage_url(folder)
     study_name = config.study_name or _default_study_name(profile, plan)
-    clip = _clip_scorer(config, pipe)
+    clip = _clip_scorer(config, pipe, prompt_metric)
     calibration, settings, scorer = _calibration(profile, pipe, config, plan, clip)
     signature = _profile_signature(profile, len(calibration))
     study = _open_study(storage_url, study_name, plan, config, signature)
@@ -380,6 +393,7 @@ def prepare_search(
         peers=peers,
         constraints=plan,
         clip=clip,
+        prompt_metric=prompt_metric,
     )
 
 
@@ -410,12 +424,17 @@ def _space_and_peers(
     return space, peer_names
 
 
-def _clip_scorer(config: SearchConfig, pipe: ControlNetPipeline) -> ClipScorer | None:
-    """The CLIP model of ``config.clip`` on the pipeline's device (``None``: none given)."""
+def _clip_scorer(
+    config: SearchConfig, pipe: ControlNetPipeline, prompt_metric: PromptMetric | None
+) -> ClipScorer | None:
+    """The CLIP model that scores prompt adherence: the one the prompt metric already holds (loaded once by
+    the caller), else ``config.clip`` loaded on the pipeline's device (``None``: none given)."""
+    from hgc_tune.fidelity import ClipScorer, load_clip_scorer
+
+    if prompt_metric is not None and isinstance(prompt_metric.scorer, ClipScorer):
+        return prompt_metric.scorer
     if config.clip is None:
         return None
-    from hgc_tune.fidelity import load_clip_scorer
-
     return load_clip_scorer(config.clip, device=str(pipe.device))
 
 

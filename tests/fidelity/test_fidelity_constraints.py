@@ -153,9 +153,10 @@ def test_background_prompt_metric_reads_the_named_background():
     assert (
         ev.metric.kind == "prompt" and ev.metric.loss_mode == "absolute" and "proxy" in ev.metric.description
     )
-    assert ev.score_many([s.image for s in scenes], [s.prompt for s in scenes]) == [1.0] * 4
+    # the soft reading: sure of the named background on ground truth, near 0 for another one
+    assert min(ev.score_many([s.image for s in scenes], [s.prompt for s in scenes])) > 0.9
     wrong = [s.prompt.rsplit(" on a", 1)[0] + " on a " + _other(s.background) + " background" for s in scenes]
-    assert ev.score_many([s.image for s in scenes], wrong) == [0.0] * 4
+    assert max(ev.score_many([s.image for s in scenes], wrong)) < 0.1
 
 
 def _other(name: str) -> str:
@@ -168,7 +169,7 @@ def test_a_scorer_of_prompt_adherence_scores_full_compute_from_the_prompts():
     scenes = [render_scene(i) for i in range(3)]
     refs = [GeneratedOutput(image=s.image, latent=np.zeros(1)) for s in scenes]
     scorer = FidelityScorer(PromptEvaluator("background"), refs, [s.prompt for s in scenes])
-    assert scorer.full_scores == [1.0, 1.0, 1.0]
+    assert min(scorer.full_scores) > 0.9
     assert scorer.full_compute(confidence=0.95).loss == 0.0
 
 
