@@ -100,8 +100,11 @@ PUBLIC: dict[str, set[str]] = {
         "StorageUnreachableError",
     },
     "hgc_tune.executor": {
+        "CallMacs",
+        "CallSummary",
         "ControlNetWindowConfig",
         "GuidanceTruncationConfig",
+        "ModuleCounts",
         "PolicyHandle",
         "StepCacheConfig",
         "apply_controlnet_window",
