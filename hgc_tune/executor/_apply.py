@@ -315,9 +315,7 @@ class PolicyHandle:
             >>> f"{stats.macs['paper'].reduction:.0%} fewer MACs"
             '35% fewer MACs'
         """
-        counts = self._removed_counts if self._removed else _CallCounts(self)
-        if counts is None:  # removed by a thread that never called the pipeline
-            counts = _CallCounts(self)
+        counts = self._removed_counts if self._removed_counts is not None else _CallCounts(self)
         macs = None
         runs = counts.runs
         if runs is not None and runs.latent_size is not None and self._mac_counter is not None:

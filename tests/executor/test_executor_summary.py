@@ -11,6 +11,7 @@ import torch
 
 from hgc_tune.executor import apply_policy, policy_handle
 from hgc_tune.macs import count_pipeline_macs
+from hgc_tune.models import load_pipeline
 from hgc_tune.policy import (
     ControlNetWindow,
     GuidanceWindow,
@@ -209,3 +210,34 @@ def test_a_copied_pipeline_counts_its_own_calls(tiny_pipe, condition):
         assert summary.macs is not None and summary.macs["paper"].executed_total > 0
     finally:
         handle.remove()
+
+
+def test_several_controlnets_each_report_their_window_and_the_macs_match():
+    pipe = load_pipeline("tiny", condition="seg,depth")
+    target = target_for_pipeline(pipe, num_steps=5, condition_type="seg,depth")
+    policy = Policy(
+        target,
+        blocks={"controlnet.nets.1.mid_block": (0, 1, 3), "unet.mid_block": (0, 3)},
+        controlnets={
+            "controlnet.nets.0": ControlNetWindow((0, 1), "reuse"),
+            "controlnet.nets.1": ControlNetWindow((1, 2, 3), "drop"),
+        },
+        guidance=GuidanceWindow(3),
+        name="two-nets",
+    )
+    images = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in (0, 1)]
+    with apply_policy(pipe, policy, condition_type="seg,depth", count_macs=True) as handle:
+        pipe("a red circle", image=images, num_inference_steps=5, output_type="latent")
+    summary = handle.summary()
+    counts = {key: c.to_dict() for key, c in summary.modules.items()}
+    assert counts["controlnet.nets.0"] == {"computed": 2, "reused": 3, "dropped": 0}
+    assert counts["controlnet.nets.1"] == {"computed": 3, "reused": 0, "dropped": 2}
+    # called at steps 1-3 only (its net drops elsewhere): computes at 1 and 3, reuses at 2
+    assert counts["controlnet.nets.1.mid_block"] == {"computed": 2, "reused": 1, "dropped": 0}
+    assert (summary.cfg_steps, summary.cfg_truncated_steps) == (3, 2)
+    table = count_pipeline_macs(pipe, height=64, width=64)
+    assert summary.macs is not None
+    for convention in ("paper", "complete"):
+        analytic = policy_macs(policy, table, convention=convention)
+        assert summary.macs[convention].executed_total == analytic["policy"]
+        assert summary.macs[convention].full_total == analytic["full"]
