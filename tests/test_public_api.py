@@ -101,8 +101,11 @@ PUBLIC: dict[str, set[str]] = {
         "PromptUnguardedWarning",
     },
     "hgc_tune.executor": {
+        "CallMacs",
+        "CallSummary",
         "ControlNetWindowConfig",
         "GuidanceTruncationConfig",
+        "ModuleCounts",
         "PolicyHandle",
         "StepCacheConfig",
         "apply_controlnet_window",
