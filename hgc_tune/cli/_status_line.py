@@ -11,13 +11,13 @@ one plain line per change of stage (or every 30 s) elsewhere, e.g. in a CI log. 
 up to date from a background thread while the calling thread works (``hgc-tune search``).
 
 **The time left is an estimate.** The line shows the longest lane's; a lane's is the sum over its tasks. A
-running stage's remaining items take the seconds per item measured in it since it started (a resumed stage's
-earlier items do not count). A stage not started yet takes its planned items times the seconds per item
-measured in the same stage of another task, or else times its planned samples per item times the measured
-seconds per generated sample (profile, validation or test), plus the seconds the stage took to start in
-another task (loading a pipeline, drawing figures before the first item). The planned items are upper bounds (a trial's
-sequential test usually stops before the last calibration sample, the validation stops at the first policy
-that holds), so the estimate tends to be high at first and settles as the stages are measured.
+running stage's remaining items take the seconds per item measured in it since its first report (a resumed
+stage's earlier items do not count). A stage not started yet takes its planned items times the seconds per
+item measured in the same stage of another task, or else times its planned samples per item times the measured
+seconds per generated sample (profile, validation or test); plus the seconds the stage took to start in
+another task (loading a pipeline). The planned items are upper bounds (a trial's sequential test usually stops
+before the last calibration sample, the validation stops at the first policy that holds), so the estimate
+tends to be high at first and settles as the stages are measured.
 """
 
 from __future__ import annotations
