@@ -159,3 +159,23 @@ def test_an_interrupted_demo_stops_its_children(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         demo.run(_demo_args(tmp_path, "--parallel", "3"))
     assert len(lanes) == 3 and all(lane.process.poll() is not None for lane in lanes)
+
+
+def test_a_tiny_demo_shows_its_stages_on_stderr(tmp_path, capsys):
+    from hgc_tune.cli import main
+    from hgc_tune.cli._progress_file import EventReader
+
+    argv = ["demo", "--model", "tiny", "--conditions", "seg", "--metric", "ssim", "--budget", "0.5"]
+    argv += ["--confidence", "0", "--samples", "2", "--steps", "2", "--trials", "2"]
+    argv += ["--validation-samples", "1", "--test-samples", "1"]
+    argv += ["--runs", str(tmp_path / "runs"), "--reports", str(tmp_path / "reports")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert any("seg: profile" in line for line in lines) and any("seg: trial" in line for line in lines)
+    assert lines[-1].startswith("demo ") and lines[-1].endswith(" | done")
+    assert "== seg: search" in out  # the details: the child's log, shown at the end
+    # the child reported every stage, in order, to the parent
+    events = EventReader(tmp_path / "runs" / "seg.progress.jsonl").read()
+    stages = [e.stage for i, e in enumerate(events) if i == 0 or e.stage != events[i - 1].stage]
+    assert stages == ["profile", "trial", "validation", "test", "report", "done"]
