@@ -202,7 +202,7 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     # A policy left by an earlier run must not stand for this one's (the search rewrites it if it finds one).
     policy.unlink(missing_ok=True)
     code = _call([*_search_argv(args, run_dir, policy), *status])
-    if code == 2:
+    if code not in (0, 1):  # 1: no policy holds the budget (the report says so); else a bad input or Ctrl-C
         return None
     searched = time.perf_counter()
     found = code == 0 and policy.exists()
@@ -247,6 +247,11 @@ def _children(args: argparse.Namespace, conditions: list[str]) -> dict[str, int]
     runs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     shares = [s for s in (conditions[i :: args.parallel] for i in range(args.parallel)) if s]
+    plan = demo_plan(
+        args.samples, args.trials, args.validation_samples, args.validation_tries, args.test_samples
+    )
+    board = StatusBoard("demo", shares, {c: plan for c in conditions}, started=time.time())
+    printer = StatusPrinter(sys.stderr) if args.progress else None
     lanes: list[_Lane] = []
     try:
         for share in shares:
@@ -261,13 +266,10 @@ def _children(args: argparse.Namespace, conditions: list[str]) -> dict[str, int]
                 command = [sys.executable, "-c", _CHILD, *argv]
                 process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
             lanes.append(_Lane(share, log, events, process))
-        plan = demo_plan(
-            args.samples, args.trials, args.validation_samples, args.validation_tries, args.test_samples
-        )
-        board = StatusBoard("demo", shares, {c: plan for c in conditions}, started=time.time())
-        printer = StatusPrinter(sys.stderr) if args.progress else None
         _watch(lanes, board, printer)
     except BaseException:  # Ctrl-C (or a failure here): no child is left running
+        if printer is not None:
+            printer.close(board, time.time())  # the interruption's message goes on a line of its own
         _stop([lane.process for lane in lanes])
         raise
     codes = {}
