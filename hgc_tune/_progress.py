@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["PROFILE", "REPORT", "STAGES", "TEST", "TRIALS", "VALIDATION", "ProgressCallback"]
+__all__ = ["PROFILE", "REPORT", "TEST", "TRIALS", "VALIDATION", "ProgressCallback"]
 
 ProgressCallback = Callable[[str, int, int], None]
 
+# The stages, in the order a condition type goes through them.
 PROFILE = "profile"  # items: calibration samples generated with the observation hooks
 TRIALS = "trial"  # items: trials finished in the study (every worker's)
 VALIDATION = "validation"  # items: validation samples generated (full-compute references, then candidates)
 TEST = "test"  # items: test samples generated (full-compute references, then the chosen policy)
 REPORT = "report"  # one item: the report written
-
-# The order in which one condition type goes through them.
-STAGES = (PROFILE, TRIALS, VALIDATION, TEST, REPORT)

@@ -289,7 +289,8 @@ def _run_with_status(
     task = session.condition_type or "search"
     if args.status_file:
         writer = EventWriter(args.status_file, task)
-        return run_search(session, heldout=heldout, test=test, progress=args.progress, on_progress=writer)
+        bar = args.progress and not args.json
+        return run_search(session, heldout=heldout, test=test, progress=bar, on_progress=writer)
     if not args.progress:
         return run_search(session, heldout=heldout, test=test)
     plan = search_plan(
