@@ -197,6 +197,12 @@ def run(args: argparse.Namespace) -> int:
         shown = "unbounded (one sample)" if upper is None else _pct(upper)
         level = f"{100 * result['confidence']:g}%"
         print(f"  {level} upper bound  {shown}  (paired over {result['samples']} samples)")
+    picture = result.get("picture") or {}
+    if picture:
+        print(
+            f"picture vs full compute: SSIM {picture['ssim']:.4f}, PSNR {picture['psnr']:.2f} dB "
+            f"(mean over {result['samples']} samples)"
+        )
     for convention, m in result["macs"].items():
         print(
             f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "

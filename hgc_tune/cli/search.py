@@ -234,6 +234,21 @@ def _verdict(r: TrialRecord) -> str:
     return "screen" if r.screen else "no"
 
 
+def _constraint_cells(r: TrialRecord | dict, metrics: list[str]) -> list[str]:
+    rows = {c["metric"]: c for c in (r.constraints if not isinstance(r, dict) else r.get("constraints", ()))}
+    cells = []
+    for name in metrics:
+        row = rows.get(name, {})
+        cells += [_pct(row.get("loss")), _pct(row.get("loss_upper"))]
+    return cells
+
+
+def _picture_cells(picture: dict | None) -> list[str]:
+    picture = picture or {}
+    ssim, psnr = picture.get("ssim"), picture.get("psnr")
+    return ["-" if ssim is None else f"{ssim:.3f}", "-" if psnr is None else f"{psnr:.1f}"]
+
+
 def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
     peers_of: dict[int, list[str]] = {}
     for name, number in result.peers.items():
@@ -247,30 +262,54 @@ def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
         rows.append((f"tuned (trial {result.chosen.number}{same})", result.chosen))
     elif result.best is not None:
         rows.append((f"calibration best (trial {result.best.number})", result.best))
-    width = max(len(name) for name, _ in rows)
-    level = f"{100 * result.confidence:g}% bound" if result.confidence > 0 else "bound"
-    print(
-        f"study {result.study_name}: {len(result.trials)} trials, metric {result.metric}, "
-        f"budget {result.budget:g} on the {level if result.confidence > 0 else 'point estimate'}"
-    )
-    print(f"{'schedule':<{width}}  {'MAC reduction':>13}  {'loss':>8}  {level:>10}  samples  feasible")
-    for name, r in rows:
-        print(
-            f"{name:<{width}}  {_pct(r.reduction):>13}  {_pct(r.loss):>8}  {_pct(r.loss_upper):>10}  "
-            f"{r.samples if r.samples is not None else '-':>7}  {_verdict(r)}"
+    plan = result.constraints or {"items": [{"metric": result.metric, "budget": result.budget}], "k": 1}
+    metrics = [item["metric"] for item in plan["items"]]
+    level = plan.get("level", result.confidence)
+    budgets = ", ".join(f"{item['metric']} {item['budget']:g}" for item in plan["items"])
+    if result.confidence > 0:
+        how = (
+            f"each upper bound at {100 * level:.4g}% ({100 * result.confidence:g}% together, Bonferroni over "
+            f"k={plan['k']})"
         )
+    else:
+        how = "point estimates"
+    print(f"study {result.study_name}: {len(result.trials)} trials; budgets {budgets}; {how}")
+    if plan.get("prompt", "") is None:
+        print("prompt adherence: unguarded (no prompt metric for this model; --clip PATH guards it)")
+    head = [f"{m} {w}" for m in metrics for w in ("loss", "bound")] + ["SSIM", "PSNR"]
+    table = [["schedule", "MAC reduction", *head, "samples", "feasible"]]
+    for name, r in rows:
+        table.append(
+            [
+                name,
+                _pct(r.reduction),
+                *_constraint_cells(r, metrics),
+                *_picture_cells(dict(r.picture)),
+                str(r.samples if r.samples is not None else "-"),
+                _verdict(r),
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1])), row[-1]]
+        print("  ".join(cells))
     for v in result.validation:
-        verdict = "holds" if v["holds"] else "breaks the budget"
+        verdict = "holds" if v["holds"] else "breaks a budget"
+        bounds = ", ".join(f"{c['metric']} {_pct(c['loss_upper'])}" for c in v.get("constraints", ()))
         print(
-            f"validation check of trial {v['trial']}: loss {_pct(v['loss'])}, "
-            f"{level} {_pct(v['loss_upper'])} on {v['samples']} samples, {verdict}"
+            f"validation check of trial {v['trial']}: bounds {bounds} on {v['samples']} samples, {verdict}; "
+            f"SSIM/PSNR {'/'.join(_picture_cells(v.get('picture')))}"
         )
     if result.test is not None:
         t = result.test
-        verdict = "within the budget" if t["holds"] else "above the budget"
+        verdict = "within every budget" if t["holds"] else "above a budget"
+        bounds = ", ".join(
+            f"{c['metric']} loss {_pct(c['loss'])} (bound {_pct(c['loss_upper'])})"
+            for c in t.get("constraints", ())
+        )
         print(
-            f"test split (not used to choose): loss {_pct(t['loss'])}, {level} {_pct(t['loss_upper'])} on "
-            f"{t['samples']} samples, {verdict}"
+            f"test split (not used to choose): {bounds} on {t['samples']} samples, {verdict}; "
+            f"SSIM/PSNR {'/'.join(_picture_cells(t.get('picture')))}"
         )
     if paths.get("policy") is not None:
         print(f"policy: {paths['policy']}")

@@ -9,7 +9,10 @@ full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. *Prom
 (:data:`PROMPT_METRICS`) compare each output with its prompt: the CLIP score of a :class:`ClipScorer`
 (:func:`load_clip_scorer`), a proxy for prompt adherence. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
-bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
+bound; a policy is within a budget when that bound is. Several constraints, each with its own budget, are
+scored on the same outputs by a :class:`ConstraintScorer` (a :class:`ConstrainedEstimate`); their bounds share
+the confidence by Bonferroni, each at ``1 − (1 − c)/k``, and a policy is within budget only when every
+bound is. :func:`evaluate_policy` measures a policy on a dataset
 (every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures. On
 the shapes benchmark, :func:`background_adherence` reads the background a prompt names back from a picture
 (a proxy of prompt adherence, which no condition map carries).
@@ -29,18 +32,22 @@ from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
+from hgc_tune.fidelity._prompt import PromptEvaluator
 from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
-from hgc_tune.fidelity._scorer import FidelityEstimate
+from hgc_tune.fidelity._scorer import ConstrainedEstimate, ConstraintScorer, FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
 
 __all__ = [
     "METRICS",
     "PROMPT_METRICS",
     "ClipScorer",
+    "ConstrainedEstimate",
+    "ConstraintScorer",
     "FidelityEstimate",
     "FidelityResult",
     "LossBound",
     "Metric",
+    "PromptEvaluator",
     "TaskEvaluator",
     "background_adherence",
     "edge_f1",

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
-from hgc_tune.fidelity._scorer import FidelityEstimate, FidelityScorer
+from hgc_tune.fidelity._scorer import ConstraintScorer, FidelityEstimate, FidelityScorer
 from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
     GenerationJob,
@@ -67,6 +67,19 @@ def _full_compute_scorer(
     return FidelityScorer(evaluator, references, conditions)
 
 
+# Fidelity to the full-compute picture, reported beside the metric of every evaluation.
+_PICTURE_METRICS = ("ssim", "psnr")
+
+
+def _with_picture(scorer: FidelityScorer, condition_type: str | None) -> ConstraintScorer:
+    """``scorer``'s metric, with SSIM and PSNR to the full-compute pictures reported beside it."""
+    reported = [
+        FidelityScorer(TaskEvaluator(condition_type, name), scorer.references, scorer.conditions)
+        for name in _PICTURE_METRICS
+    ]
+    return ConstraintScorer([scorer], [math.inf], reported=reported)
+
+
 def _task_fields(task: str, strength: float | None) -> dict[str, Any]:
     return {"task": task, "strength": strength} if task != "text2img" else {}
 
@@ -118,7 +131,8 @@ def evaluate_policy(
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
         of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
-        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale`` and
+        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale``,
+        ``picture`` (the mean ``ssim`` and ``psnr`` of the policy's pictures to the full-compute ones) and
         ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
 
     Example:
@@ -142,13 +156,15 @@ def evaluate_policy(
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
     try:
         scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
-        estimate = scorer.score(
+        scored = _with_picture(scorer, condition_type).score(
             iter_outputs(pipe, policy, jobs, settings),
+            sequential=False,
             confidence=confidence,
             on_sample=lambda i, v: bar.update(1),
         )
     finally:
         bar.close()
+    estimate = scored.primary
     return {
         "metric": evaluator.metric.name,
         "kind": evaluator.metric.kind,
@@ -165,6 +181,7 @@ def evaluate_policy(
         "per_sample_policy": list(estimate.per_sample_policy),
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
+        "picture": {e.metric: float(e.policy) for e in scored.reported},
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
     }

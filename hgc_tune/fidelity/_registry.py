@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import _clip, _metrics
+from hgc_tune.fidelity import _background, _clip, _metrics
 
 __all__ = [
     "CONDITION_TYPES",
@@ -19,6 +19,7 @@ __all__ = [
     "check_metric_fits",
     "default_metric",
     "get_metric",
+    "lookup_metric",
     "relative_loss",
 ]
 
@@ -210,12 +211,29 @@ PROMPT_METRICS: Mapping[str, Metric] = MappingProxyType(
             description="CLIP score 100·max(cos(image, prompt), 0) of the output with its prompt "
             "(ControlNet++'s protocol; a proxy for prompt adherence)",
         ),
+        "background": Metric(
+            name="background",
+            fn=_background.background_adherence,
+            higher_is_better=True,
+            kind="prompt",
+            # A rate of 0/1 readings: its loss is the drop in points (0.015 = 1.5 points of the scenes whose
+            # named background is read back), defined whatever the full-compute rate, even 0.
+            loss_mode="absolute",
+            description="shapes benchmark: 1 when the picture shows the background its prompt names, else 0 "
+            "(a proxy for prompt adherence; the loss is the drop of the rate, in points)",
+        ),
     }
 )
 """Prompt-adherence metrics by name (read-only): each scores an output against the prompt it was generated
 from, so it guards what the condition does not carry. They are per sample and reference-free: each sample is
 scored at full compute and under the policy, and the loss and its bound follow as for a task metric
 (``paired_loss_bound(full, policy, PROMPT_METRICS["clip"])``: the relative drop of the mean score).
+
+``background`` is the shapes benchmark's proxy (:func:`~hgc_tune.fidelity.background_adherence`): 1 when the
+background a prompt names is read back from the picture, else 0. Its mean is a rate, so its loss is the
+absolute drop of the rate (``loss_mode="absolute"``: 0.015 = 1.5 points), not a drop relative to the
+full-compute rate, which would make the same lost scenes weigh more on a condition type the model follows
+the prompt less on, and be undefined at a rate of 0.
 
 ``clip`` needs a CLIP model, so its scores come from a :class:`~hgc_tune.fidelity.ClipScorer`
 (``scorer(images, prompts)``, one score per pair) rather than from ``fn`` on images; ``fn`` is the formula
@@ -243,6 +261,21 @@ def get_metric(metric: str | Metric) -> Metric:
         raise FidelityError(
             f"unknown fidelity metric metric={metric!r}; known metrics: {', '.join(sorted(METRICS))}."
         ) from None
+
+
+def lookup_metric(metric: str | Metric) -> Metric:
+    """The :class:`Metric` named ``metric`` among :data:`METRICS` and :data:`PROMPT_METRICS`.
+
+    Raises:
+        FidelityError: an unknown name; the message lists the known ones.
+    """
+    if isinstance(metric, Metric):
+        return metric
+    for registry in (METRICS, PROMPT_METRICS):
+        if isinstance(metric, str) and metric in registry:
+            return registry[metric]
+    known = sorted({*METRICS, *PROMPT_METRICS})
+    raise FidelityError(f"unknown fidelity metric metric={metric!r}; known metrics: {', '.join(known)}.")
 
 
 def default_metric(condition_type: str | None) -> Metric:

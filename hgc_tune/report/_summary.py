@@ -132,6 +132,10 @@ def report_summary(
             "metric": p.metric,
             "confidence": p.confidence,
             "fidelity": fidelity_by_split(dict(p.fidelity)),
+            # every constraint's budget and bounds, c and k (None: an older policy, one constraint)
+            "constraints": None if p.constraints is None else dict(p.constraints),
+            # SSIM and PSNR of the policy's pictures to the full-compute ones, per split
+            "picture_fidelity": dict(p.picture_fidelity),
             "provenance_macs": {c: dict(v) for c, v in p.macs.items()},
             "controlnet": None
             if policy.controlnet is None
@@ -157,6 +161,8 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
             "feasible": p.feasible,
             "heldout_loss": p.heldout_loss,
             "heldout_loss_upper": p.heldout_loss_upper,
+            "constraints": [dict(c) for c in p.constraints],
+            "picture": dict(p.picture),
         }
 
     chosen = pareto.chosen
@@ -166,6 +172,7 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
         "metric": pareto.metric,
         "budget": pareto.budget,
         "confidence": pareto.confidence,
+        "constraints": None if pareto.constraints is None else dict(pareto.constraints),
         "trials": len(pareto.points),
         "feasible": sum(p.feasible and p.scored for p in pareto.points),
         "failed": sum(p.loss is None for p in pareto.points),

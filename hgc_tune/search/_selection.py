@@ -1,5 +1,6 @@
 """Choosing the policy: the candidates among the trials, checked on the validation split cheapest first, and
-the chosen one measured on the test split (which takes no part in the choice)."""
+the chosen one measured on the test split (which takes no part in the choice). Both splits score every
+constraint of the search on the same outputs; a policy holds only when every constraint's bound does."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any, TypeVar
 
 from hgc_tune._progress import TEST, VALIDATION, ProgressCallback
 from hgc_tune.errors import SearchError
-from hgc_tune.fidelity import FidelityEstimate, TaskEvaluator
-from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.fidelity._scorer import ConstrainedEstimate, ConstraintScorer
 from hgc_tune.generation import GenerationJob, iter_outputs
 from hgc_tune.generation._inputs import condition_array, jobs_from_samples
+from hgc_tune.search._constraints import ConstraintPlan
 from hgc_tune.search._heldout import heldout_key, heldout_references
 from hgc_tune.search._session import SearchSession
-from hgc_tune.search._trials import TrialRecord
+from hgc_tune.search._trials import TrialRecord, constraint_rows, picture_fidelity
 
 __all__ = ["Selection", "select_policy"]
 
@@ -43,9 +44,9 @@ class Selection:
     chosen: TrialRecord | None
     validated: bool = False
     validation: tuple[dict[str, Any], ...] = ()
-    validation_estimate: FidelityEstimate | None = None
+    validation_estimate: ConstrainedEstimate | None = None
     test: dict[str, Any] | None = None
-    test_estimate: FidelityEstimate | None = None
+    test_estimate: ConstrainedEstimate | None = None
     message: str | None = None
 
 
@@ -72,11 +73,12 @@ def select_policy(
     estimate = None
     message = None
     bound = "upper bound" if config.confidence > 0 else "point estimate"
+    budgets = ", ".join(f"{c.metric.name} {c.budget:g}" for c in _plan(session).constraints)
     if not candidates:
         message = (
-            "no policy cheaper than full compute may meet the budget on the calibration split "
-            f"(budget={config.budget:g}, metric={session.metric.name}, {bound} of the loss, "
-            f"{len(records)} trials); raise the budget, profile more calibration samples, or run more trials."
+            "no policy cheaper than full compute may meet every budget on the calibration split "
+            f"(budgets: {budgets}; {bound} of each loss, {len(records)} trials); raise a budget, profile "
+            "more calibration samples, or run more trials."
         )
     elif heldout is not None:
         counter = _SampleCounter(VALIDATION, on_progress)
@@ -84,13 +86,14 @@ def select_policy(
         validation = tuple(tries)
         if chosen is None:
             message = (
-                f"none of the {len(tries)} cheapest plausible policies holds the budget {config.budget:g} "
-                f"on the validation split ({bound} of the loss: "
-                + ", ".join(
-                    f"trial {t['trial']}: {_fmt(t['loss_upper'] if config.confidence > 0 else t['loss'])}"
+                f"none of the {len(tries)} cheapest plausible policies holds every budget ({budgets}) on the "
+                f"validation split ({bound} of each loss: "
+                + "; ".join(
+                    f"trial {t['trial']}: "
+                    + ", ".join(f"{c['metric']} {_fmt(c['loss_upper'])}" for c in t["constraints"])
                     for t in tries
                 )
-                + "); raise the budget, use more validation samples, or run more trials."
+                + "); raise a budget, use more validation samples, or run more trials."
             )
     else:
         chosen = candidates[0]
@@ -108,6 +111,12 @@ def select_policy(
         test_estimate=test_estimate,
         message=message,
     )
+
+
+def _plan(session: SearchSession) -> ConstraintPlan:
+    if session.constraints is None:
+        raise SearchError("the search session has no constraints; build it with prepare_search.")
+    return session.constraints
 
 
 class _SampleCounter:
@@ -153,9 +162,9 @@ def _split_scorer(
     progress: Callable[[str], None],
     counter: _SampleCounter,
     checks: int,
-) -> tuple[FidelityScorer, list[GenerationJob], str]:
-    """A scorer of ``samples`` against their full-compute outputs (cached beside the profile) and its key;
-    ``counter`` plans the references and ``checks`` policies on every sample."""
+) -> tuple[ConstraintScorer, list[GenerationJob], str]:
+    """A scorer of ``samples`` under every constraint against their full-compute outputs (cached beside the
+    profile) and its key; ``counter`` plans the references and ``checks`` policies on every sample."""
     jobs = jobs_from_samples(samples, seed=session.config.seed + 100_000, task=session.profile.task)
     if not jobs:
         raise SearchError(f"the {what} split is empty; pass {what} samples or skip it.")
@@ -174,30 +183,36 @@ def _split_scorer(
         counter.skip(len(jobs))
     height, width = settings.height, settings.width
     conditions = [condition_array(job.condition, height, width) for job in jobs]
-    scorer = FidelityScorer(TaskEvaluator(session.condition_type, session.metric), references, conditions)
+    prompts = [job.prompt for job in jobs]
+    scorer = _plan(session).scorer(session.condition_type, references, conditions, prompts, session.clip)
     return scorer, jobs, key
 
 
-def _stored_estimate(session: SearchSession, attr: str, key: str) -> FidelityEstimate | None:
+def _stored_estimate(session: SearchSession, attr: str, key: str) -> ConstrainedEstimate | None:
     stored = session.study.user_attrs.get(attr)
     if isinstance(stored, dict) and stored.get("key") == key:
-        return FidelityEstimate(**{k: v for k, v in stored.items() if k != "key"})
+        return ConstrainedEstimate.from_dict(stored)
     return None
 
 
-def _check_row(number: int, estimate: FidelityEstimate, budget: float, cached: bool) -> dict[str, Any]:
+def _check_row(number: int, estimate: ConstrainedEstimate, cached: bool) -> dict[str, Any]:
+    """The task metric's figures (``loss``, ``loss_upper``, …), every constraint's (``constraints``), SSIM
+    and PSNR to the full-compute pictures (``picture``), and whether every constraint holds (``holds``)."""
+    task = estimate.primary
     return {
         "trial": number,
-        "loss": estimate.loss,
-        "loss_upper": estimate.to_dict()["upper"] if estimate.confidence > 0 else estimate.loss,
+        "loss": task.loss,
+        "loss_upper": task.to_dict()["upper"] if task.confidence > 0 else task.loss,
         "confidence": estimate.confidence,
-        "full": estimate.full,
-        "policy": estimate.policy,
-        "samples": estimate.samples,
+        "full": task.full,
+        "policy": task.policy,
+        "samples": task.samples,
         "rejected_early": estimate.rejected_early,
         "accepted_early": estimate.accepted_early,
-        "holds": estimate.within(budget),
+        "holds": estimate.within,
         "cached": cached,
+        "constraints": constraint_rows(estimate),
+        "picture": picture_fidelity(estimate),
     }
 
 
@@ -207,9 +222,9 @@ def _validate(
     samples: Sequence[Any],
     progress: Callable[[str], None],
     counter: _SampleCounter,
-) -> tuple[TrialRecord | None, FidelityEstimate | None, list[dict[str, Any]]]:
-    """Test candidates sequentially on the validation split, cheapest first; the first whose upper bound
-    holds the budget is chosen. Returns (chosen, estimate, tries)."""
+) -> tuple[TrialRecord | None, ConstrainedEstimate | None, list[dict[str, Any]]]:
+    """Test candidates sequentially on the validation split, cheapest first; the first whose upper bounds
+    all hold their budgets is chosen. Returns (chosen, estimate, tries)."""
     config = session.config
     checked = candidates[: config.max_validation_tries]
     scorer, jobs, key = _split_scorer(session, samples, "validation", progress, counter, len(checked))
@@ -223,8 +238,8 @@ def _validate(
             start = counter.done
             estimate = scorer.score(
                 counter.counted(iter_outputs(session.pipe, record.policy(), jobs, session.settings)),
-                budget=config.budget if config.early_rejection else None,
-                margin=config.margin,
+                sequential=config.early_rejection,
+                margins=config.margins(scorer.budgets),
                 min_samples=config.early_rejection_min_samples,
                 confidence=config.confidence,
                 # A pass must hold on every validation sample: stopping at the first look whose bound is
@@ -235,7 +250,7 @@ def _validate(
             counter.skip(len(jobs) - (counter.done - start))  # a failure stops early
         else:
             counter.skip(len(jobs))
-        row = _check_row(record.number, estimate, config.budget, cached)
+        row = _check_row(record.number, estimate, cached)
         tries.append(row)
         if row["holds"]:
             counter.skip(len(jobs) * (len(checked) - index - 1))  # the cheaper policy holds: no more checks
@@ -249,7 +264,7 @@ def _test(
     samples: Sequence[Any],
     progress: Callable[[str], None],
     counter: _SampleCounter,
-) -> tuple[FidelityEstimate, dict[str, Any]]:
+) -> tuple[ConstrainedEstimate, dict[str, Any]]:
     """The chosen policy on every test sample (no early stop: this is the reported figure)."""
     config = session.config
     scorer, jobs, key = _split_scorer(session, samples, "test", progress, counter, 1)
@@ -260,12 +275,13 @@ def _test(
         progress(f"test trial {record.number}")
         estimate = scorer.score(
             counter.counted(iter_outputs(session.pipe, record.policy(), jobs, session.settings)),
+            sequential=False,
             confidence=config.confidence,
         )
         session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
     else:
         counter.skip(len(jobs))
-    return estimate, _check_row(record.number, estimate, config.budget, cached)
+    return estimate, _check_row(record.number, estimate, cached)
 
 
 def _candidates(
