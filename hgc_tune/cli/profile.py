@@ -38,6 +38,7 @@ from hgc_tune.cli._common import (
     print_json,
     prompt_metric_from_args,
 )
+from hgc_tune.cli._progress_file import EventWriter
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
@@ -79,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser, what="a profile")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    # Internal: `hgc-tune demo` reads the progress events appended here (hgc_tune.cli._progress_file).
+    parser.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         condition_type=condition_type,
         dataset=label,
         strength=args.strength,
+        on_progress=EventWriter(args.status_file, condition_type) if args.status_file else None,
     )
     profile = with_prompt_metric(profile, prompt_metric)
     seconds = time.perf_counter() - start

@@ -41,9 +41,11 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.cli._checks import (
     MAX_COUNT,
@@ -63,14 +65,16 @@ from hgc_tune.cli._common import (
     print_json,
     prompt_metric_from_args,
 )
+from hgc_tune.cli._progress_file import DONE, EventWriter
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
+from hgc_tune.cli._status_line import LiveStatus, StatusBoard, StatusPrinter, search_plan
 from hgc_tune.errors import FidelityError, SearchError
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
     from hgc_tune.fidelity import PromptMetric
     from hgc_tune.profile import Profile
-    from hgc_tune.search import SearchConfig, SearchResult
+    from hgc_tune.search import SearchConfig, SearchResult, SearchSession
     from hgc_tune.search._trials import TrialRecord
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
@@ -124,10 +128,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_lora_argument(parser)
     add_clip_argument(parser)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no status line (stage, trial k of n, estimated time left) on stderr",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # Internal: a worker started by --workers runs trials only.
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    # Internal: `hgc-tune demo` reads the progress events appended here instead of a status line; the
+    # progress bar goes to its log.
+    parser.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
 
 
 def _pareto_name(out: str) -> str:
@@ -330,6 +342,37 @@ def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
     print(f"pareto: {paths['pareto']}")
 
 
+def _run_with_status(
+    args: argparse.Namespace,
+    session: SearchSession,
+    heldout: Sequence[Any] | None,
+    test: Sequence[Any] | None,
+) -> SearchResult:
+    """Run the search, its progress shown as the status line on stderr (or appended to --status-file)."""
+    from hgc_tune.search import run_search
+
+    task = session.condition_type or "search"
+    if args.status_file:
+        writer = EventWriter(args.status_file, task)
+        bar = args.progress and not args.json
+        return run_search(session, heldout=heldout, test=test, progress=bar, on_progress=writer)
+    if not args.progress:
+        return run_search(session, heldout=heldout, test=test)
+    plan = search_plan(
+        len(session.calibration),
+        session.config.n_trials,
+        len(heldout or ()),
+        session.config.max_validation_tries,
+        len(test or ()),
+    )
+    board = StatusBoard("search", [[task]], {task: plan}, started=time.time())
+    with LiveStatus(board, StatusPrinter(sys.stderr)) as status:
+        report = status.reporter(task)
+        result = run_search(session, heldout=heldout, test=test, on_progress=report)
+        report(DONE, 1, 1)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.worker_only:
         # The policy, and the Pareto file beside it (hgc_tune.policy._io.pareto_path).
@@ -347,7 +390,6 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.search import (
         load_search_profile,
         prepare_search,
-        run_search,
         run_search_worker,
         write_search_outputs,
     )
@@ -383,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(_threads_per_worker(args.workers))
         children = _spawn_workers(args, config)
     try:
-        result = run_search(session, heldout=heldout, test=test, progress=args.progress and not args.json)
+        result = _run_with_status(args, session, heldout, test)
     except BaseException:
         for child in children:
             child.terminate()

@@ -91,10 +91,10 @@ class PromptMetric:
         }
 
 
-def _background_scores(images: Sequence[Any], prompts: Sequence[str]) -> list[float]:
+def _background_scores(images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
     from hgc_tune.fidelity._prompt import PromptEvaluator
 
-    return PromptEvaluator("background").score_many(images, prompts)
+    return np.asarray(PromptEvaluator("background").score_many(images, prompts))
 
 
 def prompt_metric_for(model: str, clip: ClipScorer | None = None, *, warn: bool = True) -> PromptMetric:
