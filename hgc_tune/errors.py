@@ -1,4 +1,4 @@
-"""The exceptions hgc-tune raises.
+"""The exceptions and warnings hgc-tune raises.
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
 traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
@@ -36,6 +36,7 @@ __all__ = [
     "StorageUnreachableError",
     "TrainingCheckpointError",
     "ProvenanceMismatchWarning",
+    "PromptUnguardedWarning",
 ]
 
 
@@ -153,3 +154,8 @@ class TrainingCheckpointError(HgcTuneError):
 class ProvenanceMismatchWarning(UserWarning):
     """A tuned policy applied to other weights, or called at another guidance scale, than those its
     provenance's figures were measured on: the policy still fits and runs, but its figures may not hold."""
+
+
+class PromptUnguardedWarning(UserWarning):
+    """A checkpoint is profiled, searched, evaluated or reported with no prompt-adherence metric (no
+    ``--clip``): a policy's figures then guard the condition, not what only the prompt carries."""

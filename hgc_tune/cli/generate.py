@@ -86,7 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_guidance_argument(parser)
     add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
-    parser.add_argument("--json", action="store_true", help="print MACs and time as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print MACs and time as JSON; with --policy also the call's summary (per module computed/reused "
+        "counts, guidance steps, MACs counted while it ran; counting adds Python time to `seconds`)",
+    )
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -150,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if mask is not None:
         mask = mask.resize((size, size), Image.Resampling.NEAREST)
     inputs = generation_inputs(pipe, condition, init_image=init, mask_image=mask, strength=strength_)
-    handle = apply_policy(pipe, policy) if policy is not None else None
+    handle = apply_policy(pipe, policy, count_macs=args.json) if policy is not None else None
     try:
         start = time.perf_counter()
         image = pipe(
@@ -179,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
         result.update(task=task, num_inference_steps=steps, strength=strength_)
     if args.json:
         from hgc_tune.macs import count_pipeline_macs
+
+        if handle is not None:
+            result["summary"] = handle.summary().to_dict()
         from hgc_tune.policy import full_compute_policy, policy_macs, target_for_pipeline
 
         table = count_pipeline_macs(pipe, height=size, width=size, model_name=args.model)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
-from hgc_tune.fidelity._scorer import FidelityEstimate, FidelityScorer
+from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_fidelity
+from hgc_tune.fidelity._scorer import ConstraintScorer, FidelityEstimate, FidelityScorer
 from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
     GenerationJob,
@@ -27,6 +28,7 @@ from hgc_tune.policy._macs import macs_provenance
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.generation import GeneratedOutput
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
 
@@ -76,6 +78,19 @@ def _guidance(pipe: ControlNetPipeline, guidance_scale: float | None) -> float:
     return float(guidance_scale)
 
 
+# Fidelity to the full-compute picture, reported beside the metric of every evaluation.
+_PICTURE_METRICS = ("ssim", "psnr")
+
+
+def _with_picture(scorer: FidelityScorer, condition_type: str | None) -> ConstraintScorer:
+    """``scorer``'s metric, with SSIM and PSNR to the full-compute pictures reported beside it."""
+    reported = [
+        FidelityScorer(TaskEvaluator(condition_type, name), scorer.references, scorer.conditions)
+        for name in _PICTURE_METRICS
+    ]
+    return ConstraintScorer([scorer], [math.inf], reported=reported)
+
+
 def _task_fields(task: str, strength: float | None) -> dict[str, Any]:
     return {"task": task, "strength": strength} if task != "text2img" else {}
 
@@ -97,6 +112,7 @@ def evaluate_policy(
     confidence: float = 0.95,
     progress: bool = False,
     strength: float | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -124,12 +140,17 @@ def evaluate_policy(
         progress: Show a tqdm bar on stderr.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task); each sample's init image and mask are taken as the profiler takes them.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`): each
+            sample's image is also scored against its prompt, at full compute and with the policy, under
+            ``prompt`` (:func:`~hgc_tune.fidelity._prompt_guard.prompt_fidelity`; an unguarded one is
+            recorded as such); ``None``: no ``prompt`` key.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
         of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
         sample cannot bound it), ``confidence``, per-sample values, ``guidance_scale`` (the scale used, at
-        full compute and with the policy), ``policy_name``, ``controlnet_scale`` and
+        full compute and with the policy), ``policy_name``, ``controlnet_scale``,
+        ``picture`` (the mean ``ssim`` and ``psnr`` of the policy's pictures to the full-compute ones) and
         ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
 
     Example:
@@ -152,15 +173,32 @@ def evaluate_policy(
         num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
     )
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
+    policy_images: list[Any] = []
     try:
         scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
-        estimate = scorer.score(
-            iter_outputs(pipe, policy, jobs, settings),
+        outputs = iter_outputs(pipe, policy, jobs, settings)
+        scored = _with_picture(scorer, condition_type).score(
+            _keeping_images(outputs, policy_images) if prompt_metric is not None else outputs,
+            sequential=False,
             confidence=confidence,
             on_sample=lambda i, v: bar.update(1),
         )
     finally:
         bar.close()
+    estimate = scored.primary
+    prompt = {}
+    if prompt_metric is not None:
+        prompt["prompt"] = (
+            prompt_fidelity(
+                prompt_metric,
+                [r.image for r in scorer.references[: len(policy_images)]],
+                policy_images,
+                [job.prompt for job in jobs[: len(policy_images)]],
+                confidence=confidence,
+            )
+            if prompt_metric.guarded
+            else prompt_metric.to_json()
+        )
     return {
         "metric": evaluator.metric.name,
         "kind": evaluator.metric.kind,
@@ -178,9 +216,23 @@ def evaluate_policy(
         "per_sample_policy": list(estimate.per_sample_policy),
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
+        "picture": {e.metric: float(e.policy) for e in scored.reported},
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
+        **prompt,
     }
+
+
+def _keeping_images(outputs: Iterator[GeneratedOutput], images: list[Any]) -> Iterator[GeneratedOutput]:
+    """``outputs``, each image also appended to ``images`` (for the prompt metric); closing it closes them."""
+    try:
+        for output in outputs:
+            images.append(output.image)
+            yield output
+    finally:
+        close = getattr(outputs, "close", None)
+        if close is not None:
+            close()
 
 
 def _evaluated_macs(

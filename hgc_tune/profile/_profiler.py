@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 import hgc_tune
+from hgc_tune._progress import PROFILE, ProgressCallback
 from hgc_tune.errors import ProfileError
 from hgc_tune.generation import GenerationJob, GenerationSettings, generate_output, jobs_from_samples
 from hgc_tune.generation._inputs import (
@@ -198,7 +199,11 @@ class _ObservedRun:
 
 
 def _observe(
-    pipe: ControlNetPipeline, jobs: list[GenerationJob], settings: GenerationSettings, progress: bool
+    pipe: ControlNetPipeline,
+    jobs: list[GenerationJob],
+    settings: GenerationSettings,
+    progress: bool,
+    on_progress: ProgressCallback | None = None,
 ) -> _ObservedRun:
     """Generate every job at full compute with the observation hooks attached."""
     context = attach_run_context(pipe)
@@ -214,6 +219,8 @@ def _observe(
 
     try:
         observer.attach()
+        if on_progress is not None:
+            on_progress(PROFILE, 0, len(jobs))
         for index, job in enumerate(jobs):
             bar.set_postfix_str(f"sample {index + 1}/{len(jobs)}", refresh=False)
             output = generate_output(pipe, job, settings, on_step=on_step)
@@ -222,6 +229,8 @@ def _observe(
             run.per_sample.append(observer.collect())
             run.latents.append(output.latent)
             run.images.append(output.image)
+            if on_progress is not None:
+                on_progress(PROFILE, index + 1, len(jobs))
     finally:
         bar.close()
         observer.remove()
@@ -246,6 +255,7 @@ def profile_pipeline(
     dataset: str | None = None,
     mac_table: MacTable | None = None,
     strength: float | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Profile:
     """Profile a pipeline: run every sample at full compute and record per-step statistics.
 
@@ -288,6 +298,8 @@ def profile_pipeline(
             (e.g. when profiling several condition types of one model); default: count it.
         strength: img2img and inpainting only: the denoising strength in (0, 1] (default: diffusers' default,
             0.8 for img2img, 1.0 for inpainting).
+        on_progress: Called as ``on_progress("profile", done, total)`` before the first sample and after each
+            (see :mod:`hgc_tune._progress`), e.g. for a status line.
 
     Returns:
         The :class:`Profile`; save it with ``profile.save("runs/NAME")``.
@@ -333,7 +345,7 @@ def profile_pipeline(
     else:
         mac_json = _jsonable(mac_table.to_json())
     settings = GenerationSettings(num_steps, guidance_scale, height, width, strength=strength)
-    run = _observe(pipe, inputs.jobs, settings, progress)
+    run = _observe(pipe, inputs.jobs, settings, progress, on_progress)
     tensors = run.tensors()
     tensors[REFERENCE_CONDITIONS] = np.stack(inputs.conditions)
     if inputs.inits:
