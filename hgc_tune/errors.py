@@ -35,6 +35,7 @@ __all__ = [
     "StorageError",
     "StorageUnreachableError",
     "TrainingCheckpointError",
+    "ProvenanceMismatchWarning",
     "PromptUnguardedWarning",
 ]
 
@@ -148,6 +149,11 @@ class OutOfMemoryError(ResourceError):
 class TrainingCheckpointError(HgcTuneError):
     """A training checkpoint that cannot be resumed: unreadable, not written by the shapes trainer, without
     its run settings, or holding the weights of another model."""
+
+
+class ProvenanceMismatchWarning(UserWarning):
+    """A tuned policy applied to other weights, or called at another guidance scale, than those its
+    provenance's figures were measured on: the policy still fits and runs, but its figures may not hold."""
 
 
 class PromptUnguardedWarning(UserWarning):

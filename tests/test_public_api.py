@@ -98,6 +98,7 @@ PUBLIC: dict[str, set[str]] = {
         "DiskFullError",
         "StorageError",
         "StorageUnreachableError",
+        "ProvenanceMismatchWarning",
         "PromptUnguardedWarning",
     },
     "hgc_tune.executor": {
@@ -149,11 +150,14 @@ PUBLIC: dict[str, set[str]] = {
     "hgc_tune.macs": {"ExecutedMacs", "MacTable", "count_executed_macs", "count_pipeline_macs"},
     "hgc_tune.models": {
         "ModuleLayout",
+        "RecommendedGuidance",
         "generation_inputs",
         "load_pipeline",
         "model_fingerprint",
         "module_layout",
         "pipeline_for_task",
+        "pipeline_guidance",
+        "recommended_guidance",
         "register_module_layout",
         "steps_run",
     },

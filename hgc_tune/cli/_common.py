@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hgc_tune.cli._checks import MAX_STEPS, condition_types, device
+from hgc_tune.cli._checks import MAX_STEPS, condition_types, device, finite
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_clip_argument",
+    "add_guidance_argument",
     "add_lora_argument",
     "add_model_arguments",
     "controlnet_count",
     "condition_input",
+    "guidance_scale_from_args",
     "read_policy_argument",
     "is_builtin_policy",
     "add_policy_argument",
@@ -57,6 +59,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
         "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
     )
     add_lora_argument(parser)
+
+
+def add_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """``--guidance-scale``: unset (``None``) means the model's recommended scale, resolved once the pipeline
+    is loaded (:func:`guidance_scale_from_args`)."""
+    parser.add_argument(
+        "--guidance-scale",
+        type=finite("--guidance-scale"),
+        default=None,
+        help="classifier-free guidance scale (default: the model's recommended one: measured for shapes, "
+        "the diffusers pipeline's default otherwise; 1 = no guidance)",
+    )
+
+
+def guidance_scale_from_args(args: argparse.Namespace, pipe: ControlNetPipeline) -> float:
+    """``--guidance-scale``, or the recommended scale of the model ``pipe`` holds when it was not given; the
+    value is stored back in ``args`` so that every later use agrees."""
+    if args.guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        args.guidance_scale = pipeline_guidance(pipe).scale
+    return float(args.guidance_scale)
 
 
 def add_lora_argument(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,9 @@ is the one stated), and write the report. The search is bounded by --trials with
 type, so the same --seed gives the same policies on any machine; --parallel runs that many condition types
 side by side (one core each). The per-condition policies are then gathered into one policy file. Everything
 goes under --runs (and the reports under --reports); running the command again reuses the profiles and resumes
-the studies, so an interrupted demo loses nothing.
+the studies, so an interrupted demo loses nothing. Full compute runs at the model's recommended guidance
+scale unless --guidance-scale is given; the profiles, the policies' provenance and the reports record the
+scale used.
 
 The condition types run in child processes whose output (progress bars, the search's tables) goes to a log
 file each, runs/demo/<types>.log. The console shows one status line on stderr: the stage each running type is
@@ -45,7 +47,7 @@ from hgc_tune.cli._checks import (
     int_in,
     seconds,
 )
-from hgc_tune.cli._common import add_clip_argument
+from hgc_tune.cli._common import add_clip_argument, add_guidance_argument
 from hgc_tune.cli._progress_file import DONE, EventReader, EventWriter
 from hgc_tune.cli._search_options import add_guard_argument, guard_argv, guards_from_args
 from hgc_tune.cli._status_line import StatusBoard, StatusPrinter, demo_plan
@@ -108,6 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "limit; a limit makes the policies depend on the machine's speed)",
     )
     add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
+    add_guidance_argument(parser)
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
     parser.add_argument("--reports", default="reports/demo", help="folder for the reports")
     parser.add_argument(
@@ -145,10 +148,12 @@ def _call(argv: list[str]) -> int:
     return main(argv)
 
 
-def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
-    """Whether ``folder`` holds an intact profile of the current weights of ``model`` (an interrupted demo
-    resumes from it; after the shipped weights change, it is profiled again)."""
+def _reusable_profile(folder: Path, model: str, condition: str, guidance_scale: float | None) -> bool:
+    """Whether ``folder`` holds an intact profile of the current weights of ``model`` at the guidance scale
+    asked for (``None``: the model's recommended one); an interrupted demo resumes from it, and after the
+    shipped weights or their recommended guidance change, it is profiled again."""
     from hgc_tune.errors import ProfileError
+    from hgc_tune.models import pipeline_guidance
     from hgc_tune.profile import Profile, load_profiled_pipeline
 
     if not (folder / "profile.json").exists():
@@ -160,10 +165,18 @@ def _reusable_profile(folder: Path, model: str, condition: str) -> bool:
     # the digest is checked against the ControlNet of `condition`, as the profile will be used with it
     if profile.condition_type == condition and profile.weights_digest is not None:
         try:
-            load_profiled_pipeline(profile, model=model)
-            return True
+            pipe = load_profiled_pipeline(profile, model=model)
         except ProfileError:
             pass
+        else:
+            wanted = pipeline_guidance(pipe).scale if guidance_scale is None else guidance_scale
+            if profile.guidance_scale == wanted:
+                return True
+            print(
+                f"the profile in {folder} was made at guidance {profile.guidance_scale:g}, not "
+                f"{wanted:g}: profiling again"
+            )
+            return False
     print(f"the profile in {folder} was made with other weights of {model!r}: profiling again")
     return False
 
@@ -200,12 +213,14 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     _step(f"{condition}: profile ({args.samples} calibration samples, {args.steps} steps)")
     if report_progress is not None:
         report_progress(PROFILE, 0, args.samples)
-    if _reusable_profile(run_dir, args.model, condition):
+    if _reusable_profile(run_dir, args.model, condition, args.guidance_scale):
         print(f"reusing the profile in {run_dir}")
     else:
         profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]
         profile_argv += ["--split", "calibration", "--samples", str(args.samples)]
         profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite", *_clip_argv(args)]
+        if args.guidance_scale is not None:
+            profile_argv += ["--guidance-scale", str(args.guidance_scale)]
         if _call([*profile_argv, *status]) != 0:
             return None
     profiled = time.perf_counter()
@@ -347,6 +362,8 @@ def _child_argv(args: argparse.Namespace, conditions: list[str]) -> list[str]:
     argv += ["--steps", str(args.steps), "--runs", args.runs, "--reports", args.reports, "--parallel", "1"]
     if args.metric:
         argv += ["--metric", args.metric]
+    if args.guidance_scale is not None:
+        argv += ["--guidance-scale", str(args.guidance_scale)]
     return [*argv, *guard_argv(guards_from_args(args)), *_clip_argv(args)]
 
 

@@ -38,7 +38,9 @@ from hgc_tune.cli._checks import (
 )
 from hgc_tune.cli._common import (
     add_clip_argument,
+    add_guidance_argument,
     add_model_arguments,
+    guidance_scale_from_args,
     load_clip_from_args,
     load_pipeline_from_args,
     print_json,
@@ -81,9 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         task_help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init "
         "image (its condition image where it has none); inpaint repaints the middle half",
     )
-    parser.add_argument(
-        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
-    )
+    add_guidance_argument(parser)
     add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
     parser.add_argument(
@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     clip = load_clip_from_args(args)
     prompt_metric = prompt_metric_from_args(args, args.model, clip)
     pipe = load_pipeline_from_args(args, task=args.task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = native_size(pipe)
     resolution = args.resolution or native
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         num_steps=steps,
         metric=args.metric,
         condition_type=condition,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance_scale,
         height=resolution,
         width=resolution,
         seed=args.seed,
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
     result["savings_by_mechanism"] = _savings_by_mechanism(
-        policy, pipe, table, run_steps, condition, result.get("guidance_scale", args.guidance_scale)
+        policy, pipe, table, run_steps, condition, result["guidance_scale"]
     )
     if args.json:
         print_json(result)
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             if args.task == "text2img"
             else f"{args.task}: {run_steps} of {steps} steps at strength {strength_:g}"
         )
-        + f", ControlNet scale {args.controlnet_scale:g}"
+        + f", guidance {guidance_scale:g}, ControlNet scale {args.controlnet_scale:g}"
     )
     print(f"metric {result['metric']} ({result['kind']}, {direction} is better)")
     print(f"  full compute  {result['full']:.4f}")

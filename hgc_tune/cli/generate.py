@@ -21,14 +21,15 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
-    finite,
     strength,
 )
 from hgc_tune.cli._common import (
+    add_guidance_argument,
     add_model_arguments,
     add_policy_argument,
     condition_input,
     controlnet_count,
+    guidance_scale_from_args,
     load_pipeline_from_args,
     print_json,
     read_policy_argument,
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: the policy's steps, or 20; img2img/inpainting: the number "
         "that runs the policy's steps at --strength)",
     )
-    parser.add_argument("--guidance-scale", type=finite("--guidance-scale"), default=7.5)
+    add_guidance_argument(parser)
     add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
     parser.add_argument(
         "--json",
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.models._tasks import generation_inputs
 
     pipe = load_pipeline_from_args(args, task=task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     policy, steps, run_steps = resolve_task_policy(args, pipe, task, strength_)
     size = args.resolution or (
         PRESETS[args.model].resolution if args.model in PRESETS else conditions[0].height
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             **inputs,
             negative_prompt=args.negative_prompt,
             num_inference_steps=steps,
-            guidance_scale=args.guidance_scale,
+            guidance_scale=guidance_scale,
             height=size,
             width=size,
             generator=torch.Generator().manual_seed(args.seed),
@@ -171,7 +173,13 @@ def run(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.remove()
     atomic_write(out, lambda p: image.save(p, format="PNG"))
-    result = {"out": str(out), "seconds": round(seconds, 4), "steps": run_steps, "policy": args.policy}
+    result = {
+        "out": str(out),
+        "seconds": round(seconds, 4),
+        "steps": run_steps,
+        "guidance_scale": guidance_scale,
+        "policy": args.policy,
+    }
     if task != "text2img":
         result.update(task=task, num_inference_steps=steps, strength=strength_)
     if args.json:
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         from hgc_tune.policy import full_compute_policy, policy_macs, target_for_pipeline
 
         table = count_pipeline_macs(pipe, height=size, width=size, model_name=args.model)
-        cfg = args.guidance_scale > 1
+        cfg = guidance_scale > 1
         measured = policy or full_compute_policy(target_for_pipeline(pipe, num_steps=run_steps))
         result["macs"] = {
             c: policy_macs(measured, table, cfg=cfg, convention=c) for c in ("paper", "complete")
@@ -194,5 +202,5 @@ def run(args: argparse.Namespace) -> int:
             if task != "text2img"
             else f"{steps} steps"
         )
-        print(f"wrote {out} ({ran}, {seconds:.2f} s)", file=sys.stderr)
+        print(f"wrote {out} ({ran} at guidance {guidance_scale:g}, {seconds:.2f} s)", file=sys.stderr)
     return 0

@@ -28,11 +28,12 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
-    finite,
 )
 from hgc_tune.cli._common import (
     add_clip_argument,
+    add_guidance_argument,
     add_model_arguments,
+    guidance_scale_from_args,
     load_clip_from_args,
     load_pipeline_from_args,
     print_json,
@@ -70,9 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the condition image where a sample has none) and, for inpaint, the middle half of the image "
         "repainted",
     )
-    parser.add_argument(
-        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
-    )
+    add_guidance_argument(parser)
     add_clip_argument(parser)
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
@@ -108,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     clip = load_clip_from_args(args)
     prompt_metric = prompt_metric_from_args(args, args.model, clip)
     pipe = load_pipeline_from_args(args, task=args.task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     resolution = args.resolution or native_size(pipe)
     dataset = open_dataset(
         args.dataset,
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         pipe,
         dataset,
         num_steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance_scale,
         height=resolution,
         width=resolution,
         seed=args.seed,
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "task": profile.task,
         "num_inference_steps": profile.num_inference_steps,
         "strength": profile.strength,
+        "guidance_scale": profile.guidance_scale,
         "resolution": resolution,
         "blocks": len(profile.block_keys),
         "attentions": len(profile.attention_keys),
@@ -165,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"wrote {folder / META_FILE} and the tensors beside it: {profile.num_samples} samples x "
-            f"{profile.num_steps} steps, {summary['blocks']} blocks, {summary['attentions']} "
-            f"cross-attentions ({seconds:.1f} s)",
+            f"{profile.num_steps} steps at guidance {profile.guidance_scale:g}, {summary['blocks']} blocks, "
+            f"{summary['attentions']} cross-attentions ({seconds:.1f} s)",
             file=sys.stderr,
         )
     return 0

@@ -32,6 +32,7 @@ from hgc_tune.models._tasks import inference_steps_for
 from hgc_tune.policy import Policy, PolicyFile, target_for_pipeline
 from hgc_tune.policy._lora import check_policy_lora
 from hgc_tune.policy._macs import MAC_CONVENTIONS
+from hgc_tune.policy._measured_on import check_policy_guidance, check_policy_weights
 from hgc_tune.policy._target import loaded_condition_type
 from hgc_tune.runtime import RunContext, attach_run_context, release_run_context
 from hgc_tune.runtime._context import PerThread, calling_pipeline, scheduler_calls
@@ -258,6 +259,8 @@ class PolicyHandle:
 
     def _begin_call(self, context: RunContext) -> None:
         self.check_call()
+        # diffusers' pipelines set the call's guidance scale before they set the timesteps (this call).
+        check_policy_guidance(self.pipe, self.policy, getattr(self.pipe, "_guidance_scale", None))
         self._checks.get().steps_checked = False
         if context.strength is not None:
             # img2img / inpainting: the steps this call runs are known now (the pipeline's get_timesteps),
@@ -522,7 +525,10 @@ def apply_policy(
 
     A policy tuned with other LoRA adapters than ``pipe`` carries, or with none while it carries one, is
     applied with a :class:`~hgc_tune.policy.LoraMismatchWarning` (once per pipeline, policy and adapters): the
-    fidelity its provenance records may not hold.
+    fidelity its provenance records may not hold. Likewise a policy whose provenance records the weights and
+    the guidance scale it was tuned at warns (:class:`~hgc_tune.errors.ProvenanceMismatchWarning`, once per
+    pipeline, policy and values) when ``pipe`` holds other weights, and when a call runs at another
+    ``guidance_scale``; the message says what the figures were measured on.
 
     Returns:
         A :class:`PolicyHandle`; call ``remove()`` (or use it as a context manager) to detach.
@@ -566,6 +572,7 @@ def apply_policy(
     if policy.guidance is not None:
         check_other_hooks(pipe, policy)
     check_policy_lora(pipe, policy)
+    check_policy_weights(pipe, policy)
 
     context = attach_run_context(pipe)
     handle = PolicyHandle(pipe, policy, context)

@@ -69,6 +69,15 @@ def _full_compute_scorer(
     return FidelityScorer(evaluator, references, conditions)
 
 
+def _guidance(pipe: ControlNetPipeline, guidance_scale: float | None) -> float:
+    """``guidance_scale``, or the recommended scale of the model ``pipe`` holds."""
+    if guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        return pipeline_guidance(pipe).scale
+    return float(guidance_scale)
+
+
 # Fidelity to the full-compute picture, reported beside the metric of every evaluation.
 _PICTURE_METRICS = ("ssim", "psnr")
 
@@ -94,7 +103,7 @@ def evaluate_policy(
     num_steps: int,
     metric: str | None = None,
     condition_type: str | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
@@ -120,7 +129,8 @@ def evaluate_policy(
             inpainting run fewer when ``strength < 1``, and the policy counts the steps run).
         metric: Metric name; ``None``: the condition type's default.
         condition_type: The samples' condition type.
-        guidance_scale: Classifier-free guidance scale.
+        guidance_scale: Classifier-free guidance scale; ``None``: the model's recommended one
+            (:func:`hgc_tune.models.pipeline_guidance`).
         height: Image height; default the pipeline's native size.
         width: Image width; default ``height``.
         seed: Seed of samples without their own (``seed + index``).
@@ -138,7 +148,8 @@ def evaluate_policy(
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
         of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
-        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale``,
+        sample cannot bound it), ``confidence``, per-sample values, ``guidance_scale`` (the scale used, at
+        full compute and with the policy), ``policy_name``, ``controlnet_scale``,
         ``picture`` (the mean ``ssim`` and ``psnr`` of the policy's pictures to the full-compute ones) and
         ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
 
@@ -154,6 +165,7 @@ def evaluate_policy(
     """
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
+    guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe, height, width)
     task, strength, jobs = _jobs(pipe, samples, seed, strength, "evaluate")
     full = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
@@ -194,6 +206,7 @@ def evaluate_policy(
         "condition_type": condition_type,
         "samples": estimate.samples,
         "num_steps": num_steps,
+        "guidance_scale": guidance_scale,
         "full": estimate.full,
         "policy": estimate.policy,
         "loss": estimate.loss,
@@ -249,7 +262,7 @@ def compare_policies(
     num_steps: int,
     metric: str | None = None,
     condition_type: str | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     budget: float | None = None,
     confidence: float = 0.95,
     mac_table: MacTable | None = None,
@@ -270,7 +283,8 @@ def compare_policies(
         num_steps: Denoising steps (``num_inference_steps``).
         metric: Metric name; ``None``: the condition type's default (its task metric).
         condition_type: The samples' condition type.
-        guidance_scale: Classifier-free guidance scale.
+        guidance_scale: Classifier-free guidance scale; ``None``: the model's recommended one
+            (:func:`hgc_tune.models.pipeline_guidance`).
         budget: The loss budget; with it each row says whether its upper bound is ``within`` it.
         confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)``.
         mac_table: A :class:`hgc_tune.macs.MacTable`; ``None``: MACs not reported.
@@ -281,11 +295,12 @@ def compare_policies(
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
         ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
-        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions) and, for
-        img2img and inpainting, ``task`` and ``strength``.
+        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions),
+        ``guidance_scale`` (the scale used) and, for img2img and inpainting, ``task`` and ``strength``.
     """
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
+    guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe)
     task, strength, jobs = _jobs(pipe, samples, 0, strength, "compare on")
     settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
@@ -300,7 +315,7 @@ def compare_policies(
         )
         row = _comparison_row(name, policy, estimate, confidence, budget)
         row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
-        rows.append({**row, **_task_fields(task, strength)})
+        rows.append({**row, "guidance_scale": guidance_scale, **_task_fields(task, strength)})
     return rows
 
 

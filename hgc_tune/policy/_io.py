@@ -20,7 +20,8 @@ validates against it)::
                                                    "items": [{"metric", "kind", "loss_mode", "budget",
                                                               "<split>_loss", "<split>_loss_upper", ...}]}],
                                   ["picture_fidelity": {"<split>_ssim", "<split>_psnr", ...}],
-                                  ["prompt": {"guarded", "metric", "model", "digest"}]}}]}
+                                  ["prompt": {"guarded", "metric", "model", "digest"}],
+                                  ["weights_digest"], ["guidance_scale"]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
@@ -34,6 +35,9 @@ load as before (their ``metric`` at ``budget`` was the only constraint) and keep
 ``provenance.prompt`` (what guarded the
 prompt during the search: the prompt metric and, for a CLIP score, the CLIP model and its weights digest) is
 written when the search recorded it, the same way.
+``provenance.weights_digest`` and ``provenance.guidance_scale`` (the weights and the guidance scale a searched
+policy's figures were measured at) are optional in every version and written only when recorded: older files
+load without them.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -187,6 +191,10 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
     # Written only when set, so files made before the field existed keep their exact bytes.
     if p.confidence is not None:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    if p.weights_digest is not None:
+        out["weights_digest"] = p.weights_digest
+    if p.guidance_scale is not None:
+        out["guidance_scale"] = _json_number(p.guidance_scale, f"{where}.guidance_scale")
     if p.constraints is not None:
         out["constraints"] = _constraints_to_json(p.constraints, f"{where}.constraints")
     if p.picture_fidelity:
@@ -478,6 +486,8 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         hgc_tune_version=d.get("hgc_tune_version"),
         diffusers_version=d.get("diffusers_version"),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
+        weights_digest=d.get("weights_digest"),
+        guidance_scale=number("guidance_scale"),
         constraints=_constraints_from_json(d.get("constraints")),
         picture_fidelity=dict(d.get("picture_fidelity", {})),
         prompt=d.get("prompt"),

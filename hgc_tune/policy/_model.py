@@ -253,6 +253,9 @@ class Provenance:
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
     ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
+    ``weights_digest`` and ``guidance_scale``: the weights (``hgc_tune.models._fingerprint.weights_digest``,
+    the profile's) and the classifier-free guidance scale the figures were measured at (``None``: not
+    recorded, as in files written before these fields existed).
     ``constraints`` (schema version 3): every constraint the policy was searched under, ``{"confidence": c,
     "k": k, "level": 1 − (1 − c)/k, "sharing": "bonferroni", "prompt": metric or None (None: the prompt was
     unguarded), "items": [{"metric", "kind", "loss_mode", "budget", "<split>_loss", "<split>_loss_upper",
@@ -275,6 +278,8 @@ class Provenance:
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
     lora: tuple[LoraSpec, ...] = ()
+    weights_digest: str | None = None
+    guidance_scale: float | None = None
     constraints: Mapping[str, Any] | None = None
     picture_fidelity: Mapping[str, float] = field(default_factory=dict)
     prompt: Mapping[str, Any] | None = None

@@ -245,7 +245,7 @@ def profile_pipeline(
     samples: Iterable[Any],
     *,
     num_steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
@@ -283,7 +283,8 @@ def profile_pipeline(
             (``None``: ``seed + index``), e.g. an :func:`hgc_tune.data.open_dataset` dataset.
         num_steps: ``num_inference_steps`` of every call (img2img and inpainting run fewer when
             ``strength < 1``).
-        guidance_scale: Classifier-free guidance scale (``> 1`` enables CFG).
+        guidance_scale: Classifier-free guidance scale (``> 1`` enables CFG); ``None``: the model's
+            recommended one (:func:`hgc_tune.models.pipeline_guidance`), which the profile records.
         height: Image height; default the U-Net's sample size × the VAE scale factor.
         width: Image width; default as ``height``.
         seed: Base seed for samples without their own.
@@ -323,6 +324,10 @@ def profile_pipeline(
     hash_of = getattr(samples, "content_hash", None)
     content_hash = hash_of() if callable(hash_of) else None
     height, width = generation_size(pipe, height, width)
+    if guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        guidance_scale = pipeline_guidance(pipe).scale
     _check_arguments(num_steps, guidance_scale, height, width)
     task, strength = task_and_strength(pipe, strength, error=ProfileError)
     jobs = jobs_from_samples(samples, seed=seed, task=task, error=ProfileError)

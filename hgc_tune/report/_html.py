@@ -162,6 +162,16 @@ def _window_text(window: Mapping[str, Any] | None) -> str:
     return f"runs at steps {window['steps']}; elsewhere {elsewhere}"
 
 
+def _measured_on(policy: Mapping[str, Any]) -> str:
+    """The weights and guidance scale the policy's figures were measured on, as its provenance records."""
+    parts = []
+    if policy.get("weights_digest"):
+        parts.append(f"weights {policy['weights_digest']}")
+    if policy.get("guidance_scale") is not None:
+        parts.append(f"guidance {policy['guidance_scale']:g}")
+    return " at ".join(parts) or "– (not recorded)"
+
+
 def _policy_table(policy: Mapping[str, Any]) -> str:
     several = policy.get("controlnets") or {}
     window_text = _window_text(policy["controlnet"])
@@ -173,6 +183,7 @@ def _policy_table(policy: Mapping[str, Any]) -> str:
         _row("study / trial", f"{policy['study'] or '–'} / {_number(policy['trial'])}"),
         _row("budget", format_percent(policy["budget"], 2) if policy["budget"] is not None else "–"),
         _row("metric", policy["metric"] or "–"),
+        _row("measured on", _measured_on(policy)),
         _row("ControlNet", window_text),
         _row(
             "CFG",

@@ -101,7 +101,8 @@ def report_summary(
     cross-attention reuse, in that order of attribution; else ``None``), ``policy`` (name, source, study,
     trial, budget, metric, ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as
     recorded, ``cells`` per grid state, ``prompt``: what guarded the
-    prompt during the search) or ``None``, ``samples`` (indices, seeds, prompts, negative
+    prompt during the search, the weights digest and guidance scale its figures were measured on
+    (``None``: not recorded)) or ``None``, ``samples`` (indices, seeds, prompts, negative
     prompts, and the PSNR of the policy's images against full compute, measured here), and ``pareto``
     (trial counts, budget, chosen point) or ``None``.
     """
@@ -151,6 +152,8 @@ def report_summary(
             "budget": p.budget,
             "metric": p.metric,
             "confidence": p.confidence,
+            "weights_digest": p.weights_digest,
+            "guidance_scale": p.guidance_scale,
             "fidelity": fidelity_by_split(dict(p.fidelity)),
             # every constraint's budget and bounds, c and k (None: an older policy, one constraint)
             "constraints": None if p.constraints is None else dict(p.constraints),

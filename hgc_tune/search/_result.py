@@ -315,6 +315,8 @@ def _final_policy(
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
+        weights_digest=session.profile.weights_digest,
+        guidance_scale=float(session.settings.guidance_scale),
         constraints=constraints,
         picture_fidelity=picture,
         prompt=None if session.prompt_metric is None else session.prompt_metric.to_json(),

@@ -23,8 +23,11 @@ def _tiny_profile(tiny_pipe, folder):
 
 def test_profile_reuse_needs_an_intact_profile_of_the_same_weights(tiny_pipe, tmp_path, capsys):
     folder = _tiny_profile(tiny_pipe, tmp_path / "tiny-seg")
-    assert _reusable_profile(folder, "tiny", "seg")
-    assert not _reusable_profile(tmp_path / "missing", "tiny", "seg")
+    # made at the model's recommended guidance (None), or asked for by value
+    assert _reusable_profile(folder, "tiny", "seg", None) and _reusable_profile(folder, "tiny", "seg", 7.5)
+    assert not _reusable_profile(folder, "tiny", "seg", 3.0)
+    assert "made at guidance 7.5, not 3: profiling again" in capsys.readouterr().out
+    assert not _reusable_profile(tmp_path / "missing", "tiny", "seg", None)
 
     retrained = tmp_path / "retrained"
     shutil.copytree(folder, retrained)
@@ -33,11 +36,11 @@ def test_profile_reuse_needs_an_intact_profile_of_the_same_weights(tiny_pipe, tm
     meta["model"]["weights_digest"] = "0" * 16
     shutil.rmtree(retrained)
     Profile(meta, loaded.tensors()).save(retrained)
-    assert not _reusable_profile(retrained, "tiny", "seg")
+    assert not _reusable_profile(retrained, "tiny", "seg", None)
     assert "made with other weights of 'tiny': profiling again" in capsys.readouterr().out
 
     (folder / "profile.safetensors").write_bytes(b"truncated")
-    assert not _reusable_profile(folder, "tiny", "seg")
+    assert not _reusable_profile(folder, "tiny", "seg", None)
 
 
 def test_demo_searches_the_task_metric_with_a_95_percent_bound_bounded_by_trials(tmp_path):
