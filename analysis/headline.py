@@ -2,16 +2,24 @@
 
 For each condition type: the shapes benchmark's test split (never used to choose a policy), ``--samples``
 scenes, each generated at full compute and with every policy from the same seed; per policy the paper-MAC
-reduction, the mean task-metric loss, its one-sided upper confidence bound (paired delta-method Student t,
-``hgc_tune.fidelity.paired_loss_bound``) and whether that bound is within the budget. Writes
-``<out>.md`` (a markdown table) and ``<out>.json`` (every number, per-sample values included).
+reduction and where it comes from (guidance window first, then ControlNet window, ControlNet blocks, U-Net
+blocks and cross-attention reuse, each skipped MAC counted once so the parts add up:
+``hgc_tune.policy._macs.mac_savings_by_mechanism``), the mean task-metric loss, its one-sided upper
+confidence bound (paired delta-method Student t, ``hgc_tune.fidelity.paired_loss_bound``) and whether that
+bound is within the budget. Writes ``<out>.md`` (markdown tables) and ``<out>.json`` (every number,
+per-sample values and the full split included).
 
 The tuned policy of a condition type comes from ``--policies`` (a policy file with one policy per condition
 type, e.g. ``runs/demo/shapes-policies.json`` written by ``hgc-tune demo``, or ``policies/shapes.json``); a
-condition type without one is measured with the peers only.
+condition type without one is measured with the peers only. ``--caching-only-policies`` adds the policies of
+the same searches run with ``hgc-tune search --no-guidance-window`` (full CFG at every step, so every MAC
+they save is saved by caching) as the row ``caching-only``, and a column of its own in the per-condition
+table: the figure to compare with the HGC paper's 63 %.
 
 Usage:
     python analysis/headline.py --policies runs/demo/shapes-policies.json --samples 64 --out analysis/headline
+    python analysis/headline.py --policies policies/shapes.json \\
+        --caching-only-policies policies/shapes-caching-only.json --samples 64 --out analysis/headline
     python analysis/headline.py --model tiny --conditions seg --metric ssim --steps 5 --samples 4 \\
         --policies none --out /tmp/headline
 
@@ -28,6 +36,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The classifier-free guidance scale every row is generated at (the MAC split needs to know whether CFG runs).
+GUIDANCE_SCALE = 7.5
+# The row of the policy searched without the guidance window.
+CACHING_ONLY = "caching-only"
+
+
+def savings_by_mechanism(policy: Any, table: Any, *, cfg: bool) -> dict[str, dict[str, Any]]:
+    """Per MAC convention, what ``policy`` saves split among its mechanisms (the parts add up to the
+    reduction; guidance window first)."""
+    from hgc_tune.policy._macs import MAC_CONVENTIONS, mac_savings_by_mechanism
+
+    return {
+        c: mac_savings_by_mechanism(policy, table, cfg=cfg, convention=c).to_json() for c in MAC_CONVENTIONS
+    }
+
+
+def check_caching_only(policy: Any, condition: str) -> None:
+    """Refuse a ``--caching-only-policies`` policy that truncates CFG: its savings would not be caching's."""
+    from hgc_tune.errors import HgcTuneError
+
+    window = policy.guidance
+    if window is not None and window.cfg_until < policy.num_steps:
+        raise HgcTuneError(
+            f"--caching-only-policies: the {condition} policy {policy.name!r} runs CFG only for steps < "
+            f"{window.cfg_until} of {policy.num_steps}; search it with "
+            "`hgc-tune search --no-guidance-window`."
+        )
+
 
 def measure_condition(
     pipe: Any,
@@ -35,6 +71,7 @@ def measure_condition(
     *,
     model: str,
     tuned: Any | None,
+    caching_only: Any | None = None,
     samples: int,
     steps: int,
     budget: float,
@@ -42,7 +79,8 @@ def measure_condition(
     metric: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The rows of one condition type: the tuned policy (if any) and every default peer."""
+    """The rows of one condition type: the tuned policy (if any), the caching-only one (if any) and every
+    default peer, each with its MAC saving split by mechanism (``savings_by_mechanism``)."""
     from tqdm.auto import tqdm
 
     from hgc_tune.data import open_dataset
@@ -57,6 +95,9 @@ def measure_condition(
     target = target_for_pipeline(pipe, num_steps=steps, condition_type=condition, model=model)
     keys = cacheable_module_keys(pipe)
     policies = {"tuned": tuned} if tuned is not None else {}
+    if caching_only is not None:
+        check_caching_only(caching_only, condition)
+        policies[CACHING_ONLY] = caching_only
     for name in default_peer_names(steps):
         policies[name] = peer_policy(name, target, keys)
     data = open_dataset("shapes", condition_type=condition, split="test", limit=samples, size=min(size, 256))
@@ -70,6 +111,7 @@ def measure_condition(
             num_steps=steps,
             metric=metric,
             condition_type=condition,
+            guidance_scale=GUIDANCE_SCALE,
             budget=budget,
             confidence=confidence,
             mac_table=table,
@@ -77,25 +119,44 @@ def measure_condition(
         )
     finally:
         bar.close()
+    for row in rows:
+        row["savings_by_mechanism"] = savings_by_mechanism(
+            policies[row["name"]], table, cfg=GUIDANCE_SCALE > 1.0
+        )
     return {"condition_type": condition, "split": "test", "samples": len(data), "rows": rows}
 
 
+def _split_points(row: dict[str, Any]) -> tuple[float, float] | None:
+    """(guidance window, caching) points of a row's paper-MAC reduction; ``None`` without a split."""
+    split = (row.get("savings_by_mechanism") or {}).get("paper")
+    if split is None:
+        return None
+    guidance = split["reduction"]["guidance_window"]
+    return guidance, split["reduction"]["total"] - guidance
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def markdown(results: list[dict[str, Any]], *, budget: float, confidence: float) -> str:
-    """The headline table in markdown."""
+    """The headline tables in markdown: every row, then per condition type the tuned policy against the
+    caching-only one."""
     level = f"{100 * confidence:g}% upper bound" if confidence > 0 else "upper bound (point)"
     lines = [
-        "| condition | metric | policy | paper-MAC reduction | mean loss | "
-        f"{level} | within {100 * budget:g}% |",
-        "|---|---|---|---:|---:|---:|---|",
+        "| condition | metric | policy | paper-MAC reduction | from the guidance window | from caching | "
+        f"mean loss | {level} | within {100 * budget:g}% |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         for row in result["rows"]:
             reduction = row["macs"]["paper"]["reduction"] if row["macs"] else None
+            split = _split_points(row)
             upper = row["loss_upper"]
             lines.append(
-                f"| {result['condition_type']} | {row['metric']} | {row['name']} | "
-                f"{'-' if reduction is None else f'{100 * reduction:.1f}%'} | {100 * row['loss']:.2f}% | "
-                f"{'unbounded' if upper is None else f'{100 * upper:.2f}%'} | "
+                f"| {result['condition_type']} | {row['metric']} | {row['name']} | {_pct(reduction)} | "
+                f"{_pct(split[0] if split else None)} | {_pct(split[1] if split else None)} | "
+                f"{100 * row['loss']:.2f}% | {'unbounded' if upper is None else f'{100 * upper:.2f}%'} | "
                 f"{'yes' if row['within'] else 'no'} |"
             )
     samples = sorted({r["samples"] for r in results})
@@ -103,9 +164,48 @@ def markdown(results: list[dict[str, Any]], *, budget: float, confidence: float)
     lines.append(
         f"Test split of the shapes benchmark, {', '.join(map(str, samples))} samples per condition type, "
         "each generated at full compute and with every policy from the same seed; loss = relative "
-        "degradation of the task metric against full compute; bound: paired one-sided delta-method t."
+        "degradation of the task metric against full compute; bound: paired one-sided delta-method t. "
+        "The reduction is split among the mechanisms with each skipped MAC counted once, guidance window "
+        "first (a step past it saves its whole unconditional half there); caching = ControlNet window, "
+        "ControlNet blocks, U-Net blocks and cross-attention reuse."
     )
+    by_condition = [_tuned_and_caching_only(result) for result in results]
+    if any(by_condition):
+        lines += [
+            "",
+            "| condition | tuned | tuned, from caching | "
+            "caching-only (searched without the guidance window) |",
+            "|---|---:|---:|---:|",
+        ]
+        for result, rows in zip(results, by_condition):
+            if rows:
+                lines.append(f"| {result['condition_type']} | " + " | ".join(rows) + " |")
+        lines += [
+            "",
+            "Paper-MAC reductions; a policy's figure is shown with its bound's verdict (within the budget or "
+            "not). "
+            "The caching-only column is the one to compare with the HGC paper's 63 % on seg, which keeps "
+            "full CFG at every step.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _tuned_and_caching_only(result: dict[str, Any]) -> list[str]:
+    """The per-condition cells: the tuned policy's reduction and its caching part, the caching-only
+    policy's reduction (``-`` where absent); no cells when neither policy was measured."""
+    rows = {row["name"]: row for row in result["rows"]}
+    tuned, caching = rows.get("tuned"), rows.get(CACHING_ONLY)
+    if tuned is None and caching is None:
+        return []
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None or not row["macs"]:
+            return "-"
+        verdict = "within" if row["within"] else "not within"
+        return f"{_pct(row['macs']['paper']['reduction'])} ({verdict})"
+
+    split = None if tuned is None else _split_points(tuned)
+    return [cell(tuned), _pct(split[1] if split else None), cell(caching)]
 
 
 def _write(path: Path, text: str) -> None:
@@ -125,6 +225,9 @@ def _merge(paths: list[str], out: Path) -> int:
             return 2
     data = {key: runs[0][key] for key in shared}
     data["policies"] = sorted({run["policies"] for run in runs})
+    data["caching_only_policies"] = sorted(
+        {run["caching_only_policies"] for run in runs if run.get("caching_only_policies")}
+    )
     data["results"] = [result for run in runs for result in run["results"]]
     table = markdown(data["results"], budget=data["budget"], confidence=data["confidence"])
     _write(out.with_suffix(".md"), table)
@@ -140,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="shapes", help="model preset (default: shapes)")
     parser.add_argument("--conditions", default="seg,canny,hed,depth", help="comma-separated condition types")
     parser.add_argument("--policies", help="policy file with the tuned policies, or `none` (peers only)")
+    parser.add_argument(
+        "--caching-only-policies",
+        default=None,
+        metavar="FILE",
+        help="policy file of the same searches run with --no-guidance-window: the caching-only row and "
+        "column",
+    )
     parser.add_argument(
         "--merge",
         nargs="+",
@@ -173,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         print("headline: --samples must be at least 2 (a bound needs two samples).", file=sys.stderr)
         return 2
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    policy_file = None if args.policies.lower() == "none" else load_policy(args.policies)
     results = []
     try:
+        policy_file = None if args.policies.lower() == "none" else load_policy(args.policies)
+        caching_file = None
+        if args.caching_only_policies is not None:
+            caching_file = load_policy(args.caching_only_policies)
         for condition in conditions:
-            tuned = None
+            tuned = caching_only = None
             if policy_file is not None and condition in policy_file.condition_types:
                 tuned = policy_file.select(condition)
+            if caching_file is not None and condition in caching_file.condition_types:
+                caching_only = caching_file.select(condition)
             pipe = load_pipeline(args.model, condition=condition)
             results.append(
                 measure_condition(
@@ -187,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     condition,
                     model=args.model,
                     tuned=tuned,
+                    caching_only=caching_only,
                     samples=args.samples,
                     steps=args.steps,
                     budget=args.budget,
@@ -203,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "model": args.model,
         "policies": args.policies,
+        "caching_only_policies": args.caching_only_policies,
+        "guidance_scale": GUIDANCE_SCALE,
         "budget": args.budget,
         "confidence": args.confidence,
         "steps": args.steps,

@@ -1,4 +1,4 @@
-"""The exceptions hgc-tune raises.
+"""The exceptions and warnings hgc-tune raises.
 
 Every error a user can cause derives from :class:`HgcTuneError`; the CLI prints its message without a
 traceback (unless ``--debug``) and exits with status 2, or 1 for a :class:`ResourceError` (the environment
@@ -35,6 +35,8 @@ __all__ = [
     "StorageError",
     "StorageUnreachableError",
     "TrainingCheckpointError",
+    "ProvenanceMismatchWarning",
+    "PromptUnguardedWarning",
 ]
 
 
@@ -147,3 +149,13 @@ class OutOfMemoryError(ResourceError):
 class TrainingCheckpointError(HgcTuneError):
     """A training checkpoint that cannot be resumed: unreadable, not written by the shapes trainer, without
     its run settings, or holding the weights of another model."""
+
+
+class ProvenanceMismatchWarning(UserWarning):
+    """A tuned policy applied to other weights, or called at another guidance scale, than those its
+    provenance's figures were measured on: the policy still fits and runs, but its figures may not hold."""
+
+
+class PromptUnguardedWarning(UserWarning):
+    """A checkpoint is profiled, searched, evaluated or reported with no prompt-adherence metric (no
+    ``--clip``): a policy's figures then guard the condition, not what only the prompt carries."""

@@ -63,13 +63,18 @@ def bench_call(
     size: int,
     num_inference_steps: int,
     strength: float | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     batch: int = 1,
     device: str = "cpu",
 ) -> Callable[[], Any]:
     """One generation of ``pipe`` to time, as a function of no arguments: :data:`BENCH_PROMPT` on
-    :func:`bench_inputs`, ``batch`` images, latents out (the VAE decoder is not timed), a fixed seed."""
+    :func:`bench_inputs`, ``batch`` images, latents out (the VAE decoder is not timed), a fixed seed, at
+    ``guidance_scale`` (``None``: the model's recommended one, :func:`hgc_tune.models.pipeline_guidance`)."""
     inputs = bench_inputs(pipe, size=size, strength=strength)
+    if guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        guidance_scale = pipeline_guidance(pipe).scale
 
     def call() -> Any:
         return pipe(

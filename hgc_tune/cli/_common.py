@@ -7,24 +7,30 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hgc_tune.cli._checks import MAX_STEPS, condition_types, device
+from hgc_tune.cli._checks import MAX_STEPS, condition_types, device, finite
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import ClipScorer, PromptMetric
     from hgc_tune.policy import PolicyFile
 
 __all__ = [
+    "add_clip_argument",
+    "add_guidance_argument",
     "add_lora_argument",
     "add_model_arguments",
     "controlnet_count",
     "condition_input",
+    "guidance_scale_from_args",
     "read_policy_argument",
     "is_builtin_policy",
     "add_policy_argument",
     "hide_loading_bars",
     "loras_from_args",
+    "load_clip_from_args",
     "load_pipeline_from_args",
     "print_json",
+    "prompt_metric_from_args",
     "resolve_policy",
     "resolve_task_policy",
 ]
@@ -55,6 +61,28 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_condition: bool
     add_lora_argument(parser)
 
 
+def add_guidance_argument(parser: argparse.ArgumentParser) -> None:
+    """``--guidance-scale``: unset (``None``) means the model's recommended scale, resolved once the pipeline
+    is loaded (:func:`guidance_scale_from_args`)."""
+    parser.add_argument(
+        "--guidance-scale",
+        type=finite("--guidance-scale"),
+        default=None,
+        help="classifier-free guidance scale (default: the model's recommended one: measured for shapes, "
+        "the diffusers pipeline's default otherwise; 1 = no guidance)",
+    )
+
+
+def guidance_scale_from_args(args: argparse.Namespace, pipe: ControlNetPipeline) -> float:
+    """``--guidance-scale``, or the recommended scale of the model ``pipe`` holds when it was not given; the
+    value is stored back in ``args`` so that every later use agrees."""
+    if args.guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        args.guidance_scale = pipeline_guidance(pipe).scale
+    return float(args.guidance_scale)
+
+
 def add_lora_argument(parser: argparse.ArgumentParser) -> None:
     """``--lora PATH[:SCALE]``, repeatable: LoRA adapters loaded into the pipeline (diffusers'
     ``load_lora_weights``, unfused), each at its scale (default 1)."""
@@ -66,6 +94,58 @@ def add_lora_argument(parser: argparse.ArgumentParser) -> None:
         help="LoRA file (.safetensors) or folder to load into the pipeline, at SCALE (default 1); repeat it "
         "for several. A policy's provenance records it; needs peft",
     )
+
+
+def add_clip_argument(parser: argparse.ArgumentParser) -> None:
+    """``--clip PATH|ID``: the CLIP model that scores each image's prompt adherence (a checkpoint's prompt
+    metric)."""
+    parser.add_argument(
+        "--clip",
+        default=None,
+        metavar="PATH|ID",
+        help="CLIP model (transformers CLIPModel and its processor: a local folder, or a hub id such as "
+        "openai/clip-vit-large-patch14) that scores each image against its prompt: the CLIP score, "
+        "ControlNet++'s protocol, a proxy for prompt adherence. Without it a checkpoint's prompt is "
+        "unguarded",
+    )
+
+
+def load_clip_from_args(args: argparse.Namespace) -> ClipScorer | None:
+    """The ``--clip`` scorer on ``--device`` (``None`` without the flag); load it before the pipeline, so a
+    bad one is refused first.
+
+    Raises:
+        ModelLoadError: A ``--clip`` that is empty, missing or no CLIP model; the message names the flag.
+    """
+    from hgc_tune.errors import HgcTuneError, ModelLoadError
+
+    ref = getattr(args, "clip", None)
+    if ref is None:
+        return None
+    if not ref.strip():
+        raise ModelLoadError(f"`--clip` must name a CLIP model folder or hub id, but got --clip={ref!r}.")
+    from hgc_tune.fidelity import load_clip_scorer
+
+    try:
+        return load_clip_scorer(ref, device=getattr(args, "device", None) or "cpu")
+    except HgcTuneError as e:
+        raise type(e)(f"--clip {ref!r}: {e}") from e
+
+
+def prompt_metric_from_args(args: argparse.Namespace, model: str, clip: ClipScorer | None) -> PromptMetric:
+    """The prompt metric of ``model`` (:func:`hgc_tune.fidelity.prompt_metric_for`); for a checkpoint without
+    ``--clip``, its :class:`~hgc_tune.errors.PromptUnguardedWarning` is printed as one line on stderr."""
+    import warnings
+
+    from hgc_tune.errors import PromptUnguardedWarning
+    from hgc_tune.fidelity import prompt_metric_for
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PromptUnguardedWarning)
+        metric = prompt_metric_for(model, clip)
+    for warning in [w for w in caught if issubclass(w.category, PromptUnguardedWarning)][:1]:
+        print(f"hgc-tune {getattr(args, 'command', None) or ''}: warning: {warning.message}", file=sys.stderr)
+    return metric
 
 
 def parse_lora(value: str) -> tuple[str, float]:

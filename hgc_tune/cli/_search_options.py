@@ -9,6 +9,7 @@ Only the light argparse types are imported here, so ``hgc-tune --help`` stays in
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from hgc_tune.cli._checks import (
@@ -23,13 +24,23 @@ from hgc_tune.cli._checks import (
     seconds,
 )
 
-__all__ = ["FLAGS", "add_search_options", "config_argv", "config_from_args"]
+__all__ = [
+    "FLAGS",
+    "add_guard_argument",
+    "add_search_options",
+    "config_argv",
+    "config_from_args",
+    "guard_argv",
+    "guards_from_args",
+]
 
 # SearchConfig field -> its flag (argparse's dest: the flag's name in snake case; a --no-… flag stores False
 # in its field, see _NEGATED).
 FLAGS: dict[str, str] = {
     "budget": "--budget",
     "metric": "--metric",
+    "guards": "--guard",
+    "clip": "--clip",
     "confidence": "--confidence",
     "n_trials": "--trials",
     "timeout": "--timeout",
@@ -49,10 +60,69 @@ FLAGS: dict[str, str] = {
 # The boolean fields whose flag turns them off (default True).
 _NEGATED: tuple[str, ...] = ("early_rejection", "search_guidance")
 _NO_PEERS = "none"
+_NO_GUARDS = "none"
+
+
+def _guard(text: str) -> tuple[str, float] | None:
+    """One ``--guard METRIC=BUDGET`` (``None`` for ``--guard none``); the error names the flag and value."""
+    from hgc_tune.search._constraints import GUARD_NAMES
+
+    if text.strip().lower() == _NO_GUARDS:
+        return None
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = math.nan
+    if not sep or name not in GUARD_NAMES or not 0.0 < budget < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"`--guard` must be METRIC=BUDGET with METRIC one of {', '.join(GUARD_NAMES)} and BUDGET in "
+            f"(0, 1) (or `{_NO_GUARDS}`), but got --guard {text!r}"
+        )
+    return name, budget
 
 
 def _dest(field: str) -> str:
+    if field == "guards":
+        return "guard"
     return field if field in _NEGATED else FLAGS[field][2:].replace("-", "_")
+
+
+def add_guard_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the repeatable ``--guard METRIC=BUDGET`` flag (``hgc-tune search`` and ``hgc-tune demo``)."""
+    parser.add_argument(
+        "--guard",
+        dest="guard",
+        action="append",
+        type=_guard,
+        default=None,
+        metavar="METRIC=BUDGET",
+        help="another constraint with its own budget, repeatable: prompt (the model's prompt adherence: the "
+        "background read back on shapes, a proxy; the CLIP score with --clip), ssim, psnr, latent_rel_error "
+        "(fidelity to the full-compute picture), background, clip; `none`: the --metric alone (default: "
+        "prompt=0.015 when the model has a prompt metric, else the prompt is unguarded)",
+    )
+
+
+def guards_from_args(args: argparse.Namespace) -> tuple[tuple[str, float], ...] | None:
+    """The ``SearchConfig.guards`` of parsed ``--guard`` flags (``None``: none given, the default guards)."""
+    from hgc_tune.errors import SearchError
+
+    guards = args.guard
+    if guards is None:
+        return None
+    if None in guards and len(guards) > 1:
+        raise SearchError(f"--guard {_NO_GUARDS} cannot be combined with other --guard flags.")
+    return tuple(g for g in guards if g is not None)
+
+
+def guard_argv(guards: tuple[tuple[str, float], ...] | None) -> list[str]:
+    """The ``--guard`` flags that :func:`guards_from_args` turns back into ``guards``."""
+    if guards is None:
+        return []
+    flags = [a for name, budget in guards for a in ("--guard", f"{name}={budget!r}")]
+    return flags or ["--guard", _NO_GUARDS]
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +131,14 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metric", default=None, help="fidelity metric (default: the condition type's task metric)"
     )
+    add_guard_argument(parser)
     parser.add_argument(
         "--confidence",
         type=confidence("--confidence"),
         default=0.95,
-        help="one-sided confidence of the loss's upper bound; a policy is within the budget when the bound "
-        "is (0 = the point estimate; default: 0.95)",
+        help="one-sided confidence with which every constraint's upper bound holds together; a policy is "
+        "within budget when every bound is; with k constraints each bound is taken at 1 - (1 - c)/k "
+        "(Bonferroni) (0 = point estimates; default: 0.95)",
     )
     add_trials_argument(parser, default=50, help="trials in the study in total (default: 50)")
     parser.add_argument(
@@ -132,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from hgc_tune.search import SearchConfig
 
     values = {field: getattr(args, _dest(field)) for field in FLAGS}
+    values["guards"] = guards_from_args(args)
     peers = values["peers"]
     if peers is not None:
         names = peers.strip()
@@ -166,6 +239,8 @@ def config_argv(config: Any) -> list[str]:
             argv += [] if value else [flag]
         elif field == "worker_index":
             argv += [flag, str(value)] if value else []
+        elif field == "guards":
+            argv += guard_argv(value)
         elif field == "peers" and value is not None:
             argv += [flag, ",".join(value) if value else _NO_PEERS]
         elif value is not None:

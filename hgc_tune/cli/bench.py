@@ -20,10 +20,12 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, finite, int_in
+from hgc_tune.cli._checks import MAX_COUNT, add_resolution_argument, add_steps_argument, int_in
 from hgc_tune.cli._common import (
+    add_guidance_argument,
     add_model_arguments,
     add_policy_argument,
+    guidance_scale_from_args,
     load_pipeline_from_args,
     print_json,
     resolve_task_policy,
@@ -58,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images per prompt (CFG doubles the denoiser batch)",
     )
-    parser.add_argument("--guidance-scale", type=finite("--guidance-scale"), default=7.5)
+    add_guidance_argument(parser)
     parser.add_argument(
         "--repeats",
         type=int_in("--repeats", 1, MAX_COUNT),
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.runtime import compile_regions
 
     baseline_pipe = load_pipeline_from_args(args, task=args.task)
+    guidance_scale = guidance_scale_from_args(args, baseline_pipe)
     policy, num_inference_steps, steps = resolve_task_policy(args, baseline_pipe, args.task, strength)
     native = int(baseline_pipe.unet.config.sample_size) * int(baseline_pipe.vae_scale_factor)
     size = args.resolution or (PRESETS[args.model].resolution if args.model in PRESETS else native)
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             size=size,
             num_inference_steps=num_inference_steps,
             strength=strength,
-            guidance_scale=args.guidance_scale,
+            guidance_scale=guidance_scale,
             batch=args.batch,
             device=args.device,
         )
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.remove()
     table = count_pipeline_macs(baseline_pipe, height=size, width=size, model_name=args.model)
-    cfg = args.guidance_scale > 1
+    cfg = guidance_scale > 1
     macs = {}
     if policy is not None:
         macs = {
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "compile": args.compile,
         "compiled_regions": len(compiled),
         "steps": steps,
+        "guidance_scale": guidance_scale,
         "resolution": size,
         **result.to_json(),
         "mac_ratio": mac_ratio,
@@ -160,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"machine: {result.machine}")
         print(
-            f"pipeline: {out['pipeline']}, {steps} steps" + (f" at strength {strength:g}" if strength else "")
+            f"pipeline: {out['pipeline']}, {steps} steps"
+            + (f" at strength {strength:g}" if strength else "")
+            + f", guidance {guidance_scale:g}"
         )
         print(f"full   : {result.baseline_ms:9.1f} ms/image")
         print(f"policy : {result.policy_ms:9.1f} ms/image  ({args.policy})")

@@ -10,8 +10,14 @@ Each sample is generated twice with its seed: at full compute, and with --policy
   - none, no policy: with --controlnet-scale 0 this is diffusers' ControlNet multiplied by 0 (the ControlNet
     still runs, so the MAC reduction is 0; the metric equals peer:cnwin-k0-drop's).
 
+Prompt adherence is scored beside the metric, paired the same way: for shapes the background the prompt
+names, read back (a proxy); for a checkpoint the CLIP score of --clip (ControlNet++'s protocol; without it
+the prompt is unguarded, and a warning says so).
+
 Examples:
     hgc-tune evaluate --model shapes --condition seg --policy policies/shapes-seg.json --samples 16
+    hgc-tune evaluate --model runs/sd15 --controlnet runs/cn-seg --condition seg --policy p.json \
+        --dataset data/ade20k-val --clip openai/clip-vit-large-patch14
     hgc-tune evaluate --model shapes --condition seg --policy peer:cnwin-k0-drop --steps 20 --samples 16
     hgc-tune evaluate --model tiny --policy none --controlnet-scale 0 --metric ssim --steps 5 --json
 """
@@ -33,9 +39,14 @@ from hgc_tune.cli._checks import (
     finite,
 )
 from hgc_tune.cli._common import (
+    add_clip_argument,
+    add_guidance_argument,
     add_model_arguments,
+    guidance_scale_from_args,
+    load_clip_from_args,
     load_pipeline_from_args,
     print_json,
+    prompt_metric_from_args,
     read_policy_argument,
     resolve_task_policy,
 )
@@ -80,9 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         task_help="text2img (default), img2img or inpaint: each sample's ground-truth image is the init "
         "image (its condition image where it has none); inpaint repaints the middle half",
     )
-    parser.add_argument(
-        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
-    )
+    add_guidance_argument(parser)
     add_resolution_argument(parser, help="image side in pixels (default: native)")
     parser.add_argument("--metric", default=None, help="fidelity metric (default: the condition type's)")
     parser.add_argument(
@@ -98,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one-sided confidence of the loss's upper bound (paired over samples; 0 = the point estimate; "
         "default: 0.95)",
     )
+    add_clip_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -126,6 +136,25 @@ def _savings_by_mechanism(
     }
 
 
+def _print_prompt(prompt: dict[str, Any]) -> None:
+    """The prompt metric's lines of the table: its means, loss and bound, or that the prompt is unguarded."""
+    if not prompt["guarded"]:
+        print("prompt adherence: unguarded (no prompt metric for this model; see --clip)")
+        return
+    source = f", {prompt['model']}" if prompt["model"] else ""
+    if "unscored" in prompt:
+        print(f"prompt adherence {prompt['metric']}: not scored ({prompt['unscored']})")
+        return
+    print(f"prompt adherence {prompt['metric']} (proxy{source}; higher is better)")
+    print(f"  full compute  {prompt['full']:.4f}")
+    print(f"  with policy   {prompt['policy']:.4f}")
+    print(f"  loss          {_pct(prompt['loss'])}")
+    if prompt["confidence"] > 0:
+        upper = prompt["loss_upper"]
+        shown = "unbounded (one sample)" if upper is None else _pct(upper)
+        print(f"  {100 * prompt['confidence']:g}% upper bound  {shown}")
+
+
 def run(args: argparse.Namespace) -> int:
     from hgc_tune.errors import FidelityError, HgcTuneError
 
@@ -146,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
             raise HgcTuneError(str(e)) from e
     from hgc_tune.models._tasks import native_size
 
+    clip = load_clip_from_args(args)
+    prompt_metric = prompt_metric_from_args(args, args.model, clip)
     pipe = load_pipeline_from_args(args, task=args.task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     policy, steps, run_steps = resolve_task_policy(args, pipe, args.task, strength_)
     native = native_size(pipe)
     resolution = args.resolution or native
@@ -168,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         num_steps=steps,
         metric=args.metric,
         condition_type=condition,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance_scale,
         height=resolution,
         width=resolution,
         seed=args.seed,
@@ -178,10 +210,11 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress and not args.json,
         strength=strength_,
         samples_per_call=args.samples_per_call,
+        prompt_metric=prompt_metric,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)
     result["savings_by_mechanism"] = _savings_by_mechanism(
-        policy, pipe, table, run_steps, condition, result.get("guidance_scale", args.guidance_scale)
+        policy, pipe, table, run_steps, condition, result["guidance_scale"]
     )
     if args.json:
         print_json(result)
@@ -195,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             if args.task == "text2img"
             else f"{args.task}: {run_steps} of {steps} steps at strength {strength_:g}"
         )
-        + f", ControlNet scale {args.controlnet_scale:g}"
+        + f", guidance {guidance_scale:g}, ControlNet scale {args.controlnet_scale:g}"
     )
     print(f"metric {result['metric']} ({result['kind']}, {direction} is better)")
     print(f"  full compute  {result['full']:.4f}")
@@ -206,6 +239,13 @@ def run(args: argparse.Namespace) -> int:
         shown = "unbounded (one sample)" if upper is None else _pct(upper)
         level = f"{100 * result['confidence']:g}%"
         print(f"  {level} upper bound  {shown}  (paired over {result['samples']} samples)")
+    picture = result.get("picture") or {}
+    if picture:
+        print(
+            f"picture vs full compute: SSIM {picture['ssim']:.4f}, PSNR {picture['psnr']:.2f} dB "
+            f"(mean over {result['samples']} samples)"
+        )
+    _print_prompt(result["prompt"])
     for convention, m in result["macs"].items():
         print(
             f"MACs ({convention}): {m['full'] / 1e9:.4g}G -> {m['policy'] / 1e9:.4g}G "

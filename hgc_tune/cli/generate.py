@@ -21,14 +21,15 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
-    finite,
     strength,
 )
 from hgc_tune.cli._common import (
+    add_guidance_argument,
     add_model_arguments,
     add_policy_argument,
     condition_input,
     controlnet_count,
+    guidance_scale_from_args,
     load_pipeline_from_args,
     print_json,
     read_policy_argument,
@@ -83,9 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="num_inference_steps (default: the policy's steps, or 20; img2img/inpainting: the number "
         "that runs the policy's steps at --strength)",
     )
-    parser.add_argument("--guidance-scale", type=finite("--guidance-scale"), default=7.5)
+    add_guidance_argument(parser)
     add_resolution_argument(parser, help="image size in pixels (default: the preset's)")
-    parser.add_argument("--json", action="store_true", help="print MACs and time as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print MACs and time as JSON; with --policy also the call's summary (per module computed/reused "
+        "counts, guidance steps, MACs counted while it ran; counting adds Python time to `seconds`)",
+    )
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -138,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.models._tasks import generation_inputs
 
     pipe = load_pipeline_from_args(args, task=task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     policy, steps, run_steps = resolve_task_policy(args, pipe, task, strength_)
     size = args.resolution or (
         PRESETS[args.model].resolution if args.model in PRESETS else conditions[0].height
@@ -148,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if mask is not None:
         mask = mask.resize((size, size), Image.Resampling.NEAREST)
     inputs = generation_inputs(pipe, condition, init_image=init, mask_image=mask, strength=strength_)
-    handle = apply_policy(pipe, policy) if policy is not None else None
+    handle = apply_policy(pipe, policy, count_macs=args.json) if policy is not None else None
     try:
         start = time.perf_counter()
         image = pipe(
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             **inputs,
             negative_prompt=args.negative_prompt,
             num_inference_steps=steps,
-            guidance_scale=args.guidance_scale,
+            guidance_scale=guidance_scale,
             height=size,
             width=size,
             generator=torch.Generator().manual_seed(args.seed),
@@ -166,15 +173,24 @@ def run(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.remove()
     atomic_write(out, lambda p: image.save(p, format="PNG"))
-    result = {"out": str(out), "seconds": round(seconds, 4), "steps": run_steps, "policy": args.policy}
+    result = {
+        "out": str(out),
+        "seconds": round(seconds, 4),
+        "steps": run_steps,
+        "guidance_scale": guidance_scale,
+        "policy": args.policy,
+    }
     if task != "text2img":
         result.update(task=task, num_inference_steps=steps, strength=strength_)
     if args.json:
         from hgc_tune.macs import count_pipeline_macs
+
+        if handle is not None:
+            result["summary"] = handle.summary().to_dict()
         from hgc_tune.policy import full_compute_policy, policy_macs, target_for_pipeline
 
         table = count_pipeline_macs(pipe, height=size, width=size, model_name=args.model)
-        cfg = args.guidance_scale > 1
+        cfg = guidance_scale > 1
         measured = policy or full_compute_policy(target_for_pipeline(pipe, num_steps=run_steps))
         result["macs"] = {
             c: policy_macs(measured, table, cfg=cfg, convention=c) for c in ("paper", "complete")
@@ -186,5 +202,5 @@ def run(args: argparse.Namespace) -> int:
             if task != "text2img"
             else f"{steps} steps"
         )
-        print(f"wrote {out} ({ran}, {seconds:.2f} s)", file=sys.stderr)
+        print(f"wrote {out} ({ran} at guidance {guidance_scale:g}, {seconds:.2f} s)", file=sys.stderr)
     return 0

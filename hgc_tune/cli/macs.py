@@ -40,6 +40,7 @@ from hgc_tune.cli._common import (
     read_policy_argument,
     resolve_policy,
 )
+from hgc_tune.policy._macs import MECHANISM_LABELS
 
 HELP = "count the MACs of a generation per block (paper and complete conventions)"
 
@@ -119,23 +120,13 @@ def _print_table(result: dict, convention: str) -> None:
     _print_unsupported(result["unsupported_ops"])
 
 
-# Mechanism -> its name in the human table, in the order skipped MACs are attributed.
-_MECHANISM_LABELS = {
-    "guidance_window": "guidance window",
-    "controlnet_window": "ControlNet window",
-    "controlnet_blocks": "ControlNet blocks",
-    "unet_blocks": "U-Net blocks",
-    "cross_attention": "cross-attention reuse",
-}
-
-
 def _print_savings(split: dict) -> None:
     print()
     print(
         f"where the savings come from ({split['convention']}): each skipped MAC counts once, for the first "
         "mechanism below that skips it"
     )
-    rows = [(_MECHANISM_LABELS[m], split["macs"][m], split["reduction"][m]) for m in split["order"]]
+    rows = [(MECHANISM_LABELS[m], split["macs"][m], split["reduction"][m]) for m in split["order"]]
     if len(split["controlnet_windows"]) > 1:
         at = split["order"].index("controlnet_window") + 1
         rows[at:at] = [
@@ -150,7 +141,7 @@ def _print_savings(split: dict) -> None:
 
 def savings_line(split: dict) -> str:
     """One line of a ``savings_by_mechanism`` entry: each mechanism's points of the reduction, and the sum."""
-    parts = " + ".join(f"{_MECHANISM_LABELS[m]} {100 * split['reduction'][m]:.1f}%" for m in split["order"])
+    parts = " + ".join(f"{MECHANISM_LABELS[m]} {100 * split['reduction'][m]:.1f}%" for m in split["order"])
     return f"{parts} = {100 * split['reduction']['total']:.1f}%"
 
 

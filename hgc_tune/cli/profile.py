@@ -3,7 +3,9 @@
 Records, per denoising step and averaged over the samples, how much every cacheable block of the U-Net
 and the ControlNet changes between consecutive steps (cosine similarity, relative L1), how much every
 cross-attention map drifts (relative L1, Jensen-Shannon divergence), and how much the ControlNet's
-residuals change; plus the per-module MAC table and the full-compute reference outputs. Writes
+residuals change; plus the per-module MAC table and the full-compute reference outputs. With --clip, the
+CLIP model (path or hub id, weights digest) and each reference's CLIP score are recorded, so that the
+search scores prompts with the same model. Writes
 OUT/profile.json and OUT/profile.safetensors, the input of `hgc-tune search`.
 
 Example:
@@ -28,9 +30,18 @@ from hgc_tune.cli._checks import (
     add_seed_argument,
     add_steps_argument,
     check_output,
-    finite,
 )
-from hgc_tune.cli._common import add_model_arguments, load_pipeline_from_args, print_json
+from hgc_tune.cli._common import (
+    add_clip_argument,
+    add_guidance_argument,
+    add_model_arguments,
+    guidance_scale_from_args,
+    load_clip_from_args,
+    load_pipeline_from_args,
+    print_json,
+    prompt_metric_from_args,
+)
+from hgc_tune.cli._progress_file import EventWriter
 from hgc_tune.cli._tasks import add_task_arguments, task_strength
 
 HELP = "profile per-step block similarity and cross-attention drift on a dataset"
@@ -62,9 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the condition image where a sample has none) and, for inpaint, the middle half of the image "
         "repainted",
     )
-    parser.add_argument(
-        "--guidance-scale", type=finite("--guidance-scale"), default=7.5, help="CFG scale (default: 7.5)"
-    )
+    add_guidance_argument(parser)
+    add_clip_argument(parser)
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
     add_samples_per_call_argument(
@@ -78,6 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser, what="a profile")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    # Internal: `hgc-tune demo` reads the progress events appended here (hgc_tune.cli._progress_file).
+    parser.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.models._tasks import native_size
     from hgc_tune.profile import profile_pipeline
     from hgc_tune.profile._artifact import META_FILE
+    from hgc_tune.profile._prompt import with_prompt_metric
 
+    clip = load_clip_from_args(args)
+    prompt_metric = prompt_metric_from_args(args, args.model, clip)
     pipe = load_pipeline_from_args(args, task=args.task)
+    guidance_scale = guidance_scale_from_args(args, pipe)
     resolution = args.resolution or native_size(pipe)
     dataset = open_dataset(
         args.dataset,
@@ -123,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         pipe,
         dataset,
         num_steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance_scale,
         height=resolution,
         width=resolution,
         seed=args.seed,
@@ -133,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
         dataset=label,
         strength=args.strength,
         samples_per_call=args.samples_per_call,
+        on_progress=EventWriter(args.status_file, condition_type) if args.status_file else None,
     )
+    profile = with_prompt_metric(profile, prompt_metric)
     seconds = time.perf_counter() - start
     folder = profile.save(out)
     summary = {
@@ -147,9 +165,11 @@ def run(args: argparse.Namespace) -> int:
         "num_inference_steps": profile.num_inference_steps,
         "strength": profile.strength,
         "samples_per_call": profile.samples_per_call,
+        "guidance_scale": profile.guidance_scale,
         "resolution": resolution,
         "blocks": len(profile.block_keys),
         "attentions": len(profile.attention_keys),
+        "prompt_metric": profile.meta["prompt_metric"],
         "seconds": round(seconds, 3),
     }
     if args.json:
@@ -157,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"wrote {folder / META_FILE} and the tensors beside it: {profile.num_samples} samples x "
-            f"{profile.num_steps} steps, {summary['blocks']} blocks, {summary['attentions']} "
-            f"cross-attentions ({seconds:.1f} s)",
+            f"{profile.num_steps} steps at guidance {profile.guidance_scale:g}, {summary['blocks']} blocks, "
+            f"{summary['attentions']} cross-attentions ({seconds:.1f} s)",
             file=sys.stderr,
         )
     return 0

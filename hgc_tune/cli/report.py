@@ -17,10 +17,13 @@ import sys
 
 from hgc_tune.cli._checks import add_overwrite_argument, add_samples_argument, check_output, device
 from hgc_tune.cli._common import (
+    add_clip_argument,
     add_controlnet_argument,
     controlnet_ref,
     hide_loading_bars,
+    load_clip_from_args,
     print_json,
+    prompt_metric_from_args,
     resolve_policy,
 )
 
@@ -55,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="torch device for the policy's images (default: cpu)",
     )
+    add_clip_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the files and the summary as JSON")
 
 
@@ -70,14 +74,19 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from hgc_tune.profile import Profile
+    from hgc_tune.profile._prompt import recorded_prompt_metric
     from hgc_tune.report import build_report
     from hgc_tune.report._samples import pipeline_for_profile
 
     hide_loading_bars()
 
+    profile = Profile.load(args.profile)
+    recorded = recorded_prompt_metric(profile) or {}
+    if args.clip is None and recorded.get("metric") == "clip":
+        args.clip = recorded.get("model")  # the CLIP model the profile was scored with
+    prompt_metric = prompt_metric_from_args(args, args.model or profile.model_name, load_clip_from_args(args))
     policy, pipe = args.policy, None
     if policy is not None and (policy.startswith("peer:") or policy in ("full", "none")):
-        profile = Profile.load(args.profile)
         # A built-in schedule is made for a pipeline: load the profile's, and reuse it for the images.
         pipe = pipeline_for_profile(
             profile, model=args.model, controlnet=controlnet_ref(args.controlnet), device=args.device
@@ -99,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         controlnet=controlnet_ref(args.controlnet),
         device=args.device,
+        prompt_metric=prompt_metric,
     )
     if args.json:
         print_json(result.to_json())

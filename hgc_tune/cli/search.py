@@ -13,6 +13,10 @@ outputs of validation and test samples are cached in runs/NAME/heldout/. Writes 
 Pareto front beside it (policies/NAME.pareto.json). Exit code 1 when no policy holds the budget on the
 validation split.
 
+The model's prompt metric (shapes: the background reader; a checkpoint: the CLIP score of --clip, by
+default the CLIP model the profile was made with) is recorded in the policy's provenance; a checkpoint
+without one is unguarded, and a warning and the provenance say so.
+
 The search is bounded by --trials: with one worker, the same --seed and --trials give the same policy on any
 machine. --timeout adds a wall-clock limit (the result then depends on the machine's speed).
 
@@ -37,9 +41,11 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hgc_tune.cli._checks import (
     MAX_COUNT,
@@ -49,25 +55,32 @@ from hgc_tune.cli._checks import (
     int_in,
 )
 from hgc_tune.cli._common import (
+    add_clip_argument,
     add_controlnet_argument,
     add_lora_argument,
     controlnet_ref,
     hide_loading_bars,
+    load_clip_from_args,
     loras_from_args,
     print_json,
+    prompt_metric_from_args,
 )
+from hgc_tune.cli._progress_file import DONE, EventWriter
 from hgc_tune.cli._search_options import add_search_options, config_argv, config_from_args
+from hgc_tune.cli._status_line import LiveStatus, StatusBoard, StatusPrinter, search_plan
 from hgc_tune.errors import FidelityError, SearchError
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import PromptMetric
     from hgc_tune.profile import Profile
-    from hgc_tune.search import SearchConfig, SearchResult
+    from hgc_tune.search import SearchConfig, SearchResult, SearchSession
     from hgc_tune.search._trials import TrialRecord
 
 HELP = "search the cheapest caching policy within a fidelity budget (Optuna)"
 
 # The flags that say which pipeline to load; a worker gets them as given.
+# (--clip travels in the config's flags.)
 _PIPELINE_FLAGS = ("--model", "--controlnet", "--dtype", "--device", "--lora")
 
 
@@ -114,10 +127,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", type=device("--device"), default="cpu", help="torch device (default: cpu)"
     )
     add_lora_argument(parser)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_clip_argument(parser)
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no status line (stage, trial k of n, estimated time left) on stderr",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     # Internal: a worker started by --workers runs trials only.
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    # Internal: `hgc-tune demo` reads the progress events appended here instead of a status line; the
+    # progress bar goes to its log.
+    parser.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
 
 
 def _pareto_name(out: str) -> str:
@@ -180,6 +202,22 @@ def _split_samples(args: argparse.Namespace, profile: Profile, split: str, n: in
     return samples
 
 
+def _prompt_metric(args: argparse.Namespace, profile: Profile) -> PromptMetric:
+    """The model's prompt metric: ``--clip``, by default the CLIP model the profile was made with (a
+    checkpoint without either is unguarded: one warning line, and the policy's provenance says so)."""
+    from hgc_tune.fidelity import prompt_metric_for
+    from hgc_tune.profile._prompt import recorded_prompt_metric
+
+    recorded = recorded_prompt_metric(profile) or {}
+    if args.clip is None and recorded.get("metric") == "clip":
+        args.clip = recorded.get("model")
+    clip = load_clip_from_args(args)
+    model = args.model or profile.model_name
+    if args.worker_only:  # the process that started the workers has warned
+        return prompt_metric_for(model, clip, warn=False)
+    return prompt_metric_from_args(args, model, clip)
+
+
 def _worker_argv(args: argparse.Namespace, config: SearchConfig, index: int) -> list[str]:
     """The command line of worker ``index``: the same study and pipeline, trials only."""
     argv = ["search", "--profile", args.profile, "--out", args.out]
@@ -222,6 +260,21 @@ def _verdict(r: TrialRecord) -> str:
     return "screen" if r.screen else "no"
 
 
+def _constraint_cells(r: TrialRecord | dict, metrics: list[str]) -> list[str]:
+    rows = {c["metric"]: c for c in (r.constraints if not isinstance(r, dict) else r.get("constraints", ()))}
+    cells = []
+    for name in metrics:
+        row = rows.get(name, {})
+        cells += [_pct(row.get("loss")), _pct(row.get("loss_upper"))]
+    return cells
+
+
+def _picture_cells(picture: dict | None) -> list[str]:
+    picture = picture or {}
+    ssim, psnr = picture.get("ssim"), picture.get("psnr")
+    return ["-" if ssim is None else f"{ssim:.3f}", "-" if psnr is None else f"{psnr:.1f}"]
+
+
 def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
     peers_of: dict[int, list[str]] = {}
     for name, number in result.peers.items():
@@ -235,34 +288,89 @@ def _print_summary(result: SearchResult, paths: dict[str, Path | None]) -> None:
         rows.append((f"tuned (trial {result.chosen.number}{same})", result.chosen))
     elif result.best is not None:
         rows.append((f"calibration best (trial {result.best.number})", result.best))
-    width = max(len(name) for name, _ in rows)
-    level = f"{100 * result.confidence:g}% bound" if result.confidence > 0 else "bound"
-    print(
-        f"study {result.study_name}: {len(result.trials)} trials, metric {result.metric}, "
-        f"budget {result.budget:g} on the {level if result.confidence > 0 else 'point estimate'}"
-    )
-    print(f"{'schedule':<{width}}  {'MAC reduction':>13}  {'loss':>8}  {level:>10}  samples  feasible")
-    for name, r in rows:
-        print(
-            f"{name:<{width}}  {_pct(r.reduction):>13}  {_pct(r.loss):>8}  {_pct(r.loss_upper):>10}  "
-            f"{r.samples if r.samples is not None else '-':>7}  {_verdict(r)}"
+    plan = result.constraints or {"items": [{"metric": result.metric, "budget": result.budget}], "k": 1}
+    metrics = [item["metric"] for item in plan["items"]]
+    level = plan.get("level", result.confidence)
+    budgets = ", ".join(f"{item['metric']} {item['budget']:g}" for item in plan["items"])
+    if result.confidence > 0:
+        how = (
+            f"each upper bound at {100 * level:.4g}% ({100 * result.confidence:g}% together, Bonferroni over "
+            f"k={plan['k']})"
         )
+    else:
+        how = "point estimates"
+    print(f"study {result.study_name}: {len(result.trials)} trials; budgets {budgets}; {how}")
+    if plan.get("prompt", "") is None:
+        print("prompt adherence: unguarded (no prompt metric for this model; --clip PATH guards it)")
+    head = [f"{m} {w}" for m in metrics for w in ("loss", "bound")] + ["SSIM", "PSNR"]
+    table = [["schedule", "MAC reduction", *head, "samples", "feasible"]]
+    for name, r in rows:
+        table.append(
+            [
+                name,
+                _pct(r.reduction),
+                *_constraint_cells(r, metrics),
+                *_picture_cells(dict(r.picture)),
+                str(r.samples if r.samples is not None else "-"),
+                _verdict(r),
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1])), row[-1]]
+        print("  ".join(cells))
     for v in result.validation:
-        verdict = "holds" if v["holds"] else "breaks the budget"
+        verdict = "holds" if v["holds"] else "breaks a budget"
+        bounds = ", ".join(f"{c['metric']} {_pct(c['loss_upper'])}" for c in v.get("constraints", ()))
         print(
-            f"validation check of trial {v['trial']}: loss {_pct(v['loss'])}, "
-            f"{level} {_pct(v['loss_upper'])} on {v['samples']} samples, {verdict}"
+            f"validation check of trial {v['trial']}: bounds {bounds} on {v['samples']} samples, {verdict}; "
+            f"SSIM/PSNR {'/'.join(_picture_cells(v.get('picture')))}"
         )
     if result.test is not None:
         t = result.test
-        verdict = "within the budget" if t["holds"] else "above the budget"
+        verdict = "within every budget" if t["holds"] else "above a budget"
+        bounds = ", ".join(
+            f"{c['metric']} loss {_pct(c['loss'])} (bound {_pct(c['loss_upper'])})"
+            for c in t.get("constraints", ())
+        )
         print(
-            f"test split (not used to choose): loss {_pct(t['loss'])}, {level} {_pct(t['loss_upper'])} on "
-            f"{t['samples']} samples, {verdict}"
+            f"test split (not used to choose): {bounds} on {t['samples']} samples, {verdict}; "
+            f"SSIM/PSNR {'/'.join(_picture_cells(t.get('picture')))}"
         )
     if paths.get("policy") is not None:
         print(f"policy: {paths['policy']}")
     print(f"pareto: {paths['pareto']}")
+
+
+def _run_with_status(
+    args: argparse.Namespace,
+    session: SearchSession,
+    heldout: Sequence[Any] | None,
+    test: Sequence[Any] | None,
+) -> SearchResult:
+    """Run the search, its progress shown as the status line on stderr (or appended to --status-file)."""
+    from hgc_tune.search import run_search
+
+    task = session.condition_type or "search"
+    if args.status_file:
+        writer = EventWriter(args.status_file, task)
+        bar = args.progress and not args.json
+        return run_search(session, heldout=heldout, test=test, progress=bar, on_progress=writer)
+    if not args.progress:
+        return run_search(session, heldout=heldout, test=test)
+    plan = search_plan(
+        len(session.calibration),
+        session.config.n_trials,
+        len(heldout or ()),
+        session.config.max_validation_tries,
+        len(test or ()),
+    )
+    board = StatusBoard("search", [[task]], {task: plan}, started=time.time())
+    with LiveStatus(board, StatusPrinter(sys.stderr)) as status:
+        report = status.reporter(task)
+        result = run_search(session, heldout=heldout, test=test, on_progress=report)
+        report(DONE, 1, 1)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -282,7 +390,6 @@ def run(args: argparse.Namespace) -> int:
     from hgc_tune.search import (
         load_search_profile,
         prepare_search,
-        run_search,
         run_search_worker,
         write_search_outputs,
     )
@@ -304,12 +411,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.worker_only:
         heldout = _split_samples(args, profile, "validation", args.validation_samples)
         test = _split_samples(args, profile, "test", args.test_samples)
+    prompt_metric = _prompt_metric(args, profile)
     pipe = _load_pipeline(args, profile)
     if args.worker_only:
-        run_search_worker(folder, pipe, config)
+        run_search_worker(folder, pipe, config, prompt_metric=prompt_metric)
         return 0
     # The study is created and the peers enqueued once, before any other worker starts.
-    session = prepare_search(folder, pipe, config)
+    session = prepare_search(folder, pipe, config, prompt_metric=prompt_metric)
     children = []
     if args.workers > 1:
         import torch
@@ -317,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(_threads_per_worker(args.workers))
         children = _spawn_workers(args, config)
     try:
-        result = run_search(session, heldout=heldout, test=test, progress=args.progress and not args.json)
+        result = _run_with_status(args, session, heldout, test)
     except BaseException:
         for child in children:
             child.terminate()

@@ -49,6 +49,9 @@ class ControlNetWindowConfig:
 
 
 class ControlNetWindowState:
+    """The residuals of the ControlNet's latest computed step of the current call, and how often it
+    computed, reused and dropped in it."""
+
     def __init__(self) -> None:
         self.residuals: Any = None
         self.computed = 0
@@ -57,6 +60,9 @@ class ControlNetWindowState:
 
     def reset(self) -> None:
         self.residuals = None
+        self.computed = 0
+        self.dropped = 0
+        self.reused = 0
 
 
 def _is_zero_scale(scale: Any) -> bool:

@@ -34,13 +34,20 @@ class PolicyHook(ModelHook):
 
 class PolicyGuardHook(PolicyHook):
     """Runs ``owner.check_call()`` and ``owner.check_steps()`` before every forward of the module it is
-    registered on; ``owner`` is the :class:`~hgc_tune.executor.PolicyHandle` of the applied policy."""
+    registered on; ``owner`` is the :class:`~hgc_tune.executor.PolicyHandle` of the applied policy.
 
-    def __init__(self, owner: Any) -> None:
+    On the U-Net (``counts_steps``) it also tells the owner that a denoising step runs (``note_step()``),
+    for the call's summary: the U-Net runs once per step, and the guard is the first to see it.
+    """
+
+    def __init__(self, owner: Any, counts_steps: bool = False) -> None:
         super().__init__()
         self.owner = owner
+        self.counts_steps = counts_steps
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs) -> tuple[tuple, dict]:
         self.owner.check_call()
         self.owner.check_steps()
+        if self.counts_steps:
+            self.owner.note_step()
         return args, kwargs

@@ -12,9 +12,16 @@ import torch
 from hgc_tune.executor._guard import PolicyHook
 from hgc_tune.executor._tensors import cond_half, leading_batch, repeat_halves
 from hgc_tune.runtime import RunContext
+from hgc_tune.runtime._context import PerThread
 from hgc_tune.runtime._registry import register_hook
 
-__all__ = ["GUIDANCE_HOOK", "GuidanceTruncationConfig", "GuidanceTruncationHook", "apply_guidance_truncation"]
+__all__ = [
+    "GUIDANCE_HOOK",
+    "GuidanceTruncationConfig",
+    "GuidanceTruncationHook",
+    "GuidanceTruncationState",
+    "apply_guidance_truncation",
+]
 
 GUIDANCE_HOOK = "hgc_guidance_truncation"
 
@@ -26,6 +33,16 @@ class GuidanceTruncationConfig:
     cfg_until: int
 
 
+class GuidanceTruncationState:
+    """How often the denoiser ran the conditional half only in the current call."""
+
+    def __init__(self) -> None:
+        self.truncated = 0
+
+    def reset(self) -> None:
+        self.truncated = 0
+
+
 class GuidanceTruncationHook(PolicyHook):
     """Slices inputs to the cond half and repeats the output, at steps ``>= cfg_until`` of a CFG call."""
 
@@ -33,7 +50,12 @@ class GuidanceTruncationHook(PolicyHook):
         super().__init__()
         self.config = config
         self.context = context
-        self.truncated = 0
+        self._states: PerThread[GuidanceTruncationState] = PerThread(GuidanceTruncationState)
+
+    @property
+    def state(self) -> GuidanceTruncationState:
+        """The state of the calling thread's pipeline call."""
+        return self._states.get()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         batch = leading_batch(args, kwargs, names=("sample",))
@@ -46,7 +68,7 @@ class GuidanceTruncationHook(PolicyHook):
             or batch % 2
         ):
             return self.fn_ref.original_forward(*args, **kwargs)
-        self.truncated += 1
+        self.state.truncated += 1
         output = self.fn_ref.original_forward(*cond_half(args, batch), **cond_half(kwargs, batch))
         return repeat_halves(output)
 

@@ -30,17 +30,20 @@ class StepCacheConfig:
 
 
 class StepCacheState:
-    """The output stored at the module's latest computed step of the current call."""
+    """The output stored at the module's latest computed step of the current call, and how often the
+    module computed and reused in it."""
 
     def __init__(self) -> None:
         self.output: Any = None
         self.computed_at: int | None = None
-        self.calls = 0
         self.computed = 0
+        self.reused = 0
 
     def reset(self) -> None:
         self.output = None
         self.computed_at = None
+        self.computed = 0
+        self.reused = 0
 
 
 class StepCacheHook(PolicyHook):
@@ -66,10 +69,10 @@ class StepCacheHook(PolicyHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs) -> Any:
         state = self.state
-        state.calls += 1
         if self.context.step not in self.config.compute_steps and state.output is not None:
             reused = fit_batch(state.output, leading_batch(args, kwargs))
             if reused is not None:
+                state.reused += 1
                 return reused
         output = self.fn_ref.original_forward(*args, **kwargs)
         state.output = copy_tensors(output) if self.context.copy_cached_outputs else output

@@ -9,10 +9,15 @@ full-compute output: :func:`latent_rel_error`, :func:`psnr`, :func:`ssim`. *Prom
 (:data:`PROMPT_METRICS`) compare each output with its prompt: the CLIP score of a :class:`ClipScorer`
 (:func:`load_clip_scorer`), a proxy for prompt adherence. Samples are paired (same seed at
 full compute and under the policy), and :func:`paired_loss_bound` gives the loss with a one-sided confidence
-bound; a policy is within a budget when that bound is. :func:`evaluate_policy` measures a policy on a dataset
+bound; a policy is within a budget when that bound is. Several constraints, each with its own budget, are
+scored on the same outputs by a :class:`ConstraintScorer` (a :class:`ConstrainedEstimate`); their bounds share
+the confidence by Bonferroni, each at ``1 − (1 − c)/k``, and a policy is within budget only when every
+bound is. :func:`evaluate_policy` measures a policy on a dataset
 (every sample generated at full compute and under the policy), as a :class:`FidelityEstimate`'s figures. On
 the shapes benchmark, :func:`background_adherence` reads the background a prompt names back from a picture
-(a proxy of prompt adherence, which no condition map carries).
+(a proxy of prompt adherence, which no condition map carries). :func:`prompt_metric_for` names the
+metric that guards a model's prompt (the background reader for ``shapes``, a given CLIP model for a
+checkpoint) as a :class:`PromptMetric`, and warns when a checkpoint has none.
 
 Example:
     >>> from hgc_tune.fidelity import TaskEvaluator, evaluate_pairs
@@ -23,26 +28,38 @@ Example:
 
 from __future__ import annotations
 
-from hgc_tune.fidelity._background import background_adherence, named_background, read_background
+from hgc_tune.fidelity._background import (
+    background_adherence,
+    background_score,
+    named_background,
+    read_background,
+)
 from hgc_tune.fidelity._clip import ClipScorer, load_clip_scorer
 from hgc_tune.fidelity._confidence import LossBound, paired_loss_bound
 from hgc_tune.fidelity._evaluate import FidelityResult, TaskEvaluator, evaluate_pairs
 from hgc_tune.fidelity._evaluate_policy import evaluate_policy
 from hgc_tune.fidelity._metrics import edge_f1, latent_rel_error, miou, psnr, rmse, ssim
+from hgc_tune.fidelity._prompt import PromptEvaluator
+from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_metric_for
 from hgc_tune.fidelity._registry import METRICS, PROMPT_METRICS, Metric, relative_loss
-from hgc_tune.fidelity._scorer import FidelityEstimate
+from hgc_tune.fidelity._scorer import ConstrainedEstimate, ConstraintScorer, FidelityEstimate
 from hgc_tune.fidelity._task_models import load_segmenter
 
 __all__ = [
     "METRICS",
     "PROMPT_METRICS",
     "ClipScorer",
+    "ConstrainedEstimate",
+    "ConstraintScorer",
+    "PromptMetric",
     "FidelityEstimate",
     "FidelityResult",
     "LossBound",
     "Metric",
+    "PromptEvaluator",
     "TaskEvaluator",
     "background_adherence",
+    "background_score",
     "edge_f1",
     "evaluate_pairs",
     "evaluate_policy",
@@ -52,6 +69,7 @@ __all__ = [
     "miou",
     "named_background",
     "paired_loss_bound",
+    "prompt_metric_for",
     "psnr",
     "read_background",
     "relative_loss",

@@ -23,7 +23,7 @@ from scipy import ndimage
 from hgc_tune.data.shapes import BACKGROUNDS, decode_class_map
 from hgc_tune.errors import FidelityError
 
-__all__ = ["background_adherence", "named_background", "read_background"]
+__all__ = ["background_adherence", "background_score", "named_background", "read_background"]
 
 _NAMED = re.compile(r"\bon an? (\w+) background\s*$")
 # Background pixels next to an object are blurred into it on a generated picture: one pixel is dropped
@@ -34,6 +34,9 @@ _MIN_PIXELS = 16
 _BASE_COLORS: dict[str, np.ndarray] = {
     name: np.asarray(color, dtype=np.float64) for name, (color, _, _) in BACKGROUNDS.items()
 }
+# Width (RGB units) of the soft score's colour likelihood: the closest base colours are 32 apart, so a
+# picture at one base colour scores >= 0.7 for it, and one halfway between two scores about 0.5 for each.
+_SCORE_SIGMA = 16.0
 
 
 def named_background(prompt: str) -> str:
@@ -72,6 +75,15 @@ def _background_pixels(image: np.ndarray, background: np.ndarray | None) -> np.n
     return image[chosen].astype(np.float64)
 
 
+def _background_color(image: np.ndarray, background: np.ndarray | None) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise FidelityError(
+            f"`image` must be an [H, W, 3] uint8 array, but got shape {array.shape} and dtype {array.dtype}."
+        )
+    return np.median(_background_pixels(array, background), axis=0)
+
+
 def read_background(image: np.ndarray, background: np.ndarray | None = None) -> str:
     """Name the shapes background a picture shows (a proxy reader; see the module docstring).
 
@@ -97,12 +109,7 @@ def read_background(image: np.ndarray, background: np.ndarray | None = None) -> 
         >>> read_background(scene.image, scene.class_map == 0) == scene.background
         True
     """
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise FidelityError(
-            f"`image` must be an [H, W, 3] uint8 array, but got shape {array.shape} and dtype {array.dtype}."
-        )
-    color = np.median(_background_pixels(array, background), axis=0)
+    color = _background_color(image, background)
     return min(_BASE_COLORS, key=lambda name: float(np.linalg.norm(color - _BASE_COLORS[name])))
 
 
@@ -125,3 +132,37 @@ def background_adherence(image: np.ndarray, prompt: str, background: np.ndarray 
         1.0
     """
     return 1.0 if read_background(image, background) == named_background(prompt) else 0.0
+
+
+def background_score(image: np.ndarray, prompt: str, background: np.ndarray | None = None) -> float:
+    """How surely a picture shows the background its prompt names, in ``[0, 1]``: the soft form of
+    :func:`background_adherence` (a per-sample proxy of prompt adherence on the shapes benchmark).
+
+    The median background colour ``m`` (as :func:`read_background` takes it) scores each background ``b`` by
+    ``exp(-|m - base_b|² / 2σ²)`` (σ = 16 RGB units); the score is the named background's share of the sum.
+    Its argmax is :func:`read_background`, so it is high exactly where the reader is right, but it moves
+    continuously with the colour: a policy that shifts backgrounds towards another one loses score before
+    any reading flips, and paired differences have a spread, so the paired bound of its loss is informative
+    on few samples (a 0/1 reading that rarely flips shows no spread, and a t bound then understates it).
+
+    Args:
+        image: ``[H, W, 3]`` uint8 picture generated from ``prompt``.
+        prompt: The shapes prompt (``… on a <background> background``).
+        background: The background mask, as for :func:`read_background`.
+
+    Raises:
+        FidelityError: As :func:`named_background` and :func:`read_background`.
+
+    Example:
+        >>> from hgc_tune.data.shapes import render_scene
+        >>> scene = render_scene(3)
+        >>> background_score(scene.image, scene.prompt, scene.class_map == 0) > 0.7
+        True
+    """
+    named = named_background(prompt)
+    color = _background_color(image, background)
+    names = list(_BASE_COLORS)
+    squared = np.array([float(np.sum((color - _BASE_COLORS[n]) ** 2)) for n in names])
+    # Shifted by the smallest distance so the exponentials cannot all underflow to 0.
+    weights = np.exp(-(squared - squared.min()) / (2 * _SCORE_SIGMA**2))
+    return float(weights[names.index(named)] / weights.sum())

@@ -151,7 +151,18 @@ class ClipScorer:
         self.device = device
         self.batch_size = batch_size
         self.source = source
+        self._digest: str | None = None
         self._max_tokens = int(cast("CLIPTextConfig", model.config.text_config).max_position_embeddings)
+
+    @property
+    def digest(self) -> str:
+        """A 16-hex-digit digest of the CLIP model's weights (computed once): it tells apart two CLIP models
+        given by the same path or id, so a search scores prompts with the model its profile did."""
+        if self._digest is None:
+            from hgc_tune.models._fingerprint import module_weights_digest
+
+            self._digest = module_weights_digest(self.model)
+        return self._digest
 
     def embed_images(self, images: Sequence[ArrayInput]) -> np.ndarray:
         """The projected CLIP embeddings of ``images`` (``H×W×3`` uint8 or ``[0, 1]`` float, PIL images),

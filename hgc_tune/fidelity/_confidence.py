@@ -31,7 +31,7 @@ from scipy import stats
 from hgc_tune.errors import FidelityError
 from hgc_tune.fidelity._registry import Metric, get_metric
 
-__all__ = ["DEFAULT_CONFIDENCE", "LossBound", "check_confidence", "paired_loss_bound"]
+__all__ = ["DEFAULT_CONFIDENCE", "LossBound", "bonferroni_level", "check_confidence", "paired_loss_bound"]
 
 DEFAULT_CONFIDENCE = 0.95
 """The default one-sided confidence level of a loss bound (``--confidence``)."""
@@ -56,6 +56,30 @@ def check_confidence(confidence: object) -> float:
             f"confidence={confidence!r}."
         )
     return float(confidence)
+
+
+def bonferroni_level(confidence: float, k: int) -> float:
+    """The confidence level of each of ``k`` bounds that hold together with confidence ``confidence``.
+
+    A policy is within budget when every constraint's upper bound is; for all ``k`` statements to hold at
+    once with probability at least ``c``, each bound is taken at ``1 − (1 − c)/k`` (Bonferroni: the
+    probabilities that some bound fails add up to at most ``1 − c``, whatever the dependence between the
+    metrics, which are scored on the same outputs and so are far from independent). ``k = 1`` gives ``c``;
+    ``c = 0`` (point estimates) stays ``0``.
+
+    Raises:
+        FidelityError: ``confidence`` outside ``[0, 1)`` or ``k`` not a positive integer.
+
+    Example:
+        >>> bonferroni_level(0.95, 2)
+        0.975
+    """
+    confidence = check_confidence(confidence)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise FidelityError(f"`k` (the number of constraints) must be a positive integer, but got k={k!r}.")
+    if confidence == 0.0 or k == 1:
+        return confidence
+    return 1.0 - (1.0 - confidence) / k
 
 
 @dataclass(frozen=True)

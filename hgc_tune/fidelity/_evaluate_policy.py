@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
-from hgc_tune.fidelity._scorer import FidelityEstimate, FidelityScorer
+from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_fidelity
+from hgc_tune.fidelity._scorer import ConstraintScorer, FidelityEstimate, FidelityScorer
 from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
     GenerationJob,
@@ -28,6 +29,7 @@ from hgc_tune.policy._macs import macs_provenance
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.generation import GeneratedOutput
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
 
@@ -68,6 +70,28 @@ def _full_compute_scorer(
     return FidelityScorer(evaluator, references, conditions)
 
 
+def _guidance(pipe: ControlNetPipeline, guidance_scale: float | None) -> float:
+    """``guidance_scale``, or the recommended scale of the model ``pipe`` holds."""
+    if guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        return pipeline_guidance(pipe).scale
+    return float(guidance_scale)
+
+
+# Fidelity to the full-compute picture, reported beside the metric of every evaluation.
+_PICTURE_METRICS = ("ssim", "psnr")
+
+
+def _with_picture(scorer: FidelityScorer, condition_type: str | None) -> ConstraintScorer:
+    """``scorer``'s metric, with SSIM and PSNR to the full-compute pictures reported beside it."""
+    reported = [
+        FidelityScorer(TaskEvaluator(condition_type, name), scorer.references, scorer.conditions)
+        for name in _PICTURE_METRICS
+    ]
+    return ConstraintScorer([scorer], [math.inf], reported=reported)
+
+
 def _task_fields(task: str, strength: float | None) -> dict[str, Any]:
     return {"task": task, "strength": strength} if task != "text2img" else {}
 
@@ -80,7 +104,7 @@ def evaluate_policy(
     num_steps: int,
     metric: str | None = None,
     condition_type: str | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
@@ -90,6 +114,7 @@ def evaluate_policy(
     progress: bool = False,
     strength: float | None = None,
     samples_per_call: int = 1,
+    prompt_metric: PromptMetric | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
 
@@ -106,7 +131,8 @@ def evaluate_policy(
             inpainting run fewer when ``strength < 1``, and the policy counts the steps run).
         metric: Metric name; ``None``: the condition type's default.
         condition_type: The samples' condition type.
-        guidance_scale: Classifier-free guidance scale.
+        guidance_scale: Classifier-free guidance scale; ``None``: the model's recommended one
+            (:func:`hgc_tune.models.pipeline_guidance`).
         height: Image height; default the pipeline's native size.
         width: Image width; default ``height``.
         seed: Seed of samples without their own (``seed + index``).
@@ -118,11 +144,17 @@ def evaluate_policy(
             the task); each sample's init image and mask are taken as the profiler takes them.
         samples_per_call: How many samples one pipeline call generates, on both sides (a sample's output
             depends on its batch, so both are batched alike).
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`): each
+            sample's image is also scored against its prompt, at full compute and with the policy, under
+            ``prompt`` (:func:`~hgc_tune.fidelity._prompt_guard.prompt_fidelity`; an unguarded one is
+            recorded as such); ``None``: no ``prompt`` key.
 
     Returns:
         ``metric``, ``kind``, ``condition_type``, ``samples``, ``full``, ``policy``, ``loss`` (relative loss
         of the means), ``loss_upper`` (its paired one-sided upper bound at ``confidence``; ``None`` when one
-        sample cannot bound it), ``confidence``, per-sample values, ``policy_name``, ``controlnet_scale`` and
+        sample cannot bound it), ``confidence``, per-sample values, ``guidance_scale`` (the scale used, at
+        full compute and with the policy), ``policy_name``, ``controlnet_scale``,
+        ``picture`` (the mean ``ssim`` and ``psnr`` of the policy's pictures to the full-compute ones) and
         ``macs`` (both conventions, :func:`hgc_tune.policy._macs.macs_provenance`; ``None`` without a table).
 
     Example:
@@ -137,6 +169,7 @@ def evaluate_policy(
     """
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
+    guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe, height, width)
     task, strength, jobs = _jobs(pipe, samples, seed, strength, "evaluate")
     full = GenerationSettings(
@@ -144,15 +177,32 @@ def evaluate_policy(
     )
     settings = replace(full, controlnet_scale=float(controlnet_scale))
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
+    policy_images: list[Any] = []
     try:
         scorer = _full_compute_scorer(pipe, evaluator, jobs, full, lambda: bar.update(1))
-        estimate = scorer.score(
-            iter_outputs(pipe, policy, jobs, settings),
+        outputs = iter_outputs(pipe, policy, jobs, settings)
+        scored = _with_picture(scorer, condition_type).score(
+            _keeping_images(outputs, policy_images) if prompt_metric is not None else outputs,
+            sequential=False,
             confidence=confidence,
             on_sample=lambda i, v: bar.update(1),
         )
     finally:
         bar.close()
+    estimate = scored.primary
+    prompt = {}
+    if prompt_metric is not None:
+        prompt["prompt"] = (
+            prompt_fidelity(
+                prompt_metric,
+                [r.image for r in scorer.references[: len(policy_images)]],
+                policy_images,
+                [job.prompt for job in jobs[: len(policy_images)]],
+                confidence=confidence,
+            )
+            if prompt_metric.guarded
+            else prompt_metric.to_json()
+        )
     return {
         "metric": evaluator.metric.name,
         "kind": evaluator.metric.kind,
@@ -160,6 +210,7 @@ def evaluate_policy(
         "condition_type": condition_type,
         "samples": estimate.samples,
         "num_steps": num_steps,
+        "guidance_scale": guidance_scale,
         "full": estimate.full,
         "policy": estimate.policy,
         "loss": estimate.loss,
@@ -170,9 +221,23 @@ def evaluate_policy(
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
         "samples_per_call": samples_per_call,
+        "picture": {e.metric: float(e.policy) for e in scored.reported},
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
+        **prompt,
     }
+
+
+def _keeping_images(outputs: Iterator[GeneratedOutput], images: list[Any]) -> Iterator[GeneratedOutput]:
+    """``outputs``, each image also appended to ``images`` (for the prompt metric); closing it closes them."""
+    try:
+        for output in outputs:
+            images.append(output.image)
+            yield output
+    finally:
+        close = getattr(outputs, "close", None)
+        if close is not None:
+            close()
 
 
 def _evaluated_macs(
@@ -202,7 +267,7 @@ def compare_policies(
     num_steps: int,
     metric: str | None = None,
     condition_type: str | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     budget: float | None = None,
     confidence: float = 0.95,
     mac_table: MacTable | None = None,
@@ -224,7 +289,8 @@ def compare_policies(
         num_steps: Denoising steps (``num_inference_steps``).
         metric: Metric name; ``None``: the condition type's default (its task metric).
         condition_type: The samples' condition type.
-        guidance_scale: Classifier-free guidance scale.
+        guidance_scale: Classifier-free guidance scale; ``None``: the model's recommended one
+            (:func:`hgc_tune.models.pipeline_guidance`).
         budget: The loss budget; with it each row says whether its upper bound is ``within`` it.
         confidence: One-sided confidence level of ``loss_upper`` in ``[0, 1)``.
         mac_table: A :class:`hgc_tune.macs.MacTable`; ``None``: MACs not reported.
@@ -236,11 +302,12 @@ def compare_policies(
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
         ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
-        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions) and, for
-        img2img and inpainting, ``task`` and ``strength``.
+        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions),
+        ``guidance_scale`` (the scale used) and, for img2img and inpainting, ``task`` and ``strength``.
     """
     confidence = _confidence(confidence)
     evaluator = TaskEvaluator(condition_type, metric)
+    guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe)
     task, strength, jobs = _jobs(pipe, samples, 0, strength, "compare on")
     settings = GenerationSettings(
@@ -257,7 +324,7 @@ def compare_policies(
         )
         row = _comparison_row(name, policy, estimate, confidence, budget)
         row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
-        rows.append({**row, **_task_fields(task, strength)})
+        rows.append({**row, "guidance_scale": guidance_scale, **_task_fields(task, strength)})
     return rows
 
 

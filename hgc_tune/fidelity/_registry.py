@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from hgc_tune.errors import FidelityError
-from hgc_tune.fidelity import _clip, _metrics
+from hgc_tune.fidelity import _background, _clip, _metrics
 
 __all__ = [
     "CONDITION_TYPES",
@@ -19,6 +19,7 @@ __all__ = [
     "check_metric_fits",
     "default_metric",
     "get_metric",
+    "lookup_metric",
     "relative_loss",
 ]
 
@@ -210,12 +211,31 @@ PROMPT_METRICS: Mapping[str, Metric] = MappingProxyType(
             description="CLIP score 100·max(cos(image, prompt), 0) of the output with its prompt "
             "(ControlNet++'s protocol; a proxy for prompt adherence)",
         ),
+        "background": Metric(
+            name="background",
+            fn=_background.background_score,
+            higher_is_better=True,
+            kind="prompt",
+            # A score in [0, 1] like a rate: its loss is the drop in points (0.015 = 1.5 points), defined
+            # whatever the full-compute mean, even 0.
+            loss_mode="absolute",
+            description="shapes benchmark: how surely the picture shows the background its prompt names, in "
+            "[0, 1] (a proxy for prompt adherence; the loss is the drop of the mean, in points)",
+        ),
     }
 )
 """Prompt-adherence metrics by name (read-only): each scores an output against the prompt it was generated
 from, so it guards what the condition does not carry. They are per sample and reference-free: each sample is
 scored at full compute and under the policy, and the loss and its bound follow as for a task metric
 (``paired_loss_bound(full, policy, PROMPT_METRICS["clip"])``: the relative drop of the mean score).
+
+``background`` is the shapes benchmark's proxy (:func:`~hgc_tune.fidelity.background_score`): how surely
+the background a prompt names is read back from the picture, in ``[0, 1]`` (the soft form of the 0/1
+:func:`~hgc_tune.fidelity.background_adherence`, so that paired differences have a spread and the bound is
+not understated on rare flips). Its mean is rate-like, so its loss is the absolute drop
+(``loss_mode="absolute"``: 0.015 = 1.5 points), not a drop relative to the full-compute mean, which would
+make the same loss weigh more on a condition type the model follows the prompt less on, and be undefined at
+0.
 
 ``clip`` needs a CLIP model, so its scores come from a :class:`~hgc_tune.fidelity.ClipScorer`
 (``scorer(images, prompts)``, one score per pair) rather than from ``fn`` on images; ``fn`` is the formula
@@ -243,6 +263,21 @@ def get_metric(metric: str | Metric) -> Metric:
         raise FidelityError(
             f"unknown fidelity metric metric={metric!r}; known metrics: {', '.join(sorted(METRICS))}."
         ) from None
+
+
+def lookup_metric(metric: str | Metric) -> Metric:
+    """The :class:`Metric` named ``metric`` among :data:`METRICS` and :data:`PROMPT_METRICS`.
+
+    Raises:
+        FidelityError: an unknown name; the message lists the known ones.
+    """
+    if isinstance(metric, Metric):
+        return metric
+    for registry in (METRICS, PROMPT_METRICS):
+        if isinstance(metric, str) and metric in registry:
+            return registry[metric]
+    known = sorted({*METRICS, *PROMPT_METRICS})
+    raise FidelityError(f"unknown fidelity metric metric={metric!r}; known metrics: {', '.join(known)}.")
 
 
 def default_metric(condition_type: str | None) -> Metric:

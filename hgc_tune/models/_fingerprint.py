@@ -12,7 +12,13 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["model_fingerprint", "model_structure", "weights_digest", "controlnet_fingerprints"]
+__all__ = [
+    "controlnet_fingerprints",
+    "model_fingerprint",
+    "model_structure",
+    "module_weights_digest",
+    "weights_digest",
+]
 
 # Values sampled per tensor by weights_digest: enough to tell checkpoints apart, cheap for SD1.5's 1.2 B.
 _DIGEST_SAMPLES = 1024
@@ -63,6 +69,17 @@ def model_fingerprint(pipe) -> str:
     return _digest(model_structure(pipe))
 
 
+def _update_digest(digest: Any, prefix: str, model: Any) -> None:
+    import torch
+
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _DIGEST_SAMPLES)][:_DIGEST_SAMPLES]
+        header = f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)};"
+        digest.update(header.encode())
+        digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
+
+
 def weights_digest(pipe) -> str:
     """A 16-hex-digit digest of the U-Net's and ControlNet's weights (and their dtype).
 
@@ -70,17 +87,17 @@ def weights_digest(pipe) -> str:
     up to 1024 of its values taken at an even stride, so any retraining or other checkpoint changes it, while
     computing it moves a few megabytes at most off the device (once per profile or search, never per step).
     """
-    import torch
-
     digest = hashlib.sha256()
     for component in ("unet", "controlnet"):
         model = getattr(pipe, component, None)
-        if model is None:
-            continue
-        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // _DIGEST_SAMPLES)][:_DIGEST_SAMPLES]
-            header = f"{component}.{name}:{tensor.dtype}:{tuple(tensor.shape)};"
-            digest.update(header.encode())
-            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
+        if model is not None:
+            _update_digest(digest, component, model)
+    return digest.hexdigest()[:16]
+
+
+def module_weights_digest(module) -> str:
+    """A 16-hex-digit digest of one ``torch.nn.Module``'s weights, sampled as :func:`weights_digest` samples
+    them (e.g. the CLIP model that scores prompt adherence)."""
+    digest = hashlib.sha256()
+    _update_digest(digest, type(module).__name__, module)
     return digest.hexdigest()[:16]

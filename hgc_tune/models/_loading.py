@@ -21,6 +21,7 @@ from hgc_tune.errors import (
     OutOfMemoryError,
     UnknownPresetError,
 )
+from hgc_tune.models._guidance import recommended_guidance, record_guidance
 from hgc_tune.models._presets import (
     PIPELINE_CLASSES,
     PRESETS,
@@ -351,6 +352,10 @@ def load_pipeline(
             pipeline runs and counts MACs like the real one, but generates zeros: for MAC counting of
             models too large to hold (``sdxl`` in fp32 is ~19 GB), not for images or timing.
 
+    The pipeline carries its model's recommended guidance scale (:func:`~hgc_tune.models.pipeline_guidance`:
+    measured for ``shapes``, the pipeline class's default for the others), the scale the command line
+    generates at unless given ``--guidance-scale``.
+
     Raises:
         ModelLoadError: A bad argument (the subclasses name which: an unknown preset, a missing folder, a
             ControlNet that does not fit), a device torch does not know or this machine lacks, or a
@@ -448,6 +453,7 @@ def _load(
         pipe = pipeline_for_task(pipe, task)
     pipe.set_progress_bar_config(disable=True)
     _record_condition(pipe, condition)
+    record_guidance(pipe, recommended_guidance(model, pipeline_class=type(pipe)))
     pipe = pipe.to(device)
     # Cast only when asked: diffusers warns on every fp32 -> fp32 `.to(dtype)` of a loaded model.
     return pipe if torch_dtype == pipe.unet.dtype else pipe.to(dtype=torch_dtype)

@@ -1,9 +1,9 @@
 """The policy file format: strict, versioned, deterministic JSON.
 
-Layout (``schema_version`` 2; the JSON Schema ``policies/policy.schema.json`` states it, and reading
+Layout (``schema_version`` 3; the JSON Schema ``policies/policy.schema.json`` states it, and reading
 validates against it)::
 
-    {"schema_version": 2,
+    {"schema_version": 3,
      "policies": [{"name": "...",
                    "target": {"pipeline_class", "unet_class", "controlnet_class", "fingerprint",
                               "num_steps", "scheduler", "condition_type", "model",
@@ -14,15 +14,31 @@ validates against it)::
                    ["controlnets": {"controlnet.nets.0": {"steps": [...], "mode": ...}, ...}],
                    "guidance": {"cfg_until": k} | null,
                    "provenance": {"source", "budget", "metric", ["confidence"], "fidelity", "macs", "study",
-                                  "trial", "hgc_tune_version", "diffusers_version", ["samples_per_call"],
-                                  ["lora": [{"name", "digest", "scale"}, ...]]}}]}
+                                  "trial", "hgc_tune_version", "diffusers_version",
+                                  ["lora": [{"name", "digest", "scale"}, ...]],
+                                  ["constraints": {"confidence", "k", "level", "sharing", "prompt",
+                                                   "items": [{"metric", "kind", "loss_mode", "budget",
+                                                              "<split>_loss", "<split>_loss_upper", ...}]}],
+                                  ["picture_fidelity": {"<split>_ssim", "<split>_psnr", ...}],
+                                  ["prompt": {"guarded", "metric", "model", "digest"}],
+                                  ["weights_digest"], ["guidance_scale"], ["samples_per_call"]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
 (no such keys) load as before and are written back as version 1, byte for byte. ``provenance.lora`` (the LoRA
 adapters the policy was tuned with) may appear in either version; it is written only when the policy was
-tuned with a LoRA, so files without one keep their exact bytes; so is ``provenance.samples_per_call`` (the
-batch size the search generated with), written only when it is not 1.
+tuned with a LoRA, so files without one keep their exact bytes. Version 3 adds several constraints:
+``provenance.constraints`` records each constraint's metric, budget and bounds per split, the confidence ``c``
+with which they hold together and the number ``k`` of constraints (each bound at ``1 − (1 − c)/k``), and
+``provenance.picture_fidelity`` the SSIM and PSNR to the full-compute pictures. Files of versions 1 and 2
+load as before (their ``metric`` at ``budget`` was the only constraint) and keep their version when written.
+``provenance.prompt`` (what guarded the
+prompt during the search: the prompt metric and, for a CLIP score, the CLIP model and its weights digest) is
+written when the search recorded it, the same way.
+``provenance.weights_digest`` and ``provenance.guidance_scale`` (the weights and the guidance scale a searched
+policy's figures were measured at) are optional in every version and written only when recorded: older files
+load without them.
+``provenance.samples_per_call`` (the batch size the search generated with) is written only when it is not 1.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -79,7 +95,7 @@ __all__ = [
     "policy_schema",
 ]
 
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, SCHEMA_VERSION)
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, SCHEMA_VERSION)
 # The JSON Schema, next to this module (``policies/policy.schema.json`` links to it).
 SCHEMA_FILE = "policy.schema.json"
 # A policy file of every condition type of an SDXL pipeline is under 1 MB.
@@ -178,11 +194,40 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
     if p.samples_per_call != 1:
         out["samples_per_call"] = int(_json_number(p.samples_per_call, f"{where}.samples_per_call"))
+    if p.weights_digest is not None:
+        out["weights_digest"] = p.weights_digest
+    if p.guidance_scale is not None:
+        out["guidance_scale"] = _json_number(p.guidance_scale, f"{where}.guidance_scale")
+    if p.constraints is not None:
+        out["constraints"] = _constraints_to_json(p.constraints, f"{where}.constraints")
+    if p.picture_fidelity:
+        out["picture_fidelity"] = {
+            str(k): _json_number(v, f"{where}.picture_fidelity[{k!r}]") for k, v in p.picture_fidelity.items()
+        }
+    if p.prompt is not None:
+        out["prompt"] = dict(p.prompt)
     if p.lora:
         out["lora"] = [
             {"name": a.name, "digest": a.digest, "scale": _json_number(a.scale, f"{where}.lora[{i}].scale")}
             for i, a in enumerate(p.lora)
         ]
+    return out
+
+
+def _constraints_to_json(c: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def plain(value: Any, at: str) -> Any:
+        # strings and null stay; numbers become plain (numpy scalars from a search); the rest is the schema's
+        if value is None or isinstance(value, str | bool):
+            return value
+        if isinstance(value, numbers.Real):
+            return _json_number(value, at)
+        return value
+
+    out = {str(k): plain(v, f"{where}.{k}") for k, v in c.items() if k != "items"}
+    out["items"] = [
+        {str(k): plain(v, f"{where}.items[{i}].{k}") for k, v in item.items()}
+        for i, item in enumerate(c.get("items", ()))
+    ]
     return out
 
 
@@ -304,7 +349,7 @@ def _validator() -> Any:
 
 
 # Objects whose keys are data (module keys, metric names), written as ``blocks['unet.mid_block']``.
-_MAPS = frozenset({"blocks", "attention", "controlnets", "fidelity", "macs"})
+_MAPS = frozenset({"blocks", "attention", "controlnets", "fidelity", "macs", "picture_fidelity"})
 _TYPE_WORDS = {
     "integer": "an integer",
     "string": "a string",
@@ -345,7 +390,14 @@ def _false_schema_key(data: Any, error: Any) -> list[Any]:
 def _schema_message(error: Any, data: Any) -> str:
     """A jsonschema error as hgc-tune says it: the field's location, what it must be, the value it has."""
     if error.schema is False:
-        where = _location(_false_schema_key(data, error))
+        path = _false_schema_key(data, error)
+        where = _location(path)
+        if path and path[-1] in ("constraints", "picture_fidelity"):
+            version = data.get("schema_version")
+            return (
+                f"{where} is not allowed with schema_version {version} (several constraints and picture "
+                "fidelity need schema_version 3)."
+            )
         return f"{where} is not allowed with schema_version 1 (several ControlNets need schema_version 2)."
     where, value = _location(error.absolute_path), error.instance
     rule, expected = error.validator, error.validator_value
@@ -438,7 +490,18 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         diffusers_version=d.get("diffusers_version"),
         samples_per_call=int(d.get("samples_per_call", 1)),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
+        weights_digest=d.get("weights_digest"),
+        guidance_scale=number("guidance_scale"),
+        constraints=_constraints_from_json(d.get("constraints")),
+        picture_fidelity=dict(d.get("picture_fidelity", {})),
+        prompt=d.get("prompt"),
     )
+
+
+def _constraints_from_json(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {**d, "items": [dict(item) for item in d["items"]]}
 
 
 @overload

@@ -27,6 +27,7 @@ from hgc_tune.policy._model import Policy, PolicyTarget, Provenance
 __all__ = [
     "MAC_CONVENTIONS",
     "MECHANISMS",
+    "MECHANISM_LABELS",
     "MacSavings",
     "MacTableLike",
     "mac_savings_by_mechanism",
@@ -50,6 +51,16 @@ MECHANISMS: tuple[str, ...] = (
     "controlnet_blocks",
     "unet_blocks",
     "cross_attention",
+)
+# Mechanism -> its name in tables and figures, in the order skipped MACs are attributed.
+MECHANISM_LABELS: Mapping[str, str] = MappingProxyType(
+    {
+        "guidance_window": "guidance window",
+        "controlnet_window": "ControlNet window",
+        "controlnet_blocks": "ControlNet blocks",
+        "unet_blocks": "U-Net blocks",
+        "cross_attention": "cross-attention reuse",
+    }
 )
 
 

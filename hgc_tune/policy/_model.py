@@ -41,9 +41,11 @@ __all__ = [
     "PolicyFile",
 ]
 
-# 2: several ControlNets (``target.controlnets``, per-ControlNet ``controlnets`` windows). Version-1 files
-# still load, and a file keeps its version when written back.
-SCHEMA_VERSION = 2
+# 2: several ControlNets (``target.controlnets``, per-ControlNet ``controlnets`` windows).
+# 3: several constraints (``provenance.constraints``: each metric's budget and bounds, the confidence and how
+# the k bounds share it) and fidelity to the full-compute picture (``provenance.picture_fidelity``).
+# Older files still load, and a file keeps its version when written back.
+SCHEMA_VERSION = 3
 # The most denoising steps a policy may declare: diffusers' schedulers refuse more inference steps than their
 # 1000 training timesteps, and the bound keeps a file that declares 10**9 steps from allocating a compute set
 # of that size (the schema states the same maximum).
@@ -251,6 +253,18 @@ class Provenance:
     ``fidelity`` holds per-split measurements (``calibration_loss``, ``validation_loss_upper``,
     ``test_loss``, …); ``confidence`` is the one-sided level of the ``…_loss_upper`` bounds in it.
     ``lora``: the LoRA adapters active on the pipeline the policy was tuned on (empty: none).
+    ``weights_digest`` and ``guidance_scale``: the weights (``hgc_tune.models._fingerprint.weights_digest``,
+    the profile's) and the classifier-free guidance scale the figures were measured at (``None``: not
+    recorded, as in files written before these fields existed).
+    ``constraints`` (schema version 3): every constraint the policy was searched under, ``{"confidence": c,
+    "k": k, "level": 1 − (1 − c)/k, "sharing": "bonferroni", "prompt": metric or None (None: the prompt was
+    unguarded), "items": [{"metric", "kind", "loss_mode", "budget", "<split>_loss", "<split>_loss_upper",
+    …}, …]}``; ``None``: not recorded (an older file: ``metric`` at ``budget`` was the only one).
+    ``picture_fidelity`` (schema version 3): SSIM and PSNR of the policy's pictures to the full-compute ones
+    per split (``test_ssim``, ``test_psnr``, …).
+    ``prompt``: what guarded the prompt while the policy was tuned (``guarded``, ``metric``, and for a CLIP
+    score the CLIP ``model`` and its weights ``digest``; :meth:`hgc_tune.fidelity.PromptMetric.to_json`);
+    ``None``: not recorded (files written before it was).
     ``samples_per_call``: how many samples one pipeline call generated in the search that chose it (its
     outputs, and so its measured fidelity, depend on the batching).
     """
@@ -266,10 +280,17 @@ class Provenance:
     hgc_tune_version: str | None = None
     diffusers_version: str | None = None
     lora: tuple[LoraSpec, ...] = ()
+    weights_digest: str | None = None
+    guidance_scale: float | None = None
+    constraints: Mapping[str, Any] | None = None
+    picture_fidelity: Mapping[str, float] = field(default_factory=dict)
+    prompt: Mapping[str, Any] | None = None
     samples_per_call: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))
+        if self.prompt is not None:
+            object.__setattr__(self, "prompt", dict(self.prompt))
 
 
 @dataclass(frozen=True)
@@ -420,6 +441,14 @@ class PolicyFile:
     def __post_init__(self) -> None:
         if not self.policies:
             raise PolicyFormatError("a policy file must hold at least one policy, but `policies` is empty.")
+        if self.schema_version < 3:
+            for p in self.policies:
+                if p.provenance.constraints is not None or p.provenance.picture_fidelity:
+                    raise PolicyFormatError(
+                        f"policy {p.name!r} records several constraints or picture fidelity "
+                        f"(provenance.constraints, provenance.picture_fidelity), which schema_version "
+                        f"{self.schema_version} cannot hold; write it with schema_version 3."
+                    )
         if self.schema_version == 1:
             for p in self.policies:
                 if p.controlnets or p.target.controlnets:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 import hgc_tune
+from hgc_tune._progress import PROFILE, ProgressCallback
 from hgc_tune.errors import HgcTuneError, ProfileError
 from hgc_tune.generation import (
     GenerationJob,
@@ -209,7 +210,11 @@ class _ObservedRun:
 
 
 def _observe(
-    pipe: ControlNetPipeline, jobs: list[GenerationJob], settings: GenerationSettings, progress: bool
+    pipe: ControlNetPipeline,
+    jobs: list[GenerationJob],
+    settings: GenerationSettings,
+    progress: bool,
+    on_progress: ProgressCallback | None = None,
 ) -> _ObservedRun:
     """Generate every job at full compute with the observation hooks attached."""
     context = attach_run_context(pipe)
@@ -221,6 +226,8 @@ def _observe(
 
     try:
         observer.attach()
+        if on_progress is not None:
+            on_progress(PROFILE, 0, len(jobs))
         for batch in batches(jobs, settings.samples_per_call):
 
             def on_step(step: int, size: int = len(batch)) -> None:
@@ -238,6 +245,8 @@ def _observe(
             run.per_sample.extend(observer.collect())
             run.latents.extend(output.latent for output in outputs)
             run.images.extend(output.image for output in outputs)
+            if on_progress is not None:
+                on_progress(PROFILE, done, len(jobs))
     finally:
         bar.close()
         observer.remove()
@@ -252,7 +261,7 @@ def profile_pipeline(
     samples: Iterable[Any],
     *,
     num_steps: int = 20,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
@@ -263,6 +272,7 @@ def profile_pipeline(
     mac_table: MacTable | None = None,
     strength: float | None = None,
     samples_per_call: int = 1,
+    on_progress: ProgressCallback | None = None,
 ) -> Profile:
     """Profile a pipeline: run every sample at full compute and record per-step statistics.
 
@@ -290,7 +300,8 @@ def profile_pipeline(
             (``None``: ``seed + index``), e.g. an :func:`hgc_tune.data.open_dataset` dataset.
         num_steps: ``num_inference_steps`` of every call (img2img and inpainting run fewer when
             ``strength < 1``).
-        guidance_scale: Classifier-free guidance scale (``> 1`` enables CFG).
+        guidance_scale: Classifier-free guidance scale (``> 1`` enables CFG); ``None``: the model's
+            recommended one (:func:`hgc_tune.models.pipeline_guidance`), which the profile records.
         height: Image height; default the U-Net's sample size × the VAE scale factor.
         width: Image width; default as ``height``.
         seed: Base seed for samples without their own.
@@ -307,6 +318,8 @@ def profile_pipeline(
         samples_per_call: How many samples one pipeline call generates (in sample order; the last call takes
             the rest). A sample's reference depends on its batch, so the profile records this and a search
             generates its trials batched alike; the statistics are per sample whatever the batching.
+        on_progress: Called as ``on_progress("profile", done, total)`` before the first sample and after each
+            (see :mod:`hgc_tune._progress`), e.g. for a status line.
 
     Returns:
         The :class:`Profile`; save it with ``profile.save("runs/NAME")``.
@@ -333,6 +346,10 @@ def profile_pipeline(
     hash_of = getattr(samples, "content_hash", None)
     content_hash = hash_of() if callable(hash_of) else None
     height, width = generation_size(pipe, height, width)
+    if guidance_scale is None:
+        from hgc_tune.models import pipeline_guidance
+
+        guidance_scale = pipeline_guidance(pipe).scale
     _check_arguments(num_steps, guidance_scale, height, width)
     task, strength = task_and_strength(pipe, strength, error=ProfileError)
     try:
@@ -356,7 +373,7 @@ def profile_pipeline(
         )
     else:
         mac_json = _jsonable(mac_table.to_json())
-    run = _observe(pipe, inputs.jobs, settings, progress)
+    run = _observe(pipe, inputs.jobs, settings, progress, on_progress)
     tensors = run.tensors()
     tensors[REFERENCE_CONDITIONS] = np.stack(inputs.conditions)
     if inputs.inits:

@@ -28,6 +28,7 @@ from hgc_tune.search._pareto import ParetoData, load_pareto
 
 if TYPE_CHECKING:
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import PromptMetric
 
 __all__ = ["FIGURES", "INDEX_FILE", "SUMMARY_FILE", "ReportResult", "build_report"]
 
@@ -233,6 +234,7 @@ def build_report(
     model: str | None = None,
     controlnet: str | Sequence[str] | None = None,
     device: str = "cpu",
+    prompt_metric: PromptMetric | None = None,
 ) -> ReportResult:
     """Write a report folder: PNG figures, ``report.json`` and a self-contained ``index.html``.
 
@@ -257,6 +259,9 @@ def build_report(
         model: Load this model instead of the profile's (when ``pipe`` is ``None``).
         controlnet: ControlNet for a base model that holds none (when ``pipe`` is ``None``).
         device: Torch device of the loaded pipeline.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`): with a
+            policy, the shown samples are scored against their prompts at full compute and with the policy
+            (summary ``prompt``); ``None``: no ``prompt`` entry.
 
     Returns:
         A :class:`ReportResult` listing every file written.
@@ -282,7 +287,7 @@ def build_report(
             return pipe
         return pipeline_for_profile(loaded, model=model, controlnet=controlnet, device=device)
 
-    return _write_report(out_dir, loaded, profile_source, chosen, trade_off, indices, pipeline)
+    return _write_report(out_dir, loaded, profile_source, chosen, trade_off, indices, pipeline, prompt_metric)
 
 
 def _write_report(
@@ -293,6 +298,7 @@ def _write_report(
     pareto: ParetoData | None,
     indices: list[int],
     pipeline: Callable[[], ControlNetPipeline],
+    prompt_metric: PromptMetric | None = None,
 ) -> ReportResult:
     """:func:`build_report` with its inputs resolved; ``pipeline()`` is called (the pipeline loaded) only when
     a policy's samples are shown, after the other figures are written."""
@@ -331,10 +337,10 @@ def _write_report(
         else:
             notes.append("No Pareto file given (--pareto): the trade-off figure is skipped.")
 
-        psnr_db = None
+        psnr_db = policy_images = None
         if indices:
             pipe = pipeline() if policy is not None else None
-            psnr_db = _write_sample_figure(write, profile, policy, indices, pipe)
+            psnr_db, policy_images = _write_sample_figure(write, profile, policy, indices, pipe)
         else:
             notes.append("No samples requested (--samples 0): the sample grid is skipped.")
 
@@ -347,6 +353,8 @@ def _write_report(
             psnr_db=psnr_db,
             profile_source=profile_source,
         )
+        if prompt_metric is not None:
+            summary["prompt"] = _prompt_summary(prompt_metric, profile, indices, policy_images)
         summary["figures"] = {name: infos[name].file for name in figures}
         summary["notes"] = notes
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -411,9 +419,9 @@ def _write_sample_figure(
     policy: Policy | None,
     indices: list[int],
     pipe: ControlNetPipeline | None,
-) -> list[float] | None:
+) -> tuple[list[float] | None, np.ndarray | None]:
     """The sample grid (with a policy: its images generated on ``pipe``); returns their PSNR in dB against
-    full compute (``None`` without a policy)."""
+    full compute and the images (``None`` without a policy)."""
     from hgc_tune.report import _figures as figs  # matplotlib: see _write_report
 
     policy_images = None
@@ -439,7 +447,25 @@ def _write_sample_figure(
             policy_name=policy.name if policy is not None else "policy",
         ),
     )
-    return psnr_db
+    return psnr_db, policy_images
+
+
+def _prompt_summary(
+    prompt_metric: PromptMetric, profile: Profile, indices: list[int], policy_images: np.ndarray | None
+) -> dict[str, Any]:
+    """The prompt metric of the shown samples at full compute and with the policy (its record alone when
+    unguarded, or without a policy's images)."""
+    from hgc_tune.fidelity._prompt_guard import prompt_fidelity
+
+    if not prompt_metric.guarded or policy_images is None:
+        return prompt_metric.to_json()
+    return prompt_fidelity(
+        prompt_metric,
+        list(profile.reference_images[indices]),
+        list(policy_images),
+        [profile.prompts[i] for i in indices],
+        confidence=0.0,  # a handful of shown samples: the figures, not a bound
+    )
 
 
 def _report_folder(out_dir: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hgc_tune.policy._macs import MECHANISM_LABELS
 from hgc_tune.report._labels import format_macs, format_percent
 
 __all__ = ["ReportFigure", "render_html"]
@@ -119,11 +120,56 @@ def _macs_table(summary: Mapping[str, Any]) -> str:
     return note + '<table class="macs">' + head + "".join(rows) + "</table>"
 
 
+def _savings_table(savings: Mapping[str, Any]) -> str:
+    """The policy's MAC reduction split among its mechanisms, one column per convention."""
+    conventions = list(savings)
+    order = savings[conventions[0]]["order"]
+    head = "<tr><th>mechanism</th>" + "".join(f"<th>{_e(c)}</th>" for c in conventions) + "</tr>"
+    rows = [
+        _row(
+            MECHANISM_LABELS.get(m, m),
+            *(
+                f"{format_percent(savings[c]['reduction'][m])} ({format_macs(savings[c]['macs'][m])})"
+                for c in conventions
+            ),
+            numeric=True,
+        )
+        for m in order
+    ]
+    rows.append(
+        _row(
+            "total",
+            *(
+                f"{format_percent(savings[c]['reduction']['total'])} ({format_macs(savings[c]['saved'])})"
+                for c in conventions
+            ),
+            numeric=True,
+        )
+    )
+    note = (
+        "<p>Where the reduction comes from: each MAC the policy skips is counted once, for the first "
+        "mechanism in this order that skips it (a step past the guidance window saves its whole "
+        "unconditional half there), so the parts add up to the total; points of the full-compute MACs. "
+        "Without the guidance window, the rest is what caching alone saves.</p>"
+    )
+    return note + '<table class="savings">' + head + "".join(rows) + "</table>"
+
+
 def _window_text(window: Mapping[str, Any] | None) -> str:
     if window is None:
         return "runs at every step"
     elsewhere = "dropped (zero residuals)" if window["mode"] == "drop" else "its residuals reused"
     return f"runs at steps {window['steps']}; elsewhere {elsewhere}"
+
+
+def _measured_on(policy: Mapping[str, Any]) -> str:
+    """The weights and guidance scale the policy's figures were measured on, as its provenance records."""
+    parts = []
+    if policy.get("weights_digest"):
+        parts.append(f"weights {policy['weights_digest']}")
+    if policy.get("guidance_scale") is not None:
+        parts.append(f"guidance {policy['guidance_scale']:g}")
+    return " at ".join(parts) or "– (not recorded)"
 
 
 def _policy_table(policy: Mapping[str, Any]) -> str:
@@ -137,6 +183,7 @@ def _policy_table(policy: Mapping[str, Any]) -> str:
         _row("study / trial", f"{policy['study'] or '–'} / {_number(policy['trial'])}"),
         _row("budget", format_percent(policy["budget"], 2) if policy["budget"] is not None else "–"),
         _row("metric", policy["metric"] or "–"),
+        _row("measured on", _measured_on(policy)),
         _row("ControlNet", window_text),
         _row(
             "CFG",
@@ -145,10 +192,44 @@ def _policy_table(policy: Mapping[str, Any]) -> str:
             else f"conditional half only from step {policy['cfg_until']}",
         ),
     ]
+    if policy.get("prompt") is not None:
+        rows.append(_row("prompt guarded by", _prompt_guard_text(policy["prompt"])))
     if policy.get("cells"):
         cells = ", ".join(f"{name}: {count}" for name, count in policy["cells"].items() if count)
         rows.append(_row("module × step cells", cells))
     return '<table class="policy">' + "".join(rows) + "</table>"
+
+
+def _prompt_guard_text(prompt: Mapping[str, Any]) -> str:
+    """``clip (CLIP model M, weights digest D)``, ``background``, or that nothing guards it."""
+    if not prompt.get("guarded"):
+        return "nothing: the prompt was unguarded (a checkpoint without --clip)"
+    text = str(prompt.get("metric"))
+    if prompt.get("model"):
+        text += f" (CLIP model {prompt['model']}, weights digest {prompt.get('digest')})"
+    return text
+
+
+def _prompt_table(prompt: Mapping[str, Any]) -> str:
+    """The prompt metric of the shown samples at full compute and with the policy."""
+    note = (
+        "<p>Each shown sample's image scored against its prompt, at full compute and with the policy "
+        f"(<code>{_e(prompt['metric'])}</code>: "
+        + (
+            "the CLIP score 100·max(cos(image, prompt), 0), ControlNet++'s protocol"
+            if prompt["metric"] == "clip"
+            else "the benchmark's background, which only the prompt names, read back"
+        )
+        + "; a proxy for prompt adherence, on these few samples only).</p>"
+    )
+    rows = [
+        _row("model", prompt["model"] or "–"),
+        _row("samples", prompt["samples"]),
+        _row("full compute", f"{prompt['full']:.4g}"),
+        _row("with the policy", f"{prompt['policy']:.4g}"),
+        _row("loss (relative drop of the mean)", format_percent(prompt["loss"], 2)),
+    ]
+    return note + '<table class="prompt">' + "".join(rows) + "</table>"
 
 
 def _fidelity_table(fidelity: Mapping[str, Mapping[str, Any]], confidence: float | None = None) -> str:
@@ -263,6 +344,8 @@ def render_html(
         "<h3>MACs</h3>",
         _macs_table(summary),
     ]
+    if summary.get("savings_by_mechanism"):
+        parts += ["<h3>Where the savings come from</h3>", _savings_table(summary["savings_by_mechanism"])]
     if policy is not None:
         parts += [
             "<h3>Policy</h3>",
@@ -272,6 +355,9 @@ def render_html(
         ]
     if summary["samples"]["indices"]:
         parts += ["<h3>Samples</h3>", _samples_table(summary["samples"])]
+    prompt = summary.get("prompt")
+    if prompt and "full" in prompt:  # scored (not unguarded, not `unscored`)
+        parts += ["<h3>Prompt adherence</h3>", _prompt_table(prompt)]
     if summary.get("pareto"):
         parts += ["<h3>Search</h3>", _pareto_text(summary["pareto"])]
     if notes:

@@ -6,13 +6,19 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hgc_tune.policy import Policy, policy_macs
-from hgc_tune.policy._macs import MAC_CONVENTIONS
+from hgc_tune.policy._macs import MAC_CONVENTIONS, mac_savings_by_mechanism
 from hgc_tune.search._pareto import ParetoData, ParetoPoint
 
 if TYPE_CHECKING:
     from hgc_tune.profile import Profile
 
-__all__ = ["FIDELITY_SPLITS", "fidelity_by_split", "profile_cfg", "report_summary"]
+__all__ = [
+    "FIDELITY_SPLITS",
+    "fidelity_by_split",
+    "profile_cfg",
+    "report_summary",
+    "savings_by_mechanism",
+]
 
 # Split names recognised in provenance fidelity keys (``heldout.miou_loss``, ``loss_calibration``, …).
 FIDELITY_SPLITS: tuple[str, ...] = ("calibration", "heldout", "held_out", "held-out", "validation", "test")
@@ -66,6 +72,16 @@ def _macs(profile: Profile, policy: Policy | None) -> dict[str, dict[str, float]
     return out
 
 
+def savings_by_mechanism(profile: Profile, policy: Policy) -> dict[str, dict[str, Any]]:
+    """Per convention, what ``policy`` saves split among its mechanisms, guidance window first, each
+    skipped MAC counted once (:func:`hgc_tune.policy._macs.mac_savings_by_mechanism`: the parts add up to the
+    reduction)."""
+    table, cfg = profile.mac_table, profile_cfg(profile)
+    return {
+        c: mac_savings_by_mechanism(policy, table, cfg=cfg, convention=c).to_json() for c in MAC_CONVENTIONS
+    }
+
+
 def report_summary(
     profile: Profile,
     *,
@@ -80,11 +96,15 @@ def report_summary(
 
     Keys: ``model`` (name, fingerprint, condition type, steps, scheduler, resolution, guidance, samples,
     dataset), ``macs`` (per convention: ``full``, and with a policy ``policy``, ``reduction``, ``ratio``;
-    computed from the profile's MAC table), ``policy`` (name, source, study, trial, budget, metric,
-    ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as recorded, ``cells`` per grid
-    state) or ``None``, ``samples`` (indices, seeds, prompts, negative prompts, and the PSNR of the policy's
-    images against full compute, measured here), and
-    ``pareto`` (trial counts, budget, chosen point) or ``None``.
+    computed from the profile's MAC table), ``savings_by_mechanism`` (with a policy: per convention, its
+    reduction split among guidance window, ControlNet window, ControlNet blocks, U-Net blocks and
+    cross-attention reuse, in that order of attribution; else ``None``), ``policy`` (name, source, study,
+    trial, budget, metric, ``fidelity`` grouped by split from its provenance, ``provenance_macs`` as
+    recorded, ``cells`` per grid state, ``prompt``: what guarded the
+    prompt during the search, the weights digest and guidance scale its figures were measured on
+    (``None``: not recorded)) or ``None``, ``samples`` (indices, seeds, prompts, negative
+    prompts, and the PSNR of the policy's images against full compute, measured here), and ``pareto``
+    (trial counts, budget, chosen point) or ``None``.
     """
     meta = profile.meta
     height, width = profile.resolution
@@ -109,6 +129,7 @@ def report_summary(
             "dtype": meta["model"].get("dtype"),
         },
         "macs": _macs(profile, policy),
+        "savings_by_mechanism": None if policy is None else savings_by_mechanism(profile, policy),
         "policy": None,
         "samples": {
             "indices": list(sample_indices),
@@ -131,7 +152,13 @@ def report_summary(
             "budget": p.budget,
             "metric": p.metric,
             "confidence": p.confidence,
+            "weights_digest": p.weights_digest,
+            "guidance_scale": p.guidance_scale,
             "fidelity": fidelity_by_split(dict(p.fidelity)),
+            # every constraint's budget and bounds, c and k (None: an older policy, one constraint)
+            "constraints": None if p.constraints is None else dict(p.constraints),
+            # SSIM and PSNR of the policy's pictures to the full-compute ones, per split
+            "picture_fidelity": dict(p.picture_fidelity),
             "provenance_macs": {c: dict(v) for c, v in p.macs.items()},
             "controlnet": None
             if policy.controlnet is None
@@ -140,6 +167,7 @@ def report_summary(
                 key: {"steps": list(w.steps), "mode": w.mode} for key, w in policy.controlnets.items()
             },
             "cfg_until": None if policy.guidance is None else policy.guidance.cfg_until,
+            "prompt": None if p.prompt is None else dict(p.prompt),
             "cells": dict(grid_counts) if grid_counts is not None else None,
         }
     if pareto is not None:
@@ -157,6 +185,8 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
             "feasible": p.feasible,
             "heldout_loss": p.heldout_loss,
             "heldout_loss_upper": p.heldout_loss_upper,
+            "constraints": [dict(c) for c in p.constraints],
+            "picture": dict(p.picture),
         }
 
     chosen = pareto.chosen
@@ -166,6 +196,7 @@ def _pareto_summary(pareto: ParetoData) -> dict[str, Any]:
         "metric": pareto.metric,
         "budget": pareto.budget,
         "confidence": pareto.confidence,
+        "constraints": None if pareto.constraints is None else dict(pareto.constraints),
         "trials": len(pareto.points),
         "feasible": sum(p.feasible and p.scored for p in pareto.points),
         "failed": sum(p.loss is None for p in pareto.points),

@@ -18,6 +18,7 @@ own hooks on itself).
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 if TYPE_CHECKING:
     from diffusers.hooks.hooks import HookFunctionReference
 
-__all__ = ["register_hook", "remove_hook", "repair_hook", "has_hook", "foreign_hooks"]
+__all__ = ["register_hook", "remove_hook", "repair_hook", "has_hook", "foreign_hooks", "unhooked_view"]
 
 
 class ForwardLink(Protocol):
@@ -152,3 +153,39 @@ def foreign_hooks(
         for name, hook in getattr(registry, "hooks", {}).items():
             if not name.startswith(ours):
                 yield (f"{prefix}.{path}" if path else prefix), name, hook
+
+
+# The per-instance hook tables of torch.nn.Module; a view gets empty ones.
+_TORCH_HOOK_TABLES: tuple[str, ...] = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def unhooked_view(module: torch.nn.Module) -> torch.nn.Module:
+    """A twin of ``module``'s tree that runs the modules' own ``forward`` with no hook at all.
+
+    Every module of the twin is a shallow copy: it shares the original's parameters, buffers and other
+    attributes (nothing is copied on the device), but has no hook registry, no ``forward`` installed by one
+    (ours or diffusers'), and no PyTorch hooks. Tracing the twin measures what the modules compute
+    unhooked, while the original keeps its policy and its per-call state untouched. The original is not
+    changed.
+    """
+    twin = copy.copy(module)
+    state = vars(twin)
+    state.pop("_diffusers_hook", None)
+    state.pop("forward", None)
+    for table in _TORCH_HOOK_TABLES:
+        if table in state:
+            state[table] = type(state[table])()
+    state["_parameters"] = dict(module._parameters)
+    state["_buffers"] = dict(module._buffers)
+    state["_modules"] = {
+        name: None if child is None else unhooked_view(child) for name, child in module._modules.items()
+    }
+    return twin

@@ -33,16 +33,53 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
+def _guards(guards: object) -> tuple[tuple[str, float], ...]:
+    """``guards`` as a tuple of ``(name, budget)`` pairs, each checked."""
+    from hgc_tune.search._constraints import GUARD_NAMES
+
+    if isinstance(guards, str | bytes) or not isinstance(guards, tuple | list):
+        raise SearchError(
+            f"`guards` must be a tuple of (metric, budget) pairs or None, but got guards={guards!r}."
+        )
+    out: list[tuple[str, float]] = []
+    for guard in guards:
+        if not isinstance(guard, tuple | list) or len(guard) != 2:
+            raise SearchError(f"each guard must be a (metric, budget) pair, but got {guard!r}.")
+        name, budget = guard
+        if name not in GUARD_NAMES:
+            raise SearchError(
+                f"a guard's metric must be one of {list(GUARD_NAMES)}, but got {name!r} "
+                f"(in guards={guards!r})."
+            )
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0.0 < budget < 1.0:
+            raise SearchError(f"the budget of guard {name!r} must be in (0, 1), but got {budget!r}.")
+        if any(name == seen for seen, _ in out):
+            raise SearchError(
+                f"guard {name!r} is given twice (each metric has one budget): guards={guards!r}."
+            )
+        out.append((name, float(budget)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Settings of one policy search (see :func:`hgc_tune.search.search_policy`).
 
     Attributes:
-        budget: The largest fidelity loss a policy may have, in ``(0, 1)`` (``0.015`` = 1.5%).
+        budget: The largest fidelity loss of the search's metric a policy may have, in ``(0, 1)``
+            (``0.015`` = 1.5%).
         metric: Fidelity metric name (``hgc_tune.fidelity.METRICS``); ``None``: the condition type's default
             (its task metric).
-        confidence: One-sided confidence level of the loss's upper bound in ``[0, 1)``; a policy is within
-            the budget when the bound is. ``0``: the point estimate.
+        guards: Further constraints, ``((name, budget), …)``, each metric with its own budget in ``(0, 1)``:
+            ``prompt`` (the model's prompt-adherence metric), ``background``, ``clip``, ``ssim``, ``psnr`` or
+            ``latent_rel_error`` (see :mod:`hgc_tune.search._constraints`). ``None``: the default, prompt
+            adherence at 1.5% when the model has a prompt metric (the shapes model, or any with ``clip``);
+            ``()``: the search's metric alone.
+        clip: A CLIP model (local directory or hub id) to score prompt adherence with (the CLIP score);
+            ``None``: none.
+        confidence: One-sided confidence with which every constraint's upper bound holds together, in
+            ``[0, 1)``; a policy is within budget when every bound is. With ``k`` constraints each bound is
+            taken at ``1 − (1 − confidence)/k`` (Bonferroni). ``0``: point estimates.
         n_trials: Trials the study should hold in total (all workers together; a resumed study runs the
             remainder). Enqueued peer schedules count as trials. With one worker, the same seed and trial
             count give the same trials, hence the same policy, on any machine.
@@ -90,6 +127,8 @@ class SearchConfig:
 
     budget: float
     metric: str | None = None
+    guards: tuple[tuple[str, float], ...] | None = None
+    clip: str | None = None
     confidence: float = 0.95
     n_trials: int = 50
     timeout: float | None = None
@@ -163,6 +202,12 @@ class SearchConfig:
                     f"`peers` must be a tuple of peer names or None, but got peers={self.peers!r}."
                 )
             object.__setattr__(self, "peers", tuple(self.peers))
+        if self.guards is not None:
+            object.__setattr__(self, "guards", _guards(self.guards))
+        if self.clip is not None and (not isinstance(self.clip, str) or not self.clip):
+            raise SearchError(
+                f"`clip` must be a CLIP model's path or hub id, or None, but got clip={self.clip!r}."
+            )
         if self.metric is not None and not isinstance(self.metric, str):
             raise SearchError(f"`metric` must be a metric name or None, but got metric={self.metric!r}.")
         if self.study_name is not None and (not isinstance(self.study_name, str) or not self.study_name):
@@ -178,6 +223,12 @@ class SearchConfig:
     def margin(self) -> float:
         """The early-rejection margin in loss units."""
         return self.budget if self.early_rejection_margin is None else float(self.early_rejection_margin)
+
+    def margins(self, budgets: tuple[float, ...]) -> list[float]:
+        """The early-rejection margin of each constraint (its own budget unless a margin is set)."""
+        if self.early_rejection_margin is None:
+            return [float(b) for b in budgets]
+        return [float(self.early_rejection_margin)] * len(budgets)
 
     @property
     def grace(self) -> int:

@@ -1,4 +1,5 @@
-"""The Optuna objective: minimise policy MACs (analytic, ``paper``) under a fidelity-loss constraint."""
+"""The Optuna objective: minimise policy MACs (analytic, ``paper``) under fidelity constraints (the task
+metric and the guards, each with its own budget)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,26 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from hgc_tune.fidelity import FidelityEstimate
-from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.fidelity._scorer import ConstrainedEstimate, ConstraintScorer
 from hgc_tune.generation import GeneratedOutput
 from hgc_tune.policy import Policy, Provenance
 from hgc_tune.policy._io import policy_to_json
 from hgc_tune.policy._macs import macs_provenance
 from hgc_tune.search._space import PolicySpace, is_full_compute, policy_key
 from hgc_tune.search._storage import record_first_heartbeat
-from hgc_tune.search._trials import ATTR, is_surplus
+from hgc_tune.search._trials import ATTR, constraint_rows, is_surplus, picture_fidelity
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial, Trial
 
     from hgc_tune.macs import MacTable
 
-__all__ = ["CONSTRAINT_NAME", "PolicyObjective", "SurplusTrial"]
+__all__ = ["CONSTRAINT_NAME", "GUARD_PREFIX", "PolicyObjective", "SurplusTrial"]
 
-# The name of the fidelity constraint (``trial.set_constraint``); feasible when <= 0.
+# The name of the task metric's constraint (``trial.set_constraint``); feasible when <= 0.
 CONSTRAINT_NAME = "fidelity_loss"
+# A guard's constraint is named ``guard.<metric>``.
+GUARD_PREFIX = "guard."
 
 
 class SurplusTrial(Exception):
@@ -33,36 +35,40 @@ class SurplusTrial(Exception):
 
 
 class PolicyObjective:
-    """Optuna objective of a policy search: returns the policy's MACs, records its fidelity loss.
+    """Optuna objective of a policy search: returns the policy's MACs, records its fidelity under every
+    constraint.
 
     For each trial: the parameters are suggested by the :class:`PolicySpace` (names are policy field paths,
     e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
-    from the MAC table (no run needed); its fidelity loss comes from generating the calibration samples
-    with the policy, ``samples_per_call`` per pipeline call, against the profile's full-compute references.
-    Evaluation is sequential and multi-fidelity: a trial gets another batch only while the paired confidence
-    bound of its loss straddles the budget (a clear failure or a clear pass stops it), and a trial that costs
-    no less than one already within the budget cannot be the result, so it is only screened on
-    ``min_samples`` samples (rounded up to whole batches). The
-    constraint ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
-    ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too) and kept as user
-    attribute ``constraint``. A policy already evaluated in this study (same compute sets) reuses that
-    result, and one that another process is evaluating is waited for, so each policy is evaluated once;
-    the full-compute policy is scored from the references.
+    from the MAC table (no run needed); its fidelity comes from generating the calibration samples with the
+    policy, ``samples_per_call`` per pipeline call, against the profile's full-compute references, each
+    output scored by every constraint (the task metric and the guards) and by SSIM and PSNR to the
+    full-compute picture. Evaluation
+    is sequential and multi-fidelity: a trial gets another batch only while its verdict is open (one
+    constraint's clear failure, or every constraint's clear pass, stops it), and a trial that costs no less
+    than one already within budget cannot be the result, so it is only screened on ``min_samples`` samples
+    (rounded up to whole batches).
+    Each constraint's ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
+    ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too; a trial is feasible
+    only when every value is ``<= 0``), and the largest is kept as user attribute ``constraint``. A policy
+    already evaluated in this study (same compute sets) reuses that result, and one that another process is
+    evaluating is waited for, so each policy is evaluated once; the full-compute policy is scored from the
+    references.
 
     Args:
         space: The search space.
-        scorer: Scores calibration outputs against the references.
+        scorer: Scores calibration outputs under every constraint (its budgets are the constraints').
         outputs: ``outputs(policy)`` yields the calibration outputs generated with ``policy``.
         mac_table: The pipeline's per-module MAC table (``hgc_tune.macs.MacTable``).
-        budget: The loss budget.
         n_trials: The study's total number of trials (a trial started beyond it is a surplus trial).
         cfg: Whether generation uses classifier-free guidance (for the MACs).
         early_rejection: Stop evaluating once the verdict is clear (see
-            :meth:`~hgc_tune.fidelity._scorer.FidelityScorer.score`); ``False``: every sample, every trial.
-        margin: With ``confidence == 0``: reject once the running loss exceeds ``budget + margin``.
+            :meth:`~hgc_tune.fidelity._scorer.ConstraintScorer.score`); ``False``: every sample, every trial.
+        margins: With ``confidence == 0``: per constraint, reject once its running loss exceeds
+            ``budget + margin``; ``None``: ``0``.
         min_samples: Samples evaluated before a trial may stop (and the size of a screen).
-        confidence: One-sided confidence level of the loss bound; ``0``: the point estimate.
-        screen: Only screen trials that cost no less than a trial already within the budget.
+        confidence: The confidence with which all constraints' bounds hold together; ``0``: point estimates.
+        screen: Only screen trials that cost no less than a trial already within budget.
         name: Prefix of the policies' names.
         worker: Index of this worker process (recorded per trial as user attribute ``worker``).
         samples_per_call: How many samples ``outputs`` generates per pipeline call: the bound is looked at
@@ -72,15 +78,14 @@ class PolicyObjective:
     def __init__(
         self,
         space: PolicySpace,
-        scorer: FidelityScorer,
+        scorer: ConstraintScorer,
         outputs: Callable[[Policy], Iterable[GeneratedOutput]],
         mac_table: MacTable,
         *,
-        budget: float,
         n_trials: int,
         cfg: bool = True,
         early_rejection: bool = True,
-        margin: float = 0.0,
+        margins: list[float] | None = None,
         min_samples: int = 3,
         confidence: float = 0.0,
         screen: bool = True,
@@ -92,11 +97,10 @@ class PolicyObjective:
         self.scorer = scorer
         self.outputs = outputs
         self.mac_table = mac_table
-        self.budget = budget
         self.n_trials = n_trials
         self.cfg = cfg
         self.early_rejection = early_rejection
-        self.margin = margin
+        self.margins = margins
         self.min_samples = min_samples
         self.confidence = confidence
         self.screen = screen
@@ -174,26 +178,13 @@ class PolicyObjective:
         )
         trial.set_user_attr(ATTR.POLICY_KEY, key)
         trial.set_user_attr(ATTR.POLICY, policy_to_json(policy))
-        trial.set_user_attr(ATTR.METRIC, self.scorer.metric.name)
+        trial.set_user_attr(ATTR.METRIC, self.scorer.metrics[0])
         value = float(macs["paper"]["policy"])
 
         duplicate = self._duplicate(trial, key)
         if duplicate is not None:
             a = duplicate.user_attrs
-            estimate = FidelityEstimate(
-                metric=self.scorer.metric.name,
-                full=a[ATTR.METRIC_FULL],
-                policy=a[ATTR.METRIC_POLICY],
-                loss=a[ATTR.LOSS],
-                samples=a[ATTR.SAMPLES],
-                total=a.get(ATTR.SAMPLES_TOTAL, len(self.scorer)),
-                rejected_early=a.get(ATTR.REJECTED_EARLY, False),
-                per_sample_policy=tuple(a.get(ATTR.PER_SAMPLE, ())),
-                upper=a.get(ATTR.LOSS_UPPER),
-                lower=a.get(ATTR.LOSS_LOWER),
-                confidence=a.get(ATTR.CONFIDENCE, 0.0),
-                accepted_early=a.get(ATTR.ACCEPTED_EARLY, False),
-            )
+            estimate = ConstrainedEstimate.from_dict(a[ATTR.ESTIMATE])
             trial.set_user_attr(ATTR.DUPLICATE_OF, duplicate.number)
             if a.get(ATTR.SCREEN):
                 trial.set_user_attr(ATTR.SCREEN, True)
@@ -206,8 +197,8 @@ class PolicyObjective:
                 trial.set_user_attr(ATTR.SCREEN, True)
             estimate = self.scorer.score(
                 self.outputs(policy),
-                budget=self.budget if self.early_rejection else None,
-                margin=self.margin,
+                sequential=self.early_rejection,
+                margins=self.margins,
                 min_samples=self.min_samples,
                 confidence=self.confidence,
                 max_samples=self._screen_samples if screened else None,
@@ -222,27 +213,31 @@ class PolicyObjective:
         size = self.samples_per_call
         return -(-self.min_samples // size) * size
 
-    def _record(self, trial: Trial, estimate: FidelityEstimate) -> None:
-        upper = estimate.loss_upper
-        # An unbounded loss (one sample) is as infeasible as a loss of 1 (the sampler needs a finite number).
-        constraint = (upper if math.isfinite(upper) else max(1.0, float(estimate.loss))) - self.budget
-        # A clear failure has its lower bound above the budget, so it always violates the constraint too.
-        feasible = estimate.within(self.budget)
-        trial.set_user_attr(ATTR.LOSS, float(estimate.loss))
+    def _record(self, trial: Trial, estimate: ConstrainedEstimate) -> None:
+        task = estimate.primary
+        upper = task.loss_upper
+        # A clear failure has one lower bound above its budget, so it always violates its constraint too.
+        feasible = estimate.within
+        trial.set_user_attr(ATTR.LOSS, float(task.loss))
         trial.set_user_attr(ATTR.LOSS_UPPER, upper if math.isfinite(upper) else None)
-        lower = estimate.lower if estimate.confidence > 0 else estimate.loss
+        lower = task.lower if task.confidence > 0 else task.loss
         trial.set_user_attr(ATTR.LOSS_LOWER, None if lower is None else float(lower))
         trial.set_user_attr(ATTR.CONFIDENCE, float(estimate.confidence))
         trial.set_user_attr(ATTR.ACCEPTED_EARLY, bool(estimate.accepted_early))
-        trial.set_user_attr(ATTR.METRIC_FULL, float(estimate.full))
-        trial.set_user_attr(ATTR.METRIC_POLICY, float(estimate.policy))
-        trial.set_user_attr(ATTR.SAMPLES, int(estimate.samples))
-        trial.set_user_attr(ATTR.SAMPLES_TOTAL, int(estimate.total))
+        trial.set_user_attr(ATTR.METRIC_FULL, float(task.full))
+        trial.set_user_attr(ATTR.METRIC_POLICY, float(task.policy))
+        trial.set_user_attr(ATTR.SAMPLES, int(task.samples))
+        trial.set_user_attr(ATTR.SAMPLES_TOTAL, int(task.total))
         trial.set_user_attr(ATTR.REJECTED_EARLY, bool(estimate.rejected_early))
-        trial.set_user_attr(ATTR.PER_SAMPLE, [float(v) for v in estimate.per_sample_policy])
-        trial.set_user_attr(ATTR.CONSTRAINT, constraint)
+        trial.set_user_attr(ATTR.PER_SAMPLE, [float(v) for v in task.per_sample_policy])
+        trial.set_user_attr(ATTR.CONSTRAINTS, constraint_rows(estimate))
+        trial.set_user_attr(ATTR.PICTURE, picture_fidelity(estimate))
+        trial.set_user_attr(ATTR.ESTIMATE, estimate.to_dict())
+        trial.set_user_attr(ATTR.CONSTRAINT, estimate.violation())
         trial.set_user_attr(ATTR.FEASIBLE, feasible)
-        trial.set_constraint(CONSTRAINT_NAME, constraint)
+        for i, (e, budget) in enumerate(zip(estimate.estimates, estimate.budgets)):
+            bound = e.loss_upper if math.isfinite(e.loss_upper) else max(1.0, float(e.loss))
+            trial.set_constraint(CONSTRAINT_NAME if i == 0 else GUARD_PREFIX + e.metric, bound - budget)
 
 
 def _release_memory() -> None:

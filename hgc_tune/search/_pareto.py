@@ -7,19 +7,28 @@ search``), which imports the format from here; nothing here imports the search.
 The layout (the fields a reader relies on; the writer adds the study's details, which a reader keeps in
 :attr:`ParetoData.raw`)::
 
-    {"format": "hgc-tune-pareto", "schema_version": 1,
+    {"format": "hgc-tune-pareto", "schema_version": 2,
      "study": str, "model": str, "condition_type": str | null, "metric": str, "budget": float,
      "confidence": float, "num_steps": int, "front": [trial numbers], "chosen": trial number | null,
      "peers": {peer name: trial number}, "validated": bool, "message": str | null,
+     "constraints": {"confidence": c, "k": k, "level": 1 - (1 - c)/k, "sharing": "bonferroni",
+                     "prompt": str | null, "items": [{"metric", "kind", "loss_mode", "budget"}, …]},
      "trials": [{"number": int, "state": "COMPLETE" | "FAIL" | …,
                  "macs": {"paper": {"full", "policy", "reduction"}, "complete": {…}},
                  "loss": float | null, "loss_upper": float | null, "feasible": bool,
                  "rejected_early": bool, "duplicate_of": int | null, "peers": [names],
+                 "constraints": [{"metric", "budget", "loss", "loss_upper", "loss_lower", "level", "full",
+                                  "policy", "holds"}, …],
+                 "picture": {"ssim": float, "psnr": float},
                  "policy_name": str | null, "heldout": {"loss": float, "holds": bool, …} | null}, …]}
 
-A trial's MAC reduction is ``1 - policy/full`` per convention; its loss is the calibration fidelity loss
-(partial when ``rejected_early``). Peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are
-trials with peer names; the full-compute anchor is the peer named ``full-compute``.
+A trial's MAC reduction is ``1 - policy/full`` per convention; its loss is the calibration fidelity loss of
+the task metric (``metric``, ``budget``; partial when ``rejected_early``), ``constraints`` holds every
+constraint's (the task metric first, then the guards), and ``feasible`` means every constraint's upper bound
+is within its budget. ``picture`` is the mean SSIM and PSNR of the trial's pictures to the full-compute
+ones. Version 1 (one constraint, no ``constraints`` or ``picture``) is read too. Peer schedules
+(DeepCache, T-GATE, ControlNet window, full compute) are trials with peer names; the full-compute anchor is
+the peer named ``full-compute``.
 """
 
 from __future__ import annotations
@@ -46,8 +55,8 @@ __all__ = [
 
 PARETO_FORMAT = "hgc-tune-pareto"
 # The version this module writes, and the versions it reads.
-SCHEMA_VERSION = 1
-SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class ParetoPoint:
         heldout_loss: The loss on the validation split, when the trial was validated.
         heldout_loss_upper: Its upper confidence bound there.
         name: The trial's policy name.
+        constraints: Every constraint's calibration figures (empty in a version-1 file).
+        picture: Mean SSIM and PSNR of the trial's pictures to the full-compute ones (empty: not measured).
     """
 
     number: int
@@ -85,6 +96,8 @@ class ParetoPoint:
     heldout_loss: float | None = None
     heldout_loss_upper: float | None = None
     name: str | None = None
+    constraints: tuple[Mapping[str, Any], ...] = ()
+    picture: Mapping[str, float] = field(default_factory=dict)
 
     def reduction(self, convention: str = "paper") -> float | None:
         """The MAC reduction in ``convention`` (``None`` if the trial recorded none)."""
@@ -121,6 +134,8 @@ class ParetoData:
         num_steps: Denoising steps.
         validated: Whether a held-out split was used.
         message: Why the search has no policy, when it has none.
+        constraints: The search's constraints and how they share the confidence (``None``: a version-1
+            file, whose only constraint is ``metric`` at ``budget``).
         source: The file read, if any.
         raw: The parsed file.
     """
@@ -137,6 +152,7 @@ class ParetoData:
     confidence: float = 0.0
     source: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    constraints: Mapping[str, Any] | None = None
 
     @property
     def chosen(self) -> ParetoPoint | None:
@@ -203,6 +219,13 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: 
     heldout_upper = heldout.get("loss_upper") if isinstance(heldout, Mapping) else None
     upper = entry.get("loss_upper")
     duplicate = entry.get("duplicate_of")
+    constraints = entry.get("constraints") or []
+    _check(
+        isinstance(constraints, list),
+        f"{where}.constraints must be a list of objects, but got constraints={constraints!r}.",
+    )
+    picture = entry.get("picture") or {}
+    _check(isinstance(picture, Mapping), f"{where}.picture must be an object, but got picture={picture!r}.")
     return ParetoPoint(
         number=number,
         state=state,
@@ -218,6 +241,8 @@ def _point(entry: Any, where: str, front: set[int], chosen: int | None, _check: 
         heldout_loss=float(heldout_loss) if _is_number(heldout_loss) else None,
         heldout_loss_upper=float(heldout_upper) if _is_number(heldout_upper) else None,
         name=entry.get("policy_name") if isinstance(entry.get("policy_name"), str) else None,
+        constraints=tuple(c for c in constraints if isinstance(c, Mapping)),
+        picture={k: float(v) for k, v in picture.items() if _is_number(v)},
     )
 
 
@@ -279,6 +304,11 @@ def pareto_data_from_json(
     missing = sorted((set(front) | ({chosen} if chosen is not None else set())) - numbers)
     _check(not missing, f"{where}: `front`/`chosen` name trials {missing} that `trials` does not hold.")
     steps = data.get("num_steps")
+    constraints = data.get("constraints")
+    _check(
+        constraints is None or isinstance(constraints, Mapping),
+        f"{where}: `constraints` must be an object or null, but got constraints={constraints!r}.",
+    )
     return ParetoData(
         budget=float(budget),
         points=points,
@@ -292,6 +322,7 @@ def pareto_data_from_json(
         confidence=float(data["confidence"]) if _is_number(data.get("confidence")) else 0.0,
         source=source,
         raw=dict(data),
+        constraints=None if constraints is None else dict(constraints),
     )
 
 

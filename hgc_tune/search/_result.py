@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import hgc_tune
 from hgc_tune._atomic import atomic_write_files, atomic_write_text
 from hgc_tune.errors import SearchError
-from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.fidelity._scorer import ConstrainedEstimate
 from hgc_tune.policy import Provenance, full_compute_policy, pipeline_loras
 from hgc_tune.policy._io import dumps_policy, pareto_path, policy_to_json
 from hgc_tune.policy._macs import macs_provenance
@@ -40,7 +40,10 @@ __all__ = [
     "write_search_outputs",
 ]
 
-_OBJECTIVE = "macs.paper.policy (minimise); constraint: upper confidence bound of loss <= budget"
+_OBJECTIVE = (
+    "macs.paper.policy (minimise); constraints: each metric's upper confidence bound of its loss <= its "
+    "budget (Bonferroni: each bound at 1 - (1 - confidence)/k)"
+)
 
 
 def pareto_front(records: Sequence[TrialRecord]) -> list[int]:
@@ -102,6 +105,9 @@ class SearchResult:
             split): ``loss``, ``loss_upper``, ``full``, ``policy``, ``samples``, ``holds``, ``cached``.
         policy: The chosen policy, with provenance (fidelity per split, MACs, study, trial).
         message: Why there is no policy, when there is none.
+        constraints: The constraints and how they share the confidence
+            (:meth:`~hgc_tune.search._constraints.ConstraintPlan.to_json`: ``confidence``, ``k``, ``level``,
+            ``prompt`` (``None``: the prompt is unguarded), ``items`` with each ``metric`` and ``budget``).
     """
 
     study_name: str
@@ -123,6 +129,7 @@ class SearchResult:
     message: str | None = None
     confidence: float = 0.0
     test: Mapping[str, Any] | None = None
+    constraints: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -159,7 +166,13 @@ def search_result(
     policy = (
         None
         if chosen is None
-        else _final_policy(session, chosen, selection.validation_estimate, selection.test_estimate)
+        else _final_policy(
+            session,
+            chosen,
+            selection.validation_estimate,
+            selection.test_estimate,
+            {"validation": _row_of(selection.validation, chosen.number), "test": selection.test},
+        )
     )
     full = macs_provenance(full_compute_policy(session.space.target), session.mac_table, cfg=session.cfg)
     return SearchResult(
@@ -182,7 +195,12 @@ def search_result(
         message=selection.message,
         confidence=config.confidence,
         test=selection.test,
+        constraints=None if session.constraints is None else session.constraints.to_json(),
     )
+
+
+def _row_of(rows: Sequence[Mapping[str, Any]], number: int) -> Mapping[str, Any] | None:
+    return next((r for r in rows if r["trial"] == number), None)
 
 
 def _peer_trials(
@@ -201,23 +219,64 @@ def _peer_trials(
     return peers
 
 
-def _split_fidelity(split: str, estimate: FidelityEstimate) -> dict[str, float]:
+def _split_fidelity(split: str, estimate: ConstrainedEstimate) -> dict[str, float]:
+    task = estimate.primary
     out = {
-        f"{split}_full": float(estimate.full),
-        f"{split}_policy": float(estimate.policy),
-        f"{split}_loss": float(estimate.loss),
-        f"{split}_samples": int(estimate.samples),
+        f"{split}_full": float(task.full),
+        f"{split}_policy": float(task.policy),
+        f"{split}_loss": float(task.loss),
+        f"{split}_samples": int(task.samples),
     }
-    if math.isfinite(estimate.loss_upper):
-        out[f"{split}_loss_upper"] = float(estimate.loss_upper)
+    if math.isfinite(task.loss_upper):
+        out[f"{split}_loss_upper"] = float(task.loss_upper)
     return out
+
+
+def _constraint_figures(rows: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, float]]:
+    """Per constraint: ``<split>_full``, ``_policy``, ``_loss``, ``_loss_upper`` (when bounded)."""
+    out = []
+    for row in rows:
+        figures = {f"{split}_{k}": float(row[k]) for k in ("full", "policy", "loss")}
+        if row.get("loss_upper") is not None:
+            figures[f"{split}_loss_upper"] = float(row["loss_upper"])
+        out.append(figures)
+    return out
+
+
+def _constraints_provenance(
+    session: SearchSession,
+    record: TrialRecord,
+    splits: Mapping[str, Mapping[str, Any] | None],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The policy's ``constraints`` (the plan, each constraint's budget and figures per split) and
+    ``picture_fidelity`` (SSIM and PSNR to the full-compute pictures per split) provenance."""
+    plan = session.constraints
+    if plan is None:
+        raise SearchError("the search session has no constraints; build it with prepare_search.")
+    constraints = plan.to_json()
+    items = [dict(item) for item in constraints["items"]]
+    picture: dict[str, float] = {}
+    rows_of = {
+        "calibration": record.constraints,
+        **{k: (v or {}).get("constraints") for k, v in splits.items()},
+    }
+    pictures_of = {"calibration": record.picture, **{k: (v or {}).get("picture") for k, v in splits.items()}}
+    for split, rows in rows_of.items():
+        if rows:
+            for item, figures in zip(items, _constraint_figures(rows, split)):
+                item.update(figures)
+        for name, value in (pictures_of.get(split) or {}).items():
+            picture[f"{split}_{name}"] = float(value)
+    constraints["items"] = items
+    return constraints, picture
 
 
 def _final_policy(
     session: SearchSession,
     record: TrialRecord,
-    validation: FidelityEstimate | None,
-    test: FidelityEstimate | None,
+    validation: ConstrainedEstimate | None,
+    test: ConstrainedEstimate | None,
+    rows: Mapping[str, Mapping[str, Any] | None],
 ) -> Policy:
     # Here, not at the top: `hgc_tune.search` (its SearchConfig) must import without torch, for the search
     # command's argument checks.
@@ -243,6 +302,7 @@ def _final_policy(
         fidelity.update(_split_fidelity("validation", validation))
     if test is not None:
         fidelity.update(_split_fidelity("test", test))
+    constraints, picture = _constraints_provenance(session, record, rows)
     provenance = Provenance(
         source="search",
         budget=session.config.budget,
@@ -256,6 +316,11 @@ def _final_policy(
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
         samples_per_call=session.settings.samples_per_call,
+        weights_digest=session.profile.weights_digest,
+        guidance_scale=float(session.settings.guidance_scale),
+        constraints=constraints,
+        picture_fidelity=picture,
+        prompt=None if session.prompt_metric is None else session.prompt_metric.to_json(),
     )
     model = session.profile.model_name or "model"
     name = f"{model}-{session.condition_type or 'any'}-hgc"
@@ -302,6 +367,7 @@ def pareto_to_json(result: SearchResult) -> dict[str, Any]:
         "validation": [dict(v) for v in result.validation],
         "test": None if result.test is None else dict(result.test),
         "message": result.message,
+        "constraints": None if result.constraints is None else dict(result.constraints),
     }
 
 

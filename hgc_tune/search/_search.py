@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from hgc_tune._progress import TRIALS, ProgressCallback
 from hgc_tune.search._config import SearchConfig
 from hgc_tune.search._objective import SurplusTrial
 from hgc_tune.search._result import SearchResult, search_result
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from hgc_tune._typing import ControlNetPipeline
+    from hgc_tune.fidelity import PromptMetric
     from hgc_tune.profile import Profile
 
 __all__ = ["run_search", "run_search_worker", "search_policy"]
@@ -110,13 +112,14 @@ def run_search_worker(
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> int:
     """Run trials of the shared study only (no validation, no output): one of several worker processes.
 
     Returns:
         The number of trials this worker ran.
     """
-    session = prepare_search(profile, pipe, config, cache_dir=cache_dir)
+    session = prepare_search(profile, pipe, config, cache_dir=cache_dir, prompt_metric=prompt_metric)
     return _run_trials(session)
 
 
@@ -129,6 +132,8 @@ def search_policy(
     test: Sequence[Any] | None = None,
     progress: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> SearchResult:
     """Search the cheapest caching policy whose fidelity loss stays within the budget, with confidence.
 
@@ -159,6 +164,11 @@ def search_policy(
         test: Test samples (``split="test"``); ``None``: no test figure.
         progress: Show a tqdm bar (trials, best feasible MACs) on stderr.
         cache_dir: Folder for the default storage and held-out cache when ``profile`` is an object.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`), recorded in
+            the policy's provenance; ``None``: none recorded.
+        on_progress: Called as ``on_progress(stage, done, total)`` as the trials (``"trial"``), the
+            validation (``"validation"``) and the test (``"test"``) advance (see :mod:`hgc_tune._progress`),
+            e.g. for a status line.
 
     Returns:
         A :class:`SearchResult`; write it with :func:`write_search_outputs`.
@@ -177,8 +187,8 @@ def search_policy(
         >>> result = search_policy("runs/shapes-seg", pipe, config, heldout=val, test=test)  # doctest: +SKIP
         >>> write_search_outputs(result, "policies/shapes-seg.json")  # doctest: +SKIP
     """
-    session = prepare_search(profile, pipe, config, cache_dir=cache_dir)
-    return run_search(session, heldout=heldout, test=test, progress=progress)
+    session = prepare_search(profile, pipe, config, cache_dir=cache_dir, prompt_metric=prompt_metric)
+    return run_search(session, heldout=heldout, test=test, progress=progress, on_progress=on_progress)
 
 
 def run_search(
@@ -187,11 +197,13 @@ def run_search(
     heldout: Sequence[Any] | None = None,
     test: Sequence[Any] | None = None,
     progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> SearchResult:
     """Run the trials of a prepared search, validate on ``heldout``, test on ``test``, collect the result.
 
     :func:`search_policy` is :func:`prepare_search` followed by this; call them separately to start other
     workers between the two (the study exists and holds the peers once :func:`prepare_search` returns).
+    ``progress`` and ``on_progress`` are as in :func:`search_policy`.
     """
     config = session.config
     bar = tqdm(
@@ -201,9 +213,13 @@ def run_search(
         desc="search",
         disable=not progress,
     )
+    if on_progress is not None:
+        on_progress(TRIALS, bar.n, config.n_trials)
 
     def on_trial(trials: Sequence[FrozenTrial]) -> None:
         bar.n = min(config.n_trials, finished_count(trials))
+        if on_progress is not None:
+            on_progress(TRIALS, bar.n, config.n_trials)
         best = _best_feasible_value(trials)
         if best is not None:
             bar.set_postfix(best_macs=f"{best / 1e9:.4g}G", refresh=False)
@@ -220,5 +236,5 @@ def run_search(
 
     trials = session.study.get_trials(deepcopy=False)
     records = trial_records(trials)
-    selection = select_policy(session, records, heldout, test, note)
+    selection = select_policy(session, records, heldout, test, note, on_progress=on_progress)
     return search_result(session, trials, records, selection)

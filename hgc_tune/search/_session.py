@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 
 from hgc_tune.errors import FidelityError, HgcTuneError, ProfileError, SearchError
-from hgc_tune.fidelity import TaskEvaluator
 from hgc_tune.fidelity._registry import check_metric_fits, default_metric
-from hgc_tune.fidelity._scorer import FidelityScorer
+from hgc_tune.fidelity._scorer import ConstraintScorer
 from hgc_tune.generation import (
     GeneratedOutput,
     GenerationJob,
@@ -27,6 +26,7 @@ from hgc_tune.generation import (
 from hgc_tune.generation._inputs import profile_jobs, profile_settings
 from hgc_tune.policy import target_for_pipeline
 from hgc_tune.search._config import SearchConfig
+from hgc_tune.search._constraints import ConstraintPlan, plan_constraints
 from hgc_tune.search._objective import PolicyObjective
 from hgc_tune.search._space import FULL_COMPUTE, PolicySpace, default_peer_names, policy_key
 from hgc_tune.search._storage import default_storage_url, open_storage, redact_storage, storage_error
@@ -36,14 +36,15 @@ if TYPE_CHECKING:
     import optuna
 
     from hgc_tune._typing import ControlNetPipeline
-    from hgc_tune.fidelity import Metric
+    from hgc_tune.fidelity import ClipScorer, Metric, PromptMetric
     from hgc_tune.macs import MacTable
     from hgc_tune.policy import Policy
     from hgc_tune.profile import Profile
 
 __all__ = ["SearchSession", "load_search_profile", "prepare_search"]
 
-_STUDY_FORMAT = 2
+# 3: several constraints (the study records each metric's budget; trials record every constraint's bound).
+_STUDY_FORMAT = 3
 # Relative latent error above which the pipeline is taken not to be the profiled one.
 _REFERENCE_TOLERANCE = 1e-2
 # How often a worker whose share is done looks at the other workers' running trials.
@@ -88,8 +89,10 @@ def _condition_type(profile: Profile) -> str | None:
     return profile.condition_type or None
 
 
-def _check_inputs(profile: Profile, pipe: ControlNetPipeline, config: SearchConfig) -> Metric:
-    """Every bad-input check, before any work; returns the metric."""
+def _check_inputs(
+    profile: Profile, pipe: ControlNetPipeline, config: SearchConfig
+) -> tuple[Metric, ConstraintPlan]:
+    """Every bad-input check, before any work; returns the metric and the constraints."""
     from hgc_tune.profile._pipeline import check_profiled_pipeline  # torch: see load_search_profile
 
     condition = _condition_type(profile)
@@ -101,6 +104,7 @@ def _check_inputs(profile: Profile, pipe: ControlNetPipeline, config: SearchConf
         )
     except FidelityError as e:
         raise SearchError(str(e)) from e
+    plan = plan_constraints(config, metric, profile.model_name)
     if profile.num_samples == 0 or (
         config.calibration_samples is not None and config.calibration_samples < 1
     ):
@@ -121,7 +125,7 @@ def _check_inputs(profile: Profile, pipe: ControlNetPipeline, config: SearchConf
             f"the profile was made with scheduler {profile.meta['scheduler']!r}, but the pipeline uses "
             f"{scheduler!r}; load the pipeline with the profiled scheduler."
         )
-    return metric
+    return metric, plan
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,17 +159,22 @@ class SearchSession:
         pipe: The pipeline.
         config: The search settings.
         metric: The fidelity metric (``hgc_tune.fidelity.Metric``).
+        constraints: The constraints (``metric`` at the budget, then the guards) and their confidence.
+        clip: The CLIP model that scores prompt adherence (``None``: none given).
         space: The search space.
         mac_table: The profile's MAC table.
         cfg: Whether generation uses classifier-free guidance.
         settings: The profile's generation settings.
         calibration: The calibration jobs (the profile's samples).
-        scorer: Scores calibration outputs against the profile's references.
+        scorer: Scores calibration outputs under every constraint against the profile's references.
         objective: The Optuna objective.
         study: The Optuna study.
         storage_url: The storage string (``None``: in memory).
         study_name: The study's name.
         peers: Peer name -> parameters enqueued for it.
+        prompt_metric: The prompt metric of the model (``hgc_tune.fidelity.PromptMetric``: for ``shapes``
+            the background reader, for a checkpoint the ``--clip`` model; unguarded without one), recorded
+            in the chosen policy's provenance; ``None``: not recorded.
     """
 
     profile: Profile
@@ -178,21 +187,29 @@ class SearchSession:
     cfg: bool
     settings: GenerationSettings
     calibration: list[GenerationJob]
-    scorer: FidelityScorer
+    scorer: ConstraintScorer
     objective: PolicyObjective
     study: optuna.Study
     storage_url: str | None
     study_name: str
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    constraints: ConstraintPlan | None = None
+    clip: ClipScorer | None = None
+    # The prompt metric's record lives here, not on SearchConfig: a config travels to workers as flags (its
+    # `clip` names the model), a loaded CLIP model does not.
+    prompt_metric: PromptMetric | None = None
 
     @property
     def condition_type(self) -> str | None:
         return _condition_type(self.profile)
 
 
-def _default_study_name(profile: Profile, metric_name: str, budget: float) -> str:
+def _default_study_name(profile: Profile, plan: ConstraintPlan) -> str:
     model = (profile.model_name or "model").replace("/", "_")
-    name = f"{model}-{profile.condition_type or 'any'}-{metric_name}-budget{budget:g}"
+    task = plan.constraints[0]
+    name = f"{model}-{profile.condition_type or 'any'}-{task.metric.name}-budget{task.budget:g}"
+    # Each guard in the name: searches with other guards are other studies, not a refused resume.
+    name += "".join(f"-{g.metric.name}{g.budget:g}" for g in plan.guards)
     # Trials scored against other weights' references must not be resumed: a re-profiled model (retrained,
     # fine-tuned) starts a study of its own next to the old one.
     digest = profile.weights_digest
@@ -202,7 +219,7 @@ def _default_study_name(profile: Profile, metric_name: str, budget: float) -> st
 def _open_study(
     storage_url: str | None,
     study_name: str,
-    metric_name: str,
+    plan: ConstraintPlan,
     config: SearchConfig,
     signature: dict[str, Any],
 ) -> optuna.Study:
@@ -243,7 +260,8 @@ def _open_study(
     expected = {
         "hgc.format": _STUDY_FORMAT,
         "hgc.budget": config.budget,
-        "hgc.metric": metric_name,
+        "hgc.metric": plan.constraints[0].metric.name,
+        "hgc.constraints": plan.signature(),
         "hgc.confidence": config.confidence,
         "hgc.profile": signature,
     }
@@ -301,6 +319,7 @@ def prepare_search(
     config: SearchConfig,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    prompt_metric: PromptMetric | None = None,
 ) -> SearchSession:
     """Check the inputs, build the space, scorer and objective, and open (or resume) the study.
 
@@ -315,6 +334,8 @@ def prepare_search(
         pipe: The profiled pipeline (no policy applied).
         config: The search settings.
         cache_dir: Folder for the default storage and the held-out cache when ``profile`` is an object.
+        prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`), kept on
+            the session; a CLIP model other than the profile's (another weights digest) is refused.
 
     Returns:
         A :class:`SearchSession` whose study has the peers enqueued.
@@ -323,16 +344,21 @@ def prepare_search(
     folder = folder if folder is not None else (Path(cache_dir) if cache_dir is not None else None)
     if folder is not None:  # the default SQLite storage cannot create its file in a missing folder
         folder.mkdir(parents=True, exist_ok=True)
-    metric = _check_inputs(profile, pipe, config)
+    metric, plan = _check_inputs(profile, pipe, config)
+    if prompt_metric is not None:
+        from hgc_tune.profile._prompt import check_prompt_metric_fits  # torch: see load_search_profile
+
+        check_prompt_metric_fits(profile, prompt_metric)
     space, peer_names = _space_and_peers(profile, pipe, config)
     cfg = space.cfg
     storage_url = config.storage
     if storage_url is None and folder is not None:
         storage_url = default_storage_url(folder)
-    study_name = config.study_name or _default_study_name(profile, metric.name, config.budget)
-    calibration, settings, scorer = _calibration(profile, pipe, config, metric)
+    study_name = config.study_name or _default_study_name(profile, plan)
+    clip = _clip_scorer(config, pipe, prompt_metric)
+    calibration, settings, scorer = _calibration(profile, pipe, config, plan, clip)
     signature = _profile_signature(profile, len(calibration), settings.samples_per_call)
-    study = _open_study(storage_url, study_name, metric.name, config, signature)
+    study = _open_study(storage_url, study_name, plan, config, signature)
     peers = _enqueue_peers(study, space, peer_names, config.n_trials)
 
     def outputs(policy: Policy | None) -> Iterator[GeneratedOutput]:
@@ -343,11 +369,10 @@ def prepare_search(
         scorer,
         outputs,
         profile.mac_table,
-        budget=config.budget,
         n_trials=config.n_trials,
         cfg=cfg,
         early_rejection=config.early_rejection,
-        margin=config.margin,
+        margins=config.margins(plan.budgets),
         min_samples=config.early_rejection_min_samples,
         confidence=config.confidence,
         screen=config.screen,
@@ -372,6 +397,9 @@ def prepare_search(
         storage_url=storage_url,
         study_name=study_name,
         peers=peers,
+        constraints=plan,
+        clip=clip,
+        prompt_metric=prompt_metric,
     )
 
 
@@ -402,9 +430,27 @@ def _space_and_peers(
     return space, peer_names
 
 
+def _clip_scorer(
+    config: SearchConfig, pipe: ControlNetPipeline, prompt_metric: PromptMetric | None
+) -> ClipScorer | None:
+    """The CLIP model that scores prompt adherence: the one the prompt metric already holds (loaded once by
+    the caller), else ``config.clip`` loaded on the pipeline's device (``None``: none given)."""
+    from hgc_tune.fidelity import ClipScorer, load_clip_scorer
+
+    if prompt_metric is not None and isinstance(prompt_metric.scorer, ClipScorer):
+        return prompt_metric.scorer
+    if config.clip is None:
+        return None
+    return load_clip_scorer(config.clip, device=str(pipe.device))
+
+
 def _calibration(
-    profile: Profile, pipe: ControlNetPipeline, config: SearchConfig, metric: Metric
-) -> tuple[list[GenerationJob], GenerationSettings, FidelityScorer]:
+    profile: Profile,
+    pipe: ControlNetPipeline,
+    config: SearchConfig,
+    plan: ConstraintPlan,
+    clip: ClipScorer | None,
+) -> tuple[list[GenerationJob], GenerationSettings, ConstraintScorer]:
     """The calibration jobs (the profile's samples), their settings and a scorer against the profile's
     references; with ``config.check_reference``, the first one regenerated to check the pipeline reproduces
     its reference."""
@@ -415,10 +461,10 @@ def _calibration(
     settings = profile_settings(profile)
     if config.samples_per_call is not None:
         settings = replace(settings, samples_per_call=config.samples_per_call)
-    evaluator = TaskEvaluator(_condition_type(profile), metric)
     references = [_reference(profile, i) for i in range(len(calibration))]
     conditions = list(profile.condition_images[: len(calibration)])
-    scorer = FidelityScorer(evaluator, references, conditions)
+    prompts = [job.prompt for job in calibration]
+    scorer = plan.scorer(_condition_type(profile), references, conditions, prompts, clip)
     if config.check_reference:
         regenerated = generate_output(pipe, calibration[0], settings)
         error = _relative_error(regenerated.latent, references[0].latent)

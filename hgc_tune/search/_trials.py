@@ -8,6 +8,7 @@ enqueued again; its retry counts instead).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,15 +18,19 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+    from hgc_tune.fidelity._scorer import ConstrainedEstimate
+
 __all__ = [
     "ATTR",
     "TrialRecord",
     "close_leftover_waiting",
     "close_waiting",
+    "constraint_rows",
     "counted_trials",
     "duplicate_waiting_peers",
     "finished_count",
     "is_surplus",
+    "picture_fidelity",
     "present_peers",
     "replaced_numbers",
     "trial_records",
@@ -59,6 +64,46 @@ class ATTR:
     ERROR = "error"
     SURPLUS = "surplus"
     WORKER = "worker"
+    CONSTRAINTS = "constraints"
+    PICTURE = "picture"
+    ESTIMATE = "estimate"
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def constraint_rows(estimate: ConstrainedEstimate) -> list[dict[str, Any]]:
+    """One row per constraint of an estimate: ``metric``, ``budget``, ``loss``, ``loss_upper``,
+    ``loss_lower`` (``None``: unbounded), ``level`` (each bound's confidence), ``full``, ``policy``,
+    ``holds``."""
+    rows = []
+    for e, budget, holds in zip(estimate.estimates, estimate.budgets, estimate.holds()):
+        point = e.confidence == 0.0
+        rows.append(
+            {
+                "metric": e.metric,
+                "budget": float(budget),
+                "loss": float(e.loss),
+                "loss_upper": float(e.loss) if point else _finite_or_none(e.upper),
+                "loss_lower": float(e.loss) if point else _finite_or_none(e.lower),
+                "level": float(e.confidence),
+                "full": float(e.full),
+                "policy": float(e.policy),
+                "holds": bool(holds) and not estimate.rejected_early,
+            }
+        )
+    return rows
+
+
+def picture_fidelity(estimate: ConstrainedEstimate) -> dict[str, float]:
+    """Mean SSIM and PSNR of the policy's pictures to the full-compute ones (those that were measured)."""
+    out = {}
+    for name in ("ssim", "psnr"):
+        value = estimate.reported_mean(name)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def replaced_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -204,12 +249,15 @@ class TrialRecord:
         accepted_early: Whether evaluation stopped early because the upper bound was within the budget.
         screen: Whether the trial was only screened on a few samples (it cost no less than a trial already
             within the budget, so it could not be the result).
-        feasible: The upper bound of the loss is within the budget on the calibration samples evaluated.
+        feasible: Every constraint's upper bound is within its budget on the calibration samples evaluated.
         duplicate_of: The earlier trial with the same policy whose result this one reuses.
         policy_key: Digest of what the policy computes (:func:`hgc_tune.search._space.policy_key`).
         policy_json: The policy (``hgc_tune.policy._io.policy_to_json``) or ``None``.
         error: The failure message of a failed trial.
         replaced: A stale trial of a killed worker that was enqueued again.
+        constraints: Every constraint's figures (:func:`constraint_rows`; the first is the task metric's,
+            whose figures the fields above repeat).
+        picture: Mean SSIM and PSNR of the policy's pictures to the full-compute ones.
     """
 
     number: int
@@ -233,15 +281,22 @@ class TrialRecord:
     policy_json: Mapping[str, Any] | None = None
     error: str | None = None
     replaced: bool = False
+    constraints: tuple[Mapping[str, Any], ...] = ()
+    picture: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.loss is not None
 
     def plausible(self, budget: float) -> bool:
-        """Completed and not a failure (its lower bound is within ``budget``): the budget may hold."""
+        """Completed and not a failure (the task metric's lower bound is within ``budget``, and every
+        guard's within its own): the budgets may hold."""
         lower = self.loss_lower if self.loss_lower is not None else -float("inf")
-        return self.complete and not self.rejected_early and lower <= budget
+        guards = all(
+            row.get("loss_lower") is None or row["loss_lower"] <= row["budget"]
+            for row in self.constraints[1:]
+        )
+        return self.complete and not self.rejected_early and lower <= budget and guards
 
     @property
     def reduction(self) -> float | None:
@@ -279,6 +334,8 @@ class TrialRecord:
             "policy_name": None if self.policy_json is None else self.policy_json["policies"][0]["name"],
             "error": self.error,
             "replaced": self.replaced,
+            "constraints": [dict(c) for c in self.constraints],
+            "picture": dict(self.picture),
         }
 
 
@@ -313,6 +370,8 @@ def trial_records(trials: Sequence[FrozenTrial]) -> list[TrialRecord]:
                 policy_json=a.get(ATTR.POLICY),
                 error=a.get(ATTR.ERROR),
                 replaced=t.number in replaced and t.state.name == "FAIL",
+                constraints=tuple(a.get(ATTR.CONSTRAINTS, ())),
+                picture=dict(a.get(ATTR.PICTURE, {})),
             )
         )
     return out

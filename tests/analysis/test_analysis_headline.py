@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from hgc_tune.policy import PolicyFile, peer_policy, save_policy, target_for_pipeline
+from hgc_tune.policy import GuidanceWindow, PolicyFile, peer_policy, save_policy, target_for_pipeline
 from hgc_tune.search._space import default_peer_names
 
 SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "headline.py"
@@ -29,28 +30,65 @@ def test_headline_table_on_tiny(headline, tiny_pipe, tmp_path):
     from hgc_tune.models._blocks import cacheable_module_keys
 
     target = target_for_pipeline(tiny_pipe, num_steps=3, condition_type="seg", model="tiny")
-    tuned = peer_policy("deepcache-n2-b0", target, cacheable_module_keys(tiny_pipe))
+    cached = peer_policy("deepcache-n2-b0", target, cacheable_module_keys(tiny_pipe))
+    tuned = dataclasses.replace(cached, guidance=GuidanceWindow(cfg_until=1))  # caching and a guidance window
     policies = save_policy(PolicyFile((tuned,)), tmp_path / "tuned.json")
+    caching = save_policy(PolicyFile((cached,)), tmp_path / "caching-only.json")
     out = tmp_path / "headline"
     argv = ["--model", "tiny", "--conditions", "seg", "--metric", "ssim", "--steps", "3", "--samples", "2"]
-    argv += ["--policies", str(policies), "--budget", "0.5", "--out", str(out), "--no-progress"]
+    argv += ["--policies", str(policies), "--caching-only-policies", str(caching)]
+    argv += ["--budget", "0.5", "--out", str(out), "--no-progress"]
     assert headline.main(argv) == 0
     data = json.loads(out.with_suffix(".json").read_text())
+    assert data["caching_only_policies"] == str(caching)
     (result,) = data["results"]
     assert result["split"] == "test" and result["samples"] == 2
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["tuned", *default_peer_names(3)]
+    assert list(rows) == ["tuned", "caching-only", *default_peer_names(3)]
     for row in rows.values():
         assert row["samples"] == 2 and row["metric"] == "ssim"
         assert row["loss_upper"] is None or row["loss_upper"] >= row["loss"]
         assert row["within"] == (row["loss_upper"] is not None and row["loss_upper"] <= 0.5)
         assert len(row["per_sample_full"]) == len(row["per_sample_policy"]) == 2
-    assert rows["tuned"]["macs"]["paper"]["reduction"] > 0
+        for convention in ("paper", "complete"):
+            split = row["savings_by_mechanism"][convention]
+            assert sum(split["macs"].values()) == split["saved"], row["name"]
+            assert split["reduction"]["total"] == pytest.approx(row["macs"][convention]["reduction"])
+    tuned_split = rows["tuned"]["savings_by_mechanism"]["paper"]["macs"]
+    caching_split = rows["caching-only"]["savings_by_mechanism"]["paper"]["macs"]
+    assert tuned_split["guidance_window"] > 0 and caching_split["guidance_window"] == 0
+    assert caching_split["unet_blocks"] > 0
+    assert rows["tuned"]["macs"]["paper"]["reduction"] > rows["caching-only"]["macs"]["paper"]["reduction"]
     table = out.with_suffix(".md").read_text()
     assert table.startswith(
-        "| condition | metric | policy | paper-MAC reduction | mean loss | 95% upper bound"
+        "| condition | metric | policy | paper-MAC reduction | from the guidance window | from caching | "
+        "mean loss | 95% upper bound"
     )
     assert table.count("| seg | ssim |") == len(rows)
+    guidance = 100 * rows["tuned"]["savings_by_mechanism"]["paper"]["reduction"]["guidance_window"]
+    assert (
+        f"| seg | ssim | tuned | {100 * rows['tuned']['macs']['paper']['reduction']:.1f}% | {guidance:.1f}% |"
+        in table
+    )
+    per_condition = table[table.index("| condition | tuned |") :]
+    caching_figure = 100 * rows["caching-only"]["macs"]["paper"]["reduction"]
+    assert per_condition.splitlines()[2].startswith("| seg | ")
+    assert f"{caching_figure:.1f}%" in per_condition.splitlines()[2]
+
+
+def test_headline_refuses_a_caching_only_policy_with_a_guidance_window(headline, tiny_pipe, tmp_path, capsys):
+    from hgc_tune.models._blocks import cacheable_module_keys
+
+    target = target_for_pipeline(tiny_pipe, num_steps=3, condition_type="seg", model="tiny")
+    truncated = peer_policy("tgate-g1-cfg", target, cacheable_module_keys(tiny_pipe))
+    assert truncated.guidance is not None
+    caching = save_policy(PolicyFile((truncated,)), tmp_path / "not-caching-only.json")
+    argv = ["--model", "tiny", "--conditions", "seg", "--metric", "ssim", "--steps", "3", "--samples", "2"]
+    argv += ["--policies", "none", "--caching-only-policies", str(caching), "--out", str(tmp_path / "h")]
+    assert headline.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--caching-only-policies" in err and "--no-guidance-window" in err
+    assert not (tmp_path / "h.md").exists()
 
 
 def test_headline_refuses_one_sample(headline, tmp_path, capsys):

@@ -48,10 +48,20 @@ def test_json_reports_time_and_macs_of_the_policy(tmp_path, condition_file, caps
     assert 0 < paper["policy"] < paper["full"]
     assert paper["reduction"] == pytest.approx(1 - paper["policy"] / paper["full"])
     assert result["macs"]["complete"]["full"] > paper["full"]  # the complete convention counts more ops
+    # the call's summary: what each scheduled module did, the guidance steps, and the MACs counted while it
+    # ran, which equal the analytic figure above
+    summary = result["summary"]
+    assert summary["policy"] == "deepcache-n2-b0" and summary["steps"] == 4
+    assert summary["guidance"] == {"cfg_steps": 4, "cfg_truncated_steps": 0}
+    assert summary["modules"]["unet.mid_block"] == {"computed": 2, "reused": 2, "dropped": 0}
+    for convention in ("paper", "complete"):
+        counted, analytic = summary["macs"][convention], result["macs"][convention]
+        assert (counted["executed"], counted["full"]) == (analytic["policy"], analytic["full"])
     assert main(argv) == 2  # the image is there: replacing it takes --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
-    assert main([*argv, "--overwrite"]) == 0  # no policy: the full MACs, no reduction
-    assert json.loads(capsys.readouterr().out)["macs"]["paper"]["reduction"] == 0
+    assert main([*argv, "--overwrite"]) == 0  # no policy: the full MACs, no reduction, no summary
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["macs"]["paper"]["reduction"] == 0 and "summary" not in plain
 
 
 def test_unreadable_condition_image_names_the_flag_and_path(tmp_path, capsys):

@@ -28,6 +28,8 @@ EVERY_FLAG_SET = SearchConfig(
     heartbeat_interval=5,
     num_steps=4,
     max_validation_tries=2,
+    guards=(("prompt", 0.015), ("ssim", 0.05)),
+    clip="/models/clip",
 )
 
 
@@ -37,8 +39,13 @@ def _parse(*argv: str):
 
 @pytest.mark.parametrize(
     "config",
-    [SearchConfig(budget=0.015), EVERY_FLAG_SET, replace(EVERY_FLAG_SET, peers=(), early_rejection=True)],
-    ids=["defaults", "every-flag", "no-peers"],
+    [
+        SearchConfig(budget=0.015),
+        EVERY_FLAG_SET,
+        replace(EVERY_FLAG_SET, peers=(), early_rejection=True),
+        replace(EVERY_FLAG_SET, guards=()),
+    ],
+    ids=["defaults", "every-flag", "no-peers", "no-guards"],
 )
 def test_a_config_round_trips_through_its_arguments(config):
     assert config_from_args(_parse(*config_argv(config))) == config
@@ -83,3 +90,22 @@ def test_no_guidance_window_takes_the_guidance_window_out_of_the_search():
     assert config_from_args(_parse("--budget", "0.015", "--no-guidance-window")).search_guidance is False
     assert "--no-guidance-window" in config_argv(SearchConfig(budget=0.015, search_guidance=False))
     assert "--no-guidance-window" not in config_argv(SearchConfig(budget=0.015))
+
+
+def test_guard_flags_become_the_config_guards():
+    assert config_from_args(_parse("--budget", "0.015")).guards is None  # the default guards
+    args = _parse("--budget", "0.015", "--guard", "prompt=0.015", "--guard", "psnr=0.1")
+    assert config_from_args(args).guards == (("prompt", 0.015), ("psnr", 0.1))
+    assert config_from_args(_parse("--budget", "0.015", "--guard", "none")).guards == ()
+    with pytest.raises(SearchError, match="--guard none cannot be combined"):
+        config_from_args(_parse("--budget", "0.015", "--guard", "none", "--guard", "ssim=0.1"))
+
+
+@pytest.mark.parametrize("value", ["prompt", "prompt=2", "prompt=0", "miou=0.1", "ssim=x", "=0.1"])
+def test_a_bad_guard_names_the_flag_and_the_value(value):
+    from hgc_tune.cli import _UsageError
+
+    with pytest.raises(_UsageError) as error:
+        _parse("--budget", "0.015", "--guard", value)
+    message = str(error.value)
+    assert message.startswith("`--guard` must be METRIC=BUDGET") and f"but got --guard {value!r}" in message

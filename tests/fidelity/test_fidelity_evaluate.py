@@ -13,8 +13,6 @@ from hgc_tune.errors import FidelityError
 from hgc_tune.fidelity import FidelityResult, TaskEvaluator, evaluate_pairs, psnr
 from hgc_tune.fidelity._metrics import PSNR_CAP_DB
 from hgc_tune.fidelity._registry import PROMPT_METRICS
-from hgc_tune.fidelity._scorer import FidelityScorer
-from hgc_tune.generation import GeneratedOutput
 
 
 def _red_mask(image: np.ndarray) -> np.ndarray:
@@ -185,10 +183,9 @@ class _PromptMetricEvaluator:
         raise AssertionError("a prompt metric must be refused before any scoring")
 
 
-def test_a_metric_without_an_ideal_is_refused_by_the_pairs_and_the_scorer() -> None:
+def test_a_metric_without_an_ideal_is_refused_by_the_pairs() -> None:
+    # evaluate_pairs compares an output with its condition or reference, never with a prompt; the scorer
+    # scores a prompt metric from the prompts (tests/fidelity/test_fidelity_constraints.py).
     img = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(FidelityError, match=r"metric 'clip' \(prompt\) has no `ideal`.*ideal=None"):
         evaluate_pairs([img], [img], None, _PromptMetricEvaluator())
-    reference = GeneratedOutput(image=img, latent=np.zeros((4, 2, 2), np.float32))
-    with pytest.raises(FidelityError, match=r"metric 'clip' \(prompt\) has no `ideal`.*ideal=None"):
-        FidelityScorer(_PromptMetricEvaluator(), [reference], [img])

@@ -15,6 +15,7 @@ from hgc_tune.errors import FidelityError
 from hgc_tune.fidelity import (
     TaskEvaluator,
     background_adherence,
+    background_score,
     evaluate_pairs,
     named_background,
     read_background,
@@ -96,6 +97,29 @@ def test_background_reader_is_not_trivially_right(background_scenes):
     for name, (color, _, _) in BACKGROUNDS.items():
         flat = np.tile(np.asarray(color, dtype=np.uint8), (64, 64, 1))
         assert read_background(flat, np.ones((64, 64), dtype=bool)) == name
+
+
+def test_background_score_is_the_soft_reader(background_scenes):
+    """High where the reader is right, low against another scene's prompt, and moving with the colour."""
+    own = [background_score(s.image, s.prompt, s.class_map == 0) for s in background_scenes]
+    assert min(own) > 0.5
+    assert float(np.mean(own)) > 0.9
+    shuffled = background_scenes[1:] + background_scenes[:1]
+    other = [
+        background_score(a.image, b.prompt, a.class_map == 0) for a, b in zip(background_scenes, shuffled)
+    ]
+    assert float(np.mean(other)) < 0.3
+    # halfway between two base colours, each gets about half; nearer to one, it gets more
+    mask = np.ones((8, 8), dtype=bool)
+    wood, stone = (np.asarray(BACKGROUNDS[n][0], dtype=np.float64) for n in ("wood", "stone"))
+    prompt = "a photo of a red plain circle on a wood background"
+    scores = [
+        background_score(
+            np.tile(np.round(stone + t * (wood - stone)).astype(np.uint8), (8, 8, 1)), prompt, mask
+        )
+        for t in (0.0, 0.5, 1.0)
+    ]
+    assert scores[0] < 0.3 < scores[1] < 0.7 < scores[2]
 
 
 def test_background_reader_errors_name_the_value():

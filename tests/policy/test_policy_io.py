@@ -166,7 +166,7 @@ def test_round_trip_multi_policy_file() -> None:
 def test_json_layout_is_the_documented_one() -> None:
     data = policy_to_json(full_featured_policy())
     assert set(data) == {"schema_version", "policies"}
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     (p,) = data["policies"]
     assert set(p) == {"name", "target", "blocks", "attention", "controlnet", "guidance", "provenance"}
     assert p["blocks"] == {"controlnet.down_blocks.3": [0, 5], "unet.mid_block": [0, 4, 8]}
@@ -382,16 +382,16 @@ def test_bad_module_keys() -> None:
     assert "belong in `attention`" in msg
 
 
-@pytest.mark.parametrize("version", [0, 3, "1", True, None])
+@pytest.mark.parametrize("version", [0, 4, "1", True, None])
 def test_unsupported_schema_version(version) -> None:
     msg = bad(lambda d: d.update(schema_version=version))
-    assert f"unsupported schema_version={version!r}; this hgc-tune reads schema versions [1, 2]" in msg
+    assert f"unsupported schema_version={version!r}; this hgc-tune reads schema versions [1, 2, 3]" in msg
 
 
 def test_unsupported_schema_version_wins_over_unknown_keys() -> None:
     # a newer file is reported as newer, not as a pile of unknown keys
-    msg = bad(lambda d: d.update(schema_version=3, future_field={}))
-    assert "schema_version=3" in msg
+    msg = bad(lambda d: d.update(schema_version=4, future_field={}))
+    assert "schema_version=4" in msg
 
 
 def test_compute_step_out_of_range() -> None:
@@ -456,7 +456,7 @@ def test_top_level_must_be_an_object() -> None:
         lambda d: d["policies"][0]["guidance"].update(scale=7.5),
         lambda d: d["policies"][0]["provenance"].update(seed=0),
         lambda d: d["policies"][0]["controlnet"].update(mode="skip"),
-        lambda d: d.update(schema_version=3),
+        lambda d: d.update(schema_version=4),
         lambda d: d["policies"][0]["blocks"].update({"unet.mid_block": [1, 2]}),
         lambda d: d["policies"][0]["blocks"].update({"vae.decoder": [0]}),
         lambda d: d["policies"][0]["blocks"].update({ATTN: [0]}),
@@ -542,7 +542,7 @@ def test_multi_controlnet_policy_round_trips_as_version_2(validator) -> None:
     p = multi_policy()
     data = policy_to_json(p)
     validator.validate(data)
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data["policies"][0]["target"]["controlnets"] == [
         {"class": "ControlNetModel", "fingerprint": "aaaa", "condition_type": "seg"},
         {"class": "ControlNetModel", "fingerprint": "bbbb", "condition_type": "depth"},

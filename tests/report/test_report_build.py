@@ -251,3 +251,27 @@ def test_every_written_file_is_0644_and_no_temporary_file_is_left(profile_dir, s
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
         Path(p).name for p in result.files
     )
+
+
+def test_report_splits_the_savings_by_mechanism(tiny_pipe, profile_dir, tmp_path):
+    from hgc_tune.models._blocks import cacheable_module_keys
+    from hgc_tune.policy import GuidanceWindow, peer_policy, target_for_pipeline
+
+    target = target_for_pipeline(tiny_pipe, num_steps=STEPS, condition_type="seg", model="tiny")
+    cached = peer_policy("deepcache-n2-b0", target, cacheable_module_keys(tiny_pipe))
+    policy = dataclasses.replace(cached, guidance=GuidanceWindow(cfg_until=2))
+    result = build_report(profile_dir, tmp_path / "report", policy=policy, samples=0)
+    for convention in ("paper", "complete"):
+        split = result.summary["savings_by_mechanism"][convention]
+        assert split["order"][0] == "guidance_window"
+        assert sum(split["macs"].values()) == split["saved"], "each skipped MAC counted once"
+        assert split["reduction"]["total"] == pytest.approx(result.summary["macs"][convention]["reduction"])
+        assert split["macs"]["guidance_window"] > 0 and split["macs"]["unet_blocks"] > 0
+        assert split["macs"]["cross_attention"] == split["macs"]["controlnet_window"] == 0
+    text = (tmp_path / "report" / INDEX_FILE).read_text(encoding="utf-8")
+    assert "Where the savings come from" in text and "guidance window" in text
+    assert parse_page(tmp_path / "report" / INDEX_FILE).tags.count("table") >= 4
+
+    bare = build_report(profile_dir, tmp_path / "bare", samples=0)
+    assert bare.summary["savings_by_mechanism"] is None
+    assert "Where the savings come from" not in (tmp_path / "bare" / INDEX_FILE).read_text(encoding="utf-8")

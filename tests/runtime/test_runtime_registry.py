@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from hgc_tune.runtime._registry import register_hook, remove_hook, repair_hook
+from hgc_tune.runtime._registry import register_hook, remove_hook, repair_hook, unhooked_view
 
 
 class _Double(torch.nn.Module):
@@ -144,3 +144,19 @@ def test_a_hooked_module_copies_with_its_own_chain(copier):
     remove_hook(module, "outer")
     remove_hook(module, "ours")
     assert _value(module) == 2 and "forward" not in vars(module)
+
+
+def test_an_unhooked_view_runs_the_plain_forward_and_leaves_the_original_hooked():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), _Double())
+    register_hook(model[1], _Add(1), "hgc_add")
+    _registry(model[0]).register_hook(_Add(10), "theirs")
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(out))
+    x = torch.ones(1, 2)
+    hooked = model(x)
+    view = unhooked_view(model)
+    plain = 2 * torch.nn.functional.linear(x, model[0].weight, model[0].bias)
+    assert torch.equal(view(x), plain) and not torch.equal(hooked, plain)
+    assert len(seen) == 1  # the view carries no PyTorch hook either
+    assert view[0].weight is model[0].weight  # shared, not copied
+    assert torch.equal(model(x), hooked) and len(seen) == 2  # the original keeps every hook

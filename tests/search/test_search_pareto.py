@@ -46,7 +46,7 @@ def test_pareto_file_reads_trials_front_peers_and_chosen():
     ("edit", "message"),
     [
         (lambda d: d.update(format="something-else"), "`format` must be 'hgc-tune-pareto'"),
-        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(schema_version=3), "schema_version"),
         (lambda d: d.pop("budget"), "`budget` must be a finite number"),
         (lambda d: d.update(trials={}), "`trials` must be a list"),
         (lambda d: d.update(front=[0, 99]), r"name trials \[99\]"),

@@ -18,7 +18,7 @@ from _search_fixtures import (
 
 from hgc_tune.cli import main
 from hgc_tune.data import open_dataset
-from hgc_tune.fidelity import FidelityEstimate
+from hgc_tune.fidelity import ConstrainedEstimate, FidelityEstimate
 from hgc_tune.generation import jobs_from_samples
 from hgc_tune.models._blocks import cacheable_module_keys
 from hgc_tune.policy import load_policy, peer_policy, target_for_pipeline
@@ -218,7 +218,8 @@ def _fake_heldout(session, heldout, number, loss):
     key = heldout_key(
         session.pipe, jobs_from_samples(heldout, seed=session.config.seed + 100_000), session.settings
     )
-    estimate = FidelityEstimate(metric=METRIC, full=1.0, policy=1.0 - loss, loss=loss, samples=2, total=2)
+    one = FidelityEstimate(metric=METRIC, full=1.0, policy=1.0 - loss, loss=loss, samples=2, total=2)
+    estimate = ConstrainedEstimate((one,), (BUDGET,))
     session.study.set_user_attr(f"hgc.heldout.{number}", {"key": key, **estimate.to_dict()})
 
 

@@ -41,6 +41,17 @@ def test_flags_override_defaults():
     assert config.seed == 4
 
 
+def test_self_check_guidance_defaults_to_the_recorded_recommendation(tmp_path):
+    assert _config("--device", "cuda").eval_guidance == (7.5,)  # no weights trained on: SD1.5's default
+    init = tmp_path / "weights"
+    (init / "base").mkdir(parents=True)
+    (init / "base" / "model_index.json").write_text("{}")
+    (init / "training.json").write_text('{"recommended_guidance": 3.0}')
+    assert _config("--device", "cpu", "--init-from", str(init)).eval_guidance == (3.0,)
+    (init / "training.json").write_text('{"self_check": {"recommended_guidance": 4.0}}')  # unmeasured
+    assert _config("--device", "cpu", "--init-from", str(init)).eval_guidance == (7.5,)
+
+
 def test_bad_iterations_flag_is_a_usage_error():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--out", "x", "--iterations", "encoder=3"])

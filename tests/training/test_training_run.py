@@ -70,7 +70,10 @@ def test_summary_and_reports(trained):
     assert set(check["conditions"]) == {"seg", "depth"}
     entry = check["conditions"]["seg"]["3.0"]
     assert entry["metric"] == "miou" and 0.0 <= entry["with_control"] <= 1.0
-    assert check["recommended_guidance"] == 3.0
+    # the self-check judges its bars at the guidance asked for and chooses none: the recommended guidance
+    # has one writer, analysis/recommend_guidance.py
+    assert check["judged_guidance"] == 3.0
+    assert "recommended_guidance" not in check and "recommended_guidance" not in summary
 
 
 def test_output_loads_as_a_controlnet_pipeline_in_fp32(trained):

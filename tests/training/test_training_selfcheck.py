@@ -1,11 +1,11 @@
-"""The self-check's acceptance bars, guidance choice and sample grid."""
+"""The self-check's acceptance bars and sample grid."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.shapes.selfcheck import ACCEPTANCE, grid_image, pick_guidance
+from training.shapes.selfcheck import ACCEPTANCE, grid_image
 
 
 @pytest.mark.parametrize(
@@ -24,19 +24,6 @@ from training.shapes.selfcheck import ACCEPTANCE, grid_image, pick_guidance
 )
 def test_acceptance_bars(condition, with_control, dropped, passes):
     assert ACCEPTANCE[condition].passes(with_control, dropped) is passes
-
-
-def test_pick_guidance_prefers_more_passes_then_larger_margin():
-    def entry(on, off, ok):
-        return {"with_control": on, "dropped": off, "passes": ok}
-
-    results = {
-        "seg": {"7.5": entry(0.55, 0.2, True), "3.0": entry(0.6, 0.2, True), "1.5": entry(0.7, 0.2, True)},
-        "depth": {"7.5": entry(0.1, 0.3, True), "3.0": entry(0.1, 0.3, True), "1.5": entry(0.2, 0.3, False)},
-    }
-    # 7.5 and 3.0 pass both; 3.0 has the larger mean ratio (3.0 + 3.0 vs 2.75 + 3.0)
-    assert pick_guidance(results, [7.5, 3.0, 1.5]) == 3.0
-    assert pick_guidance({}, [7.5]) is None
 
 
 def test_grid_image_tiles_rows_upscaled():

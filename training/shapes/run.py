@@ -93,7 +93,9 @@ class TrainConfig:
             goes on from their last iteration; the self-check covers every ControlNet saved in ``out``.
         conditions: ControlNets to train.
         eval_samples: Held-out scenes per condition type in the self-check (0: skip it).
-        eval_guidance: Guidance scales the self-check tries (it recommends the one that passes most bars).
+        eval_guidance: Guidance scales the self-check generates at; its bars are judged at the first. It
+            chooses no guidance: the weights' recommended scale is measured afterwards by
+            ``analysis/recommend_guidance.py --weights OUT --write``.
         eval_steps: Denoising steps of the self-check (UniPC).
         amp: bf16 autocast; ``None`` = on for CUDA, off on CPU.
         save_dtype: ``fp16`` (ships in ~36 MB) or ``fp32``. With fp16, weights are rounded through fp16
@@ -134,7 +136,7 @@ class TrainConfig:
     continue_controlnets: bool = False
     conditions: tuple[str, ...] = SHAPES_CONDITIONS
     eval_samples: int = 16
-    eval_guidance: tuple[float, ...] = (7.5, 4.0, 2.0)
+    eval_guidance: tuple[float, ...] = (7.5,)
     eval_steps: int = 20
     amp: bool | None = None
     save_dtype: str = "fp16"

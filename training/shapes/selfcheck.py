@@ -21,7 +21,7 @@ from hgc_tune._atomic import atomic_write
 from hgc_tune.fidelity import TaskEvaluator
 from hgc_tune.models import load_pipeline
 
-__all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "pick_guidance", "self_check"]
+__all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "self_check"]
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,15 @@ def self_check(
     """Generate held-out scenes with and without each ControlNet and score them against the bars.
 
     The pipelines are loaded from the saved folders through :func:`hgc_tune.models.load_pipeline` (the
-    path users take), in fp32 with UniPC. Writes a sample grid per condition type (condition | with
-    ControlNet | dropped | ground truth, at the recommended guidance scale) to ``report_dir``.
+    path users take), in fp32 with UniPC, at each of ``guidance_scales``; the bars are judged at the first
+    (the recorded recommended guidance of the weights trained on, by default). The self-check chooses no
+    guidance scale: ``analysis/recommend_guidance.py`` measures it on the finished weights and is the one
+    writer of their ``recommended_guidance``. Writes a sample grid per condition type (condition | with
+    ControlNet | dropped | ground truth, at the judged scale) to ``report_dir``.
 
     Returns:
         ``{"conditions": {cond: {str(guidance): {"metric", "with_control", "dropped", "passes",
-        "per_sample_with_control", "per_sample_dropped"}}}, "bars": {cond: text}, "recommended_guidance",
+        "per_sample_with_control", "per_sample_dropped"}}}, "bars": {cond: text}, "judged_guidance",
         "all_pass"}``.
     """
     prompts = [str(s.prompt) for s in scenes]
@@ -151,9 +154,9 @@ def self_check(
             ]
         results[condition] = per_guidance
         del pipe
-    recommended = pick_guidance(results, guidance_scales)
+    judged = guidance_scales[0]
     for condition in results:
-        grid = grid_image(grids[condition, str(recommended)])
+        grid = grid_image(grids[condition, str(judged)])
         picture = Image.fromarray(grid)
         atomic_write(
             report_dir / f"zoo-samples-{condition}.png", lambda tmp, p=picture: p.save(tmp, format="PNG")
@@ -161,38 +164,11 @@ def self_check(
     return {
         "conditions": results,
         "bars": {c: ACCEPTANCE[c].describe() for c in results},
-        "recommended_guidance": recommended,
-        "all_pass": bool(results) and all(results[c][str(recommended)]["passes"] for c in results),
+        "judged_guidance": judged,
+        "all_pass": bool(results) and all(results[c][str(judged)]["passes"] for c in results),
         "steps": steps,
         "scheduler": "UniPCMultistepScheduler",
         "samples": len(scenes),
         "grid_columns": ["condition", "with ControlNet", "ControlNet dropped", "ground truth"],
-        "grid_guidance": recommended,
+        "grid_guidance": judged,
     }
-
-
-def pick_guidance(results: Mapping[str, Mapping[str, Any]], guidance_scales: Sequence[float]) -> float | None:
-    """The guidance scale that passes the most bars; ties go to the best mean control ratio.
-
-    Example:
-        >>> r = {"seg": {"7.5": {"passes": False, "with_control": 0.4, "dropped": 0.3, "metric": "miou"},
-        ...              "3.0": {"passes": True, "with_control": 0.6, "dropped": 0.2, "metric": "miou"}}}
-        >>> pick_guidance(r, [7.5, 3.0])
-        3.0
-    """
-    if not results or not guidance_scales:
-        return None
-
-    def key(guidance: float) -> tuple[int, float]:
-        passes, ratios = 0, []
-        for condition, per_guidance in results.items():
-            entry = per_guidance[str(guidance)]
-            passes += bool(entry["passes"])
-            on, off = entry["with_control"], entry["dropped"]
-            if ACCEPTANCE[condition].higher_is_better:
-                ratios.append(on / max(off, 1e-6))
-            else:
-                ratios.append(off / max(on, 1e-6))
-        return passes, float(np.mean(ratios))
-
-    return max(guidance_scales, key=key)

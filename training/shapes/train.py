@@ -52,7 +52,6 @@ _DEFAULTS = {
         "decoder_batch_size": 128,
         "joint_batch_size": 64,
         "log_every": 100,
-        "eval_guidance": "7.5,4,2",
         "eval_reserve": 0.08,
     },
     "cpu": {
@@ -64,7 +63,6 @@ _DEFAULTS = {
         "decoder_batch_size": 32,
         "joint_batch_size": 8,
         "log_every": 10,
-        "eval_guidance": "7.5",
         "eval_reserve": 0.12,
     },
 }
@@ -75,6 +73,15 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _recorded_guidance(init_from: str | Path | None) -> tuple[float, ...]:
+    """The self-check's default guidance: the recommended scale recorded with the weights trained on (the
+    one ``analysis/recommend_guidance.py`` measured), else diffusers' SD1.5 default of 7.5."""
+    from hgc_tune.models._guidance import weights_recommended_guidance
+
+    recorded = weights_recommended_guidance(init_from) if init_from is not None else None
+    return (recorded if recorded is not None else 7.5,)
 
 
 def _iterations(text: str) -> dict[str, int]:
@@ -155,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-joint", type=float, default=TrainConfig.lr_joint)
     p.add_argument("--eval-samples", type=int, default=16, help="self-check scenes per condition (0: skip)")
     p.add_argument(
-        "--eval-guidance", type=_floats, help="guidance scales to check (default 7.5,4,2 cuda; 7.5 cpu)"
+        "--eval-guidance",
+        type=_floats,
+        help="guidance scales the self-check generates at, its bars judged at the first (default: the "
+        "recommended guidance recorded with --init-from's weights, else 7.5)",
     )
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument(
@@ -178,7 +188,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, name)
         return defaults[name] if value is None else value
 
-    guidance = args.eval_guidance if args.eval_guidance is not None else _floats(defaults["eval_guidance"])
+    guidance = args.eval_guidance if args.eval_guidance is not None else _recorded_guidance(args.init_from)
     workers = args.workers if args.workers is not None else max(0, (os.cpu_count() or 1) - 1)
     return TrainConfig(
         out=args.out,
@@ -334,9 +344,10 @@ def main(argv: list[str] | None = None, source=None) -> int:
     if "error" in check:
         return 1
     if check:
-        log(f"recommended guidance {check['recommended_guidance']}; all bars pass: {check['all_pass']}")
+        log(f"self-check at guidance {check['judged_guidance']:g}; all bars pass: {check['all_pass']}")
     out = config.out
     log(
+        f"measure the recommended guidance: python analysis/recommend_guidance.py --weights {out} --write; "
         f"to ship: copy {out}/base, {out}/controlnet-* and {out}/training.json to "
         f"hgc_tune/models/weights/shapes/, and {out}/reports/* to reports/"
     )
