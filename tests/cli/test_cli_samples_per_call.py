@@ -39,12 +39,9 @@ def test_profile_records_the_batching_and_search_config_round_trips_it(tmp_path,
     assert json.loads(capsys.readouterr().out)["samples_per_call"] == 2
     assert Profile.load(out).samples_per_call == 2
 
-    import argparse
+    from hgc_tune.cli import build_parser
 
-    from hgc_tune.cli._search_options import add_search_options
-
-    parser = argparse.ArgumentParser()
-    add_search_options(parser)
     for size in (None, 4):
         config = SearchConfig(budget=0.05, samples_per_call=size)
-        assert config_from_args(parser.parse_args(config_argv(config))) == config
+        argv = ["search", "--profile", "runs/p", "--out", "p.json", *config_argv(config)]
+        assert config_from_args(build_parser().parse_args(argv)) == config
