@@ -15,6 +15,7 @@ from typing import Any
 from hgc_tune.cli._checks import (
     MAX_COUNT,
     add_budget_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
     add_trials_argument,
@@ -53,6 +54,7 @@ FLAGS: dict[str, str] = {
     "max_validation_tries": "--validation-tries",
     "early_rejection": "--no-early-rejection",
     "search_guidance": "--no-guidance-window",
+    "samples_per_call": "--samples-per-call",
     "worker_index": "--worker-index",
 }
 # The boolean fields whose flag turns them off (default True).
@@ -185,6 +187,13 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         help="keep classifier-free guidance at every step: take the guidance window out of the search space, "
         "so the MACs saved come from caching only (the default peers then leave out T-GATE with truncated "
         "CFG; naming such a peer in --peers is refused)",
+    )
+    add_samples_per_call_argument(
+        parser,
+        default=None,
+        help="samples generated per pipeline call in trials, validation and test (default: the profile's, "
+        "so an all-compute trial reproduces its references bit for bit; the chosen policy is the same for "
+        "the same seed and batch size)",
     )
     # Internal: the index of a worker started by --workers (offsets the sampler's seed).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)

@@ -36,9 +36,11 @@ from pathlib import Path
 
 from hgc_tune._progress import PROFILE, REPORT
 from hgc_tune.cli._checks import (
+    DEFAULT_SAMPLES_PER_CALL,
     MAX_COUNT,
     add_budget_argument,
     add_samples_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
     add_trials_argument,
@@ -111,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_steps_argument(parser, default=20, help="denoising steps (default: 20)")
     add_guidance_argument(parser)
+    add_samples_per_call_argument(
+        parser,
+        default=DEFAULT_SAMPLES_PER_CALL,
+        help="samples generated per pipeline call by the profiles, and so by the searches' trials, "
+        f"validation and test (default: {DEFAULT_SAMPLES_PER_CALL})",
+    )
     parser.add_argument("--runs", default="runs/demo", help="folder for profiles, studies and policies")
     parser.add_argument("--reports", default="reports/demo", help="folder for the reports")
     parser.add_argument(
@@ -148,10 +156,13 @@ def _call(argv: list[str]) -> int:
     return main(argv)
 
 
-def _reusable_profile(folder: Path, model: str, condition: str, guidance_scale: float | None) -> bool:
+def _reusable_profile(
+    folder: Path, model: str, condition: str, guidance_scale: float | None, samples_per_call: int = 1
+) -> bool:
     """Whether ``folder`` holds an intact profile of the current weights of ``model`` at the guidance scale
-    asked for (``None``: the model's recommended one); an interrupted demo resumes from it, and after the
-    shipped weights or their recommended guidance change, it is profiled again."""
+    asked for (``None``: the model's recommended one), batched ``samples_per_call`` per call; an interrupted
+    demo resumes from it, and after the shipped weights, their recommended guidance or the batching change,
+    it is profiled again."""
     from hgc_tune.errors import ProfileError
     from hgc_tune.models import pipeline_guidance
     from hgc_tune.profile import Profile, load_profiled_pipeline
@@ -161,6 +172,8 @@ def _reusable_profile(folder: Path, model: str, condition: str, guidance_scale: 
     try:
         profile = Profile.load(folder)
     except ProfileError:
+        return False
+    if profile.samples_per_call != samples_per_call:
         return False
     # the digest is checked against the ControlNet of `condition`, as the profile will be used with it
     if profile.condition_type == condition and profile.weights_digest is not None:
@@ -213,12 +226,13 @@ def _run_condition(args: argparse.Namespace, condition: str) -> int | None:
     _step(f"{condition}: profile ({args.samples} calibration samples, {args.steps} steps)")
     if report_progress is not None:
         report_progress(PROFILE, 0, args.samples)
-    if _reusable_profile(run_dir, args.model, condition, args.guidance_scale):
+    if _reusable_profile(run_dir, args.model, condition, args.guidance_scale, args.samples_per_call):
         print(f"reusing the profile in {run_dir}")
     else:
         profile_argv = ["profile", "--model", args.model, "--condition", condition, "--dataset", "shapes"]
         profile_argv += ["--split", "calibration", "--samples", str(args.samples)]
-        profile_argv += ["--steps", str(args.steps), "--out", str(run_dir), "--overwrite", *_clip_argv(args)]
+        profile_argv += ["--steps", str(args.steps), "--samples-per-call", str(args.samples_per_call)]
+        profile_argv += ["--out", str(run_dir), "--overwrite", *_clip_argv(args)]
         if args.guidance_scale is not None:
             profile_argv += ["--guidance-scale", str(args.guidance_scale)]
         if _call([*profile_argv, *status]) != 0:
@@ -360,6 +374,7 @@ def _child_argv(args: argparse.Namespace, conditions: list[str]) -> list[str]:
     argv += ["--test-samples", str(args.test_samples), "--trials", str(args.trials)]
     argv += ["--validation-tries", str(args.validation_tries), "--timeout", str(args.timeout)]
     argv += ["--steps", str(args.steps), "--runs", args.runs, "--reports", args.reports, "--parallel", "1"]
+    argv += ["--samples-per-call", str(args.samples_per_call)]
     if args.metric:
         argv += ["--metric", args.metric]
     if args.guidance_scale is not None:

@@ -29,8 +29,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from hgc_tune.cli._checks import (
+    DEFAULT_SAMPLES_PER_CALL,
     add_resolution_argument,
     add_samples_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
     confidence,
@@ -71,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", default="test", help="shapes split: calibration, validation or test (default: test)"
     )
     add_samples_argument(parser, default=8, help="number of samples (default: 8)")
+    add_samples_per_call_argument(
+        parser,
+        default=DEFAULT_SAMPLES_PER_CALL,
+        help="samples generated per pipeline call, full compute and policy alike (default: "
+        f"{DEFAULT_SAMPLES_PER_CALL})",
+    )
     add_seed_argument(parser, help="shapes offset / seed of samples without one (default: 0)")
     add_steps_argument(
         parser,
@@ -201,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         progress=args.progress and not args.json,
         strength=strength_,
+        samples_per_call=args.samples_per_call,
         prompt_metric=prompt_metric,
     )
     result.update(model=args.model, dataset=str(args.dataset), split=args.split, policy_spec=args.policy)

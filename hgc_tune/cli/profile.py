@@ -22,9 +22,11 @@ import sys
 import time
 
 from hgc_tune.cli._checks import (
+    DEFAULT_SAMPLES_PER_CALL,
     add_overwrite_argument,
     add_resolution_argument,
     add_samples_argument,
+    add_samples_per_call_argument,
     add_seed_argument,
     add_steps_argument,
     check_output,
@@ -75,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_clip_argument(parser)
     add_seed_argument(parser, help="base seed: sample i without a seed uses seed + i (default: 0)")
     add_resolution_argument(parser, help="image side in pixels (default: the model's)")
+    add_samples_per_call_argument(
+        parser,
+        default=DEFAULT_SAMPLES_PER_CALL,
+        help="samples generated per pipeline call, in sample order (a sample's reference depends on its "
+        "batch; the profile records this and searches batch their trials alike; statistics stay per "
+        f"sample; default: {DEFAULT_SAMPLES_PER_CALL})",
+    )
     parser.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
     add_overwrite_argument(parser, what="a profile")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -139,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         condition_type=condition_type,
         dataset=label,
         strength=args.strength,
+        samples_per_call=args.samples_per_call,
         on_progress=EventWriter(args.status_file, condition_type) if args.status_file else None,
     )
     profile = with_prompt_metric(profile, prompt_metric)
@@ -154,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         "task": profile.task,
         "num_inference_steps": profile.num_inference_steps,
         "strength": profile.strength,
+        "samples_per_call": profile.samples_per_call,
         "guidance_scale": profile.guidance_scale,
         "resolution": resolution,
         "blocks": len(profile.block_keys),

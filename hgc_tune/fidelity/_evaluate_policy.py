@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -112,6 +113,7 @@ def evaluate_policy(
     confidence: float = 0.95,
     progress: bool = False,
     strength: float | None = None,
+    samples_per_call: int = 1,
     prompt_metric: PromptMetric | None = None,
 ) -> dict[str, Any]:
     """Fidelity (and MACs) of a policy on a set of samples, against full compute of the same samples.
@@ -140,6 +142,8 @@ def evaluate_policy(
         progress: Show a tqdm bar on stderr.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task); each sample's init image and mask are taken as the profiler takes them.
+        samples_per_call: How many samples one pipeline call generates, on both sides (a sample's output
+            depends on its batch, so both are batched alike).
         prompt_metric: The model's prompt metric (:func:`hgc_tune.fidelity.prompt_metric_for`): each
             sample's image is also scored against its prompt, at full compute and with the policy, under
             ``prompt`` (:func:`~hgc_tune.fidelity._prompt_guard.prompt_fidelity`; an unguarded one is
@@ -168,10 +172,10 @@ def evaluate_policy(
     guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe, height, width)
     task, strength, jobs = _jobs(pipe, samples, seed, strength, "evaluate")
-    full = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
-    settings = GenerationSettings(
-        num_steps, float(guidance_scale), height, width, float(controlnet_scale), strength=strength
+    full = GenerationSettings(
+        num_steps, float(guidance_scale), height, width, strength=strength, samples_per_call=samples_per_call
     )
+    settings = replace(full, controlnet_scale=float(controlnet_scale))
     bar = tqdm(total=2 * len(jobs), unit="image", desc="evaluate", disable=not progress)
     policy_images: list[Any] = []
     try:
@@ -216,6 +220,7 @@ def evaluate_policy(
         "per_sample_policy": list(estimate.per_sample_policy),
         "policy_name": None if policy is None else policy.name,
         "controlnet_scale": float(controlnet_scale),
+        "samples_per_call": samples_per_call,
         "picture": {e.metric: float(e.policy) for e in scored.reported},
         "macs": _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, condition_type),
         **_task_fields(task, strength),
@@ -268,6 +273,7 @@ def compare_policies(
     mac_table: MacTable | None = None,
     on_output: Callable[[str], None] | None = None,
     strength: float | None = None,
+    samples_per_call: int = 1,
 ) -> list[dict[str, Any]]:
     """Fidelity and MACs of several policies on the same samples, against one full-compute run of them.
 
@@ -291,6 +297,7 @@ def compare_policies(
         on_output: Called with the row name (``full compute`` for the references) after each generation.
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task).
+        samples_per_call: How many samples one pipeline call generates (references and policies alike).
 
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
@@ -303,7 +310,9 @@ def compare_policies(
     guidance_scale = _guidance(pipe, guidance_scale)
     height, width = generation_size(pipe)
     task, strength, jobs = _jobs(pipe, samples, 0, strength, "compare on")
-    settings = GenerationSettings(num_steps, float(guidance_scale), height, width, strength=strength)
+    settings = GenerationSettings(
+        num_steps, float(guidance_scale), height, width, strength=strength, samples_per_call=samples_per_call
+    )
     report = (lambda name: None) if on_output is None else on_output
     scorer = _full_compute_scorer(pipe, evaluator, jobs, settings, lambda: report("full compute"))
     rows = []

@@ -215,6 +215,7 @@ class FidelityScorer:
         max_samples: int | None = None,
         accept_early: bool = True,
         on_sample: Callable[[int, float], None] | None = None,
+        look_every: int = 1,
     ) -> FidelityEstimate:
         """Score policy outputs in sample order, stopping as soon as the verdict on the budget is clear.
 
@@ -231,6 +232,7 @@ class FidelityScorer:
             max_samples=max_samples,
             accept_early=accept_early,
             on_sample=on_sample,
+            look_every=look_every,
         ).estimates[0]
 
 
@@ -401,11 +403,13 @@ class ConstraintScorer:
         max_samples: int | None = None,
         accept_early: bool = True,
         on_sample: Callable[[int, float], None] | None = None,
+        look_every: int = 1,
     ) -> ConstrainedEstimate:
         """Score policy outputs in sample order, stopping as soon as the verdict on every budget is clear.
 
         Each output is scored by every constraint (and every reported metric). After each sample
-        ``n >= min_samples`` (and before the last), with ``sequential``:
+        ``n >= min_samples`` that ends a look (``n`` a multiple of ``look_every``) and before the last, with
+        ``sequential``:
 
         - ``confidence > 0`` (sequential test): each constraint's paired bounds on the ``n`` samples so far
           are computed at the Bonferroni level ``1 − (1 − confidence)/k``; a lower bound above its budget
@@ -426,6 +430,9 @@ class ConstraintScorer:
             accept_early: Stop on a clear pass; ``False``: only a clear failure stops early, so a pass is
                 decided on every sample (a check with one look at the end cannot pass by optional stopping).
             on_sample: Called with ``(index, value)`` (the first constraint's value) after each sample.
+            look_every: Look at the bounds only after every ``look_every`` samples: the outputs of one
+                batched pipeline call arrive together, so a look after each batch (``look_every`` its size)
+                costs no generation that a look after each sample would save.
         """
         try:
             confidence = check_confidence(confidence)
@@ -459,7 +466,7 @@ class ConstraintScorer:
                 n = index + 1
                 if n >= limit:
                     break
-                if not sequential or n < min_samples:
+                if not sequential or n < min_samples or n % look_every:
                     continue
                 try:
                     if confidence > 0.0:

@@ -58,7 +58,9 @@ class GenerationSettings:
 
     ``num_steps`` is the ``num_inference_steps`` of every call; with ``strength`` (img2img and inpainting
     pipelines only) a call runs fewer steps when ``strength < 1``. ``controlnet_scale`` other than 1 is passed
-    as ``controlnet_conditioning_scale``.
+    as ``controlnet_conditioning_scale``. ``samples_per_call`` is how many consecutive jobs one pipeline call
+    generates (the last call of a run takes the rest): a sample's output depends on its seed and on the
+    batch it was generated in, so references and the outputs compared with them must be batched alike.
     """
 
     num_steps: int
@@ -67,6 +69,14 @@ class GenerationSettings:
     width: int
     controlnet_scale: float = 1.0
     strength: float | None = None
+    samples_per_call: int = 1
+
+    def __post_init__(self) -> None:
+        size = self.samples_per_call
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise HgcTuneError(
+                f"`samples_per_call` must be a positive integer, but got samples_per_call={size!r}."
+            )
 
 
 class ProfiledSamples(Protocol):
@@ -94,6 +104,8 @@ class ProfiledSamples(Protocol):
     def task(self) -> str: ...
     @property
     def strength(self) -> float | None: ...
+    @property
+    def samples_per_call(self) -> int: ...
 
 
 def generation_size(
@@ -247,7 +259,7 @@ def profile_jobs(profile: ProfiledSamples, indices: Iterable[int]) -> list[Gener
 
 
 def profile_settings(profile: ProfiledSamples) -> GenerationSettings:
-    """The settings the profile's samples were generated with."""
+    """The settings the profile's samples were generated with (its batching included)."""
     height, width = profile.resolution
     # img2img / inpainting: the profile's num_steps counts the steps run; the calls take the
     # num_inference_steps and strength they were profiled with.
@@ -257,4 +269,5 @@ def profile_settings(profile: ProfiledSamples) -> GenerationSettings:
         height,
         width,
         strength=profile.strength if profile.task != "text2img" else None,
+        samples_per_call=profile.samples_per_call,
     )

@@ -21,7 +21,7 @@ validates against it)::
                                                               "<split>_loss", "<split>_loss_upper", ...}]}],
                                   ["picture_fidelity": {"<split>_ssim", "<split>_psnr", ...}],
                                   ["prompt": {"guarded", "metric", "model", "digest"}],
-                                  ["weights_digest"], ["guidance_scale"]}}]}
+                                  ["weights_digest"], ["guidance_scale"], ["samples_per_call"]}}]}
 
 Version 2 adds several ControlNets (diffusers' ``MultiControlNetModel``): the target lists each ControlNet
 (class, structural fingerprint, condition type) and ``controlnets`` holds each one's window. Version-1 files
@@ -38,6 +38,7 @@ written when the search recorded it, the same way.
 ``provenance.weights_digest`` and ``provenance.guidance_scale`` (the weights and the guidance scale a searched
 policy's figures were measured at) are optional in every version and written only when recorded: older files
 load without them.
+``provenance.samples_per_call`` (the batch size the search generated with) is written only when it is not 1.
 
 Reading is strict: the JSON Schema rejects an unknown key anywhere, a value of the wrong type or form and a
 malformed module key; the message names the field and its value (``policies[0].target.num_steps must be an
@@ -191,6 +192,8 @@ def _provenance_to_json(p: Provenance, where: str) -> dict[str, Any]:
     # Written only when set, so files made before the field existed keep their exact bytes.
     if p.confidence is not None:
         out["confidence"] = _json_number(p.confidence, f"{where}.confidence")
+    if p.samples_per_call != 1:
+        out["samples_per_call"] = int(_json_number(p.samples_per_call, f"{where}.samples_per_call"))
     if p.weights_digest is not None:
         out["weights_digest"] = p.weights_digest
     if p.guidance_scale is not None:
@@ -485,6 +488,7 @@ def _provenance_from_json(d: dict[str, Any], where: str) -> Provenance:
         trial=d.get("trial"),
         hgc_tune_version=d.get("hgc_tune_version"),
         diffusers_version=d.get("diffusers_version"),
+        samples_per_call=int(d.get("samples_per_call", 1)),
         lora=tuple(LoraSpec(a["name"], a["digest"], float(a["scale"])) for a in d.get("lora", ())),
         weights_digest=d.get("weights_digest"),
         guidance_scale=number("guidance_scale"),

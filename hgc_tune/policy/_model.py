@@ -265,6 +265,8 @@ class Provenance:
     ``prompt``: what guarded the prompt while the policy was tuned (``guarded``, ``metric``, and for a CLIP
     score the CLIP ``model`` and its weights ``digest``; :meth:`hgc_tune.fidelity.PromptMetric.to_json`);
     ``None``: not recorded (files written before it was).
+    ``samples_per_call``: how many samples one pipeline call generated in the search that chose it (its
+    outputs, and so its measured fidelity, depend on the batching).
     """
 
     source: str | None = None
@@ -283,6 +285,7 @@ class Provenance:
     constraints: Mapping[str, Any] | None = None
     picture_fidelity: Mapping[str, float] = field(default_factory=dict)
     prompt: Mapping[str, Any] | None = None
+    samples_per_call: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora", tuple(self.lora))

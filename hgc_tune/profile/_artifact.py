@@ -46,6 +46,8 @@ TENSOR_FILE = "profile.safetensors"
 _LEGACY_TMP_PREFIX = ".profile-tmp-"
 AGGREGATES: tuple[str, ...] = ("mean", "std")
 _TASKS: tuple[str, ...] = ("text2img", "img2img", "inpaint")
+# The largest `samples_per_call` a profile may record (a sanity bound on a hand-edited file).
+MAX_SAMPLES_PER_CALL = 4096
 
 REFERENCE_LATENTS = "reference/latents"
 REFERENCE_IMAGES = "reference/images"
@@ -150,6 +152,12 @@ class Profile:
         """The img2img or inpainting ``strength`` the samples ran at; ``None`` for text2img."""
         value = self._meta.get("strength")
         return None if value is None else float(value)
+
+    @property
+    def samples_per_call(self) -> int:
+        """How many samples one pipeline call generated (the references' batching; a profile made before
+        batched generation: 1)."""
+        return int(self._meta.get("samples_per_call", 1))
 
     @property
     def num_inference_steps(self) -> int:
@@ -453,6 +461,16 @@ def _check_field_types(meta: dict[str, Any], where: str) -> None:
         value = meta["num_inference_steps"]
         rules.append(
             ("num_inference_steps", value, _is_int(value, 1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]")
+        )
+    if "samples_per_call" in meta:  # absent in a profile made before batched generation: 1
+        value = meta["samples_per_call"]
+        rules.append(
+            (
+                "samples_per_call",
+                value,
+                _is_int(value, 1, MAX_SAMPLES_PER_CALL),
+                f"an integer in [1, {MAX_SAMPLES_PER_CALL}]",
+            )
         )
     for field, value, fits, expected in rules:
         if not fits:

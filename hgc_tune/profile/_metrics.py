@@ -6,6 +6,11 @@ half) to one 0-d float32 tensor on the tensors' device, in one or a few kernels 
 synchronisation. The measures (:func:`cosine_similarity`, :func:`relative_l1`, :func:`js_divergence`) are
 the ratios of those blocks; the profiler records the blocks per step and takes the same ratios on the host,
 once per pipeline call, which saves a division kernel per measure in every hook.
+
+:func:`sample_sums` and :func:`sample_js_row_sums` take the same sums per sample of a batched call: a batch
+of ``B`` samples is laid out ``[uncond_1..B, cond_1..B]`` under classifier-free guidance (``[x_1..B]``
+without), so sample ``i``'s rows are ``i, i + B, ...``; each gives a ``[B]`` vector whose entry ``i`` is
+what the whole-tensor block gives for sample ``i`` generated alone (up to float summation order).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ __all__ = [
     "l1_norm",
     "l2_norm",
     "relative_l1",
+    "sample_js_row_sums",
+    "sample_sums",
 ]
 
 # Guards the denominators: a previous output that is exactly zero gives a finite (huge) relative change
@@ -71,6 +78,25 @@ def js_row_sum(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     d = ((p - q) / total.clamp_min(TINY)).clamp(-_BELOW_ONE, _BELOW_ONE)  # d = 0 where p = q = 0
     g = torch.add(torch.log1p(-(d * d)), d * torch.atanh(d), alpha=2.0)
     return 0.5 * flat_dot(total, g)
+
+
+def sample_sums(tensor: torch.Tensor, samples: int) -> torch.Tensor:
+    """Per-sample sums ``[samples]`` (float32) of a batched tensor whose dim 0 holds ``k`` consecutive groups
+    of ``samples`` rows (``k = 2`` under classifier-free guidance: ``[uncond_1..B, cond_1..B]``): entry ``i``
+    sums every element of rows ``i, i + B, ...``."""
+    rows = tensor.shape[0] if tensor.ndim else 1
+    if samples < 1 or rows % samples:
+        raise ValueError(f"a batch of {rows} rows cannot hold {samples} samples in equal groups.")
+    return tensor.float().reshape(rows // samples, samples, -1).sum(dim=(0, 2))
+
+
+def sample_js_row_sums(p: torch.Tensor, q: torch.Tensor, samples: int) -> torch.Tensor:
+    """:func:`js_row_sum` per sample (``[samples]``; see :func:`sample_sums` for the batch layout)."""
+    p, q = p.float(), q.float()
+    total = p + q
+    d = ((p - q) / total.clamp_min(TINY)).clamp(-_BELOW_ONE, _BELOW_ONE)
+    g = torch.add(torch.log1p(-(d * d)), d * torch.atanh(d), alpha=2.0)
+    return 0.5 * sample_sums(total * g, samples)
 
 
 def cosine_similarity(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -16,15 +16,7 @@ import torch
 
 from hgc_tune.errors import ProfileError
 from hgc_tune.models._blocks import is_whole_model_key, module_groups, module_layout
-from hgc_tune.profile._metrics import (
-    TINY,
-    cross_attention_map,
-    flat_dot,
-    js_row_sum,
-    l1_distance,
-    l1_norm,
-    l2_norm,
-)
+from hgc_tune.profile._metrics import TINY, cross_attention_map, sample_js_row_sums, sample_sums
 from hgc_tune.runtime import RunContext
 
 if TYPE_CHECKING:
@@ -36,8 +28,9 @@ __all__ = ["BLOCK_METRICS", "ATTENTION_METRICS", "ProfileObserver"]
 BLOCK_METRICS: tuple[str, ...] = ("cos", "rel_l1")
 ATTENTION_METRICS: tuple[str, ...] = ("js", "map_rel_l1", "out_rel_l1")
 
-# A hook records per step one stacked vector of device-side quantities, from which collect() finishes the
-# metrics on the host. Blocks (output x):
+# A hook records per step one stacked [quantities, samples] tensor of device-side quantities (per sample of
+# the call: see hgc_tune.profile._metrics.sample_sums), from which collect() finishes the metrics on the host.
+# Blocks (output x):
 #   <x_s, x_{s-1}>, ||x_s||_2, ||x_{s-1}||_2, ||x_s - x_{s-1}||_1, ||x_{s-1}||_1;
 # cross-attention (head-averaged map A, output y):
 #   sum over rows of 2 JS(A_s, A_{s-1}), ||A_s - A_{s-1}||_1, ||y_s - y_{s-1}||_1, ||y_{s-1}||_1.
@@ -56,12 +49,13 @@ def _main_output(output: Any) -> torch.Tensor:
 
 def _whole_output(module: torch.nn.Module) -> Callable[[Any], torch.Tensor]:
     # A whole model (the ControlNet) outputs what its layout names (all down residuals, the mid residual),
-    # measured together.
+    # measured together, row by row of the batch.
     layout = module_layout(module)
 
     def extract(output: Any) -> torch.Tensor:
         # torch.cat already copies.
-        return torch.cat([t.detach().reshape(-1).float() for t in layout.output_tensors(output)])
+        tensors = layout.output_tensors(output)
+        return torch.cat([t.detach().reshape(t.shape[0], -1).float() for t in tensors], dim=1)
 
     return extract
 
@@ -98,8 +92,9 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 class ProfileObserver:
     """Records, per pipeline call, every module's statistics against its output at the previous step.
 
-    Step 0 has no previous step, so its values are NaN. With CFG the batch is ``[uncond, cond]`` and each
-    statistic is taken over the whole batch.
+    Step 0 has no previous step, so its values are NaN. A call generates :attr:`samples_per_call` samples
+    (set it before the call); with CFG the batch is ``[uncond_1..B, cond_1..B]`` and each statistic is taken
+    per sample over its uncond and cond rows, as a call of that sample alone would take it over its batch.
 
     Args:
         pipe: The pipeline; its run context must be attached (``hgc_tune.runtime.attach_run_context``).
@@ -114,9 +109,10 @@ class ProfileObserver:
         self._states: dict[str, _ModuleState] = {}
         # module key -> per step, the stacked raw quantities (see the comment on the metrics above) or None
         self._raw: dict[str, list[torch.Tensor | None]] = {}
-        # attention key -> number of query rows of its map (batch x queries), known without a sync
+        # attention key -> number of query rows of one sample's map (its rows x queries), known without a sync
         self._rows: dict[str, int] = {}
         self._num_steps = 0
+        self.samples_per_call = 1
         self._attached = False
 
     @property
@@ -157,8 +153,9 @@ class ProfileObserver:
         self._raw = {key: [None] * self._num_steps for key in [*self.blocks, *self.attentions]}
         self._rows = {}
 
-    def collect(self) -> dict[tuple[str, str], np.ndarray]:
-        """The last call's per-step values, ``(metric, module_key) -> float32 [num_steps]``.
+    def collect(self) -> list[dict[tuple[str, str], np.ndarray]]:
+        """The last call's per-step values, per sample of the call: ``(metric, module_key) -> float32
+        [num_steps]``.
 
         NaN where a module did not run or had no previous step. One host synchronisation for all of them;
         the ratios are taken here, in float64.
@@ -169,27 +166,33 @@ class ProfileObserver:
             for step, v in enumerate(series)
             if v is not None
         ]
+        samples = self.samples_per_call
         host = np.empty(0)
         if entries:
-            host = torch.cat([v for _, _, v in entries]).cpu().numpy().astype(np.float64)
-        out = {pair: np.full(self._num_steps, np.nan) for pair in self.series_keys} if self._raw else {}
+            host = torch.cat([v.reshape(-1) for _, _, v in entries]).cpu().numpy().astype(np.float64)
+        out = [
+            {pair: np.full(self._num_steps, np.nan) for pair in self.series_keys} if self._raw else {}
+            for _ in range(samples)
+        ]
         offset = 0
         for key, step, vector in entries:
-            raw = host[offset : offset + vector.numel()]
+            raw = host[offset : offset + vector.numel()].reshape(-1, samples)
             offset += vector.numel()
-            if key in self.blocks:
-                dot, l2, l2_prev, diff_l1, l1_prev = raw
-                out[("cos", key)][step] = _ratio(dot, l2 * l2_prev)
-                out[("rel_l1", key)][step] = _ratio(diff_l1, l1_prev)
-            else:
-                js_sum, map_diff_l1, out_diff_l1, out_l1_prev = raw
-                rows = self._rows[key]
-                # Rounding can leave a tiny negative sum for identical maps; the divergence is never negative.
-                out[("js", key)][step] = max(js_sum / (2 * rows), 0.0)
-                # Every map row is a distribution (sums to 1), so ||A_{s-1}||_1 is the number of rows.
-                out[("map_rel_l1", key)][step] = map_diff_l1 / rows
-                out[("out_rel_l1", key)][step] = _ratio(out_diff_l1, out_l1_prev)
-        return {pair: values.astype(np.float32) for pair, values in out.items()}
+            for i, series in enumerate(out):
+                if key in self.blocks:
+                    dot, l2, l2_prev, diff_l1, l1_prev = raw[:, i]
+                    series[("cos", key)][step] = _ratio(dot, l2 * l2_prev)
+                    series[("rel_l1", key)][step] = _ratio(diff_l1, l1_prev)
+                else:
+                    js_sum, map_diff_l1, out_diff_l1, out_l1_prev = raw[:, i]
+                    rows = self._rows[key]
+                    # Rounding can leave a tiny negative sum for identical maps; the divergence is never
+                    # negative.
+                    series[("js", key)][step] = max(js_sum / (2 * rows), 0.0)
+                    # Every map row is a distribution (sums to 1), so ||A_{s-1}||_1 is the number of rows.
+                    series[("map_rel_l1", key)][step] = map_diff_l1 / rows
+                    series[("out_rel_l1", key)][step] = _ratio(out_diff_l1, out_l1_prev)
+        return [{pair: values.astype(np.float32) for pair, values in series.items()} for series in out]
 
     def _current_step(self) -> int | None:
         step = self.context.step
@@ -203,17 +206,18 @@ class ProfileObserver:
             step = self._current_step()
             if step is None:
                 return
+            samples = self.samples_per_call
             with torch.no_grad():
                 current = extract(output)
-                l1, l2 = l1_norm(current), l2_norm(current)
+                l1, l2 = sample_sums(current.abs(), samples), sample_sums(current * current, samples).sqrt()
                 state = self._states[key]
                 if state.has_previous(step):
                     previous = _kept(state.output, "output")
                     raw = [
-                        flat_dot(current, previous),
+                        sample_sums(current * previous, samples),
                         l2,
                         _kept(state.l2, "L2 norm"),
-                        l1_distance(current, previous),
+                        sample_sums((current - previous).abs(), samples),
                         _kept(state.l1, "L1 norm"),
                     ]
                     self._raw[key][step] = torch.stack(raw)
@@ -229,21 +233,22 @@ class ProfileObserver:
             hidden_states = args[0] if args else kwargs["hidden_states"]
             context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
             mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            samples = self.samples_per_call
             with torch.no_grad():
                 attention_map = cross_attention_map(module, hidden_states, context, mask)
                 current = _main_output(output)
-                l1 = l1_norm(current)
+                l1 = sample_sums(current.abs(), samples)
                 state = self._states[key]
                 if state.has_previous(step):
                     previous_map = _kept(state.attention_map, "attention map")
                     raw = [
-                        js_row_sum(attention_map, previous_map),
-                        l1_distance(attention_map, previous_map),
-                        l1_distance(current, _kept(state.output, "output")),
+                        sample_js_row_sums(attention_map, previous_map, samples),
+                        sample_sums((attention_map - previous_map).abs(), samples),
+                        sample_sums((current - _kept(state.output, "output")).abs(), samples),
                         _kept(state.l1, "L1 norm"),
                     ]
                     self._raw[key][step] = torch.stack(raw)
-                    self._rows[key] = attention_map.numel() // attention_map.shape[-1]
+                    self._rows[key] = attention_map.numel() // attention_map.shape[-1] // samples
                 state.step, state.output, state.l1, state.attention_map = step, current, l1, attention_map
 
         return hook

@@ -16,8 +16,14 @@ from tqdm.auto import tqdm
 
 import hgc_tune
 from hgc_tune._progress import PROFILE, ProgressCallback
-from hgc_tune.errors import ProfileError
-from hgc_tune.generation import GenerationJob, GenerationSettings, generate_output, jobs_from_samples
+from hgc_tune.errors import HgcTuneError, ProfileError
+from hgc_tune.generation import (
+    GenerationJob,
+    GenerationSettings,
+    batches,
+    generate_outputs,
+    jobs_from_samples,
+)
 from hgc_tune.generation._inputs import (
     condition_array,
     generation_size,
@@ -25,6 +31,7 @@ from hgc_tune.generation._inputs import (
     job_from_arrays,
     mask_array,
 )
+from hgc_tune.generation._memory import check_batch_fits
 from hgc_tune.macs import count_pipeline_macs
 from hgc_tune.models import model_fingerprint
 from hgc_tune.models._fingerprint import model_structure, weights_digest
@@ -52,15 +59,16 @@ __all__ = ["profile_pipeline"]
 
 # What the statistics mean, recorded in every profile.json so a reader need not find this source.
 _STATISTICS_NOTE: dict[str, str] = {
-    "cos": "cosine similarity of the module's output at step s and at step s-1 (flattened, whole batch)",
-    "rel_l1": "||x_s - x_{s-1}||_1 / ||x_{s-1}||_1 of the module's output (flattened, whole batch)",
+    "cos": "cosine similarity of the module's output at step s and at step s-1 (flattened, per sample)",
+    "rel_l1": "||x_s - x_{s-1}||_1 / ||x_{s-1}||_1 of the module's output (flattened, per sample)",
     "js": (
         "Jensen-Shannon divergence (natural log) of the head-averaged cross-attention map at s vs s-1, per "
-        "query distribution over keys, averaged over queries and batch"
+        "query distribution over keys, averaged over the sample's queries (and CFG halves)"
     ),
     "map_rel_l1": (
         "relative L1 change of the head-averaged cross-attention map (softmax probabilities); the "
-        "denominator ||A_{s-1}||_1 is the number of query rows (batch x queries), each row summing to 1"
+        "denominator ||A_{s-1}||_1 is the sample's number of query rows (CFG halves x queries), each row "
+        "summing to 1"
     ),
     "out_rel_l1": "relative L1 change of the cross-attention module's output",
     "step_0": "NaN: step 0 has no previous step",
@@ -68,7 +76,10 @@ _STATISTICS_NOTE: dict[str, str] = {
         "blocks: the main output (down blocks: hidden_states, not the residual tuple); controlnet: all "
         "down residuals and the mid residual concatenated (as scaled by conditioning_scale)"
     ),
-    "batch": "with classifier-free guidance the batch is [uncond, cond]; statistics cover the whole batch",
+    "batch": (
+        "samples_per_call samples per pipeline call; with classifier-free guidance the batch is "
+        "[uncond_1..B, cond_1..B] and each sample's statistics cover its uncond and cond rows"
+    ),
     "aggregates": "mean and std (population, ddof=0) over samples, per step",
     "references": (
         "reference/latents: final latents before the VAE's scaling; reference/images: the pipeline's "
@@ -211,26 +222,31 @@ def _observe(
     run = _ObservedRun(observer.series_keys, list(observer.blocks), list(observer.attentions))
     total = len(jobs) * settings.num_steps
     bar = tqdm(total=total, unit="step", desc="profile", disable=not progress)
-
-    def on_step(step: int) -> None:
-        if bar.total != len(jobs) * context.num_steps:
-            bar.total = len(jobs) * context.num_steps
-        bar.update(1)
+    done = 0
 
     try:
         observer.attach()
         if on_progress is not None:
             on_progress(PROFILE, 0, len(jobs))
-        for index, job in enumerate(jobs):
-            bar.set_postfix_str(f"sample {index + 1}/{len(jobs)}", refresh=False)
-            output = generate_output(pipe, job, settings, on_step=on_step)
+        for batch in batches(jobs, settings.samples_per_call):
+
+            def on_step(step: int, size: int = len(batch)) -> None:
+                # a step of a call advances every sample of it
+                if bar.total != len(jobs) * context.num_steps:
+                    bar.total = len(jobs) * context.num_steps
+                bar.update(size)
+
+            bar.set_postfix_str(f"sample {done + len(batch)}/{len(jobs)}", refresh=False)
+            observer.samples_per_call = len(batch)
+            outputs = generate_outputs(pipe, batch, settings, on_step=on_step)
+            done += len(batch)
             run.steps.add(context.num_steps)
             run.cfg.add(context.cfg)
-            run.per_sample.append(observer.collect())
-            run.latents.append(output.latent)
-            run.images.append(output.image)
+            run.per_sample.extend(observer.collect())
+            run.latents.extend(output.latent for output in outputs)
+            run.images.extend(output.image for output in outputs)
             if on_progress is not None:
-                on_progress(PROFILE, index + 1, len(jobs))
+                on_progress(PROFILE, done, len(jobs))
     finally:
         bar.close()
         observer.remove()
@@ -255,6 +271,7 @@ def profile_pipeline(
     dataset: str | None = None,
     mac_table: MacTable | None = None,
     strength: float | None = None,
+    samples_per_call: int = 1,
     on_progress: ProgressCallback | None = None,
 ) -> Profile:
     """Profile a pipeline: run every sample at full compute and record per-step statistics.
@@ -298,6 +315,9 @@ def profile_pipeline(
             (e.g. when profiling several condition types of one model); default: count it.
         strength: img2img and inpainting only: the denoising strength in (0, 1] (default: diffusers' default,
             0.8 for img2img, 1.0 for inpainting).
+        samples_per_call: How many samples one pipeline call generates (in sample order; the last call takes
+            the rest). A sample's reference depends on its batch, so the profile records this and a search
+            generates its trials batched alike; the statistics are per sample whatever the batching.
         on_progress: Called as ``on_progress("profile", done, total)`` before the first sample and after each
             (see :mod:`hgc_tune._progress`), e.g. for a status line.
 
@@ -306,6 +326,8 @@ def profile_pipeline(
 
     Raises:
         ProfileError: Bad arguments, no samples, a malformed sample, or a policy applied to ``pipe``.
+        OutOfMemoryError: ``samples_per_call`` samples do not fit in memory (the message names a size that
+            does).
 
     Example:
         >>> from hgc_tune.models import load_pipeline
@@ -330,6 +352,13 @@ def profile_pipeline(
         guidance_scale = pipeline_guidance(pipe).scale
     _check_arguments(num_steps, guidance_scale, height, width)
     task, strength = task_and_strength(pipe, strength, error=ProfileError)
+    try:
+        settings = GenerationSettings(
+            num_steps, guidance_scale, height, width, strength=strength, samples_per_call=samples_per_call
+        )
+    except HgcTuneError as e:
+        raise ProfileError(str(e)) from e
+    check_batch_fits(pipe, settings)  # before minutes of MAC counting
     jobs = jobs_from_samples(samples, seed=seed, task=task, error=ProfileError)
     if not jobs:
         raise ProfileError("`samples` must hold at least one sample, but it is empty.")
@@ -344,7 +373,6 @@ def profile_pipeline(
         )
     else:
         mac_json = _jsonable(mac_table.to_json())
-    settings = GenerationSettings(num_steps, guidance_scale, height, width, strength=strength)
     run = _observe(pipe, inputs.jobs, settings, progress, on_progress)
     tensors = run.tensors()
     tensors[REFERENCE_CONDITIONS] = np.stack(inputs.conditions)
@@ -395,6 +423,7 @@ def _meta(
         **({"conditions_per_sample": len(first)} if isinstance(first, list) else {}),
         "steps": next(iter(run.steps)),
         "num_inference_steps": settings.num_steps,
+        "samples_per_call": settings.samples_per_call,
         "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": _jsonable(dict(pipe.scheduler.config)),
         "resolution": {"height": settings.height, "width": settings.width},

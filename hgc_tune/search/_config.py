@@ -116,6 +116,10 @@ class SearchConfig:
         num_steps: The step count the caller expects; a profile made for another count is refused.
         check_reference: Before searching, regenerate the first calibration sample at full compute and refuse
             a pipeline that does not reproduce the profile's reference output (other weights, other settings).
+        samples_per_call: How many samples one pipeline call generates in trials, validation and test;
+            ``None``: the profile's (recorded when it was made), so an all-compute trial reproduces the
+            references bit for bit. Another size still searches, but its outputs differ from the references
+            in the last bits even at full compute. The chosen policy is the same for the same seed and size.
         catch: Exception types recorded as a failed trial (the search goes on); others abort the search.
         storage_timeout: Seconds to wait for the storage's database server to connect and answer; a server
             that refuses or stays silent fails the search in one line (``StorageUnreachableError``).
@@ -147,6 +151,7 @@ class SearchConfig:
     startup_trials: int = 10
     num_steps: int | None = None
     check_reference: bool = True
+    samples_per_call: int | None = None
     catch: tuple[type[Exception], ...] = DEFAULT_CATCH
     storage_timeout: float = 10.0
 
@@ -177,6 +182,7 @@ class SearchConfig:
         _int(self.max_retry, "max_retry", 0)
         _int(self.startup_trials, "startup_trials", 0)
         _int(self.num_steps, "num_steps", 1, optional=True)
+        _int(self.samples_per_call, "samples_per_call", 1, optional=True)
         if (
             self.early_rejection_margin is not None
             and _number(self.early_rejection_margin, "early_rejection_margin") < 0

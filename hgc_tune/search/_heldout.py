@@ -52,6 +52,8 @@ def heldout_key(pipe: ControlNetPipeline, jobs: Sequence[GenerationJob], setting
     if settings.strength is not None:  # img2img / inpainting (text2img keys stay as they were)
         head["pipeline_class"] = type(pipe).__name__
         head["strength"] = settings.strength
+    if settings.samples_per_call != 1:  # a sample's output depends on its batch (keys of 1 stay as they were)
+        head["samples_per_call"] = settings.samples_per_call
     digest.update(json.dumps(head, sort_keys=True).encode())
     for job in jobs:
         # Several ControlNets: one condition image each.

@@ -41,11 +41,13 @@ class PolicyObjective:
     For each trial: the parameters are suggested by the :class:`PolicySpace` (names are policy field paths,
     e.g. ``blocks.interval``, ``controlnet.mode``) and built into a policy; its MACs in both conventions come
     from the MAC table (no run needed); its fidelity comes from generating the calibration samples with the
-    policy, one at a time, against the profile's full-compute references, each output scored by every
-    constraint (the task metric and the guards) and by SSIM and PSNR to the full-compute picture. Evaluation
-    is sequential and multi-fidelity: a trial gets another sample only while its verdict is open (one
+    policy, ``samples_per_call`` per pipeline call, against the profile's full-compute references, each
+    output scored by every constraint (the task metric and the guards) and by SSIM and PSNR to the
+    full-compute picture. Evaluation
+    is sequential and multi-fidelity: a trial gets another batch only while its verdict is open (one
     constraint's clear failure, or every constraint's clear pass, stops it), and a trial that costs no less
-    than one already within budget cannot be the result, so it is only screened on ``min_samples`` samples.
+    than one already within budget cannot be the result, so it is only screened on ``min_samples`` samples
+    (rounded up to whole batches).
     Each constraint's ``upper bound - budget`` is set with ``trial.set_constraint`` (Optuna 5's successor of
     ``TPESampler(constraints_func=...)``, so the sampler models infeasible trials too; a trial is feasible
     only when every value is ``<= 0``), and the largest is kept as user attribute ``constraint``. A policy
@@ -69,6 +71,8 @@ class PolicyObjective:
         screen: Only screen trials that cost no less than a trial already within budget.
         name: Prefix of the policies' names.
         worker: Index of this worker process (recorded per trial as user attribute ``worker``).
+        samples_per_call: How many samples ``outputs`` generates per pipeline call: the bound is looked at
+            after each such batch, and a screen takes whole batches (``min_samples`` rounded up).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class PolicyObjective:
         screen: bool = True,
         name: str = "policy",
         worker: int = 0,
+        samples_per_call: int = 1,
     ) -> None:
         self.space = space
         self.scorer = scorer
@@ -101,6 +106,7 @@ class PolicyObjective:
         self.screen = screen
         self.name = name
         self.worker = worker
+        self.samples_per_call = samples_per_call
         # How often a trial looks again at another process's evaluation of the same policy.
         self.wait_seconds = 1.0
 
@@ -195,10 +201,17 @@ class PolicyObjective:
                 margins=self.margins,
                 min_samples=self.min_samples,
                 confidence=self.confidence,
-                max_samples=self.min_samples if screened else None,
+                max_samples=self._screen_samples if screened else None,
+                look_every=self.samples_per_call,
             )
         self._record(trial, estimate)
         return value
+
+    @property
+    def _screen_samples(self) -> int:
+        """A screen's samples: ``min_samples`` rounded up to whole batches (the batch is generated anyway)."""
+        size = self.samples_per_call
+        return -(-self.min_samples // size) * size
 
     def _record(self, trial: Trial, estimate: ConstrainedEstimate) -> None:
         task = estimate.primary

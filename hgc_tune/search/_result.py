@@ -315,6 +315,7 @@ def _final_policy(
         hgc_tune_version=hgc_tune.__version__,
         diffusers_version=diffusers.__version__,
         lora=pipeline_loras(session.pipe),
+        samples_per_call=session.settings.samples_per_call,
         weights_digest=session.profile.weights_digest,
         guidance_scale=float(session.settings.guidance_scale),
         constraints=constraints,

@@ -245,6 +245,7 @@ def _validate(
                 # A pass must hold on every validation sample: stopping at the first look whose bound is
                 # within the budget would let noise pass a policy (optional stopping). Failures stop early.
                 accept_early=False,
+                look_every=session.settings.samples_per_call,
             )
             session.study.set_user_attr(attr, {"key": key, **estimate.to_dict()})
             counter.skip(len(jobs) - (counter.done - start))  # a failure stops early

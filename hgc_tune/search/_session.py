@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -133,8 +133,8 @@ def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-def _profile_signature(profile: Profile, samples: int) -> dict[str, Any]:
-    return {
+def _profile_signature(profile: Profile, samples: int, samples_per_call: int) -> dict[str, Any]:
+    signature = {
         "fingerprint": profile.fingerprint,
         "weights_digest": profile.weights_digest,
         "steps": profile.num_steps,
@@ -142,6 +142,11 @@ def _profile_signature(profile: Profile, samples: int) -> dict[str, Any]:
         "dataset_sha256": profile.meta["dataset"].get("sha256"),
         "calibration_samples": samples,
     }
+    if (
+        samples_per_call != 1
+    ):  # trials batched otherwise are other measurements (studies of 1 stay as they were)
+        signature["samples_per_call"] = samples_per_call
+    return signature
 
 
 @dataclass
@@ -352,7 +357,7 @@ def prepare_search(
     study_name = config.study_name or _default_study_name(profile, plan)
     clip = _clip_scorer(config, pipe, prompt_metric)
     calibration, settings, scorer = _calibration(profile, pipe, config, plan, clip)
-    signature = _profile_signature(profile, len(calibration))
+    signature = _profile_signature(profile, len(calibration), settings.samples_per_call)
     study = _open_study(storage_url, study_name, plan, config, signature)
     peers = _enqueue_peers(study, space, peer_names, config.n_trials)
 
@@ -373,6 +378,7 @@ def prepare_search(
         screen=config.screen,
         name=study_name,
         worker=config.worker_index,
+        samples_per_call=settings.samples_per_call,
     )
     return SearchSession(
         profile=profile,
@@ -453,6 +459,8 @@ def _calibration(
         count = min(config.calibration_samples, count)
     calibration = profile_jobs(profile, range(count))
     settings = profile_settings(profile)
+    if config.samples_per_call is not None:
+        settings = replace(settings, samples_per_call=config.samples_per_call)
     references = [_reference(profile, i) for i in range(len(calibration))]
     conditions = list(profile.condition_images[: len(calibration)])
     prompts = [job.prompt for job in calibration]

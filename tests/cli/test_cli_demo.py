@@ -28,6 +28,7 @@ def test_profile_reuse_needs_an_intact_profile_of_the_same_weights(tiny_pipe, tm
     assert not _reusable_profile(folder, "tiny", "seg", 3.0)
     assert "made at guidance 7.5, not 3: profiling again" in capsys.readouterr().out
     assert not _reusable_profile(tmp_path / "missing", "tiny", "seg", None)
+    assert not _reusable_profile(folder, "tiny", "seg", None, 8)  # other batching: other references
 
     retrained = tmp_path / "retrained"
     shutil.copytree(folder, retrained)

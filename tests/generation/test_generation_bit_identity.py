@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from hgc_tune.data import open_dataset
-from hgc_tune.generation import GenerationSettings, generate_output, iter_outputs, jobs_from_samples
+from hgc_tune.errors import HgcTuneError
+from hgc_tune.generation import (
+    GenerationSettings,
+    batches,
+    generate_output,
+    generate_outputs,
+    iter_outputs,
+    jobs_from_samples,
+)
 from hgc_tune.generation._inputs import condition_array, profile_jobs, profile_settings
 from hgc_tune.models import pipeline_for_task
 from hgc_tune.policy import full_compute_policy
@@ -86,3 +94,62 @@ def test_condition_array_takes_lists_and_tuples_as_rgb():
     several = condition_array((gray, gray.convert("RGB")), 2, 4)
     assert several.shape == (2, 2, 4, 3)
     assert np.array_equal(condition_array([gray, gray], 2, 4), several)
+
+
+BATCH = 2
+BATCHED_SAMPLES = 3  # two calls: a full batch of 2 and a last partial batch of 1
+
+
+def test_batched_references_are_reproduced_by_trials_report_and_rebuilt_jobs(tiny_pipe, tmp_path):
+    samples = open_dataset("shapes", condition_type="seg", split="calibration", limit=BATCHED_SAMPLES)
+    made = profile_pipeline(
+        tiny_pipe, samples, num_steps=STEPS, progress=False, model_name="tiny", samples_per_call=BATCH
+    )
+    profile = Profile.load(made.save(tmp_path / "profile"))
+    assert profile.samples_per_call == BATCH
+    images, latents = profile.reference_images, profile.reference_latents
+
+    config = SearchConfig(budget=0.05, metric="ssim", n_trials=1, peers=(), check_reference=False)
+    session = prepare_search(profile, tiny_pipe, config, cache_dir=tmp_path)
+    assert session.settings.samples_per_call == BATCH  # the search takes the profile's batching
+    all_compute = session.space.build(session.space.peer_params(FULL_COMPUTE))
+    trial = list(session.objective.outputs(all_compute))
+    assert len(trial) == BATCHED_SAMPLES
+    for i, output in enumerate(trial):
+        assert np.array_equal(output.image, images[i]) and np.array_equal(output.latent, latents[i])
+
+    # the report generates the profile's batch that holds a sample, even for the last sample alone
+    policy = full_compute_policy(all_compute.target)
+    assert np.array_equal(generate_policy_images(tiny_pipe, profile, policy, [2]), images[2:])
+    assert np.array_equal(generate_policy_images(tiny_pipe, profile, policy, [0, 1, 2]), images)
+
+    rebuilt = list(iter_outputs(tiny_pipe, None, profile_jobs(profile, range(3)), profile_settings(profile)))
+    assert all(np.array_equal(o.latent, latents[i]) for i, o in enumerate(rebuilt))
+
+
+@pytest.mark.parametrize(("task", "strength"), [("text2img", None), ("img2img", 0.75), ("inpaint", 0.75)])
+def test_a_batch_matches_its_samples_generated_alone_up_to_float_rounding(tiny_pipe, task, strength):
+    pipe = pipeline_for_task(tiny_pipe, task)
+    samples = open_dataset("shapes", condition_type="seg", split="calibration", limit=BATCHED_SAMPLES)
+    jobs = jobs_from_samples(samples, task=task)
+    alone = GenerationSettings(STEPS, 7.5, 64, 64, strength=strength)
+    batched = GenerationSettings(STEPS, 7.5, 64, 64, strength=strength, samples_per_call=BATCHED_SAMPLES)
+    one_by_one = list(iter_outputs(pipe, None, jobs, alone))
+    together = generate_outputs(pipe, jobs, batched)
+    again = list(iter_outputs(pipe, None, jobs, batched))
+    assert len(together) == BATCHED_SAMPLES
+    for single, batch, repeat in zip(one_by_one, together, again):
+        # each sample starts from its own seed's noise: only the summation order differs
+        np.testing.assert_allclose(batch.latent, single.latent, atol=1e-3)
+        assert np.abs(batch.image.astype(int) - single.image).max() <= 2
+        # the same batch twice: the same bits
+        assert np.array_equal(batch.latent, repeat.latent) and np.array_equal(batch.image, repeat.image)
+    # one call, distinct samples: no output is another's copy
+    assert not np.array_equal(together[0].latent, together[1].latent)
+
+
+def test_batches_split_jobs_in_order_with_a_last_partial_batch():
+    assert [len(b) for b in batches(list(range(7)), 3)] == [3, 3, 1]
+    assert [x for b in batches(list(range(7)), 3) for x in b] == list(range(7))
+    with pytest.raises(HgcTuneError, match="samples_per_call=0"):
+        GenerationSettings(STEPS, 7.5, 64, 64, samples_per_call=0)
