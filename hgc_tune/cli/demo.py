@@ -83,13 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "point estimates; default: 0.95)",
     )
     add_samples_argument(parser, default=8, help="calibration samples (default: 8)")
+    # 40 validation and 64 test samples: on fewer, a bound within 1.5 % is rarely provable (the power the
+    # shipped policies were searched with); 12 trials of one batch each keep four types within 15 minutes.
     add_samples_argument(
-        parser, flag="--validation-samples", default=12, help="validation samples (default: 12)"
+        parser, flag="--validation-samples", default=40, help="validation samples (default: 40)"
     )
     add_samples_argument(
-        parser, flag="--test-samples", default=12, help="test samples, the reported figure (default: 12)"
+        parser, flag="--test-samples", default=64, help="test samples, the reported figure (default: 64)"
     )
-    add_trials_argument(parser, default=20, help="search trials per condition (default: 20)")
+    add_trials_argument(parser, default=12, help="search trials per condition (default: 12)")
     add_seed_argument(parser, help="search seed (default: 0)")
     parser.add_argument(
         "--validation-tries",
