@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ran to the end exits 0 and names the condition types without one)",
     )
     add_clip_argument(parser)  # passed on to profile, search and report
+    parser.add_argument(
+        "--no-guidance-window",
+        dest="search_guidance",
+        action="store_false",
+        help="keep classifier-free guidance at every step (passed on to each search): the savings then come "
+        "from caching only; use another --runs and --reports to keep both results",
+    )
     # Internal: a process started by --parallel runs its condition types and does not combine; it appends
     # its progress events to --status-file for the parent's status line.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -209,6 +216,7 @@ def _search_argv(args: argparse.Namespace, run_dir: Path, policy: Path) -> list[
         timeout=args.timeout if args.timeout > 0 else None,
         seed=args.seed,
         max_validation_tries=args.validation_tries,
+        search_guidance=args.search_guidance,
     )
     argv = ["search", "--profile", str(run_dir), "--out", str(policy), *config_argv(config)]
     argv += ["--validation-samples", str(args.validation_samples), "--test-samples", str(args.test_samples)]
@@ -381,6 +389,8 @@ def _child_argv(args: argparse.Namespace, conditions: list[str]) -> list[str]:
         argv += ["--metric", args.metric]
     if args.guidance_scale is not None:
         argv += ["--guidance-scale", str(args.guidance_scale)]
+    if not args.search_guidance:
+        argv += ["--no-guidance-window"]
     return [*argv, *guard_argv(guards_from_args(args)), *_clip_argv(args)]
 
 

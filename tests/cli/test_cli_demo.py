@@ -60,6 +60,19 @@ def test_demo_searches_the_task_metric_with_a_95_percent_bound_bounded_by_trials
     child = build_parser().parse_args(_child_argv(args, ["seg", "hed"]))
     assert child.child and child.parallel == 1 and child.conditions == "seg,hed"
     assert _search_argv(child, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json") == argv
+    assert "--no-guidance-window" not in argv and args.validation_samples >= 40 and args.test_samples >= 64
+
+
+def test_demo_passes_no_guidance_window_on_to_each_search(tmp_path):
+    from hgc_tune.cli import build_parser
+    from hgc_tune.cli.demo import _child_argv, _search_argv
+
+    args = build_parser().parse_args(["demo", "--runs", str(tmp_path), "--no-guidance-window"])
+    argv = _search_argv(args, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json")
+    assert "--no-guidance-window" in argv
+    child = build_parser().parse_args(_child_argv(args, ["seg"]))
+    assert not child.search_guidance
+    assert _search_argv(child, tmp_path / "shapes-seg", tmp_path / "shapes-seg" / "policy.json") == argv
 
 
 def test_a_demo_that_ran_to_the_end_exits_0_unless_strict(tmp_path, monkeypatch, capsys):
