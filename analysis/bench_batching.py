@@ -98,20 +98,20 @@ def _trial(session, policy) -> dict[str, dict[str, float]]:
     """One trial of ``policy`` as the objective scores it (sequential), and on every calibration sample."""
     config, objective = session.config, session.objective
     start = _clock()
+    # The session's scorer holds every constraint (task metric and guards) with its budget.
     estimate = session.scorer.score(
         objective.outputs(policy),
-        budget=config.budget,
         min_samples=config.early_rejection_min_samples,
         confidence=config.confidence,
         look_every=objective.samples_per_call,
     )
-    sequential = _rate(estimate.samples, start)
+    sequential = _rate(estimate.primary.samples, start)
     sequential["verdict"] = (
         "fail" if estimate.rejected_early else "pass" if estimate.accepted_early else "all"
     )
     start = _clock()
-    every = session.scorer.score(objective.outputs(policy), confidence=config.confidence)
-    return {"sequential": sequential, "every_sample": _rate(every.samples, start)}
+    every = session.scorer.score(objective.outputs(policy), sequential=False, confidence=config.confidence)
+    return {"sequential": sequential, "every_sample": _rate(every.primary.samples, start)}
 
 
 def _trials(pipe, paths: dict[int, Path], args) -> dict:
