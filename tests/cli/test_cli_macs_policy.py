@@ -77,8 +77,10 @@ def test_macs_split_the_tuned_shapes_policys_saving_by_mechanism(capsys, conditi
         assert split["full"] == out[convention]["full"] and split["policy"] == out[convention]["policy"]
         assert sum(split["macs"].values()) == split["saved"] == split["full"] - split["policy"]
         assert split["reduction"]["total"] == pytest.approx(out[convention]["reduction"])
-        # guidance first: the unconditional half of every step from cfg_until on, in full
-        conditional_only = policy.num_steps - policy.guidance.cfg_until
+        # guidance first: the unconditional half of every step from cfg_until on, in full (none without a
+        # guidance window)
+        cfg_until = policy.num_steps if policy.guidance is None else policy.guidance.cfg_until
+        conditional_only = policy.num_steps - cfg_until
         assert split["reduction"]["guidance_window"] == pytest.approx(
             conditional_only / (2 * policy.num_steps)
         )

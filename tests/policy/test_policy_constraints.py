@@ -56,7 +56,8 @@ def test_constraints_and_picture_fidelity_round_trip():
 
 
 @pytest.mark.parametrize(
-    ("path", "version"), [("shapes.json", 2), ("tiny-deepcache-n3-b0.json", 1), ("sd15-tgate-g10.json", None)]
+    ("path", "version"),
+    [("shapes-seg-depth.json", 2), ("tiny-deepcache-n3-b0.json", 1), ("sd15-tgate-g10.json", None)],
 )
 def test_older_files_load_and_keep_their_version(path, version):
     file = load_policy(POLICIES / path)

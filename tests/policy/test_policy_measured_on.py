@@ -34,8 +34,8 @@ def test_the_fields_round_trip(tiny_target):
 
 
 def test_files_without_them_load_and_keep_their_bytes():
-    # policies/shapes.json was written before the fields existed
-    text = (POLICIES / "shapes.json").read_text()
+    # policies/shapes-seg-depth.json was written before the fields existed
+    text = (POLICIES / "shapes-seg-depth.json").read_text()
     file = loads_policy(text)
     for policy in file.policies:
         assert policy.provenance.weights_digest is None and policy.provenance.guidance_scale is None
