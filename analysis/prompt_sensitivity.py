@@ -11,7 +11,8 @@ guidance would then fail it. The 0/1 reading (the share of scenes whose backgrou
 beside it.
 
 Usage (from the repository root):
-    PYTHONPATH=. python analysis/prompt_sensitivity.py --samples 64 --json-out analysis/prompt_sensitivity.json
+    PYTHONPATH=. python analysis/prompt_sensitivity.py --samples 64 \\
+        --json-out analysis/prompt_sensitivity.json
 """
 
 from __future__ import annotations
