@@ -61,9 +61,10 @@ def test_stage_without_saved_input_exits_2(tmp_path, capsys):
 
 
 def test_text_path_flags_default_to_todays_training():
-    assert (_config().mean_loss_weight, _config().lr_text_encoder) == (0.0, 0.0)
-    config = _config("--mean-loss-weight", "2", "--lr-text-encoder", "1e-4")
-    assert (config.mean_loss_weight, config.lr_text_encoder) == (2.0, 1e-4)
+    default = _config()
+    assert (default.mean_loss_weight, default.lr_text_encoder, default.noise_offset) == (0.0, 0.0, 0.0)
+    config = _config("--mean-loss-weight", "2", "--lr-text-encoder", "1e-4", "--noise-offset", "0.1")
+    assert (config.mean_loss_weight, config.lr_text_encoder, config.noise_offset) == (2.0, 1e-4, 0.1)
 
 
 def test_a_negative_text_path_setting_exits_2(tmp_path, capsys):

@@ -186,6 +186,7 @@ def test_a_run_that_trains_the_text_encoder_resumes_exactly(reference, tmp_path)
     argv[argv.index("--stages") + 1] = "joint"
     argv[argv.index("--iterations") + 1] = "joint=8"
     argv += ["--init-from", str(reference), "--lr-text-encoder", "1e-3", "--mean-loss-weight", "1"]
+    argv += ["--noise-offset", "0.1"]
     straight = tmp_path / "straight"
     assert main(["--out", str(straight), *argv]) == 0
     encoder = "base/text_encoder/model.safetensors"

@@ -276,3 +276,14 @@ def test_a_trained_text_encoder_encodes_each_batch_like_the_cached_embeddings():
     assert 0 < int(dropped.sum()) < len(index)  # both branches (prompt dropout) were exercised
     ours.sum().backward()
     assert encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_offset_noise_adds_a_constant_per_sample_and_channel():
+    plain = st.training_noise((256, 4, 16, 16), 0.0, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(plain, torch.randn(256, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+    offset = st.training_noise((256, 4, 16, 16), 0.3, torch.Generator().manual_seed(0), "cpu")
+    # the same pixel noise, shifted by one constant per sample and channel
+    shift = offset - plain
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift))
+    assert 0.25 < float(shift[:, :, 0, 0].std()) < 0.35  # about the offset
+    assert float(plain.mean(dim=(2, 3)).std()) < 0.1  # 1/16 without it

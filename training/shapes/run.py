@@ -103,6 +103,9 @@ class TrainConfig:
             error of each latent channel's spatial mean of the predicted picture, i.e. its overall colour
             (on the benchmark the background's, which only the prompt names), added to the
             noise-prediction loss (0: off).
+        noise_offset: Offset noise of the joint and ControlNet stages: a per-sample, per-channel Gaussian
+            constant of this standard deviation added to the training noise, which hides the picture's
+            overall colour that SD1.5's schedule leaves in the noisiest inputs (0: off).
         lr_text_encoder: Peak learning rate of the text encoder, trained in the joint stage with the U-Net
             (0: frozen, its prompt embeddings computed once).
         render_fraction: Budget share after which rendering stops (keeping the scenes done).
@@ -149,6 +152,7 @@ class TrainConfig:
     eval_reserve_fraction: float = 0.08
     mean_loss_weight: float = 0.0
     lr_text_encoder: float = 0.0
+    noise_offset: float = 0.0
 
     def check(self) -> None:
         """Raise :class:`TrainError` for an invalid setting."""
@@ -193,7 +197,7 @@ class TrainConfig:
             raise TrainError(
                 f"`control_dropout` must be in [0, 1), but got control_dropout={self.control_dropout}."
             )
-        for name in ("mean_loss_weight", "lr_text_encoder"):
+        for name in ("mean_loss_weight", "lr_text_encoder", "noise_offset"):
             if not 0.0 <= getattr(self, name) < float("inf"):
                 raise TrainError(f"`{name}` must be finite and >= 0, but got {name}={getattr(self, name)}.")
         if not self.checkpoint_minutes >= 0:
@@ -737,6 +741,7 @@ class _Run:
             log_every=config.log_every,
             ema_decay=config.ema_decay,
             mean_loss_weight=config.mean_loss_weight,
+            noise_offset=config.noise_offset,
         )
         result = st.train_controlnets(
             controlnets, unet, pool, conditioning, schedule, settings, self.runtime("controlnet", generator)
@@ -787,6 +792,7 @@ class _Run:
             log_every=config.log_every,
             ema_decay=config.ema_decay,
             mean_loss_weight=config.mean_loss_weight,
+            noise_offset=config.noise_offset,
             text_encoder_lr=config.lr_text_encoder,
         )
         result = st.train_joint(

@@ -35,6 +35,7 @@ __all__ = [
     "encode_pool_latents",
     "encode_prompts",
     "tokenize_prompts",
+    "training_noise",
     "latent_scaling_factor",
     "lr_factor",
     "ControlledSettings",
@@ -601,10 +602,12 @@ def _controlled_step(
     amp: bool,
     generator,
     mean_loss_weight: float = 0.0,
+    noise_offset: float = 0.0,
 ) -> Callable[[int], Any]:
     """The step shared by the ControlNet and joint stages; it returns each condition type's mean MSE, then
     (with ``uncontrolled > 0``) the uncontrolled scenes' mean MSE, then (with ``mean_loss_weight > 0``) the
-    mean of the channel-mean loss (see :class:`ControlledSettings`).
+    mean of the channel-mean loss (see :class:`ControlledSettings`). ``noise_offset`` adds that much of one
+    Gaussian per sample and latent channel to the noise (offset noise).
 
     Every iteration draws ``per_condition`` scenes per condition type, each run through its own ControlNet,
     and ``uncontrolled`` scenes without control (zero residuals, which is what a dropped ControlNet adds);
@@ -616,7 +619,7 @@ def _controlled_step(
     def noisy_batch(size: int, bias: float):
         index = torch.randint(0, n, (size,), device=device, generator=generator)
         latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
-        noise = torch.randn(latents.shape, device=device, generator=generator)
+        noise = training_noise(latents.shape, noise_offset, generator, device)
         timesteps = schedule.sample_timesteps(size, generator, device, bias)
         return index, schedule.add_noise(latents, noise, timesteps), noise, timesteps, embeds
 
@@ -672,6 +675,15 @@ def _controlled_step(
     return step
 
 
+def training_noise(shape, offset: float, generator, device: str):
+    """Gaussian noise of ``shape`` ``[N, C, H, W]``, plus ``offset`` times one Gaussian per sample and channel
+    (offset noise; ``offset = 0`` draws exactly ``torch.randn``)."""
+    noise = torch.randn(shape, device=device, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), device=device, generator=generator)
+    return noise
+
+
 def _channel_mean_loss(noise_error, inverse_snr):
     """Per sample: the squared error of each latent channel's spatial mean of the predicted *picture*
     (``x0``), from the error of the predicted noise (``x0`` error = ``sqrt((1 - ᾱ)/ᾱ)`` × noise error).
@@ -700,6 +712,11 @@ class ControlledSettings:
         mean_loss_weight: Weight of the channel-mean loss added to the noise-prediction loss: the squared
             error of each latent channel's spatial mean of the predicted picture (see
             :func:`_channel_mean_loss`; 0: off).
+        noise_offset: Standard deviation of a per-sample, per-channel constant added to the training noise
+            (offset noise, as diffusers' ``train_text_to_image.py --noise_offset``): SD1.5's schedule leaves
+            ``sqrt(ᾱ) = 0.068`` of the picture at the first sampling step, enough of a 16 x 16 latent's
+            channel means for the U-Net to read the picture's overall colour off its input instead of the
+            prompt; the offset hides it (0: off).
         text_encoder_lr: Joint stage only: peak learning rate of the text encoder, trained with the U-Net
             (``conditioning.text_encoder`` must be set; 0: frozen).
     """
@@ -713,6 +730,7 @@ class ControlledSettings:
     warmup: int = 100
     ema_decay: float = 0.0
     mean_loss_weight: float = 0.0
+    noise_offset: float = 0.0
     text_encoder_lr: float = 0.0
 
 
@@ -769,6 +787,7 @@ def train_controlnets(
         amp=runtime.amp,
         generator=runtime.generator,
         mean_loss_weight=settings.mean_loss_weight,
+        noise_offset=settings.noise_offset,
     )
     ema = Ema(list(controlnets.values()), settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
@@ -907,6 +926,7 @@ def train_joint(
         amp=runtime.amp,
         generator=runtime.generator,
         mean_loss_weight=settings.mean_loss_weight,
+        noise_offset=settings.noise_offset,
     )
     ema = Ema(modules, settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(

@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the prompt's background is decided (default 0: off)",
     )
     p.add_argument(
+        "--noise-offset",
+        type=float,
+        default=TrainConfig.noise_offset,
+        help="offset noise (joint and controlnet stages): a per-sample, per-channel constant of this "
+        "standard deviation added to the training noise (default 0: off)",
+    )
+    p.add_argument(
         "--lr-text-encoder",
         type=float,
         default=TrainConfig.lr_text_encoder,
@@ -215,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         control_dropout=args.control_dropout,
         mean_loss_weight=args.mean_loss_weight,
         lr_text_encoder=args.lr_text_encoder,
+        noise_offset=args.noise_offset,
         ema_decay=args.ema_decay,
         init_from=args.init_from,
         checkpoint_minutes=args.checkpoint_minutes,
