@@ -19,6 +19,9 @@ Four measurements on one set of weights (``--weights``, the shipped ones by defa
    squared error of the predicted picture's latent channel means at the noisy timesteps, with each scene's
    own prompt and with its background word swapped for another (the next in :data:`BACKGROUNDS`): equal
    errors mean the prediction does not use the background word.
+7. **Where sampling ends.** The latent channel means of full-compute samples (seg condition of the first
+   scene, 20 UniPC steps, guidance 7.5) for each background named, against the data's channel means of that
+   background and the typical distance of a scene's channel means from its background's.
 6. **The VAE's ceiling.** The background read back from ground-truth scenes encoded and decoded by the VAE
    (``--vae-scenes`` validation scenes), per background named: what no denoiser can beat.
 
@@ -140,8 +143,10 @@ def signal_leak(pipe, names: list[str], n: int = 64) -> dict:
     latent = pipe.unet.config.sample_size
     noise_std = 1.0 / latent  # std of a channel's spatial mean of unit Gaussian noise (16 x 16 latent)
     spread = np.mean([np.linalg.norm(m - centre) for m in means.values()])
+    within = np.mean([np.linalg.norm(x - means[b]) for b, v in by_name.items() for x in v])
     return {
         "latent_mean_spread_of_backgrounds": round(float(spread), 4),
+        "latent_mean_distance_within_background": round(float(within), 4),
         "sqrt_alpha_bar_999": round(a999, 4),
         "noise_channel_mean_std": round(noise_std, 4),
         "channel_means": {b: [round(float(x), 3) for x in m] for b, m in means.items()},
@@ -173,6 +178,26 @@ def prompt_worth(pipe, n: int, names: list[str]) -> dict:
             predicted = (xt - s * eps) / a
             errors[label] = float((predicted - x0).mean(dim=(2, 3)).pow(2).mean())
         out[f"t={t}"] = {k: round(v, 4) for k, v in errors.items()}
+    return out
+
+
+def sampled_channel_means(pipe, scene, names: list[str], data_means: dict) -> dict:
+    """Per background named: the channel means of a full-compute sample's latents, their distance to that
+    background's data channel means, and the background whose data channel means are nearest."""
+    out = {}
+    for b in names:
+        latents = pipe(
+            prompt=[_swap(scene.prompt, b)], image=[scene.condition("seg")], num_inference_steps=20,
+            guidance_scale=7.5, generator=torch.Generator().manual_seed(scene.seed), output_type="latent",
+        ).images  # fmt: skip
+        m = latents.mean(dim=(2, 3))[0].numpy()
+        distance = {n: float(np.linalg.norm(m - np.asarray(data_means[n]))) for n in names}
+        out[b] = {
+            "channel_means": [round(float(x), 3) for x in m],
+            "distance_to_named": round(distance[b], 3),
+            "nearest": min(distance, key=distance.__getitem__),
+        }
+        print("sample", b, out[b], flush=True)
     return out
 
 
@@ -239,6 +264,10 @@ def main() -> None:
         "prompt_worth": prompt_worth(pipe, args.loss_scenes, names),
         "vae_ceiling": vae_ceiling(pipe, args.vae_scenes) if args.vae_scenes > 0 else None,
     }
+    pipe.set_progress_bar_config(disable=True)
+    report["sampled_channel_means"] = sampled_channel_means(
+        pipe, scenes[0], names, report["signal_leak"]["channel_means"]
+    )
     print(json.dumps(report, indent=2), flush=True)
     report["prompt_vs_input"] = prompt_vs_input(pipe, scenes, names)
     if args.json_out is not None:
