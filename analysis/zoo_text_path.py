@@ -1,7 +1,7 @@
 """Where the shapes model's text path loses the prompt's background (issue 23, a diagnosis).
 
-Four measurements on one set of weights (``--weights``, the shipped ones by default), on the first
-``--scenes`` validation scenes, at full compute:
+Seven measurements on one set of weights (``--weights``, the shipped ones by default), at full compute
+(``--scenes``: how many validation scenes the first and last use):
 
 1. **Prompt vs input.** For each scene, a noisy latent ``x_t`` of its ground truth at a few timesteps (fixed
    noise); the U-Net (uncontrolled, and with the seg ControlNet) predicts ``x0`` once per background named in
@@ -19,11 +19,11 @@ Four measurements on one set of weights (``--weights``, the shipped ones by defa
    squared error of the predicted picture's latent channel means at the noisy timesteps, with each scene's
    own prompt and with its background word swapped for another (the next in :data:`BACKGROUNDS`): equal
    errors mean the prediction does not use the background word.
+6. **The VAE's ceiling.** The background read back from ground-truth scenes encoded and decoded by the VAE
+   (``--vae-scenes`` validation scenes, 0: skipped), per background named: what no denoiser can beat.
 7. **Where sampling ends.** The latent channel means of full-compute samples (seg condition of the first
    scene, 20 UniPC steps, guidance 7.5) for each background named, against the data's channel means of that
    background and the typical distance of a scene's channel means from its background's.
-6. **The VAE's ceiling.** The background read back from ground-truth scenes encoded and decoded by the VAE
-   (``--vae-scenes`` validation scenes), per background named: what no denoiser can beat.
 
 Usage (from the repository root):
     PYTHONPATH=. python analysis/zoo_text_path.py [--weights DIR] [--scenes 4] [--json-out FILE]
