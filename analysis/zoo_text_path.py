@@ -1,7 +1,7 @@
 """Where the shapes model's text path loses the prompt's background (issue 23, a diagnosis).
 
 Seven measurements on one set of weights (``--weights``, the shipped ones by default), at full compute
-(``--scenes``: how many validation scenes the first and last use):
+(``--scenes``: the validation scenes of the first; the third and last use the first scene):
 
 1. **Prompt vs input.** For each scene, a noisy latent ``x_t`` of its ground truth at a few timesteps (fixed
    noise); the U-Net (uncontrolled, and with the seg ControlNet) predicts ``x0`` once per background named in
