@@ -46,7 +46,14 @@ def _generate(pipe, scenes, condition: str, *, steps: int, guidance: float, batc
     return np.concatenate(images)
 
 
-def measure(weights: Path, samples: int, steps: int, guidance: float, batch: int) -> dict:
+def measure(
+    weights: Path,
+    samples: int,
+    steps: int,
+    guidance: float,
+    batch: int,
+    conditions: tuple[str, ...] = CONDITION_TYPES,
+) -> dict:
     """Per condition type: the share of samples whose background is read back right, overall and split by
     whether the named background is one of version 1's three; confusions of the reads."""
     scenes = [render_scene(seed) for seed in split_seeds("validation", samples)]
@@ -55,7 +62,7 @@ def measure(weights: Path, samples: int, steps: int, guidance: float, batch: int
     original = _shapes.WEIGHTS_DIR
     _shapes.WEIGHTS_DIR = weights
     try:
-        for condition in CONDITION_TYPES:
+        for condition in conditions:
             started = time.perf_counter()
             pipe = load_pipeline("shapes", condition=condition)
             pipe.set_progress_bar_config(disable=True)
@@ -100,10 +107,17 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--conditions", default=",".join(CONDITION_TYPES), help="condition types (default all)"
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    conditions = tuple(c for c in args.conditions.split(",") if c)
+    unknown = [c for c in conditions if c not in CONDITION_TYPES]
+    if unknown or not conditions:
+        parser.error(f"--conditions must name some of {', '.join(CONDITION_TYPES)}, got {args.conditions!r}")
     torch.set_num_threads(args.threads)
-    report = measure(args.weights, args.samples, args.steps, args.guidance, args.batch)
+    report = measure(args.weights, args.samples, args.steps, args.guidance, args.batch, conditions)
     truth = report["ground_truth_recovered"]
     print(f"named backgrounds: {report['named']}; ground truth read back: {truth:.3f}")
     for condition, r in report["conditions"].items():

@@ -69,3 +69,17 @@ def test_stage_without_saved_input_exits_2(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "holds no saved AutoencoderKL" in captured.err and "add vae to --stages" in captured.err
     assert "rendering" not in captured.out  # refused before any work
+
+
+def test_text_path_flags_default_to_todays_training():
+    default = _config()
+    assert (default.mean_loss_weight, default.lr_text_encoder, default.noise_offset) == (0.0, 0.0, 0.0)
+    config = _config("--mean-loss-weight", "2", "--lr-text-encoder", "1e-4", "--noise-offset", "0.1")
+    assert (config.mean_loss_weight, config.lr_text_encoder, config.noise_offset) == (2.0, 1e-4, 0.1)
+
+
+def test_a_negative_text_path_setting_exits_2(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--device", "cpu", "--lr-text-encoder", "-1"]) == 2
+    assert (
+        "`lr_text_encoder` must be finite and >= 0, but got lr_text_encoder=-1.0" in capsys.readouterr().err
+    )

@@ -177,3 +177,45 @@ def test_a_warm_start_trains_on_from_another_run_and_keeps_its_history(reference
     before, after = _weights(reference), _weights(tmp_path)
     assert after["base/vae"] == before["base/vae"]  # not trained by the joint stage
     assert after["base/unet"] != before["base/unet"] and after["controlnet-seg"] != before["controlnet-seg"]
+
+
+def test_a_run_that_trains_the_text_encoder_resumes_exactly(reference, tmp_path):
+    """The text encoder trained in the joint stage (with the channel-mean loss) is saved, checkpointed as the
+    stage's last model and restored: a killed run resumes to the uninterrupted run's weights."""
+    argv = list(_MICRO)
+    argv[argv.index("--stages") + 1] = "joint"
+    argv[argv.index("--iterations") + 1] = "joint=8"
+    argv += ["--init-from", str(reference), "--lr-text-encoder", "1e-3", "--mean-loss-weight", "1"]
+    argv += ["--noise-offset", "0.1"]
+    straight = tmp_path / "straight"
+    assert main(["--out", str(straight), *argv]) == 0
+    encoder = "base/text_encoder/model.safetensors"
+    assert (straight / encoder).read_bytes() != (reference / encoder).read_bytes()  # it trained
+    assert "channel_mean" in _curves(straight)["joint"][0]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [
+        sys.executable,
+        "-m",
+        "training.shapes.train",
+        "--out",
+        str(out),
+        *argv,
+        "--checkpoint-minutes",
+        "0",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        saved = _wait_for_joint_checkpoint(out / "checkpoint" / "checkpoint.pt", process, at_least=3)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert saved < 8
+    state = torch.load(out / "checkpoint" / "checkpoint.pt", weights_only=True)
+    assert len(state["loop"]["modules"]) == 1 + 2 + 1  # U-Net, two ControlNets, text encoder
+
+    assert main(["--resume", str(out)]) == 0
+    assert (out / encoder).read_bytes() == (straight / encoder).read_bytes()
+    assert _weights(out) == _weights(straight)
+    assert _curves(out)["joint"] == _curves(straight)["joint"]

@@ -223,3 +223,67 @@ def test_rendering_workers_die_on_sigterm_under_the_trainers_handler(pool):
             assert all(workers.map(_sigterm_is_default, range(4)))
         forked = render_pool(render_scene, pool.seeds, workers=2)
     assert forked.seeds == pool.seeds
+
+
+def test_channel_mean_loss_is_the_error_of_the_predicted_pictures_channel_means():
+    schedule = st.DiffusionSchedule("cpu")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, predicted = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    t = torch.tensor([999, 500, 20])
+    noisy = schedule.add_noise(x0, noise, t)
+    a, s = schedule.sqrt_alpha[t].view(-1, 1, 1, 1), schedule.sqrt_sigma[t].view(-1, 1, 1, 1)
+    predicted_x0 = (noisy - s * predicted) / a
+    expected = (predicted_x0 - x0).mean(dim=(2, 3)).pow(2).mean(dim=1)
+    ours = st._channel_mean_loss(predicted - noise, schedule.inverse_snr[t])
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    # the noisiest step weighs most: the same noise error costs 0.068^-2 / 0.0x as much as at t=20
+    assert ours[0] > 100 * ours[2]
+    # an error with no spatial mean (a pattern, not a colour) costs nothing
+    pattern = predicted - noise - (predicted - noise).mean(dim=(2, 3), keepdim=True)
+    assert st._channel_mean_loss(pattern, schedule.inverse_snr[t]).abs().max() < 1e-8
+
+
+def test_a_trained_text_encoder_encodes_each_batch_like_the_cached_embeddings():
+    from hgc_tune.models._tokenizer import build_offline_tokenizer
+    from training.shapes import architecture as arch
+
+    torch.manual_seed(0)
+    tokenizer = build_offline_tokenizer()
+    encoder = arch.build_text_encoder(tokenizer).eval()
+    prompts = [
+        "a photo of a red striped circle on a sand background",
+        "a photo of a blue square on a sky background",
+    ]
+    means = torch.zeros(3, 4, 2, 2)
+
+    class _Pool:
+        prompt_ids = torch.tensor([1, 0, 1])
+
+    cached = st.Conditioning(
+        means, torch.zeros_like(means), 0.5, st.encode_prompts(encoder, tokenizer, prompts, device="cpu"),
+        st.encode_prompts(encoder, tokenizer, [""], device="cpu"), prompt_dropout=0.5,
+    )  # fmt: skip
+    trained = st.Conditioning(
+        means, torch.zeros_like(means), 0.5, cached.prompt_embeds, cached.empty_embed, prompt_dropout=0.5,
+        text_encoder=encoder, prompt_tokens=st.tokenize_prompts(tokenizer, prompts, device="cpu"),
+        empty_tokens=st.tokenize_prompts(tokenizer, [""], device="cpu"),
+    )  # fmt: skip
+    index = torch.tensor([0, 1, 2, 0, 1, 2])
+    _, expected = cached.batch(_Pool, index, torch.Generator().manual_seed(3))
+    _, ours = trained.batch(_Pool, index, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours, expected)
+    dropped = (expected == cached.empty_embed).flatten(1).all(dim=1)
+    assert 0 < int(dropped.sum()) < len(index)  # both branches (prompt dropout) were exercised
+    ours.sum().backward()
+    assert encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_offset_noise_adds_a_constant_per_sample_and_channel():
+    plain = st.training_noise((256, 4, 16, 16), 0.0, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(plain, torch.randn(256, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+    offset = st.training_noise((256, 4, 16, 16), 0.3, torch.Generator().manual_seed(0), "cpu")
+    # the same pixel noise, shifted by one constant per sample and channel
+    shift = offset - plain
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift))
+    assert 0.25 < float(shift[:, :, 0, 0].std()) < 0.35  # about the offset
+    assert float(plain.mean(dim=(2, 3)).std()) < 0.1  # 1/16 without it

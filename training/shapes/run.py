@@ -101,6 +101,15 @@ class TrainConfig:
         save_dtype: ``fp16`` (ships in ~36 MB) or ``fp32``. With fp16, weights are rounded through fp16
             after each stage, so later stages train against exactly the weights that ship.
         log_every: Iterations between loss lines.
+        mean_loss_weight: Weight of the channel-mean loss of the joint and ControlNet stages: the squared
+            error of each latent channel's spatial mean of the predicted picture, i.e. its overall colour
+            (on the benchmark the background's, which only the prompt names), added to the
+            noise-prediction loss (0: off).
+        noise_offset: Offset noise of the joint and ControlNet stages: a per-sample, per-channel Gaussian
+            constant of this standard deviation added to the training noise, which hides the picture's
+            overall colour that SD1.5's schedule leaves in the noisiest inputs (0: off).
+        lr_text_encoder: Peak learning rate of the text encoder, trained in the joint stage with the U-Net
+            (0: frozen, its prompt embeddings computed once).
         render_fraction: Budget share after which rendering stops (keeping the scenes done).
         eval_reserve_fraction: Budget share kept for saving and the self-check.
     """
@@ -143,6 +152,9 @@ class TrainConfig:
     log_every: int = 100
     render_fraction: float = 0.15
     eval_reserve_fraction: float = 0.08
+    mean_loss_weight: float = 0.0
+    lr_text_encoder: float = 0.0
+    noise_offset: float = 0.0
 
     def check(self) -> None:
         """Raise :class:`TrainError` for an invalid setting."""
@@ -187,6 +199,9 @@ class TrainConfig:
             raise TrainError(
                 f"`control_dropout` must be in [0, 1), but got control_dropout={self.control_dropout}."
             )
+        for name in ("mean_loss_weight", "lr_text_encoder", "noise_offset"):
+            if not 0.0 <= getattr(self, name) < float("inf"):
+                raise TrainError(f"`{name}` must be finite and >= 0, but got {name}={getattr(self, name)}.")
         if not self.checkpoint_minutes >= 0:
             raise TrainError(
                 f"`checkpoint_minutes` must be >= 0, but got checkpoint_minutes={self.checkpoint_minutes}."
@@ -371,7 +386,7 @@ def _check_loop(loop: Any, config: TrainConfig, path: Path, fix: str) -> None:
             f"{', '.join(config.stages)}) does not train; {fix}."
         )
     count = {"vae": 1, "decoder": 2, "unet": 1, "controlnet": len(config.conditions)}.get(
-        stage, 1 + len(config.conditions)
+        stage, 1 + len(config.conditions) + (config.lr_text_encoder > 0)
     )
     modules = loop.get("modules")
     if (
@@ -727,6 +742,8 @@ class _Run:
             prompt_dropout=config.controlnet_prompt_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
+            mean_loss_weight=config.mean_loss_weight,
+            noise_offset=config.noise_offset,
         )
         result = st.train_controlnets(
             controlnets, unet, pool, conditioning, schedule, settings, self.runtime("controlnet", generator)
@@ -776,10 +793,15 @@ class _Run:
             control_dropout=config.control_dropout,
             log_every=config.log_every,
             ema_decay=config.ema_decay,
+            mean_loss_weight=config.mean_loss_weight,
+            noise_offset=config.noise_offset,
+            text_encoder_lr=config.lr_text_encoder,
         )
         result = st.train_joint(
             unet, controlnets, pool, conditioning, schedule, settings, self.runtime("joint", generator)
         )
+        if config.lr_text_encoder > 0:
+            _round_weights(text_encoder.eval().requires_grad_(False), config.save_dtype)
         self.ship_unet(unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         for condition, controlnet in controlnets.items():
             _save_model(controlnet, self.controlnet_dirs[condition], config.save_dtype)
@@ -900,6 +922,11 @@ def run_training(
                 ),
                 prompt_dropout=config.prompt_dropout,
             )
+            if run.to_do("joint") and config.lr_text_encoder > 0:
+                # the joint stage trains the encoder: it encodes each batch's prompts anew
+                conditioning.text_encoder = text_encoder
+                conditioning.prompt_tokens = st.tokenize_prompts(tokenizer, pool.prompts, device=run.device)
+                conditioning.empty_tokens = st.tokenize_prompts(tokenizer, [""], device=run.device)
             if run.to_do("decoder"):
                 run.decoder(pool, vae, conditioning)
             schedule = st.DiffusionSchedule(run.device)

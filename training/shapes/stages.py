@@ -34,6 +34,8 @@ __all__ = [
     "StageResult",
     "encode_pool_latents",
     "encode_prompts",
+    "tokenize_prompts",
+    "training_noise",
     "latent_scaling_factor",
     "lr_factor",
     "ControlledSettings",
@@ -217,6 +219,8 @@ class DiffusionSchedule:
         self.sqrt_sigma = (1 - alphas_cumprod).sqrt().float().to(device)
         snr = alphas_cumprod / (1 - alphas_cumprod)
         self.loss_weight = (snr.clamp(max=_MIN_SNR_GAMMA) / snr).float().to(device)
+        # (1 - ᾱ_t) / ᾱ_t: turns a squared error of the predicted noise into one of the predicted picture
+        self.inverse_snr = (1.0 / snr).float().to(device)
 
     def add_noise(self, latents, noise, timesteps):
         """``sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) ε``, as ``DDPMScheduler.add_noise``."""
@@ -491,9 +495,25 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: s
     return torch.cat(out)
 
 
+def tokenize_prompts(tokenizer, prompts: Sequence[str], *, device: str):
+    """``[P, 77]`` token ids of ``prompts``, padded as in :func:`encode_prompts`."""
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return tokens.input_ids.to(device)
+
+
 @dataclass
 class Conditioning:
-    """Everything a denoiser step draws from the pool besides its pictures."""
+    """Everything a denoiser step draws from the pool besides its pictures.
+
+    The text embeddings come from ``prompt_embeds`` (computed once, frozen text encoder) or, with
+    ``text_encoder`` set (a text encoder being trained), from running it on ``prompt_tokens`` every batch.
+    """
 
     latent_means: Any
     latent_stds: Any
@@ -501,16 +521,24 @@ class Conditioning:
     prompt_embeds: Any  # [P, 77, D] per distinct prompt
     empty_embed: Any  # [1, 77, D], the unconditional ("") prompt
     prompt_dropout: float
+    text_encoder: Any = None
+    prompt_tokens: Any = None  # [P, 77] token ids per distinct prompt (with text_encoder)
+    empty_tokens: Any = None  # [1, 77] token ids of "" (with text_encoder)
 
     def batch(self, pool: ScenePool, index, generator, dropout: float | None = None):
         """Scaled sampled latents and text embeddings (with prompt dropout) of ``index``."""
         means, stds = self.latent_means[index], self.latent_stds[index]
         noise = torch.randn(means.shape, device=means.device, generator=generator)
         latents = (means + stds * noise) * self.scaling_factor
-        embeds = self.prompt_embeds[pool.prompt_ids[index]]
         p = self.prompt_dropout if dropout is None else dropout
-        if p > 0:
-            drop = torch.rand(len(index), device=means.device, generator=generator) < p
+        drop = torch.rand(len(index), device=means.device, generator=generator) < p if p > 0 else None
+        if self.text_encoder is not None:
+            tokens = self.prompt_tokens[pool.prompt_ids[index]]
+            if drop is not None:
+                tokens = torch.where(drop.view(-1, 1), self.empty_tokens, tokens)
+            return latents, self.text_encoder(tokens)[0].to(self.prompt_embeds.dtype)
+        embeds = self.prompt_embeds[pool.prompt_ids[index]]
+        if drop is not None:
             embeds = torch.where(drop.view(-1, 1, 1), self.empty_embed.to(embeds.dtype), embeds)
         return latents, embeds
 
@@ -573,9 +601,13 @@ def _controlled_step(
     device: str,
     amp: bool,
     generator,
+    mean_loss_weight: float = 0.0,
+    noise_offset: float = 0.0,
 ) -> Callable[[int], Any]:
     """The step shared by the ControlNet and joint stages; it returns each condition type's mean MSE, then
-    (with ``uncontrolled > 0``) the uncontrolled scenes' mean MSE.
+    (with ``uncontrolled > 0``) the uncontrolled scenes' mean MSE, then (with ``mean_loss_weight > 0``) the
+    mean of the channel-mean loss (see :class:`ControlledSettings`). ``noise_offset`` adds that much of one
+    Gaussian per sample and latent channel to the noise (offset noise).
 
     Every iteration draws ``per_condition`` scenes per condition type, each run through its own ControlNet,
     and ``uncontrolled`` scenes without control (zero residuals, which is what a dropped ControlNet adds);
@@ -587,7 +619,7 @@ def _controlled_step(
     def noisy_batch(size: int, bias: float):
         index = torch.randint(0, n, (size,), device=device, generator=generator)
         latents, embeds = conditioning.batch(pool, index, generator, dropout=prompt_dropout)
-        noise = torch.randn(latents.shape, device=device, generator=generator)
+        noise = training_noise(latents.shape, noise_offset, generator, device)
         timesteps = schedule.sample_timesteps(size, generator, device, bias)
         return index, schedule.add_noise(latents, noise, timesteps), noise, timesteps, embeds
 
@@ -626,13 +658,42 @@ def _controlled_step(
                 down_block_additional_residuals=[torch.cat(r) for r in zip(*downs, strict=True)],
                 mid_block_additional_residual=torch.cat(mids),
             ).sample
-        mse = (prediction.float() - torch.cat(noise_all)).pow(2).mean(dim=(1, 2, 3))
-        (mse * schedule.loss_weight[timesteps]).mean().backward()
+        error = prediction.float() - torch.cat(noise_all)
+        mse = error.pow(2).mean(dim=(1, 2, 3))
+        loss = (mse * schedule.loss_weight[timesteps]).mean()
+        if mean_loss_weight > 0:
+            channel_mean = _channel_mean_loss(error, schedule.inverse_snr[timesteps])
+            loss = loss + mean_loss_weight * channel_mean.mean()
+        loss.backward()
         controlled = per_condition * len(controlnets)
         means = mse[:controlled].view(len(controlnets), per_condition).mean(dim=1)
-        return torch.cat([means, mse[controlled:].mean().view(1)]) if uncontrolled else means
+        values = [means, mse[controlled:].mean().view(1)] if uncontrolled else [means]
+        if mean_loss_weight > 0:
+            values.append(channel_mean.mean().detach().view(1))
+        return torch.cat(values)
 
     return step
+
+
+def training_noise(shape, offset: float, generator, device: str):
+    """Gaussian noise of ``shape`` ``[N, C, H, W]``, plus ``offset`` times one Gaussian per sample and channel
+    (offset noise; ``offset = 0`` draws exactly ``torch.randn``)."""
+    noise = torch.randn(shape, device=device, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), device=device, generator=generator)
+    return noise
+
+
+def _channel_mean_loss(noise_error, inverse_snr):
+    """Per sample: the squared error of each latent channel's spatial mean of the predicted *picture*
+    (``x0``), from the error of the predicted noise (``x0`` error = ``sqrt((1 - ᾱ)/ᾱ)`` × noise error).
+
+    A latent channel's spatial mean is the picture's overall colour, on the shapes benchmark the background's
+    — the one thing only the prompt names. The noise-prediction MSE weights it by ``ᾱ/(1 - ᾱ)``: 0.005 at
+    the first sampling step (t = 999), where the background is decided, and nearly nothing the model could
+    not read off its noisy input at the later ones; this term weights it as a picture error at every step.
+    """
+    return noise_error.mean(dim=(2, 3)).pow(2).mean(dim=1) * inverse_snr
 
 
 @dataclass(frozen=True)
@@ -648,6 +709,16 @@ class ControlledSettings:
         log_every: Iterations between two log lines (and loss-curve points).
         warmup: Warm-up iterations.
         ema_decay: EMA of the trained weights, which ship (0: off).
+        mean_loss_weight: Weight of the channel-mean loss added to the noise-prediction loss: the squared
+            error of each latent channel's spatial mean of the predicted picture (see
+            :func:`_channel_mean_loss`; 0: off).
+        noise_offset: Standard deviation of a per-sample, per-channel constant added to the training noise
+            (offset noise, as diffusers' ``train_text_to_image.py --noise_offset``): SD1.5's schedule leaves
+            ``sqrt(ᾱ) = 0.068`` of the picture at the first sampling step, enough of a 16 x 16 latent's
+            channel means for the U-Net to read the picture's overall colour off its input instead of the
+            prompt; the offset hides it (0: off).
+        text_encoder_lr: Joint stage only: peak learning rate of the text encoder, trained with the U-Net
+            (``conditioning.text_encoder`` must be set; 0: frozen).
     """
 
     batch_size: int
@@ -658,6 +729,9 @@ class ControlledSettings:
     log_every: int = 50
     warmup: int = 100
     ema_decay: float = 0.0
+    mean_loss_weight: float = 0.0
+    noise_offset: float = 0.0
+    text_encoder_lr: float = 0.0
 
 
 @dataclass
@@ -712,12 +786,14 @@ def train_controlnets(
         device=runtime.device,
         amp=runtime.amp,
         generator=runtime.generator,
+        mean_loss_weight=settings.mean_loss_weight,
+        noise_offset=settings.noise_offset,
     )
     ema = Ema(list(controlnets.values()), settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "controlnet",
         step,
-        tuple(f"mse_{c}" for c in names),
+        (*(f"mse_{c}" for c in names), *(["channel_mean"] if settings.mean_loss_weight > 0 else [])),
         list(controlnets.values()),
         optimizer,
         [settings.lr] * len(names),
@@ -819,14 +895,23 @@ def train_joint(
     ControlNet, and a share ``settings.control_dropout`` of the whole batch with no control at all (see
     :func:`_controlled_step`). Unlike freezing the base first, the U-Net learns from every controlled scene
     too, and the layout that the condition gives makes each of them a far easier (so faster learned)
-    denoising problem.
+    denoising problem. With ``settings.text_encoder_lr > 0`` the text encoder (``conditioning.text_encoder``)
+    trains too, as the last of the stage's models.
     """
     names = list(controlnets)
     per_condition, uncontrolled = joint_batch_sizes(settings.batch_size, len(names), settings.control_dropout)
     modules = [unet, *controlnets.values()]
+    lrs = [settings.lr] * len(modules)
+    if settings.text_encoder_lr > 0:
+        if conditioning.text_encoder is None:
+            raise ValueError("`text_encoder_lr` > 0 needs `conditioning.text_encoder`.")
+        modules.append(conditioning.text_encoder)
+        lrs.append(settings.text_encoder_lr)
     for module in modules:
         module.train().requires_grad_(True)
-    optimizer = _optimizer([{"params": list(m.parameters())} for m in modules], settings.lr)
+    optimizer = _optimizer(
+        [{"params": list(m.parameters()), "lr": lr} for m, lr in zip(modules, lrs, strict=True)], settings.lr
+    )
     step = _controlled_step(
         unet,
         controlnets,
@@ -840,15 +925,21 @@ def train_joint(
         device=runtime.device,
         amp=runtime.amp,
         generator=runtime.generator,
+        mean_loss_weight=settings.mean_loss_weight,
+        noise_offset=settings.noise_offset,
     )
     ema = Ema(modules, settings.ema_decay) if settings.ema_decay > 0 else None
     result = _run_loop(
         "joint",
         step,
-        (*(f"mse_{c}" for c in names), *(["mse_uncontrolled"] if uncontrolled else [])),
+        (
+            *(f"mse_{c}" for c in names),
+            *(["mse_uncontrolled"] if uncontrolled else []),
+            *(["channel_mean"] if settings.mean_loss_weight > 0 else []),
+        ),
         modules,
         optimizer,
-        [settings.lr] * len(modules),
+        lrs,
         runtime.budget,
         settings.warmup,
         settings.log_every,

@@ -132,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=TrainConfig.control_dropout,
         help="share of each joint batch trained without control (default 0.2)",
     )
+    p.add_argument(
+        "--mean-loss-weight",
+        type=float,
+        default=TrainConfig.mean_loss_weight,
+        help="weight of the channel-mean loss (joint and controlnet stages): the error of the predicted "
+        "picture's overall colour, which the noise-prediction loss all but ignores at the noisy steps where "
+        "the prompt's background is decided (default 0: off)",
+    )
+    p.add_argument(
+        "--noise-offset",
+        type=float,
+        default=TrainConfig.noise_offset,
+        help="offset noise (joint and controlnet stages): a per-sample, per-channel constant of this "
+        "standard deviation added to the training noise (default 0: off)",
+    )
+    p.add_argument(
+        "--lr-text-encoder",
+        type=float,
+        default=TrainConfig.lr_text_encoder,
+        help="train the text encoder in the joint stage at this peak learning rate (default 0: frozen)",
+    )
     p.add_argument("--device", default="cuda", help="torch device (cuda, cpu); default cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-minutes", type=float, help="total wall time (default 7 on cuda, 85 on cpu)")
@@ -209,6 +230,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_decoder=args.lr_decoder,
         lr_joint=args.lr_joint,
         control_dropout=args.control_dropout,
+        mean_loss_weight=args.mean_loss_weight,
+        lr_text_encoder=args.lr_text_encoder,
+        noise_offset=args.noise_offset,
         ema_decay=args.ema_decay,
         init_from=args.init_from,
         checkpoint_minutes=args.checkpoint_minutes,
