@@ -274,6 +274,7 @@ def compare_policies(
     on_output: Callable[[str], None] | None = None,
     strength: float | None = None,
     samples_per_call: int = 1,
+    guards: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Fidelity and MACs of several policies on the same samples, against one full-compute run of them.
 
@@ -298,11 +299,17 @@ def compare_policies(
         strength: img2img and inpainting pipelines: the denoising strength (default: diffusers' default of
             the task).
         samples_per_call: How many samples one pipeline call generates (references and policies alike).
+        guards: Further constraints, metric name -> budget, as a search's ``--guard`` takes them: a prompt
+            metric (``background``; ``clip`` needs a CLIP model, so not here) or a reference metric
+            (``ssim``, …). With guards, each of the k bounds (the metric's and the guards') is taken at
+            ``1 − (1 − confidence)/k`` (Bonferroni) and a row is ``within`` only when every bound is.
 
     Returns:
         One dict per policy, in order: ``name``, ``policy_name``, ``metric``, ``samples``, ``full``,
-        ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``within`` (``None``
-        without a budget), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions),
+        ``policy``, ``loss``, ``loss_upper`` (``None``: unbounded), ``confidence``, ``level`` (each bound's
+        level), ``within`` (``None`` without a budget), ``guards`` (per guard ``metric``, ``budget``,
+        ``full``, ``policy``, ``loss``, ``loss_upper``, ``within``), ``picture`` (mean SSIM and PSNR to the
+        full-compute pictures), ``per_sample_full``, ``per_sample_policy``, ``macs`` (both conventions),
         ``guidance_scale`` (the scale used) and, for img2img and inpainting, ``task`` and ``strength``.
     """
     confidence = _confidence(confidence)
@@ -315,17 +322,60 @@ def compare_policies(
     )
     report = (lambda name: None) if on_output is None else on_output
     scorer = _full_compute_scorer(pipe, evaluator, jobs, settings, lambda: report("full compute"))
+    guard_budgets = dict(guards or {})
+    constrained = _guarded(scorer, guard_budgets, [job.prompt for job in jobs], condition_type, budget)
     rows = []
     for name, policy in policies.items():
-        estimate = scorer.score(
+        scored = constrained.score(
             iter_outputs(pipe, policy, jobs, settings),
+            sequential=False,
             confidence=confidence,
             on_sample=None if on_output is None else _sample_reporter(on_output, name),
         )
-        row = _comparison_row(name, policy, estimate, confidence, budget)
+        row = _comparison_row(name, policy, scored.primary, confidence, budget)
+        row["level"] = scored.level
+        row["guards"] = [
+            {
+                "metric": e.metric,
+                "budget": b,
+                "full": e.full,
+                "policy": e.policy,
+                "loss": e.loss,
+                "loss_upper": e.upper,
+                "within": e.loss_upper <= b,
+            }
+            for e, b in zip(scored.estimates[1:], scored.budgets[1:])
+        ]
+        if budget is not None:
+            row["within"] = bool(row["within"]) and all(g["within"] for g in row["guards"])
+        row["picture"] = {e.metric: float(e.policy) for e in scored.reported}
         row["macs"] = _evaluated_macs(pipe, policy, mac_table, num_steps, strength, guidance_scale, None)
         rows.append({**row, "guidance_scale": guidance_scale, **_task_fields(task, strength)})
     return rows
+
+
+def _guarded(
+    scorer: FidelityScorer,
+    guards: Mapping[str, float],
+    prompts: list[str],
+    condition_type: str | None,
+    budget: float | None,
+) -> ConstraintScorer:
+    """``scorer``'s metric and the ``guards`` (metric name -> budget) as one constraint scorer on the same
+    references, with SSIM and PSNR to the full-compute pictures reported beside them."""
+    from hgc_tune.fidelity._prompt import PromptEvaluator
+    from hgc_tune.fidelity._registry import PROMPT_METRICS
+
+    scorers = [scorer]
+    for name in guards:
+        if name in PROMPT_METRICS:
+            scorers.append(FidelityScorer(PromptEvaluator(name), scorer.references, prompts))
+        else:
+            evaluator = TaskEvaluator(condition_type, name)
+            scorers.append(FidelityScorer(evaluator, scorer.references, scorer.conditions))
+    reported = _with_picture(scorer, condition_type).reported
+    budgets = [math.inf if budget is None else budget, *guards.values()]
+    return ConstraintScorer(scorers, budgets, reported=reported)
 
 
 def _sample_reporter(on_output: Callable[[str], None], name: str) -> Callable[[int, float], None]:

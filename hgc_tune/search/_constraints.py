@@ -40,7 +40,7 @@ __all__ = [
     "Constraint",
     "ConstraintPlan",
     "plan_constraints",
-    "prompt_metric_for",
+    "prompt_metric_name",
 ]
 
 PROMPT = "prompt"
@@ -64,7 +64,7 @@ GUARD_NAMES: tuple[str, ...] = (
 _SHAPES_MODELS = frozenset({"shapes"})
 
 
-def prompt_metric_for(model_name: str | None, clip: str | None) -> str | None:
+def prompt_metric_name(model_name: str | None, clip: str | None) -> str | None:
     """The prompt-adherence metric a model gets: ``clip`` with a CLIP model, ``background`` for the shapes
     model, else ``None`` (the prompt is unguarded)."""
     if clip is not None:
@@ -182,7 +182,7 @@ def plan_constraints(config: SearchConfig, metric: Metric, model_name: str | Non
         SearchError: A ``prompt`` (or ``clip``) guard without a prompt metric for the model, or a guard on
             the search's own metric.
     """
-    prompt = prompt_metric_for(model_name, config.clip)
+    prompt = prompt_metric_name(model_name, config.clip)
     guards = config.guards
     if guards is None:
         guards = ((PROMPT, DEFAULT_PROMPT_BUDGET),) if prompt is not None else ()

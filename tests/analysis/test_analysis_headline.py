@@ -62,7 +62,7 @@ def test_headline_table_on_tiny(headline, tiny_pipe, tmp_path):
     table = out.with_suffix(".md").read_text()
     assert table.startswith(
         "| condition | metric | policy | paper-MAC reduction | from the guidance window | from caching | "
-        "mean loss | 95% upper bound"
+        "mean loss | upper bound | SSIM | PSNR | within every budget |"
     )
     assert table.count("| seg | ssim |") == len(rows)
     guidance = 100 * rows["tuned"]["savings_by_mechanism"]["paper"]["reduction"]["guidance_window"]
@@ -122,3 +122,37 @@ def test_headline_merges_runs_of_different_conditions(headline, tmp_path, monkey
     assert merged["policies"] == ["p.json"] and (tmp_path / "m.md").read_text() == "seg|depth"
     # runs measured under another budget do not make one table
     assert headline.main(["--merge", str(paths[0]), str(paths[2]), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_headline_bounds_every_row_under_every_guard(headline, tiny_pipe, tmp_path):
+    """A guard (here PSNR to the full-compute picture, since the tiny model has no prompt metric) is bounded
+    on every row beside the task metric, both at the Bonferroni level, and decides `within` with it."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path / "guarded"
+    argv = ["--model", "tiny", "--conditions", "seg", "--metric", "ssim", "--steps", "3", "--samples", "3"]
+    argv += [
+        "--policies",
+        "none",
+        "--budget",
+        "0.5",
+        "--guard",
+        "psnr=0.2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert headline.main(argv) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["guards"] == {"psnr": 0.2}
+    for row in data["results"][0]["rows"]:
+        assert row["level"] == pytest.approx(0.975)  # two bounds sharing 95 %
+        (guard,) = row["guards"]
+        assert guard["metric"] == "psnr" and guard["budget"] == 0.2
+        task_within = row["loss_upper"] is not None and row["loss_upper"] <= 0.5
+        guard_within = guard["loss_upper"] is not None and guard["loss_upper"] <= 0.2
+        assert row["within"] == (task_within and guard_within)
+        assert 0.0 < row["picture"]["ssim"] <= 1.0
+    table = out.with_suffix(".md").read_text()
+    assert "| psnr loss | psnr bound |" in table and "each at 97.5%" in table
