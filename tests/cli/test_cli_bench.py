@@ -22,6 +22,12 @@ def test_json_figures_are_consistent(capsys):
     assert out["mac_ratio"] == pytest.approx(paper["full"] / paper["policy"]) and out["mac_ratio"] > 1
     assert out["speedup_over_mac_ratio"] == pytest.approx(out["speedup"] / out["mac_ratio"])
     assert out["machine"]
+    # the skipped MACs split by mechanism beside the timing: the parts add up to the policy's reduction
+    for convention in ("paper", "complete"):
+        split = out["savings_by_mechanism"][convention]
+        assert sum(split["macs"].values()) == split["saved"] == split["full"] - split["policy"]
+        assert split["reduction"]["total"] == pytest.approx(out["macs"][convention]["reduction"])
+        assert split["reduction"]["unet_blocks"] > 0  # DeepCache skips U-Net blocks
 
 
 def test_text_output_names_the_figures(capsys):
@@ -30,6 +36,7 @@ def test_text_output_names_the_figures(capsys):
     assert "ms/image" in text and "(full-hooked)" in text
     # an all-compute policy computes every MAC: the MAC ratio is exactly 1
     assert "MAC ratio 1.000x" in text
+    assert "MACs saved (paper):" in text and "= 0.0%" in text
 
 
 def test_a_policy_is_required(capsys):
