@@ -84,7 +84,9 @@ def test_macs_split_the_tuned_shapes_policys_saving_by_mechanism(capsys, conditi
         assert split["reduction"]["guidance_window"] == pytest.approx(
             conditional_only / (2 * policy.num_steps)
         )
-        assert split["controlnet_windows"] == {"controlnet": split["macs"]["controlnet_window"]}
+        # the ControlNet window's part, per ControlNet (none listed for a policy without a window)
+        windows = {"controlnet": split["macs"]["controlnet_window"]} if policy.controlnet is not None else {}
+        assert split["controlnet_windows"] == windows
 
 
 def test_macs_prints_where_the_savings_come_from(capsys):
