@@ -146,13 +146,18 @@ def _print_prompt(prompt: dict[str, Any]) -> None:
         print(f"prompt adherence {prompt['metric']}: not scored ({prompt['unscored']})")
         return
     print(f"prompt adherence {prompt['metric']} (proxy{source}; higher is better)")
-    print(f"  full compute  {prompt['full']:.4f}")
-    print(f"  with policy   {prompt['policy']:.4f}")
-    print(f"  loss          {_pct(prompt['loss'])}")
-    if prompt["confidence"] > 0:
-        upper = prompt["loss_upper"]
+    _print_figures(prompt, "")
+
+
+def _print_figures(figures: dict, bound_note: str) -> None:
+    """The full-compute and policy means, the loss and (with a confidence) its upper bound."""
+    print(f"  full compute  {figures['full']:.4f}")
+    print(f"  with policy   {figures['policy']:.4f}")
+    print(f"  loss          {_pct(figures['loss'])}")
+    if figures["confidence"] > 0:
+        upper = figures["loss_upper"]
         shown = "unbounded (one sample)" if upper is None else _pct(upper)
-        print(f"  {100 * prompt['confidence']:g}% upper bound  {shown}")
+        print(f"  {100 * figures['confidence']:g}% upper bound  {shown}{bound_note}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,14 +236,7 @@ def run(args: argparse.Namespace) -> int:
         + f", guidance {guidance_scale:g}, ControlNet scale {args.controlnet_scale:g}"
     )
     print(f"metric {result['metric']} ({result['kind']}, {direction} is better)")
-    print(f"  full compute  {result['full']:.4f}")
-    print(f"  with policy   {result['policy']:.4f}")
-    print(f"  loss          {_pct(result['loss'])}")
-    if result["confidence"] > 0:
-        upper = result["loss_upper"]
-        shown = "unbounded (one sample)" if upper is None else _pct(upper)
-        level = f"{100 * result['confidence']:g}%"
-        print(f"  {level} upper bound  {shown}  (paired over {result['samples']} samples)")
+    _print_figures(result, f"  (paired over {result['samples']} samples)")
     picture = result.get("picture") or {}
     if picture:
         print(

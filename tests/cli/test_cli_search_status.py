@@ -25,13 +25,27 @@ def profiled(tmp_path_factory):
     return root / "prof", EventReader(events).read()
 
 
-def test_profile_reports_each_sample_to_the_status_file(profiled):
+def test_profile_reports_each_batch_to_the_status_file(profiled, tmp_path):
     _, events = profiled
+    # the default batch (8 samples per call) holds both samples: one report before, one after it
     assert [(e.task, e.stage, e.done, e.total) for e in events] == [
         ("seg", "profile", 0, 2),
-        ("seg", "profile", 1, 2),
         ("seg", "profile", 2, 2),
     ]
+    # one sample per call: a report after each sample
+    events_file = tmp_path / "one.progress.jsonl"
+    argv = [
+        *PROFILE,
+        "--steps",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "prof"),
+        "--samples-per-call",
+        "1",
+    ]
+    assert main([*argv, "--status-file", str(events_file)]) == 0
+    assert [(e.done, e.total) for e in EventReader(events_file).read()] == [(0, 2), (1, 2), (2, 2)]
 
 
 def test_search_shows_the_status_line_on_stderr_and_json_on_stdout(profiled, tmp_path, capsys):

@@ -100,26 +100,25 @@ def test_uninterrupted_runs_are_deterministic(reference, tmp_path):
     assert _weights(tmp_path) == _weights(reference)
 
 
-def test_a_killed_run_resumes_exactly(reference, tmp_path):
-    out = tmp_path / "killed"
+def _kill_after_a_joint_checkpoint(out: Path, argv: list[str], *, at_least: int) -> int:
+    """Start a training run into ``out`` in a process, SIGKILL it once a joint-stage checkpoint holds
+    ``at_least`` iterations, and return how many it holds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    argv = [
-        sys.executable,
-        "-m",
-        "training.shapes.train",
-        "--out",
-        str(out),
-        *_MICRO,
-        "--checkpoint-minutes",
-        "0",
-    ]
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "training.shapes.train", "--out", str(out), *argv]
+    command += ["--checkpoint-minutes", "0"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        saved = _wait_for_joint_checkpoint(out / "checkpoint" / "checkpoint.pt", process, at_least=4)
+        saved = _wait_for_joint_checkpoint(out / "checkpoint" / "checkpoint.pt", process, at_least=at_least)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    return saved
+
+
+def test_a_killed_run_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "killed"
+    saved = _kill_after_a_joint_checkpoint(out, _MICRO, at_least=4)
     assert saved < 10
 
     assert main(["--resume", str(out)]) == 0
@@ -194,23 +193,7 @@ def test_a_run_that_trains_the_text_encoder_resumes_exactly(reference, tmp_path)
     assert "channel_mean" in _curves(straight)["joint"][0]
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [
-        sys.executable,
-        "-m",
-        "training.shapes.train",
-        "--out",
-        str(out),
-        *argv,
-        "--checkpoint-minutes",
-        "0",
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        saved = _wait_for_joint_checkpoint(out / "checkpoint" / "checkpoint.pt", process, at_least=3)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
+    saved = _kill_after_a_joint_checkpoint(out, argv, at_least=3)
     assert saved < 8
     state = torch.load(out / "checkpoint" / "checkpoint.pt", weights_only=True)
     assert len(state["loop"]["modules"]) == 1 + 2 + 1  # U-Net, two ControlNets, text encoder
