@@ -45,6 +45,8 @@ def test_profile_sdxl_pipeline(tiny_sdxl_pipe):
             assert values.shape == (STEPS,) and math.isnan(values[0]) and np.isfinite(values[1:]).all()
     assert profile.mac_table.macs("unet.add_embedding") > 0
     assert profile.mac_table.macs("text_encoder_2") > 0
+    # SDXL's recommended guidance is its pipeline's default, 5
+    assert profile.guidance_scale == 5.0
     # observation only: the reference images are the plain pipeline's
     plain = pipe(
         prompt="a blue circle",
@@ -53,7 +55,7 @@ def test_profile_sdxl_pipeline(tiny_sdxl_pipe):
         height=64,
         width=64,
         num_inference_steps=STEPS,
-        guidance_scale=7.5,
+        guidance_scale=profile.guidance_scale,
         generator=torch.Generator().manual_seed(5),
         output_type="np",
     ).images[0]

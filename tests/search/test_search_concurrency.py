@@ -58,7 +58,7 @@ def test_two_processes_popping_one_sqlite_queue_never_run_a_trial_twice(tmp_path
 
 
 def _objective(study) -> PolicyObjective:
-    objective = PolicyObjective(None, None, None, None, budget=0.1, n_trials=10)
+    objective = PolicyObjective(None, None, None, None, n_trials=10)
     objective.wait_seconds = 0.1
     return objective
 
