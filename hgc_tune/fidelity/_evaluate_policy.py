@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 from hgc_tune.errors import FidelityError, SearchError
 from hgc_tune.fidelity._confidence import check_confidence
 from hgc_tune.fidelity._evaluate import TaskEvaluator
+from hgc_tune.fidelity._prompt import PromptEvaluator
 from hgc_tune.fidelity._prompt_guard import PromptMetric, prompt_fidelity
+from hgc_tune.fidelity._registry import PROMPT_METRICS
 from hgc_tune.fidelity._scorer import ConstraintScorer, FidelityEstimate, FidelityScorer
 from hgc_tune.generation import iter_outputs
 from hgc_tune.generation._inputs import (
@@ -363,9 +365,6 @@ def _guarded(
 ) -> ConstraintScorer:
     """``scorer``'s metric and the ``guards`` (metric name -> budget) as one constraint scorer on the same
     references, with SSIM and PSNR to the full-compute pictures reported beside them."""
-    from hgc_tune.fidelity._prompt import PromptEvaluator
-    from hgc_tune.fidelity._registry import PROMPT_METRICS
-
     scorers = [scorer]
     for name in guards:
         if name in PROMPT_METRICS:
