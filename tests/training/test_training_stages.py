@@ -225,6 +225,35 @@ def test_rendering_workers_die_on_sigterm_under_the_trainers_handler(pool):
     assert forked.seeds == pool.seeds
 
 
+def test_a_child_forked_under_the_trainers_handler_dies_on_sigterm_before_any_initializer():
+    """The race behind a CI hang: `Pool.terminate()` can reach a worker before its initializer restored the
+    default handler. The trainer's handler itself must act as the default in any forked process."""
+    import os
+    import signal
+    import time
+
+    from training.shapes.resume import stop_on_signals
+
+    with stop_on_signals():
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child only waits to be signalled
+            while True:
+                time.sleep(0.05)
+        os.kill(child, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise AssertionError("the forked child outlived SIGTERM: it kept the trainer's flag-only handler")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
 def test_channel_mean_loss_is_the_error_of_the_predicted_pictures_channel_means():
     schedule = st.DiffusionSchedule("cpu")
     g = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@ another way.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -187,8 +188,16 @@ def stop_on_signals() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into a request that the training loop honours at its next iteration (it saves
     a checkpoint first); the previous handlers come back on exit. A second signal stops at once."""
     previous = {}
+    owner = os.getpid()
 
     def handler(signum, frame):
+        if os.getpid() != owner:
+            # A process forked while this handler was installed (a rendering worker) must die as by default:
+            # a worker that only sets a flag outlives ``Pool.terminate()``, which then waits for ever. A pool
+            # initializer restoring the default is not enough: terminate can come before it has run.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if _STOP.requested:
             raise KeyboardInterrupt
         _STOP.requested = True
