@@ -178,6 +178,38 @@ def test_a_warm_start_trains_on_from_another_run_and_keeps_its_history(reference
     assert after["base/unet"] != before["base/unet"] and after["controlnet-seg"] != before["controlnet-seg"]
 
 
+def test_centring_the_latents_keeps_the_pictures_and_is_done_once(reference, tmp_path):
+    """--centre-latents on a warm start folds the pool's latent channel means into the saved VAE: its
+    latents are centred, it decodes them to the same pictures, and a second run leaves it as it is."""
+    from diffusers import AutoencoderKL
+
+    from training.shapes.source import shapes_source
+
+    argv = list(_MICRO)
+    argv[argv.index("--stages") + 1] = "joint"
+    argv[argv.index("--iterations") + 1] = "joint=1"
+    centred = tmp_path / "centred"
+    assert main(["--out", str(centred), *argv, "--init-from", str(reference), "--centre-latents"]) == 0
+    summary = json.loads((centred / "training.json").read_text())
+    shift = torch.tensor(summary["latents"]["centred_by"])
+    assert shift.abs().max() > 0.05  # the reference's latents were not centred
+    assert max(abs(x) for x in summary["latents"]["channel_means"]) < 0.05
+
+    old = AutoencoderKL.from_pretrained(str(reference / "base" / "vae")).float().eval()
+    new = AutoencoderKL.from_pretrained(str(centred / "base" / "vae")).float().eval()
+    assert new.config.scaling_factor == old.config.scaling_factor
+    scene = shapes_source().render(12345)
+    picture = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        z_old, z_new = old.encode(picture).latent_dist.mean, new.encode(picture).latent_dist.mean
+        torch.testing.assert_close(z_new, z_old - shift.view(1, -1, 1, 1), atol=2e-2, rtol=0)
+        torch.testing.assert_close(new.decode(z_new).sample, old.decode(z_old).sample, atol=2e-2, rtol=0)
+
+    again = tmp_path / "again"
+    assert main(["--out", str(again), *argv, "--init-from", str(centred), "--centre-latents"]) == 0
+    assert _weights(again)["base/vae"] == _weights(centred)["base/vae"]
+
+
 def test_a_run_that_trains_the_text_encoder_resumes_exactly(reference, tmp_path):
     """The text encoder trained in the joint stage (with the channel-mean loss) is saved, checkpointed as the
     stage's last model and restored: a killed run resumes to the uninterrupted run's weights."""

@@ -110,6 +110,8 @@ class TrainConfig:
             overall colour that SD1.5's schedule leaves in the noisiest inputs (0: off).
         lr_text_encoder: Peak learning rate of the text encoder, trained in the joint stage with the U-Net
             (0: frozen, its prompt embeddings computed once).
+        centre_latents: Fold the pool's latent channel means into a loaded VAE's biases, so the latents the
+            later stages train on are centred (the U-Net then has to relearn its inputs' offset).
         render_fraction: Budget share after which rendering stops (keeping the scenes done).
         eval_reserve_fraction: Budget share kept for saving and the self-check.
     """
@@ -155,6 +157,7 @@ class TrainConfig:
     mean_loss_weight: float = 0.0
     lr_text_encoder: float = 0.0
     noise_offset: float = 0.0
+    centre_latents: bool = False
 
     def check(self) -> None:
         """Raise :class:`TrainError` for an invalid setting."""
@@ -283,6 +286,9 @@ def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) ->
 
 
 # What a stage left out of `stages` is loaded from, relative to `out`.
+# Pool latent channel means within this of zero count as centred (fp16 rounding of the folded biases
+# leaves about 1e-3), so --centre-latents on a resumed or continued run changes nothing more.
+_CENTRED_WITHIN = 0.05
 _SAVED = {"vae": ("base/vae", "AutoencoderKL"), "unet": ("base/unet", "UNet2DConditionModel")}
 
 
@@ -632,6 +638,8 @@ class _Run:
             means, stds = st.encode_pool_latents(
                 vae, pool, device=self.device, amp=self.amp, batch_size=self.encode_batch
             )
+            if config.centre_latents:
+                means, stds = self.centre_latents(vae, pool, means, stds)
             return vae, means, stds, float(vae.config.scaling_factor)
         torch.manual_seed(self.seed("vae"))
         vae = build_vae().to(self.device)
@@ -655,10 +663,13 @@ class _Run:
         means, stds = st.encode_pool_latents(
             vae, pool, device=self.device, amp=self.amp, batch_size=self.encode_batch
         )
+        if config.centre_latents:
+            means, stds = self.centre_latents(vae, pool, means, stds)
         scaling = st.latent_scaling_factor(means, stds, generator)
         vae.register_to_config(scaling_factor=scaling)
         _save_model(vae, self.base_dir / "vae", config.save_dtype)
         self.summary["latents"] = {
+            **self.summary.get("latents", {}),
             "scaling_factor": scaling,
             "mean": float(means.mean()),
             "channel_means": [float(x) for x in means.mean(dim=(0, 2, 3))],
@@ -667,6 +678,33 @@ class _Run:
         self.log(f"latent scaling factor {scaling:.4f} (latent mean {float(means.mean()):.3f})")
         self.record("vae", result)
         return vae, means, stds, scaling
+
+    def centre_latents(self, vae, pool, means, stds):
+        """Centre a loaded VAE's latents on the pool (see :func:`~training.shapes.stages.centre_vae_latents`),
+        save it and return the pool's latents re-encoded. The scaling factor stays: the U-Net trained on
+        these latents sees the same spread, only the offset goes.
+
+        Idempotent, so a resumed run does the same: latents already centred within
+        ``_CENTRED_WITHIN`` are left alone."""
+        shift = means.mean(dim=(0, 2, 3))
+        if float(shift.abs().max()) <= _CENTRED_WITHIN:
+            return means, stds
+        st.centre_vae_latents(vae, shift)
+        _round_weights(vae, self.config.save_dtype)
+        _save_model(vae, self.base_dir / "vae", self.config.save_dtype)
+        means, stds = st.encode_pool_latents(
+            vae, pool, device=self.device, amp=self.amp, batch_size=self.encode_batch
+        )
+        centred = means.mean(dim=(0, 2, 3))
+        self.summary["latents"] = {
+            **self.summary.get("latents", {}),
+            "channel_means": [float(x) for x in centred],
+            "mean": float(means.mean()),
+            "centred_by": [float(x) for x in shift],
+        }
+        before, after = (", ".join(f"{float(x):.3f}" for x in v) for v in (shift, centred))
+        self.log(f"latents centred: channel means {before} -> {after}")
+        return means, stds
 
     def unet(self, pool, conditioning, schedule, *, vae, text_encoder, tokenizer):
         config = self.config

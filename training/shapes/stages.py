@@ -37,6 +37,7 @@ __all__ = [
     "tokenize_prompts",
     "training_noise",
     "latent_scaling_factor",
+    "centre_vae_latents",
     "lr_factor",
     "ControlledSettings",
     "StageRuntime",
@@ -473,6 +474,24 @@ def latent_scaling_factor(means, stds, generator, max_samples: int = 8192) -> fl
     noise = torch.randn(means[:n].shape, device=means.device, generator=generator)
     z = means[:n] + stds[:n] * noise
     return float(1.0 / z.double().pow(2).mean().sqrt())
+
+
+def centre_vae_latents(vae, channel_means) -> None:
+    """Shift ``vae``'s latent space by ``-channel_means`` without changing any picture it encodes or draws.
+
+    The shift is folded into the biases of ``quant_conv`` (the posterior's mean channels) and of
+    ``post_quant_conv`` (``b += W m``), so any SD pipeline uses the centred latents with no code of its own
+    (SD scales latents but never shifts them). Why: denoising starts from zero-mean noise, and a latent
+    space whose channel means lie far from zero leaves the picture's overall colour to the noisiest steps,
+    where noise prediction all but ignores it.
+    """
+    m = torch.as_tensor(channel_means, dtype=vae.quant_conv.bias.dtype, device=vae.quant_conv.bias.device)
+    latent_channels = vae.post_quant_conv.weight.shape[1]
+    if m.shape != (latent_channels,):
+        raise ValueError(f"channel_means must hold {latent_channels} values, got shape {tuple(m.shape)}")
+    with torch.no_grad():
+        vae.quant_conv.bias[:latent_channels] -= m
+        vae.post_quant_conv.bias += vae.post_quant_conv.weight[:, :, 0, 0] @ m
 
 
 def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], *, device: str, batch_size: int = 256):

@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the prompt's background is decided (default 0: off)",
     )
     p.add_argument(
+        "--centre-latents",
+        action="store_true",
+        help="fold the pool's latent channel means into the VAE's biases before the diffusion stages, so "
+        "they train on centred latents (sampling starts from zero-mean noise, so an offset latent space "
+        "leaves the overall colour to the noisiest steps); the shipped VAE then encodes and draws the same "
+        "pictures through any SD pipeline",
+    )
+    p.add_argument(
         "--noise-offset",
         type=float,
         default=TrainConfig.noise_offset,
@@ -233,6 +241,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mean_loss_weight=args.mean_loss_weight,
         lr_text_encoder=args.lr_text_encoder,
         noise_offset=args.noise_offset,
+        centre_latents=args.centre_latents,
         ema_decay=args.ema_decay,
         init_from=args.init_from,
         checkpoint_minutes=args.checkpoint_minutes,
