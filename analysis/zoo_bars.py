@@ -1,11 +1,17 @@
 """Measure the embedded ``shapes`` model against its acceptance bars and print a markdown table + JSON.
 
-Every figure comes from the documented commands or the library they call, on the held-out split:
+Every figure comes from the documented commands or the library they call, on the validation split, at the
+weights' recommended guidance (``recommended_guidance`` in their ``training.json``; ``--guidance`` overrides):
 
 - control, per condition type: ``hgc-tune evaluate --policy peer:cnwin-k0-drop`` (full compute = the
-  ControlNet at work; the policy = the ControlNet dropped at every step), 32 samples, 20 steps, guidance 7.5;
+  ControlNet at work; the policy = the ControlNet dropped at every step), 32 samples, 20 steps;
+- prompt adherence, per condition type: the share of the same 32 full-compute pictures whose background, read
+  back by :func:`hgc_tune.fidelity.read_background` (a proxy), is the one the prompt names;
+- colours: the share of objects drawn in their class's colour, i.e. whose pixels (by the scene's class map)
+  the benchmark's colour decoder (:func:`hgc_tune.data.shapes.decode_class_map`) gives mostly their own class
+  (a proxy too: each class appears at most once per scene, so a class region is one object);
 - stability: the paired per-sample change of seg mIoU under ``peer:deepcache-n3-b0``, 64 samples;
-- the VAE's ceiling: mIoU of the class map decoded from encode -> decode of held-out scenes, beside the
+- the VAE's ceiling: mIoU of the class map decoded from encode -> decode of 64 held-out scenes, beside the
   ground-truth pictures' own decoding;
 - the size of what ships.
 
@@ -26,26 +32,88 @@ from pathlib import Path
 CONDITIONS = ("seg", "canny", "hed", "depth")
 # condition -> (metric, higher is better, ratio vs dropped, floor)
 BARS = {
-    "seg": ("miou", True, 2.0, 0.60),
-    "canny": ("edge_f1", True, 2.5, None),
-    "hed": ("edge_ssim", True, 2.0, None),
-    "depth": ("depth_rmse", False, 0.5, None),
+    "seg": ("miou", True, 2.5, 0.65),
+    "canny": ("edge_f1", True, 3.0, None),
+    "hed": ("edge_ssim", True, 3.0, None),
+    "depth": ("depth_rmse", False, 0.45, None),
 }
+BACKGROUND_BAR = 0.90
+COLOUR_BAR = 0.90
 VAE_BAR = 0.93
 STABILITY_STD_BAR = 0.03
 FLIP = 0.1
-SIZE_BAR_MB = 40.0
+SIZE_BAR_MB = 50.0
+SPLIT = "validation"
+STEPS = 20
 
 
-def _evaluate(weights: Path, condition: str, policy: str, samples: int) -> dict:
+def _evaluate(weights: Path, condition: str, policy: str, samples: int, guidance: float) -> dict:
     command = [
         sys.executable, "-m", "hgc_tune", "evaluate", "--model", str(weights / "base"),
         "--controlnet", str(weights / f"controlnet-{condition}"), "--condition", condition,
-        "--policy", policy, "--dataset", "shapes", "--split", "heldout", "--samples", str(samples),
-        "--steps", "20", "--guidance-scale", "7.5", "--json",
+        "--policy", policy, "--dataset", "shapes", "--split", SPLIT, "--samples", str(samples),
+        "--steps", str(STEPS), "--guidance-scale", f"{guidance:g}", "--json",
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout)
+
+
+def colours_right(image, class_map) -> tuple[int, int]:
+    """(objects drawn in their class's colour, objects) of one picture: an object is right when most of its
+    pixels decode to its own class."""
+    import numpy as np
+
+    from hgc_tune.data.shapes import decode_class_map
+
+    decoded = decode_class_map(image)
+    labels = [int(label) for label in np.unique(class_map) if label != 0]
+    right = sum(int(np.mean(decoded[class_map == label] == label) > 0.5) for label in labels)
+    return right, len(labels)
+
+
+def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: float) -> dict:
+    """Full-compute pictures of the first ``samples`` validation scenes, read back for their background and
+    their objects' colours."""
+    import numpy as np
+    import torch
+
+    from hgc_tune.data._benchmark import split_seeds
+    from hgc_tune.data.shapes import render_scene
+    from hgc_tune.fidelity import read_background
+    from hgc_tune.models import _shapes, load_pipeline
+
+    scenes = [render_scene(seed) for seed in split_seeds(SPLIT, samples)]
+    original = _shapes.WEIGHTS_DIR
+    _shapes.WEIGHTS_DIR = weights
+    try:
+        pipe = load_pipeline("shapes", condition=condition)
+    finally:
+        _shapes.WEIGHTS_DIR = original
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, len(scenes), 8):
+        chunk = scenes[start : start + 8]
+        out = pipe(
+            prompt=[s.prompt for s in chunk],
+            image=[s.condition(condition) for s in chunk],
+            num_inference_steps=STEPS,
+            guidance_scale=guidance,
+            generator=[torch.Generator("cpu").manual_seed(s.seed) for s in chunk],
+            output_type="np",
+        ).images
+        images += list(np.clip(np.rint(np.asarray(out, dtype=np.float64) * 255), 0, 255).astype(np.uint8))
+    backgrounds = [
+        read_background(image, s.class_map == 0) == s.background
+        for image, s in zip(images, scenes, strict=True)
+    ]
+    colours = [colours_right(image, s.class_map) for image, s in zip(images, scenes, strict=True)]
+    objects = sum(n for _, n in colours)
+    return {
+        "samples": len(scenes),
+        "background_recovered": float(np.mean(backgrounds)),
+        "objects": objects,
+        "colours_right": sum(r for r, _ in colours) / objects if objects else float("nan"),
+    }
 
 
 def _vae_ceiling(weights: Path, samples: int) -> dict:
@@ -82,12 +150,12 @@ def _size_mb(weights: Path) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
 
 
-def measure(weights: Path, control_samples: int, stability_samples: int) -> dict:
+def measure(weights: Path, control_samples: int, stability_samples: int, guidance: float) -> dict:
     """All figures of the table, as JSON-ready data."""
-    control = {}
+    control, prompt = {}, {}
     for condition in CONDITIONS:
         metric, higher, ratio_bar, floor = BARS[condition]
-        result = _evaluate(weights, condition, "peer:cnwin-k0-drop", control_samples)
+        result = _evaluate(weights, condition, "peer:cnwin-k0-drop", control_samples, guidance)
         with_control, dropped = result["full"], result["policy"]
         ratio = with_control / dropped if dropped else float("inf")
         passes = ratio >= ratio_bar if higher else ratio <= ratio_bar
@@ -101,7 +169,11 @@ def measure(weights: Path, control_samples: int, stability_samples: int) -> dict
             "bar": f"{'>=' if higher else '<='} {ratio_bar}x dropped" + (f" and >= {floor}" if floor else ""),
             "passes": passes,
         }
-    cached = _evaluate(weights, "seg", "peer:deepcache-n3-b0", stability_samples)
+        read = _prompt_and_colours(weights, condition, control_samples, guidance)
+        read["background_passes"] = read["background_recovered"] >= BACKGROUND_BAR
+        read["colours_pass"] = read["colours_right"] >= COLOUR_BAR
+        prompt[condition] = read
+    cached = _evaluate(weights, "seg", "peer:deepcache-n3-b0", stability_samples, guidance)
     changes = [p - f for f, p in zip(cached["per_sample_full"], cached["per_sample_policy"])]
     stability = {
         "samples": len(changes),
@@ -116,7 +188,11 @@ def measure(weights: Path, control_samples: int, stability_samples: int) -> dict
     size = _size_mb(weights)
     return {
         "weights": str(weights),
+        "split": SPLIT,
+        "steps": STEPS,
+        "guidance": guidance,
         "control": control,
+        "prompt_and_colours": prompt,
         "stability": stability,
         "vae": vae,
         "size_mb": size,
@@ -131,6 +207,16 @@ def markdown(figures: dict) -> str:
         rows.append(
             f"| {condition} {c['metric']} | {c['with_control']:.3f} vs dropped {c['dropped']:.3f} "
             f"({c['ratio']:.2f}x) | {c['bar']} | {'yes' if c['passes'] else 'no'} |"
+        )
+    for condition, r in figures["prompt_and_colours"].items():
+        rows.append(
+            f"| {condition}: background named in the prompt, read back ({r['samples']}) | "
+            f"{r['background_recovered']:.1%} | >= {BACKGROUND_BAR:.0%} | "
+            f"{'yes' if r['background_passes'] else 'no'} |"
+        )
+        rows.append(
+            f"| {condition}: objects in their class's colour ({r['objects']}) | {r['colours_right']:.1%} | "
+            f">= {COLOUR_BAR:.0%} | {'yes' if r['colours_pass'] else 'no'} |"
         )
     v = figures["vae"]
     rows.append(
@@ -156,9 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=Path("hgc_tune/models/weights/shapes"))
     parser.add_argument("--control-samples", type=int, default=32)
     parser.add_argument("--stability-samples", type=int, default=64)
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (default: the weights' recommended one, from their training.json)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    figures = measure(args.weights, args.control_samples, args.stability_samples)
+    guidance = args.guidance
+    if guidance is None:
+        from hgc_tune.models._guidance import weights_recommended_guidance
+
+        guidance = weights_recommended_guidance(args.weights) or 7.5
+    print(f"{args.weights}: {SPLIT} split, {STEPS} steps, guidance {guidance:g}", file=sys.stderr)
+    figures = measure(args.weights, args.control_samples, args.stability_samples, guidance)
     print(markdown(figures))
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

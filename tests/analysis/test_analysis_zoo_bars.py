@@ -1,0 +1,74 @@
+"""``analysis/zoo_bars.py``: the colour reader behind the "objects in their class's colour" bar is right on
+ground-truth renders and notices wrong colours; the table states every bar of the model issue."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from hgc_tune.data._benchmark import split_seeds
+from hgc_tune.data.shapes import render_scene
+
+SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "zoo_bars.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("zoo_bars", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [render_scene(seed) for seed in split_seeds("validation", 40)]
+
+
+def test_colours_are_read_right_on_ground_truth(tool, scenes):
+    counts = [tool.colours_right(s.image, s.class_map) for s in scenes]
+    right, objects = sum(r for r, _ in counts), sum(n for _, n in counts)
+    assert objects >= 40 and right / objects >= 0.99
+
+
+def test_wrong_colours_are_noticed(tool, scenes):
+    # the same shapes with red and blue swapped: most objects no longer have their class's colour
+    counts = [tool.colours_right(s.image[:, :, ::-1].copy(), s.class_map) for s in scenes]
+    right, objects = sum(r for r, _ in counts), sum(n for _, n in counts)
+    assert right / objects < 0.5
+
+
+def test_the_table_states_every_bar(tool):
+    figures = {
+        "control": {
+            c: {"metric": m, "with_control": 0.5, "dropped": 0.2, "ratio": 2.5, "bar": "b", "passes": True}
+            for c, (m, *_) in tool.BARS.items()
+        },
+        "prompt_and_colours": {
+            c: {
+                "samples": 32,
+                "background_recovered": 0.5,
+                "background_passes": False,
+                "objects": 70,
+                "colours_right": 0.95,
+                "colours_pass": True,
+            }
+            for c in tool.CONDITIONS
+        },
+        "vae": {"samples": 64, "reconstruction_miou": 0.9, "ground_truth_miou": 0.99, "passes": False},
+        "stability": {
+            "samples": 64,
+            "std_change": 0.05,
+            "flips_over_0.1": 2,
+            "mean_full": 0.6,
+            "passes": False,
+        },
+        "size_mb": 36.0,
+        "size_passes": True,
+    }
+    table = tool.markdown(figures)
+    assert table.count("background named in the prompt") == 4 and table.count("class's colour") == 4
+    assert ">= 90%" in table and "<= 50 MB" in table and ">= 0.93" in table
+    assert tool.BARS["seg"] == ("miou", True, 2.5, 0.65) and tool.BARS["depth"][2] == 0.45
