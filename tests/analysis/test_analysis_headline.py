@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from hgc_tune.policy import GuidanceWindow, PolicyFile, peer_policy, save_policy, target_for_pipeline
 from hgc_tune.search._space import default_peer_names
 
-SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "headline.py"
-
 
 @pytest.fixture(scope="module")
-def headline():
-    spec = importlib.util.spec_from_file_location("headline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def headline(analysis_script):
+    return analysis_script("headline")
 
 
 def test_headline_table_on_tiny(headline, tiny_pipe, tmp_path):

@@ -3,23 +3,16 @@ folder (measure a small grid, write the choice where ``recommended_guidance`` re
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from hgc_tune.models._guidance import weights_recommended_guidance
 
-SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "recommend_guidance.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("recommend_guidance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(analysis_script):
+    return analysis_script("recommend_guidance")
 
 
 def _rows(table):

@@ -3,23 +3,15 @@ ground-truth renders and notices wrong colours; the table states every bar of th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from hgc_tune.data._benchmark import split_seeds
 from hgc_tune.data.shapes import render_scene
 
-SCRIPT = Path(__file__).resolve().parents[2] / "analysis" / "zoo_bars.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("zoo_bars", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(analysis_script):
+    return analysis_script("zoo_bars")
 
 
 @pytest.fixture(scope="module")
