@@ -10,6 +10,8 @@ weights' recommended guidance (``recommended_guidance`` in their ``training.json
 - colours: the share of objects drawn in their class's colour, i.e. whose pixels (by the scene's class map)
   the benchmark's colour decoder (:func:`hgc_tune.data.shapes.decode_class_map`) gives mostly their own class
   (a proxy too: each class appears at most once per scene, so a class region is one object);
+- grid cells: of the first 16 of those pictures (a sample grid's 4 x 4), how many have both the named
+  background and every object in its colour;
 - stability: the paired per-sample change of seg mIoU under ``peer:deepcache-n3-b0``, 64 samples;
 - the VAE's ceiling: mIoU of the class map decoded from encode -> decode of 64 held-out scenes, beside the
   ground-truth pictures' own decoding;
@@ -43,6 +45,9 @@ VAE_BAR = 0.93
 STABILITY_STD_BAR = 0.03
 FLIP = 0.1
 SIZE_BAR_MB = 50.0
+# Cells of a sample grid (4 x 4) and how many the readers must score right.
+GRID_CELLS = 16
+GRID_BAR = 14
 SPLIT = "validation"
 STEPS = 20
 
@@ -108,11 +113,15 @@ def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: f
     ]
     colours = [colours_right(image, s.class_map) for image, s in zip(images, scenes, strict=True)]
     objects = sum(n for _, n in colours)
+    # A grid cell is right when the readers find the named background and every object in its colour.
+    cells = [b and r == n for b, (r, n) in zip(backgrounds, colours, strict=True)][:GRID_CELLS]
     return {
         "samples": len(scenes),
         "background_recovered": float(np.mean(backgrounds)),
         "objects": objects,
         "colours_right": sum(r for r, _ in colours) / objects if objects else float("nan"),
+        "grid_cells_right": sum(cells),
+        "grid_cells": len(cells),
     }
 
 
@@ -172,6 +181,7 @@ def measure(weights: Path, control_samples: int, stability_samples: int, guidanc
         read = _prompt_and_colours(weights, condition, control_samples, guidance)
         read["background_passes"] = read["background_recovered"] >= BACKGROUND_BAR
         read["colours_pass"] = read["colours_right"] >= COLOUR_BAR
+        read["grid_passes"] = read["grid_cells_right"] >= GRID_BAR
         prompt[condition] = read
     cached = _evaluate(weights, "seg", "peer:deepcache-n3-b0", stability_samples, guidance)
     changes = [p - f for f, p in zip(cached["per_sample_full"], cached["per_sample_policy"])]
@@ -217,6 +227,10 @@ def markdown(figures: dict) -> str:
         rows.append(
             f"| {condition}: objects in their class's colour ({r['objects']}) | {r['colours_right']:.1%} | "
             f">= {COLOUR_BAR:.0%} | {'yes' if r['colours_pass'] else 'no'} |"
+        )
+        rows.append(
+            f"| {condition}: grid cells with both right (first {r['grid_cells']}) | "
+            f"{r['grid_cells_right']} | >= {GRID_BAR} | {'yes' if r['grid_passes'] else 'no'} |"
         )
     v = figures["vae"]
     rows.append(

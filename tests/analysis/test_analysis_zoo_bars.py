@@ -46,6 +46,9 @@ def test_the_table_states_every_bar(tool):
                 "objects": 70,
                 "colours_right": 0.95,
                 "colours_pass": True,
+                "grid_cells_right": 9,
+                "grid_cells": 16,
+                "grid_passes": False,
             }
             for c in tool.CONDITIONS
         },
@@ -62,5 +65,6 @@ def test_the_table_states_every_bar(tool):
     }
     table = tool.markdown(figures)
     assert table.count("background named in the prompt") == 4 and table.count("class's colour") == 4
+    assert table.count("grid cells with both right (first 16) | 9 | >= 14 | no") == 4
     assert ">= 90%" in table and "<= 50 MB" in table and ">= 0.93" in table
     assert tool.BARS["seg"] == ("miou", True, 2.5, 0.65) and tool.BARS["depth"][2] == 0.45
