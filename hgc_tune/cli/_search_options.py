@@ -176,7 +176,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
         "--validation-tries",
         type=int_in("--validation-tries", 1, MAX_COUNT),
         default=3,
-        help="plausible policies tried on the validation split, cheapest first, before giving up "
+        help="plausible policies tried on the validation split (those within budget by their calibration "
+        "point estimates first, cheapest first) before giving up "
         "(default: 3)",
     )
     parser.add_argument("--no-early-rejection", dest="early_rejection", action="store_false")

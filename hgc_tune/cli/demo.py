@@ -97,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation-tries",
         type=int_in("--validation-tries", 1, MAX_COUNT),
         default=2,
-        help="plausible policies tried on the validation split, cheapest first, before a condition type is "
+        help="plausible policies tried on the validation split (those within budget by their calibration "
+        "point estimates first, cheapest first) before a condition type is "
         "left without a policy (default: 2)",
     )
     parser.add_argument(

@@ -6,7 +6,8 @@ paired (each sample's seed runs at full compute and with the policy) and a polic
 the one-sided upper confidence bound of its loss is (--confidence, default 0.95; 0 = the point estimate).
 Three disjoint splits of the shapes benchmark take part: trials are tested on the profile's calibration
 samples, sequentially (a trial gets more samples only while its bound straddles the budget); the plausible
-trials, cheapest first, are tested on the validation split until one holds; the chosen policy is then
+trials (those within budget by their point estimates first, cheapest first) are tested on the validation
+split until one holds; the chosen policy is then
 measured on the test split, which took no part in choosing it: that is the figure its provenance states.
 The peer schedules (DeepCache, T-GATE, ControlNet window, full compute) are the first trials. Full-compute
 outputs of validation and test samples are cached in runs/NAME/heldout/. Writes the policy to --out and the

@@ -106,7 +106,8 @@ class SearchConfig:
             ``budget + margin``; ``None``: margin equal to the budget (reject at twice the budget).
         screen: Only screen (on ``early_rejection_min_samples`` samples) a trial that costs no less than one
             already within the budget: it cannot be the result, so its samples go to cheaper candidates.
-        max_validation_tries: Plausible trials (not clear failures; cheapest first) tried on the validation
+        max_validation_tries: Plausible trials (not clear failures; those within budget by their point
+            estimates first, each group cheapest first) tried on the validation
             split before giving up.
         heartbeat_interval: Seconds between heartbeats of a running trial (RDB and journal storages); a
             trial whose heartbeat is older than ``grace_period`` is failed and retried.

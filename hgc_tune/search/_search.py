@@ -145,7 +145,8 @@ def search_policy(
     - **calibration** (the profile's samples, whose full-compute outputs it holds): the trials. Each trial
       is tested sequentially, one sample at a time, and stops once its verdict is clear; a trial that
       cannot beat the cheapest one already within the budget is only screened.
-    - **validation** (``heldout``): the plausible trials (not clear failures), cheapest first, are tested
+    - **validation** (``heldout``): the plausible trials (not clear failures) are tested, those
+      within every budget by their point estimates first, each group cheapest first,
       sequentially on it until one holds the budget (at most ``config.max_validation_tries``).
     - **test** (``test``): the chosen policy is measured once on every test sample. This split takes no part
       in the choice, so its figure is the one the policy's provenance, the report and the README state.

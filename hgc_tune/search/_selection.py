@@ -1,6 +1,7 @@
-"""Choosing the policy: the candidates among the trials, checked on the validation split cheapest first, and
-the chosen one measured on the test split (which takes no part in the choice). Both splits score every
-constraint of the search on the same outputs; a policy holds only when every constraint's bound does."""
+"""Choosing the policy: the candidates among the trials, checked on the validation split (the promising ones
+first, cheapest first), and the chosen one measured on the test split (which takes no part in the choice).
+Both splits score every constraint of the search on the same outputs; a policy holds only when every
+constraint's bound does."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def select_policy(
     """Choose the trial whose policy the search returns, and measure it on ``test``.
 
     Without a validation split (``heldout``) the cheapest trial within the budget on calibration is chosen;
-    with one, the candidates are checked sequentially on it, cheapest first, and the first whose bound holds
-    the budget is chosen (see :func:`_candidates`). ``note`` receives progress lines; ``on_progress`` the
+    with one, the candidates are checked sequentially on it, in the order of :func:`_candidates`, and the
+    first whose bounds hold every budget is chosen. ``note`` receives progress lines; ``on_progress`` the
     generated samples of the validation and the test stage (see :mod:`hgc_tune._progress`).
     """
     config = session.config
@@ -86,7 +87,7 @@ def select_policy(
         validation = tuple(tries)
         if chosen is None:
             message = (
-                f"none of the {len(tries)} cheapest plausible policies holds every budget ({budgets}) on the "
+                f"none of the {len(tries)} plausible policies tried holds every budget ({budgets}) on the "
                 f"validation split ({bound} of each loss: "
                 + "; ".join(
                     f"trial {t['trial']}: "
@@ -223,7 +224,7 @@ def _validate(
     progress: Callable[[str], None],
     counter: _SampleCounter,
 ) -> tuple[TrialRecord | None, ConstrainedEstimate | None, list[dict[str, Any]]]:
-    """Test candidates sequentially on the validation split, cheapest first; the first whose upper bounds
+    """Test candidates sequentially on the validation split, in order; the first whose upper bounds
     all hold their budgets is chosen. Returns (chosen, estimate, tries)."""
     config = session.config
     checked = candidates[: config.max_validation_tries]
@@ -291,15 +292,18 @@ def _candidates(
     """The calibration winner and the candidates for the policy, in the order they are checked.
 
     Without a validation split the calibration verdict decides: the trials within the budget, cheapest
-    first. With one, every plausible trial (not a failure on calibration) is a candidate, cheapest first,
-    so the cheapest get the validation samples; but the calibration winner is never left unchecked: it
-    takes the last of the ``tries`` when cheaper undecided trials would use them all. One trial per policy,
-    and only policies cheaper than full compute.
+    first. With one, every plausible trial (not a failure on calibration) is a candidate. Those whose point
+    estimates are all within their budgets come first, cheapest first: their bounds straddle a budget only
+    because a few calibration samples bound loosely, and the validation samples may narrow them. Then the
+    rest, cheapest first: a loss above its budget on calibration seldom falls below it on validation, and
+    trying such a policy first would spend the ``tries`` that a cheap promising one needs. The calibration
+    winner is never left unchecked: it takes the last of the ``tries`` when other trials would use them
+    all. One trial per policy, and only policies cheaper than full compute.
     """
 
     def order(r: TrialRecord) -> tuple:
         upper = r.loss_upper if r.loss_upper is not None else math.inf
-        return (r.macs["paper"]["policy"], upper, r.loss, r.number)
+        return (not _within_by_point(r, budget), r.macs["paper"]["policy"], upper, r.loss, r.number)
 
     unique = [r for r in records if r.duplicate_of is None]
     feasible = sorted((r for r in unique if r.feasible), key=order)
@@ -316,6 +320,14 @@ def _candidates(
         candidates.remove(best)
         candidates.insert(tries - 1, best)
     return best, candidates
+
+
+def _within_by_point(record: TrialRecord, budget: float) -> bool:
+    """Every constraint's calibration point estimate is within its budget (the task metric's is
+    ``record.loss``; the guards' are in ``record.constraints[1:]``)."""
+    if record.loss is None or record.loss > budget:
+        return False
+    return all(row.get("loss") is None or row["loss"] <= row["budget"] for row in record.constraints[1:])
 
 
 def _fmt(value: float | None) -> str:

@@ -336,26 +336,47 @@ def _record(number, macs, loss, upper, lower, *, rejected=False):
     )
 
 
-def test_candidates_cheapest_plausible_first_and_the_calibration_winner_always_checked():
+def test_candidates_promising_first_cheapest_first_and_the_calibration_winner_always_checked():
     from hgc_tune.search._selection import _candidates
 
     records = [
         _record(0, 100.0, 0.0, 0.0, 0.0),  # full compute: feasible, never a candidate
-        _record(1, 40.0, 0.01, 0.03, -0.01),  # undecided
-        _record(2, 30.0, 0.02, 0.05, -0.01),  # undecided, cheapest plausible
+        _record(1, 40.0, 0.01, 0.03, -0.01),  # undecided, point estimate within the budget
+        _record(2, 30.0, 0.02, 0.05, -0.01),  # undecided, cheapest plausible, point estimate over the budget
         _record(3, 20.0, 0.2, 0.3, 0.1),  # a failure (lower bound above the budget)
         _record(4, 35.0, 0.3, None, None, rejected=True),  # a clear failure
         _record(5, 60.0, 0.001, 0.01, -0.008),  # within the budget: the calibration winner
-        _record(6, 50.0, 0.005, 0.02, -0.001),  # undecided
+        _record(6, 50.0, 0.005, 0.02, -0.001),  # undecided, point estimate within the budget
+        _record(7, 45.0, 0.004, 0.03, -0.02),  # undecided, point estimate within the budget
     ]
     best, candidates = _candidates(records, 0.015, 3, validated=True)
     assert best.number == 5
-    assert [r.number for r in candidates] == [2, 1, 5, 6]
+    # the promising (1, 7, 6, 5) cheapest first, then the straddling trial whose point estimate is over (2);
+    # the winner moves up into the 3 tries
+    assert [r.number for r in candidates] == [1, 7, 5, 6, 2]
     _, candidates = _candidates(records, 0.015, 4, validated=True)
-    assert [r.number for r in candidates] == [2, 1, 6, 5]
+    assert [r.number for r in candidates] == [1, 7, 6, 5, 2]
     # without a validation split, only trials within the budget
     _, candidates = _candidates(records, 0.015, 3, validated=False)
     assert [r.number for r in candidates] == [5]
+
+
+def test_a_guard_over_its_budget_by_its_point_estimate_is_not_promising():
+    import dataclasses
+
+    from hgc_tune.search._selection import _candidates
+
+    task_row = {"metric": "miou", "budget": 0.015}
+    cheap = dataclasses.replace(
+        _record(1, 30.0, 0.0, 0.02, -0.02),
+        constraints=(task_row, {"metric": "background", "budget": 0.015, "loss": 0.03, "loss_lower": -0.01}),
+    )
+    dearer = dataclasses.replace(
+        _record(2, 50.0, 0.0, 0.02, -0.02),
+        constraints=(task_row, {"metric": "background", "budget": 0.015, "loss": 0.0, "loss_lower": -0.01}),
+    )
+    _, candidates = _candidates([cheap, dearer], 0.015, 2, validated=True)
+    assert [r.number for r in candidates] == [2, 1]
 
 
 # -------------------------------------------------------------- several ControlNets (MultiControlNetModel)
