@@ -96,10 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validation-tries",
         type=int_in("--validation-tries", 1, MAX_COUNT),
-        default=2,
+        default=3,
         help="plausible policies tried on the validation split (those within budget by their calibration "
-        "point estimates first, cheapest first) before a condition type is "
-        "left without a policy (default: 2)",
+        "point estimates first, cheapest first; the calibration winner always among them) before a "
+        "condition type is left without a policy (default: 3, as `search`)",
     )
     parser.add_argument(
         "--parallel",
