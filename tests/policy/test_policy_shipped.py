@@ -16,7 +16,9 @@ from hgc_tune.policy._peers import DEFAULT_PEERS
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SCHEMA = POLICIES / "policy.schema.json"
 # Peer schedules are shipped as <model>-<peer>.json; tuned policies (from `hgc-tune search`) as <model>.json,
-# or <model>-<conditions>.json for several ControlNets at once (shapes-seg-depth.json: seg and depth).
+# <model>-<conditions>.json for several ControlNets at once (shapes-seg-depth.json: seg and depth), or
+# <model>-caching-only.json for the same searches without the guidance window (the headline's column).
+CACHING_ONLY = "caching-only"
 SHIPPED = sorted(
     p for p in POLICIES.glob("*-*.json") if p != SCHEMA and p.stem.split("-", 1)[1] in DEFAULT_PEERS
 )
@@ -83,7 +85,10 @@ def test_tuned_policy_file(path: Path, validator) -> None:
         prov = policy.provenance
         model, _, conditions = path.stem.partition("-")
         assert policy.target.model == model and policy.target.num_steps == 20
-        if conditions:  # one ControlNet per condition type, in the file name's order
+        if conditions == CACHING_ONLY:  # full CFG at every step: every MAC it saves is saved by caching
+            assert policy.guidance is None or policy.guidance.cfg_until >= policy.num_steps
+            assert policy.target.condition_type is not None
+        elif conditions:  # one ControlNet per condition type, in the file name's order
             assert policy.target.condition_type == conditions.replace("-", ",")
             assert [c.condition_type for c in policy.target.controlnets] == conditions.split("-")
         # the search held it within its budget on the validation split, with the stated confidence, and
