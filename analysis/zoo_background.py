@@ -23,6 +23,7 @@ import torch
 from hgc_tune.data._benchmark import split_seeds
 from hgc_tune.data.shapes import BACKGROUNDS, CONDITION_TYPES, render_scene
 from hgc_tune.fidelity import read_background
+from hgc_tune.generation._inputs import condition_input
 from hgc_tune.models import _shapes, load_pipeline
 
 # The backgrounds of version 1 of the benchmark, the only ones the weights shipped before it knew.
@@ -36,7 +37,8 @@ def _generate(pipe, scenes, condition: str, *, steps: int, guidance: float, batc
         generators = [torch.Generator("cpu").manual_seed(s.seed) for s in chunk]
         out = pipe(
             prompt=[s.prompt for s in chunk],
-            image=[s.condition(condition) for s in chunk],
+            # PIL, as the library passes it: the pipeline reads a numpy condition as floats in [0, 1]
+            image=[condition_input(s.condition(condition)) for s in chunk],
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generators,

@@ -85,6 +85,7 @@ def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: f
     from hgc_tune.data._benchmark import split_seeds
     from hgc_tune.data.shapes import render_scene
     from hgc_tune.fidelity import read_background
+    from hgc_tune.generation._inputs import condition_input
     from hgc_tune.models import _shapes, load_pipeline
 
     scenes = [render_scene(seed) for seed in split_seeds(SPLIT, samples)]
@@ -100,7 +101,8 @@ def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: f
         chunk = scenes[start : start + 8]
         out = pipe(
             prompt=[s.prompt for s in chunk],
-            image=[s.condition(condition) for s in chunk],
+            # PIL, as the library passes it: the pipeline reads a numpy condition as floats in [0, 1]
+            image=[condition_input(s.condition(condition)) for s in chunk],
             num_inference_steps=STEPS,
             guidance_scale=guidance,
             generator=[torch.Generator("cpu").manual_seed(s.seed) for s in chunk],

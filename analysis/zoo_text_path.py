@@ -41,6 +41,7 @@ import torch
 from hgc_tune.data._benchmark import split_seeds
 from hgc_tune.data.shapes import BACKGROUNDS, render_scene
 from hgc_tune.fidelity import read_background
+from hgc_tune.generation._inputs import condition_input
 from hgc_tune.models import _shapes, load_pipeline
 
 _TIMESTEPS = (999, 900, 700, 500)
@@ -186,9 +187,11 @@ def sampled_channel_means(pipe, scene, names: list[str], data_means: dict) -> di
     background's data channel means, and the background whose data channel means are nearest."""
     out = {}
     for b in names:
+        # a PIL condition, as the library passes it: a numpy one would be read as floats in [0, 1]
         latents = pipe(
-            prompt=[_swap(scene.prompt, b)], image=[scene.condition("seg")], num_inference_steps=20,
-            guidance_scale=7.5, generator=torch.Generator().manual_seed(scene.seed), output_type="latent",
+            prompt=[_swap(scene.prompt, b)], image=[condition_input(scene.condition("seg"))],
+            num_inference_steps=20, guidance_scale=7.5, generator=torch.Generator().manual_seed(scene.seed),
+            output_type="latent",
         ).images  # fmt: skip
         m = latents.mean(dim=(2, 3))[0].numpy()
         distance = {n: float(np.linalg.norm(m - np.asarray(data_means[n]))) for n in names}
