@@ -27,17 +27,31 @@ import numpy as np
 
 
 def measure_condition(
-    condition: str, *, samples: int, steps: int, low: float, confidence: float, samples_per_call: int
+    condition: str,
+    *,
+    samples: int,
+    steps: int,
+    low: float,
+    confidence: float,
+    samples_per_call: int,
+    weights: Path | None = None,
+    high: float | None = None,
 ) -> dict[str, Any]:
-    """The prompt metric of one condition type at the recommended guidance and at ``low``, paired."""
+    """The prompt metric of one condition type at the recommended guidance (or ``high``) and at ``low``,
+    paired; ``weights``: a shapes weights folder other than the shipped one."""
     from hgc_tune.data import open_dataset
     from hgc_tune.fidelity import PROMPT_METRICS, background_adherence, paired_loss_bound
     from hgc_tune.generation import GenerationSettings, iter_outputs
     from hgc_tune.generation._inputs import generation_size, jobs_from_samples
-    from hgc_tune.models import load_pipeline, pipeline_guidance
+    from hgc_tune.models import _shapes, load_pipeline, pipeline_guidance
 
-    pipe = load_pipeline("shapes", condition=condition)
-    recommended = pipeline_guidance(pipe).scale
+    original = _shapes.WEIGHTS_DIR
+    _shapes.WEIGHTS_DIR = original if weights is None else weights
+    try:
+        pipe = load_pipeline("shapes", condition=condition)
+    finally:
+        _shapes.WEIGHTS_DIR = original
+    recommended = pipeline_guidance(pipe).scale if high is None else high
     jobs = jobs_from_samples(
         open_dataset("shapes", condition_type=condition, split="validation", limit=samples)
     )
@@ -82,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--budget", type=float, default=0.015, help="the prompt guard's budget (points)")
     parser.add_argument("--samples-per-call", type=int, default=8)
+    parser.add_argument("--weights", type=Path, default=None, help="shapes weights (default: the shipped)")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="the guidance compared against (default: recommended)"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     rows = []
@@ -93,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             low=args.low_guidance,
             confidence=args.confidence,
             samples_per_call=args.samples_per_call,
+            weights=args.weights,
+            high=args.guidance,
         )
         row["sensitive"] = row["drop_lower"] > args.budget
         rows.append(row)
