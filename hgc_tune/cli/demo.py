@@ -346,6 +346,10 @@ def _watch(lanes: list[_Lane], board: StatusBoard, printer: StatusPrinter | None
         for reader in readers:
             for event in reader.read():
                 board.update(event)
+                if printer is not None:
+                    # Each event in turn: in a log, a stage that began and ended between two polls still
+                    # gets its line (the printer prints on a stage change, and rate-limits a terminal).
+                    printer.show(board, time.time())
         for i in exited:
             board.lane_exited(i, lanes[i].process.returncode)
             running.discard(i)

@@ -147,6 +147,10 @@ def test_the_status_line_goes_to_stderr_and_shows_a_child_that_died_as_failed(tm
     last = err.splitlines()[-1]
     assert last.startswith("demo ") and "hed: failed (exit 3)" in last and "2/3 done" in last
     assert "\r" not in err  # not a terminal: plain lines
+    # a log gets a line for every stage, even those a child began and ended between two polls of the parent
+    for condition in ("seg", "canny"):
+        for stage in ("profile", "trial", "report"):
+            assert any(f"{condition}: {stage}" in line for line in err.splitlines()), (condition, stage)
     assert "--status-file" not in out  # the command lines shown are the user's
     assert f"--- {tmp_path / 'runs' / 'hed.log'} (exit 3)" in out and "hed: something broke" in out
     assert not any(line.startswith("demo ") for line in out.splitlines())
