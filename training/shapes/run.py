@@ -285,10 +285,10 @@ def _save_base(path: Path, *, vae, text_encoder, tokenizer, unet, dtype: str) ->
     pipe.save_pretrained(str(path), safe_serialization=True)
 
 
-# What a stage left out of `stages` is loaded from, relative to `out`.
 # Pool latent channel means within this of zero count as centred (fp16 rounding of the folded biases
 # leaves about 1e-3), so --centre-latents on a resumed or continued run changes nothing more.
 _CENTRED_WITHIN = 0.05
+# What a stage left out of `stages` is loaded from, relative to `out`.
 _SAVED = {"vae": ("base/vae", "AutoencoderKL"), "unet": ("base/unet", "UNet2DConditionModel")}
 
 

@@ -482,8 +482,8 @@ def centre_vae_latents(vae, channel_means) -> None:
     The shift is folded into the biases of ``quant_conv`` (the posterior's mean channels) and of
     ``post_quant_conv`` (``b += W m``), so any SD pipeline uses the centred latents with no code of its own
     (SD scales latents but never shifts them). Why: denoising starts from zero-mean noise, and a latent
-    space whose channel means lie far from zero leaves the picture's overall colour to the noisiest steps,
-    where noise prediction all but ignores it.
+    space whose channel means lie far from zero can leave the picture's overall colour to the noisiest
+    steps, where noise prediction all but ignores it.
     """
     m = torch.as_tensor(channel_means, dtype=vae.quant_conv.bias.dtype, device=vae.quant_conv.bias.device)
     latent_channels = vae.post_quant_conv.weight.shape[1]
