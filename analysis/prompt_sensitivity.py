@@ -43,15 +43,18 @@ def measure_condition(
     from hgc_tune.fidelity import PROMPT_METRICS, background_adherence, paired_loss_bound
     from hgc_tune.generation import GenerationSettings, iter_outputs
     from hgc_tune.generation._inputs import generation_size, jobs_from_samples
-    from hgc_tune.models import _shapes, load_pipeline, pipeline_guidance
+    from hgc_tune.models import load_pipeline, pipeline_guidance
+    from hgc_tune.models._guidance import weights_recommended_guidance
+    from hgc_tune.models._shapes import shapes_checkpoint
 
-    original = _shapes.WEIGHTS_DIR
-    _shapes.WEIGHTS_DIR = original if weights is None else weights
-    try:
+    if weights is None:
         pipe = load_pipeline("shapes", condition=condition)
-    finally:
-        _shapes.WEIGHTS_DIR = original
-    recommended = pipeline_guidance(pipe).scale if high is None else high
+        measured = None
+    else:
+        base, controlnet = shapes_checkpoint(condition, weights_dir=weights)
+        pipe = load_pipeline(str(base), controlnet=str(controlnet))
+        measured = weights_recommended_guidance(weights)
+    recommended = high if high is not None else measured or pipeline_guidance(pipe).scale
     jobs = jobs_from_samples(
         open_dataset("shapes", condition_type=condition, split="validation", limit=samples)
     )

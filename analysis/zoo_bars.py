@@ -86,15 +86,12 @@ def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: f
     from hgc_tune.data.shapes import render_scene
     from hgc_tune.fidelity import read_background
     from hgc_tune.generation._inputs import condition_input
-    from hgc_tune.models import _shapes, load_pipeline
+    from hgc_tune.models import load_pipeline
+    from hgc_tune.models._shapes import shapes_checkpoint
 
     scenes = [render_scene(seed) for seed in split_seeds(SPLIT, samples)]
-    original = _shapes.WEIGHTS_DIR
-    _shapes.WEIGHTS_DIR = weights
-    try:
-        pipe = load_pipeline("shapes", condition=condition)
-    finally:
-        _shapes.WEIGHTS_DIR = original
+    base, controlnet = shapes_checkpoint(condition, weights_dir=weights)
+    pipe = load_pipeline(str(base), controlnet=str(controlnet))
     pipe.set_progress_bar_config(disable=True)
     images = []
     for start in range(0, len(scenes), 8):
