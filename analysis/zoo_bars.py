@@ -11,14 +11,16 @@ weights' recommended guidance (``recommended_guidance`` in their ``training.json
   the benchmark's colour decoder (:func:`hgc_tune.data.shapes.decode_class_map`) gives mostly their own class
   (a proxy too: each class appears at most once per scene, so a class region is one object);
 - grid cells: of the first 16 of those pictures (a sample grid's 4 x 4), how many have both the named
-  background and every object in its colour;
+  background and every object in its colour (``--grids DIR`` writes that grid per condition type,
+  ``DIR/zoo-bars-grid-<type>.png``, each cell framed green where the readers score it right, red where not);
 - stability: the paired per-sample change of seg mIoU under ``peer:deepcache-n3-b0``, 64 samples;
 - the VAE's ceiling: mIoU of the class map decoded from encode -> decode of 64 held-out scenes, beside the
   ground-truth pictures' own decoding;
 - the size of what ships.
 
 Usage:
-    PYTHONPATH=. python analysis/zoo_bars.py [--weights hgc_tune/models/weights/shapes] [--json-out FILE]
+    PYTHONPATH=. python analysis/zoo_bars.py [--weights hgc_tune/models/weights/shapes] [--json-out FILE] \
+        [--grids reports/zoo]
 """
 
 from __future__ import annotations
@@ -76,9 +78,28 @@ def colours_right(image, class_map) -> tuple[int, int]:
     return right, len(labels)
 
 
-def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: float) -> dict:
+def scored_grid(images, cells_right, columns: int = 4, scale: int = 2, frame: int = 2):
+    """The pictures as one grid (row-major), each cell upscaled ``scale`` times and framed green where
+    ``cells_right`` says the readers scored it right, red where not: an ``(H, W, 3)`` uint8 array."""
+    import numpy as np
+
+    height, width = images[0].shape[:2]
+    cell_h, cell_w = height * scale + 2 * frame, width * scale + 2 * frame
+    rows = -(-len(images) // columns)
+    grid = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    for index, (image, right) in enumerate(zip(images, cells_right, strict=True)):
+        top, left = (index // columns) * cell_h, (index % columns) * cell_w
+        grid[top : top + cell_h, left : left + cell_w] = (0, 160, 0) if right else (200, 0, 0)
+        big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        grid[top + frame : top + cell_h - frame, left + frame : left + cell_w - frame] = big
+    return grid
+
+
+def _prompt_and_colours(
+    weights: Path, condition: str, samples: int, guidance: float, grids: Path | None = None
+) -> dict:
     """Full-compute pictures of the first ``samples`` validation scenes, read back for their background and
-    their objects' colours."""
+    their objects' colours (and, with ``grids``, the first 16 written there as a scored grid)."""
     import numpy as np
     import torch
 
@@ -114,6 +135,12 @@ def _prompt_and_colours(weights: Path, condition: str, samples: int, guidance: f
     objects = sum(n for _, n in colours)
     # A grid cell is right when the readers find the named background and every object in its colour.
     cells = [b and r == n for b, (r, n) in zip(backgrounds, colours, strict=True)][:GRID_CELLS]
+    if grids is not None:
+        from PIL import Image
+
+        grids.mkdir(parents=True, exist_ok=True)
+        grid = scored_grid(images[: len(cells)], cells)
+        Image.fromarray(grid).save(grids / f"zoo-bars-grid-{condition}.png")
     return {
         "samples": len(scenes),
         "background_recovered": float(np.mean(backgrounds)),
@@ -158,8 +185,14 @@ def _size_mb(weights: Path) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
 
 
-def measure(weights: Path, control_samples: int, stability_samples: int, guidance: float) -> dict:
-    """All figures of the table, as JSON-ready data."""
+def measure(
+    weights: Path,
+    control_samples: int,
+    stability_samples: int,
+    guidance: float,
+    grids: Path | None = None,
+) -> dict:
+    """All figures of the table, as JSON-ready data (``grids``: where to write the scored sample grids)."""
     control, prompt = {}, {}
     for condition in CONDITIONS:
         metric, higher, ratio_bar, floor = BARS[condition]
@@ -177,7 +210,7 @@ def measure(weights: Path, control_samples: int, stability_samples: int, guidanc
             "bar": f"{'>=' if higher else '<='} {ratio_bar}x dropped" + (f" and >= {floor}" if floor else ""),
             "passes": passes,
         }
-        read = _prompt_and_colours(weights, condition, control_samples, guidance)
+        read = _prompt_and_colours(weights, condition, control_samples, guidance, grids)
         read["background_passes"] = read["background_recovered"] >= BACKGROUND_BAR
         read["colours_pass"] = read["colours_right"] >= COLOUR_BAR
         read["grid_passes"] = read["grid_cells_right"] >= GRID_BAR
@@ -262,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         help="guidance scale (default: the weights' recommended one, from their training.json)",
     )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--grids",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each condition type's scored 4 x 4 sample grid to DIR/zoo-bars-grid-<type>.png",
+    )
     args = parser.parse_args(argv)
     guidance = args.guidance
     if guidance is None:
@@ -269,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
         guidance = weights_recommended_guidance(args.weights) or 7.5
     print(f"{args.weights}: {SPLIT} split, {STEPS} steps, guidance {guidance:g}", file=sys.stderr)
-    figures = measure(args.weights, args.control_samples, args.stability_samples, guidance)
+    figures = measure(args.weights, args.control_samples, args.stability_samples, guidance, args.grids)
     print(markdown(figures))
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

@@ -68,3 +68,17 @@ def test_the_table_states_every_bar(tool):
     assert table.count("grid cells with both right (first 16) | 9 | >= 14 | no") == 4
     assert ">= 90%" in table and "<= 50 MB" in table and ">= 0.93" in table
     assert tool.BARS["seg"] == ("miou", True, 2.5, 0.65) and tool.BARS["depth"][2] == 0.45
+
+
+def test_the_scored_grid_frames_each_cell_by_its_verdict(tool, scenes):
+    import numpy as np
+
+    images = [s.image for s in scenes[:6]]
+    grid = tool.scored_grid(images, [True, False, True, True, False, True], columns=4, scale=2, frame=2)
+    cell = 64 * 2 + 2 * 2
+    assert grid.shape == (2 * cell, 4 * cell, 3) and grid.dtype == np.uint8
+    assert tuple(grid[0, 0]) == (0, 160, 0) and tuple(grid[0, cell]) == (200, 0, 0)  # right, wrong
+    assert tuple(grid[cell, 0]) == (200, 0, 0) and tuple(grid[cell, cell]) == (0, 160, 0)
+    assert tuple(grid[cell, 2 * cell]) == (255, 255, 255)  # no seventh picture: an empty cell
+    # each picture sits inside its frame, upscaled
+    assert np.array_equal(grid[cell + 2 : 2 * cell - 2 : 2, 2 : cell - 2 : 2], images[4])
