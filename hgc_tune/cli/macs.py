@@ -64,8 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int_in("--batch", 1, 1024), default=1, help="images per generation (default: 1)"
     )
-    parser.add_argument(
-        "--no-cfg", dest="cfg", action="store_false", help="count without classifier-free guidance"
+    cfg = parser.add_mutually_exclusive_group()
+    cfg.add_argument(
+        "--cfg",
+        dest="cfg",
+        action="store_const",
+        const=True,
+        default=None,
+        help="count with classifier-free guidance (two denoiser branches per step)",
+    )
+    cfg.add_argument(
+        "--no-cfg",
+        dest="cfg",
+        action="store_const",
+        const=False,
+        help="count without classifier-free guidance (default, without either flag: as generation runs — "
+        "with CFG when the guidance scale the policy was measured at, else the model's recommended one, "
+        "is above 1)",
     )
     parser.add_argument(
         "--convention",
@@ -99,7 +114,7 @@ def _print_table(result: dict, convention: str) -> None:
     gen = result["conventions"][convention]
     other = "complete" if convention == "paper" else "paper"
     total = gen["total"]
-    cfg = "with CFG" if result["cfg"] else "without CFG"
+    cfg = ("with CFG" if result["cfg"] else "without CFG") + f" ({result['cfg_source']})"
     print(
         f"MACs of one generation: {result['model']}, {result['resolution']}x{result['resolution']} px, "
         f"{result['steps']} steps, {cfg}, batch {result['batch']}"
@@ -179,6 +194,18 @@ def _lora_entries(pipe) -> list[dict]:
     ]
 
 
+def counted_with_cfg(policy, pipe) -> tuple[bool, str]:
+    """Whether a generation runs classifier-free guidance, and why: at the guidance scale the policy was
+    measured at (its provenance), else at the model's recommended one; CFG runs when that scale is above 1."""
+    from hgc_tune.models import pipeline_guidance
+
+    measured = policy.provenance.guidance_scale if policy is not None else None
+    if measured is not None:
+        return measured > 1.0, f"the policy's guidance scale {measured:g}"
+    guidance = pipeline_guidance(pipe)
+    return guidance.scale > 1.0, f"guidance scale {guidance.scale:g} ({guidance.source})"
+
+
 def run(args: argparse.Namespace) -> int:
     # A policy file is read and checked before torch and the model load: a bad one is refused in a moment.
     policy_file = read_policy_argument(args.policy)
@@ -213,6 +240,10 @@ def run(args: argparse.Namespace) -> int:
         # Another model's policy would print a reduction for modules it was never made for.
         check_policy_fits(pipe, policy)
     args.steps = policy.num_steps if policy is not None else (args.steps or 20)
+    if args.cfg is None:
+        args.cfg, args.cfg_source = counted_with_cfg(policy, pipe)
+    else:
+        args.cfg_source = "--cfg" if args.cfg else "--no-cfg"
     resolution = _resolution(args, pipe)
     start = time.perf_counter()
     table = count_pipeline_macs(pipe, height=resolution, width=resolution, model_name=args.model)
@@ -227,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         "resolution": resolution,
         "steps": args.steps,
         "cfg": args.cfg,
+        "cfg_source": args.cfg_source,
         "batch": args.batch,
         "includes": conventions["paper"]["includes"],
         "conventions": conventions,

@@ -120,3 +120,43 @@ def test_macs_split_the_controlnet_window_per_controlnet(capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "\n    controlnet.nets.0 " in out and "\n    controlnet.nets.1 " in out
+
+
+@pytest.mark.parametrize("guidance, cfg", [(1.0, False), (3.0, True)])
+def test_macs_counts_cfg_as_the_policy_was_measured(tmp_path, capsys, guidance, cfg):
+    import dataclasses
+
+    from hgc_tune.policy import dumps_policy, load_policy
+
+    policy = load_policy(POLICIES / "tiny-deepcache-n3-b0.json").select()
+    provenance = dataclasses.replace(policy.provenance, guidance_scale=guidance)
+    path = tmp_path / "measured.json"
+    path.write_text(dumps_policy(dataclasses.replace(policy, provenance=provenance)))
+    assert main(["macs", "--model", "tiny", "--policy", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cfg"] is cfg and out["cfg_source"] == f"the policy's guidance scale {guidance:g}"
+    assert main(["macs", "--model", "tiny", "--policy", str(path), "--json", "--cfg"]) == 0
+    with_cfg = json.loads(capsys.readouterr().out)
+    # without CFG the denoisers run one branch instead of two: half the MACs, the same reduction
+    halved = 1 if cfg else 2
+    assert out["conventions"]["paper"]["total"] * halved == with_cfg["conventions"]["paper"]["total"]
+    assert out["policy"]["paper"]["reduction"] == pytest.approx(with_cfg["policy"]["paper"]["reduction"])
+
+
+def test_macs_without_a_policy_counts_cfg_at_the_models_recommended_guidance(capsys):
+    from hgc_tune.models import recommended_guidance
+
+    assert main(["macs", "--model", "tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cfg"] is True and out["cfg_source"].startswith("guidance scale 7.5")
+    assert main(["macs", "--model", "shapes", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cfg"] is (recommended_guidance("shapes").scale > 1)
+    assert main(["macs", "--model", "tiny", "--no-cfg", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cfg"] is False and out["cfg_source"] == "--no-cfg"
+
+
+def test_macs_cfg_flags_exclude_each_other(capsys):
+    assert main(["macs", "--model", "tiny", "--cfg", "--no-cfg"]) == 2
+    assert "argument --no-cfg: not allowed with argument --cfg" in capsys.readouterr().err
