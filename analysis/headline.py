@@ -198,6 +198,12 @@ def markdown(results: list[dict[str, Any]], *, budget: float, confidence: float)
         "first (a step past it saves its whole unconditional half there); caching = ControlNet window, "
         "ControlNet blocks, U-Net blocks and cross-attention reuse."
     )
+    if results and all(r.get("guidance_scale", 7.5) <= 1.0 for r in results):
+        # Without CFG a guidance window has nothing to cut: every saving is caching's.
+        lines[-1] += (
+            " At guidance 1 there is no classifier-free guidance: `tgate-g10-cfg` runs as `tgate-g10`, and "
+            "every policy, the tuned ones included, saves by caching only."
+        )
     by_condition = [_tuned_and_caching_only(result) for result in results]
     if any(by_condition):
         lines += [
@@ -234,6 +240,9 @@ def _tuned_and_caching_only(result: dict[str, Any]) -> list[str]:
         return f"{_pct(row['macs']['paper']['reduction'])} ({verdict})"
 
     split = None if tuned is None else _split_points(tuned)
+    if caching is None and tuned is not None and result.get("guidance_scale", 7.5) <= 1.0:
+        # no CFG, so no guidance window to search without: the tuned policy is the caching-only one
+        return [cell(tuned), _pct(split[1] if split else None), f"{cell(tuned)}: the tuned one (no CFG)"]
     return [cell(tuned), _pct(split[1] if split else None), cell(caching)]
 
 

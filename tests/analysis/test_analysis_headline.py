@@ -149,3 +149,20 @@ def test_headline_bounds_every_row_under_every_guard(headline, tiny_pipe, tmp_pa
         assert 0.0 < row["picture"]["ssim"] <= 1.0
     table = out.with_suffix(".md").read_text()
     assert "| psnr loss | psnr bound |" in table and "each at 97.5%" in table
+
+
+def test_without_cfg_the_tuned_policy_is_the_caching_only_one(headline):
+    def row(name: str, reduction: float) -> dict:
+        split = {"reduction": {"guidance_window": 0.0, "total": reduction}}
+        return {
+            "name": name, "metric": "miou", "macs": {"paper": {"reduction": reduction}},
+            "savings_by_mechanism": {"paper": split}, "loss": 0.001, "loss_upper": 0.01, "within": True,
+            "picture": {"ssim": 0.99, "psnr": 40.0},
+        }  # fmt: skip
+
+    result = {"condition_type": "hed", "samples": 64, "rows": [row("tuned", 0.179), row("tgate-g10", 0.043)]}
+    without_cfg = headline.markdown([{**result, "guidance_scale": 1.0}], budget=0.015, confidence=0.95)
+    assert "| hed | 17.9% (within) | 17.9% | 17.9% (within): the tuned one (no CFG) |" in without_cfg
+    assert "At guidance 1 there is no classifier-free guidance" in without_cfg
+    with_cfg = headline.markdown([{**result, "guidance_scale": 2.0}], budget=0.015, confidence=0.95)
+    assert "| hed | 17.9% (within) | 17.9% | - |" in with_cfg and "no classifier-free" not in with_cfg
