@@ -4,7 +4,9 @@ Conventions (one multiply-accumulate = 1): ``paper`` is fvcore's default count, 
 scaled_dot_product_attention; ``complete`` adds the attention products QKᵀ and AV. The total counts the U-Net
 and the ControlNet (what the HGC paper's 18.22T for SD1.5 + ControlNet, 512², 20 steps, CFG counts); the text
 encoder and the VAE decoder are reported beside it. Operators fvcore has no handle for are listed with the
-conventions they leave short (``unsupported_ops`` in ``--json``).
+conventions they leave short (``unsupported_ops`` in ``--json``). Classifier-free guidance doubles the
+denoisers' batch; it is counted when generation would run it — at the guidance scale a ``--policy`` was
+measured at, else the model's recommended one, above 1 — unless ``--cfg`` or ``--no-cfg`` says otherwise.
 
 Example (the paper's figure; about a minute or two on CPU):
     hgc-tune macs --model sd15 --resolution 512 --steps 20 --json
