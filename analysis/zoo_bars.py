@@ -83,16 +83,17 @@ def scored_grid(images, cells_right, columns: int = 4, scale: int = 2, frame: in
     ``cells_right`` says the readers scored it right, red where not: an ``(H, W, 3)`` uint8 array."""
     import numpy as np
 
-    height, width = images[0].shape[:2]
-    cell_h, cell_w = height * scale + 2 * frame, width * scale + 2 * frame
-    rows = -(-len(images) // columns)
-    grid = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
-    for index, (image, right) in enumerate(zip(images, cells_right, strict=True)):
-        top, left = (index // columns) * cell_h, (index % columns) * cell_w
-        grid[top : top + cell_h, left : left + cell_w] = (0, 160, 0) if right else (200, 0, 0)
+    from training.shapes.selfcheck import grid_image
+
+    cells = []
+    for image, right in zip(images, cells_right, strict=True):
         big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-        grid[top + frame : top + cell_h - frame, left + frame : left + cell_w - frame] = big
-    return grid
+        cell = np.empty((big.shape[0] + 2 * frame, big.shape[1] + 2 * frame, 3), dtype=np.uint8)
+        cell[:] = (0, 160, 0) if right else (200, 0, 0)
+        cell[frame : frame + big.shape[0], frame : frame + big.shape[1]] = big
+        cells.append(cell)
+    # the trainer's tiler: cells edge to edge, empty places white
+    return grid_image([cells[i : i + columns] for i in range(0, len(cells), columns)], scale=1, gap=0)
 
 
 def _prompt_and_colours(
