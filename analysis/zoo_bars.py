@@ -153,29 +153,20 @@ def _prompt_and_colours(
 
 
 def _vae_ceiling(weights: Path, samples: int) -> dict:
-    import numpy as np
+    """The VAE's reconstruction of ``samples`` held-out scenes, read as the trainer's self-check reads it."""
     import torch
     from diffusers import AutoencoderKL
 
     from hgc_tune.data._benchmark import split_seeds
-    from hgc_tune.data._shapes import class_map_from_seg, decode_class_map, render_scene
-    from hgc_tune.fidelity._metrics import miou
+    from hgc_tune.data._shapes import render_scene
+    from training.shapes.selfcheck import vae_reconstruction
 
     vae = AutoencoderKL.from_pretrained(weights / "base" / "vae", torch_dtype=torch.float32).eval()
-    scenes = [render_scene(s, size=64) for s in split_seeds("heldout", samples)]
-    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
-    pictures = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    truth = [class_map_from_seg(s.seg) for s in scenes]
+    figures = vae_reconstruction(vae, [render_scene(s, size=64) for s in split_seeds("heldout", samples)])
     return {
         "samples": samples,
-        "reconstruction_miou": float(
-            np.mean([miou(decode_class_map(p), t) for p, t in zip(pictures, truth)])
-        ),
-        "ground_truth_miou": float(
-            np.mean([miou(decode_class_map(s.image), t) for s, t in zip(scenes, truth)])
-        ),
+        "reconstruction_miou": figures["reconstruction"],
+        "ground_truth_miou": figures["ground_truth"],
     }
 
 

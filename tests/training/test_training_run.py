@@ -74,6 +74,10 @@ def test_summary_and_reports(trained):
     # has one writer, analysis/recommend_guidance.py
     assert check["judged_guidance"] == 3.0
     assert "recommended_guidance" not in check and "recommended_guidance" not in summary
+    # the decoder's ceiling on the colour-read figures, on the same held-out scenes
+    reconstruction = check["vae_reconstruction"]
+    assert reconstruction["samples"] == 1 and 0.0 <= reconstruction["reconstruction"] <= 1.0
+    assert reconstruction["ground_truth"] > 0.9
 
 
 def test_output_loads_as_a_controlnet_pipeline_in_fp32(trained):

@@ -4,6 +4,10 @@ For each condition type, held-out scenes are generated with the trained ControlN
 (``controlnet_conditioning_scale=0``: the base model from the prompt alone), and the task metric of
 :mod:`hgc_tune.fidelity` compares each output with the input condition. The acceptance bars are ratios
 against the dropped run, so they measure control, not image quality alone.
+
+Beside them, :func:`vae_reconstruction` reads the VAE's reconstructions of the same scenes with the seg
+metric: every generated picture passes through that decoder, so it is the ceiling of what the
+colour-read figures (seg mIoU, objects' colours) can reach, and the figure the decoder stage moves.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from hgc_tune._atomic import atomic_write
 from hgc_tune.fidelity import TaskEvaluator
 from hgc_tune.models import load_pipeline
 
-__all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "self_check"]
+__all__ = ["ACCEPTANCE", "Acceptance", "grid_image", "self_check", "vae_reconstruction"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,33 @@ def grid_image(rows: Sequence[Sequence[np.ndarray]], scale: int = 2, gap: int = 
     return grid
 
 
+def vae_reconstruction(
+    vae, scenes: Sequence[Any], *, task_models: Mapping[str, Callable[..., Any]] | None = None
+) -> dict[str, Any]:
+    """How well ``vae`` reconstructs the scenes' pictures, read by the seg task metric (mIoU).
+
+    Each ground-truth picture is encoded and its posterior mean decoded (on ``vae``'s device and dtype);
+    the reconstruction and the picture itself are segmented and compared with the scene's seg map.
+
+    Returns:
+        ``{"metric": "miou", "samples", "reconstruction", "ground_truth"}``: mean mIoU of the
+        reconstructions, and of the ground-truth pictures (the reader's own ceiling).
+    """
+    evaluator = TaskEvaluator("seg", "miou", **dict(task_models or {}))
+    truth = np.stack([np.asarray(s.image, dtype=np.uint8) for s in scenes])
+    x = torch.from_numpy(truth).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+    pictures = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    seg = [_condition_array(s, "seg") for s in scenes]
+    return {
+        "metric": "miou",
+        "samples": len(scenes),
+        "reconstruction": float(np.mean([evaluator.score(p, c) for p, c in zip(pictures, seg, strict=True)])),
+        "ground_truth": float(np.mean([evaluator.score(t, c) for t, c in zip(truth, seg, strict=True)])),
+    }
+
+
 def _generate(pipe, prompts, controls, *, steps, guidance, scale, seed, device) -> np.ndarray:
     generators = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
     out = pipe(
@@ -115,7 +147,7 @@ def self_check(
     Returns:
         ``{"conditions": {cond: {str(guidance): {"metric", "with_control", "dropped", "passes",
         "per_sample_with_control", "per_sample_dropped"}}}, "bars": {cond: text}, "judged_guidance",
-        "all_pass"}``.
+        "all_pass", "vae_reconstruction": see :func:`vae_reconstruction`}``.
     """
     prompts = [str(s.prompt) for s in scenes]
     shown = range(min(grid_rows, len(scenes)))
@@ -154,6 +186,12 @@ def self_check(
             ]
         results[condition] = per_guidance
         del pipe
+    vae = AutoencoderKL.from_pretrained(base_dir / "vae", torch_dtype=torch.float32).to(device).eval()
+    reconstruction = vae_reconstruction(vae, scenes, task_models=task_models)
+    log(
+        f"  [check] VAE reconstruction of {len(scenes)} held-out pictures, seg mIoU: "
+        f"{reconstruction['reconstruction']:.3f} (ground truth {reconstruction['ground_truth']:.3f})"
+    )
     judged = guidance_scales[0]
     for condition in results:
         grid = grid_image(grids[condition, str(judged)])
@@ -166,6 +204,7 @@ def self_check(
         "bars": {c: ACCEPTANCE[c].describe() for c in results},
         "judged_guidance": judged,
         "all_pass": bool(results) and all(results[c][str(judged)]["passes"] for c in results),
+        "vae_reconstruction": reconstruction,
         "steps": steps,
         "scheduler": "UniPCMultistepScheduler",
         "samples": len(scenes),
