@@ -19,7 +19,7 @@ file each, runs/demo/<types>.log. The console shows one status line on stderr: t
 in (profile, trial k of n, validation, test, report) and an estimate of the time left; --no-progress hides it.
 
 Example:
-    hgc-tune demo                                  # all four condition types (about 6 min on 2 idle cores)
+    hgc-tune demo                                  # all four condition types (about 7 min on 2 idle cores)
     hgc-tune demo --conditions seg --trials 8      # a shorter run
 """
 
